@@ -1,0 +1,102 @@
+// common.cl: compiled in front of every kernel file.
+//
+// Build-time constants (set by the backend per device):
+//   VW  vector width of explicit loads: 16 on CPU devices (PoCL does not vectorize a work-item's
+//       strided loop by itself), 4 on GPUs.
+//   WG  work-group size of the row kernels, a power of two; one work-group handles one row.
+// Reductions use __local memory trees, not subgroups (NVIDIA's OpenCL has none).
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define floatV CAT(float, VW)
+#define vloadV CAT(vload, VW)
+#define vstoreV CAT(vstore, VW)
+
+#if VW == 1
+inline float vsum(float v) { return v; }
+inline float vmax(float v) { return v; }
+#else
+#if VW == 16
+inline float8 half_sum(float16 v) { return v.lo + v.hi; }
+inline float8 half_max(float16 v) { return fmax(v.lo, v.hi); }
+#endif
+#if VW >= 8
+inline float4 half_sum8(float8 v) { return v.lo + v.hi; }
+inline float4 half_max8(float8 v) { return fmax(v.lo, v.hi); }
+#endif
+inline float2 half_sum4(float4 v) { return v.lo + v.hi; }
+inline float2 half_max4(float4 v) { return fmax(v.lo, v.hi); }
+
+inline float vsum(floatV v) {
+#if VW == 16
+    float2 r = half_sum4(half_sum8(half_sum(v)));
+#elif VW == 8
+    float2 r = half_sum4(half_sum8(v));
+#elif VW == 4
+    float2 r = half_sum4(v);
+#else
+    float2 r = v;
+#endif
+    return r.x + r.y;
+}
+
+inline float vmax(floatV v) {
+#if VW == 16
+    float2 r = half_max4(half_max8(half_max(v)));
+#elif VW == 8
+    float2 r = half_max4(half_max8(v));
+#elif VW == 4
+    float2 r = half_max4(v);
+#else
+    float2 r = v;
+#endif
+    return fmax(r.x, r.y);
+}
+#endif
+
+// The maximum / sum of `value` over the work-group. Every work-item must call it.
+inline float group_max(float value, __local float* scratch) {
+    const int lid = get_local_id(0);
+    scratch[lid] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int stride = WG / 2; stride > 0; stride >>= 1) {
+        if (lid < stride) scratch[lid] = fmax(scratch[lid], scratch[lid + stride]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float result = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return result;
+}
+
+inline float group_sum(float value, __local float* scratch) {
+    const int lid = get_local_id(0);
+    scratch[lid] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int stride = WG / 2; stride > 0; stride >>= 1) {
+        if (lid < stride) scratch[lid] += scratch[lid + stride];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float result = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return result;
+}
+
+// This work-item's share of the maximum of row[0..n): vectors lid, lid+WG, ..., then the tail.
+inline float partial_row_max(__global const float* row, int n, int lid) {
+    floatV m = (floatV)(-INFINITY);
+    const int vectors = n / VW;
+    for (int v = lid; v < vectors; v += WG) m = fmax(m, vloadV(v, row));
+    float result = vmax(m);
+    for (int j = vectors * VW + lid; j < n; j += WG) result = fmax(result, row[j]);
+    return result;
+}
+
+// This work-item's share of sum_j exp((row[j] - shift) * scale).
+inline float partial_row_sum_exp(__global const float* row, int n, int lid, float shift, float scale) {
+    floatV s = (floatV)(0.0f);
+    const int vectors = n / VW;
+    for (int v = lid; v < vectors; v += WG) s += exp((vloadV(v, row) - shift) * scale);
+    float result = vsum(s);
+    for (int j = vectors * VW + lid; j < n; j += WG) result += exp((row[j] - shift) * scale);
+    return result;
+}

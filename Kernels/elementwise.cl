@@ -1,0 +1,48 @@
+// elementwise.cl: fill, copy, add, mul, scale, axpy over n floats.
+// Each tensor argument is (buffer, element offset). Work-item i < n/VW handles vector i; the
+// n % VW work-items after those handle one tail element each.
+// CPU twins: CPUKernels.fill_f32, copy_f32, add_f32, mul_f32, scale_f32, axpy_f32.
+
+#define ELEMENTWISE_INDEX                        \
+    const int i = get_global_id(0);              \
+    const int vectors = n / VW;                  \
+    const int tail = vectors * VW + (i - vectors);
+
+__kernel void fill_f32(__global float* x, int xo, float value, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV((floatV)(value), i, x + xo);
+    else if (tail < n) x[xo + tail] = value;
+}
+
+__kernel void copy_f32(__global const float* x, int xo, __global float* y, int yo, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV(vloadV(i, x + xo), i, y + yo);
+    else if (tail < n) y[yo + tail] = x[xo + tail];
+}
+
+__kernel void add_f32(__global const float* a, int ao, __global const float* b, int bo,
+                      __global float* out, int oo, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV(vloadV(i, a + ao) + vloadV(i, b + bo), i, out + oo);
+    else if (tail < n) out[oo + tail] = a[ao + tail] + b[bo + tail];
+}
+
+__kernel void mul_f32(__global const float* a, int ao, __global const float* b, int bo,
+                      __global float* out, int oo, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV(vloadV(i, a + ao) * vloadV(i, b + bo), i, out + oo);
+    else if (tail < n) out[oo + tail] = a[ao + tail] * b[bo + tail];
+}
+
+__kernel void scale_f32(__global const float* x, int xo, float alpha, __global float* out, int oo, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV(alpha * vloadV(i, x + xo), i, out + oo);
+    else if (tail < n) out[oo + tail] = alpha * x[xo + tail];
+}
+
+// y += alpha * x
+__kernel void axpy_f32(float alpha, __global const float* x, int xo, __global float* y, int yo, int n) {
+    ELEMENTWISE_INDEX
+    if (i < vectors) vstoreV(vloadV(i, y + yo) + alpha * vloadV(i, x + xo), i, y + yo);
+    else if (tail < n) y[yo + tail] += alpha * x[xo + tail];
+}

@@ -1,0 +1,75 @@
+// swift-tools-version:5.10
+// kdgpu: knowledge distillation for language models on OpenCL devices and CPUs.
+//
+// Dependency direction (top depends on bottom):
+//   kdgpu (CLI) -> Bench -> Losses -> OpenCLBackend, CPUBackend -> Tensor
+//   Tokenizer -> GGUF -> Tensor
+//   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
+//   CPUBackend -> COpenBLAS
+import PackageDescription
+
+let releaseFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "kdgpu",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "kdgpu", targets: ["kdgpu"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries (Debian: ocl-icd-opencl-dev opencl-headers, libclblast-dev, libopenblas-dev).
+        .systemLibrary(name: "COpenCL", path: "Sources/COpenCL", pkgConfig: "OpenCL",
+                       providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers"])]),
+        .systemLibrary(name: "CCLBlast", path: "Sources/CCLBlast", pkgConfig: "clblast",
+                       providers: [.apt(["libclblast-dev"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+
+        // Kernels/*.cl embedded into the binary by the EmbedKernels build-tool plugin.
+        .executableTarget(name: "kernel-embedder", path: "Sources/kernel-embedder"),
+        .plugin(name: "EmbedKernels", capability: .buildTool(), dependencies: ["kernel-embedder"],
+                path: "Plugins/EmbedKernels"),
+        .target(name: "KernelSources", path: "Sources/KernelSources", plugins: ["EmbedKernels"]),
+
+        // The device-agnostic tensor API and its two backends.
+        .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
+        .target(name: "CPUBackend", dependencies: ["Tensor", "COpenBLAS"],
+                path: "Sources/CPUBackend", swiftSettings: releaseFlags),
+        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "KernelSources"],
+                path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
+
+        // Model files: GGUF reader/writer, and the byte-level BPE tokenizer stored in GGUF metadata.
+        .target(name: "GGUF", dependencies: ["Tensor"], path: "Sources/GGUF", swiftSettings: releaseFlags),
+        .target(name: "Tokenizer", dependencies: ["GGUF"], path: "Sources/Tokenizer", swiftSettings: releaseFlags),
+
+        // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
+        .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
+                path: "Sources/Losses", swiftSettings: releaseFlags),
+
+        // Kernel microbenchmarks (validate against the CPU backend, then time).
+        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses"],
+                path: "Sources/Bench", swiftSettings: releaseFlags),
+
+        // The command-line tool.
+        .executableTarget(name: "kdgpu",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          path: "Sources/kdgpu", swiftSettings: releaseFlags),
+
+        .testTarget(name: "BackendParityTests",
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"],
+                    path: "Tests/BackendParityTests"),
+        .testTarget(name: "OpenCLRuntimeTests",
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"],
+                    path: "Tests/OpenCLRuntimeTests"),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend"],
+                    path: "Tests/LossTests"),
+    ]
+)

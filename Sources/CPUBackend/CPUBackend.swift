@@ -1,0 +1,148 @@
+import COpenBLAS
+import Foundation
+import Tensor
+
+/// Host memory owned by a CPU tensor (64-byte aligned).
+public final class CPUStorage: TensorStorage {
+    public let byteCount: Int
+    let pointer: UnsafeMutableRawPointer
+    private let ledger: MemoryLedger
+
+    init(byteCount: Int, ledger: MemoryLedger, label: String) throws {
+        try ledger.reserve(byteCount, for: label)
+        self.byteCount = byteCount
+        self.ledger = ledger
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)
+    }
+
+    deinit {
+        pointer.deallocate()
+        ledger.release(byteCount)
+    }
+}
+
+/// The CPU backend: Swift kernels spread over all cores, GEMM through OpenBLAS.
+///
+/// It is the fallback when no OpenCL platform exists and the reference every OpenCL kernel is
+/// tested against. Ops run synchronously.
+public final class CPUBackend: Backend {
+    public let name = "cpu"
+    public let ledger: MemoryLedger
+
+    /// Grain sizes: below these, threading costs more than it saves.
+    private let elementGrain = 1 << 16
+    private let rowGrainElements = 1 << 14
+
+    public init() throws {
+        ledger = MemoryLedger(deviceName: "cpu", budgetBytes: try MemoryLedger.budget(default: physicalMemoryBytes * 3 / 4))
+    }
+
+    /// Name of the OpenBLAS kernel set in use (`Zen`, `SkylakeX`, `Prescott`...): it decides GEMM speed.
+    public static var blasCoreName: String {
+        guard let name = openblas_get_corename() else { return "unknown" }
+        return String(cString: name)
+    }
+
+    public static var blasThreads: Int { Int(openblas_get_num_threads()) }
+
+    public func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw TensorError.shapeMismatch("\(label): negative dimension in \(describeShape(shape))")
+        }
+        let storage = try CPUStorage(byteCount: dtype.byteCount(elements: shape.reduce(1, *)), ledger: ledger, label: label)
+        return Tensor(shape: shape, dtype: dtype, storage: storage, backend: self, label: label)
+    }
+
+    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
+        guard values.count == tensor.count, tensor.dtype == .f32 else {
+            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+        }
+        guard let base = values.baseAddress else { return }
+        try mutablePointer(tensor).update(from: base, count: values.count)
+    }
+
+    public func download(_ tensor: Tensor) throws -> [Float] {
+        guard tensor.dtype == .f32 else {
+            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+        }
+        let source = try pointer(tensor)
+        return Array(UnsafeBufferPointer(start: source, count: tensor.count))
+    }
+
+    public func synchronize() throws {}
+
+    /// The host address of a tensor's first element (for CPU twins and host BLAS).
+    public func mutablePointer(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+        guard let storage = tensor.storage as? CPUStorage else {
+            throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on the CPU backend")
+        }
+        return storage.pointer.assumingMemoryBound(to: Float.self) + tensor.offset
+    }
+
+    public func pointer(_ tensor: Tensor) throws -> UnsafePointer<Float> { UnsafePointer(try mutablePointer(tensor)) }
+
+    // MARK: kernels
+
+    public func enqueueFill(_ x: Tensor, value: Float) throws {
+        let px = try mutablePointer(x)
+        parallelChunks(x.count, grain: elementGrain) { CPUKernels.fill_f32(px, value, $0) }
+    }
+
+    public func enqueueCopy(_ source: Tensor, into destination: Tensor) throws {
+        let (px, py) = (try pointer(source), try mutablePointer(destination))
+        parallelChunks(source.count, grain: elementGrain) { CPUKernels.copy_f32(px, py, $0) }
+    }
+
+    public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
+        let (pa, pb, po) = (try pointer(a), try pointer(b), try mutablePointer(out))
+        parallelChunks(a.count, grain: elementGrain) { range in
+            switch op {
+            case .add: CPUKernels.add_f32(pa, pb, po, range)
+            case .mul: CPUKernels.mul_f32(pa, pb, po, range)
+            }
+        }
+    }
+
+    public func enqueueScale(_ x: Tensor, by alpha: Float, into out: Tensor) throws {
+        let (px, po) = (try pointer(x), try mutablePointer(out))
+        parallelChunks(x.count, grain: elementGrain) { CPUKernels.scale_f32(px, alpha, po, $0) }
+    }
+
+    public func enqueueAxpy(alpha: Float, _ x: Tensor, _ y: Tensor) throws {
+        let (px, py) = (try pointer(x), try mutablePointer(y))
+        parallelChunks(x.count, grain: elementGrain) { CPUKernels.axpy_f32(alpha, px, py, $0) }
+    }
+
+    public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
+        let (pa, pb, pc) = (try pointer(a), try pointer(b), try mutablePointer(c))
+        for i in 0..<p.batch {
+            cblas_sgemm(CblasRowMajor,
+                        p.transposeA ? CblasTrans : CblasNoTrans, p.transposeB ? CblasTrans : CblasNoTrans,
+                        Int32(p.m), Int32(p.n), Int32(p.k), p.alpha,
+                        pa + i * p.strideA, Int32(p.lda), pb + i * p.strideB, Int32(p.ldb),
+                        p.beta, pc + i * p.strideC, Int32(p.ldc))
+        }
+    }
+
+    public func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws {
+        let (px, po, cols) = (try pointer(x), try mutablePointer(out), x.columns)
+        parallelChunks(x.rowCount, grain: max(1, rowGrainElements / cols)) { rows in
+            switch op {
+            case .max: CPUKernels.row_max(px, po, cols: cols, rows)
+            case .sum: CPUKernels.row_sum(px, po, cols: cols, rows)
+            }
+        }
+    }
+
+    public func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws {
+        let (px, py, cols) = (try pointer(x), try mutablePointer(y), x.columns)
+        let inverseTemperature = 1 / temperature
+        parallelChunks(x.rowCount, grain: max(1, rowGrainElements / cols)) { rows in
+            if logarithm {
+                CPUKernels.log_softmax_rows(px, py, cols: cols, inverseTemperature: inverseTemperature, rows)
+            } else {
+                CPUKernels.softmax_rows(px, py, cols: cols, inverseTemperature: inverseTemperature, rows)
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+
+/// The CPU twins of the OpenCL kernels in `Kernels/`.
+///
+/// Each function has the same name, arguments and math as the `__kernel` of the same name, and
+/// processes a range of rows or elements; ``CPUBackend`` spreads ranges over the cores. Names are
+/// kept in the kernels' snake_case on purpose, so `grep softmax_rows` finds both twins.
+public enum CPUKernels {
+    // MARK: elementwise.cl
+
+    /// x[i] = value
+    public static func fill_f32(_ x: UnsafeMutablePointer<Float>, _ value: Float, _ range: Range<Int>) {
+        (x + range.lowerBound).update(repeating: value, count: range.count)
+    }
+
+    /// y[i] = x[i]
+    public static func copy_f32(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
+        (y + range.lowerBound).update(from: x + range.lowerBound, count: range.count)
+    }
+
+    /// out[i] = a[i] + b[i]
+    public static func add_f32(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                               _ range: Range<Int>) {
+        for i in range { out[i] = a[i] + b[i] }
+    }
+
+    /// out[i] = a[i] * b[i]
+    public static func mul_f32(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                               _ range: Range<Int>) {
+        for i in range { out[i] = a[i] * b[i] }
+    }
+
+    /// out[i] = alpha * x[i]
+    public static func scale_f32(_ x: UnsafePointer<Float>, _ alpha: Float, _ out: UnsafeMutablePointer<Float>,
+                                 _ range: Range<Int>) {
+        for i in range { out[i] = alpha * x[i] }
+    }
+
+    /// y[i] += alpha * x[i]
+    public static func axpy_f32(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                _ range: Range<Int>) {
+        for i in range { y[i] += alpha * x[i] }
+    }
+
+    // MARK: rows.cl  (x is [rows, cols], row-major)
+
+    /// out[r] = max_j x[r, j]; -inf for an all -inf row.
+    public static func row_max(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, cols: Int, _ rows: Range<Int>) {
+        for r in rows { out[r] = rowMaximum(x + r * cols, cols) }
+    }
+
+    /// out[r] = sum_j x[r, j]
+    public static func row_sum(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, cols: Int, _ rows: Range<Int>) {
+        for r in rows { out[r] = rowTotal(x + r * cols, cols) }
+    }
+
+    /// y[r, :] = softmax(x[r, :] / T). An all -inf row gives zeros.
+    public static func softmax_rows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, cols: Int,
+                                    inverseTemperature: Float, _ rows: Range<Int>) {
+        for r in rows {
+            let xr = x + r * cols, yr = y + r * cols
+            let m = rowMaximum(xr, cols)
+            if m == -.infinity {
+                yr.update(repeating: 0, count: cols)
+                continue
+            }
+            var s: Float = 0
+            for j in 0..<cols {
+                let e = expf((xr[j] - m) * inverseTemperature)
+                yr[j] = e
+                s += e
+            }
+            let inverseSum = 1 / s
+            for j in 0..<cols { yr[j] *= inverseSum }
+        }
+    }
+
+    /// y[r, :] = log softmax(x[r, :] / T). An all -inf row gives -inf.
+    public static func log_softmax_rows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, cols: Int,
+                                        inverseTemperature: Float, _ rows: Range<Int>) {
+        for r in rows {
+            let xr = x + r * cols, yr = y + r * cols
+            let m = rowMaximum(xr, cols)
+            if m == -.infinity {
+                yr.update(repeating: -.infinity, count: cols)
+                continue
+            }
+            var s: Float = 0
+            for j in 0..<cols { s += expf((xr[j] - m) * inverseTemperature) }
+            let logSum = logf(s)
+            for j in 0..<cols { yr[j] = (xr[j] - m) * inverseTemperature - logSum }
+        }
+    }
+
+    // MARK: shared row helpers (16 lanes, like the kernels' float16 loads)
+
+    @inline(__always)
+    static func rowMaximum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var lanes = SIMD16<Float>(repeating: -.infinity)
+        var j = 0
+        while j + 16 <= n {
+            lanes = pointwiseMax(lanes, UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self))
+            j += 16
+        }
+        var m = lanes.max()
+        while j < n {
+            m = max(m, x[j])
+            j += 1
+        }
+        return m
+    }
+
+    @inline(__always)
+    static func rowTotal(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var lanes = SIMD16<Float>(repeating: 0)
+        var j = 0
+        while j + 16 <= n {
+            lanes += UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self)
+            j += 16
+        }
+        var s = lanes.sum()
+        while j < n {
+            s += x[j]
+            j += 1
+        }
+        return s
+    }
+}

@@ -1,0 +1,1 @@
+// Placeholder: the GGUF reader lands here.

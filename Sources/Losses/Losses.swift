@@ -1,0 +1,1 @@
+// Placeholder: the loss kernels' host code lands here.

@@ -1,0 +1,264 @@
+import CCLBlast
+import COpenCL
+import Foundation
+import KernelSources
+import Tensor
+
+/// The OpenCL backend: one device, one context, one in-order queue. GEMMs run through CLBlast;
+/// every other op is a hand-written kernel from `Kernels/`.
+///
+/// Not thread-safe: all ops of one backend are enqueued from one thread.
+public final class OpenCLBackend: Backend {
+    public let device: OpenCLDeviceInfo
+    public let ledger: MemoryLedger
+    public var name: String { "\(device.selector) (\(device.name))" }
+
+    /// Vector width of the kernels' explicit loads (`float16` on CPU devices, `float4` on GPUs).
+    public let vectorWidth: Int
+    /// Work-group size of the row kernels (one work-group per row).
+    public let rowWorkGroupSize: Int
+
+    let context: cl_context
+    var queue: cl_command_queue?
+    private var programs: [String: cl_program] = [:]
+    private var kernels: [String: cl_kernel] = [:]
+    private let bufferFlags: cl_mem_flags
+
+    /// Opens `device`. The memory budget is the device's global memory (for CPU devices, whose
+    /// memory is the host's, three quarters of physical memory), or `KDGPU_MEMORY_BUDGET`.
+    public init(device: OpenCLDeviceInfo) throws {
+        self.device = device
+        let defaultBudget = device.isCPU ? min(physicalMemoryBytes * 3 / 4, max(device.globalMemoryBytes, physicalMemoryBytes / 2))
+                                         : device.globalMemoryBytes * 9 / 10
+        ledger = MemoryLedger(deviceName: device.name, budgetBytes: try MemoryLedger.budget(default: defaultBudget))
+        let environment = ProcessInfo.processInfo.environment
+        vectorWidth = Int(environment["KDGPU_VECTOR_WIDTH"] ?? "") ?? (device.isCPU ? 16 : 4)
+        guard [1, 2, 4, 8, 16].contains(vectorWidth) else {
+            throw TensorError.device("KDGPU_VECTOR_WIDTH=\(vectorWidth): use 1, 2, 4, 8 or 16")
+        }
+        rowWorkGroupSize = min(device.isCPU ? 16 : 256, Self.floorPowerOfTwo(device.maxWorkGroupSize))
+        // CPU devices: host-visible buffers, so host code can map them without copies.
+        bufferFlags = cl_mem_flags(CL_MEM_READ_WRITE) | (device.isCPU ? cl_mem_flags(CL_MEM_ALLOC_HOST_PTR) : 0)
+
+        var status: cl_int = 0
+        var deviceID: cl_device_id? = device.id
+        guard let context = clCreateContext(nil, 1, &deviceID, nil, nil, &status), status == CL_SUCCESS else {
+            throw OpenCLStatus.error(status, at: "clCreateContext", device: device.name)
+        }
+        self.context = context
+        guard let queue = clCreateCommandQueue(context, device.id, 0, &status), status == CL_SUCCESS else {
+            clReleaseContext(context)
+            throw OpenCLStatus.error(status, at: "clCreateCommandQueue", device: device.name)
+        }
+        self.queue = queue
+    }
+
+    /// Opens the device named by `opencl`, `opencl:P:D` or a name substring.
+    public convenience init(selector: String = "opencl") throws {
+        try self.init(device: OpenCLPlatforms.select(selector))
+    }
+
+    deinit {
+        clFinish(queue)
+        for kernel in kernels.values { clReleaseKernel(kernel) }
+        for program in programs.values { clReleaseProgram(program) }
+        clReleaseCommandQueue(queue)
+        clReleaseContext(context)
+    }
+
+    private static func floorPowerOfTwo(_ n: Int) -> Int {
+        var p = 1
+        while p * 2 <= n { p *= 2 }
+        return p
+    }
+
+    // MARK: memory
+
+    public func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw TensorError.shapeMismatch("\(label): negative dimension in \(describeShape(shape))")
+        }
+        let bytes = dtype.byteCount(elements: shape.reduce(1, *))
+        let buffer = try OpenCLBuffer(context: context, byteCount: bytes, flags: bufferFlags, ledger: ledger,
+                                      label: label, device: device)
+        return Tensor(shape: shape, dtype: dtype, storage: buffer, backend: self, label: label)
+    }
+
+    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
+        guard values.count == tensor.count, tensor.dtype == .f32 else {
+            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+        }
+        guard values.count > 0 else { return }
+        try checkCL(clEnqueueWriteBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.offset * 4,
+                                         values.count * 4, values.baseAddress, 0, nil, nil),
+                    "clEnqueueWriteBuffer(\(tensor.label))", device: device.name)
+    }
+
+    public func download(_ tensor: Tensor) throws -> [Float] {
+        guard tensor.dtype == .f32 else {
+            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+        }
+        var values = [Float](repeating: 0, count: tensor.count)
+        guard !values.isEmpty else { return values }
+        let mem = try buffer(tensor).mem
+        try values.withUnsafeMutableBytes { bytes in
+            try checkCL(clEnqueueReadBuffer(queue, mem, cl_bool(CL_TRUE), tensor.offset * 4, bytes.count,
+                                            bytes.baseAddress, 0, nil, nil),
+                        "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
+        }
+        return values
+    }
+
+    public func synchronize() throws {
+        try checkCL(clFinish(queue), "clFinish", device: device.name)
+    }
+
+    func buffer(_ tensor: Tensor) throws -> OpenCLBuffer {
+        guard let buffer = tensor.storage as? OpenCLBuffer, tensor.backend === self else {
+            throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on \(name)")
+        }
+        return buffer
+    }
+
+    // MARK: programs and kernels
+
+    /// Build options every kernel file is compiled with.
+    var buildOptions: String { "-cl-std=CL1.2 -DVW=\(vectorWidth) -DWG=\(rowWorkGroupSize)" }
+
+    /// Compiles `file` (with `common.cl` in front) once per backend; the error carries the compiler log.
+    func program(_ file: String) throws -> cl_program {
+        if let program = programs[file] { return program }
+        let common = try KernelSources.source(named: "common.cl")
+        let body = try KernelSources.source(named: file)
+        let text = common.text + "\n#line 1 \"\(file)\"\n" + body.text
+        var status: cl_int = 0
+        let program: cl_program? = text.withCString { pointer in
+            var source: UnsafePointer<CChar>? = pointer
+            var length = strlen(pointer)
+            return clCreateProgramWithSource(context, 1, &source, &length, &status)
+        }
+        guard let program, status == CL_SUCCESS else {
+            throw OpenCLStatus.error(status, at: "clCreateProgramWithSource(\(file))", device: device.name)
+        }
+        var deviceID: cl_device_id? = device.id
+        let buildStatus = clBuildProgram(program, 1, &deviceID, buildOptions, nil, nil)
+        if buildStatus != CL_SUCCESS {
+            let log = buildLog(program)
+            clReleaseProgram(program)
+            throw TensorError.device("OpenCL kernel build failed for \(file) (\(body.origin)) on \(device.name): "
+                                     + "\(OpenCLStatus.name(buildStatus)); compiler log:\n\(log)")
+        }
+        programs[file] = program
+        return program
+    }
+
+    private func buildLog(_ program: cl_program) -> String {
+        var size = 0
+        clGetProgramBuildInfo(program, device.id, cl_program_build_info(CL_PROGRAM_BUILD_LOG), 0, nil, &size)
+        guard size > 1 else { return "(empty log)" }
+        var bytes = [CChar](repeating: 0, count: size)
+        clGetProgramBuildInfo(program, device.id, cl_program_build_info(CL_PROGRAM_BUILD_LOG), size, &bytes, nil)
+        return String(cString: bytes).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func kernel(_ name: String, in file: String) throws -> cl_kernel {
+        if let kernel = kernels[name] { return kernel }
+        var status: cl_int = 0
+        guard let kernel = clCreateKernel(try program(file), name, &status), status == CL_SUCCESS else {
+            throw OpenCLStatus.error(status, at: "clCreateKernel(\(name) in \(file))", device: device.name)
+        }
+        kernels[name] = kernel
+        return kernel
+    }
+
+    /// Sets the arguments of kernel `name` from `file` and enqueues it over `globalSize` work-items
+    /// (`localSize` nil lets the driver choose).
+    func launch(_ name: String, in file: String, globalSize: Int, localSize: Int?, _ arguments: [any KernelArgument]) throws {
+        let kernel = try kernel(name, in: file)
+        for (index, argument) in arguments.enumerated() {
+            try checkCL(argument.set(on: kernel, index: cl_uint(index)), "clSetKernelArg(\(name), \(index))", device: device.name)
+        }
+        var global = globalSize
+        let status: cl_int
+        if var local = localSize {
+            status = clEnqueueNDRangeKernel(queue, kernel, 1, nil, &global, &local, 0, nil, nil)
+        } else {
+            status = clEnqueueNDRangeKernel(queue, kernel, 1, nil, &global, nil, 0, nil, nil)
+        }
+        try checkCL(status, "clEnqueueNDRangeKernel(\(name))", device: device.name)
+    }
+
+    /// Kernel arguments for a tensor: its buffer and its element offset.
+    func arguments(_ tensor: Tensor) throws -> [any KernelArgument] {
+        [try buffer(tensor), try int32(tensor.offset, tensor.label)]
+    }
+
+    func int32(_ value: Int, _ what: String) throws -> Int32 {
+        guard let narrow = Int32(exactly: value) else {
+            throw TensorError.unsupported("\(what): \(value) exceeds the kernels' 32-bit index range")
+        }
+        return narrow
+    }
+
+    /// Work-items of an elementwise kernel over `n` elements: one per full vector, one per tail element.
+    func elementwiseWorkItems(_ n: Int) -> Int { n / vectorWidth + n % vectorWidth }
+
+    // MARK: ops
+
+    public func enqueueFill(_ x: Tensor, value: Float) throws {
+        try launch("fill_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(x.count), localSize: nil,
+                   try arguments(x) + [value, try int32(x.count, x.label)])
+    }
+
+    public func enqueueCopy(_ source: Tensor, into destination: Tensor) throws {
+        try launch("copy_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil,
+                   try arguments(source) + arguments(destination) + [try int32(source.count, source.label)])
+    }
+
+    public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
+        try launch("\(op.rawValue)_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(a.count), localSize: nil,
+                   try arguments(a) + arguments(b) + arguments(out) + [try int32(a.count, a.label)])
+    }
+
+    public func enqueueScale(_ x: Tensor, by alpha: Float, into out: Tensor) throws {
+        try launch("scale_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(x.count), localSize: nil,
+                   try arguments(x) + [alpha] + arguments(out) + [try int32(x.count, x.label)])
+    }
+
+    public func enqueueAxpy(alpha: Float, _ x: Tensor, _ y: Tensor) throws {
+        try launch("axpy_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(x.count), localSize: nil,
+                   [alpha] + arguments(x) + arguments(y) + [try int32(x.count, x.label)])
+    }
+
+    public func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws {
+        try launch("row_\(op.rawValue)", in: "rows.cl", globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(x) + arguments(out) + [try int32(x.columns, x.label)])
+    }
+
+    public func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws {
+        try launch(logarithm ? "log_softmax_rows" : "softmax_rows", in: "rows.cl",
+                   globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(x) + arguments(y) + [try int32(x.columns, x.label), 1 / temperature])
+    }
+
+    public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
+        let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))
+        let transposeA = p.transposeA ? CLBlastTransposeYes : CLBlastTransposeNo
+        let transposeB = p.transposeB ? CLBlastTransposeYes : CLBlastTransposeNo
+        let status: CLBlastStatusCode
+        if p.batch == 1 {
+            status = CLBlastSgemm(CLBlastLayoutRowMajor, transposeA, transposeB, p.m, p.n, p.k, p.alpha,
+                                  bufferA.mem, a.offset, p.lda, bufferB.mem, b.offset, p.ldb, p.beta,
+                                  bufferC.mem, c.offset, p.ldc, &queue, nil)
+        } else {
+            status = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, transposeA, transposeB, p.m, p.n, p.k, p.alpha,
+                                                bufferA.mem, a.offset, p.lda, p.strideA, bufferB.mem, b.offset, p.ldb, p.strideB,
+                                                p.beta, bufferC.mem, c.offset, p.ldc, p.strideC, p.batch, &queue, nil)
+        }
+        guard status == CLBlastSuccess else {
+            throw TensorError.device("CLBlast error \(status.rawValue) at \(p.batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched")"
+                                     + "(M=\(p.m) N=\(p.n) K=\(p.k) batch=\(p.batch)) on \(device.name)"
+                                     + (status.rawValue > -1000 ? " (\(OpenCLStatus.name(status.rawValue)))" : ""))
+        }
+    }
+}

@@ -1,0 +1,71 @@
+/// A place where tensors live and ops run: the CPU backend or one OpenCL device.
+///
+/// Callers use the checked operations in the `Backend` extension (``Backend/add(_:_:into:)``,
+/// ``Backend/gemm(_:_:into:transposeA:transposeB:alpha:beta:)``, ...), which validate shapes and
+/// then call the `enqueue` requirements below. A backend implements only the requirements; every
+/// requirement of this protocol receives operands that were already checked.
+///
+/// Ops may run asynchronously (OpenCL queues them in order); ``download(_:)`` and
+/// ``synchronize()`` wait for everything enqueued before them.
+public protocol Backend: AnyObject {
+    /// A short name for messages: `cpu`, or `opencl:0:0 (device name)`.
+    var name: String { get }
+
+    /// Allocates an uninitialized tensor, counted against the backend's memory budget.
+    func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor
+    /// Copies `values` (exactly `tensor.count` of them) into the tensor.
+    func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws
+    /// Copies the tensor's values to the host, after every op enqueued before.
+    func download(_ tensor: Tensor) throws -> [Float]
+    /// Waits for every enqueued op.
+    func synchronize() throws
+
+    func enqueueFill(_ x: Tensor, value: Float) throws
+    func enqueueCopy(_ source: Tensor, into destination: Tensor) throws
+    func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws
+    func enqueueScale(_ x: Tensor, by alpha: Float, into out: Tensor) throws
+    /// y += alpha * x
+    func enqueueAxpy(alpha: Float, _ x: Tensor, _ y: Tensor) throws
+    func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ problem: GemmProblem) throws
+    /// out[r] = reduce(x[r, :]) for each of the `rowCount` rows of x.
+    func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws
+    /// y[r, :] = softmax(x[r, :] / temperature), or its logarithm.
+    func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws
+}
+
+/// Elementwise binary operations of equal-shaped tensors.
+public enum BinaryOp: String, CaseIterable, Sendable {
+    case add
+    case mul
+}
+
+/// Row-wise reductions over the last axis.
+public enum RowReduction: String, CaseIterable, Sendable {
+    /// Maximum of the row; `-inf` for a row whose entries are all `-inf`.
+    case max
+    case sum
+}
+
+/// The geometry of `C = alpha * op(A) * op(B) + beta * C`, row-major, repeated over `batch` matrices.
+///
+/// A is `[M, K]` (`[K, M]` when transposed), B is `[K, N]` (`[N, K]` when transposed), C is `[M, N]`.
+/// Each batch element starts `stride*` elements after the previous one; a stride of 0 reuses one matrix.
+public struct GemmProblem: Equatable, Sendable {
+    public var m: Int
+    public var n: Int
+    public var k: Int
+    public var batch: Int
+    public var transposeA: Bool
+    public var transposeB: Bool
+    public var alpha: Float
+    public var beta: Float
+    public var strideA: Int
+    public var strideB: Int
+    public var strideC: Int
+
+    /// Leading dimensions of the row-major operands.
+    public var lda: Int { transposeA ? m : k }
+    public var ldb: Int { transposeB ? k : n }
+    public var ldc: Int { n }
+    public var flops: Double { 2.0 * Double(m) * Double(n) * Double(k) * Double(batch) }
+}

@@ -1,0 +1,4 @@
+import OpenCLBackend
+import CPUBackend
+let devs = try OpenCLPlatforms.devices()
+print(devs.map(\.name))

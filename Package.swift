@@ -59,17 +59,19 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 
+        // Test helpers shared by the test targets: seeded inputs, comparisons, the backends under test.
+        .target(name: "TestSupport", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"], path: "Tests/TestSupport"),
         .testTarget(name: "BackendParityTests",
-                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"],
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/BackendParityTests"),
         .testTarget(name: "OpenCLRuntimeTests",
-                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"],
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],
                     path: "Tests/OpenCLRuntimeTests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend"],
+        .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/LossTests"),
     ]
 )

@@ -32,14 +32,13 @@ __kernel void softmax_rows(__global const float* x, int xo, __global float* y, i
     __global float* yr = y + yo + (long)row * cols;
     const int vectors = cols / VW;
     const float m = group_max(partial_row_max(xr, cols, lid), scratch);
-    if (m == -INFINITY) {  // uniform across the work-group: no barrier follows
-        for (int v = lid; v < vectors; v += WG) vstoreV((floatV)(0.0f), v, yr);
-        for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = 0.0f;
-        return;
-    }
-    const float inv_sum = 1.0f / group_sum(partial_row_sum_exp(xr, cols, lid, m, inv_t), scratch);
-    for (int v = lid; v < vectors; v += WG) vstoreV(exp((vloadV(v, xr) - m) * inv_t) * inv_sum, v, yr);
-    for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = exp((xr[j] - m) * inv_t) * inv_sum;
+    // An all -inf row sums exp(-inf) = 0 and writes 0 * 0. Every work-item reaches every barrier:
+    // PoCL miscompiles an early return in front of a barrier.
+    const float shift = (m == -INFINITY) ? 0.0f : m;
+    const float sum = group_sum(partial_row_sum_exp(xr, cols, lid, shift, inv_t), scratch);
+    const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
+    for (int v = lid; v < vectors; v += WG) vstoreV(exp((vloadV(v, xr) - shift) * inv_t) * inv_sum, v, yr);
+    for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = exp((xr[j] - shift) * inv_t) * inv_sum;
 }
 
 // y[r, :] = log softmax(x[r, :] * inv_t); an all -inf row gives -inf.
@@ -50,12 +49,10 @@ __kernel void log_softmax_rows(__global const float* x, int xo, __global float* 
     __global float* yr = y + yo + (long)row * cols;
     const int vectors = cols / VW;
     const float m = group_max(partial_row_max(xr, cols, lid), scratch);
-    if (m == -INFINITY) {
-        for (int v = lid; v < vectors; v += WG) vstoreV((floatV)(-INFINITY), v, yr);
-        for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = -INFINITY;
-        return;
-    }
-    const float log_sum = log(group_sum(partial_row_sum_exp(xr, cols, lid, m, inv_t), scratch));
-    for (int v = lid; v < vectors; v += WG) vstoreV((vloadV(v, xr) - m) * inv_t - log_sum, v, yr);
-    for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = (xr[j] - m) * inv_t - log_sum;
+    // An all -inf row: log_sum = log 0 = -inf would give NaN below; -inf - 0 gives -inf instead.
+    const float shift = (m == -INFINITY) ? 0.0f : m;
+    const float sum = group_sum(partial_row_sum_exp(xr, cols, lid, shift, inv_t), scratch);
+    const float log_sum = (m == -INFINITY) ? 0.0f : log(sum);
+    for (int v = lid; v < vectors; v += WG) vstoreV((vloadV(v, xr) - shift) * inv_t - log_sum, v, yr);
+    for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = (xr[j] - shift) * inv_t - log_sum;
 }

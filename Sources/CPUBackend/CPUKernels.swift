@@ -64,13 +64,8 @@ public enum CPUKernels {
                 yr.update(repeating: 0, count: cols)
                 continue
             }
-            var s: Float = 0
-            for j in 0..<cols {
-                let e = expf((xr[j] - m) * inverseTemperature)
-                yr[j] = e
-                s += e
-            }
-            let inverseSum = 1 / s
+            for j in 0..<cols { yr[j] = expf((xr[j] - m) * inverseTemperature) }
+            let inverseSum = 1 / rowTotal(yr, cols)
             for j in 0..<cols { yr[j] *= inverseSum }
         }
     }
@@ -85,9 +80,9 @@ public enum CPUKernels {
                 yr.update(repeating: -.infinity, count: cols)
                 continue
             }
-            var s: Float = 0
-            for j in 0..<cols { s += expf((xr[j] - m) * inverseTemperature) }
-            let logSum = logf(s)
+            // y holds exp((x - m) / T) until the sum is known.
+            for j in 0..<cols { yr[j] = expf((xr[j] - m) * inverseTemperature) }
+            let logSum = logf(rowTotal(yr, cols))
             for j in 0..<cols { yr[j] = (xr[j] - m) * inverseTemperature - logSum }
         }
     }

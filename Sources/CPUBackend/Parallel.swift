@@ -3,7 +3,7 @@ import Foundation
 
 /// Splits `0..<count` into contiguous chunks of at least `grain` items and runs them on all cores.
 @inline(__always)
-func parallelChunks(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+public func parallelChunks(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
     let workers = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / max(1, grain)))
     if workers <= 1 {
         body(0..<count)

@@ -113,7 +113,7 @@ public final class OpenCLBackend: Backend {
         try checkCL(clFinish(queue), "clFinish", device: device.name)
     }
 
-    func buffer(_ tensor: Tensor) throws -> OpenCLBuffer {
+    public func buffer(_ tensor: Tensor) throws -> OpenCLBuffer {
         guard let buffer = tensor.storage as? OpenCLBuffer, tensor.backend === self else {
             throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on \(name)")
         }
@@ -123,7 +123,7 @@ public final class OpenCLBackend: Backend {
     // MARK: programs and kernels
 
     /// Build options every kernel file is compiled with.
-    var buildOptions: String { "-cl-std=CL1.2 -DVW=\(vectorWidth) -DWG=\(rowWorkGroupSize)" }
+    public var buildOptions: String { "-cl-std=CL1.2 -DVW=\(vectorWidth) -DWG=\(rowWorkGroupSize)" }
 
     /// Compiles `file` (with `common.cl` in front) once per backend; the error carries the compiler log.
     func program(_ file: String) throws -> cl_program {
@@ -171,9 +171,10 @@ public final class OpenCLBackend: Backend {
         return kernel
     }
 
-    /// Sets the arguments of kernel `name` from `file` and enqueues it over `globalSize` work-items
+    /// Sets the arguments of kernel `name` from `file` and enqueues it (kernel families in other
+    /// modules, such as the losses, launch their kernels through this) over `globalSize` work-items
     /// (`localSize` nil lets the driver choose).
-    func launch(_ name: String, in file: String, globalSize: Int, localSize: Int?, _ arguments: [any KernelArgument]) throws {
+    public func launch(_ name: String, in file: String, globalSize: Int, localSize: Int?, _ arguments: [any KernelArgument]) throws {
         let kernel = try kernel(name, in: file)
         for (index, argument) in arguments.enumerated() {
             try checkCL(argument.set(on: kernel, index: cl_uint(index)), "clSetKernelArg(\(name), \(index))", device: device.name)
@@ -189,11 +190,11 @@ public final class OpenCLBackend: Backend {
     }
 
     /// Kernel arguments for a tensor: its buffer and its element offset.
-    func arguments(_ tensor: Tensor) throws -> [any KernelArgument] {
+    public func arguments(_ tensor: Tensor) throws -> [any KernelArgument] {
         [try buffer(tensor), try int32(tensor.offset, tensor.label)]
     }
 
-    func int32(_ value: Int, _ what: String) throws -> Int32 {
+    public func int32(_ value: Int, _ what: String) throws -> Int32 {
         guard let narrow = Int32(exactly: value) else {
             throw TensorError.unsupported("\(what): \(value) exceeds the kernels' 32-bit index range")
         }
@@ -201,7 +202,7 @@ public final class OpenCLBackend: Backend {
     }
 
     /// Work-items of an elementwise kernel over `n` elements: one per full vector, one per tail element.
-    func elementwiseWorkItems(_ n: Int) -> Int { n / vectorWidth + n % vectorWidth }
+    public func elementwiseWorkItems(_ n: Int) -> Int { n / vectorWidth + n % vectorWidth }
 
     // MARK: ops
 

@@ -32,12 +32,12 @@ public final class OpenCLBuffer: TensorStorage, @unchecked Sendable {
 }
 
 /// A value that can be passed to `clSetKernelArg`.
-protocol KernelArgument {
+public protocol KernelArgument {
     func set(on kernel: cl_kernel, index: cl_uint) -> cl_int
 }
 
 extension KernelArgument where Self: BitwiseCopyable {
-    func set(on kernel: cl_kernel, index: cl_uint) -> cl_int {
+    public func set(on kernel: cl_kernel, index: cl_uint) -> cl_int {
         withUnsafeBytes(of: self) { clSetKernelArg(kernel, index, $0.count, $0.baseAddress) }
     }
 }
@@ -45,8 +45,15 @@ extension KernelArgument where Self: BitwiseCopyable {
 extension Int32: KernelArgument {}
 extension Float: KernelArgument {}
 
+/// `__local` scratch memory of the given size, for a kernel argument declared `__local T*`.
+public struct LocalMemory: KernelArgument {
+    public let byteCount: Int
+    public init(byteCount: Int) { self.byteCount = byteCount }
+    public func set(on kernel: cl_kernel, index: cl_uint) -> cl_int { clSetKernelArg(kernel, index, byteCount, nil) }
+}
+
 extension OpenCLBuffer: KernelArgument {
-    func set(on kernel: cl_kernel, index: cl_uint) -> cl_int {
+    public func set(on kernel: cl_kernel, index: cl_uint) -> cl_int {
         var handle: cl_mem? = mem
         return clSetKernelArg(kernel, index, MemoryLayout<cl_mem>.size, &handle)
     }

@@ -1,0 +1,55 @@
+import CPUBackend
+import Foundation
+import OpenCLBackend
+import Tensor
+import TestSupport
+import XCTest
+
+/// Runs every row of ``ParityTable`` on the CPU backend and on the default OpenCL device.
+final class BackendParityTests: XCTestCase {
+    func testCPUBackendAgainstFP64Reference() throws {
+        try runTable(on: [TestBackends.cpu])
+    }
+
+    func testOpenCLBackendAgainstFP64ReferenceAndCPU() throws {
+        try runTable(on: [TestBackends.cpu, try TestBackends.openCL()])
+    }
+
+    /// Runs each instance on `backends`; the last backend is also compared with the first.
+    private func runTable(on backends: [any Backend]) throws {
+        var rng = SeededRandom(seed: 20_261_123)
+        var checked = 0
+        for row in ParityTable.cases {
+            for instance in row.instances(&rng) {
+                let reference = instance.reference(instance.operands.map { $0.values.map(Double.init) })
+                var firstResults: [[Float]]?
+                for backend in backends {
+                    let results = try run(instance, on: backend)
+                    for (output, expected) in zip(results, reference) {
+                        let comparison = Comparison(output, reference: expected)
+                        XCTAssertTrue(comparison.passes(tolerance: row.tolerance),
+                                      "\(row.op) [\(instance.description)] on \(backend.name) vs fp64: \(comparison), tolerance \(row.tolerance)")
+                    }
+                    if let firstResults, backends.count > 1 {
+                        for (output, cpuOutput) in zip(results, firstResults) {
+                            let comparison = Comparison(output, reference: cpuOutput.map(Double.init))
+                            XCTAssertTrue(comparison.passes(tolerance: row.tolerance),
+                                          "\(row.op) [\(instance.description)] on \(backend.name) vs \(backends[0].name): \(comparison)")
+                        }
+                    }
+                    firstResults = firstResults ?? results
+                }
+                checked += 1
+            }
+        }
+        print("parity table: \(ParityTable.cases.count) ops, \(checked) instances on \(backends.map(\.name).joined(separator: ", "))")
+    }
+
+    private func run(_ instance: ParityInstance, on backend: any Backend) throws -> [[Float]] {
+        let tensors = try instance.operands.enumerated().map { index, operand in
+            try backend.tensor(operand.values, shape: operand.shape, label: "operand\(index)")
+        }
+        try instance.run(backend, tensors)
+        return try instance.outputs.map { try tensors[$0].toArray() }
+    }
+}

@@ -67,6 +67,7 @@ let package = Package(
         .testTarget(name: "OpenCLRuntimeTests",
                     dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],
                     path: "Tests/OpenCLRuntimeTests"),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",

@@ -58,7 +58,7 @@ struct BenchCommand: ParsableCommand {
             }
             if json {
                 let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted]
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 print(String(decoding: try encoder.encode(records), as: UTF8.self))
             } else {
                 print(formatBenchTable(records))

@@ -53,30 +53,38 @@ public final class CPUBackend: Backend {
         return Tensor(shape: shape, dtype: dtype, storage: storage, backend: self, label: label)
     }
 
-    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
-        guard values.count == tensor.count, tensor.dtype == .f32 else {
-            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws {
+        guard bytes.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("upload of \(bytes.count) bytes into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue) of \(tensor.byteCount) bytes")
         }
-        guard let base = values.baseAddress else { return }
-        try mutablePointer(tensor).update(from: base, count: values.count)
+        guard let base = bytes.baseAddress else { return }
+        try rawPointer(tensor).copyMemory(from: base, byteCount: bytes.count)
     }
 
-    public func download(_ tensor: Tensor) throws -> [Float] {
-        guard tensor.dtype == .f32 else {
-            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+    public func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws {
+        guard destination.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("download of \(tensor.label) (\(tensor.byteCount) bytes) into \(destination.count) bytes")
         }
-        let source = try pointer(tensor)
-        return Array(UnsafeBufferPointer(start: source, count: tensor.count))
+        guard let base = destination.baseAddress else { return }
+        base.copyMemory(from: try rawPointer(tensor), byteCount: destination.count)
     }
 
     public func synchronize() throws {}
 
-    /// The host address of a tensor's first element (for CPU twins and host BLAS).
-    public func mutablePointer(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+    /// The host address of a tensor's first byte, of any dtype.
+    public func rawPointer(_ tensor: Tensor) throws -> UnsafeMutableRawPointer {
         guard let storage = tensor.storage as? CPUStorage else {
             throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on the CPU backend")
         }
-        return storage.pointer.assumingMemoryBound(to: Float.self) + tensor.offset
+        return storage.pointer + tensor.byteOffset
+    }
+
+    /// The host address of an f32 tensor's first element (for CPU twins and host BLAS).
+    public func mutablePointer(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+        guard tensor.dtype == .f32 else {
+            throw TensorError.unsupported("\(tensor.label) is \(tensor.dtype.rawValue), not f32")
+        }
+        return try rawPointer(tensor).assumingMemoryBound(to: Float.self)
     }
 
     public func pointer(_ tensor: Tensor) throws -> UnsafePointer<Float> { UnsafePointer(try mutablePointer(tensor)) }

@@ -84,29 +84,24 @@ public final class OpenCLBackend: Backend {
         return Tensor(shape: shape, dtype: dtype, storage: buffer, backend: self, label: label)
     }
 
-    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
-        guard values.count == tensor.count, tensor.dtype == .f32 else {
-            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws {
+        guard bytes.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("upload of \(bytes.count) bytes into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue) of \(tensor.byteCount) bytes")
         }
-        guard values.count > 0 else { return }
-        try checkCL(clEnqueueWriteBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.offset * 4,
-                                         values.count * 4, values.baseAddress, 0, nil, nil),
+        guard bytes.count > 0 else { return }
+        try checkCL(clEnqueueWriteBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.byteOffset,
+                                         bytes.count, bytes.baseAddress, 0, nil, nil),
                     "clEnqueueWriteBuffer(\(tensor.label))", device: device.name)
     }
 
-    public func download(_ tensor: Tensor) throws -> [Float] {
-        guard tensor.dtype == .f32 else {
-            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+    public func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws {
+        guard destination.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("download of \(tensor.label) (\(tensor.byteCount) bytes) into \(destination.count) bytes")
         }
-        var values = [Float](repeating: 0, count: tensor.count)
-        guard !values.isEmpty else { return values }
-        let mem = try buffer(tensor).mem
-        try values.withUnsafeMutableBytes { bytes in
-            try checkCL(clEnqueueReadBuffer(queue, mem, cl_bool(CL_TRUE), tensor.offset * 4, bytes.count,
-                                            bytes.baseAddress, 0, nil, nil),
-                        "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
-        }
-        return values
+        guard destination.count > 0 else { return }
+        try checkCL(clEnqueueReadBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.byteOffset,
+                                        destination.count, destination.baseAddress, 0, nil, nil),
+                    "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
     }
 
     public func synchronize() throws {

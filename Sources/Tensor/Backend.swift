@@ -13,10 +13,11 @@ public protocol Backend: AnyObject {
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor
-    /// Copies `values` (exactly `tensor.count` of them) into the tensor.
-    func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws
-    /// Copies the tensor's values to the host, after every op enqueued before.
-    func download(_ tensor: Tensor) throws -> [Float]
+    /// Copies `bytes` into the tensor: exactly ``Tensor/byteCount`` of them, in the dtype's layout
+    /// (quantized types as their file blocks).
+    func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws
+    /// Copies the tensor's bytes into `destination` (exactly ``Tensor/byteCount``), after every op enqueued before.
+    func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws
     /// Waits for every enqueued op.
     func synchronize() throws
 

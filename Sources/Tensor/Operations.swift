@@ -16,6 +16,50 @@ extension Backend {
         return t
     }
 
+    /// Copies `values` (exactly `tensor.count` of them) into an f32 tensor.
+    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
+        try requireTransfer(of: values.count, .f32, tensor)
+        try uploadBytes(UnsafeRawBufferPointer(values), to: tensor)
+    }
+
+    /// Copies `values` (exactly `tensor.count` of them) into an i32 tensor.
+    public func upload(_ values: [Int32], to tensor: Tensor) throws {
+        try requireTransfer(of: values.count, .i32, tensor)
+        try values.withUnsafeBytes { try uploadBytes($0, to: tensor) }
+    }
+
+    /// The values of an f32 tensor, after every op enqueued before.
+    public func download(_ tensor: Tensor) throws -> [Float] {
+        try requireTransfer(of: tensor.count, .f32, tensor)
+        var values = [Float](repeating: 0, count: tensor.count)
+        try values.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
+        return values
+    }
+
+    /// The values of an i32 tensor, after every op enqueued before.
+    public func downloadInt32(_ tensor: Tensor) throws -> [Int32] {
+        try requireTransfer(of: tensor.count, .i32, tensor)
+        var values = [Int32](repeating: 0, count: tensor.count)
+        try values.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
+        return values
+    }
+
+    /// Allocates an i32 tensor holding `values` (token ids, positions).
+    public func indexTensor(_ values: [Int32], shape: [Int], label: String) throws -> Tensor {
+        let t = try allocate(shape: shape, dtype: .i32, label: label)
+        try upload(values, to: t)
+        return t
+    }
+
+    private func requireTransfer(of count: Int, _ dtype: DType, _ tensor: Tensor) throws {
+        guard tensor.dtype == dtype, count == tensor.count else {
+            throw TensorError.shapeMismatch("transfer of \(count) \(dtype.rawValue) values to or from \(tensor.label) \(describeShape(tensor.shape)) of type \(tensor.dtype.rawValue)")
+        }
+        guard tensor.backend === self else {
+            throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on \(name)")
+        }
+    }
+
     /// Sets every element of `x` to `value`.
     public func fill(_ x: Tensor, value: Float) throws {
         try requireFloat32(x, op: "fill")

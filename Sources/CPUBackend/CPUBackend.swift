@@ -153,4 +153,71 @@ public final class CPUBackend: Backend {
             }
         }
     }
+
+    // MARK: model kernels
+
+    func int32Pointer(_ tensor: Tensor) throws -> UnsafePointer<Int32> {
+        UnsafePointer(try rawPointer(tensor).assumingMemoryBound(to: Int32.self))
+    }
+
+    public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
+        let (src, po) = (UnsafeRawPointer(try rawPointer(source)), try mutablePointer(out))
+        let blocks = source.count / 32
+        switch source.dtype {
+        case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0(src, po, $0) }
+        case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0(src, po, $0) }
+        case .q4_1: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_1(src, po, $0) }
+        case .f16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_f16(src, po, $0) }
+        case .f32, .i32: throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue))")
+        }
+    }
+
+    public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        let (pt, pi, po) = (UnsafeRawPointer(try rawPointer(table)), try int32Pointer(ids), try mutablePointer(out))
+        let (rows, cols) = (table.shape[0], table.shape[1])
+        parallelChunks(ids.count, grain: max(1, rowGrainElements / cols)) { range in
+            switch table.dtype {
+            case .f32: CPUKernels.get_rows_f32(pt.assumingMemoryBound(to: Float.self), rows: rows, pi, po, cols: cols, range)
+            case .f16: CPUKernels.get_rows_f16(pt, rows: rows, pi, po, cols: cols, range)
+            case .q8_0: CPUKernels.get_rows_q8_0(pt, rows: rows, pi, po, cols: cols, range)
+            case .q4_0: CPUKernels.get_rows_q4_0(pt, rows: rows, pi, po, cols: cols, range)
+            case .q4_1: CPUKernels.get_rows_q4_1(pt, rows: rows, pi, po, cols: cols, range)
+            case .i32: preconditionFailure("gatherRows rejects i32 tables")
+            }
+        }
+    }
+
+    public func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        let (px, pw, py, cols) = (try pointer(x), try pointer(weight), try mutablePointer(y), x.columns)
+        parallelChunks(x.rowCount, grain: max(1, rowGrainElements / cols)) {
+            CPUKernels.rms_norm(px, pw, py, cols: cols, eps: epsilon, $0)
+        }
+    }
+
+    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        let (px, pp, py) = (try pointer(x), try int32Pointer(positions), try mutablePointer(y))
+        parallelChunks(x.count / 2, grain: elementGrain) {
+            CPUKernels.rope(px, pp, py, heads: rope.heads, headDim: rope.headDimension, ropeDim: rope.rotatedDimensions,
+                            base: rope.base, halves: rope.layout == .halves, direction: rope.inverse ? -1 : 1, $0)
+        }
+    }
+
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+        let (ps, pp, keys) = (try pointer(scores), try mutablePointer(probs), scores.columns)
+        parallelChunks(scores.rowCount, grain: max(1, rowGrainElements / keys)) {
+            CPUKernels.causal_softmax(ps, pp, keys: keys, queries: queries, keyOffset: keyOffset, scale: scale, $0)
+        }
+    }
+
+    public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
+        let (px, py, s) = (try pointer(x), try mutablePointer(y), x.shape)
+        parallelChunks(x.count, grain: elementGrain) {
+            CPUKernels.transpose_12(px, py, a: s[0], b: s[1], c: s[2], d: s[3], $0)
+        }
+    }
+
+    public func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        let (pg, pu, po) = (try pointer(gate), try pointer(up), try mutablePointer(out))
+        parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu(pg, pu, po, $0) }
+    }
 }

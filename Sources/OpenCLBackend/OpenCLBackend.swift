@@ -184,9 +184,11 @@ public final class OpenCLBackend: Backend {
         try checkCL(status, "clEnqueueNDRangeKernel(\(name))", device: device.name)
     }
 
-    /// Kernel arguments for a tensor: its buffer and its element offset.
+    /// Kernel arguments for a tensor: its buffer and its offset, in elements for f32 and i32 tensors
+    /// (kernels see `float*` / `int*`), in bytes for f16 and block types (kernels see `uchar*`).
     public func arguments(_ tensor: Tensor) throws -> [any KernelArgument] {
-        [try buffer(tensor), try int32(tensor.offset, tensor.label)]
+        let offset = tensor.dtype == .f32 || tensor.dtype == .i32 ? tensor.offset : tensor.byteOffset
+        return [try buffer(tensor), try int32(offset, tensor.label)]
     }
 
     public func int32(_ value: Int, _ what: String) throws -> Int32 {
@@ -256,5 +258,52 @@ public final class OpenCLBackend: Backend {
                                      + "(M=\(p.m) N=\(p.n) K=\(p.k) batch=\(p.batch)) on \(device.name)"
                                      + (status.rawValue > -1000 ? " (\(OpenCLStatus.name(status.rawValue)))" : ""))
         }
+    }
+
+    // MARK: model kernels
+
+    public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
+        let n = source.dtype == .f16 ? source.count : source.count / 32
+        try launch("dequantize_\(source.dtype.rawValue)", in: "quant.cl", globalSize: n, localSize: nil,
+                   try arguments(source) + arguments(out) + [try int32(n, source.label)])
+    }
+
+    public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        let (rows, cols) = (table.shape[0], table.shape[1])
+        let quantized = table.dtype != .f32 && table.dtype != .f16
+        let workItems = ids.count * (quantized ? cols / 32 : cols)
+        try launch("get_rows_\(table.dtype.rawValue)", in: "quant.cl", globalSize: workItems, localSize: nil,
+                   try arguments(table) + [try int32(rows, table.label)] + arguments(ids) + arguments(out)
+                       + [try int32(cols, table.label), try int32(ids.count, ids.label)])
+    }
+
+    public func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        try launch("rms_norm", in: "norm.cl", globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(x) + arguments(weight) + arguments(y) + [try int32(x.columns, x.label), epsilon])
+    }
+
+    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        try launch("rope", in: "rope.cl", globalSize: x.count / 2, localSize: nil,
+                   try arguments(x) + arguments(positions) + arguments(y)
+                       + [try int32(positions.count, positions.label), try int32(rope.heads, x.label),
+                          try int32(rope.headDimension, x.label), try int32(rope.rotatedDimensions, x.label),
+                          rope.base, Int32(rope.layout == .halves ? 1 : 0), Float(rope.inverse ? -1 : 1)])
+    }
+
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+        try launch("causal_softmax", in: "attention.cl", globalSize: scores.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(scores) + arguments(probs)
+                       + [try int32(scores.columns, scores.label), try int32(queries, scores.label), try int32(keyOffset, scores.label), scale])
+    }
+
+    public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
+        let s = try x.shape.map { try int32($0, x.label) }
+        try launch("transpose_12", in: "attention.cl", globalSize: x.count, localSize: nil,
+                   try arguments(x) + arguments(y) + [s[0], s[1], s[2], s[3]])
+    }
+
+    public func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        try launch("swiglu", in: "activation.cl", globalSize: elementwiseWorkItems(gate.count), localSize: nil,
+                   try arguments(gate) + arguments(up) + arguments(out) + [try int32(gate.count, gate.label)])
     }
 }

@@ -32,6 +32,51 @@ public protocol Backend: AnyObject {
     func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws
     /// y[r, :] = softmax(x[r, :] / temperature), or its logarithm.
     func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws
+
+    // Model ops (the llama forward pass).
+    /// out (f32, same element count) = the values of a quantized or f16 tensor.
+    func enqueueDequantize(_ source: Tensor, into out: Tensor) throws
+    /// out[i, :] = table[ids[i], :] for a table [rows, cols] of any dtype; out-of-range ids give zeros.
+    func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws
+    /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight
+    func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws
+    /// Rotary embedding of x [tokens, heads, headDim] at positions [tokens] (i32) into y.
+    func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws
+    /// probs = causal softmax of scores [rows, keys]; row r is query r % queries at position r % queries + keyOffset.
+    func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws
+    /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped.
+    func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws
+    /// out = silu(gate) * up
+    func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws
+}
+
+/// Rotary position embedding parameters.
+public struct RoPE: Equatable, Sendable {
+    /// Which elements form the rotated pairs.
+    public enum PairLayout: String, Sendable {
+        /// (x[2i], x[2i+1]): llama.cpp and GGUF llama weights.
+        case adjacent
+        /// (x[i], x[i + d/2]): Hugging Face's rotate_half.
+        case halves
+    }
+
+    public var heads: Int
+    public var headDimension: Int
+    /// Leading dimensions of each head that rotate (the rest pass through); even, at most headDimension.
+    public var rotatedDimensions: Int
+    public var base: Float
+    public var layout: PairLayout
+    /// Turn by -theta instead of theta: the inverse rotation, which is the backward of the forward one.
+    public var inverse: Bool
+
+    public init(heads: Int, headDimension: Int, rotatedDimensions: Int? = nil, base: Float, layout: PairLayout, inverse: Bool = false) {
+        self.heads = heads
+        self.headDimension = headDimension
+        self.rotatedDimensions = rotatedDimensions ?? headDimension
+        self.base = base
+        self.layout = layout
+        self.inverse = inverse
+    }
 }
 
 /// Elementwise binary operations of equal-shaped tensors.

@@ -175,7 +175,98 @@ extension Backend {
         try enqueueSoftmaxRows(x, into: y, temperature: temperature, logarithm: logarithm)
     }
 
+    // MARK: model ops
+
+    /// out = the f32 values of `source` (Q8_0, Q4_0, Q4_1 or F16), same element count.
+    public func dequantize(_ source: Tensor, into out: Tensor) throws {
+        try requireFloat32(out, op: "dequantize")
+        try requireOwned(source, op: "dequantize")
+        guard [.q8_0, .q4_0, .q4_1, .f16].contains(source.dtype) else {
+            throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or f16 type")
+        }
+        guard source.count == out.count, source.count % 32 == 0 || source.dtype == .f16, source.offset % 32 == 0 || source.dtype == .f16 else {
+            throw TensorError.shapeMismatch("dequantize: \(source.label) \(describeShape(source.shape)) \(source.dtype.rawValue) into \(out.label) \(describeShape(out.shape)) (block types need whole blocks of 32)")
+        }
+        guard source.count > 0 else { return }
+        try enqueueDequantize(source, into: out)
+    }
+
+    /// out [N, cols] = rows `ids` [N] (i32) of `table` [rows, cols], of any dtype: an embedding lookup.
+    public func gatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        try requireFloat32(out, op: "get_rows")
+        try requireOwned(table, ids, op: "get_rows")
+        guard table.rank == 2, table.dtype != .i32, ids.dtype == .i32, out.rank == 2, out.shape == [ids.count, table.shape[1]],
+              table.dtype == .f32 || table.dtype == .f16 || table.shape[1] % 32 == 0 else {
+            throw TensorError.shapeMismatch("get_rows: \(table.label) \(describeShape(table.shape)) \(table.dtype.rawValue), ids \(ids.label) \(describeShape(ids.shape)) \(ids.dtype.rawValue) -> \(out.label) \(describeShape(out.shape))")
+        }
+        guard ids.count > 0 else { return }
+        try enqueueGatherRows(table, ids: ids, into: out)
+    }
+
+    /// y = RMSNorm(x) * weight over the last axis (weight has the last axis' length).
+    public func rmsNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        try requireFloat32(x, weight, y, op: "rms_norm")
+        try requireSameShape(x, y, op: "rms_norm")
+        guard weight.count == x.columns, x.columns > 0 else {
+            throw TensorError.shapeMismatch("rms_norm: \(x.label) \(describeShape(x.shape)) with weight \(weight.label) \(describeShape(weight.shape))")
+        }
+        guard x.count > 0 else { return }
+        try enqueueRMSNorm(x, weight: weight, epsilon: epsilon, into: y)
+    }
+
+    /// y = x [tokens, heads * headDim] rotated at `positions` [tokens] (i32); y may be x.
+    public func rope(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        try requireFloat32(x, y, op: "rope")
+        try requireOwned(positions, op: "rope")
+        try requireSameShape(x, y, op: "rope")
+        guard positions.dtype == .i32, rope.headDimension % 2 == 0, rope.rotatedDimensions % 2 == 0,
+              rope.rotatedDimensions <= rope.headDimension, rope.rotatedDimensions > 0,
+              x.count == positions.count * rope.heads * rope.headDimension else {
+            throw TensorError.shapeMismatch("rope: \(x.label) \(describeShape(x.shape)) at positions \(positions.label) \(describeShape(positions.shape)) with \(rope.heads) heads of \(rope.headDimension) (\(rope.rotatedDimensions) rotated)")
+        }
+        guard x.count > 0 else { return }
+        try enqueueRoPE(x, positions: positions, into: y, rope)
+    }
+
+    /// probs = softmax(scale * scores) over the keys each query may see: row r of scores [..., keys]
+    /// is query `r % queries`, at position `r % queries + keyOffset`, and sees keys 0 through that position.
+    public func causalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int = 0, scale: Float) throws {
+        try requireFloat32(scores, probs, op: "causal_softmax")
+        try requireSameShape(scores, probs, op: "causal_softmax")
+        guard queries > 0, keyOffset >= 0, scores.rowCount % queries == 0, scores.columns >= 1 else {
+            throw TensorError.shapeMismatch("causal_softmax: \(scores.label) \(describeShape(scores.shape)) with \(queries) queries from key \(keyOffset)")
+        }
+        guard scores.count > 0 else { return }
+        try enqueueCausalSoftmax(scores, into: probs, queries: queries, keyOffset: keyOffset, scale: scale)
+    }
+
+    /// y [A, C, B, D] = x [A, B, C, D]: e.g. [batch, time, heads, dim] <-> [batch, heads, time, dim].
+    public func transpose12(_ x: Tensor, into y: Tensor) throws {
+        try requireFloat32(x, y, op: "transpose_12")
+        guard x.rank == 4, y.shape == [x.shape[0], x.shape[2], x.shape[1], x.shape[3]] else {
+            throw TensorError.shapeMismatch("transpose_12: \(x.label) \(describeShape(x.shape)) into \(y.label) \(describeShape(y.shape))")
+        }
+        guard x.count > 0 else { return }
+        try enqueueTranspose12(x, into: y)
+    }
+
+    /// out = silu(gate) * up, elementwise.
+    public func swiglu(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        try requireFloat32(gate, up, out, op: "swiglu")
+        try requireSameShape(gate, up, op: "swiglu")
+        try requireSameShape(gate, out, op: "swiglu")
+        guard gate.count > 0 else { return }
+        try enqueueSwiGLU(gate: gate, up: up, into: out)
+    }
+
     // MARK: validation shared by every op
+
+    public func requireOwned(_ tensors: Tensor..., op: String) throws {
+        for t in tensors where t.backend !== self {
+            throw TensorError.unsupported("\(op): \(t.label) lives on \(t.backend.name), not on \(name)")
+        }
+    }
+
 
     public func requireFloat32(_ tensors: Tensor..., op: String) throws {
         for t in tensors {

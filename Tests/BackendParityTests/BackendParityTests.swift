@@ -46,8 +46,13 @@ final class BackendParityTests: XCTestCase {
     }
 
     private func run(_ instance: ParityInstance, on backend: any Backend) throws -> [[Float]] {
-        let tensors = try instance.operands.enumerated().map { index, operand in
+        var tensors = try instance.operands.enumerated().map { index, operand in
             try backend.tensor(operand.values, shape: operand.shape, label: "operand\(index)")
+        }
+        for (index, operand) in instance.rawOperands.enumerated() {
+            let tensor = try backend.allocate(shape: operand.shape, dtype: operand.dtype, label: "raw operand\(index)")
+            try operand.bytes.withUnsafeBytes { try backend.uploadBytes($0, to: tensor) }
+            tensors.append(tensor)
         }
         try instance.run(backend, tensors)
         return try instance.outputs.map { try tensors[$0].toArray() }

@@ -11,11 +11,14 @@ struct Operand {
 /// One concrete run of an op: operands, what to do with them, and an fp64 reference.
 struct ParityInstance {
     let description: String
+    /// f32 operands; the op sees them first, then `rawOperands`.
     let operands: [Operand]
-    /// Indices of the operands the op writes; they are compared after the run.
+    /// Operands of other dtypes (quantized blocks, ids), uploaded as bytes; never outputs.
+    var rawOperands: [RawOperand] = []
+    /// Indices of the f32 operands the op writes; they are compared after the run.
     let outputs: [Int]
     let run: (any Backend, [Tensor]) throws -> Void
-    /// The expected values of the output operands, from the operands' initial values, in fp64.
+    /// The expected values of the output operands, from the f32 operands' initial values, in fp64.
     let reference: ([[Double]]) -> [[Double]]
 }
 
@@ -36,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases
+    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases + modelCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in

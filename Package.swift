@@ -45,6 +45,9 @@ let package = Package(
         .target(name: "GGUF", dependencies: ["Tensor"], path: "Sources/GGUF", swiftSettings: releaseFlags),
         .target(name: "Tokenizer", dependencies: ["GGUF"], path: "Sources/Tokenizer", swiftSettings: releaseFlags),
 
+        // Models: the llama forward pass on any backend.
+        .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
+
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
         .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
                 path: "Sources/Losses", swiftSettings: releaseFlags),
@@ -67,6 +70,7 @@ let package = Package(
         .testTarget(name: "OpenCLRuntimeTests",
                     dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],
                     path: "Tests/OpenCLRuntimeTests"),
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),

@@ -54,9 +54,10 @@ public enum GGMLType: UInt32, CaseIterable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The GGUF type holding tensors of element type `dtype`.
-    public init(_ dtype: DType) {
+    /// The GGUF type holding tensors of element type `dtype` (none for index tensors).
+    public init?(_ dtype: DType) {
         switch dtype {
+        case .i32: return nil
         case .f32: self = .f32
         case .f16: self = .f16
         case .q4_0: self = .q4_0

@@ -39,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases + modelCases
+    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases + inPlaceSoftmaxCases + modelCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in
@@ -192,6 +192,23 @@ enum ParityTable {
 
     static func referenceRowReduce(_ x: [Double], rows: Int, cols: Int, _ reduce: (ArraySlice<Double>) -> Double) -> [Double] {
         (0..<rows).map { r in reduce(x[(r * cols)..<((r + 1) * cols)]) }
+    }
+
+    /// Softmax and log-softmax writing over their input (y = x), as the evaluation path does.
+    static let inPlaceSoftmaxCases: [ParityCase] = [false, true].map { logarithm in
+        ParityCase(op: "\(logarithm ? "log_softmax_rows" : "softmax_rows") in place", tolerance: 1e-5) { rng in
+            rowShapes.map { shape in
+                let (rows, cols) = (shape[0], shape[1])
+                let x = rng.logits(rows: rows, cols: cols, scale: 10, negativeInfinityFraction: cols > 1 ? 0.05 : 0,
+                                   maskedRows: rows > 1 ? [rows - 1] : [])
+                return ParityInstance(description: "\(rows)x\(cols), T=2", operands: [Operand(shape: shape, values: x)], outputs: [0],
+                                      run: { backend, t in
+                                          if logarithm { try backend.logSoftmax(t[0], into: t[0], temperature: 2) }
+                                          else { try backend.softmax(t[0], into: t[0], temperature: 2) }
+                                      },
+                                      reference: { [referenceSoftmax($0[0], rows: rows, cols: cols, temperature: 2, logarithm: logarithm)] })
+            }
+        }
     }
 
     /// fp64 softmax of each row of x / T; an all -inf row gives 0 (or -inf for the logarithm).

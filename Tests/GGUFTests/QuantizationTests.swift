@@ -40,7 +40,7 @@ final class QuantizationTests: XCTestCase {
         XCTAssertEqual([x41[0], x41[16], x41[1]], [9, 2, -1])
     }
 
-    func testQuantizeThenDequantizeErrorIsWithinHalfAStep() {
+    func testQuantizeThenDequantizeErrorIsWithinTheQuantizationStep() {
         let values = (0..<256).map { Float(($0 * 73) % 199 - 99) / 37 }
         for type in [GGMLType.q8_0, .q4_0, .q4_1] {
             let byteCount = type.byteCount(elements: values.count)!

@@ -1,4 +1,5 @@
 import Foundation
+import Tensor
 
 /// CPU twins of the model kernels: quant.cl, norm.cl, rope.cl, attention.cl, activation.cl.
 extension CPUKernels {
@@ -6,22 +7,22 @@ extension CPUKernels {
 
     /// Q8_0 block b (34 bytes: f16 d, i8 qs[32]) -> out[32 b ..< 32 b + 32], for b in `blocks`.
     public static func dequantize_q8_0(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
-        for b in blocks { decodeQ8_0(src + b * 34, out + b * 32) }
+        for b in blocks { BlockFormat.decodeQ8_0(src + b * 34, out + b * 32) }
     }
 
     /// Q4_0 block b (18 bytes: f16 d, u8 qs[16]) -> out[32 b ..< 32 b + 32].
     public static func dequantize_q4_0(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
-        for b in blocks { decodeQ4_0(src + b * 18, out + b * 32) }
+        for b in blocks { BlockFormat.decodeQ4_0(src + b * 18, out + b * 32) }
     }
 
     /// Q4_1 block b (20 bytes: f16 d, f16 m, u8 qs[16]) -> out[32 b ..< 32 b + 32].
     public static func dequantize_q4_1(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
-        for b in blocks { decodeQ4_1(src + b * 20, out + b * 32) }
+        for b in blocks { BlockFormat.decodeQ4_1(src + b * 20, out + b * 32) }
     }
 
     /// f16 element i -> out[i].
     public static func dequantize_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
-        for i in elements { out[i] = halfValue(src, i) }
+        for i in elements { out[i] = BlockFormat.half(src, i) }
     }
 
     /// out[i, :] = row ids[i] of table [rows, cols] in fp32; an id outside [0, rows) gives zeros.
@@ -38,23 +39,23 @@ extension CPUKernels {
                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
         for i in outputRows {
             let id = Int(ids[i])
-            for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : halfValue(table, id * cols + c) }
+            for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : BlockFormat.half(table, id * cols + c) }
         }
     }
 
     public static func get_rows_q8_0(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
                                      _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
-        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 34, decode: decodeQ8_0)
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 34, decode: BlockFormat.decodeQ8_0)
     }
 
     public static func get_rows_q4_0(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
                                      _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
-        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 18, decode: decodeQ4_0)
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 18, decode: BlockFormat.decodeQ4_0)
     }
 
     public static func get_rows_q4_1(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
                                      _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
-        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 20, decode: decodeQ4_1)
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 20, decode: BlockFormat.decodeQ4_1)
     }
 
     @inline(__always)
@@ -69,37 +70,6 @@ extension CPUKernels {
                 continue
             }
             for b in 0..<blocksPerRow { decode(table + (id * blocksPerRow + b) * blockBytes, out + i * cols + b * 32) }
-        }
-    }
-
-    @inline(__always)
-    static func halfValue(_ base: UnsafeRawPointer, _ index: Int) -> Float {
-        Float(Float16(bitPattern: base.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self)))
-    }
-
-    @inline(__always)
-    static func decodeQ8_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
-        let d = halfValue(block, 0)
-        for j in 0..<32 { out[j] = Float(block.load(fromByteOffset: 2 + j, as: Int8.self)) * d }
-    }
-
-    @inline(__always)
-    static func decodeQ4_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
-        let d = halfValue(block, 0)
-        for j in 0..<16 {
-            let q = block.load(fromByteOffset: 2 + j, as: UInt8.self)
-            out[j] = (Float(q & 15) - 8) * d
-            out[j + 16] = (Float(q >> 4) - 8) * d
-        }
-    }
-
-    @inline(__always)
-    static func decodeQ4_1(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
-        let d = halfValue(block, 0), m = halfValue(block, 1)
-        for j in 0..<16 {
-            let q = block.load(fromByteOffset: 4 + j, as: UInt8.self)
-            out[j] = Float(q & 15) * d + m
-            out[j + 16] = Float(q >> 4) * d + m
         }
     }
 

@@ -3,7 +3,7 @@ import Tensor
 /// The element types of GGUF tensors that kdgpu reads and writes (ggml's type ids).
 ///
 /// Quantized types store blocks of ``blockSize`` weights along the fastest dimension;
-/// the block layouts are documented on the `dequantize_*` functions in `Dequantize.swift`.
+/// the block layouts are documented on `BlockFormat` in the Tensor module.
 public enum GGMLType: UInt32, CaseIterable, Sendable, CustomStringConvertible {
     case f32 = 0
     case f16 = 1

@@ -58,7 +58,7 @@ let package = Package(
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench", "GGUF", "Tokenizer", "Models",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 

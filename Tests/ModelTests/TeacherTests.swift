@@ -42,3 +42,42 @@ final class TeacherTests: XCTestCase {
         XCTAssertTrue(comparison.passes(tolerance: 1e-4), "OpenCL vs CPU logits: \(comparison)")
     }
 }
+
+/// The teacher's NLL on a few texts (ids from llama.cpp's tokenizer) against the numpy reference
+/// and llama.cpp, both in Fixtures/teacher-reference.json (bench/reference/llama_reference.py teacher).
+final class TeacherLikelihoodTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Text: Decodable {
+            let ids: [Int32]
+            let reference_mean_nll: Double
+            let llama_cpp_mean_nll: Double
+        }
+        let texts: [Text]
+    }
+
+    func testMeanNLLAgreesWithTheReferenceAndLlamaCppOnBothBackends() throws {
+        guard let path = TeacherTests.teacherPath else {
+            throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
+        }
+        let url = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/teacher-reference.json")
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: url))
+        let tokens = reference.texts.reduce(0) { $0 + $1.ids.count - 1 }
+        let referenceMean = reference.texts.reduce(0) { $0 + $1.reference_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        let llamaCppMean = reference.texts.reduce(0) { $0 + $1.llama_cpp_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        let file = try GGUFFile(path: path)
+        var means: [Double] = []
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            let total = try reference.texts.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: [$1.ids])) }
+            XCTAssertEqual(total.tokens, tokens)
+            XCTAssertEqual(total.meanNLL, referenceMean, accuracy: 1e-3 * referenceMean, "fp64 reference, \(backend.name)")
+            XCTAssertEqual(total.meanNLL, llamaCppMean, accuracy: 1e-2 * llamaCppMean, "llama.cpp, \(backend.name)")
+            for text in reference.texts {
+                let single = try model.likelihood(of: [text.ids]).meanNLL
+                XCTAssertEqual(single, text.reference_mean_nll, accuracy: 1e-3 * text.reference_mean_nll, "text of \(text.ids.count) tokens on \(backend.name)")
+            }
+            means.append(total.meanNLL)
+        }
+        XCTAssertEqual(means[1], means[0], accuracy: 1e-4 * means[0], "OpenCL vs CPU")
+    }
+}

@@ -38,7 +38,12 @@ struct EvalCommand: ParsableCommand {
             guard seqLen <= model.config.contextLength else {
                 throw ModelError.badInput("--seq-len \(seqLen) exceeds the model's context length \(model.config.contextLength)")
             }
-            let tokens = try tokenizer.encode(utf8: [UInt8](bytes))
+            let tokens: [Int32]
+            do {
+                tokens = try tokenizer.encode(utf8: [UInt8](bytes))
+            } catch {
+                throw ModelError.badInput("\(data): \(error)")
+            }
             let windows = tokenWindows(tokens, length: seqLen)
             guard !windows.isEmpty else {
                 throw ModelError.badInput("\(data): \(tokens.count) token(s) is too little text to evaluate (need at least 2)")

@@ -111,3 +111,86 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(outcome.standardError.contains("unknown suite 'no-such-suite'; suites: copy, gemm"), outcome.standardError)
     }
 }
+
+/// tokenize, generate and eval on a tiny llama fixture (random weights, a byte-level tokenizer with four merges).
+final class ModelCommandTests: XCTestCase {
+    private let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+
+    private func kdgpu(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kdgpu")
+        process.arguments = arguments
+        let output = Pipe(), error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let outData = output.fileHandleForReading.readDataToEndOfFile()
+        let errData = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    private func textFile(_ contents: Data) throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("kdgpu-eval-\(UUID().uuidString).txt")
+        try contents.write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url.path
+    }
+
+    func testTokenizePrintsIdsAndJSON() throws {
+        let plain = try kdgpu(["tokenize", "--model", model, "in the é"])
+        XCTAssertEqual(plain.status, 0, plain.error)
+        XCTAssertEqual(plain.output, "259 258 32 195 169\n")
+        let json = try kdgpu(["tokenize", "--model", model, "--json", "in the é"])
+        XCTAssertEqual(json.output, "[259,258,32,195,169]\n")
+    }
+
+    func testGreedyGenerationIsDeterministicAndAgreesAcrossBackends() throws {
+        var outputs: [String] = []
+        for device in ["cpu", "opencl", "cpu"] {
+            let run = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--temperature", "0", "--device", device])
+            XCTAssertEqual(run.status, 0, run.error)
+            XCTAssertTrue(run.error.contains("tokens in"), run.error)
+            outputs.append(run.output)
+        }
+        XCTAssertEqual(Set(outputs).count, 1, "\(outputs)")
+        let sampled = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--seed", "3", "--device", "cpu"])
+        let again = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--seed", "3", "--device", "cpu"])
+        XCTAssertEqual(sampled.output, again.output, "the same seed samples the same text")
+    }
+
+    func testEvalReportsTheSameNLLOnBothBackends() throws {
+        let data = try textFile(Data(String(repeating: "in the beginning there was the word. ", count: 20).utf8))
+        var means: [Double] = []
+        for device in ["cpu", "opencl"] {
+            let run = try kdgpu(["eval", "--model", model, "--data", data, "--seq-len", "32", "--batch-size", "4", "--json", "--device", device])
+            XCTAssertEqual(run.status, 0, run.error)
+            let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any])
+            let mean = try XCTUnwrap(object["mean_nll"] as? Double)
+            XCTAssertEqual(try XCTUnwrap(object["perplexity"] as? Double), exp(mean), accuracy: 1e-9 * exp(mean))
+            XCTAssertGreaterThan(try XCTUnwrap(object["tokens"] as? Int), 100)
+            XCTAssertNotNil(object["tokens_per_s"])
+            means.append(mean)
+        }
+        XCTAssertEqual(means[1], means[0], accuracy: 1e-4 * means[0])
+    }
+
+    func testBadInputsGiveOneLineErrors() throws {
+        let notUTF8 = try textFile(Data([0x68, 0x69, 0xFF, 0xFE, 0x20, 0x68, 0x69]))
+        let cases: [([String], String)] = [
+            (["eval", "--model", model, "--data", "/no/such/file.txt"], "/no/such/file.txt: cannot read the file"),
+            (["eval", "--model", "/no/such/model.gguf", "--data", notUTF8], "/no/such/model.gguf: no such file"),
+            (["eval", "--model", model, "--data", notUTF8, "--seq-len", "32", "--device", "cpu"], "\(notUTF8): input is not valid UTF-8 at byte 2"),
+            (["eval", "--model", model, "--data", notUTF8, "--seq-len", "65", "--device", "cpu"], "exceeds the model's context length 64"),
+            (["generate", "--model", model, "--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+            (["tokenize", "--model", notUTF8, "x"], notUTF8),
+        ]
+        for (arguments, expected) in cases {
+            let run = try kdgpu(arguments)
+            XCTAssertNotEqual(run.status, 0, "\(arguments)")
+            XCTAssertTrue(run.error.contains(expected), "\(arguments): \(run.error)")
+            XCTAssertFalse(run.error.contains("Fatal error"), "\(arguments): \(run.error)")
+        }
+    }
+}

@@ -109,7 +109,7 @@ final class TinyLlamaTests: XCTestCase {
 
     func testBadInputsAreWordedErrors() throws {
         let model = try model("f32", on: TestBackends.cpu)
-        XCTAssertThrowsError(try model.forward([[0, 256]])) { XCTAssertTrue("\($0)".contains("token id 256 is outside the vocabulary of 256"), "\($0)") }
+        XCTAssertThrowsError(try model.forward([[0, 260]])) { XCTAssertTrue("\($0)".contains("token id 260 is outside the vocabulary of 260"), "\($0)") }
         XCTAssertThrowsError(try model.forward([[1, 2], [3]])) { XCTAssertTrue("\($0)".contains("equal length"), "\($0)") }
         XCTAssertThrowsError(try model.forward([Array(repeating: 1, count: 65)])) { XCTAssertTrue("\($0)".contains("context length 64"), "\($0)") }
         XCTAssertThrowsError(try model.likelihood(of: [[1]])) { XCTAssertTrue("\($0)".contains("at least 2 tokens"), "\($0)") }

@@ -95,7 +95,21 @@ def mean_nll(logits, ids):
     return float(-log_probs[np.arange(len(ids) - 1), ids[1:]].mean())
 
 
-TINY = dict(layers=2, width=64, heads=4, kv_heads=2, feed_forward=96, vocab=256, context=64, base=10000.0, eps=1e-5)
+def byte_tokens():
+    """GPT-2's byte-to-unicode names of the 256 bytes, in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    names, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            names[byte] = chr(byte)
+        else:
+            names[byte] = chr(256 + extra)
+            extra += 1
+    return [names[b] for b in range(256)]
+
+
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
+TINY = dict(layers=2, width=64, heads=4, kv_heads=2, feed_forward=96, vocab=256 + len(MERGES), context=64, base=10000.0, eps=1e-5)
 
 
 def write_tiny(out_dir):
@@ -129,6 +143,15 @@ def write_tiny(out_dir):
         writer.add_rope_dimension_count(hs)
         writer.add_layer_norm_rms_eps(cfg["eps"])
         writer.add_vocab_size(v)
+        # A byte-level BPE tokenizer: the 256 single bytes and four merges, so the CLI runs on these files.
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(byte_tokens() + [a + b for a, b in MERGES])
+        writer.add_token_types([1] * v)
+        writer.add_token_merges([f"{a} {b}" for a, b in MERGES])
+        writer.add_bos_token_id(0)
+        writer.add_eos_token_id(10)  # the newline byte ends a generation
+        writer.add_add_bos_token(False)
         for name, value in values.items():
             if name.endswith("norm.weight") or qtype == gguf.GGMLQuantizationType.F32:
                 writer.add_tensor(name, value)

@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
         .target(name: "CPUBackend", dependencies: ["Tensor", "COpenBLAS"],
                 path: "Sources/CPUBackend", swiftSettings: releaseFlags),
-        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "KernelSources"],
+        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "COpenBLAS", "KernelSources"],
                 path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
 
         // Model files: GGUF reader/writer, and the byte-level BPE tokenizer stored in GGUF metadata.
@@ -53,7 +53,7 @@ let package = Package(
                 path: "Sources/Losses", swiftSettings: releaseFlags),
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
-        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses"],
+        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "Models", "GGUF"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.

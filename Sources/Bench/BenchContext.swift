@@ -13,7 +13,7 @@ public protocol BenchSuite {
 }
 
 /// Every suite `kdgpu bench` knows, in the order it runs them.
-public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite()] }
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), TeacherSuite()] }
 
 /// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
 /// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.
@@ -24,13 +24,16 @@ public final class BenchContext {
     public let cpu: CPUBackend
     /// Timed runs per measurement (after one warm-up run that also fills PoCL's compile cache).
     public let runs: Int
+    /// The teacher GGUF for the suites that run a model.
+    public let teacherPath: String?
     private let progress: (String) -> Void
     private var copyBandwidths: [ObjectIdentifier: Double] = [:]
 
-    public init(backends: [any Backend], cpu: CPUBackend, runs: Int, progress: @escaping (String) -> Void) {
+    public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, progress: @escaping (String) -> Void) {
         self.backends = backends
         self.cpu = cpu
         self.runs = max(1, runs)
+        self.teacherPath = teacherPath
         self.progress = progress
     }
 

@@ -32,23 +32,29 @@ public struct GemmSuite: BenchSuite {
             let cpuResult = try gemm(on: context.cpu, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context)
             let cpuError = fp64SpotCheck(cpuResult.values, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB)
             let blasGflops = flops / cpuResult.seconds / 1e9
+            let kernel = shape.label == "lm-head" ? "sgemm_lm_head" : "sgemm"
             for backend in context.backends {
-                var result = cpuResult
-                var error = cpuError
-                var note: String?
-                if backend !== context.cpu {
-                    context.report("gemm: \(shapeText) on \(backend.name)")
-                    result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context)
-                    error = maxAbsDifference(result.values, cpuResult.values)
-                    note = "CLBlast, default tuning"
-                } else {
-                    note = "OpenBLAS core \(CPUBackend.blasCoreName); error vs fp64 on 256 sampled entries"
+                guard let openCL = backend as? OpenCLBackend else {
+                    records.append(BenchRecord(suite: "gemm", kernel: kernel, backend: backend.name, shape: shapeText,
+                                               medianSeconds: cpuResult.seconds, gflopPerSecond: blasGflops, maxAbsError: cpuError,
+                                               extra: ["fraction_of_openblas": 1],
+                                               note: "OpenBLAS core \(CPUBackend.blasCoreName); error vs fp64 on 256 sampled entries"))
+                    continue
                 }
-                let gflops = flops / result.seconds / 1e9
-                records.append(BenchRecord(suite: "gemm", kernel: shape.label == "lm-head" ? "sgemm_lm_head" : "sgemm",
-                                           backend: backend.name, shape: shapeText, medianSeconds: result.seconds,
-                                           gflopPerSecond: gflops, maxAbsError: error,
-                                           extra: ["fraction_of_openblas": gflops / blasGflops], note: note))
+                // Every engine the device offers, the one in use last restored.
+                let inUse = openCL.gemmEngine
+                defer { openCL.gemmEngine = inUse }
+                for engine in GemmEngine.allCases where engine == .clblast || openCL.device.isCPU {
+                    openCL.gemmEngine = engine
+                    context.report("gemm: \(shapeText) on \(backend.name) through \(engine.rawValue)")
+                    let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context)
+                    let gflops = flops / result.seconds / 1e9
+                    records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) (\(engine.rawValue))", backend: backend.name,
+                                               shape: shapeText, medianSeconds: result.seconds, gflopPerSecond: gflops,
+                                               maxAbsError: maxAbsDifference(result.values, cpuResult.values),
+                                               extra: ["fraction_of_openblas": gflops / blasGflops],
+                                               note: engine == inUse ? "the engine this device uses" : nil))
+                }
             }
         }
         return records

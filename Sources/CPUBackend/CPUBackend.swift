@@ -101,6 +101,13 @@ public final class CPUBackend: Backend {
         parallelChunks(source.count, grain: elementGrain) { CPUKernels.copy_f32(px, py, $0) }
     }
 
+    public func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        let (ps, pd, cols, dstCols) = (try pointer(source), try mutablePointer(destination), source.shape[1], destination.shape[1])
+        parallelChunks(source.shape[0], grain: max(1, elementGrain / cols)) {
+            CPUKernels.copy_columns_f32(ps, pd, cols: cols, dstCols: dstCols, column: column, $0)
+        }
+    }
+
     public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
         let (pa, pb, po) = (try pointer(a), try pointer(b), try mutablePointer(out))
         parallelChunks(a.count, grain: elementGrain) { range in

@@ -42,6 +42,12 @@ public enum CPUKernels {
         for i in range { y[i] += alpha * x[i] }
     }
 
+    /// dst[r, column + c] = src[r, c] for src [rows, cols] inside dst [rows, dstCols].
+    public static func copy_columns_f32(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, cols: Int, dstCols: Int,
+                                        column: Int, _ rows: Range<Int>) {
+        for r in rows { (dst + r * dstCols + column).update(from: src + r * cols, count: cols) }
+    }
+
     // MARK: rows.cl  (x is [rows, cols], row-major)
 
     /// out[r] = max_j x[r, j]; -inf for an all -inf row.

@@ -49,7 +49,9 @@ public final class LlamaKVCache {
 
 /// The llama forward pass on any backend: token embedding, RMSNorm, q/k/v projections, RoPE,
 /// grouped-query causal attention, output projection, SwiGLU feed-forward, residuals, final norm,
-/// LM head. Quantized weight matrices are expanded into one fp32 scratch buffer just before their GEMM.
+/// LM head. Quantized weight matrices are expanded into one fp32 scratch buffer just before their GEMM;
+/// a quantized LM head goes through that scratch in vocabulary chunks, so the device holds the file's
+/// bytes plus one block matrix in fp32, not the model in fp32.
 ///
 /// Shapes: B sequences of T tokens, C width, H heads (Hkv key/value heads, G = H / Hkv), hs head size,
 /// F feed-forward width, V vocabulary.
@@ -59,14 +61,17 @@ public final class LlamaModel {
     public var backend: any Backend { weights.backend }
     /// RoPE pair layout: adjacent for GGUF llama weights, halves for Hugging Face weights.
     public let ropeLayout: RoPE.PairLayout
-    /// fp32 scratch for one dequantized weight matrix (the largest quantized one).
+    /// fp32 scratch for one dequantized weight matrix: the largest quantized block matrix, or
+    /// `minimumLMHeadChunk` rows of the LM head if that is larger.
     private let weightScratch: Tensor?
+    static let minimumLMHeadChunk = 1024
 
     public init(weights: LlamaWeights, ropeLayout: RoPE.PairLayout = .adjacent) throws {
         self.weights = weights
         self.ropeLayout = ropeLayout
-        let quantized = ([weights.tokenEmbedding, weights.output] + weights.blocks.flatMap(\.matrices)).filter { $0.dtype != .f32 }
-        weightScratch = try quantized.map(\.count).max().map {
+        let blockMatrices = weights.blocks.flatMap(\.matrices).filter { $0.dtype != .f32 }.map(\.count)
+        let lmHead = weights.output.dtype != .f32 ? [Self.minimumLMHeadChunk * weights.config.width] : []
+        weightScratch = try (blockMatrices + lmHead).max().map {
             try weights.backend.tensor(shape: [$0], label: "dequantized weight scratch")
         }
     }
@@ -83,6 +88,24 @@ public final class LlamaModel {
         let expanded = try weightScratch!.rows(0..<w.count).reshaped(w.shape)
         try backend.dequantize(w, into: expanded)
         try backend.gemm(x, expanded, into: y, transposeB: true)
+    }
+
+    /// logits [N, V] = x [N, C] W_out^T; a quantized W_out [V, C] is expanded one vocabulary chunk at a time.
+    func lmHead(_ x: Tensor, into logits: Tensor) throws {
+        let w = weights.output
+        guard w.dtype != .f32, let weightScratch else {
+            try linear(x, w, into: logits)
+            return
+        }
+        let (n, c, v) = (x.shape[0], config.width, config.vocabulary)
+        let chunk = min(v, weightScratch.count / c)
+        let partial = try backend.tensor(shape: [n * chunk], label: "logits chunk")
+        for first in stride(from: 0, to: v, by: chunk) {
+            let rows = min(chunk, v - first)
+            let out = try partial.rows(0..<(n * rows)).reshaped([n, rows])
+            try linear(x, w.rows(first..<(first + rows)), into: out)
+            try backend.copyColumns(out, into: logits, column: first)
+        }
     }
 
     /// Runs `tokens` ([B][T], equal lengths) through the model. With a cache (B = 1), the tokens continue
@@ -189,7 +212,7 @@ public final class LlamaModel {
         var logits: Tensor?
         if options.computeLogits {
             let out = try scratch([n, v], "logits")
-            try linear(xn, weights.output, into: out)
+            try lmHead(xn, into: out)
             logits = out
         }
         return LlamaForwardResult(logits: logits, finalHidden: xn, hiddenStates: hiddenStates, attentionProbabilities: attentionProbabilities)

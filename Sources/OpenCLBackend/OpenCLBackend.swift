@@ -4,8 +4,9 @@ import Foundation
 import KernelSources
 import Tensor
 
-/// The OpenCL backend: one device, one context, one in-order queue. GEMMs run through CLBlast;
-/// every other op is a hand-written kernel from `Kernels/`.
+/// The OpenCL backend: one device, one context, one in-order queue. Every op but GEMM is a
+/// hand-written kernel from `Kernels/`; GEMMs run through CLBlast, or on CPU devices through host
+/// BLAS over the mapped buffers (``GemmEngine``).
 ///
 /// Not thread-safe: all ops of one backend are enqueued from one thread.
 public final class OpenCLBackend: Backend {
@@ -17,6 +18,10 @@ public final class OpenCLBackend: Backend {
     public let vectorWidth: Int
     /// Work-group size of the row kernels (one work-group per row).
     public let rowWorkGroupSize: Int
+    /// How GEMMs run: host BLAS on mapped buffers for CPU devices, CLBlast otherwise (`KDGPU_GEMM` overrides).
+    public var gemmEngine: GemmEngine {
+        didSet { precondition(gemmEngine == .clblast || device.isCPU, "host BLAS GEMMs need a CPU device's host-visible buffers") }
+    }
 
     let context: cl_context
     var queue: cl_command_queue?
@@ -37,6 +42,17 @@ public final class OpenCLBackend: Backend {
             throw TensorError.device("KDGPU_VECTOR_WIDTH=\(vectorWidth): use 1, 2, 4, 8 or 16")
         }
         rowWorkGroupSize = min(device.isCPU ? 16 : 256, Self.floorPowerOfTwo(device.maxWorkGroupSize))
+        if let requested = environment[GemmEngine.environmentVariable], !requested.isEmpty {
+            guard let engine = GemmEngine(rawValue: requested) else {
+                throw TensorError.device("\(GemmEngine.environmentVariable)=\(requested): use clblast or host-blas")
+            }
+            guard engine == .clblast || device.isCPU else {
+                throw TensorError.device("\(GemmEngine.environmentVariable)=host-blas needs a CPU OpenCL device; \(device.name) is a \(device.typeName)")
+            }
+            gemmEngine = engine
+        } else {
+            gemmEngine = device.isCPU ? .hostBLAS : .clblast
+        }
         // CPU devices: host-visible buffers, so host code can map them without copies.
         bufferFlags = cl_mem_flags(CL_MEM_READ_WRITE) | (device.isCPU ? cl_mem_flags(CL_MEM_ALLOC_HOST_PTR) : 0)
 
@@ -213,6 +229,13 @@ public final class OpenCLBackend: Backend {
                    try arguments(source) + arguments(destination) + [try int32(source.count, source.label)])
     }
 
+    public func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        try launch("copy_columns_f32", in: "elementwise.cl", globalSize: source.count, localSize: nil,
+                   try arguments(source) + arguments(destination)
+                       + [try int32(source.shape[0], source.label), try int32(source.shape[1], source.label),
+                          try int32(destination.shape[1], destination.label), try int32(column, destination.label)])
+    }
+
     public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
         try launch("\(op.rawValue)_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(a.count), localSize: nil,
                    try arguments(a) + arguments(b) + arguments(out) + [try int32(a.count, a.label)])
@@ -240,6 +263,10 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
+        if gemmEngine == .hostBLAS {
+            try hostGemm(a, b, c, p)
+            return
+        }
         let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))
         let transposeA = p.transposeA ? CLBlastTransposeYes : CLBlastTransposeNo
         let transposeB = p.transposeB ? CLBlastTransposeYes : CLBlastTransposeNo

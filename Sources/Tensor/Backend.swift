@@ -23,6 +23,8 @@ public protocol Backend: AnyObject {
 
     func enqueueFill(_ x: Tensor, value: Float) throws
     func enqueueCopy(_ source: Tensor, into destination: Tensor) throws
+    /// destination[r, column ..< column + cols] = source[r, :] for source [rows, cols], destination [rows, wider].
+    func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws
     func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws
     func enqueueScale(_ x: Tensor, by alpha: Float, into out: Tensor) throws
     /// y += alpha * x

@@ -77,6 +77,17 @@ extension Backend {
         try enqueueCopy(source, into: destination)
     }
 
+    /// destination[:, column ..< column + source.columns] = source, for matrices with the same rows.
+    public func copyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        try requireFloat32(source, destination, op: "copy_columns_f32")
+        guard source.rank == 2, destination.rank == 2, source.shape[0] == destination.shape[0], column >= 0,
+              column + source.shape[1] <= destination.shape[1] else {
+            throw TensorError.shapeMismatch("copy_columns: \(source.label) \(describeShape(source.shape)) into \(destination.label) \(describeShape(destination.shape)) at column \(column)")
+        }
+        guard source.count > 0 else { return }
+        try enqueueCopyColumns(source, into: destination, column: column)
+    }
+
     /// out = a + b
     public func add(_ a: Tensor, _ b: Tensor, into out: Tensor) throws {
         try binary(.add, a, b, into: out)

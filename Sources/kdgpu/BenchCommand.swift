@@ -23,6 +23,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Timed runs per measurement; the median is reported.")
     var runs: Int = 5
 
+    @Option(name: .long, help: ArgumentHelp("The teacher GGUF for the teacher suite.", valueName: "file.gguf"))
+    var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
     var json = false
 
@@ -48,7 +51,7 @@ struct BenchCommand: ParsableCommand {
             } else {
                 backends = try device.map { try openBackend($0, cpu: cpu) }
             }
-            let context = BenchContext(backends: backends, cpu: cpu, runs: runs) { message in
+            let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher) { message in
                 FileHandle.standardError.write("bench \(message)\n".data(using: .utf8)!)
             }
             let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }

@@ -121,7 +121,9 @@ extension ParityTable {
         }
     }
 
-    static let ropeCase = ParityCase(op: "rope", tolerance: 1e-4) { rng in
+    /// Angles pos * base^(-2i/d) are fp32 on both backends, as in llama.cpp: at positions near 4096
+    /// their rounding alone moves values by ~4e-4 against the fp64 reference.
+    static let ropeCase = ParityCase(op: "rope", tolerance: 1e-3) { rng in
         var instances: [ParityInstance] = []
         let shapes: [(tokens: Int, heads: Int, headDim: Int, rotated: Int)] = [(1, 1, 2, 2), (7, 3, 8, 8), (5, 9, 64, 64), (4, 2, 16, 8)]
         for shape in shapes {

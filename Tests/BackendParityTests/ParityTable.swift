@@ -57,6 +57,19 @@ enum ParityTable {
                                outputs: [1], run: { try $0.copy($1[0], into: $1[1]) }, reference: { [$0[0]] })
             }
         },
+        ParityCase(op: "copy_columns_f32", tolerance: 0) { rng in
+            [(1, 1, 1, 0), (3, 5, 17, 12), (33, 100, 257, 101), (7, 1, 9, 8)].map { (rows: Int, cols: Int, wide: Int, column: Int) in
+                ParityInstance(description: "[\(rows), \(cols)] into [\(rows), \(wide)] at \(column)",
+                               operands: [Operand(shape: [rows, cols], values: rng.normals(rows * cols)),
+                                          Operand(shape: [rows, wide], values: rng.normals(rows * wide))],
+                               outputs: [1], run: { try $0.copyColumns($1[0], into: $1[1], column: column) },
+                               reference: { inputs in
+                                   var out = inputs[1]
+                                   for r in 0..<rows { for c in 0..<cols { out[r * wide + column + c] = inputs[0][r * cols + c] } }
+                                   return [out]
+                               })
+            }
+        },
         binaryCase(.add, +),
         binaryCase(.mul, *),
         ParityCase(op: "scale_f32", tolerance: 1e-6) { rng in

@@ -1,6 +1,6 @@
 // rows.cl: row-wise reductions and softmax over x [rows, cols], row-major.
 // One work-group of WG work-items per row (global size rows * WG).
-// CPU twins: CPUKernels.row_max, row_sum, softmax_rows, log_softmax_rows.
+// CPU twins: CPUKernels.row_max, row_sum, row_sum_squares, softmax_rows, log_softmax_rows.
 
 // out[r] = max_j x[r, j]  (-inf for an all -inf row)
 __kernel void row_max(__global const float* x, int xo, __global float* out, int oo, int cols) {
@@ -55,4 +55,21 @@ __kernel void log_softmax_rows(__global const float* x, int xo, __global float* 
     const float log_sum = (m == -INFINITY) ? 0.0f : log(sum);
     for (int v = lid; v < vectors; v += WG) vstoreV((vloadV(v, xr) - shift) * inv_t - log_sum, v, yr);
     for (int j = vectors * VW + lid; j < cols; j += WG) yr[j] = (xr[j] - shift) * inv_t - log_sum;
+}
+
+// out[r] = sum_j x[r, j]^2 (for gradient norms). One work-group per row.
+__kernel void row_sum_squares(__global const float* x, int xo, __global float* out, int oo, int cols) {
+    __local float scratch[WG];
+    const int row = get_group_id(0), lid = get_local_id(0);
+    __global const float* xr = x + xo + (long)row * cols;
+    floatV s = (floatV)(0.0f);
+    const int vectors = cols / VW;
+    for (int v = lid; v < vectors; v += WG) {
+        const floatV value = vloadV(v, xr);
+        s += value * value;
+    }
+    float partial = vsum(s);
+    for (int j = vectors * VW + lid; j < cols; j += WG) partial += xr[j] * xr[j];
+    const float total = group_sum(partial, scratch);
+    if (lid == 0) out[oo + row] = total;
 }

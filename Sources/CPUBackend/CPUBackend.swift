@@ -145,6 +145,7 @@ public final class CPUBackend: Backend {
             switch op {
             case .max: CPUKernels.row_max(px, po, cols: cols, rows)
             case .sum: CPUKernels.row_sum(px, po, cols: cols, rows)
+            case .sumSquares: CPUKernels.row_sum_squares(px, po, cols: cols, rows)
             }
         }
     }
@@ -226,5 +227,50 @@ public final class CPUBackend: Backend {
     public func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws {
         let (pg, pu, po) = (try pointer(gate), try pointer(up), try mutablePointer(out))
         parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu(pg, pu, po, $0) }
+    }
+
+    // MARK: backward kernels
+
+    public func enqueueRMSNormBackward(_ x: Tensor, weight: Tensor, outputGradient: Tensor, epsilon: Float,
+                                       inputGradient: Tensor, weightGradient: Tensor, workspace rstd: Tensor) throws {
+        let (px, pw, pdy, pdx, pr, pdw) = (try pointer(x), try pointer(weight), try pointer(outputGradient),
+                                           try mutablePointer(inputGradient), try mutablePointer(rstd), try mutablePointer(weightGradient))
+        let (rows, cols) = (x.rowCount, x.columns)
+        parallelChunks(rows, grain: max(1, rowGrainElements / cols)) {
+            CPUKernels.rms_norm_backward(px, pw, pdy, pdx, pr, cols: cols, eps: epsilon, $0)
+        }
+        parallelChunks(cols, grain: max(1, rowGrainElements / rows)) {
+            CPUKernels.rms_norm_backward_weight(px, pdy, UnsafePointer(pr), pdw, rows: rows, cols: cols, $0)
+        }
+    }
+
+    public func enqueueCausalSoftmaxBackward(_ probs: Tensor, outputGradient: Tensor, into scoresGradient: Tensor, scale: Float) throws {
+        let (pp, pdp, pds, keys) = (try pointer(probs), try pointer(outputGradient), try mutablePointer(scoresGradient), probs.columns)
+        parallelChunks(probs.rowCount, grain: max(1, rowGrainElements / keys)) {
+            CPUKernels.causal_softmax_backward(pp, pdp, pds, keys: keys, scale: scale, $0)
+        }
+    }
+
+    public func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
+        let (pg, pu, pd) = (try pointer(gate), try pointer(up), try pointer(outputGradient))
+        let (pdg, pdu) = (try mutablePointer(gateGradient), try mutablePointer(upGradient))
+        parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu_backward(pg, pu, pd, pdg, pdu, $0) }
+    }
+
+    public func enqueueEmbeddingBackward(_ outputGradient: Tensor, uniqueIds: Tensor, offsets: Tensor, positions: Tensor,
+                                         into tableGradient: Tensor) throws {
+        let (pdx, pids, poff, ppos) = (try pointer(outputGradient), try int32Pointer(uniqueIds), try int32Pointer(offsets), try int32Pointer(positions))
+        let (pdt, cols) = (try mutablePointer(tableGradient), tableGradient.shape[1])
+        parallelChunks(uniqueIds.count, grain: max(1, rowGrainElements / cols)) {
+            CPUKernels.embedding_backward(pdx, pids, poff, ppos, pdt, cols: cols, $0)
+        }
+    }
+
+    public func enqueueAdamW(_ parameter: Tensor, gradient: Tensor, firstMoment: Tensor, secondMoment: Tensor, _ step: AdamWStep) throws {
+        let (pp, pg, pm, pv) = (try mutablePointer(parameter), try pointer(gradient), try mutablePointer(firstMoment), try mutablePointer(secondMoment))
+        parallelChunks(parameter.count, grain: elementGrain) {
+            CPUKernels.adamw(pp, pg, pm, pv, lr: step.learningRate, b1: step.beta1, b2: step.beta2, eps: step.epsilon,
+                             wd: step.weightDecay, c1: step.firstCorrection, c2: step.secondCorrection, $0)
+        }
     }
 }

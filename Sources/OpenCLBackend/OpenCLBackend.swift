@@ -333,4 +333,42 @@ public final class OpenCLBackend: Backend {
         try launch("swiglu", in: "activation.cl", globalSize: elementwiseWorkItems(gate.count), localSize: nil,
                    try arguments(gate) + arguments(up) + arguments(out) + [try int32(gate.count, gate.label)])
     }
+
+    // MARK: backward kernels
+
+    public func enqueueRMSNormBackward(_ x: Tensor, weight: Tensor, outputGradient: Tensor, epsilon: Float,
+                                       inputGradient: Tensor, weightGradient: Tensor, workspace rstd: Tensor) throws {
+        let (rows, cols) = (try int32(x.rowCount, x.label), try int32(x.columns, x.label))
+        try launch("rms_norm_backward", in: "backward.cl", globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(x) + arguments(weight) + arguments(outputGradient) + arguments(inputGradient) + arguments(rstd)
+                       + [cols, epsilon])
+        try launch("rms_norm_backward_weight", in: "backward.cl", globalSize: x.columns, localSize: nil,
+                   try arguments(x) + arguments(outputGradient) + arguments(rstd) + arguments(weightGradient) + [rows, cols])
+    }
+
+    public func enqueueCausalSoftmaxBackward(_ probs: Tensor, outputGradient: Tensor, into scoresGradient: Tensor, scale: Float) throws {
+        try launch("causal_softmax_backward", in: "backward.cl", globalSize: probs.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(probs) + arguments(outputGradient) + arguments(scoresGradient) + [try int32(probs.columns, probs.label), scale])
+    }
+
+    public func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
+        try launch("swiglu_backward", in: "backward.cl", globalSize: gate.count, localSize: nil,
+                   try arguments(gate) + arguments(up) + arguments(outputGradient) + arguments(gateGradient) + arguments(upGradient)
+                       + [try int32(gate.count, gate.label)])
+    }
+
+    public func enqueueEmbeddingBackward(_ outputGradient: Tensor, uniqueIds: Tensor, offsets: Tensor, positions: Tensor,
+                                         into tableGradient: Tensor) throws {
+        let cols = tableGradient.shape[1]
+        try launch("embedding_backward", in: "backward.cl", globalSize: uniqueIds.count * cols, localSize: nil,
+                   try arguments(outputGradient) + arguments(uniqueIds) + arguments(offsets) + arguments(positions) + arguments(tableGradient)
+                       + [try int32(uniqueIds.count, uniqueIds.label), try int32(cols, tableGradient.label)])
+    }
+
+    public func enqueueAdamW(_ parameter: Tensor, gradient: Tensor, firstMoment: Tensor, secondMoment: Tensor, _ step: AdamWStep) throws {
+        try launch("adamw", in: "backward.cl", globalSize: parameter.count, localSize: nil,
+                   try arguments(parameter) + arguments(gradient) + arguments(firstMoment) + arguments(secondMoment)
+                       + [try int32(parameter.count, parameter.label), step.learningRate, step.beta1, step.beta2, step.epsilon,
+                          step.weightDecay, step.firstCorrection, step.secondCorrection])
+    }
 }

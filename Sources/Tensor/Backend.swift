@@ -1,3 +1,5 @@
+import Foundation
+
 /// A place where tensors live and ops run: the CPU backend or one OpenCL device.
 ///
 /// Callers use the checked operations in the `Backend` extension (``Backend/add(_:_:into:)``,
@@ -50,6 +52,43 @@ public protocol Backend: AnyObject {
     func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws
     /// out = silu(gate) * up
     func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws
+
+    // Backward passes (the student's training step).
+    /// dx = RMSNorm backward (written); dweight += its weight gradient; rstd [rows] is workspace.
+    func enqueueRMSNormBackward(_ x: Tensor, weight: Tensor, outputGradient: Tensor, epsilon: Float,
+                                inputGradient: Tensor, weightGradient: Tensor, workspace rstd: Tensor) throws
+    /// dscores = scale * p * (dp - sum p dp), row-wise (written).
+    func enqueueCausalSoftmaxBackward(_ probs: Tensor, outputGradient: Tensor, into scoresGradient: Tensor, scale: Float) throws
+    /// dgate, dup of out = silu(gate) * up (written).
+    func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws
+    /// tableGradient[ids[u]] += sum of outputGradient rows positions[offsets[u] ..< offsets[u+1]].
+    func enqueueEmbeddingBackward(_ outputGradient: Tensor, uniqueIds: Tensor, offsets: Tensor, positions: Tensor,
+                                  into tableGradient: Tensor) throws
+    /// One AdamW update of a parameter tensor and its moments.
+    func enqueueAdamW(_ parameter: Tensor, gradient: Tensor, firstMoment: Tensor, secondMoment: Tensor, _ step: AdamWStep) throws
+}
+
+/// The scalars of one AdamW update (decoupled weight decay, bias correction).
+public struct AdamWStep: Equatable, Sendable {
+    public var learningRate: Float
+    public var beta1: Float
+    public var beta2: Float
+    public var epsilon: Float
+    public var weightDecay: Float
+    /// The 1-based step number t, for the bias corrections 1 - beta^t.
+    public var step: Int
+
+    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1, step: Int) {
+        self.learningRate = learningRate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        self.step = step
+    }
+
+    public var firstCorrection: Float { 1 - Float(pow(Double(beta1), Double(step))) }
+    public var secondCorrection: Float { 1 - Float(pow(Double(beta2), Double(step))) }
 }
 
 /// Rotary position embedding parameters.
@@ -92,6 +131,8 @@ public enum RowReduction: String, CaseIterable, Sendable {
     /// Maximum of the row; `-inf` for a row whose entries are all `-inf`.
     case max
     case sum
+    /// Sum of squares (for gradient norms).
+    case sumSquares = "sum_squares"
 }
 
 /// The geometry of `C = alpha * op(A) * op(B) + beta * C`, row-major, repeated over `batch` matrices.

@@ -270,6 +270,74 @@ extension Backend {
         try enqueueSwiGLU(gate: gate, up: up, into: out)
     }
 
+    // MARK: backward passes
+
+    /// inputGradient = dL/dx of y = RMSNorm(x) * weight (written); weightGradient += dL/dweight.
+    /// `workspace` holds one float per row.
+    public func rmsNormBackward(_ x: Tensor, weight: Tensor, outputGradient: Tensor, epsilon: Float,
+                                inputGradient: Tensor, weightGradient: Tensor, workspace: Tensor) throws {
+        try requireFloat32(x, weight, outputGradient, inputGradient, weightGradient, workspace, op: "rms_norm_backward")
+        try requireSameShape(x, outputGradient, op: "rms_norm_backward")
+        try requireSameShape(x, inputGradient, op: "rms_norm_backward")
+        guard weight.count == x.columns, weightGradient.count == x.columns, workspace.count >= x.rowCount else {
+            throw TensorError.shapeMismatch("rms_norm_backward: \(x.label) \(describeShape(x.shape)), weight \(describeShape(weight.shape)), weight gradient \(describeShape(weightGradient.shape)), workspace \(describeShape(workspace.shape))")
+        }
+        guard x.count > 0 else { return }
+        try enqueueRMSNormBackward(x, weight: weight, outputGradient: outputGradient, epsilon: epsilon, inputGradient: inputGradient,
+                                   weightGradient: weightGradient, workspace: workspace.rows(0..<x.rowCount))
+    }
+
+    /// scoresGradient = dL/dscores of probs = causalSoftmax(scale * scores) (written; may be outputGradient).
+    public func causalSoftmaxBackward(_ probs: Tensor, outputGradient: Tensor, into scoresGradient: Tensor, scale: Float) throws {
+        try requireFloat32(probs, outputGradient, scoresGradient, op: "causal_softmax_backward")
+        try requireSameShape(probs, outputGradient, op: "causal_softmax_backward")
+        try requireSameShape(probs, scoresGradient, op: "causal_softmax_backward")
+        guard probs.count > 0 else { return }
+        try enqueueCausalSoftmaxBackward(probs, outputGradient: outputGradient, into: scoresGradient, scale: scale)
+    }
+
+    /// gateGradient, upGradient = dL/dgate, dL/dup of out = silu(gate) * up (written).
+    public func swigluBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
+        try requireFloat32(gate, up, outputGradient, gateGradient, upGradient, op: "swiglu_backward")
+        for t in [up, outputGradient, gateGradient, upGradient] { try requireSameShape(gate, t, op: "swiglu_backward") }
+        guard gate.count > 0 else { return }
+        try enqueueSwiGLUBackward(gate: gate, up: up, outputGradient: outputGradient, gateGradient: gateGradient, upGradient: upGradient)
+    }
+
+    /// tableGradient [V, C] += the rows of outputGradient [N, C] at the rows tokenIds [N] name: the
+    /// backward of an embedding lookup. Positions are grouped by id on the host, so no two
+    /// work-items write one row.
+    public func embeddingBackward(_ outputGradient: Tensor, tokenIds: [Int32], into tableGradient: Tensor) throws {
+        try requireFloat32(outputGradient, tableGradient, op: "embedding_backward")
+        guard outputGradient.rank == 2, tableGradient.rank == 2, outputGradient.shape == [tokenIds.count, tableGradient.shape[1]] else {
+            throw TensorError.shapeMismatch("embedding_backward: \(outputGradient.label) \(describeShape(outputGradient.shape)) for \(tokenIds.count) ids into \(tableGradient.label) \(describeShape(tableGradient.shape))")
+        }
+        if let bad = tokenIds.first(where: { $0 < 0 || Int($0) >= tableGradient.shape[0] }) {
+            throw TensorError.shapeMismatch("embedding_backward: token id \(bad) outside the table's \(tableGradient.shape[0]) rows")
+        }
+        guard !tokenIds.isEmpty else { return }
+        let order = tokenIds.indices.sorted { (tokenIds[$0], $0) < (tokenIds[$1], $1) }
+        var unique: [Int32] = [], offsets: [Int32] = []
+        for (k, position) in order.enumerated() where unique.last != tokenIds[position] {
+            unique.append(tokenIds[position])
+            offsets.append(Int32(k))
+        }
+        offsets.append(Int32(order.count))
+        try enqueueEmbeddingBackward(outputGradient, uniqueIds: indexTensor(unique, shape: [unique.count], label: "embedding ids"),
+                                     offsets: indexTensor(offsets, shape: [offsets.count], label: "embedding id offsets"),
+                                     positions: indexTensor(order.map { Int32($0) }, shape: [order.count], label: "embedding positions"),
+                                     into: tableGradient)
+    }
+
+    /// One AdamW step of `parameter` with its gradient and moments (all the same shape).
+    public func adamw(_ parameter: Tensor, gradient: Tensor, firstMoment: Tensor, secondMoment: Tensor, _ step: AdamWStep) throws {
+        try requireFloat32(parameter, gradient, firstMoment, secondMoment, op: "adamw")
+        for t in [gradient, firstMoment, secondMoment] { try requireSameShape(parameter, t, op: "adamw") }
+        guard step.step >= 1 else { throw TensorError.unsupported("adamw: step numbers start at 1, got \(step.step)") }
+        guard parameter.count > 0 else { return }
+        try enqueueAdamW(parameter, gradient: gradient, firstMoment: firstMoment, secondMoment: secondMoment, step)
+    }
+
     // MARK: validation shared by every op
 
     public func requireOwned(_ tensors: Tensor..., op: String) throws {

@@ -48,6 +48,9 @@ let package = Package(
         // Models: the llama forward pass on any backend.
         .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
 
+        // Training: the trainable student (forward/backward), optimizer, train loop.
+        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses"], path: "Sources/Training", swiftSettings: releaseFlags),
+
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
         .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
                 path: "Sources/Losses", swiftSettings: releaseFlags),
@@ -72,6 +75,7 @@ let package = Package(
                     path: "Tests/OpenCLRuntimeTests"),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests",
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Models", "Tensor", "TestSupport"], path: "Tests/TrainingTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),

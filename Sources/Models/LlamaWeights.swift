@@ -16,6 +16,19 @@ public struct LlamaBlockWeights {
     public var down: Tensor            // [C, F]
 
     public var matrices: [Tensor] { [query, key, value, attentionOutput, gate, up, down] }
+
+    public init(attentionNorm: Tensor, query: Tensor, key: Tensor, value: Tensor, attentionOutput: Tensor,
+                feedForwardNorm: Tensor, gate: Tensor, up: Tensor, down: Tensor) {
+        self.attentionNorm = attentionNorm
+        self.query = query
+        self.key = key
+        self.value = value
+        self.attentionOutput = attentionOutput
+        self.feedForwardNorm = feedForwardNorm
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
 }
 
 /// A llama model's weights on one backend.

@@ -1,0 +1,243 @@
+import Foundation
+import GGUF
+import Models
+import Tensor
+
+/// One trainable fp32 tensor with its gradient and AdamW moments, all on the student's backend.
+public final class Parameter {
+    /// GGUF name (`blk.3.attn_q.weight`); matrices are [out, in] in GGUF's layout (adjacent RoPE pairs).
+    public let name: String
+    public let value: Tensor
+    public let gradient: Tensor
+    public let firstMoment: Tensor
+    public let secondMoment: Tensor
+    /// Norm weights are not decayed.
+    public var decays: Bool { value.rank == 2 }
+
+    init(name: String, shape: [Int], values: [Float], backend: any Backend) throws {
+        self.name = name
+        value = try backend.tensor(values, shape: shape, label: name)
+        gradient = try backend.tensor(shape: shape, label: "\(name) gradient")
+        firstMoment = try backend.tensor(shape: shape, label: "\(name) adam m")
+        secondMoment = try backend.tensor(shape: shape, label: "\(name) adam v")
+        try backend.fill(gradient, value: 0)
+        try backend.fill(firstMoment, value: 0)
+        try backend.fill(secondMoment, value: 0)
+    }
+}
+
+/// The activations one block's backward needs, saved by the forward. N = B * T tokens.
+struct BlockActivations {
+    let input: Tensor            // [N, C] residual stream entering the block
+    let attentionNormed: Tensor  // [N, C]
+    let queries: Tensor          // [B, H, T, hs] after RoPE
+    let keys: Tensor             // [B, Hkv, T, hs] after RoPE
+    let values: Tensor           // [B, Hkv, T, hs]
+    let probabilities: Tensor    // [B * Hkv, G * T, T]
+    let context: Tensor          // [N, C]: the attention output projection's input (token-major)
+    let middle: Tensor           // [N, C] residual stream after attention
+    let feedForwardNormed: Tensor // [N, C]
+    let gate: Tensor             // [N, F] before SwiGLU
+    let up: Tensor               // [N, F]
+    let activation: Tensor       // [N, F] silu(gate) * up
+}
+
+/// A trainable llama student: fp32 parameters on a backend, an explicit forward that keeps what the
+/// backward needs, and a backward that adds every parameter's gradient (llm.c's layer pairs).
+///
+/// The LM head and the loss are outside: ``forward(_:)`` returns the final normed hidden state
+/// [N, C] and ``backward(finalHiddenGradient:)`` takes its gradient; the LM head weight
+/// (``outputWeight``, the embedding when tied) and its gradient are reachable for the loss path.
+public final class StudentModel {
+    public let config: LlamaConfig
+    public let backend: any Backend
+    public let parameters: [Parameter]
+    private let byName: [String: Parameter]
+
+    /// Tokens and shapes of the last forward, and its saved activations.
+    private var saved: (tokens: [Int32], batch: Int, length: Int, blocks: [BlockActivations], last: Tensor, finalHidden: Tensor)?
+
+    /// Builds the student from named host tensors (GGUF names, fp32); `config.tiedEmbeddings` decides whether `output.weight` is expected.
+    public init(config: LlamaConfig, tensors: [String: (shape: [Int], values: [Float])], backend: any Backend) throws {
+        self.config = config
+        self.backend = backend
+        var parameters: [Parameter] = []
+        for (name, shape) in Self.parameterShapes(config) {
+            guard let tensor = tensors[name] else { throw ModelError.missingTensor("student: missing tensor \(name)") }
+            guard tensor.shape == shape else {
+                throw ModelError.badTensor("student: tensor \(name) has shape \(describeShape(tensor.shape)), expected \(describeShape(shape))")
+            }
+            parameters.append(try Parameter(name: name, shape: shape, values: tensor.values, backend: backend))
+        }
+        self.parameters = parameters
+        byName = Dictionary(uniqueKeysWithValues: parameters.map { ($0.name, $0) })
+    }
+
+    /// Every parameter's name and shape, in a fixed order.
+    public static func parameterShapes(_ config: LlamaConfig) -> [(String, [Int])] {
+        let (c, f, hs) = (config.width, config.feedForward, config.headDimension)
+        var shapes: [(String, [Int])] = [("token_embd.weight", [config.vocabulary, c]), ("output_norm.weight", [c])]
+        if !config.tiedEmbeddings { shapes.append(("output.weight", [config.vocabulary, c])) }
+        for l in 0..<config.layers {
+            shapes += [("blk.\(l).attn_norm.weight", [c]), ("blk.\(l).attn_q.weight", [config.heads * hs, c]),
+                       ("blk.\(l).attn_k.weight", [config.kvWidth, c]), ("blk.\(l).attn_v.weight", [config.kvWidth, c]),
+                       ("blk.\(l).attn_output.weight", [c, config.heads * hs]), ("blk.\(l).ffn_norm.weight", [c]),
+                       ("blk.\(l).ffn_gate.weight", [f, c]), ("blk.\(l).ffn_up.weight", [f, c]), ("blk.\(l).ffn_down.weight", [c, f])]
+        }
+        return shapes
+    }
+
+    public func parameter(_ name: String) -> Parameter { byName[name]! }
+    /// The LM head [V, C]: the token embedding when tied.
+    public var outputWeight: Parameter { config.tiedEmbeddings ? parameter("token_embd.weight") : parameter("output.weight") }
+    public var parameterCount: Int { parameters.reduce(0) { $0 + $1.value.count } }
+
+    public func zeroGradients() throws {
+        for p in parameters { try backend.fill(p.gradient, value: 0) }
+    }
+
+    private func weight(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").value }
+    private func gradient(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").gradient }
+
+    private var rope: RoPE {
+        RoPE(heads: config.heads, headDimension: config.headDimension, rotatedDimensions: config.ropeDimensions,
+             base: config.ropeBase, layout: .adjacent)
+    }
+
+    private var kvRope: RoPE {
+        RoPE(heads: config.kvHeads, headDimension: config.headDimension, rotatedDimensions: config.ropeDimensions,
+             base: config.ropeBase, layout: .adjacent)
+    }
+
+    /// The final normed hidden state [B * T, C] of `tokens` ([B][T]), keeping the activations for ``backward(finalHiddenGradient:)``.
+    public func forward(_ tokens: [[Int32]]) throws -> Tensor {
+        let b = tokens.count, t = tokens.first?.count ?? 0
+        guard b > 0, t > 0, tokens.allSatisfy({ $0.count == t }), t <= config.contextLength else {
+            throw ModelError.badInput("student forward needs B sequences of equal length T <= \(config.contextLength)")
+        }
+        let flat = tokens.flatMap { $0 }
+        if let bad = flat.first(where: { $0 < 0 || Int($0) >= config.vocabulary }) {
+            throw ModelError.badInput("token id \(bad) is outside the student's vocabulary of \(config.vocabulary)")
+        }
+        let (n, c, h, hkv, hs, f, g) = (b * t, config.width, config.heads, config.kvHeads, config.headDimension, config.feedForward, config.groupSize)
+        func tensor(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
+        let positions = try backend.indexTensor((0..<n).map { Int32($0 % t) }, shape: [n], label: "positions")
+        var x = try tensor([n, c], "residual 0")
+        try backend.gatherRows(parameter("token_embd.weight").value, ids: backend.indexTensor(flat, shape: [n], label: "token ids"), into: x)
+        let scale = 1 / Float(hs).squareRoot()
+        var blocks: [BlockActivations] = []
+        for l in 0..<config.layers {
+            let xn1 = try tensor([n, c], "attention normed \(l)")
+            try backend.rmsNorm(x, weight: weight(l, "attn_norm.weight"), epsilon: config.normEpsilon, into: xn1)
+            let q = try tensor([n, h * hs], "q"), k = try tensor([n, hkv * hs], "k"), v = try tensor([n, hkv * hs], "v")
+            try backend.gemm(xn1, weight(l, "attn_q.weight"), into: q, transposeB: true)
+            try backend.gemm(xn1, weight(l, "attn_k.weight"), into: k, transposeB: true)
+            try backend.gemm(xn1, weight(l, "attn_v.weight"), into: v, transposeB: true)
+            try backend.rope(q, positions: positions, into: q, rope)
+            try backend.rope(k, positions: positions, into: k, kvRope)
+            let qT = try tensor([b, h, t, hs], "q by head \(l)"), kT = try tensor([b, hkv, t, hs], "k by head \(l)")
+            let vT = try tensor([b, hkv, t, hs], "v by head \(l)")
+            try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
+            try backend.transpose12(k.reshaped([b, t, hkv, hs]), into: kT)
+            try backend.transpose12(v.reshaped([b, t, hkv, hs]), into: vT)
+            let probs = try tensor([b * hkv, g * t, t], "attention probabilities \(l)")
+            try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), kT.reshaped([b * hkv, t, hs]), into: probs, transposeB: true)
+            try backend.causalSoftmax(probs, into: probs, queries: t, scale: scale)
+            let contextByHead = try tensor([b, h, t, hs], "context by head")
+            try backend.gemm(probs, vT.reshaped([b * hkv, t, hs]), into: contextByHead.reshaped([b * hkv, g * t, hs]))
+            let context = try tensor([n, c], "context \(l)")
+            try backend.transpose12(contextByHead, into: context.reshaped([b, t, h, hs]))
+            let middle = try tensor([n, c], "residual middle \(l)")
+            try backend.gemm(context, weight(l, "attn_output.weight"), into: middle, transposeB: true)
+            try backend.add(x, middle, into: middle)
+
+            let xn2 = try tensor([n, c], "ffn normed \(l)")
+            try backend.rmsNorm(middle, weight: weight(l, "ffn_norm.weight"), epsilon: config.normEpsilon, into: xn2)
+            let gate = try tensor([n, f], "gate \(l)"), up = try tensor([n, f], "up \(l)"), act = try tensor([n, f], "swiglu \(l)")
+            try backend.gemm(xn2, weight(l, "ffn_gate.weight"), into: gate, transposeB: true)
+            try backend.gemm(xn2, weight(l, "ffn_up.weight"), into: up, transposeB: true)
+            try backend.swiglu(gate: gate, up: up, into: act)
+            let output = try tensor([n, c], "residual \(l + 1)")
+            try backend.gemm(act, weight(l, "ffn_down.weight"), into: output, transposeB: true)
+            try backend.add(middle, output, into: output)
+            blocks.append(BlockActivations(input: x, attentionNormed: xn1, queries: qT, keys: kT, values: vT, probabilities: probs,
+                                           context: context, middle: middle, feedForwardNormed: xn2, gate: gate, up: up, activation: act))
+            x = output
+        }
+        let finalHidden = try tensor([n, c], "final hidden")
+        try backend.rmsNorm(x, weight: parameter("output_norm.weight").value, epsilon: config.normEpsilon, into: finalHidden)
+        saved = (flat, b, t, blocks, x, finalHidden)
+        return finalHidden
+    }
+
+    /// Adds every parameter's gradient, given dL/d(final hidden) [N, C] for the last forward. The LM
+    /// head's own gradient is the loss path's to add.
+    public func backward(finalHiddenGradient: Tensor) throws {
+        guard let saved else { throw ModelError.badInput("student backward without a forward") }
+        self.saved = nil
+        let (b, t) = (saved.batch, saved.length)
+        let (n, c, h, hkv, hs, f, g) = (b * t, config.width, config.heads, config.kvHeads, config.headDimension, config.feedForward, config.groupSize)
+        func tensor(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
+        let positions = try backend.indexTensor((0..<n).map { Int32($0 % t) }, shape: [n], label: "positions")
+        let rstd = try tensor([n], "rms workspace")
+        let scale = 1 / Float(hs).squareRoot()
+        var inverseRope = rope, inverseKVRope = kvRope
+        inverseRope.inverse = true
+        inverseKVRope.inverse = true
+
+        // Through the final norm: dx is dL/d(residual stream) from here down.
+        let dx = try tensor([n, c], "residual gradient")
+        try backend.rmsNormBackward(saved.last, weight: parameter("output_norm.weight").value, outputGradient: finalHiddenGradient,
+                                    epsilon: config.normEpsilon, inputGradient: dx, weightGradient: parameter("output_norm.weight").gradient,
+                                    workspace: rstd)
+        let dNormed = try tensor([n, c], "normed gradient")
+        let dAct = try tensor([n, f], "swiglu gradient"), dGate = try tensor([n, f], "gate gradient"), dUp = try tensor([n, f], "up gradient")
+        let dContext = try tensor([n, c], "context gradient"), dContextByHead = try tensor([b, h, t, hs], "context by head gradient")
+        let dProbs = try tensor([b * hkv, g * t, t], "attention gradient")
+        let dqT = try tensor([b, h, t, hs], "q by head gradient"), dkT = try tensor([b, hkv, t, hs], "k by head gradient")
+        let dvT = try tensor([b, hkv, t, hs], "v by head gradient")
+        let dq = try tensor([n, h * hs], "q gradient"), dk = try tensor([n, hkv * hs], "k gradient"), dv = try tensor([n, hkv * hs], "v gradient")
+
+        for l in (0..<config.layers).reversed() {
+            let a = saved.blocks[l]
+            // Feed-forward: output = middle + W_down swiglu(W_gate xn2, W_up xn2).
+            try backend.gemm(dx, weight(l, "ffn_down.weight"), into: dAct)
+            try backend.gemm(dx, a.activation, into: gradient(l, "ffn_down.weight"), transposeA: true, beta: 1)
+            try backend.swigluBackward(gate: a.gate, up: a.up, outputGradient: dAct, gateGradient: dGate, upGradient: dUp)
+            try backend.gemm(dGate, weight(l, "ffn_gate.weight"), into: dNormed)
+            try backend.gemm(dUp, weight(l, "ffn_up.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dGate, a.feedForwardNormed, into: gradient(l, "ffn_gate.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dUp, a.feedForwardNormed, into: gradient(l, "ffn_up.weight"), transposeA: true, beta: 1)
+            let dMiddle = try tensor([n, c], "middle gradient")
+            try backend.rmsNormBackward(a.middle, weight: weight(l, "ffn_norm.weight"), outputGradient: dNormed, epsilon: config.normEpsilon,
+                                        inputGradient: dMiddle, weightGradient: gradient(l, "ffn_norm.weight"), workspace: rstd)
+            try backend.add(dMiddle, dx, into: dMiddle)
+
+            // Attention: middle = input + W_o context, context = softmax(q kᵀ / √hs) v by head.
+            try backend.gemm(dMiddle, weight(l, "attn_output.weight"), into: dContext)
+            try backend.gemm(dMiddle, a.context, into: gradient(l, "attn_output.weight"), transposeA: true, beta: 1)
+            try backend.transpose12(dContext.reshaped([b, t, h, hs]), into: dContextByHead)
+            let dContextGrouped = try dContextByHead.reshaped([b * hkv, g * t, hs])
+            try backend.gemm(dContextGrouped, a.values.reshaped([b * hkv, t, hs]), into: dProbs, transposeB: true)
+            try backend.gemm(a.probabilities, dContextGrouped, into: dvT.reshaped([b * hkv, t, hs]), transposeA: true)
+            try backend.causalSoftmaxBackward(a.probabilities, outputGradient: dProbs, into: dProbs, scale: scale)
+            try backend.gemm(dProbs, a.keys.reshaped([b * hkv, t, hs]), into: dqT.reshaped([b * hkv, g * t, hs]))
+            try backend.gemm(dProbs, a.queries.reshaped([b * hkv, g * t, hs]), into: dkT.reshaped([b * hkv, t, hs]), transposeA: true)
+            try backend.transpose12(dqT, into: dq.reshaped([b, t, h, hs]))
+            try backend.transpose12(dkT, into: dk.reshaped([b, t, hkv, hs]))
+            try backend.transpose12(dvT, into: dv.reshaped([b, t, hkv, hs]))
+            try backend.rope(dq, positions: positions, into: dq, inverseRope)
+            try backend.rope(dk, positions: positions, into: dk, inverseKVRope)
+            try backend.gemm(dq, weight(l, "attn_q.weight"), into: dNormed)
+            try backend.gemm(dk, weight(l, "attn_k.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dv, weight(l, "attn_v.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dq, a.attentionNormed, into: gradient(l, "attn_q.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dk, a.attentionNormed, into: gradient(l, "attn_k.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dv, a.attentionNormed, into: gradient(l, "attn_v.weight"), transposeA: true, beta: 1)
+            try backend.rmsNormBackward(a.input, weight: weight(l, "attn_norm.weight"), outputGradient: dNormed, epsilon: config.normEpsilon,
+                                        inputGradient: dx, weightGradient: gradient(l, "attn_norm.weight"), workspace: rstd)
+            try backend.add(dx, dMiddle, into: dx)
+        }
+        try backend.embeddingBackward(dx, tokenIds: saved.tokens, into: parameter("token_embd.weight").gradient)
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import Models
+import Tensor
+import TestSupport
+import Training
+import XCTest
+
+/// Every parameter's gradient from the student's explicit backward, against central finite
+/// differences of its own forward, on a tiny model on both backends.
+final class StudentGradientTests: XCTestCase {
+    static let config = LlamaConfig(layers: 2, width: 32, feedForward: 48, heads: 4, kvHeads: 2, vocabulary: 50, contextLength: 16,
+                                    ropeBase: 10000, normEpsilon: 1e-5, tiedEmbeddings: true)
+
+    static func randomTensors(_ config: LlamaConfig, seed: UInt64) -> [String: (shape: [Int], values: [Float])] {
+        var rng = SeededRandom(seed: seed)
+        var tensors: [String: (shape: [Int], values: [Float])] = [:]
+        for (name, shape) in StudentModel.parameterShapes(config) {
+            let count = shape.reduce(1, *)
+            tensors[name] = (shape, shape.count == 1 ? rng.normals(count).map { 1 + 0.2 * $0 }
+                                                     : rng.normals(count, scale: 1 / Float(shape.last!).squareRoot()))
+        }
+        return tensors
+    }
+
+    /// L = sum(r * finalHidden(tokens)) for a fixed random r, so dL/dfinalHidden = r.
+    private func loss(_ model: StudentModel, _ tokens: [[Int32]], _ r: [Float]) throws -> Double {
+        let hidden = try model.forward(tokens).toArray()
+        return zip(hidden, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+    }
+
+    func testEveryParameterGradientMatchesFiniteDifferences() throws {
+        let tokens: [[Int32]] = [[1, 7, 7, 49, 0, 3], [12, 5, 30, 30, 2, 8]]
+        var rng = SeededRandom(seed: 5)
+        let r = rng.normals(tokens.count * tokens[0].count * Self.config.width)
+        var gradientsByBackend: [[Float]] = []
+        for backend in try TestBackends.all() {
+            let model = try StudentModel(config: Self.config, tensors: Self.randomTensors(Self.config, seed: 11), backend: backend)
+            try model.zeroGradients()
+            _ = try model.forward(tokens)
+            try model.backward(finalHiddenGradient: backend.tensor(r, shape: [r.count / Self.config.width, Self.config.width], label: "r"))
+            var all: [Float] = []
+            for parameter in model.parameters {
+                let analytic = try parameter.gradient.toArray()
+                all += analytic
+                var values = try parameter.value.toArray()
+                // A few entries per tensor, including the largest gradient.
+                let largest = analytic.indices.max { abs(analytic[$0]) < abs(analytic[$1]) }!
+                for index in Set([0, values.count / 2, values.count - 1, largest]) {
+                    let original = values[index]
+                    let step: Float = 1e-2
+                    values[index] = original + step
+                    try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                    let up = try loss(model, tokens, r)
+                    values[index] = original - step
+                    try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                    let down = try loss(model, tokens, r)
+                    values[index] = original
+                    try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                    let numeric = (up - down) / Double(2 * step)
+                    XCTAssertEqual(Double(analytic[index]), numeric, accuracy: 2e-2 * max(1, abs(numeric)),
+                                   "\(parameter.name)[\(index)] on \(backend.name)")
+                }
+            }
+            gradientsByBackend.append(all)
+        }
+        let comparison = Comparison(gradientsByBackend[1], reference: gradientsByBackend[0].map(Double.init))
+        XCTAssertTrue(comparison.passes(tolerance: 1e-4), "OpenCL vs CPU gradients: \(comparison)")
+    }
+
+    /// The student's forward equals the inference model's on the same weights (LlamaModel).
+    func testForwardMatchesTheInferenceModel() throws {
+        var config = Self.config
+        config.tiedEmbeddings = false
+        let tensors = Self.randomTensors(config, seed: 3)
+        let tokens: [[Int32]] = [[4, 9, 1, 33, 2]]
+        for backend in try TestBackends.all() {
+            let student = try StudentModel(config: config, tensors: tensors, backend: backend)
+            let hidden = try student.forward(tokens).toArray()
+            func upload(_ name: String) throws -> Tensor { try backend.tensor(tensors[name]!.values, shape: tensors[name]!.shape, label: name) }
+            let blocks = try (0..<config.layers).map { l in
+                LlamaBlockWeights(attentionNorm: try upload("blk.\(l).attn_norm.weight"), query: try upload("blk.\(l).attn_q.weight"),
+                                  key: try upload("blk.\(l).attn_k.weight"), value: try upload("blk.\(l).attn_v.weight"),
+                                  attentionOutput: try upload("blk.\(l).attn_output.weight"), feedForwardNorm: try upload("blk.\(l).ffn_norm.weight"),
+                                  gate: try upload("blk.\(l).ffn_gate.weight"), up: try upload("blk.\(l).ffn_up.weight"),
+                                  down: try upload("blk.\(l).ffn_down.weight"))
+            }
+            let weights = LlamaWeights(config: config, tokenEmbedding: try upload("token_embd.weight"), outputNorm: try upload("output_norm.weight"),
+                                       output: try upload("output.weight"), blocks: blocks)
+            let reference = try LlamaModel(weights: weights).forward(tokens, options: LlamaForwardOptions(computeLogits: false)).finalHidden.toArray()
+            let comparison = Comparison(hidden, reference: reference.map(Double.init))
+            XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name): \(comparison)")
+        }
+    }
+}

@@ -38,24 +38,27 @@ let package = Package(
         .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
         .target(name: "CPUBackend", dependencies: ["Tensor", "COpenBLAS"],
                 path: "Sources/CPUBackend", swiftSettings: releaseFlags),
-        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "KernelSources"],
+        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "COpenBLAS", "KernelSources"],
                 path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
 
         // Model files: GGUF reader/writer, and the byte-level BPE tokenizer stored in GGUF metadata.
         .target(name: "GGUF", dependencies: ["Tensor"], path: "Sources/GGUF", swiftSettings: releaseFlags),
         .target(name: "Tokenizer", dependencies: ["GGUF"], path: "Sources/Tokenizer", swiftSettings: releaseFlags),
 
+        // Models: the llama forward pass on any backend.
+        .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
+
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
         .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
                 path: "Sources/Losses", swiftSettings: releaseFlags),
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
-        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses"],
+        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "Models", "GGUF"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench", "GGUF", "Tokenizer", "Models",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 
@@ -67,6 +70,9 @@ let package = Package(
         .testTarget(name: "OpenCLRuntimeTests",
                     dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],
                     path: "Tests/OpenCLRuntimeTests"),
+        .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests",
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",

@@ -46,3 +46,13 @@ __kernel void axpy_f32(float alpha, __global const float* x, int xo, __global fl
     if (i < vectors) vstoreV(vloadV(i, y + yo) + alpha * vloadV(i, x + xo), i, y + yo);
     else if (tail < n) y[yo + tail] += alpha * x[xo + tail];
 }
+
+// dst[r, column + c] = src[r, c] for src [rows, cols] inside dst [rows, dst_cols]: writes a block
+// of columns (e.g. one vocabulary chunk of logits). One work-item per element of src.
+__kernel void copy_columns_f32(__global const float* src, int so, __global float* dst, int dso,
+                               int rows, int cols, int dst_cols, int column) {
+    const int g = get_global_id(0);
+    if (g >= rows * cols) return;
+    const int r = g / cols, c = g % cols;
+    dst[dso + (long)r * dst_cols + column + c] = src[so + g];
+}

@@ -53,30 +53,38 @@ public final class CPUBackend: Backend {
         return Tensor(shape: shape, dtype: dtype, storage: storage, backend: self, label: label)
     }
 
-    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
-        guard values.count == tensor.count, tensor.dtype == .f32 else {
-            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws {
+        guard bytes.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("upload of \(bytes.count) bytes into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue) of \(tensor.byteCount) bytes")
         }
-        guard let base = values.baseAddress else { return }
-        try mutablePointer(tensor).update(from: base, count: values.count)
+        guard let base = bytes.baseAddress else { return }
+        try rawPointer(tensor).copyMemory(from: base, byteCount: bytes.count)
     }
 
-    public func download(_ tensor: Tensor) throws -> [Float] {
-        guard tensor.dtype == .f32 else {
-            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+    public func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws {
+        guard destination.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("download of \(tensor.label) (\(tensor.byteCount) bytes) into \(destination.count) bytes")
         }
-        let source = try pointer(tensor)
-        return Array(UnsafeBufferPointer(start: source, count: tensor.count))
+        guard let base = destination.baseAddress else { return }
+        base.copyMemory(from: try rawPointer(tensor), byteCount: destination.count)
     }
 
     public func synchronize() throws {}
 
-    /// The host address of a tensor's first element (for CPU twins and host BLAS).
-    public func mutablePointer(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+    /// The host address of a tensor's first byte, of any dtype.
+    public func rawPointer(_ tensor: Tensor) throws -> UnsafeMutableRawPointer {
         guard let storage = tensor.storage as? CPUStorage else {
             throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on the CPU backend")
         }
-        return storage.pointer.assumingMemoryBound(to: Float.self) + tensor.offset
+        return storage.pointer + tensor.byteOffset
+    }
+
+    /// The host address of an f32 tensor's first element (for CPU twins and host BLAS).
+    public func mutablePointer(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+        guard tensor.dtype == .f32 else {
+            throw TensorError.unsupported("\(tensor.label) is \(tensor.dtype.rawValue), not f32")
+        }
+        return try rawPointer(tensor).assumingMemoryBound(to: Float.self)
     }
 
     public func pointer(_ tensor: Tensor) throws -> UnsafePointer<Float> { UnsafePointer(try mutablePointer(tensor)) }
@@ -91,6 +99,13 @@ public final class CPUBackend: Backend {
     public func enqueueCopy(_ source: Tensor, into destination: Tensor) throws {
         let (px, py) = (try pointer(source), try mutablePointer(destination))
         parallelChunks(source.count, grain: elementGrain) { CPUKernels.copy_f32(px, py, $0) }
+    }
+
+    public func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        let (ps, pd, cols, dstCols) = (try pointer(source), try mutablePointer(destination), source.shape[1], destination.shape[1])
+        parallelChunks(source.shape[0], grain: max(1, elementGrain / cols)) {
+            CPUKernels.copy_columns_f32(ps, pd, cols: cols, dstCols: dstCols, column: column, $0)
+        }
     }
 
     public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
@@ -144,5 +159,72 @@ public final class CPUBackend: Backend {
                 CPUKernels.softmax_rows(px, py, cols: cols, inverseTemperature: inverseTemperature, rows)
             }
         }
+    }
+
+    // MARK: model kernels
+
+    func int32Pointer(_ tensor: Tensor) throws -> UnsafePointer<Int32> {
+        UnsafePointer(try rawPointer(tensor).assumingMemoryBound(to: Int32.self))
+    }
+
+    public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
+        let (src, po) = (UnsafeRawPointer(try rawPointer(source)), try mutablePointer(out))
+        let blocks = source.count / 32
+        switch source.dtype {
+        case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0(src, po, $0) }
+        case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0(src, po, $0) }
+        case .q4_1: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_1(src, po, $0) }
+        case .f16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_f16(src, po, $0) }
+        case .f32, .i32: throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue))")
+        }
+    }
+
+    public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        let (pt, pi, po) = (UnsafeRawPointer(try rawPointer(table)), try int32Pointer(ids), try mutablePointer(out))
+        let (rows, cols) = (table.shape[0], table.shape[1])
+        parallelChunks(ids.count, grain: max(1, rowGrainElements / cols)) { range in
+            switch table.dtype {
+            case .f32: CPUKernels.get_rows_f32(pt.assumingMemoryBound(to: Float.self), rows: rows, pi, po, cols: cols, range)
+            case .f16: CPUKernels.get_rows_f16(pt, rows: rows, pi, po, cols: cols, range)
+            case .q8_0: CPUKernels.get_rows_q8_0(pt, rows: rows, pi, po, cols: cols, range)
+            case .q4_0: CPUKernels.get_rows_q4_0(pt, rows: rows, pi, po, cols: cols, range)
+            case .q4_1: CPUKernels.get_rows_q4_1(pt, rows: rows, pi, po, cols: cols, range)
+            case .i32: preconditionFailure("gatherRows rejects i32 tables")
+            }
+        }
+    }
+
+    public func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        let (px, pw, py, cols) = (try pointer(x), try pointer(weight), try mutablePointer(y), x.columns)
+        parallelChunks(x.rowCount, grain: max(1, rowGrainElements / cols)) {
+            CPUKernels.rms_norm(px, pw, py, cols: cols, eps: epsilon, $0)
+        }
+    }
+
+    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        let (px, pp, py) = (try pointer(x), try int32Pointer(positions), try mutablePointer(y))
+        parallelChunks(x.count / 2, grain: elementGrain) {
+            CPUKernels.rope(px, pp, py, heads: rope.heads, headDim: rope.headDimension, ropeDim: rope.rotatedDimensions,
+                            base: rope.base, halves: rope.layout == .halves, direction: rope.inverse ? -1 : 1, $0)
+        }
+    }
+
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+        let (ps, pp, keys) = (try pointer(scores), try mutablePointer(probs), scores.columns)
+        parallelChunks(scores.rowCount, grain: max(1, rowGrainElements / keys)) {
+            CPUKernels.causal_softmax(ps, pp, keys: keys, queries: queries, keyOffset: keyOffset, scale: scale, $0)
+        }
+    }
+
+    public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
+        let (px, py, s) = (try pointer(x), try mutablePointer(y), x.shape)
+        parallelChunks(x.count, grain: elementGrain) {
+            CPUKernels.transpose_12(px, py, a: s[0], b: s[1], c: s[2], d: s[3], $0)
+        }
+    }
+
+    public func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        let (pg, pu, po) = (try pointer(gate), try pointer(up), try mutablePointer(out))
+        parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu(pg, pu, po, $0) }
     }
 }

@@ -42,6 +42,12 @@ public enum CPUKernels {
         for i in range { y[i] += alpha * x[i] }
     }
 
+    /// dst[r, column + c] = src[r, c] for src [rows, cols] inside dst [rows, dstCols].
+    public static func copy_columns_f32(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, cols: Int, dstCols: Int,
+                                        column: Int, _ rows: Range<Int>) {
+        for r in rows { (dst + r * dstCols + column).update(from: src + r * cols, count: cols) }
+    }
+
     // MARK: rows.cl  (x is [rows, cols], row-major)
 
     /// out[r] = max_j x[r, j]; -inf for an all -inf row.
@@ -80,9 +86,8 @@ public enum CPUKernels {
                 yr.update(repeating: -.infinity, count: cols)
                 continue
             }
-            // y holds exp((x - m) / T) until the sum is known.
-            for j in 0..<cols { yr[j] = expf((xr[j] - m) * inverseTemperature) }
-            let logSum = logf(rowTotal(yr, cols))
+            // y may be x: sum without writing, in 16 lanes like the kernel's float16 loads.
+            let logSum = logf(rowSumExp(xr, cols, shift: m, scale: inverseTemperature))
             for j in 0..<cols { yr[j] = (xr[j] - m) * inverseTemperature - logSum }
         }
     }
@@ -103,6 +108,25 @@ public enum CPUKernels {
             j += 1
         }
         return m
+    }
+
+    /// sum_j exp((x[j] - shift) * scale), accumulated in 16 lanes.
+    @inline(__always)
+    static func rowSumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float) -> Float {
+        var lanes = SIMD16<Float>(repeating: 0)
+        var j = 0
+        while j + 16 <= n {
+            var e = SIMD16<Float>()
+            for k in 0..<16 { e[k] = expf((x[j + k] - shift) * scale) }
+            lanes += e
+            j += 16
+        }
+        var s = lanes.sum()
+        while j < n {
+            s += expf((x[j] - shift) * scale)
+            j += 1
+        }
+        return s
     }
 
     @inline(__always)

@@ -4,8 +4,9 @@ import Foundation
 import KernelSources
 import Tensor
 
-/// The OpenCL backend: one device, one context, one in-order queue. GEMMs run through CLBlast;
-/// every other op is a hand-written kernel from `Kernels/`.
+/// The OpenCL backend: one device, one context, one in-order queue. Every op but GEMM is a
+/// hand-written kernel from `Kernels/`; GEMMs run through CLBlast, or on CPU devices through host
+/// BLAS over the mapped buffers (``GemmEngine``).
 ///
 /// Not thread-safe: all ops of one backend are enqueued from one thread.
 public final class OpenCLBackend: Backend {
@@ -17,6 +18,10 @@ public final class OpenCLBackend: Backend {
     public let vectorWidth: Int
     /// Work-group size of the row kernels (one work-group per row).
     public let rowWorkGroupSize: Int
+    /// How GEMMs run: host BLAS on mapped buffers for CPU devices, CLBlast otherwise (`KDGPU_GEMM` overrides).
+    public var gemmEngine: GemmEngine {
+        didSet { precondition(gemmEngine == .clblast || device.isCPU, "host BLAS GEMMs need a CPU device's host-visible buffers") }
+    }
 
     let context: cl_context
     var queue: cl_command_queue?
@@ -37,6 +42,17 @@ public final class OpenCLBackend: Backend {
             throw TensorError.device("KDGPU_VECTOR_WIDTH=\(vectorWidth): use 1, 2, 4, 8 or 16")
         }
         rowWorkGroupSize = min(device.isCPU ? 16 : 256, Self.floorPowerOfTwo(device.maxWorkGroupSize))
+        if let requested = environment[GemmEngine.environmentVariable], !requested.isEmpty {
+            guard let engine = GemmEngine(rawValue: requested) else {
+                throw TensorError.device("\(GemmEngine.environmentVariable)=\(requested): use clblast or host-blas")
+            }
+            guard engine == .clblast || device.isCPU else {
+                throw TensorError.device("\(GemmEngine.environmentVariable)=host-blas needs a CPU OpenCL device; \(device.name) is a \(device.typeName)")
+            }
+            gemmEngine = engine
+        } else {
+            gemmEngine = device.isCPU ? .hostBLAS : .clblast
+        }
         // CPU devices: host-visible buffers, so host code can map them without copies.
         bufferFlags = cl_mem_flags(CL_MEM_READ_WRITE) | (device.isCPU ? cl_mem_flags(CL_MEM_ALLOC_HOST_PTR) : 0)
 
@@ -84,29 +100,24 @@ public final class OpenCLBackend: Backend {
         return Tensor(shape: shape, dtype: dtype, storage: buffer, backend: self, label: label)
     }
 
-    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
-        guard values.count == tensor.count, tensor.dtype == .f32 else {
-            throw TensorError.shapeMismatch("upload: \(values.count) values into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue)")
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws {
+        guard bytes.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("upload of \(bytes.count) bytes into \(tensor.label) \(describeShape(tensor.shape)) \(tensor.dtype.rawValue) of \(tensor.byteCount) bytes")
         }
-        guard values.count > 0 else { return }
-        try checkCL(clEnqueueWriteBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.offset * 4,
-                                         values.count * 4, values.baseAddress, 0, nil, nil),
+        guard bytes.count > 0 else { return }
+        try checkCL(clEnqueueWriteBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.byteOffset,
+                                         bytes.count, bytes.baseAddress, 0, nil, nil),
                     "clEnqueueWriteBuffer(\(tensor.label))", device: device.name)
     }
 
-    public func download(_ tensor: Tensor) throws -> [Float] {
-        guard tensor.dtype == .f32 else {
-            throw TensorError.unsupported("download of \(tensor.label): \(tensor.dtype.rawValue) tensors are not readable as f32")
+    public func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws {
+        guard destination.count == tensor.byteCount else {
+            throw TensorError.shapeMismatch("download of \(tensor.label) (\(tensor.byteCount) bytes) into \(destination.count) bytes")
         }
-        var values = [Float](repeating: 0, count: tensor.count)
-        guard !values.isEmpty else { return values }
-        let mem = try buffer(tensor).mem
-        try values.withUnsafeMutableBytes { bytes in
-            try checkCL(clEnqueueReadBuffer(queue, mem, cl_bool(CL_TRUE), tensor.offset * 4, bytes.count,
-                                            bytes.baseAddress, 0, nil, nil),
-                        "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
-        }
-        return values
+        guard destination.count > 0 else { return }
+        try checkCL(clEnqueueReadBuffer(queue, try buffer(tensor).mem, cl_bool(CL_TRUE), tensor.byteOffset,
+                                        destination.count, destination.baseAddress, 0, nil, nil),
+                    "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
     }
 
     public func synchronize() throws {
@@ -189,9 +200,11 @@ public final class OpenCLBackend: Backend {
         try checkCL(status, "clEnqueueNDRangeKernel(\(name))", device: device.name)
     }
 
-    /// Kernel arguments for a tensor: its buffer and its element offset.
+    /// Kernel arguments for a tensor: its buffer and its offset, in elements for f32 and i32 tensors
+    /// (kernels see `float*` / `int*`), in bytes for f16 and block types (kernels see `uchar*`).
     public func arguments(_ tensor: Tensor) throws -> [any KernelArgument] {
-        [try buffer(tensor), try int32(tensor.offset, tensor.label)]
+        let offset = tensor.dtype == .f32 || tensor.dtype == .i32 ? tensor.offset : tensor.byteOffset
+        return [try buffer(tensor), try int32(offset, tensor.label)]
     }
 
     public func int32(_ value: Int, _ what: String) throws -> Int32 {
@@ -214,6 +227,13 @@ public final class OpenCLBackend: Backend {
     public func enqueueCopy(_ source: Tensor, into destination: Tensor) throws {
         try launch("copy_f32", in: "elementwise.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil,
                    try arguments(source) + arguments(destination) + [try int32(source.count, source.label)])
+    }
+
+    public func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        try launch("copy_columns_f32", in: "elementwise.cl", globalSize: source.count, localSize: nil,
+                   try arguments(source) + arguments(destination)
+                       + [try int32(source.shape[0], source.label), try int32(source.shape[1], source.label),
+                          try int32(destination.shape[1], destination.label), try int32(column, destination.label)])
     }
 
     public func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws {
@@ -243,6 +263,10 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
+        if gemmEngine == .hostBLAS {
+            try hostGemm(a, b, c, p)
+            return
+        }
         let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))
         let transposeA = p.transposeA ? CLBlastTransposeYes : CLBlastTransposeNo
         let transposeB = p.transposeB ? CLBlastTransposeYes : CLBlastTransposeNo
@@ -261,5 +285,52 @@ public final class OpenCLBackend: Backend {
                                      + "(M=\(p.m) N=\(p.n) K=\(p.k) batch=\(p.batch)) on \(device.name)"
                                      + (status.rawValue > -1000 ? " (\(OpenCLStatus.name(status.rawValue)))" : ""))
         }
+    }
+
+    // MARK: model kernels
+
+    public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
+        let n = source.dtype == .f16 ? source.count : source.count / 32
+        try launch("dequantize_\(source.dtype.rawValue)", in: "quant.cl", globalSize: n, localSize: nil,
+                   try arguments(source) + arguments(out) + [try int32(n, source.label)])
+    }
+
+    public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        let (rows, cols) = (table.shape[0], table.shape[1])
+        let quantized = table.dtype != .f32 && table.dtype != .f16
+        let workItems = ids.count * (quantized ? cols / 32 : cols)
+        try launch("get_rows_\(table.dtype.rawValue)", in: "quant.cl", globalSize: workItems, localSize: nil,
+                   try arguments(table) + [try int32(rows, table.label)] + arguments(ids) + arguments(out)
+                       + [try int32(cols, table.label), try int32(ids.count, ids.label)])
+    }
+
+    public func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        try launch("rms_norm", in: "norm.cl", globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(x) + arguments(weight) + arguments(y) + [try int32(x.columns, x.label), epsilon])
+    }
+
+    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        try launch("rope", in: "rope.cl", globalSize: x.count / 2, localSize: nil,
+                   try arguments(x) + arguments(positions) + arguments(y)
+                       + [try int32(positions.count, positions.label), try int32(rope.heads, x.label),
+                          try int32(rope.headDimension, x.label), try int32(rope.rotatedDimensions, x.label),
+                          rope.base, Int32(rope.layout == .halves ? 1 : 0), Float(rope.inverse ? -1 : 1)])
+    }
+
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+        try launch("causal_softmax", in: "attention.cl", globalSize: scores.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(scores) + arguments(probs)
+                       + [try int32(scores.columns, scores.label), try int32(queries, scores.label), try int32(keyOffset, scores.label), scale])
+    }
+
+    public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
+        let s = try x.shape.map { try int32($0, x.label) }
+        try launch("transpose_12", in: "attention.cl", globalSize: x.count, localSize: nil,
+                   try arguments(x) + arguments(y) + [s[0], s[1], s[2], s[3]])
+    }
+
+    public func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        try launch("swiglu", in: "activation.cl", globalSize: elementwiseWorkItems(gate.count), localSize: nil,
+                   try arguments(gate) + arguments(up) + arguments(out) + [try int32(gate.count, gate.label)])
     }
 }

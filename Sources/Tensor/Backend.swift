@@ -13,15 +13,18 @@ public protocol Backend: AnyObject {
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor
-    /// Copies `values` (exactly `tensor.count` of them) into the tensor.
-    func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws
-    /// Copies the tensor's values to the host, after every op enqueued before.
-    func download(_ tensor: Tensor) throws -> [Float]
+    /// Copies `bytes` into the tensor: exactly ``Tensor/byteCount`` of them, in the dtype's layout
+    /// (quantized types as their file blocks).
+    func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws
+    /// Copies the tensor's bytes into `destination` (exactly ``Tensor/byteCount``), after every op enqueued before.
+    func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws
     /// Waits for every enqueued op.
     func synchronize() throws
 
     func enqueueFill(_ x: Tensor, value: Float) throws
     func enqueueCopy(_ source: Tensor, into destination: Tensor) throws
+    /// destination[r, column ..< column + cols] = source[r, :] for source [rows, cols], destination [rows, wider].
+    func enqueueCopyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws
     func enqueueBinary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) throws
     func enqueueScale(_ x: Tensor, by alpha: Float, into out: Tensor) throws
     /// y += alpha * x
@@ -31,6 +34,51 @@ public protocol Backend: AnyObject {
     func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws
     /// y[r, :] = softmax(x[r, :] / temperature), or its logarithm.
     func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws
+
+    // Model ops (the llama forward pass).
+    /// out (f32, same element count) = the values of a quantized or f16 tensor.
+    func enqueueDequantize(_ source: Tensor, into out: Tensor) throws
+    /// out[i, :] = table[ids[i], :] for a table [rows, cols] of any dtype; out-of-range ids give zeros.
+    func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws
+    /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight
+    func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws
+    /// Rotary embedding of x [tokens, heads, headDim] at positions [tokens] (i32) into y.
+    func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws
+    /// probs = causal softmax of scores [rows, keys]; row r is query r % queries at position r % queries + keyOffset.
+    func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws
+    /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped.
+    func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws
+    /// out = silu(gate) * up
+    func enqueueSwiGLU(gate: Tensor, up: Tensor, into out: Tensor) throws
+}
+
+/// Rotary position embedding parameters.
+public struct RoPE: Equatable, Sendable {
+    /// Which elements form the rotated pairs.
+    public enum PairLayout: String, Sendable {
+        /// (x[2i], x[2i+1]): llama.cpp and GGUF llama weights.
+        case adjacent
+        /// (x[i], x[i + d/2]): Hugging Face's rotate_half.
+        case halves
+    }
+
+    public var heads: Int
+    public var headDimension: Int
+    /// Leading dimensions of each head that rotate (the rest pass through); even, at most headDimension.
+    public var rotatedDimensions: Int
+    public var base: Float
+    public var layout: PairLayout
+    /// Turn by -theta instead of theta: the inverse rotation, which is the backward of the forward one.
+    public var inverse: Bool
+
+    public init(heads: Int, headDimension: Int, rotatedDimensions: Int? = nil, base: Float, layout: PairLayout, inverse: Bool = false) {
+        self.heads = heads
+        self.headDimension = headDimension
+        self.rotatedDimensions = rotatedDimensions ?? headDimension
+        self.base = base
+        self.layout = layout
+        self.inverse = inverse
+    }
 }
 
 /// Elementwise binary operations of equal-shaped tensors.

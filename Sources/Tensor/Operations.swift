@@ -16,6 +16,50 @@ extension Backend {
         return t
     }
 
+    /// Copies `values` (exactly `tensor.count` of them) into an f32 tensor.
+    public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
+        try requireTransfer(of: values.count, .f32, tensor)
+        try uploadBytes(UnsafeRawBufferPointer(values), to: tensor)
+    }
+
+    /// Copies `values` (exactly `tensor.count` of them) into an i32 tensor.
+    public func upload(_ values: [Int32], to tensor: Tensor) throws {
+        try requireTransfer(of: values.count, .i32, tensor)
+        try values.withUnsafeBytes { try uploadBytes($0, to: tensor) }
+    }
+
+    /// The values of an f32 tensor, after every op enqueued before.
+    public func download(_ tensor: Tensor) throws -> [Float] {
+        try requireTransfer(of: tensor.count, .f32, tensor)
+        var values = [Float](repeating: 0, count: tensor.count)
+        try values.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
+        return values
+    }
+
+    /// The values of an i32 tensor, after every op enqueued before.
+    public func downloadInt32(_ tensor: Tensor) throws -> [Int32] {
+        try requireTransfer(of: tensor.count, .i32, tensor)
+        var values = [Int32](repeating: 0, count: tensor.count)
+        try values.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
+        return values
+    }
+
+    /// Allocates an i32 tensor holding `values` (token ids, positions).
+    public func indexTensor(_ values: [Int32], shape: [Int], label: String) throws -> Tensor {
+        let t = try allocate(shape: shape, dtype: .i32, label: label)
+        try upload(values, to: t)
+        return t
+    }
+
+    private func requireTransfer(of count: Int, _ dtype: DType, _ tensor: Tensor) throws {
+        guard tensor.dtype == dtype, count == tensor.count else {
+            throw TensorError.shapeMismatch("transfer of \(count) \(dtype.rawValue) values to or from \(tensor.label) \(describeShape(tensor.shape)) of type \(tensor.dtype.rawValue)")
+        }
+        guard tensor.backend === self else {
+            throw TensorError.unsupported("\(tensor.label) lives on \(tensor.backend.name), not on \(name)")
+        }
+    }
+
     /// Sets every element of `x` to `value`.
     public func fill(_ x: Tensor, value: Float) throws {
         try requireFloat32(x, op: "fill")
@@ -31,6 +75,17 @@ extension Backend {
         }
         guard source.count > 0 else { return }
         try enqueueCopy(source, into: destination)
+    }
+
+    /// destination[:, column ..< column + source.columns] = source, for matrices with the same rows.
+    public func copyColumns(_ source: Tensor, into destination: Tensor, column: Int) throws {
+        try requireFloat32(source, destination, op: "copy_columns_f32")
+        guard source.rank == 2, destination.rank == 2, source.shape[0] == destination.shape[0], column >= 0,
+              column + source.shape[1] <= destination.shape[1] else {
+            throw TensorError.shapeMismatch("copy_columns: \(source.label) \(describeShape(source.shape)) into \(destination.label) \(describeShape(destination.shape)) at column \(column)")
+        }
+        guard source.count > 0 else { return }
+        try enqueueCopyColumns(source, into: destination, column: column)
     }
 
     /// out = a + b
@@ -131,7 +186,98 @@ extension Backend {
         try enqueueSoftmaxRows(x, into: y, temperature: temperature, logarithm: logarithm)
     }
 
+    // MARK: model ops
+
+    /// out = the f32 values of `source` (Q8_0, Q4_0, Q4_1 or F16), same element count.
+    public func dequantize(_ source: Tensor, into out: Tensor) throws {
+        try requireFloat32(out, op: "dequantize")
+        try requireOwned(source, op: "dequantize")
+        guard [.q8_0, .q4_0, .q4_1, .f16].contains(source.dtype) else {
+            throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or f16 type")
+        }
+        guard source.count == out.count, source.count % 32 == 0 || source.dtype == .f16, source.offset % 32 == 0 || source.dtype == .f16 else {
+            throw TensorError.shapeMismatch("dequantize: \(source.label) \(describeShape(source.shape)) \(source.dtype.rawValue) into \(out.label) \(describeShape(out.shape)) (block types need whole blocks of 32)")
+        }
+        guard source.count > 0 else { return }
+        try enqueueDequantize(source, into: out)
+    }
+
+    /// out [N, cols] = rows `ids` [N] (i32) of `table` [rows, cols], of any dtype: an embedding lookup.
+    public func gatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
+        try requireFloat32(out, op: "get_rows")
+        try requireOwned(table, ids, op: "get_rows")
+        guard table.rank == 2, table.dtype != .i32, ids.dtype == .i32, out.rank == 2, out.shape == [ids.count, table.shape[1]],
+              table.dtype == .f32 || table.dtype == .f16 || table.shape[1] % 32 == 0 else {
+            throw TensorError.shapeMismatch("get_rows: \(table.label) \(describeShape(table.shape)) \(table.dtype.rawValue), ids \(ids.label) \(describeShape(ids.shape)) \(ids.dtype.rawValue) -> \(out.label) \(describeShape(out.shape))")
+        }
+        guard ids.count > 0 else { return }
+        try enqueueGatherRows(table, ids: ids, into: out)
+    }
+
+    /// y = RMSNorm(x) * weight over the last axis (weight has the last axis' length).
+    public func rmsNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws {
+        try requireFloat32(x, weight, y, op: "rms_norm")
+        try requireSameShape(x, y, op: "rms_norm")
+        guard weight.count == x.columns, x.columns > 0 else {
+            throw TensorError.shapeMismatch("rms_norm: \(x.label) \(describeShape(x.shape)) with weight \(weight.label) \(describeShape(weight.shape))")
+        }
+        guard x.count > 0 else { return }
+        try enqueueRMSNorm(x, weight: weight, epsilon: epsilon, into: y)
+    }
+
+    /// y = x [tokens, heads * headDim] rotated at `positions` [tokens] (i32); y may be x.
+    public func rope(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        try requireFloat32(x, y, op: "rope")
+        try requireOwned(positions, op: "rope")
+        try requireSameShape(x, y, op: "rope")
+        guard positions.dtype == .i32, rope.headDimension % 2 == 0, rope.rotatedDimensions % 2 == 0,
+              rope.rotatedDimensions <= rope.headDimension, rope.rotatedDimensions > 0,
+              x.count == positions.count * rope.heads * rope.headDimension else {
+            throw TensorError.shapeMismatch("rope: \(x.label) \(describeShape(x.shape)) at positions \(positions.label) \(describeShape(positions.shape)) with \(rope.heads) heads of \(rope.headDimension) (\(rope.rotatedDimensions) rotated)")
+        }
+        guard x.count > 0 else { return }
+        try enqueueRoPE(x, positions: positions, into: y, rope)
+    }
+
+    /// probs = softmax(scale * scores) over the keys each query may see: row r of scores [..., keys]
+    /// is query `r % queries`, at position `r % queries + keyOffset`, and sees keys 0 through that position.
+    public func causalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int = 0, scale: Float) throws {
+        try requireFloat32(scores, probs, op: "causal_softmax")
+        try requireSameShape(scores, probs, op: "causal_softmax")
+        guard queries > 0, keyOffset >= 0, scores.rowCount % queries == 0, scores.columns >= 1 else {
+            throw TensorError.shapeMismatch("causal_softmax: \(scores.label) \(describeShape(scores.shape)) with \(queries) queries from key \(keyOffset)")
+        }
+        guard scores.count > 0 else { return }
+        try enqueueCausalSoftmax(scores, into: probs, queries: queries, keyOffset: keyOffset, scale: scale)
+    }
+
+    /// y [A, C, B, D] = x [A, B, C, D]: e.g. [batch, time, heads, dim] <-> [batch, heads, time, dim].
+    public func transpose12(_ x: Tensor, into y: Tensor) throws {
+        try requireFloat32(x, y, op: "transpose_12")
+        guard x.rank == 4, y.shape == [x.shape[0], x.shape[2], x.shape[1], x.shape[3]] else {
+            throw TensorError.shapeMismatch("transpose_12: \(x.label) \(describeShape(x.shape)) into \(y.label) \(describeShape(y.shape))")
+        }
+        guard x.count > 0 else { return }
+        try enqueueTranspose12(x, into: y)
+    }
+
+    /// out = silu(gate) * up, elementwise.
+    public func swiglu(gate: Tensor, up: Tensor, into out: Tensor) throws {
+        try requireFloat32(gate, up, out, op: "swiglu")
+        try requireSameShape(gate, up, op: "swiglu")
+        try requireSameShape(gate, out, op: "swiglu")
+        guard gate.count > 0 else { return }
+        try enqueueSwiGLU(gate: gate, up: up, into: out)
+    }
+
     // MARK: validation shared by every op
+
+    public func requireOwned(_ tensors: Tensor..., op: String) throws {
+        for t in tensors where t.backend !== self {
+            throw TensorError.unsupported("\(op): \(t.label) lives on \(t.backend.name), not on \(name)")
+        }
+    }
+
 
     public func requireFloat32(_ tensors: Tensor..., op: String) throws {
         for t in tensors {

@@ -2,6 +2,8 @@
 /// half-precision cases exist so weights can later stay in their file format on the device.
 public enum DType: String, Sendable {
     case f32
+    /// Token ids and other indices.
+    case i32
     case f16
     case q8_0
     case q4_0
@@ -10,7 +12,7 @@ public enum DType: String, Sendable {
     /// Bytes taken by `count` elements (quantized types come in blocks of 32 along the fastest axis).
     public func byteCount(elements count: Int) -> Int {
         switch self {
-        case .f32: return count * 4
+        case .f32, .i32: return count * 4
         case .f16: return count * 2
         case .q8_0: return count / 32 * 34
         case .q4_0: return count / 32 * 18
@@ -74,6 +76,11 @@ public struct Tensor {
         return Tensor(shape: [range.count] + shape.dropFirst(), dtype: dtype, storage: storage,
                       offset: offset + range.lowerBound * rowElements, backend: backend, label: label)
     }
+
+    /// Offset of the first element in the storage, in bytes.
+    public var byteOffset: Int { dtype.byteCount(elements: offset) }
+    /// Bytes the tensor's elements take.
+    public var byteCount: Int { dtype.byteCount(elements: count) }
 
     /// Copies the tensor's values to the host.
     public func toArray() throws -> [Float] { try backend.download(self) }

@@ -1,4 +1,17 @@
-import OpenCLBackend
-import CPUBackend
-let devs = try OpenCLPlatforms.devices()
-print(devs.map(\.name))
+import ArgumentParser
+
+/// kdgpu: knowledge distillation for language models on any OpenCL device or the CPU.
+struct KDGPU: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kdgpu",
+        abstract: "Knowledge distillation for language models on OpenCL devices (AMD, Intel, NVIDIA, Apple) or the CPU.",
+        discussion: """
+        Environment: KDGPU_KERNEL_DIR reads Kernels/*.cl from a folder instead of the embedded copies; \
+        KDGPU_MEMORY_BUDGET (e.g. 6G) caps the device memory kdgpu allocates; KDGPU_VECTOR_WIDTH (1-16) \
+        overrides the kernels' vector width.
+        """,
+        subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, BenchCommand.self]
+    )
+}
+
+KDGPU.main()

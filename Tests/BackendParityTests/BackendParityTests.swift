@@ -15,11 +15,21 @@ final class BackendParityTests: XCTestCase {
         try runTable(on: [TestBackends.cpu, try TestBackends.openCL()])
     }
 
+    /// The GEMM rows through each engine the device offers: CLBlast always, host BLAS on CPU devices.
+    func testOpenCLGemmThroughEveryEngine() throws {
+        let device = try TestBackends.openCL().device
+        for engine in GemmEngine.allCases where engine == .clblast || device.isCPU {
+            let backend = try OpenCLBackend(device: device)
+            backend.gemmEngine = engine
+            try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase])
+        }
+    }
+
     /// Runs each instance on `backends`; the last backend is also compared with the first.
-    private func runTable(on backends: [any Backend]) throws {
+    private func runTable(on backends: [any Backend], rows: [ParityCase] = ParityTable.cases) throws {
         var rng = SeededRandom(seed: 20_261_123)
         var checked = 0
-        for row in ParityTable.cases {
+        for row in rows {
             for instance in row.instances(&rng) {
                 let reference = instance.reference(instance.operands.map { $0.values.map(Double.init) })
                 var firstResults: [[Float]]?
@@ -42,12 +52,17 @@ final class BackendParityTests: XCTestCase {
                 checked += 1
             }
         }
-        print("parity table: \(ParityTable.cases.count) ops, \(checked) instances on \(backends.map(\.name).joined(separator: ", "))")
+        print("parity table: \(rows.count) ops, \(checked) instances on \(backends.map(\.name).joined(separator: ", "))")
     }
 
     private func run(_ instance: ParityInstance, on backend: any Backend) throws -> [[Float]] {
-        let tensors = try instance.operands.enumerated().map { index, operand in
+        var tensors = try instance.operands.enumerated().map { index, operand in
             try backend.tensor(operand.values, shape: operand.shape, label: "operand\(index)")
+        }
+        for (index, operand) in instance.rawOperands.enumerated() {
+            let tensor = try backend.allocate(shape: operand.shape, dtype: operand.dtype, label: "raw operand\(index)")
+            try operand.bytes.withUnsafeBytes { try backend.uploadBytes($0, to: tensor) }
+            tensors.append(tensor)
         }
         try instance.run(backend, tensors)
         return try instance.outputs.map { try tensors[$0].toArray() }

@@ -11,11 +11,14 @@ struct Operand {
 /// One concrete run of an op: operands, what to do with them, and an fp64 reference.
 struct ParityInstance {
     let description: String
+    /// f32 operands; the op sees them first, then `rawOperands`.
     let operands: [Operand]
-    /// Indices of the operands the op writes; they are compared after the run.
+    /// Operands of other dtypes (quantized blocks, ids), uploaded as bytes; never outputs.
+    var rawOperands: [RawOperand] = []
+    /// Indices of the f32 operands the op writes; they are compared after the run.
     let outputs: [Int]
     let run: (any Backend, [Tensor]) throws -> Void
-    /// The expected values of the output operands, from the operands' initial values, in fp64.
+    /// The expected values of the output operands, from the f32 operands' initial values, in fp64.
     let reference: ([[Double]]) -> [[Double]]
 }
 
@@ -36,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases
+    static let cases: [ParityCase] = elementwiseCases + [gemmCase] + rowCases + inPlaceSoftmaxCases + modelCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in
@@ -52,6 +55,19 @@ enum ParityTable {
                 ParityInstance(description: "n=\(n)",
                                operands: [Operand(shape: [n], values: rng.normals(n)), Operand(shape: [n], values: rng.normals(n))],
                                outputs: [1], run: { try $0.copy($1[0], into: $1[1]) }, reference: { [$0[0]] })
+            }
+        },
+        ParityCase(op: "copy_columns_f32", tolerance: 0) { rng in
+            [(1, 1, 1, 0), (3, 5, 17, 12), (33, 100, 257, 101), (7, 1, 9, 8)].map { (rows: Int, cols: Int, wide: Int, column: Int) in
+                ParityInstance(description: "[\(rows), \(cols)] into [\(rows), \(wide)] at \(column)",
+                               operands: [Operand(shape: [rows, cols], values: rng.normals(rows * cols)),
+                                          Operand(shape: [rows, wide], values: rng.normals(rows * wide))],
+                               outputs: [1], run: { try $0.copyColumns($1[0], into: $1[1], column: column) },
+                               reference: { inputs in
+                                   var out = inputs[1]
+                                   for r in 0..<rows { for c in 0..<cols { out[r * wide + column + c] = inputs[0][r * cols + c] } }
+                                   return [out]
+                               })
             }
         },
         binaryCase(.add, +),
@@ -189,6 +205,23 @@ enum ParityTable {
 
     static func referenceRowReduce(_ x: [Double], rows: Int, cols: Int, _ reduce: (ArraySlice<Double>) -> Double) -> [Double] {
         (0..<rows).map { r in reduce(x[(r * cols)..<((r + 1) * cols)]) }
+    }
+
+    /// Softmax and log-softmax writing over their input (y = x), as the evaluation path does.
+    static let inPlaceSoftmaxCases: [ParityCase] = [false, true].map { logarithm in
+        ParityCase(op: "\(logarithm ? "log_softmax_rows" : "softmax_rows") in place", tolerance: 1e-5) { rng in
+            rowShapes.map { shape in
+                let (rows, cols) = (shape[0], shape[1])
+                let x = rng.logits(rows: rows, cols: cols, scale: 10, negativeInfinityFraction: cols > 1 ? 0.05 : 0,
+                                   maskedRows: rows > 1 ? [rows - 1] : [])
+                return ParityInstance(description: "\(rows)x\(cols), T=2", operands: [Operand(shape: shape, values: x)], outputs: [0],
+                                      run: { backend, t in
+                                          if logarithm { try backend.logSoftmax(t[0], into: t[0], temperature: 2) }
+                                          else { try backend.softmax(t[0], into: t[0], temperature: 2) }
+                                      },
+                                      reference: { [referenceSoftmax($0[0], rows: rows, cols: cols, temperature: 2, logarithm: logarithm)] })
+            }
+        }
     }
 
     /// fp64 softmax of each row of x / T; an all -inf row gives 0 (or -inf for the logarithm).

@@ -1,0 +1,33 @@
+// attention.cl: the pieces of causal multi-head attention between the GEMMs.
+// CPU twins: CPUKernels.causal_softmax, transpose_12.
+
+// probs[row, :] = softmax(scale * scores[row, :]) over keys 0 ..= t + key_offset, zero after, where
+// t = row % queries is the row's query index (rows stack [batch][group][query]).
+// One work-group per row. probs may be scores.
+__kernel void causal_softmax(__global const float* scores, int so, __global float* probs, int po,
+                             int keys, int queries, int key_offset, float scale) {
+    __local float scratch[WG];
+    const int row = get_group_id(0), lid = get_local_id(0);
+    __global const float* sr = scores + so + (long)row * keys;
+    __global float* pr = probs + po + (long)row * keys;
+    const int visible = min(keys, row % queries + key_offset + 1);
+    const float m = group_max(partial_row_max(sr, visible, lid), scratch);
+    const float shift = (m == -INFINITY) ? 0.0f : m;
+    const float sum = group_sum(partial_row_sum_exp(sr, visible, lid, shift, scale), scratch);
+    const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
+    for (int j = lid; j < keys; j += WG) pr[j] = (j < visible) ? exp((sr[j] - shift) * scale) * inv_sum : 0.0f;
+}
+
+// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; one work-item per element of y.
+__kernel void transpose_12(__global const float* x, int xo, __global float* y, int yo,
+                           int a_size, int b_size, int c_size, int d_size) {
+    const long g = get_global_id(0);
+    if (g >= (long)a_size * b_size * c_size * d_size) return;
+    const int d = g % d_size;
+    long rest = g / d_size;
+    const int b = rest % b_size;
+    rest /= b_size;
+    const int c = rest % c_size;
+    const int a = rest / c_size;
+    y[yo + g] = x[xo + (((long)a * b_size + b) * c_size + c) * d_size + d];
+}

@@ -1,0 +1,89 @@
+import CPUBackend
+import Foundation
+import Tensor
+
+/// A family of microbenchmarks (`copy`, `gemm`, `loss`, ...). Each suite validates every kernel
+/// against the CPU backend before timing it.
+public protocol BenchSuite {
+    /// The name given on the command line: `kdgpu bench NAME`.
+    var name: String { get }
+    /// One line for `kdgpu bench --help`.
+    var summary: String { get }
+    func run(_ context: BenchContext) throws -> [BenchRecord]
+}
+
+/// Every suite `kdgpu bench` knows, in the order it runs them.
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), TeacherSuite()] }
+
+/// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
+/// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.
+public final class BenchContext {
+    /// The backends whose kernels are timed.
+    public let backends: [any Backend]
+    /// The reference every kernel is validated against (also timed when it is in `backends`).
+    public let cpu: CPUBackend
+    /// Timed runs per measurement (after one warm-up run that also fills PoCL's compile cache).
+    public let runs: Int
+    /// The teacher GGUF for the suites that run a model.
+    public let teacherPath: String?
+    private let progress: (String) -> Void
+    private var copyBandwidths: [ObjectIdentifier: Double] = [:]
+
+    public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, progress: @escaping (String) -> Void) {
+        self.backends = backends
+        self.cpu = cpu
+        self.runs = max(1, runs)
+        self.teacherPath = teacherPath
+        self.progress = progress
+    }
+
+    public func report(_ message: String) { progress(message) }
+
+    /// Median wall-clock seconds of `body` over `runs` runs after one warm-up; `body` must
+    /// synchronize its backend before returning.
+    public func median(_ body: () throws -> Void) throws -> Double {
+        try body()
+        var times: [Double] = []
+        for _ in 0..<runs {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        times.sort()
+        return times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+    }
+
+    /// Copy bandwidth of `backend` in GB/s (bytes read + written), measured once per run by the copy suite's kernel.
+    public func copyBandwidth(of backend: any Backend) throws -> Double {
+        if let known = copyBandwidths[ObjectIdentifier(backend)] { return known }
+        let measured = try CopySuite.measure(on: backend, context: self).gbPerSecond ?? 0
+        copyBandwidths[ObjectIdentifier(backend)] = measured
+        return measured
+    }
+
+    func recordCopyBandwidth(_ gbPerSecond: Double, of backend: any Backend) {
+        copyBandwidths[ObjectIdentifier(backend)] = gbPerSecond
+    }
+}
+
+/// Largest |a - b| over two equally long arrays (infinite only where they disagree on infinities or NaN).
+public func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Double {
+    precondition(a.count == b.count, "maxAbsDifference of \(a.count) and \(b.count) values")
+    var worst = 0.0
+    for (x, y) in zip(a, b) where x != y {
+        worst = max(worst, abs(Double(x) - Double(y)))
+        if x.isNaN || y.isNaN { return .nan }
+    }
+    return worst
+}
+
+/// A deterministic pseudo-random fill (no Foundation RNG: records must be reproducible run to run).
+public func benchValues(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0..<count).map { _ in
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+
+/// One measured kernel on one backend: what `kdgpu bench --json` prints, one object per record.
+public struct BenchRecord: Encodable {
+    public var suite: String
+    public var kernel: String
+    public var backend: String
+    public var shape: String
+    public var medianSeconds: Double
+    /// Memory traffic per second, counting the bytes the kernel must read and write.
+    public var gbPerSecond: Double?
+    public var gflopPerSecond: Double?
+    /// Largest |difference| from the reference: the CPU backend for OpenCL records, an fp64 or exact reference for CPU records.
+    public var maxAbsError: Double
+    /// Suite-specific ratios and figures (`fraction_of_copy_bandwidth`, `speedup_over_unfused`, ...).
+    public var extra: [String: Double]
+    public var note: String?
+
+    public init(suite: String, kernel: String, backend: String, shape: String, medianSeconds: Double,
+                gbPerSecond: Double? = nil, gflopPerSecond: Double? = nil, maxAbsError: Double,
+                extra: [String: Double] = [:], note: String? = nil) {
+        self.suite = suite
+        self.kernel = kernel
+        self.backend = backend
+        self.shape = shape
+        self.medianSeconds = medianSeconds
+        self.gbPerSecond = gbPerSecond
+        self.gflopPerSecond = gflopPerSecond
+        self.maxAbsError = maxAbsError
+        self.extra = extra
+        self.note = note
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encode(suite, forKey: Key("suite"))
+        try container.encode(kernel, forKey: Key("kernel"))
+        try container.encode(backend, forKey: Key("backend"))
+        try container.encode(shape, forKey: Key("shape"))
+        try container.encode(medianSeconds, forKey: Key("median_seconds"))
+        try container.encodeIfPresent(gbPerSecond, forKey: Key("gb_per_s"))
+        try container.encodeIfPresent(gflopPerSecond, forKey: Key("gflop_per_s"))
+        try container.encode(maxAbsError, forKey: Key("max_abs_error"))
+        for (key, value) in extra.sorted(by: { $0.key < $1.key }) {
+            try container.encode(value, forKey: Key(key))
+        }
+        try container.encodeIfPresent(note, forKey: Key("note"))
+    }
+}
+
+/// Renders records as an aligned text table.
+public func formatBenchTable(_ records: [BenchRecord]) -> String {
+    let extraKeys = Array(Set(records.flatMap { $0.extra.keys })).sorted()
+    let header = ["suite", "kernel", "backend", "shape", "median ms", "GB/s", "GFLOP/s", "max abs err"] + extraKeys
+    func number(_ value: Double?, _ format: String) -> String { value.map { String(format: format, $0) } ?? "-" }
+    let rows = records.map { r in
+        [r.suite, r.kernel, r.backend, r.shape, number(r.medianSeconds * 1000, "%.3f"), number(r.gbPerSecond, "%.1f"),
+         number(r.gflopPerSecond, "%.1f"), number(r.maxAbsError, "%.2e")]
+            + extraKeys.map { number(r.extra[$0], "%.3f") }
+    }
+    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+    func line(_ cells: [String]) -> String {
+        cells.enumerated().map { column, cell in
+            column < 4 ? cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+                       : String(repeating: " ", count: widths[column] - cell.count) + cell
+        }.joined(separator: "  ")
+    }
+    let notes = records.compactMap { r in r.note.map { "  \(r.suite)/\(r.kernel) on \(r.backend): \($0)" } }
+    return ([line(header), line(widths.map { String(repeating: "-", count: $0) })] + rows.map(line)).joined(separator: "\n")
+        + (notes.isEmpty ? "" : "\nnotes:\n" + Array(Set(notes)).sorted().joined(separator: "\n"))
+}

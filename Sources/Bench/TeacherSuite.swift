@@ -1,0 +1,106 @@
+import Foundation
+import GGUF
+import Models
+import OpenCLBackend
+import Tensor
+
+/// The teacher's forward pass and the dequantization kernels that keep its weights quantized.
+public struct TeacherSuite: BenchSuite {
+    public let name = "teacher"
+    public let summary = "dequantize_* bandwidth; teacher forward tokens/s and resident memory, batch 8 x 256 (needs `make teacher`)"
+
+    /// Weights per dequantization measurement: 16 Mi (a 64 MiB fp32 output).
+    static let dequantizeCount = 16 << 20
+    static let batch = 8, sequenceLength = 256
+
+    public init() {}
+
+    public func run(_ context: BenchContext) throws -> [BenchRecord] {
+        var records = try dequantizeRecords(context)
+        guard let path = context.teacherPath, FileManager.default.fileExists(atPath: path) else {
+            throw TensorError.unsupported("bench teacher: no teacher at \(context.teacherPath ?? "(none)"); run `make teacher` or pass --teacher FILE.gguf")
+        }
+        records += try forwardRecords(GGUFFile(path: path), context)
+        return records
+    }
+
+    private func dequantizeRecords(_ context: BenchContext) throws -> [BenchRecord] {
+        var records: [BenchRecord] = []
+        let n = Self.dequantizeCount
+        for dtype in [DType.q8_0, .q4_0, .q4_1, .f16] {
+            let type = GGMLType(dtype)!
+            let values = benchValues(n, seed: 4)
+            var blocks = [UInt8](repeating: 0, count: dtype.byteCount(elements: n))
+            values.withUnsafeBufferPointer { input in
+                blocks.withUnsafeMutableBytes { GGUF.quantize(input.baseAddress!, count: n, type: type, into: $0.baseAddress!) }
+            }
+            var reference: [Float]?
+            for backend in context.backends {
+                context.report("teacher: dequantize_\(dtype.rawValue) of \(n) weights on \(backend.name)")
+                let source = try backend.allocate(shape: [n], dtype: dtype, label: "bench \(dtype.rawValue) blocks")
+                try blocks.withUnsafeBytes { try backend.uploadBytes($0, to: source) }
+                let out = try backend.tensor(shape: [n], label: "bench dequantized")
+                let seconds = try context.median {
+                    try backend.dequantize(source, into: out)
+                    try backend.synchronize()
+                }
+                let result = try out.toArray()
+                let expected = try reference ?? cpuDequantize(blocks, dtype: dtype, count: n, context: context)
+                reference = expected
+                let gbPerSecond = Double(blocks.count + 4 * n) / seconds / 1e9
+                records.append(BenchRecord(suite: name, kernel: "dequantize_\(dtype.rawValue)", backend: backend.name, shape: "[\(n)]",
+                                           medianSeconds: seconds, gbPerSecond: gbPerSecond,
+                                           maxAbsError: maxAbsDifference(result, expected),
+                                           extra: ["fraction_of_copy_bandwidth": gbPerSecond / (try context.copyBandwidth(of: backend))]))
+            }
+        }
+        return records
+    }
+
+    private func cpuDequantize(_ blocks: [UInt8], dtype: DType, count: Int, context: BenchContext) throws -> [Float] {
+        let source = try context.cpu.allocate(shape: [count], dtype: dtype, label: "reference blocks")
+        try blocks.withUnsafeBytes { try context.cpu.uploadBytes($0, to: source) }
+        let out = try context.cpu.tensor(shape: [count], label: "reference dequantized")
+        try context.cpu.dequantize(source, into: out)
+        return try out.toArray()
+    }
+
+    private func forwardRecords(_ file: GGUFFile, _ context: BenchContext) throws -> [BenchRecord] {
+        let fileBytes = (try? FileManager.default.attributesOfItem(atPath: file.path)[.size] as? Int) ?? 0
+        var records: [BenchRecord] = []
+        var cpuLogits: [Float]?
+        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            var state: UInt64 = 12345
+            let tokens = (0..<Self.batch).map { _ in
+                (0..<Self.sequenceLength).map { _ -> Int32 in
+                    state = state &* 6364136223846793005 &+ 1442695040888963407
+                    return Int32((state >> 33) % UInt64(model.config.vocabulary))
+                }
+            }
+            context.report("teacher: forward \(Self.batch) x \(Self.sequenceLength) tokens on \(backend.name)")
+            let ledger = (backend as? OpenCLBackend)?.ledger ?? context.cpu.ledger
+            let before = ledger.allocatedBytes
+            ledger.resetPeak()
+            var logits: [Float] = []
+            let seconds = try context.median {
+                let result = try model.forward(tokens)
+                try backend.synchronize()
+                logits = try result.logits!.rows(0..<Self.sequenceLength).toArray()  // the first sequence, for validation
+            }
+            let peak = ledger.peakAllocatedBytes - before + model.residentBytes
+            let error = cpuLogits.map { maxAbsDifference(logits, $0) } ?? 0
+            cpuLogits = cpuLogits ?? logits
+            guard context.backends.contains(where: { $0 === backend }) else { continue }
+            let mib = { (bytes: Int) in Double(bytes) / Double(1 << 20) }
+            records.append(BenchRecord(
+                suite: name, kernel: "teacher_forward", backend: backend.name,
+                shape: "\(Self.batch)x\(Self.sequenceLength) tokens, \(model.config.layers) blocks, C=\(model.config.width), V=\(model.config.vocabulary)",
+                medianSeconds: seconds, maxAbsError: error,
+                extra: ["tokens_per_s": Double(Self.batch * Self.sequenceLength) / seconds,
+                        "file_mib": mib(fileBytes), "resident_mib": mib(model.residentBytes), "peak_mib": mib(peak)],
+                note: "resident = weights as stored + one fp32 scratch for the largest quantized matrix; peak adds the activations and logits"))
+        }
+        return records
+    }
+}

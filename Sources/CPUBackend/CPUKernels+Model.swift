@@ -1,0 +1,173 @@
+import Foundation
+import Tensor
+
+/// CPU twins of the model kernels: quant.cl, norm.cl, rope.cl, attention.cl, activation.cl.
+extension CPUKernels {
+    // MARK: quant.cl (quantized sources are raw block bytes; outputs are fp32)
+
+    /// Q8_0 block b (34 bytes: f16 d, i8 qs[32]) -> out[32 b ..< 32 b + 32], for b in `blocks`.
+    public static func dequantize_q8_0(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
+        for b in blocks { BlockFormat.decodeQ8_0(src + b * 34, out + b * 32) }
+    }
+
+    /// Q4_0 block b (18 bytes: f16 d, u8 qs[16]) -> out[32 b ..< 32 b + 32].
+    public static func dequantize_q4_0(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
+        for b in blocks { BlockFormat.decodeQ4_0(src + b * 18, out + b * 32) }
+    }
+
+    /// Q4_1 block b (20 bytes: f16 d, f16 m, u8 qs[16]) -> out[32 b ..< 32 b + 32].
+    public static func dequantize_q4_1(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ blocks: Range<Int>) {
+        for b in blocks { BlockFormat.decodeQ4_1(src + b * 20, out + b * 32) }
+    }
+
+    /// f16 element i -> out[i].
+    public static func dequantize_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
+        for i in elements { out[i] = BlockFormat.half(src, i) }
+    }
+
+    /// out[i, :] = row ids[i] of table [rows, cols] in fp32; an id outside [0, rows) gives zeros.
+    public static func get_rows_f32(_ table: UnsafePointer<Float>, rows: Int, _ ids: UnsafePointer<Int32>,
+                                    _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        for i in outputRows {
+            let id = Int(ids[i])
+            if id < 0 || id >= rows { (out + i * cols).update(repeating: 0, count: cols) }
+            else { (out + i * cols).update(from: table + id * cols, count: cols) }
+        }
+    }
+
+    public static func get_rows_f16(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                    _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        for i in outputRows {
+            let id = Int(ids[i])
+            for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : BlockFormat.half(table, id * cols + c) }
+        }
+    }
+
+    public static func get_rows_q8_0(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 34, decode: BlockFormat.decodeQ8_0)
+    }
+
+    public static func get_rows_q4_0(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 18, decode: BlockFormat.decodeQ4_0)
+    }
+
+    public static func get_rows_q4_1(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        getQuantizedRows(table, rows: rows, ids, out, cols: cols, outputRows, blockBytes: 20, decode: BlockFormat.decodeQ4_1)
+    }
+
+    @inline(__always)
+    static func getQuantizedRows(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                 _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>, blockBytes: Int,
+                                 decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        let blocksPerRow = cols / 32
+        for i in outputRows {
+            let id = Int(ids[i])
+            guard id >= 0, id < rows else {
+                (out + i * cols).update(repeating: 0, count: cols)
+                continue
+            }
+            for b in 0..<blocksPerRow { decode(table + (id * blocksPerRow + b) * blockBytes, out + i * cols + b * 32) }
+        }
+    }
+
+    // MARK: norm.cl
+
+    /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w
+    public static func rms_norm(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                cols: Int, eps: Float, _ rows: Range<Int>) {
+        for r in rows {
+            let xr = x + r * cols, yr = y + r * cols
+            var lanes = SIMD16<Float>(repeating: 0)
+            var j = 0
+            while j + 16 <= cols {
+                let v = UnsafeRawPointer(xr + j).loadUnaligned(as: SIMD16<Float>.self)
+                lanes += v * v
+                j += 16
+            }
+            var sumOfSquares = lanes.sum()
+            while j < cols {
+                sumOfSquares += xr[j] * xr[j]
+                j += 1
+            }
+            let scale = 1 / (sumOfSquares / Float(cols) + eps).squareRoot()
+            for c in 0..<cols { yr[c] = xr[c] * scale * w[c] }
+        }
+    }
+
+    // MARK: rope.cl
+
+    /// Rotates x [tokens, heads, headDim] at `positions` into y (which may be x); see rope.cl for the layouts.
+    /// `pairs` ranges over tokens * heads * headDim / 2.
+    public static func rope(_ x: UnsafePointer<Float>, _ positions: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>,
+                            heads: Int, headDim: Int, ropeDim: Int, base: Float, halves: Bool, direction: Float,
+                            _ pairs: Range<Int>) {
+        let pairsPerHead = headDim / 2, rotated = ropeDim / 2
+        for g in pairs {
+            let p = g % pairsPerHead
+            let headIndex = g / pairsPerHead
+            let token = headIndex / heads
+            let xh = x + headIndex * headDim, yh = y + headIndex * headDim
+            if p >= rotated {
+                let j = ropeDim + 2 * (p - rotated)
+                yh[j] = xh[j]
+                yh[j + 1] = xh[j + 1]
+                continue
+            }
+            let (i0, i1) = halves ? (p, p + rotated) : (2 * p, 2 * p + 1)
+            let theta = Float(positions[token]) * powf(base, -2 * Float(p) / Float(ropeDim))
+            let c = cosf(theta), s = direction * sinf(theta)
+            let (a, b) = (xh[i0], xh[i1])
+            yh[i0] = a * c - b * s
+            yh[i1] = a * s + b * c
+        }
+    }
+
+    // MARK: attention.cl
+
+    /// probs[row, :] = softmax(scale * scores[row, :]) over keys 0 ... (row % queries) + keyOffset, zero after.
+    public static func causal_softmax(_ scores: UnsafePointer<Float>, _ probs: UnsafeMutablePointer<Float>, keys: Int,
+                                      queries: Int, keyOffset: Int, scale: Float, _ rows: Range<Int>) {
+        for row in rows {
+            let sr = scores + row * keys, pr = probs + row * keys
+            let visible = min(keys, row % queries + keyOffset + 1)
+            let m = rowMaximum(sr, visible)
+            let shift = m == -.infinity ? 0 : m
+            var sum: Float = 0
+            for j in 0..<visible {
+                pr[j] = expf((sr[j] - shift) * scale)
+                sum += pr[j]
+            }
+            let inverseSum = m == -.infinity ? 0 : 1 / sum
+            for j in 0..<visible { pr[j] *= inverseSum }
+            for j in visible..<keys { pr[j] = 0 }
+        }
+    }
+
+    /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; `elements` indexes y.
+    public static func transpose_12(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                    a aSize: Int, b bSize: Int, c cSize: Int, d dSize: Int, _ elements: Range<Int>) {
+        for g in elements {
+            let d = g % dSize
+            var rest = g / dSize
+            let b = rest % bSize
+            rest /= bSize
+            let c = rest % cSize
+            let a = rest / cSize
+            y[g] = x[((a * bSize + b) * cSize + c) * dSize + d]
+        }
+    }
+
+    // MARK: activation.cl
+
+    /// out = gate / (1 + exp(-gate)) * up
+    public static func swiglu(_ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                              _ range: Range<Int>) {
+        for i in range {
+            let g = gate[i]
+            out[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+}

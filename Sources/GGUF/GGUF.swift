@@ -1,1 +1,0 @@
-// Placeholder: the GGUF reader lands here.

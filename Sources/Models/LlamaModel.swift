@@ -1,0 +1,220 @@
+import Foundation
+import Tensor
+
+/// What a forward pass hands back besides the logits.
+public struct LlamaForwardOptions {
+    /// Keep the residual stream after every block: `hiddenStates[l]` is `[B * T, C]` after block l.
+    public var keepHiddenStates = false
+    /// Keep the attention probabilities of these blocks: `[B, H, T, T]` each.
+    public var attentionLayers: Set<Int> = []
+    /// Compute the LM head (logits); false returns only the final normed hidden state.
+    public var computeLogits = true
+
+    public init(keepHiddenStates: Bool = false, attentionLayers: Set<Int> = [], computeLogits: Bool = true) {
+        self.keepHiddenStates = keepHiddenStates
+        self.attentionLayers = attentionLayers
+        self.computeLogits = computeLogits
+    }
+}
+
+public struct LlamaForwardResult {
+    /// [B * T, V], or nil when not asked for.
+    public var logits: Tensor?
+    /// [B * T, C]: the final hidden state after the output norm (the LM head's input).
+    public var finalHidden: Tensor
+    public var hiddenStates: [Tensor]
+    public var attentionProbabilities: [Int: Tensor]
+}
+
+/// Keys and values of earlier positions, for generation one token at a time (batch of one).
+public final class LlamaKVCache {
+    public let capacity: Int
+    /// Positions filled so far.
+    public internal(set) var length = 0
+    /// Per block: [Hkv * capacity, hs], head-major.
+    let keys: [Tensor]
+    let values: [Tensor]
+
+    public init(weights: LlamaWeights, capacity: Int) throws {
+        let config = weights.config
+        self.capacity = capacity
+        keys = try (0..<config.layers).map {
+            try weights.backend.tensor(shape: [config.kvHeads * capacity, config.headDimension], label: "kv cache keys \($0)")
+        }
+        values = try (0..<config.layers).map {
+            try weights.backend.tensor(shape: [config.kvHeads * capacity, config.headDimension], label: "kv cache values \($0)")
+        }
+    }
+}
+
+/// The llama forward pass on any backend: token embedding, RMSNorm, q/k/v projections, RoPE,
+/// grouped-query causal attention, output projection, SwiGLU feed-forward, residuals, final norm,
+/// LM head. Quantized weight matrices are expanded into one fp32 scratch buffer just before their GEMM;
+/// a quantized LM head goes through that scratch in vocabulary chunks, so the device holds the file's
+/// bytes plus one block matrix in fp32, not the model in fp32.
+///
+/// Shapes: B sequences of T tokens, C width, H heads (Hkv key/value heads, G = H / Hkv), hs head size,
+/// F feed-forward width, V vocabulary.
+public final class LlamaModel {
+    public let weights: LlamaWeights
+    public var config: LlamaConfig { weights.config }
+    public var backend: any Backend { weights.backend }
+    /// RoPE pair layout: adjacent for GGUF llama weights, halves for Hugging Face weights.
+    public let ropeLayout: RoPE.PairLayout
+    /// fp32 scratch for one dequantized weight matrix: the largest quantized block matrix, or
+    /// `minimumLMHeadChunk` rows of the LM head if that is larger.
+    private let weightScratch: Tensor?
+    static let minimumLMHeadChunk = 1024
+
+    public init(weights: LlamaWeights, ropeLayout: RoPE.PairLayout = .adjacent) throws {
+        self.weights = weights
+        self.ropeLayout = ropeLayout
+        let blockMatrices = weights.blocks.flatMap(\.matrices).filter { $0.dtype != .f32 }.map(\.count)
+        let lmHead = weights.output.dtype != .f32 ? [Self.minimumLMHeadChunk * weights.config.width] : []
+        weightScratch = try (blockMatrices + lmHead).max().map {
+            try weights.backend.tensor(shape: [$0], label: "dequantized weight scratch")
+        }
+    }
+
+    /// Bytes of device memory the model holds: weights plus the dequantization scratch.
+    public var residentBytes: Int { weights.residentBytes + (weightScratch?.byteCount ?? 0) }
+
+    /// y [N, out] = x [N, in] W^T for a weight W [out, in] of any stored type.
+    func linear(_ x: Tensor, _ w: Tensor, into y: Tensor) throws {
+        if w.dtype == .f32 {
+            try backend.gemm(x, w, into: y, transposeB: true)
+            return
+        }
+        let expanded = try weightScratch!.rows(0..<w.count).reshaped(w.shape)
+        try backend.dequantize(w, into: expanded)
+        try backend.gemm(x, expanded, into: y, transposeB: true)
+    }
+
+    /// logits [N, V] = x [N, C] W_out^T; a quantized W_out [V, C] is expanded one vocabulary chunk at a time.
+    func lmHead(_ x: Tensor, into logits: Tensor) throws {
+        let w = weights.output
+        guard w.dtype != .f32, let weightScratch else {
+            try linear(x, w, into: logits)
+            return
+        }
+        let (n, c, v) = (x.shape[0], config.width, config.vocabulary)
+        let chunk = min(v, weightScratch.count / c)
+        let partial = try backend.tensor(shape: [n * chunk], label: "logits chunk")
+        for first in stride(from: 0, to: v, by: chunk) {
+            let rows = min(chunk, v - first)
+            let out = try partial.rows(0..<(n * rows)).reshaped([n, rows])
+            try linear(x, w.rows(first..<(first + rows)), into: out)
+            try backend.copyColumns(out, into: logits, column: first)
+        }
+    }
+
+    /// Runs `tokens` ([B][T], equal lengths) through the model. With a cache (B = 1), the tokens continue
+    /// the cached positions and their keys and values are appended.
+    public func forward(_ tokens: [[Int32]], cache: LlamaKVCache? = nil,
+                        options: LlamaForwardOptions = LlamaForwardOptions()) throws -> LlamaForwardResult {
+        let b = tokens.count, t = tokens.first?.count ?? 0
+        let (c, h, hkv, hs, f, v) = (config.width, config.heads, config.kvHeads, config.headDimension, config.feedForward, config.vocabulary)
+        let g = config.groupSize
+        guard b > 0, t > 0, tokens.allSatisfy({ $0.count == t }) else {
+            throw ModelError.badInput("forward needs at least one token and sequences of equal length (got lengths \(tokens.map(\.count)))")
+        }
+        let start = cache?.length ?? 0
+        if let cache {
+            guard b == 1 else { throw ModelError.badInput("a KV cache holds one sequence; got a batch of \(b)") }
+            guard start + t <= cache.capacity else {
+                throw ModelError.badInput("\(start + t) positions exceed the KV cache's \(cache.capacity)")
+            }
+        }
+        guard start + t <= config.contextLength else {
+            throw ModelError.badInput("\(start + t) positions exceed the model's context length \(config.contextLength)")
+        }
+        let flat = tokens.flatMap { $0 }
+        if let bad = flat.first(where: { $0 < 0 || Int($0) >= v }) {
+            throw ModelError.badInput("token id \(bad) is outside the vocabulary of \(v)")
+        }
+        let n = b * t
+        let keys = start + t  // L: the keys each query block sees (start is 0 without a cache)
+
+        func scratch(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
+        let ids = try backend.indexTensor(flat, shape: [n], label: "token ids")
+        let positions = try backend.indexTensor((0..<n).map { Int32(start + $0 % t) }, shape: [n], label: "positions")
+        let x = try scratch([n, c], "residual")
+        let xn = try scratch([n, c], "normed")
+        let q = try scratch([n, h * hs], "q"), k = try scratch([n, hkv * hs], "k"), vv = try scratch([n, hkv * hs], "v")
+        let qT = try scratch([b, h, t, hs], "q by head"), kT = try scratch([b, hkv, t, hs], "k by head")
+        let vT = try scratch([b, hkv, t, hs], "v by head")
+        let scores = try scratch([b * hkv, g * t, keys], "attention scores")
+        let context = try scratch([b, h, t, hs], "attention context"), contextT = try scratch([b, t, h, hs], "attention context by token")
+        let attentionOut = try scratch([n, c], "attention output")
+        let gate = try scratch([n, f], "ffn gate"), up = try scratch([n, f], "ffn up"), down = try scratch([n, c], "ffn down")
+        let rope = RoPE(heads: h, headDimension: hs, rotatedDimensions: config.ropeDimensions, base: config.ropeBase, layout: ropeLayout)
+        let ropeKV = RoPE(heads: hkv, headDimension: hs, rotatedDimensions: config.ropeDimensions, base: config.ropeBase, layout: ropeLayout)
+        let scale = 1 / Float(hs).squareRoot()
+
+        var hiddenStates: [Tensor] = []
+        var attentionProbabilities: [Int: Tensor] = [:]
+        try backend.gatherRows(weights.tokenEmbedding, ids: ids, into: x)
+        for (l, block) in weights.blocks.enumerated() {
+            // Attention: x += Wo · softmax(q kᵀ / √hs, causal) v
+            try backend.rmsNorm(x, weight: block.attentionNorm, epsilon: config.normEpsilon, into: xn)
+            try linear(xn, block.query, into: q)
+            try linear(xn, block.key, into: k)
+            try linear(xn, block.value, into: vv)
+            try backend.rope(q, positions: positions, into: q, rope)
+            try backend.rope(k, positions: positions, into: k, ropeKV)
+            try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
+            try backend.transpose12(k.reshaped([b, t, hkv, hs]), into: kT)
+            try backend.transpose12(vv.reshaped([b, t, hkv, hs]), into: vT)
+            if let cache {
+                // One sequence: append this step's keys and values, then attend per key/value head.
+                for head in 0..<hkv {
+                    let slot = (head * cache.capacity + start)..<(head * cache.capacity + start + t)
+                    try backend.copy(kT.reshaped([hkv * t, hs]).rows((head * t)..<((head + 1) * t)), into: cache.keys[l].rows(slot))
+                    try backend.copy(vT.reshaped([hkv * t, hs]).rows((head * t)..<((head + 1) * t)), into: cache.values[l].rows(slot))
+                    let visible = (head * cache.capacity)..<(head * cache.capacity + keys)
+                    let queryBlock = try qT.reshaped([hkv * g * t, hs]).rows((head * g * t)..<((head + 1) * g * t))
+                    let headScores = try scores.reshaped([hkv * g * t, keys]).rows((head * g * t)..<((head + 1) * g * t))
+                    try backend.gemm(queryBlock, cache.keys[l].rows(visible), into: headScores, transposeB: true)
+                    try backend.causalSoftmax(headScores, into: headScores, queries: t, keyOffset: start, scale: scale)
+                    try backend.gemm(headScores, cache.values[l].rows(visible),
+                                     into: context.reshaped([hkv * g * t, hs]).rows((head * g * t)..<((head + 1) * g * t)))
+                }
+            } else {
+                // Query heads of one key/value head are consecutive: [B * Hkv, G * T, hs] against [B * Hkv, T, hs].
+                try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), kT.reshaped([b * hkv, t, hs]), into: scores, transposeB: true)
+                try backend.causalSoftmax(scores, into: scores, queries: t, scale: scale)
+                try backend.gemm(scores, vT.reshaped([b * hkv, t, hs]), into: context.reshaped([b * hkv, g * t, hs]))
+            }
+            if options.attentionLayers.contains(l) {
+                let kept = try scratch([b, h, t, keys], "attention probabilities \(l)")
+                try backend.copy(scores, into: kept)
+                attentionProbabilities[l] = kept
+            }
+            try backend.transpose12(context, into: contextT)
+            try linear(contextT.reshaped([n, c]), block.attentionOutput, into: attentionOut)
+            try backend.add(x, attentionOut, into: x)
+
+            // Feed-forward: x += W_down (silu(W_gate xn) * W_up xn)
+            try backend.rmsNorm(x, weight: block.feedForwardNorm, epsilon: config.normEpsilon, into: xn)
+            try linear(xn, block.gate, into: gate)
+            try linear(xn, block.up, into: up)
+            try backend.swiglu(gate: gate, up: up, into: gate)
+            try linear(gate, block.down, into: down)
+            try backend.add(x, down, into: x)
+            if options.keepHiddenStates {
+                let kept = try scratch([n, c], "hidden state \(l)")
+                try backend.copy(x, into: kept)
+                hiddenStates.append(kept)
+            }
+        }
+        cache?.length = start + t
+        try backend.rmsNorm(x, weight: weights.outputNorm, epsilon: config.normEpsilon, into: xn)
+        var logits: Tensor?
+        if options.computeLogits {
+            let out = try scratch([n, v], "logits")
+            try lmHead(xn, into: out)
+            logits = out
+        }
+        return LlamaForwardResult(logits: logits, finalHidden: xn, hiddenStates: hiddenStates, attentionProbabilities: attentionProbabilities)
+    }
+}

@@ -1,0 +1,39 @@
+/// Decoding of GGUF's block formats, 32 weights per block along a row (formats.md), shared by the
+/// CPU kernels (`CPUKernels.dequantize_*`, `get_rows_*`) and the GGUF reader.
+///   Q8_0  34 bytes: f16 d, i8 qs[32]           x[j] = qs[j] * d
+///   Q4_0  18 bytes: f16 d, u8 qs[16]           x[j] = ((qs[j] & 15) - 8) * d,  x[j+16] = ((qs[j] >> 4) - 8) * d
+///   Q4_1  20 bytes: f16 d, f16 m, u8 qs[16]    x[j] = (qs[j] & 15) * d + m,    x[j+16] = (qs[j] >> 4) * d + m
+public enum BlockFormat {
+    /// The f16 value at element `index` of `base` (little-endian, no alignment needed).
+    @inline(__always)
+    public static func half(_ base: UnsafeRawPointer, _ index: Int) -> Float {
+        Float(Float16(bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))))
+    }
+
+    /// Writes the 32 values of the Q8_0 block at `block` to `out`.
+    @inline(__always)
+    public static func decodeQ8_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
+        let d = half(block, 0)
+        for j in 0..<32 { out[j] = Float(block.load(fromByteOffset: 2 + j, as: Int8.self)) * d }
+    }
+
+    @inline(__always)
+    public static func decodeQ4_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
+        let d = half(block, 0)
+        for j in 0..<16 {
+            let q = block.load(fromByteOffset: 2 + j, as: UInt8.self)
+            out[j] = (Float(q & 15) - 8) * d
+            out[j + 16] = (Float(q >> 4) - 8) * d
+        }
+    }
+
+    @inline(__always)
+    public static func decodeQ4_1(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {
+        let d = half(block, 0), m = half(block, 1)
+        for j in 0..<16 {
+            let q = block.load(fromByteOffset: 4 + j, as: UInt8.self)
+            out[j] = Float(q & 15) * d + m
+            out[j + 16] = Float(q >> 4) * d + m
+        }
+    }
+}

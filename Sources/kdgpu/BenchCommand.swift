@@ -1,0 +1,73 @@
+import ArgumentParser
+import Bench
+import CPUBackend
+import Foundation
+import OpenCLBackend
+import Tensor
+
+/// `kdgpu bench`: kernel microbenchmarks, each validated against the CPU backend first.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Validate kernels against the CPU backend, then time them and compare with this machine's limits.",
+        discussion: "Suites:\n" + allBenchSuites.map { "  \($0.name.padding(toLength: 8, withPad: " ", startingAt: 0)) \($0.summary)" }.joined(separator: "\n"))
+
+    @Argument(help: "Suites to run (default: all).")
+    var suites: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Backend to time: cpu, opencl, opencl:P:D or a device-name substring; repeat for several (default: cpu and the default OpenCL device).",
+        valueName: "device"))
+    var device: [String] = []
+
+    @Option(name: .long, help: "Timed runs per measurement; the median is reported.")
+    var runs: Int = 5
+
+    @Option(name: .long, help: ArgumentHelp("The teacher GGUF for the teacher suite.", valueName: "file.gguf"))
+    var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard runs >= 1 else { throw ValidationError("--runs must be at least 1, got \(runs)") }
+        let known = allBenchSuites.map(\.name)
+        for suite in suites where !known.contains(suite) {
+            throw ValidationError("unknown suite '\(suite)'; suites: \(known.joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        do {
+            let cpu = try CPUBackend()
+            var backends: [any Backend] = []
+            if device.isEmpty {
+                backends.append(cpu)
+                do {
+                    backends.append(try OpenCLBackend(selector: "opencl"))
+                } catch {
+                    FileHandle.standardError.write("kdgpu bench: no OpenCL device, timing the CPU backend only (\(error))\n".data(using: .utf8)!)
+                }
+            } else {
+                backends = try device.map { try openBackend($0, cpu: cpu) }
+            }
+            let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher) { message in
+                FileHandle.standardError.write("bench \(message)\n".data(using: .utf8)!)
+            }
+            let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }
+            var records: [BenchRecord] = []
+            for suite in selected {
+                records += try suite.run(context)
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(records), as: UTF8.self))
+            } else {
+                print(formatBenchTable(records))
+            }
+        } catch {
+            fail(error)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import Models
+import Tokenizer
+
+/// `kdgpu generate`: streams a continuation of a prompt.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Continue a prompt with the model, streaming the text as it comes (temperature 0 is greedy).")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(name: .long, help: "The text to continue.")
+    var prompt: String
+
+    @Option(name: .long, help: "Tokens to generate at most (generation also stops at the end-of-sequence token).")
+    var maxTokens = 64
+
+    @Option(name: .long, help: "Sampling temperature; 0 picks the most likely token every time.")
+    var temperature: Float = 0.8
+
+    @Option(name: .long, help: "Nucleus sampling: draw from the smallest set of tokens whose probability reaches P.")
+    var topP: Float = 0.95
+
+    @Option(name: .long, help: "Seed of the sampler.")
+    var seed: UInt64 = 0
+
+    @Flag(name: .long, help: "Parse special tokens such as <|im_start|> written in the prompt.")
+    var special = false
+
+    func validate() throws {
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be 0 or more, got \(temperature)") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+    }
+
+    func run() throws {
+        do {
+            let (tokenizer, model) = try modelOptions.load()
+            let promptIds = try tokenizer.encode(prompt, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special)
+            guard !promptIds.isEmpty else { throw ModelError.badInput("--prompt is empty after tokenization; give some text") }
+            let capacity = min(model.config.contextLength, promptIds.count + maxTokens)
+            guard promptIds.count < capacity else {
+                throw ModelError.badInput("the prompt's \(promptIds.count) tokens fill the model's context of \(model.config.contextLength)")
+            }
+            let cache = try LlamaKVCache(weights: model.weights, capacity: capacity)
+            var sampler = Sampler(temperature: temperature, topP: topP, seed: seed)
+            var pending: [UInt8] = []  // bytes of a UTF-8 character split across tokens
+            var input = promptIds
+            let start = DispatchTime.now().uptimeNanoseconds
+            var generated = 0
+            while cache.length + input.count <= capacity, generated < maxTokens {
+                let logits = try model.forward([input], cache: cache).logits!
+                let lastRow = try logits.rows((input.count - 1)..<input.count).toArray()
+                let token = sampler.next(logits: lastRow)
+                generated += 1
+                if token == tokenizer.eosTokenID { break }
+                pending += try tokenizer.decodeBytes([token], includeSpecialTokens: special)
+                let complete = completeUTF8Prefix(pending)
+                if complete > 0 {
+                    FileHandle.standardOutput.write(Data(pending[..<complete]))
+                    pending.removeFirst(complete)
+                }
+                input = [token]
+            }
+            if !pending.isEmpty { FileHandle.standardOutput.write(String(decoding: pending, as: UTF8.self).data(using: .utf8)!) }
+            print()
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            note(String(format: "kdgpu generate: %d tokens in %.2f s (%.1f tokens/s) on %@", generated, seconds,
+                        Double(generated) / seconds, model.backend.name))
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+/// Length of the longest prefix of `bytes` that ends on a UTF-8 character boundary.
+func completeUTF8Prefix(_ bytes: [UInt8]) -> Int {
+    var end = bytes.count
+    // Step back over at most 3 continuation bytes to the lead byte of the last character.
+    var lead = end - 1
+    while lead >= 0, lead >= end - 4, bytes[lead] & 0xC0 == 0x80 { lead -= 1 }
+    guard lead >= 0 else { return end }
+    let byte = bytes[lead]
+    let length = byte < 0x80 ? 1 : byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1
+    if lead + length > end { end = lead }
+    return end
+}

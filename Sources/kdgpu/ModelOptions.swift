@@ -1,0 +1,43 @@
+import ArgumentParser
+import CPUBackend
+import Foundation
+import GGUF
+import Models
+import Tensor
+import Tokenizer
+
+/// `--model` and `--device`, shared by the commands that run a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("A llama-architecture GGUF file (F32, F16, Q8_0, Q4_0 or Q4_1 tensors).", valueName: "file.gguf"))
+    var model: String
+
+    @Option(name: .long, help: ArgumentHelp(
+        "cpu, opencl (the first GPU, else the first OpenCL device), opencl:P:D, or a device-name substring.",
+        valueName: "device"))
+    var device: String = "opencl"
+
+    /// The tokenizer, the model on the chosen backend, and the backend's name.
+    func load() throws -> (tokenizer: BPETokenizer, model: LlamaModel) {
+        let file = try openModelFile(model)
+        let tokenizer = try BPETokenizer(gguf: file)
+        let backend = try openBackend(device, cpu: CPUBackend())
+        let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+        guard tokenizer.vocabularySize <= model.config.vocabulary else {
+            throw ModelError.badInput("\(model): the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(model.config.vocabulary) rows")
+        }
+        return (tokenizer, model)
+    }
+}
+
+/// Writes to standard error (progress and notes, so standard output stays the result).
+func note(_ message: String) {
+    FileHandle.standardError.write((message + "\n").data(using: .utf8)!)
+}
+
+/// Opens a GGUF file, with a one-line error when it is not there.
+func openModelFile(_ path: String) throws -> GGUFFile {
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw ModelError.badInput("\(path): no such file (the default teacher comes with `make teacher`)")
+    }
+    return try GGUFFile(path: path)
+}

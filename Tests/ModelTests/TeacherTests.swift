@@ -1,0 +1,83 @@
+import Foundation
+import GGUF
+import Models
+import Tensor
+import TestSupport
+import XCTest
+
+/// Tests on the real default teacher (SmolLM2-135M-Instruct, Q4_1). They run when `make teacher`
+/// has fetched it (or KDGPU_TEACHER_GGUF names a copy) and skip, saying so, otherwise.
+final class TeacherTests: XCTestCase {
+    static var teacherPath: String? {
+        if let path = ProcessInfo.processInfo.environment["KDGPU_TEACHER_GGUF"], FileManager.default.fileExists(atPath: path) {
+            return path
+        }
+        // The package root, from this file's location: Tests/ModelTests/TeacherTests.swift.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let path = root.appendingPathComponent("cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    private func teacher() throws -> GGUFFile {
+        guard let path = Self.teacherPath else {
+            throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
+        }
+        return try GGUFFile(path: path)
+    }
+
+    /// "The capital of France is" -> " Paris" (llama.cpp's ids: [504, 3575, 282, 4649, 314] -> 7042).
+    func testGreedyNextTokenIsParisOnBothBackends() throws {
+        let file = try teacher()
+        let prompt: [Int32] = [504, 3575, 282, 4649, 314]
+        var lastRows: [[Float]] = []
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            let logits = try XCTUnwrap(model.forward([prompt]).logits)
+            let last = Array(try logits.toArray().suffix(model.config.vocabulary))
+            let best = last.indices.max { last[$0] < last[$1] }!
+            XCTAssertEqual(best, 7042, "greedy token on \(backend.name)")
+            lastRows.append(last)
+        }
+        let comparison = Comparison(lastRows[1], reference: lastRows[0].map(Double.init))
+        XCTAssertTrue(comparison.passes(tolerance: 1e-4), "OpenCL vs CPU logits: \(comparison)")
+    }
+}
+
+/// The teacher's NLL on a few texts (ids from llama.cpp's tokenizer) against the numpy reference
+/// and llama.cpp, both in Fixtures/teacher-reference.json (bench/reference/llama_reference.py teacher).
+final class TeacherLikelihoodTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Text: Decodable {
+            let ids: [Int32]
+            let reference_mean_nll: Double
+            let llama_cpp_mean_nll: Double
+        }
+        let texts: [Text]
+    }
+
+    func testMeanNLLAgreesWithTheReferenceAndLlamaCppOnBothBackends() throws {
+        guard let path = TeacherTests.teacherPath else {
+            throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
+        }
+        let url = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/teacher-reference.json")
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: url))
+        let tokens = reference.texts.reduce(0) { $0 + $1.ids.count - 1 }
+        let referenceMean = reference.texts.reduce(0) { $0 + $1.reference_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        let llamaCppMean = reference.texts.reduce(0) { $0 + $1.llama_cpp_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        let file = try GGUFFile(path: path)
+        var means: [Double] = []
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            let total = try reference.texts.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: [$1.ids])) }
+            XCTAssertEqual(total.tokens, tokens)
+            XCTAssertEqual(total.meanNLL, referenceMean, accuracy: 1e-3 * referenceMean, "fp64 reference, \(backend.name)")
+            XCTAssertEqual(total.meanNLL, llamaCppMean, accuracy: 1e-2 * llamaCppMean, "llama.cpp, \(backend.name)")
+            for text in reference.texts {
+                let single = try model.likelihood(of: [text.ids]).meanNLL
+                XCTAssertEqual(single, text.reference_mean_nll, accuracy: 1e-3 * text.reference_mean_nll, "text of \(text.ids.count) tokens on \(backend.name)")
+            }
+            means.append(total.meanNLL)
+        }
+        XCTAssertEqual(means[1], means[0], accuracy: 1e-4 * means[0], "OpenCL vs CPU")
+    }
+}

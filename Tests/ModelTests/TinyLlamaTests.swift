@@ -1,0 +1,117 @@
+import Foundation
+import GGUF
+import Models
+import Tensor
+import TestSupport
+import XCTest
+
+/// Tiny random llama models, written by the `gguf` Python package with each weight type, against
+/// the independent numpy reference (bench/reference/llama_reference.py) that made the fixtures.
+final class TinyLlamaTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Model: Decodable {
+            let file: String
+            let logits: [[[Float]]]
+        }
+        let sequences: [[Int32]]
+        let models: [String: Model]
+    }
+
+    static let fixtures = Bundle.module.resourceURL!.appendingPathComponent("Fixtures")
+    static let reference = try! JSONDecoder().decode(Reference.self, from: Data(contentsOf: fixtures.appendingPathComponent("tiny-llama-reference.json")))
+
+    private func model(_ type: String, on backend: any Backend) throws -> LlamaModel {
+        let file = try GGUFFile(contentsOf: Self.fixtures.appendingPathComponent(Self.reference.models[type]!.file))
+        return try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+    }
+
+    /// Every weight type, every backend: logits equal the fp64 reference's (computed from the same
+    /// dequantized weights) within fp32 rounding.
+    func testLogitsMatchTheNumpyReferenceForEveryWeightType() throws {
+        for backend in try TestBackends.all() {
+            for (type, expected) in Self.reference.models.sorted(by: { $0.key < $1.key }) {
+                let model = try model(type, on: backend)
+                for (sequence, expectedLogits) in zip(Self.reference.sequences, expected.logits) {
+                    let logits = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+                    let comparison = Comparison(logits, reference: expectedLogits.flatMap { $0 }.map(Double.init))
+                    XCTAssertTrue(comparison.passes(tolerance: 2e-4), "\(type), \(sequence.count) tokens on \(backend.name): \(comparison)")
+                }
+            }
+        }
+    }
+
+    /// A batch of sequences gives each sequence's own logits.
+    func testBatchedForwardEqualsOneSequenceAtATime() throws {
+        let sequences = Array(Self.reference.sequences[1...1]) + [Self.reference.sequences[1].reversed()]
+        for backend in try TestBackends.all() {
+            let model = try model("q8_0", on: backend)
+            let batched = try XCTUnwrap(model.forward(sequences).logits).toArray()
+            let single = try sequences.flatMap { try XCTUnwrap(model.forward([$0]).logits).toArray() }
+            let comparison = Comparison(batched, reference: single.map(Double.init))
+            XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name): \(comparison)")
+        }
+    }
+
+    /// Generation with the KV cache (a prompt, then one token at a time) gives the full forward's logits.
+    func testKVCacheStepsEqualTheFullForward() throws {
+        let sequence = Self.reference.sequences[2]
+        for backend in try TestBackends.all() {
+            let model = try model("q4_1", on: backend)
+            let full = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+            let cache = try LlamaKVCache(weights: model.weights, capacity: sequence.count)
+            var stepped = try XCTUnwrap(model.forward([Array(sequence.prefix(5))], cache: cache).logits).toArray()
+            for token in sequence.dropFirst(5) {
+                stepped += try XCTUnwrap(model.forward([[token]], cache: cache).logits).toArray()
+            }
+            XCTAssertEqual(cache.length, sequence.count)
+            let comparison = Comparison(stepped, reference: full.map(Double.init))
+            XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name): \(comparison)")
+            XCTAssertThrowsError(try model.forward([[1]], cache: cache)) { error in
+                XCTAssertTrue("\(error)".contains("exceed the KV cache"), "\(error)")
+            }
+        }
+    }
+
+    func testHiddenStatesAndAttentionProbabilitiesAreHandedBack() throws {
+        let sequence = Self.reference.sequences[1]
+        let backend = TestBackends.cpu
+        let model = try model("f32", on: backend)
+        let result = try model.forward([sequence], options: LlamaForwardOptions(keepHiddenStates: true, attentionLayers: [1]))
+        XCTAssertEqual(result.hiddenStates.count, model.config.layers)
+        XCTAssertEqual(result.hiddenStates[0].shape, [sequence.count, model.config.width])
+        let probabilities = try XCTUnwrap(result.attentionProbabilities[1])
+        XCTAssertEqual(probabilities.shape, [1, model.config.heads, sequence.count, sequence.count])
+        let values = try probabilities.toArray()
+        let t = sequence.count
+        for row in 0..<(model.config.heads * t) {
+            let query = row % t
+            let rowValues = values[(row * t)..<((row + 1) * t)]
+            XCTAssertEqual(rowValues.reduce(0, +), 1, accuracy: 1e-5)
+            XCTAssertTrue(rowValues.dropFirst(query + 1).allSatisfy { $0 == 0 }, "no attention to later positions")
+        }
+    }
+
+    func testLikelihoodMatchesTheReferenceLogits() throws {
+        let sequence = Self.reference.sequences[2]
+        let logits = Self.reference.models["q8_0"]!.logits[2]
+        var expected = 0.0
+        for position in 0..<(sequence.count - 1) {
+            let row = logits[position].map(Double.init)
+            let m = row.max()!
+            expected += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[Int(sequence[position + 1])]
+        }
+        for backend in try TestBackends.all() {
+            let result = try model("q8_0", on: backend).likelihood(of: [sequence])
+            XCTAssertEqual(result.tokens, sequence.count - 1)
+            XCTAssertEqual(result.totalNLL, expected, accuracy: 1e-3 * expected)
+        }
+    }
+
+    func testBadInputsAreWordedErrors() throws {
+        let model = try model("f32", on: TestBackends.cpu)
+        XCTAssertThrowsError(try model.forward([[0, 260]])) { XCTAssertTrue("\($0)".contains("token id 260 is outside the vocabulary of 260"), "\($0)") }
+        XCTAssertThrowsError(try model.forward([[1, 2], [3]])) { XCTAssertTrue("\($0)".contains("equal length"), "\($0)") }
+        XCTAssertThrowsError(try model.forward([Array(repeating: 1, count: 65)])) { XCTAssertTrue("\($0)".contains("context length 64"), "\($0)") }
+        XCTAssertThrowsError(try model.likelihood(of: [[1]])) { XCTAssertTrue("\($0)".contains("at least 2 tokens"), "\($0)") }
+    }
+}

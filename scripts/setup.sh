@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kdgpu builds and runs with, when any is missing. Idempotent: a
+# machine that has them all is left alone. Uses sudo when not root.
+set -euo pipefail
+
+packages=(
+    ocl-icd-opencl-dev opencl-headers  # OpenCL ICD loader and headers
+    libclblast-dev                     # CLBlast: GEMMs on OpenCL devices
+    pocl-opencl-icd                    # PoCL: an OpenCL device on the CPU (used when there is no GPU)
+    libopenblas-dev                    # OpenBLAS: GEMMs of the CPU backend
+    clinfo pkg-config
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then
+        sudo=()
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    else
+        echo "setup: missing Debian packages: ${missing[*]}; run 'apt-get install ${missing[*]}' as root, then run this again" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "setup: no 'swift' on PATH; install the Swift 6 toolchain (https://swift.org/install) and run this again" >&2
+    exit 1
+fi

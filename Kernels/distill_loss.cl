@@ -1,0 +1,422 @@
+// distill_loss.cl: the fused distillation-loss family over rows of student logits zs [rows, V]
+// and teacher logits zt [rows, V] (or a top-k teacher), one work-group per row at a time.
+// The math, the gradients and the conventions are in Sources/Losses/DistillationLoss.swift and
+// /work/shared/spec/losses.md. CPU twins: CPUKernels.distill_count_valid_rows, distill_loss_rows
+// (Sources/Losses/CPUDistillKernels.swift), with the same passes and the same exp/log polynomials.
+//
+// Per row (a = zs / T, b = teacher / T, q = softmax(a), p = softmax(b)):
+//   pass 1  max of both rows, non-finite detection (+inf, NaN), TAID mix written to scratch   (1 read of zs, zt)
+//   pass 2  e_a = exp(a - max a), e_b = exp(b - max b), their sums and the online KL terms;
+//           e_a, e_b stashed in this group's scratch rows (cache resident)                     (2 exps / element)
+//   pass 3  jsd / sfkl / srkl / tvd only: divergence and sum(q g) from the stashes, mixtures in
+//           log space (logaddexp); g stashed in the dz row                                      (1 exp + 1 log)
+//   pass 4  dz written (in place over zs when dz == zs)                                          (no exp)
+// Work-groups are persistent: group g handles rows g, g + groups, ... and owns scratch rows
+// [g, 4, Vp] (Vp = V rounded up to VW), so no [rows, V] temporary ever exists.
+// Every loop bound and branch around a barrier is uniform over the work-group (PoCL miscompiles
+// barriers after divergent control flow), and every work-item touches only its own elements of a
+// row between barriers, so stashes need no barrier.
+
+#define KIND_FKL 0
+#define KIND_RKL 1
+#define KIND_JSD 2
+#define KIND_SFKL 3
+#define KIND_SRKL 4
+#define KIND_TVD 5
+
+#define FLAG_GRADIENT 1
+#define FLAG_HARD 2
+#define FLAG_TAID 4
+#define FLAG_TOPK 8
+#define FLAG_TOPK_UNIFORM 16
+#define FLAG_LABELS 32
+#define FLAG_MASK 64
+#define FLAG_MEAN 128
+#define FLAG_CONTIGUOUS 256
+
+// row_status bits (also in DistillationLoss.swift)
+#define STATUS_IGNORED 1
+#define STATUS_STUDENT_NONFINITE 2
+#define STATUS_TEACHER_NONFINITE 4
+#define STATUS_STUDENT_ALL_MASKED 8
+#define STATUS_TEACHER_ALL_MASKED 16
+#define STATUS_BAD_LABEL 32
+#define STATUS_BAD_TOPK_ID 64
+
+#define SCRATCH_ROWS 4
+#define ROW_EA 0
+#define ROW_EB 1
+#define ROW_TEACHER 2
+#define ROW_EH 3
+
+#if VW == 1
+#define intV int
+#define as_floatV as_float
+#define as_intV as_int
+#else
+#define as_intV CAT(as_int, VW)
+#define intV CAT(int, VW)
+#define as_floatV CAT(as_float, VW)
+#define convert_intV CAT(convert_int, VW)
+#endif
+
+// exp and log as polynomials (Cephes expf / logf), identical in the CPU twin (VectorMath.swift).
+// exp flushes results below exp(-87) ~ 1.6e-38 to 0 (so -inf maps to exactly 0); ~1 ulp elsewhere.
+inline floatV kd_exp(floatV x0) {
+    floatV x = fmin(fmax(x0, (floatV)(-87.0f)), (floatV)(88.0f));
+    // n = round(x / ln 2) by the 1.5 * 2^23 trick: its integer lands in the low mantissa bits.
+    const floatV t = x * 1.44269504088896341f + 12582912.0f;
+    const floatV fx = t - 12582912.0f;
+    x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+    const floatV z = x * x;
+    floatV y = 1.9875691500E-4f;
+    y = y * x + 1.3981999507E-3f;
+    y = y * x + 8.3334519073E-3f;
+    y = y * x + 4.1665795894E-2f;
+    y = y * x + 1.6666665459E-1f;
+    y = y * x + 5.0000001201E-1f;
+    y = y * z + x + 1.0f;
+    const intV n = as_intV(t) - 0x4B400000 + 127;
+    return select(y * as_floatV(n << 23), (floatV)(0.0f), x0 < (floatV)(-87.0f));
+}
+
+// log(1 + u) for u in [0, 1], to full precision for small u.
+inline floatV kd_log1p_unit(floatV u) {
+    const floatV w = 1.0f + u;
+    const intV big = w > 1.41421356f;
+    const floatV e = select((floatV)(0.0f), (floatV)(1.0f), big);
+    const floatV m = select(w, w * 0.5f, big);
+    const floatV x = m - 1.0f;
+    const floatV z = x * x;
+    floatV y = 7.0376836292E-2f;
+    y = y * x - 1.1514610310E-1f;
+    y = y * x + 1.1676998740E-1f;
+    y = y * x - 1.2420140846E-1f;
+    y = y * x + 1.4249322787E-1f;
+    y = y * x - 1.6668057665E-1f;
+    y = y * x + 2.0000714765E-1f;
+    y = y * x - 2.4999993993E-1f;
+    y = y * x + 3.3333331174E-1f;
+    y = y * x * z;
+    y = y - 2.12194440e-4f * e - 0.5f * z;
+    // (u - (w - 1)) / w corrects the rounding of 1 + u.
+    return x + y + 0.693359375f * e + (u - (w - 1.0f)) / w;
+}
+
+// log(exp(x) + exp(y)), -inf when both are -inf.
+inline floatV kd_logaddexp(floatV x, floatV y) {
+    const floatV mx = fmax(x, y);
+    const floatV r = mx + kd_log1p_unit(kd_exp(-fabs(x - y)));
+    return select(r, (floatV)(-INFINITY), mx == (floatV)(-INFINITY));
+}
+
+typedef union { floatV v; float s[VW]; } row_vector;
+
+// Vector v of a row of n floats; lanes past n read as -inf (they then carry zero probability).
+inline floatV load_row(__global const float* row, int v, int n) {
+    if ((v + 1) * VW <= n) return vloadV(v, row);
+    row_vector t;
+    t.v = (floatV)(-INFINITY);
+    for (int i = 0; i < VW; i++) if (v * VW + i < n) t.s[i] = row[v * VW + i];
+    return t.v;
+}
+
+inline void store_row(floatV value, __global float* row, int v, int n) {
+    if ((v + 1) * VW <= n) { vstoreV(value, v, row); return; }
+    row_vector t;
+    t.v = value;
+    for (int i = 0; i < VW; i++) if (v * VW + i < n) row[v * VW + i] = t.s[i];
+}
+
+inline int lanes_bad(floatV x) {
+#if VW == 1
+    return !(x < INFINITY);
+#else
+    return any(!(x < (floatV)(INFINITY)));
+#endif
+}
+
+inline float4 group_max4(float4 value, __local float4* scratch) {
+    const int lid = get_local_id(0);
+    scratch[lid] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int stride = WG / 2; stride > 0; stride >>= 1) {
+        if (lid < stride) scratch[lid] = fmax(scratch[lid], scratch[lid + stride]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float4 result = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return result;
+}
+
+inline float4 group_sum4(float4 value, __local float4* scratch) {
+    const int lid = get_local_id(0);
+    scratch[lid] = value;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int stride = WG / 2; stride > 0; stride >>= 1) {
+        if (lid < stride) scratch[lid] += scratch[lid + stride];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float4 result = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return result;
+}
+
+inline int row_is_valid(int row, int flags, __global const float* labels, __global const float* mask, int ignore_index) {
+    int valid = 1;
+    if (flags & FLAG_MASK) valid = mask[row] != 0.0f;
+    if (flags & FLAG_LABELS) valid = valid && (int)labels[row] != ignore_index;
+    return valid;
+}
+
+// count[0] = number of valid rows (mask != 0 and label != ignore_index). One work-group.
+__kernel void distill_count_valid_rows(__global const float* labels, int lo, __global const float* mask, int mo,
+                                       int flags, int ignore_index, int rows, __global float* count, int co) {
+    __local float4 scratch[WG];
+    const int lid = get_local_id(0);
+    float valid = 0.0f;
+    for (int r = lid; r < rows; r += WG) valid += (float)row_is_valid(r, flags, labels + lo, mask + mo, ignore_index);
+    const float4 total = group_sum4((float4)(valid, 0.0f, 0.0f, 0.0f), scratch);
+    if (lid == 0) count[co] = total.x;
+}
+
+// The fused loss. Tensor arguments are (buffer, element offset); zs and dz may be the same buffer
+// (in place). zs is [rows, V]; the dense teacher row r starts at zt + zto + r * zt_ld (zt_ld >= V
+// truncates a padded teacher vocabulary); a top-k teacher is ids/vals [rows, k].
+// param: beta (jsd) or alpha (sfkl, srkl). soft_weight already includes T^2 when asked for.
+__kernel void distill_loss_rows(
+    __global const float* zs, int zso,
+    __global const float* zt, int zto, int zt_ld,
+    __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,
+    __global const float* labels, int lo, __global const float* mask, int mo,
+    __global float* dz, int dzo,
+    __global float* row_loss, int rlo, __global float* row_status, int rso,
+    __global const float* valid_count, int vco,
+    __global float* scratch,
+    int rows, int n, int kind, int flags, int ignore_index,
+    float inv_t, float param, float taid_t, float soft_weight, float hard_weight, float grad_output) {
+    __local float4 reduce[WG];
+    const int lid = get_local_id(0), group = get_group_id(0), groups = get_num_groups(0);
+    const int nvec = (n + VW - 1) / VW, vp = nvec * VW;
+    // This work-item's vectors: a contiguous block on CPU devices (one stream per thread), interleaved on GPUs.
+    const int contiguous = flags & FLAG_CONTIGUOUS;
+    const int per = (nvec + WG - 1) / WG;
+    const int vbeg = contiguous ? min(nvec, lid * per) : lid;
+    const int vend = contiguous ? min(nvec, vbeg + per) : nvec;
+    const int vstep = contiguous ? 1 : WG;
+    __global float* ea_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EA * vp;
+    __global float* eb_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EB * vp;
+    __global float* tm_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_TEACHER * vp;
+    __global float* eh_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EH * vp;
+    const int gradient = flags & FLAG_GRADIENT;
+    const int topk = flags & FLAG_TOPK;
+    const int taid = flags & FLAG_TAID;
+    // Hard-label CE uses the untempered student: its own exp sum unless T = 1.
+    const int hard = flags & FLAG_HARD;
+    const int hard_separate = hard && inv_t != 1.0f;
+    const float grad_scale = (flags & FLAG_MEAN) && (flags & FLAG_GRADIENT) ? grad_output / fmax(1.0f, valid_count[vco]) : grad_output;
+    const float log_param = log(param), log_one_minus = log(1.0f - param);
+
+    for (int row = group; row < rows; row += groups) {
+        __global const float* zr = zs + zso + (long)row * n;
+        __global float* dr = dz + dzo + (long)row * n;
+        const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);
+        int status = valid ? 0 : STATUS_IGNORED;
+        int label = -1;
+        if (hard) {
+            label = (int)labels[lo + row];
+            if (valid && (label < 0 || label >= n)) status |= STATUS_BAD_LABEL;
+        }
+
+        // Pass 0 (top-k teacher): a dense teacher row in scratch. Missing mass: renormalize (the
+        // rest is -inf), or uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
+        // evenly over the other n - k tokens). The reductions and barriers run for every kind of
+        // teacher, so no barrier sits in a branch.
+        __global const float* tr = topk ? tm_row : zt + zto + (long)row * zt_ld;
+        __global const float* vals = topk_vals + tvo + (long)row * k;
+        // The rest 1 - sum exp(vals) without cancellation: -expm1(largest) - sum of the others.
+        float part_max = -INFINITY;
+        if (topk) for (int i = lid; i < k; i += WG) part_max = fmax(part_max, vals[i]);
+        const float largest = group_max4((float4)(part_max, 0.0f, 0.0f, 0.0f), reduce).x;
+        float part_first = -INFINITY;
+        if (topk) for (int i = lid; i < k; i += WG) if (vals[i] == largest) part_first = fmax(part_first, (float)(-i));
+        const float first_found = group_max4((float4)(part_first, 0.0f, 0.0f, 0.0f), reduce).x;
+        const int first = first_found == -INFINITY ? -1 : -(int)first_found;
+        float part = 0.0f;
+        if (topk) for (int i = lid; i < k; i += WG) if (i != first) part += exp(vals[i]);
+        const float others = group_sum4((float4)(part, 0.0f, 0.0f, 0.0f), reduce).x;
+        if (topk) {
+            const float missing = -expm1(largest) - others;
+            float rest = -INFINITY;
+            if ((flags & FLAG_TOPK_UNIFORM) && n > k && missing > 0.0f) rest = log(missing / (float)(n - k));
+            for (int v = vbeg; v < vend; v += vstep) vstoreV((floatV)(rest), v, tm_row);
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        int bad_id = 0;
+        if (topk) {
+            for (int i = lid; i < k; i += WG) {
+                const int id = (int)topk_ids[tio + (long)row * k + i];
+                if (id >= 0 && id < n) tm_row[id] = topk_vals[tvo + (long)row * k + i];
+                else bad_id = 1;
+            }
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+
+        // Pass 1: maxima, non-finite detection, TAID target (1 - t) stopgrad(zs) + t zt into scratch.
+        floatV max_s = (floatV)(-INFINITY), max_t = (floatV)(-INFINITY);
+        int bad_s = 0, bad_t = 0;
+        if (taid) {
+            for (int v = vbeg; v < vend; v += vstep) {
+                const floatV a = load_row(zr, v, n), b = load_row(tr, v, n);
+                bad_s |= lanes_bad(a);
+                bad_t |= lanes_bad(b);
+                // -inf in either row stays -inf (unless its weight is 0), never 0 * -inf.
+                floatV mixed = (1.0f - taid_t) * a + taid_t * b;
+                mixed = select(mixed, (floatV)(-INFINITY), (a == (floatV)(-INFINITY) && (floatV)(taid_t) < 1.0f)
+                                                          || (b == (floatV)(-INFINITY) && (floatV)(taid_t) > 0.0f));
+                mixed = taid_t == 1.0f ? b : taid_t == 0.0f ? a : mixed;
+                vstoreV(mixed, v, tm_row);
+                max_s = fmax(max_s, a);
+                max_t = fmax(max_t, mixed);
+            }
+            tr = tm_row;
+        } else {
+            for (int v = vbeg; v < vend; v += vstep) {
+                const floatV a = load_row(zr, v, n), b = load_row(tr, v, n);
+                bad_s |= lanes_bad(a);
+                bad_t |= lanes_bad(b);
+                max_s = fmax(max_s, a);
+                max_t = fmax(max_t, b);
+            }
+        }
+        const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
+        const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)(bad_s | (bad_id << 1)), (float)bad_t), reduce);
+        if (valid) {
+            if (maxima.z >= 2.0f) status |= STATUS_BAD_TOPK_ID;
+            if (maxima.z == 1.0f || maxima.z == 3.0f) status |= STATUS_STUDENT_NONFINITE;
+            if (maxima.w > 0.0f) status |= STATUS_TEACHER_NONFINITE;
+            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
+            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
+        }
+        // Shifts in tempered units; an all -inf row shifts by 0 so nothing below is NaN.
+        const float shift_s = maxima.x == -INFINITY ? 0.0f : maxima.x * inv_t;
+        const float shift_t = maxima.y == -INFINITY ? 0.0f : maxima.y * inv_t;
+        const float shift_h = maxima.x == -INFINITY ? 0.0f : maxima.x;
+
+        // Pass 2: exp sums (2 exps per element), the online KL terms, stashes.
+        floatV sum_a = 0.0f, sum_b = 0.0f, sum_x = 0.0f, sum_h = 0.0f;
+        for (int v = vbeg; v < vend; v += vstep) {
+            const floatV zsv = load_row(zr, v, n);
+            const floatV la = zsv * inv_t - shift_s, lb = load_row(tr, v, n) * inv_t - shift_t;
+            const floatV ea = kd_exp(la), eb = kd_exp(lb);
+            sum_a += ea;
+            sum_b += eb;
+            // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb); a zero weight contributes 0, never 0 * inf.
+            if (kind == KIND_FKL) sum_x += select(eb * (lb - la), (floatV)(0.0f), eb == (floatV)(0.0f));
+            else if (kind == KIND_RKL) sum_x += select(ea * (la - lb), (floatV)(0.0f), ea == (floatV)(0.0f));
+            vstoreV(ea, v, ea_row);
+            vstoreV(eb, v, eb_row);
+            if (hard_separate) {
+                const floatV eh = kd_exp(zsv - shift_h);
+                sum_h += eh;
+                vstoreV(eh, v, eh_row);
+            }
+        }
+        const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
+        const float log_sa = log(sums.x), log_sb = log(sums.y);
+        const float inv_sa = 1.0f / sums.x, inv_sb = 1.0f / sums.y;
+        const float sum_eh = hard_separate ? sums.w : sums.x;
+        const float inv_sh = 1.0f / sum_eh;
+        __global const float* eh_src = hard_separate ? eh_row : ea_row;
+
+        // Pass 3 (mixture divergences): value and sum(q g), g stashed in the dz row. log q and log p
+        // come from the logits (exact where q or p underflow); every mixture is built in log space.
+        float divergence = 0.0f, qg = 0.0f;
+        floatV value = 0.0f, weighted = 0.0f;
+        if (kind != KIND_FKL && kind != KIND_RKL) {
+            for (int v = vbeg; v < vend; v += vstep) {
+                const floatV q = vloadV(v, ea_row) * inv_sa, p = vloadV(v, eb_row) * inv_sb;
+                const floatV lq = load_row(zr, v, n) * inv_t - shift_s - log_sa;
+                const floatV lp = load_row(tr, v, n) * inv_t - shift_t - log_sb;
+                floatV g;
+                if (kind == KIND_JSD) {
+                    // beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q; g = log q - log m
+                    const floatV lm = kd_logaddexp(log_param + lp, log_one_minus + lq);
+                    value += select(param * p * (lp - lm), (floatV)(0.0f), p == (floatV)(0.0f) || (floatV)(param) == 0.0f);
+                    value += select((1.0f - param) * q * (lq - lm), (floatV)(0.0f), q == (floatV)(0.0f) || (floatV)(param) == 1.0f);
+                    g = select(lq - lm, (floatV)(0.0f), q == (floatV)(0.0f) || (floatV)(param) == 1.0f);
+                    weighted += q * g;
+                } else if (kind == KIND_SFKL) {
+                    // KL(p || m), m = alpha p + (1 - alpha) q; g = w = p q / m
+                    const floatV lm = kd_logaddexp(log_param + lp, log_one_minus + lq);
+                    value += select(p * (lp - lm), (floatV)(0.0f), p == (floatV)(0.0f));
+                    // w does not vanish with q alone (alpha = 0 gives w = p): test the logs, not underflowed q.
+                    g = select(kd_exp(lp + lq - lm), (floatV)(0.0f), lp == (floatV)(-INFINITY) || lq == (floatV)(-INFINITY));
+                    weighted += g;
+                } else if (kind == KIND_SRKL) {
+                    // KL(q || m), m = (1 - alpha) p + alpha q; g = log q - log m - alpha q / m
+                    const floatV d = lq - kd_logaddexp(log_one_minus + lp, log_param + lq);
+                    value += select(q * d, (floatV)(0.0f), q == (floatV)(0.0f));
+                    g = select(d - param * kd_exp(d), (floatV)(0.0f), q == (floatV)(0.0f));
+                    weighted += q * g;
+                } else {
+                    // tvd: 0.5 sum |p - q|, g = sign(q - p) (recomputed in pass 4)
+                    value += 0.5f * fabs(p - q);
+                    g = sign(q - p);
+                    weighted += q * g;
+                }
+                if (gradient && kind != KIND_TVD) store_row(g, dr, v, n);
+            }
+        }
+        const float4 totals = group_sum4((float4)(vsum(value), vsum(weighted), 0.0f, 0.0f), reduce);
+        if (kind == KIND_FKL) {
+            divergence = sums.z * inv_sb - log_sb + log_sa;
+        } else if (kind == KIND_RKL) {
+            divergence = sums.z * inv_sa - log_sa + log_sb;
+            qg = divergence;
+        } else {
+            divergence = totals.x;
+            qg = totals.y;
+        }
+        const float cross_entropy = hard ? log(sum_eh) + shift_h - label_logit : 0.0f;
+        const float loss = soft_weight * divergence + hard_weight * cross_entropy;
+
+        // Pass 4: dz = grad_scale * (soft_weight / T * dD/da + hard_weight * (softmax(zs) - onehot(label))),
+        // zero for ignored rows and for rows whose input is reported as bad.
+        const int ok = valid && status == 0;
+        const float c = ok ? grad_scale * soft_weight * inv_t : 0.0f;
+        const float h = ok ? grad_scale * hard_weight : 0.0f;
+        if (gradient) {
+            const float log_ratio = log_sa - log_sb;
+            for (int v = vbeg; v < vend; v += vstep) {
+                const floatV q = vloadV(v, ea_row) * inv_sa;
+                floatV grad;
+                if (kind == KIND_FKL) {
+                    grad = c * (q - vloadV(v, eb_row) * inv_sb);
+                } else if (kind == KIND_RKL) {
+                    const floatV la = load_row(zr, v, n) * inv_t - shift_s, lb = load_row(tr, v, n) * inv_t - shift_t;
+                    grad = select(c * q * ((la - lb) - log_ratio - qg), (floatV)(0.0f), q == (floatV)(0.0f));
+                } else if (kind == KIND_TVD) {
+                    const floatV s = sign(q - vloadV(v, eb_row) * inv_sb);
+                    grad = (0.5f * c) * q * (s - qg);
+                } else {
+                    const floatV g = load_row(dr, v, n);
+                    if (kind == KIND_JSD) grad = ((1.0f - param) * c) * q * (g - qg);
+                    else if (kind == KIND_SFKL) grad = (-(1.0f - param) * c) * (g - q * qg);
+                    else grad = c * q * (g - qg);
+                }
+                if (hard) grad += h * vloadV(v, eh_src) * inv_sh;
+                store_row(ok ? grad : (floatV)(0.0f), dr, v, n);
+            }
+        }
+        // The one-hot part of the hard-label gradient, after every work-item wrote its block.
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        if (gradient && hard && ok && lid == 0) dr[label] -= h;
+        if (lid == 0) {
+            row_loss[rlo + row] = valid ? loss : 0.0f;
+            row_status[rso + row] = (float)status;
+        }
+        // The scratch rows are reused by the next row.
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+}

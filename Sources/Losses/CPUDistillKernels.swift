@@ -1,0 +1,278 @@
+import CPUBackend
+import Foundation
+
+/// The arguments of `distill_loss_rows` (Kernels/distill_loss.cl) as host pointers, offsets applied.
+/// `zs` and `dz` may be the same memory (in place).
+public struct DistillRowArguments {
+    public var zs: UnsafePointer<Float>
+    public var zt: UnsafePointer<Float>?
+    public var teacherStride: Int
+    public var topKIDs: UnsafePointer<Float>?
+    public var topKValues: UnsafePointer<Float>?
+    public var k: Int
+    public var labels: UnsafePointer<Float>?
+    public var mask: UnsafePointer<Float>?
+    public var dz: UnsafeMutablePointer<Float>
+    public var rowLoss: UnsafeMutablePointer<Float>
+    public var rowStatus: UnsafeMutablePointer<Float>
+    public var validCount: Float
+    /// `[groups, 4, Vp]`, Vp = V rounded up to 16.
+    public var scratch: UnsafeMutablePointer<Float>
+    public var rows: Int
+    public var n: Int
+    public var kind: Int32
+    public var flags: Int32
+    public var ignoreIndex: Int
+    public var inverseTemperature: Float
+    public var parameter: Float
+    public var taid: Float
+    public var softWeight: Float
+    public var hardWeight: Float
+    public var gradOutput: Float
+}
+
+/// CPU twins of `Kernels/distill_loss.cl` and `Kernels/loss_baseline.cl`: same names, same passes,
+/// same exp/log polynomials, 16 lanes; one "work-group" is one thread walking rows group, group + groups, ...
+extension CPUKernels {
+    static func rowIsValid(_ row: Int, _ flags: Int32, _ labels: UnsafePointer<Float>?, _ mask: UnsafePointer<Float>?,
+                           _ ignoreIndex: Int) -> Bool {
+        var valid = true
+        if flags & DistillFlags.mask != 0, let mask { valid = mask[row] != 0 }
+        if flags & DistillFlags.labels != 0, let labels { valid = valid && Int(labels[row]) != ignoreIndex }
+        return valid
+    }
+
+    /// The number of valid rows (mask != 0 and label != ignoreIndex).
+    public static func distill_count_valid_rows(_ labels: UnsafePointer<Float>?, _ mask: UnsafePointer<Float>?,
+                                                flags: Int32, ignoreIndex: Int, rows: Int) -> Float {
+        var count = 0
+        for r in 0..<rows where rowIsValid(r, flags, labels, mask, ignoreIndex) { count += 1 }
+        return Float(count)
+    }
+
+    /// The fused loss over rows `group, group + groups, ...`, using this group's scratch rows.
+    public static func distill_loss_rows(_ a: DistillRowArguments, group: Int, groups: Int) {
+        let n = a.n, nvec = (n + 15) / 16, vp = nvec * 16
+        let flags = a.flags, kind = a.kind, invT = a.inverseTemperature, param = a.parameter
+        let gradient = flags & DistillFlags.gradient != 0
+        let topK = flags & DistillFlags.topK != 0
+        let taid = flags & DistillFlags.taid != 0
+        let hard = flags & DistillFlags.hard != 0
+        let hardSeparate = hard && invT != 1
+        let gradScale = flags & DistillFlags.mean != 0 ? a.gradOutput / max(1, a.validCount) : a.gradOutput
+        let logParam = logf(param), logOneMinus = logf(1 - param)
+        let eaRow = a.scratch + group * 4 * vp, ebRow = eaRow + vp, tmRow = eaRow + 2 * vp, ehRow = eaRow + 3 * vp
+        let zero = Float16Lanes(repeating: 0), negativeInfinity = Float16Lanes(repeating: -.infinity)
+
+        var row = group
+        while row < a.rows {
+            defer { row += groups }
+            let zr = a.zs + row * n
+            let dr = a.dz + row * n
+            let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
+            var status = valid ? 0 : RowStatus.ignored
+            var label = -1
+            if hard, let labels = a.labels {
+                label = Int(labels[row])
+                if valid && (label < 0 || label >= n) { status |= RowStatus.badLabel }
+            }
+
+            // Pass 0: a dense teacher row from the top-k (see the kernel for the missing-mass rules).
+            var tr: UnsafePointer<Float> = UnsafePointer(tmRow)
+            var badID = false
+            if topK, let ids = a.topKIDs, let values = a.topKValues {
+                let k = a.k, idRow = ids + row * k, valueRow = values + row * k
+                // The rest 1 - sum exp(values) without cancellation: -expm1(largest) - sum of the others.
+                var largest = -Float.infinity
+                for i in 0..<k { largest = max(largest, valueRow[i]) }
+                var first = 0
+                while first < k && valueRow[first] != largest { first += 1 }
+                var others: Float = 0
+                for i in 0..<k where i != first { others += expf(valueRow[i]) }
+                let missing = -expm1f(largest) - others
+                var rest = -Float.infinity
+                if flags & DistillFlags.topKUniform != 0 && n > k && missing > 0 { rest = logf(missing / Float(n - k)) }
+                tmRow.update(repeating: rest, count: vp)
+                for i in 0..<k {
+                    let id = Int(idRow[i])
+                    if id >= 0 && id < n { tmRow[id] = valueRow[i] } else { badID = true }
+                }
+            } else if let zt = a.zt {
+                tr = zt + row * a.teacherStride
+            }
+
+            // Pass 1: maxima, non-finite detection, TAID target.
+            var maxS = negativeInfinity, maxT = negativeInfinity
+            var badS = false, badT = false
+            if taid {
+                let t = a.taid
+                for v in 0..<nvec {
+                    let x = loadRow(zr, v, n), y = loadRow(tr, v, n)
+                    badS = badS || anyBad(x)
+                    badT = badT || anyBad(y)
+                    var mixed: Float16Lanes
+                    if t == 1 { mixed = y } else if t == 0 { mixed = x } else {
+                        mixed = ((1 - t) * x + t * y).replacing(with: -.infinity, where: (x .== -.infinity) .| (y .== -.infinity))
+                    }
+                    storeLanes(mixed, tmRow, v)
+                    maxS = pointwiseMax(maxS, x)
+                    maxT = pointwiseMax(maxT, mixed)
+                }
+                tr = UnsafePointer(tmRow)
+            } else {
+                for v in 0..<nvec {
+                    let x = loadRow(zr, v, n), y = loadRow(tr, v, n)
+                    badS = badS || anyBad(x)
+                    badT = badT || anyBad(y)
+                    maxS = pointwiseMax(maxS, x)
+                    maxT = pointwiseMax(maxT, y)
+                }
+            }
+            let labelLogit: Float = hard && label >= 0 && label < n ? zr[label] : 0
+            let maximumS = maxS.max(), maximumT = maxT.max()
+            if valid {
+                if badS { status |= RowStatus.studentNonFinite }
+                if badT { status |= RowStatus.teacherNonFinite }
+                if badID { status |= RowStatus.badTopKID }
+                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
+                if maximumT == -.infinity { status |= RowStatus.teacherAllMasked }
+            }
+            let shiftS: Float = maximumS == -.infinity ? 0 : maximumS * invT
+            let shiftT: Float = maximumT == -.infinity ? 0 : maximumT * invT
+            let shiftH: Float = maximumS == -.infinity ? 0 : maximumS
+
+            // Pass 2: exp sums, online KL terms, stashes.
+            var sumA = zero, sumB = zero, sumX = zero, sumH = zero
+            for v in 0..<nvec {
+                let zsv = loadRow(zr, v, n)
+                let la = zsv * invT - shiftS, lb = loadRow(tr, v, n) * invT - shiftT
+                let ea = kdExp(la), eb = kdExp(lb)
+                sumA += ea
+                sumB += eb
+                if kind == 0 {
+                    sumX += (eb * (lb - la)).replacing(with: 0, where: eb .== 0)
+                } else if kind == 1 {
+                    sumX += (ea * (la - lb)).replacing(with: 0, where: ea .== 0)
+                }
+                storeLanes(ea, eaRow, v)
+                storeLanes(eb, ebRow, v)
+                if hardSeparate {
+                    let eh = kdExp(zsv - shiftH)
+                    sumH += eh
+                    storeLanes(eh, ehRow, v)
+                }
+            }
+            let sa = sumA.sum(), sb = sumB.sum(), sx = sumX.sum()
+            let logSA = logf(sa), logSB = logf(sb), invSA = 1 / sa, invSB = 1 / sb
+            let sumEH = hardSeparate ? sumH.sum() : sa
+            let invSH = 1 / sumEH
+            let ehSource = hardSeparate ? ehRow : eaRow
+
+            // Pass 3: mixture divergences, g stashed in the dz row.
+            var divergence: Float = 0, qg: Float = 0
+            if kind == 0 {
+                divergence = sx * invSB - logSB + logSA
+            } else if kind == 1 {
+                divergence = sx * invSA - logSA + logSB
+                qg = divergence
+            } else {
+                var value = zero, weighted = zero
+                for v in 0..<nvec {
+                    let q = loadLanes(eaRow, v) * invSA, p = loadLanes(ebRow, v) * invSB
+                    let lq = loadRow(zr, v, n) * invT - shiftS - logSA
+                    let lp = loadRow(tr, v, n) * invT - shiftT - logSB
+                    var g: Float16Lanes
+                    if kind == 2 {
+                        let lm = kdLogAddExp(logParam + lp, logOneMinus + lq)
+                        if param != 0 { value += (param * p * (lp - lm)).replacing(with: 0, where: p .== 0) }
+                        if param != 1 {
+                            value += ((1 - param) * q * (lq - lm)).replacing(with: 0, where: q .== 0)
+                            g = (lq - lm).replacing(with: 0, where: q .== 0)
+                        } else {
+                            g = zero
+                        }
+                        weighted += q * g
+                    } else if kind == 3 {
+                        let lm = kdLogAddExp(logParam + lp, logOneMinus + lq)
+                        value += (p * (lp - lm)).replacing(with: 0, where: p .== 0)
+                        g = kdExp(lp + lq - lm).replacing(with: 0, where: (lp .== -.infinity) .| (lq .== -.infinity))
+                        weighted += g
+                    } else if kind == 4 {
+                        let d = lq - kdLogAddExp(logOneMinus + lp, logParam + lq)
+                        value += (q * d).replacing(with: 0, where: q .== 0)
+                        g = (d - param * kdExp(d)).replacing(with: 0, where: q .== 0)
+                        weighted += q * g
+                    } else {
+                        value += 0.5 * abs(p - q)
+                        g = laneSign(q - p)
+                        weighted += q * g
+                    }
+                    if gradient && kind != 5 { storeRow(g, dr, v, n) }
+                }
+                divergence = value.sum()
+                qg = weighted.sum()
+            }
+            let crossEntropy: Float = hard ? logf(sumEH) + shiftH - labelLogit : 0
+            let loss = a.softWeight * divergence + a.hardWeight * crossEntropy
+
+            // Pass 4: the gradient.
+            let ok = valid && status == 0
+            let c: Float = ok ? gradScale * a.softWeight * invT : 0
+            let h: Float = ok ? gradScale * a.hardWeight : 0
+            if gradient {
+                let logRatio = logSA - logSB
+                for v in 0..<nvec {
+                    let q = loadLanes(eaRow, v) * invSA
+                    var grad: Float16Lanes
+                    switch kind {
+                    case 0:
+                        grad = c * (q - loadLanes(ebRow, v) * invSB)
+                    case 1:
+                        let la = loadRow(zr, v, n) * invT - shiftS, lb = loadRow(tr, v, n) * invT - shiftT
+                        grad = (c * q * ((la - lb) - logRatio - qg)).replacing(with: 0, where: q .== 0)
+                    case 5:
+                        grad = (0.5 * c) * q * (laneSign(q - loadLanes(ebRow, v) * invSB) - qg)
+                    default:
+                        let g = loadRow(dr, v, n)
+                        if kind == 2 { grad = ((1 - param) * c) * q * (g - qg) }
+                        else if kind == 3 { grad = (-(1 - param) * c) * (g - q * qg) }
+                        else { grad = c * q * (g - qg) }
+                    }
+                    if hard { grad += h * loadLanes(ehSource, v) * invSH }
+                    storeRow(ok ? grad : zero, dr, v, n)
+                }
+                if hard && ok { dr[label] -= h }
+            }
+            a.rowLoss[row] = valid ? loss : 0
+            a.rowStatus[row] = Float(status)
+        }
+    }
+
+    // MARK: loss_baseline.cl (the unfused baseline: log-softmax rows, then these)
+
+    /// out[r] = sum_j exp(lt[r, j]) (lt[r, j] - ls[r, j]): forward KL from log-probabilities.
+    public static func kl_div_rows(_ ls: UnsafePointer<Float>, _ lt: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
+                                   cols: Int, _ rows: Range<Int>) {
+        let nvec = (cols + 15) / 16
+        for r in rows {
+            var total = Float16Lanes(repeating: 0)
+            for v in 0..<nvec {
+                let s = loadRow(ls + r * cols, v, cols), t = loadRow(lt + r * cols, v, cols)
+                total += (kdExp(t) * (t - s)).replacing(with: 0, where: t .== -.infinity)
+            }
+            out[r] = total.sum()
+        }
+    }
+
+    /// dz[r, j] = scale * (exp(ls[r, j]) - exp(lt[r, j])): the forward-KL gradient from log-probabilities.
+    public static func kl_div_backward_rows(_ ls: UnsafePointer<Float>, _ lt: UnsafePointer<Float>, _ dz: UnsafeMutablePointer<Float>,
+                                            cols: Int, scale: Float, _ rows: Range<Int>) {
+        let nvec = (cols + 15) / 16
+        for r in rows {
+            for v in 0..<nvec {
+                let s = loadRow(ls + r * cols, v, cols), t = loadRow(lt + r * cols, v, cols)
+                storeRow(scale * (kdExp(s) - kdExp(t)), dz + r * cols, v, cols)
+            }
+        }
+    }
+}

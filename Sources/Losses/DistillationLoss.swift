@@ -1,0 +1,218 @@
+import Foundation
+import Tensor
+
+/// The divergence between the teacher's tempered distribution `p = softmax(z_t / T)` and the
+/// student's `q = softmax(z_s / T)`, per row. Every value is a true divergence: a student equal to
+/// its teacher scores 0 (DistiLLM's code drops the teacher-entropy constant; kdgpu does not).
+public enum Divergence: Equatable, Sendable, CustomStringConvertible {
+    /// `KL(p || q) = sum p (log p - log q)`; gradient `(q - p) / T`.
+    case forwardKL
+    /// `KL(q || p)`; infinite where the student gives mass to a token the teacher rules out.
+    case reverseKL
+    /// Generalized Jensen-Shannon `beta KL(p || m) + (1 - beta) KL(q || m)`, `m = beta p + (1 - beta) q`.
+    /// Continuous in beta, not special-cased: at beta = 0 and beta = 1 the mixture equals one of the
+    /// two distributions and the value is 0 (use ``forwardKL`` / ``reverseKL`` for those). beta = 0.5
+    /// is the symmetric Jensen-Shannon divergence.
+    case jensenShannon(beta: Float)
+    /// DistiLLM's skew forward KL `KL(p || alpha p + (1 - alpha) q)`; alpha = 0 is ``forwardKL``, 1 gives 0.
+    case skewForwardKL(alpha: Float)
+    /// DistiLLM's skew reverse KL `KL(q || (1 - alpha) p + alpha q)`; alpha = 0 is ``reverseKL``, 1 gives 0.
+    case skewReverseKL(alpha: Float)
+    /// Total variation `0.5 sum |p - q|` (subgradient 0 where p = q).
+    case totalVariation
+
+    /// The kernels' `kind` argument.
+    var kernelKind: Int32 {
+        switch self {
+        case .forwardKL: return 0
+        case .reverseKL: return 1
+        case .jensenShannon: return 2
+        case .skewForwardKL: return 3
+        case .skewReverseKL: return 4
+        case .totalVariation: return 5
+        }
+    }
+
+    /// beta or alpha; 0 for the divergences without a parameter.
+    public var parameter: Float {
+        switch self {
+        case .jensenShannon(let beta): return beta
+        case .skewForwardKL(let alpha), .skewReverseKL(let alpha): return alpha
+        default: return 0
+        }
+    }
+
+    /// `fkl`, `rkl`, `jsd(0.5)`, `sfkl(0.1)`, `srkl(0.1)`, `tvd`.
+    public var description: String {
+        switch self {
+        case .forwardKL: return "fkl"
+        case .reverseKL: return "rkl"
+        case .jensenShannon(let beta): return "jsd(\(beta))"
+        case .skewForwardKL(let alpha): return "sfkl(\(alpha))"
+        case .skewReverseKL(let alpha): return "srkl(\(alpha))"
+        case .totalVariation: return "tvd"
+        }
+    }
+
+    /// Parses the names of ``description`` (`jsd` alone means beta = 0.5, `sfkl`/`srkl` alpha = 0.1).
+    public init?(name: String) {
+        let lowered = name.lowercased()
+        let parts = lowered.split(whereSeparator: { $0 == "(" || $0 == ")" || $0 == ":" || $0 == "=" }).map(String.init)
+        guard let head = parts.first else { return nil }
+        let value = parts.count > 1 ? Float(parts[1]) : nil
+        switch head {
+        case "fkl", "kl": self = .forwardKL
+        case "rkl": self = .reverseKL
+        case "jsd": self = .jensenShannon(beta: value ?? 0.5)
+        case "sfkl": self = .skewForwardKL(alpha: value ?? 0.1)
+        case "srkl": self = .skewReverseKL(alpha: value ?? 0.1)
+        case "tvd": self = .totalVariation
+        default: return nil
+        }
+    }
+}
+
+/// How per-row values become the reported loss.
+public enum LossReduction: String, Sendable {
+    /// Sum over valid rows divided by their number (at least 1); gradients carry `1 / validRows`.
+    case mean
+    /// Sum over valid rows.
+    case sum
+    /// Per-row values only (``DistillationLossResult/rowLosses``); `loss` holds their sum and the
+    /// gradient is that of the sum.
+    case none
+}
+
+/// What a top-k teacher means for the tokens it does not list.
+public enum MissingTeacherMass: String, Sendable {
+    /// The k logits are renormalized among themselves: every other token has probability 0 (so a
+    /// reverse KL is infinite wherever the student gives those tokens mass). The values may be raw logits.
+    case renormalize
+    /// The k values are the teacher's log-probabilities at T = 1; the remaining mass
+    /// `1 - sum exp(values)` is spread evenly over the other `V - k` tokens, and temperature applies
+    /// to that completed distribution.
+    case uniform
+}
+
+/// A sparse teacher: its top-k token ids and their logits (or log-probabilities), per row.
+public struct TopKTeacher {
+    /// `[N, k]` token ids stored as floats (exact below 2^24), distinct within a row.
+    public var ids: Tensor
+    /// `[N, k]` logits, or log-probabilities with ``MissingTeacherMass/uniform``.
+    public var values: Tensor
+    public var missingMass: MissingTeacherMass
+
+    public init(ids: Tensor, values: Tensor, missingMass: MissingTeacherMass) {
+        self.ids = ids
+        self.values = values
+        self.missingMass = missingMass
+    }
+}
+
+/// The teacher side of one loss call.
+public enum TeacherLogits {
+    /// `[N, V]` logits, or `[N, V_t]` with `V_t > V` when ``DistillationLoss/truncateTeacherVocabulary`` is set.
+    case dense(Tensor)
+    case topK(TopKTeacher)
+}
+
+/// Where the student gradient goes.
+public enum GradientDestination {
+    /// Overwrite the student logits with `d loss / d z_s` (no extra memory).
+    case inPlace
+    /// Write it into this `[N, V]` tensor and leave the logits untouched.
+    case into(Tensor)
+}
+
+/// A fused distillation loss: `w_hard * CE(z_s, y) + w_soft * T^2 * D(p || q)` per row, reduced over
+/// the valid rows, with `d loss / d z_s` written in the same kernel. No `[N, V]` probability tensor
+/// is ever made.
+///
+/// ```swift
+/// var loss = DistillationLoss(divergence: .forwardKL, temperature: 2)
+/// loss.hardWeight = 0.5
+/// let result = try loss(student: logits, teacher: .dense(teacherLogits), labels: labels)
+/// // logits now hold the gradient; result.loss is the mean over rows whose label is not -100
+/// ```
+public struct DistillationLoss: Sendable {
+    public var divergence: Divergence
+    /// T > 0: both distributions are softmax(z / T).
+    public var temperature: Float
+    /// Multiply the soft term by T^2 (Hinton), so its gradients keep their size across temperatures.
+    public var scaleBySquaredTemperature: Bool
+    public var softWeight: Float
+    /// Weight of the hard-label cross-entropy on the untempered student logits; needs labels.
+    public var hardWeight: Float
+    /// A label equal to this marks a row as ignored (padding); such rows add nothing and get zero gradient.
+    public var ignoreIndex: Int
+    public var reduction: LossReduction
+    /// Compute values only (evaluation): no gradient is written and the logits stay untouched.
+    public var forwardOnly: Bool
+    /// TAID: the target is `softmax(((1 - t) stopgrad(z_s) + t z_t) / T)`, with t in [0, 1]; nil is off.
+    /// With ``Divergence/forwardKL`` this is TAID's `KL(p_t || q)`, which differs from its
+    /// `-sum p_t log q` by the target's entropy (a constant for the student).
+    public var taidInterpolation: Float?
+    /// Accept a teacher with a larger (padded) vocabulary and use its first V columns.
+    public var truncateTeacherVocabulary: Bool
+
+    public init(divergence: Divergence = .forwardKL, temperature: Float = 1, scaleBySquaredTemperature: Bool = true,
+                softWeight: Float = 1, hardWeight: Float = 0, ignoreIndex: Int = -100, reduction: LossReduction = .mean,
+                forwardOnly: Bool = false, taidInterpolation: Float? = nil, truncateTeacherVocabulary: Bool = false) {
+        self.divergence = divergence
+        self.temperature = temperature
+        self.scaleBySquaredTemperature = scaleBySquaredTemperature
+        self.softWeight = softWeight
+        self.hardWeight = hardWeight
+        self.ignoreIndex = ignoreIndex
+        self.reduction = reduction
+        self.forwardOnly = forwardOnly
+        self.taidInterpolation = taidInterpolation
+        self.truncateTeacherVocabulary = truncateTeacherVocabulary
+    }
+
+    /// The soft term's weight as the kernels apply it: `softWeight * T^2` (or without T^2).
+    public var effectiveSoftWeight: Float {
+        scaleBySquaredTemperature ? softWeight * temperature * temperature : softWeight
+    }
+}
+
+/// The outcome of one loss call.
+public struct DistillationLossResult: Sendable {
+    /// The reduced loss (mean over valid rows, or their sum).
+    public let loss: Float
+    /// Per-row values `w_hard * CE + w_soft * T^2 * D`; 0 for ignored rows.
+    public let rowLosses: [Float]
+    /// Rows neither masked nor labelled `ignoreIndex`.
+    public let validRows: Int
+}
+
+/// A problem found in the data of one loss call, with the first row it occurs in.
+public struct DistillationLossError: Error, CustomStringConvertible {
+    public let row: Int
+    public let message: String
+    public var description: String { "distillation loss, row \(row): \(message)" }
+}
+
+/// Row status bits written by the kernels (`distill_loss.cl`).
+enum RowStatus {
+    static let ignored = 1
+    static let studentNonFinite = 2
+    static let teacherNonFinite = 4
+    static let studentAllMasked = 8
+    static let teacherAllMasked = 16
+    static let badLabel = 32
+    static let badTopKID = 64
+}
+
+/// Kernel flags (`distill_loss.cl`).
+enum DistillFlags {
+    static let gradient: Int32 = 1
+    static let hard: Int32 = 2
+    static let taid: Int32 = 4
+    static let topK: Int32 = 8
+    static let topKUniform: Int32 = 16
+    static let labels: Int32 = 32
+    static let mask: Int32 = 64
+    static let mean: Int32 = 128
+    static let contiguous: Int32 = 256
+}

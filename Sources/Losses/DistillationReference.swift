@@ -1,0 +1,152 @@
+import Foundation
+
+/// An fp64 reference of ``DistillationLoss`` for the tests (and the benchmark's spot checks): plain
+/// loops, no fusion, and gradients by a different route than the kernels: the partials
+/// `G_j = dD / d log q_j` of each divergence, pushed through the log-softmax as `G - q sum(G)`.
+public enum DistillationReference {
+    public struct Output {
+        /// Per-row `w_hard * CE + w_soft * T^2 * D` (0 for ignored rows).
+        public var rowLosses: [Double]
+        /// The reduced loss.
+        public var loss: Double
+        /// `gradOutput * d loss / d student`, `[N, V]`.
+        public var gradient: [Double]
+        public var validRows: Int
+    }
+
+    /// The teacher as the reference sees it.
+    public enum Teacher {
+        /// `[N, stride]`; the first V columns of each row are used.
+        case dense([Double], stride: Int)
+        /// `[N, k]` ids and values with a missing-mass rule.
+        case topK(ids: [Int], values: [Double], k: Int, missingMass: MissingTeacherMass)
+    }
+
+    /// log(e^x + e^y) with -inf handled.
+    static func logAddExp(_ x: Double, _ y: Double) -> Double {
+        let m = max(x, y)
+        if m == -.infinity { return -.infinity }
+        return m + Foundation.log1p(Foundation.exp(-abs(x - y)))
+    }
+
+    /// log softmax of `x`; nil for an all -inf row.
+    static func logSoftmax(_ x: [Double]) -> [Double]? {
+        let m = x.max() ?? -.infinity
+        if m == -.infinity { return nil }
+        let lse = m + Foundation.log(x.reduce(0) { $0 + Foundation.exp($1 - m) })
+        return x.map { $0 - lse }
+    }
+
+    /// The dense teacher row `r` (untempered logits), densified from a top-k teacher by its rule.
+    static func teacherRow(_ teacher: Teacher, row r: Int, vocabulary n: Int) -> [Double] {
+        switch teacher {
+        case .dense(let values, let stride):
+            return Array(values[(r * stride)..<(r * stride + n)])
+        case .topK(let ids, let values, let k, let missingMass):
+            var rest = -Double.infinity
+            if missingMass == .uniform, n > k {
+                let mass = (0..<k).reduce(0.0) { $0 + Foundation.exp(values[r * k + $1]) }
+                if mass < 1 { rest = Foundation.log((1 - mass) / Double(n - k)) }
+            }
+            var row = [Double](repeating: rest, count: n)
+            for i in 0..<k { row[ids[r * k + i]] = values[r * k + i] }
+            return row
+        }
+    }
+
+    public static func compute(_ options: DistillationLoss, student: [Double], rows: Int, vocabulary n: Int,
+                               teacher: Teacher, labels: [Int]? = nil, rowMask: [Double]? = nil,
+                               gradOutput: Double = 1) -> Output {
+        let temperature = Double(options.temperature)
+        let soft = Double(options.effectiveSoftWeight), hardWeight = Double(options.hardWeight)
+        let parameter = Double(options.divergence.parameter)
+        var rowLosses = [Double](repeating: 0, count: rows)
+        var rowGradients = [Double](repeating: 0, count: rows * n)
+        var valid = [Bool](repeating: true, count: rows)
+        for r in 0..<rows {
+            if let rowMask, rowMask[r] == 0 { valid[r] = false }
+            if let labels, labels[r] == options.ignoreIndex { valid[r] = false }
+            guard valid[r] else { continue }
+            let zs = Array(student[(r * n)..<((r + 1) * n)])
+            var zt = teacherRow(teacher, row: r, vocabulary: n)
+            if let t = options.taidInterpolation.map(Double.init) {
+                zt = zip(zs, zt).map { s, u in
+                    if t == 1 { return u }
+                    if t == 0 { return s }
+                    if s == -.infinity || u == -.infinity { return -.infinity }
+                    return (1 - t) * s + t * u
+                }
+            }
+            guard let lq = logSoftmax(zs.map { $0 / temperature }), let lp = logSoftmax(zt.map { $0 / temperature }) else {
+                rowLosses[r] = .nan
+                continue
+            }
+            let q = lq.map(Foundation.exp), p = lp.map(Foundation.exp)
+            var divergence = 0.0
+            var partials = [Double](repeating: 0, count: n) // G_j = dD / d log q_j
+            for j in 0..<n {
+                switch options.divergence {
+                case .forwardKL:
+                    if p[j] > 0 { divergence += p[j] * (lp[j] - lq[j]) }
+                    partials[j] = -p[j]
+                case .reverseKL:
+                    if q[j] > 0 {
+                        divergence += q[j] * (lq[j] - lp[j])
+                        partials[j] = q[j] * (lq[j] - lp[j] + 1)
+                    }
+                case .jensenShannon:
+                    let beta = parameter
+                    let lm = logAddExp(Foundation.log(beta) + lp[j], Foundation.log(1 - beta) + lq[j])
+                    let qOverM = q[j] > 0 ? Foundation.exp(lq[j] - lm) : 0
+                    if p[j] > 0 && beta > 0 { divergence += beta * p[j] * (lp[j] - lm) }
+                    if q[j] > 0 && beta < 1 { divergence += (1 - beta) * q[j] * (lq[j] - lm) }
+                    // d lm / d log q = (1 - beta) q / m
+                    var g = 0.0
+                    if p[j] > 0 && beta > 0 { g -= beta * p[j] * (1 - beta) * qOverM }
+                    if q[j] > 0 && beta < 1 { g += (1 - beta) * (q[j] * (lq[j] - lm) + q[j] - q[j] * (1 - beta) * qOverM) }
+                    partials[j] = g
+                case .skewForwardKL:
+                    let alpha = parameter
+                    let lm = logAddExp(Foundation.log(alpha) + lp[j], Foundation.log(1 - alpha) + lq[j])
+                    if p[j] > 0 {
+                        divergence += p[j] * (lp[j] - lm)
+                        if q[j] > 0 { partials[j] = -p[j] * (1 - alpha) * Foundation.exp(lq[j] - lm) }
+                    }
+                case .skewReverseKL:
+                    let alpha = parameter
+                    let lm = logAddExp(Foundation.log(1 - alpha) + lp[j], Foundation.log(alpha) + lq[j])
+                    if q[j] > 0 {
+                        divergence += q[j] * (lq[j] - lm)
+                        partials[j] = q[j] * (lq[j] - lm) + q[j] - q[j] * alpha * Foundation.exp(lq[j] - lm)
+                    }
+                case .totalVariation:
+                    divergence += 0.5 * abs(p[j] - q[j])
+                    let s: Double = q[j] > p[j] ? 1 : (q[j] < p[j] ? -1 : 0)
+                    partials[j] = 0.5 * s * q[j]
+                }
+            }
+            let partialSum = partials.reduce(0, +)
+            for j in 0..<n {
+                // through log q = a - lse(a), a = z / T
+                let dA = partials[j] - q[j] * partialSum
+                rowGradients[r * n + j] = soft * dA / temperature
+            }
+            var rowLoss = soft * divergence
+            if hardWeight != 0, let labels {
+                let y = labels[r]
+                let logQ = logSoftmax(zs)!
+                rowLoss += hardWeight * -logQ[y]
+                let untempered = logQ.map(Foundation.exp)
+                for j in 0..<n {
+                    rowGradients[r * n + j] += hardWeight * (untempered[j] - (j == y ? 1 : 0))
+                }
+            }
+            rowLosses[r] = rowLoss
+        }
+        let validRows = valid.filter { $0 }.count
+        let total = zip(rowLosses, valid).reduce(0.0) { $0 + ($1.1 ? $1.0 : 0) }
+        let scale = options.reduction == .mean ? gradOutput / Double(max(1, validRows)) : gradOutput
+        let loss = options.reduction == .mean ? total / Double(max(1, validRows)) : total
+        return Output(rowLosses: rowLosses, loss: loss, gradient: rowGradients.map { $0 * scale }, validRows: validRows)
+    }
+}

@@ -1,1 +1,0 @@
-// Placeholder: the loss kernels' host code lands here.

@@ -1,0 +1,103 @@
+/// exp and log polynomials over 16 lanes, the same as `kd_exp` / `kd_log1p_unit` / `kd_logaddexp`
+/// in `Kernels/distill_loss.cl` (Cephes expf / logf), so the CPU twins do the same math as the kernels.
+typealias Float16Lanes = SIMD16<Float>
+
+/// e^x; 0 below x = -87 (so -inf gives exactly 0), ~1 ulp elsewhere, x clamped at 88.
+@inline(__always)
+func kdExp(_ x0: Float16Lanes) -> Float16Lanes {
+    var x = pointwiseMin(pointwiseMax(x0, Float16Lanes(repeating: -87)), Float16Lanes(repeating: 88))
+    // n = round(x / ln 2) by the 1.5 * 2^23 trick: its integer lands in the low mantissa bits.
+    let t = x * 1.44269504088896341 + 12582912
+    let fx = t - 12582912
+    x = x - fx * 0.693359375 + fx * 2.12194440e-4
+    let z = x * x
+    var y = Float16Lanes(repeating: 1.9875691500E-4)
+    y = y * x + 1.3981999507E-3
+    y = y * x + 8.3334519073E-3
+    y = y * x + 4.1665795894E-2
+    y = y * x + 1.6666665459E-1
+    y = y * x + 5.0000001201E-1
+    y = y * z + x + 1
+    let n = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127
+    let scale = unsafeBitCast(n &<< 23, to: Float16Lanes.self)
+    return (y * scale).replacing(with: 0, where: x0 .< -87)
+}
+
+/// log(1 + u) for u in [0, 1], to full precision for small u.
+@inline(__always)
+func kdLog1pUnit(_ u: Float16Lanes) -> Float16Lanes {
+    let w = 1 + u
+    let big = w .> 1.41421356
+    let e = Float16Lanes(repeating: 0).replacing(with: 1, where: big)
+    let m = w.replacing(with: w * 0.5, where: big)
+    let x = m - 1
+    let z = x * x
+    var y = Float16Lanes(repeating: 7.0376836292E-2)
+    y = y * x - 1.1514610310E-1
+    y = y * x + 1.1676998740E-1
+    y = y * x - 1.2420140846E-1
+    y = y * x + 1.4249322787E-1
+    y = y * x - 1.6668057665E-1
+    y = y * x + 2.0000714765E-1
+    y = y * x - 2.4999993993E-1
+    y = y * x + 3.3333331174E-1
+    y = y * x * z
+    y = y - 2.12194440e-4 * e - 0.5 * z
+    return x + y + 0.693359375 * e + (u - (w - 1)) / w
+}
+
+/// log(e^x + e^y); -inf when both are -inf.
+@inline(__always)
+func kdLogAddExp(_ x: Float16Lanes, _ y: Float16Lanes) -> Float16Lanes {
+    let mx = pointwiseMax(x, y)
+    let r = mx + kdLog1pUnit(kdExp(-abs(x - y)))
+    return r.replacing(with: -.infinity, where: mx .== -.infinity)
+}
+
+/// -1, 0 or 1 per lane.
+@inline(__always)
+func laneSign(_ x: Float16Lanes) -> Float16Lanes {
+    Float16Lanes(repeating: 0).replacing(with: 1, where: x .> 0).replacing(with: -1, where: x .< 0)
+}
+
+@inline(__always)
+func abs(_ x: Float16Lanes) -> Float16Lanes {
+    unsafeBitCast(unsafeBitCast(x, to: SIMD16<UInt32>.self) & 0x7FFF_FFFF, to: Float16Lanes.self)
+}
+
+/// Lane v of a row of n floats; lanes past n read as -inf (zero probability), like the kernels' load_row.
+@inline(__always)
+func loadRow(_ row: UnsafePointer<Float>, _ v: Int, _ n: Int) -> Float16Lanes {
+    let base = v &* 16
+    if base &+ 16 <= n { return UnsafeRawPointer(row + base).loadUnaligned(as: Float16Lanes.self) }
+    var t = Float16Lanes(repeating: -.infinity)
+    for i in 0..<(n - base) { t[i] = row[base + i] }
+    return t
+}
+
+@inline(__always)
+func storeRow(_ value: Float16Lanes, _ row: UnsafeMutablePointer<Float>, _ v: Int, _ n: Int) {
+    let base = v &* 16
+    if base &+ 16 <= n {
+        UnsafeMutableRawPointer(row + base).storeBytes(of: value, as: Float16Lanes.self)
+        return
+    }
+    for i in 0..<(n - base) { row[base + i] = value[i] }
+}
+
+/// Full 16-lane load/store of a scratch row padded to a multiple of 16.
+@inline(__always)
+func loadLanes(_ row: UnsafePointer<Float>, _ v: Int) -> Float16Lanes {
+    UnsafeRawPointer(row + v &* 16).loadUnaligned(as: Float16Lanes.self)
+}
+
+@inline(__always)
+func storeLanes(_ value: Float16Lanes, _ row: UnsafeMutablePointer<Float>, _ v: Int) {
+    UnsafeMutableRawPointer(row + v &* 16).storeBytes(of: value, as: Float16Lanes.self)
+}
+
+@inline(__always)
+func anyBad(_ x: Float16Lanes) -> Bool {
+    // Not below +inf: +inf or NaN.
+    any(.!(x .< .infinity))
+}

@@ -1,0 +1,228 @@
+import CPUBackend
+import Foundation
+import Losses
+import OpenCLBackend
+import Tensor
+import TestSupport
+import XCTest
+
+/// Every divergence and option of the fused loss, on the CPU twin and the OpenCL kernel, against the
+/// fp64 reference with wide logits (randn * 10), masked vocabulary entries and ignored rows.
+final class DivergenceTests: XCTestCase {
+    static let divergences: [Divergence] = [
+        .forwardKL, .reverseKL, .totalVariation,
+        .jensenShannon(beta: 0), .jensenShannon(beta: 0.01), .jensenShannon(beta: 0.5), .jensenShannon(beta: 0.9), .jensenShannon(beta: 1),
+        .skewForwardKL(alpha: 0), .skewForwardKL(alpha: 0.01), .skewForwardKL(alpha: 0.1), .skewForwardKL(alpha: 0.5), .skewForwardKL(alpha: 0.9), .skewForwardKL(alpha: 1),
+        .skewReverseKL(alpha: 0), .skewReverseKL(alpha: 0.01), .skewReverseKL(alpha: 0.1), .skewReverseKL(alpha: 0.5), .skewReverseKL(alpha: 0.9), .skewReverseKL(alpha: 1),
+    ]
+    static let temperatures: [Float] = [0.5, 1, 2, 8]
+    /// Loss values and gradients: largest relative error allowed against fp64.
+    static let tolerance = 2e-4
+
+    private func check(_ problem: LossProblem, _ options: DistillationLoss, gradOutput: Float = 1, on backends: [any Backend],
+                       context: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let reference = problem.reference(options, gradOutput: Double(gradOutput))
+        for backend in backends {
+            let (result, gradient) = try problem.run(options, on: backend, gradOutput: gradOutput)
+            let lossError = relativeError(result.loss, reference.loss, unit: options.lossUnit(validRows: reference.validRows))
+            let rowError = relativeError(result.rowLosses, reference.rowLosses, unit: options.lossUnit(validRows: 1))
+            XCTAssertEqual(result.validRows, reference.validRows, "\(context) on \(backend.name)", file: file, line: line)
+            XCTAssertLessThanOrEqual(lossError, Self.tolerance,
+                                     "\(context) on \(backend.name): loss \(result.loss) vs fp64 \(reference.loss)", file: file, line: line)
+            XCTAssertLessThanOrEqual(rowError, Self.tolerance, "\(context) on \(backend.name): row losses", file: file, line: line)
+            if !options.forwardOnly {
+                let gradientError = relativeError(gradient, reference.gradient,
+                                                  unit: options.gradientUnit(validRows: reference.validRows, gradOutput: Double(gradOutput)))
+                XCTAssertLessThanOrEqual(gradientError, Self.tolerance,
+                                         "\(context) on \(backend.name): gradient error \(gradientError)", file: file, line: line)
+            }
+        }
+    }
+
+    /// 41 x 1271 (odd rows, prime-ish columns), every divergence at every temperature; the last row is
+    /// all -inf and ignored by its label, another row is masked out.
+    func testEveryDivergenceAndTemperatureAgainstFP64() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 3)
+        var problem = LossProblem.random(&rng, rows: 41, vocabulary: 1271, maskedRows: [40])
+        problem.labels = (0..<41).map { $0 == 40 || $0 == 7 ? -100 : Float(Int.random(in: 0..<1271, using: &rng)) }
+        problem.rowMask = (0..<41).map { $0 == 12 ? 0 : 1 }
+        for divergence in Self.divergences {
+            for temperature in Self.temperatures {
+                let options = DistillationLoss(divergence: divergence, temperature: temperature)
+                try check(problem, options, on: backends, context: "\(divergence) T=\(temperature) 41x1271")
+            }
+        }
+    }
+
+    /// Odd shapes: V = 1, V prime and below / above the vector width, a single row, many short rows.
+    func testOddShapes() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 5)
+        for (rows, vocabulary) in [(1, 1), (3, 1), (1, 2), (2, 7), (5, 17), (3, 1031), (64, 5), (2, 32003)] {
+            let problem = LossProblem.random(&rng, rows: rows, vocabulary: vocabulary)
+            for divergence in [Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1),
+                               .skewReverseKL(alpha: 0.1), .totalVariation] {
+                try check(problem, DistillationLoss(divergence: divergence, temperature: 2), on: backends,
+                          context: "\(divergence) \(rows)x\(vocabulary)")
+            }
+        }
+    }
+
+    /// Hard-label cross-entropy on the untempered logits mixed with the soft term, T^2 on and off,
+    /// reductions, grad_output != 1, forward-only and a separate gradient buffer.
+    func testHardLabelsReductionsAndGradOutput() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 7)
+        var problem = LossProblem.random(&rng, rows: 9, vocabulary: 301)
+        problem.labels = (0..<9).map { $0 == 4 ? -100 : Float(Int.random(in: 0..<301, using: &rng)) }
+        // A label must have a finite logit for a finite cross-entropy.
+        for r in 0..<9 where problem.labels![r] >= 0 {
+            let j = Int(problem.labels![r])
+            if problem.student[r * 301 + j] == -.infinity {
+                problem.student[r * 301 + j] = 1
+                problem.teacher[r * 301 + j] = 1
+            }
+        }
+        for temperature: Float in [1, 2] {
+            for divergence in [Divergence.forwardKL, .jensenShannon(beta: 0.3)] {
+                for (squared, reduction) in [(true, LossReduction.mean), (false, .sum), (true, .none)] {
+                    let options = DistillationLoss(divergence: divergence, temperature: temperature, scaleBySquaredTemperature: squared,
+                                                   softWeight: 0.7, hardWeight: 0.3, reduction: reduction)
+                    try check(problem, options, gradOutput: 2.5, on: backends,
+                              context: "hard+\(divergence) T=\(temperature) T^2=\(squared) \(reduction) gradOutput=2.5")
+                }
+            }
+        }
+        for backend in backends {
+            let options = DistillationLoss(divergence: .reverseKL, temperature: 2, hardWeight: 0.5)
+            let (inPlace, inPlaceGradient) = try problem.run(options, on: backend)
+            let (separate, separateGradient) = try problem.run(options, on: backend, separateGradient: true)
+            XCTAssertEqual(inPlace.loss, separate.loss)
+            XCTAssertEqual(inPlaceGradient, separateGradient, "in place vs separate gradient on \(backend.name)")
+            var forward = options
+            forward.forwardOnly = true
+            let (evaluation, untouched) = try problem.run(forward, on: backend)
+            XCTAssertEqual(evaluation.loss, inPlace.loss, accuracy: abs(inPlace.loss) * 1e-6)
+            XCTAssertEqual(untouched, problem.student, "forward-only must leave the logits as they were")
+        }
+    }
+
+    /// Infinite entries: a teacher-only -inf under forward KL and a student-only -inf under reverse KL
+    /// are finite losses; a fully masked row that is ignored adds nothing.
+    func testOneSidedNegativeInfinity() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 11)
+        var problem = LossProblem.random(&rng, rows: 4, vocabulary: 97, maskedFraction: 0)
+        for r in 0..<4 { for j in stride(from: 3, to: 97, by: 5) { problem.teacher[r * 97 + j] = -.infinity } }
+        try check(problem, DistillationLoss(divergence: .forwardKL, temperature: 2), on: backends, context: "fkl, teacher-only -inf")
+        try check(problem, DistillationLoss(divergence: .jensenShannon(beta: 0.5)), on: backends, context: "jsd, teacher-only -inf")
+        try check(problem, DistillationLoss(divergence: .totalVariation), on: backends, context: "tvd, teacher-only -inf")
+        try check(problem, DistillationLoss(divergence: .skewReverseKL(alpha: 0.1)), on: backends, context: "srkl, teacher-only -inf")
+        swap(&problem.student, &problem.teacher)
+        try check(problem, DistillationLoss(divergence: .reverseKL, temperature: 0.5), on: backends, context: "rkl, student-only -inf")
+        try check(problem, DistillationLoss(divergence: .skewForwardKL(alpha: 0.1)), on: backends, context: "sfkl, student-only -inf")
+    }
+
+    /// TAID: t = 0 gives 0, t = 1 equals the plain teacher, t in between matches the reference, and
+    /// its gradient treats the student inside the target as a constant.
+    func testTAIDInterpolation() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 13)
+        let problem = LossProblem.random(&rng, rows: 6, vocabulary: 513)
+        for t: Float in [0, 0.4, 0.9, 1] {
+            for divergence in [Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5)] {
+                try check(problem, DistillationLoss(divergence: divergence, temperature: 2, taidInterpolation: t), on: backends,
+                          context: "taid t=\(t) \(divergence)")
+            }
+        }
+        // Stop-gradient: the TAID gradient equals the plain loss's against the precomputed target.
+        var mixed = problem
+        mixed.teacher = zip(problem.student, problem.teacher).map { s, u in
+            s == -.infinity || u == -.infinity ? -.infinity : 0.6 * s + 0.4 * u
+        }
+        for backend in backends {
+            let (_, taidGradient) = try problem.run(DistillationLoss(temperature: 2, taidInterpolation: 0.4), on: backend)
+            let plain = mixed.reference(DistillationLoss(temperature: 2))
+            XCTAssertLessThanOrEqual(relativeError(taidGradient, plain.gradient), Self.tolerance, "TAID stop-gradient on \(backend.name)")
+        }
+        for backend in backends {
+            let zero = try problem.run(DistillationLoss(temperature: 2, taidInterpolation: 0), on: backend)
+            XCTAssertEqual(zero.result.loss, 0, accuracy: 1e-5, "TAID t = 0 on \(backend.name)")
+        }
+    }
+
+    /// A top-k teacher with both missing-mass rules; k = V with renormalize equals the dense teacher.
+    func testTopKTeacher() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 17)
+        let (rows, vocabulary, k) = (5, 263, 20)
+        // randn * 4: with randn * 10 the top 20 of 263 leave a rest mass near 1e-8, which fp32
+        // log-probabilities only carry to a few digits (d rest / d value_i = -p_i), however it is computed.
+        let dense = LossProblem.random(&rng, rows: rows, vocabulary: vocabulary, scale: 4, maskedFraction: 0)
+        var ids: [Float] = [], logits: [Float] = [], logProbabilities: [Float] = []
+        for r in 0..<rows {
+            let row = Array(dense.teacher[(r * vocabulary)..<((r + 1) * vocabulary)])
+            let order = row.indices.sorted { row[$0] > row[$1] }.prefix(k)
+            let m = Double(row.max()!)
+            let lse = m + Foundation.log(row.reduce(0.0) { $0 + Foundation.exp(Double($1) - m) })
+            for j in order {
+                ids.append(Float(j))
+                logits.append(row[j])
+                logProbabilities.append(Float(Double(row[j]) - lse))
+            }
+        }
+        for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities)] {
+            var problem = dense
+            problem.topK = (ids, values, k, missingMass)
+            var divergences: [Divergence] = [.forwardKL, .jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)]
+            if missingMass == .uniform { divergences += [.reverseKL, .skewReverseKL(alpha: 0.1)] }
+            for divergence in divergences {
+                for temperature: Float in [1, 2] {
+                    try check(problem, DistillationLoss(divergence: divergence, temperature: temperature), on: backends,
+                              context: "top-\(k) \(missingMass) \(divergence) T=\(temperature)")
+                }
+            }
+        }
+        // k = V, renormalized: the dense teacher in another order.
+        var full = dense
+        var allIDs: [Float] = [], allValues: [Float] = []
+        for r in 0..<rows {
+            for j in (0..<vocabulary).reversed() {
+                allIDs.append(Float(j))
+                allValues.append(dense.teacher[r * vocabulary + j])
+            }
+        }
+        full.topK = (allIDs, allValues, vocabulary, .renormalize)
+        for backend in backends {
+            let a = try full.run(DistillationLoss(temperature: 2), on: backend)
+            let b = try dense.run(DistillationLoss(temperature: 2), on: backend)
+            XCTAssertLessThanOrEqual(relativeError(a.gradient, b.gradient.map(Double.init)), 1e-6)
+            XCTAssertEqual(a.result.loss, b.result.loss, accuracy: abs(b.result.loss) * 1e-6)
+        }
+    }
+
+    /// A padded teacher vocabulary: refused with both sizes named, accepted with the truncation option.
+    func testTeacherVocabularyTruncation() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 19)
+        let problem = LossProblem.random(&rng, rows: 3, vocabulary: 100)
+        var padded = problem
+        padded.teacherStride = 107
+        padded.teacher = []
+        for r in 0..<3 {
+            let row: [Float] = Array(problem.teacher[(r * 100)..<((r + 1) * 100)])
+            padded.teacher += row + rng.normals(7, scale: 10)
+        }
+        for backend in backends {
+            XCTAssertThrowsError(try padded.run(DistillationLoss(), on: backend)) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains("100") && text.contains("107") && text.contains("truncateTeacherVocabulary"), text)
+            }
+            let truncated = try padded.run(DistillationLoss(temperature: 2, truncateTeacherVocabulary: true), on: backend)
+            let plain = try problem.run(DistillationLoss(temperature: 2), on: backend)
+            XCTAssertEqual(truncated.result.loss, plain.result.loss)
+            XCTAssertEqual(truncated.gradient, plain.gradient)
+        }
+    }
+}

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import GGUF
 import Models
@@ -57,34 +58,14 @@ public final class StudentModel {
     /// Tokens and shapes of the last forward, and its saved activations.
     private var saved: (tokens: [Int32], batch: Int, length: Int, blocks: [BlockActivations], last: Tensor, finalHidden: Tensor)?
 
-    /// Builds the student from named host tensors (GGUF names, fp32); `config.tiedEmbeddings` decides whether `output.weight` is expected.
-    public init(config: LlamaConfig, tensors: [String: (shape: [Int], values: [Float])], backend: any Backend) throws {
-        self.config = config
+    /// Uploads `parameters` (fp32, GGUF names and layout) as the student's trainable tensors, with zero gradients and moments.
+    public init(parameters: LlamaParameters, backend: any Backend) throws {
+        config = parameters.config
         self.backend = backend
-        var parameters: [Parameter] = []
-        for (name, shape) in Self.parameterShapes(config) {
-            guard let tensor = tensors[name] else { throw ModelError.missingTensor("student: missing tensor \(name)") }
-            guard tensor.shape == shape else {
-                throw ModelError.badTensor("student: tensor \(name) has shape \(describeShape(tensor.shape)), expected \(describeShape(shape))")
-            }
-            parameters.append(try Parameter(name: name, shape: shape, values: tensor.values, backend: backend))
+        self.parameters = try LlamaParameters.expectedShapes(for: parameters.config).map { name, shape in
+            try Parameter(name: name, shape: shape, values: parameters.tensors[name]!.values, backend: backend)
         }
-        self.parameters = parameters
-        byName = Dictionary(uniqueKeysWithValues: parameters.map { ($0.name, $0) })
-    }
-
-    /// Every parameter's name and shape, in a fixed order.
-    public static func parameterShapes(_ config: LlamaConfig) -> [(String, [Int])] {
-        let (c, f, hs) = (config.width, config.feedForward, config.headDimension)
-        var shapes: [(String, [Int])] = [("token_embd.weight", [config.vocabulary, c]), ("output_norm.weight", [c])]
-        if !config.tiedEmbeddings { shapes.append(("output.weight", [config.vocabulary, c])) }
-        for l in 0..<config.layers {
-            shapes += [("blk.\(l).attn_norm.weight", [c]), ("blk.\(l).attn_q.weight", [config.heads * hs, c]),
-                       ("blk.\(l).attn_k.weight", [config.kvWidth, c]), ("blk.\(l).attn_v.weight", [config.kvWidth, c]),
-                       ("blk.\(l).attn_output.weight", [c, config.heads * hs]), ("blk.\(l).ffn_norm.weight", [c]),
-                       ("blk.\(l).ffn_gate.weight", [f, c]), ("blk.\(l).ffn_up.weight", [f, c]), ("blk.\(l).ffn_down.weight", [c, f])]
-        }
-        return shapes
+        byName = Dictionary(uniqueKeysWithValues: self.parameters.map { ($0.name, $0) })
     }
 
     public func parameter(_ name: String) -> Parameter { byName[name]! }
@@ -95,6 +76,59 @@ public final class StudentModel {
     public func zeroGradients() throws {
         for p in parameters { try backend.fill(p.gradient, value: 0) }
     }
+
+    /// The global L2 norm of every gradient (summed in fp64 from per-row sums of squares).
+    public func gradientNorm() throws -> Float {
+        var total = 0.0
+        for p in parameters {
+            let rows = try p.gradient.reshaped([p.gradient.count / p.gradient.columns, p.gradient.columns])
+            let sums = try backend.tensor(shape: [rows.shape[0]], label: "gradient norm rows")
+            try backend.reduceRows(.sumSquares, rows, into: sums)
+            total += try sums.toArray().reduce(0.0) { $0 + Double($1) }
+        }
+        return Float(total.squareRoot())
+    }
+
+    /// Clips the gradients to `clip` (global norm; 0 is no clipping), then one AdamW step of every
+    /// parameter; norm weights are not decayed.
+    public func update(_ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
+        if clip > 0, gradientNorm > clip {
+            for p in parameters { try backend.scale(p.gradient, by: clip / gradientNorm, into: p.gradient) }
+        }
+        for p in parameters {
+            var parameterStep = step
+            if !p.decays { parameterStep.weightDecay = 0 }
+            try backend.adamw(p.value, gradient: p.gradient, firstMoment: p.firstMoment, secondMoment: p.secondMoment, parameterStep)
+        }
+    }
+
+    /// The parameters on the host, for checkpoints and export.
+    public func downloadParameters() throws -> LlamaParameters {
+        try LlamaParameters(config: config, tensors: Dictionary(uniqueKeysWithValues: parameters.map {
+            ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.value.toArray()))
+        }), source: "student")
+    }
+
+    /// The AdamW moments on the host, for checkpoints.
+    public func downloadMoments() throws -> AdamWMoments {
+        AdamWMoments(first: Dictionary(uniqueKeysWithValues: try parameters.map { ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.firstMoment.toArray())) }),
+                     second: Dictionary(uniqueKeysWithValues: try parameters.map { ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.secondMoment.toArray())) }))
+    }
+
+    /// Restores AdamW moments saved by ``downloadMoments()``.
+    public func loadMoments(_ moments: AdamWMoments) throws {
+        for p in parameters {
+            guard let first = moments.first[p.name], let second = moments.second[p.name],
+                  first.shape == p.value.shape, second.shape == p.value.shape else {
+                throw ModelError.badTensor("optimizer state: moments of \(p.name) are missing or of the wrong shape")
+            }
+            try backend.upload(first.values.withUnsafeBufferPointer { $0 }, to: p.firstMoment)
+            try backend.upload(second.values.withUnsafeBufferPointer { $0 }, to: p.secondMoment)
+        }
+    }
+
+    /// Drops the activations of the last forward (after an evaluation-only forward).
+    public func discardSavedActivations() { saved = nil }
 
     private func weight(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").value }
     private func gradient(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").gradient }

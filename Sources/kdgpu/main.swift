@@ -10,7 +10,7 @@ struct KDGPU: ParsableCommand {
         KDGPU_MEMORY_BUDGET (e.g. 6G) caps the device memory kdgpu allocates; KDGPU_VECTOR_WIDTH (1-16) \
         overrides the kernels' vector width.
         """,
-        subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, BenchCommand.self]
+        subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, TrainCommand.self, ExportCommand.self, BenchCommand.self]
     )
 }
 

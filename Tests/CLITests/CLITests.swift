@@ -66,9 +66,15 @@ final class CLITests: XCTestCase {
         let records = try JSONSerialization.jsonObject(with: Data(bench.standardOutput.utf8)) as! [[String: Any]]
         XCTAssertEqual(records.map { $0["backend"] as? String }, ["cpu"])
 
-        let forced = try kdgpu(["bench", "copy", "--device", "opencl"], environment: environment)
-        XCTAssertEqual(forced.status, 1)
-        XCTAssertTrue(forced.standardError.hasPrefix("kdgpu: OpenCL error CL_PLATFORM_NOT_FOUND_KHR"), forced.standardError)
+        let named = try kdgpu(["bench", "copy", "--device", "opencl:0:0"], environment: environment)
+        XCTAssertEqual(named.status, 1)
+        XCTAssertTrue(named.standardError.hasPrefix("kdgpu: OpenCL error CL_PLATFORM_NOT_FOUND_KHR"), named.standardError)
+
+        let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+        let fallback = try kdgpu(["generate", "--model", model, "--prompt", "in", "--max-tokens", "2", "--temperature", "0"], environment: environment)
+        XCTAssertEqual(fallback.status, 0, fallback.standardError)
+        XCTAssertTrue(fallback.standardError.contains("no OpenCL platform; using the CPU backend"), fallback.standardError)
     }
 
     /// A copy of the release binary in another folder, with the source tree out of reach, runs its embedded kernels.

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import Models
 import Tensor
@@ -11,15 +12,15 @@ final class StudentGradientTests: XCTestCase {
     static let config = LlamaConfig(layers: 2, width: 32, feedForward: 48, heads: 4, kvHeads: 2, vocabulary: 50, contextLength: 16,
                                     ropeBase: 10000, normEpsilon: 1e-5, tiedEmbeddings: true)
 
-    static func randomTensors(_ config: LlamaConfig, seed: UInt64) -> [String: (shape: [Int], values: [Float])] {
+    static func randomParameters(_ config: LlamaConfig, seed: UInt64) throws -> LlamaParameters {
         var rng = SeededRandom(seed: seed)
-        var tensors: [String: (shape: [Int], values: [Float])] = [:]
-        for (name, shape) in StudentModel.parameterShapes(config) {
+        var tensors: [String: ParameterTensor] = [:]
+        for (name, shape) in LlamaParameters.expectedShapes(for: config) {
             let count = shape.reduce(1, *)
-            tensors[name] = (shape, shape.count == 1 ? rng.normals(count).map { 1 + 0.2 * $0 }
-                                                     : rng.normals(count, scale: 1 / Float(shape.last!).squareRoot()))
+            tensors[name] = ParameterTensor(shape: shape, values: shape.count == 1 ? rng.normals(count).map { 1 + 0.2 * $0 }
+                                                                                   : rng.normals(count, scale: 1 / Float(shape.last!).squareRoot()))
         }
-        return tensors
+        return try LlamaParameters(config: config, tensors: tensors)
     }
 
     /// L = sum(r * finalHidden(tokens)) for a fixed random r, so dL/dfinalHidden = r.
@@ -34,7 +35,7 @@ final class StudentGradientTests: XCTestCase {
         let r = rng.normals(tokens.count * tokens[0].count * Self.config.width)
         var gradientsByBackend: [[Float]] = []
         for backend in try TestBackends.all() {
-            let model = try StudentModel(config: Self.config, tensors: Self.randomTensors(Self.config, seed: 11), backend: backend)
+            let model = try StudentModel(parameters: Self.randomParameters(Self.config, seed: 11), backend: backend)
             try model.zeroGradients()
             _ = try model.forward(tokens)
             try model.backward(finalHiddenGradient: backend.tensor(r, shape: [r.count / Self.config.width, Self.config.width], label: "r"))
@@ -71,12 +72,12 @@ final class StudentGradientTests: XCTestCase {
     func testForwardMatchesTheInferenceModel() throws {
         var config = Self.config
         config.tiedEmbeddings = false
-        let tensors = Self.randomTensors(config, seed: 3)
+        let parameters = try Self.randomParameters(config, seed: 3)
         let tokens: [[Int32]] = [[4, 9, 1, 33, 2]]
         for backend in try TestBackends.all() {
-            let student = try StudentModel(config: config, tensors: tensors, backend: backend)
+            let student = try StudentModel(parameters: parameters, backend: backend)
             let hidden = try student.forward(tokens).toArray()
-            func upload(_ name: String) throws -> Tensor { try backend.tensor(tensors[name]!.values, shape: tensors[name]!.shape, label: name) }
+            func upload(_ name: String) throws -> Tensor { try backend.tensor(parameters.tensors[name]!.values, shape: parameters.tensors[name]!.shape, label: name) }
             let blocks = try (0..<config.layers).map { l in
                 LlamaBlockWeights(attentionNorm: try upload("blk.\(l).attn_norm.weight"), query: try upload("blk.\(l).attn_q.weight"),
                                   key: try upload("blk.\(l).attn_k.weight"), value: try upload("blk.\(l).attn_v.weight"),

@@ -1,0 +1,289 @@
+import Checkpoint
+import Foundation
+import GGUF
+import Losses
+import Models
+import Tensor
+import Tokenizer
+import TrainingData
+
+/// What a finished run reports.
+public struct RunSummary {
+    public var steps: Int
+    public var teacherValidationPerplexity: Double
+    public var initialStudentValidationPerplexity: Double?
+    public var finalStudentValidationPerplexity: Double
+    public var exportedGGUF: URL?
+    public var checkpoint: URL
+}
+
+/// One distillation run: the teacher (quantized, inference only) teaches the student (fp32, trained
+/// with AdamW) on windows of the corpus; metrics, checkpoints and the exported student go to `out`.
+///
+/// Per optimizer step, for each micro-batch: teacher logits [N, V]; student hidden [N, C] and
+/// logits [N, V] = h W_outᵀ; the fused loss writes dL/dlogits in place of the logits; then
+/// dh = dlogits W_out, dW_out += dlogitsᵀ h, and the student's backward. Then clip, AdamW, schedules.
+public final class DistillationRun {
+    public let config: TrainingConfig
+    let backend: any Backend
+    let log: (String) -> Void
+    let progress: (String) -> Void
+    let resume: Bool
+
+    /// - Parameters:
+    ///   - resume: continue from `config.out`'s checkpoint (the configuration must match it but for `steps`).
+    ///   - log: lines worth keeping (validation, checkpoints, summary).
+    ///   - progress: the per-step status (a terminal redraws it in place).
+    public init(config: TrainingConfig, backend: any Backend, resume: Bool, log: @escaping (String) -> Void,
+                progress: @escaping (String) -> Void) throws {
+        try config.validate()
+        self.config = config
+        self.backend = backend
+        self.resume = resume
+        self.log = log
+        self.progress = progress
+    }
+
+    /// The parts of the configuration a resumed run must share with the run that wrote the checkpoint.
+    static func identity(_ config: TrainingConfig) throws -> JSONValue {
+        var frozen = config
+        frozen.steps = 0
+        frozen.device = ""
+        frozen.out = ""
+        return try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(frozen))
+    }
+
+    public func run() throws -> RunSummary {
+        let out = URL(fileURLWithPath: config.out, isDirectory: true)
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+
+        // Teacher and tokenizer.
+        guard FileManager.default.fileExists(atPath: config.teacher) else {
+            throw TrainingError.config("teacher: \(config.teacher) does not exist; run `make teacher` or pass --teacher FILE.gguf")
+        }
+        let teacherFile = try GGUFFile(path: config.teacher)
+        let tokenizer = try BPETokenizer(gguf: teacherFile)
+        let teacher = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        guard config.seqLen <= teacher.config.contextLength else {
+            throw TrainingError.config("seq_len: \(config.seqLen) exceeds the teacher's context length \(teacher.config.contextLength)")
+        }
+
+        // Data.
+        let corpus = try Corpus(path: config.data)
+        let tokenized = try TokenCache().tokens(for: corpus, tokenizer: tokenizer)
+        let dataset = try TokenDataset(tokens: tokenized.tokens, sequenceLength: config.seqLen,
+                                       validationFraction: config.validationFraction, seed: config.seed)
+        guard dataset.trainingWindowCount >= config.batchSize, dataset.validationWindowCount >= 1 else {
+            throw TrainingError.data("\(config.data): \(tokenized.tokens.count) tokens make \(dataset.windowCount) windows of \(config.seqLen); "
+                                     + "need \(config.batchSize) for training plus 1 for validation: use more text, a smaller --seq-len or --batch-size")
+        }
+        log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
+            + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")
+
+        // Student: from the checkpoint, or inherited from the teacher.
+        let identity = try Self.identity(config)
+        var startStep = 0
+        var position = DataPosition.start
+        var objective = DistillationObjective(config: config)
+        let student: StudentModel
+        if resume {
+            let checkpoint = try TrainingCheckpoint.load(from: out)
+            let differences = identity.differences(from: checkpoint.state.configuration)
+            guard differences.isEmpty else {
+                throw TrainingError.resume("\(out.path): the checkpoint was written with a different configuration (\(differences.joined(separator: "; "))); resume with the same options or start a new --out")
+            }
+            guard checkpoint.parameters.config.vocabulary == teacher.config.vocabulary else {
+                throw TrainingError.resume("\(out.path): the checkpoint's vocabulary \(checkpoint.parameters.config.vocabulary) differs from the teacher's \(teacher.config.vocabulary)")
+            }
+            student = try StudentModel(parameters: checkpoint.parameters, backend: backend)
+            try student.loadMoments(checkpoint.moments)
+            startStep = checkpoint.state.step
+            position = DataPosition(epoch: checkpoint.state.dataEpoch, index: checkpoint.state.dataIndex)
+            objective = try JSONDecoder().decode(DistillationObjective.self, from: JSONEncoder().encode(checkpoint.state.schedules))
+            log("resumed from \(out.path) at step \(startStep)")
+        } else {
+            let layers = try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers)
+            student = try StudentModel(parameters: LlamaParameters(gguf: teacherFile).inheriting(blocks: layers), backend: backend)
+            log("student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
+                + "\(student.parameterCount) parameters")
+        }
+        guard startStep < config.steps || !resume else {
+            throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
+        }
+        var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize, position: position)
+        let metrics = try MetricsLog(url: out.appendingPathComponent("metrics.jsonl"), keepingStepsUpTo: resume ? startStep : 0)
+        let validation = Array(dataset.validationBatches(batchSize: config.batchSize).joined().prefix(config.evalWindows))
+        let validationBatches = stride(from: 0, to: validation.count, by: config.batchSize).map {
+            Array(validation[$0..<min(validation.count, $0 + config.batchSize)])
+        }
+
+        let teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try teacher.likelihood(of: $1)) }
+        var initialStudentPerplexity: Double?
+        if !resume {
+            let initial = try studentLikelihood(student, validationBatches)
+            initialStudentPerplexity = initial.perplexity
+            try metrics.append(["step": 0, "val_nll": initial.meanNLL, "val_perplexity": initial.perplexity, "teacher_val_nll": teacherNLL.meanNLL])
+            log(String(format: "validation before training: teacher perplexity %.3f, student perplexity %.3f", teacherNLL.perplexity, initial.perplexity))
+        }
+
+        let schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
+                                            minimumFraction: config.minLrFraction)
+        var lastCheckpoint = out.appendingPathComponent(TrainingCheckpoint.currentLinkName)
+        var finalNLL: LikelihoodResult?
+        let runStart = DispatchTime.now().uptimeNanoseconds
+        for step in (startStep + 1)...config.steps {
+            let stepStart = DispatchTime.now().uptimeNanoseconds
+            let temperature = objective.temperature
+            let parts = try trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+            guard parts.loss.isFinite, parts.crossEntropy.isFinite, parts.gradientNorm.isFinite else {
+                throw TrainingError.numeric("step \(step): non-finite \(!parts.loss.isFinite ? "loss \(parts.loss)" : !parts.crossEntropy.isFinite ? "cross-entropy \(parts.crossEntropy)" : "gradient norm \(parts.gradientNorm)"); "
+                                            + "the last good checkpoint is \(lastCheckpoint.path); try a lower --lr")
+            }
+            let learningRate = schedule.rate(at: step)
+            try student.update(AdamWStep(learningRate: learningRate, beta1: config.beta1, beta2: config.beta2, weightDecay: config.weightDecay, step: step),
+                               gradientNorm: parts.gradientNorm, clip: config.gradClip)
+            objective.update(step: step, totalSteps: config.steps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
+                             teacherCrossEntropy: parts.teacherCrossEntropy)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
+            let tokensPerSecond = Double(config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
+            var record: [String: Any] = ["step": step, "loss": Double(parts.loss), "kd_loss": Double(parts.divergence),
+                                         "ce_loss": Double(parts.crossEntropy), "temperature": Double(temperature), "lr": Double(learningRate),
+                                         "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
+            if let t = objective.taid?.t { record["taid_t"] = Double(t) }
+            try metrics.append(record)
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - runStart) / 1e9
+            let remaining = elapsed / Double(step - startStep) * Double(config.steps - step)
+            progress(progressLine(step: step, loss: parts.loss, kd: parts.divergence, ce: parts.crossEntropy,
+                                  tokensPerSecond: tokensPerSecond, remaining: remaining))
+
+            let last = step == config.steps
+            if last || (config.evalEvery > 0 && step % config.evalEvery == 0) {
+                let result = try studentLikelihood(student, validationBatches)
+                try metrics.append(["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity])
+                log(String(format: "step %d: validation NLL %.4f, perplexity %.3f", step, result.meanNLL, result.perplexity))
+                finalNLL = result
+            }
+            if last || (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) {
+                let state = TrainerState(step: step, dataEpoch: sampler.position.epoch, dataIndex: sampler.position.index, rngState: config.seed,
+                                         configuration: identity, schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(objective)))
+                lastCheckpoint = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: student.downloadMoments(), state: state)
+                    .save(in: out)
+                log("step \(step): checkpoint \(lastCheckpoint.path)")
+            }
+        }
+
+        // The loss curve, the exported student, the summary.
+        let logged = try MetricsLog.read(metrics.url)
+        let curve = lossCurveSVG(steps: logged.compactMap { o in (o["loss"] as? Double).map { (o["step"] as! Int, $0) } },
+                                 validation: logged.compactMap { o in (o["val_nll"] as? Double).map { (o["step"] as! Int, $0) } },
+                                 title: "kdgpu: \(config.divergence) distillation, T=\(config.temperature)")
+        try curve.write(to: out.appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
+        var exported: URL?
+        if config.exportGguf != "none" {
+            let url = out.appendingPathComponent("student.gguf")
+            let type: GGMLType = config.exportGguf == "f32" ? .f32 : config.exportGguf == "q8_0" ? .q8_0 : .f16
+            try GGUFExport.write(student.downloadParameters(), to: url, matrixType: type, tokenizerFrom: teacherFile, name: "kdgpu student")
+            exported = url
+            log("exported \(url.path) (\(config.exportGguf))")
+        }
+        let final = try finalNLL ?? studentLikelihood(student, validationBatches)
+        return RunSummary(steps: config.steps, teacherValidationPerplexity: teacherNLL.perplexity,
+                          initialStudentValidationPerplexity: initialStudentPerplexity, finalStudentValidationPerplexity: final.perplexity,
+                          exportedGGUF: exported, checkpoint: lastCheckpoint)
+    }
+
+    struct StepParts {
+        var loss: Float = 0
+        var crossEntropy: Float = 0
+        var divergence: Float = 0
+        var teacherCrossEntropy: Float = 0
+        var gradientNorm: Float = 0
+    }
+
+    /// Forward and backward of every micro-batch of one step; gradients are left in the student.
+    func trainingStep(student: StudentModel, teacher: LlamaModel, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
+        try student.zeroGradients()
+        var parts = StepParts()
+        let loss = objective.loss
+        let crossEntropyOnly = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, forwardOnly: true)
+        let batches = (0..<config.gradientAccumulation).map { _ in sampler.next().tokens }
+        let rowsPerBatch = config.batchSize * (config.seqLen - 1)
+        let totalRows = Float(rowsPerBatch * batches.count)
+        let outputWeight = student.outputWeight
+        for tokens in batches {
+            let n = tokens.count * config.seqLen
+            // Position t predicts token t + 1; the last position of each window has no label.
+            let labels = try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
+                                            shape: [n], label: "next-token labels")
+            let teacherLogits = try teacher.forward(tokens).logits!
+            let hidden = try student.forward(tokens)
+            let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "student logits")
+            try backend.gemm(hidden, outputWeight.value, into: logits, transposeB: true)
+            let crossEntropy = try crossEntropyOnly(student: logits, teacher: .dense(teacherLogits), labels: labels).loss
+            if objective.temperatureSchedule == "dts" {
+                parts.teacherCrossEntropy += try crossEntropyOnly(student: teacherLogits, teacher: .dense(teacherLogits), labels: labels).loss / Float(batches.count)
+            }
+            let share = Float(rowsPerBatch) / totalRows
+            let result = try loss(student: logits, teacher: .dense(teacherLogits), labels: labels, gradient: .inPlace, gradOutput: share)
+            parts.loss += result.loss * share
+            parts.crossEntropy += crossEntropy * share
+            // logits now hold dL/dlogits.
+            let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
+            try backend.gemm(logits, outputWeight.value, into: hiddenGradient)
+            try backend.gemm(logits, hidden, into: outputWeight.gradient, transposeA: true, beta: 1)
+            try student.backward(finalHiddenGradient: hiddenGradient)
+        }
+        let softWeight = loss.effectiveSoftWeight
+        parts.divergence = softWeight > 0 ? (parts.loss - loss.hardWeight * parts.crossEntropy) / softWeight : 0
+        parts.gradientNorm = try student.gradientNorm()
+        return parts
+    }
+
+    /// The student's NLL of the validation windows.
+    func studentLikelihood(_ student: StudentModel, _ batches: [[[Int32]]]) throws -> LikelihoodResult {
+        var total = LikelihoodResult()
+        for tokens in batches {
+            let n = tokens.count * tokens[0].count
+            let hidden = try student.forward(tokens)
+            student.discardSavedActivations()
+            let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "validation logits")
+            try backend.gemm(hidden, student.outputWeight.value, into: logits, transposeB: true)
+            let labels = try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] }, shape: [n], label: "labels")
+            let result = try DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)(
+                student: logits, teacher: .dense(logits), labels: labels)
+            total = total + LikelihoodResult(totalNLL: Double(result.loss), tokens: result.validRows)
+        }
+        return total
+    }
+
+    func progressLine(step: Int, loss: Float, kd: Float, ce: Float, tokensPerSecond: Double, remaining: Double) -> String {
+        let width = 24
+        let filled = Int(Double(width) * Double(step) / Double(config.steps))
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        return String(format: "[%@] step %d/%d  loss %.4f (kd %.4f, ce %.4f)  %.0f tok/s  ETA %@", bar, step, config.steps,
+                      loss, kd, ce, tokensPerSecond, formatDuration(remaining))
+    }
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : String(format: "%dm%02ds", s / 60, s % 60)
+}
+
+extension DistillationRun {
+    /// The settings of the run whose checkpoint is in `directory` (for `--resume`).
+    public static func savedConfiguration(in directory: URL) throws -> TrainingConfig {
+        guard let folder = TrainingCheckpoint.currentFolder(in: directory) else {
+            throw TrainingError.resume("\(directory.path): no checkpoint to resume (expected \(directory.appendingPathComponent(TrainingCheckpoint.currentLinkName).path))")
+        }
+        let stateFile = folder.appendingPathComponent(TrainingCheckpoint.stateFileName)
+        guard let data = FileManager.default.contents(atPath: stateFile.path),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let configuration = object["configuration"], let settings = try? JSONSerialization.data(withJSONObject: configuration),
+              let config = try? JSONDecoder().decode(TrainingConfig.self, from: settings) else {
+            throw TrainingError.resume("\(stateFile.path): unreadable or from another version; start a new run")
+        }
+        return config
+    }
+}

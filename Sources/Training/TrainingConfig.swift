@@ -1,0 +1,166 @@
+import Foundation
+import Yams
+
+/// Everything a distillation run is told: from a YAML file (`--config`), then overridden by flags.
+/// YAML keys are these property names in snake_case (`batch_size`, `student_layers`, ...).
+public struct TrainingConfig: Codable, Equatable, Sendable {
+    // Models and data.
+    /// The teacher GGUF.
+    public var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+    /// A text file, a folder of .txt/.md files, or a JSONL file.
+    public var data = "cache/corpus/plays"
+    /// The teacher blocks the student inherits: `0,6,12,18,24,29` or `every:5`.
+    public var studentLayers = "every:5"
+    /// Where the run writes metrics, checkpoints and the exported student.
+    public var out = "runs/default"
+    public var device = "opencl"
+
+    // Optimization.
+    /// Total optimizer steps of the run (a resumed run continues up to it).
+    public var steps = 60
+    /// Windows per micro-batch.
+    public var batchSize = 4
+    /// Micro-batches per optimizer step (the loss is normalized by all their tokens).
+    public var gradientAccumulation = 1
+    public var seqLen = 128
+    /// Peak learning rate, after `warmup_steps` of linear warm-up; cosine decay to `min_lr_fraction` of it.
+    public var lr: Float = 3e-4
+    public var warmupSteps = 5
+    public var minLrFraction: Float = 0.1
+    public var weightDecay: Float = 0.1
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.95
+    /// Global gradient-norm clip (0 turns it off).
+    public var gradClip: Float = 1
+    public var seed: UInt64 = 0
+
+    // Loss.
+    /// fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd, or taid.
+    public var divergence = "fkl"
+    public var temperature: Float = 2
+    /// constant, or dts (dynamic temperature from the teacher-student cross-entropy gap).
+    public var temperatureSchedule = "constant"
+    /// Multiply the soft term by T^2.
+    public var scaleBySquaredTemperature = true
+    public var softWeight: Float = 1
+    /// Weight of the hard-label cross-entropy on the next tokens.
+    public var hardWeight: Float = 0.1
+
+    // Evaluation and checkpoints.
+    public var validationFraction = 0.05
+    /// Validation every this many steps (and at the end); 0 only at the start and the end.
+    public var evalEvery = 20
+    /// Validation windows used at most.
+    public var evalWindows = 16
+    /// Checkpoint every this many steps (and at the end).
+    public var checkpointEvery = 20
+    /// Export of the final student as GGUF: f32, f16, q8_0, or none.
+    public var exportGguf = "f16"
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case teacher, data, studentLayers = "student_layers", out, device, steps, batchSize = "batch_size"
+        case gradientAccumulation = "gradient_accumulation", seqLen = "seq_len", lr, warmupSteps = "warmup_steps"
+        case minLrFraction = "min_lr_fraction", weightDecay = "weight_decay", beta1, beta2, gradClip = "grad_clip", seed
+        case divergence, temperature, temperatureSchedule = "temperature_schedule"
+        case scaleBySquaredTemperature = "scale_by_squared_temperature", softWeight = "soft_weight", hardWeight = "hard_weight"
+        case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
+        case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf"
+    }
+
+    public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
+
+    /// Reads a YAML file of any subset of the keys; an unknown key is an error that lists the valid ones.
+    public static func load(yamlFile path: String) throws -> TrainingConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw TrainingError.config("\(path): cannot read the configuration file")
+        }
+        let node: Any?
+        do {
+            node = try Yams.load(yaml: text)
+        } catch {
+            throw TrainingError.config("\(path): not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")")
+        }
+        guard let mapping = node as? [String: Any] else {
+            throw TrainingError.config("\(path): expected a mapping of keys to values at the top level")
+        }
+        if let unknown = mapping.keys.sorted().first(where: { !validKeys.contains($0) }) {
+            throw TrainingError.config("\(path): unknown key '\(unknown)'; valid keys: \(validKeys.joined(separator: ", "))")
+        }
+        var config = TrainingConfig()
+        let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
+        let merged = defaults.merging(mapping) { $1 }
+        do {
+            config = try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: merged))
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.dataCorrupted(context) {
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw TrainingError.config("\(path): key '\(key)' has a value of the wrong type (\(context.debugDescription))")
+        }
+        return config
+    }
+
+    /// Checks ranges and names; each error names the key.
+    public func validate() throws {
+        func require(_ condition: Bool, _ key: String, _ message: String) throws {
+            if !condition { throw TrainingError.config("\(key): \(message)") }
+        }
+        try require(steps >= 1, "steps", "must be at least 1, got \(steps)")
+        try require(batchSize >= 1, "batch_size", "must be at least 1, got \(batchSize)")
+        try require(gradientAccumulation >= 1, "gradient_accumulation", "must be at least 1, got \(gradientAccumulation)")
+        try require(seqLen >= 2, "seq_len", "must be at least 2, got \(seqLen)")
+        try require(lr > 0 && lr.isFinite, "lr", "must be positive, got \(lr)")
+        try require(warmupSteps >= 0, "warmup_steps", "must be 0 or more, got \(warmupSteps)")
+        try require((0...1).contains(minLrFraction), "min_lr_fraction", "must be in [0, 1], got \(minLrFraction)")
+        try require(temperature > 0 && temperature.isFinite, "temperature", "must be positive, got \(temperature)")
+        try require(["constant", "dts"].contains(temperatureSchedule), "temperature_schedule", "use constant or dts, got '\(temperatureSchedule)'")
+        try require(divergence == "taid" || DistillationObjective.divergence(named: divergence) != nil, "divergence",
+                    "unknown '\(divergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd or taid")
+        try require(softWeight >= 0 && hardWeight >= 0 && softWeight + hardWeight > 0, "soft_weight/hard_weight",
+                    "must be non-negative and not both 0")
+        try require(validationFraction > 0 && validationFraction < 1, "validation_fraction", "must be in (0, 1), got \(validationFraction)")
+        try require(evalEvery >= 0 && checkpointEvery >= 0, "eval_every/checkpoint_every", "must be 0 or more")
+        try require(evalWindows >= 1, "eval_windows", "must be at least 1, got \(evalWindows)")
+        try require(["f32", "f16", "q8_0", "none"].contains(exportGguf), "export_gguf", "use f32, f16, q8_0 or none, got '\(exportGguf)'")
+        _ = try StudentLayers.parse(studentLayers, teacherLayers: Int.max)
+    }
+}
+
+/// Errors of a training run, worded for the user.
+public enum TrainingError: Error, CustomStringConvertible {
+    case config(String)
+    case data(String)
+    case numeric(String)
+    case resume(String)
+
+    public var description: String {
+        switch self {
+        case .config(let message), .data(let message), .numeric(let message), .resume(let message): return message
+        }
+    }
+}
+
+/// `--student-layers`: which teacher blocks the student inherits.
+public enum StudentLayers {
+    /// `0,6,12` or `every:5` (blocks 0, 5, 10, ... below the teacher's count).
+    public static func parse(_ text: String, teacherLayers: Int) throws -> [Int] {
+        let layers: [Int]
+        if text.hasPrefix("every:") {
+            guard let step = Int(text.dropFirst("every:".count)), step >= 1 else {
+                throw TrainingError.config("student_layers: '\(text)': write every:N with N >= 1")
+            }
+            layers = teacherLayers == Int.max ? [0] : Array(stride(from: 0, to: teacherLayers, by: step))
+        } else {
+            let parsed = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else {
+                throw TrainingError.config("student_layers: '\(text)': write block numbers like 0,6,12 or every:N")
+            }
+            layers = parsed.map { $0! }
+        }
+        guard layers == layers.sorted(), Set(layers).count == layers.count, let first = layers.first, first >= 0,
+              layers.last! < teacherLayers else {
+            throw TrainingError.config("student_layers: '\(text)': blocks must be distinct, increasing and below the teacher's \(teacherLayers)")
+        }
+        return layers
+    }
+}

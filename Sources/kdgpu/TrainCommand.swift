@@ -1,0 +1,107 @@
+import ArgumentParser
+import CPUBackend
+import Foundation
+import Training
+
+/// `kdgpu train`: distill the teacher into a student.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Distill a GGUF teacher into a smaller student on any OpenCL device or the CPU.",
+        discussion: """
+        Settings come from --config FILE.yaml (keys: \(TrainingConfig.validKeys.joined(separator: ", "))), \
+        then from the flags, which override it. DIR/metrics.jsonl gets one object per step and per validation, \
+        DIR/checkpoint the latest checkpoint (Hugging Face safetensors + optimizer state), DIR/loss.svg the loss \
+        curve and DIR/student.gguf the exported student.
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("A YAML file of training settings.", valueName: "file.yaml"))
+    var config: String?
+    @Option(name: .long, help: ArgumentHelp("Continue the run whose checkpoint is in DIR, up to --steps.", valueName: "DIR"))
+    var resume: String?
+
+    @Option(name: .long, help: ArgumentHelp("The teacher GGUF.", valueName: "file.gguf")) var teacher: String?
+    @Option(name: .long, help: ArgumentHelp("Text file, folder of .txt/.md files, or JSONL.", valueName: "path")) var data: String?
+    @Option(name: .long, help: ArgumentHelp("Teacher blocks the student inherits: 0,6,12 or every:N.", valueName: "blocks")) var studentLayers: String?
+    @Option(name: .long, help: "Total optimizer steps.") var steps: Int?
+    @Option(name: .long, help: "Windows per micro-batch.") var batchSize: Int?
+    @Option(name: .long, help: "Micro-batches per optimizer step.") var gradientAccumulation: Int?
+    @Option(name: .long, help: "Tokens per window.") var seqLen: Int?
+    @Option(name: .long, help: "Peak learning rate.") var lr: Float?
+    @Option(name: .long, help: "fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd, or taid.") var divergence: String?
+    @Option(name: .long, help: "Distillation temperature T.") var temperature: Float?
+    @Option(name: .long, help: "constant or dts.") var temperatureSchedule: String?
+    @Option(name: .long, help: "Weight of the hard-label cross-entropy.") var hardWeight: Float?
+    @Option(name: .long, help: "Weight of the distillation divergence.") var softWeight: Float?
+    @Option(name: .long, help: "Seed of the data order.") var seed: UInt64?
+    @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring.", valueName: "device")) var device: String?
+    @Option(name: .long, help: ArgumentHelp("Run folder.", valueName: "DIR")) var out: String?
+    @Option(name: .long, help: "Validate every N steps.") var evalEvery: Int?
+    @Option(name: .long, help: "Checkpoint every N steps.") var checkpointEvery: Int?
+    @Option(name: .long, help: "Export the final student as GGUF: f32, f16, q8_0 or none.") var exportGguf: String?
+
+    func run() throws {
+        do {
+            var settings = TrainingConfig()
+            if let resume {
+                settings = try DistillationRun.savedConfiguration(in: URL(fileURLWithPath: resume, isDirectory: true))
+                settings.out = resume
+            }
+            if let config { settings = try TrainingConfig.load(yamlFile: config) }
+            apply(to: &settings)
+            if let resume { settings.out = resume }
+            let cpu = try CPUBackend()
+            let backend = try openBackend(settings.device, cpu: cpu)
+            let terminal = isatty(STDERR_FILENO) != 0
+            var progressShown = false
+            let run = try DistillationRun(config: settings, backend: backend, resume: resume != nil, log: { line in
+                if progressShown { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+                progressShown = false
+                note(line)
+            }, progress: { line in
+                if terminal {
+                    FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
+                    progressShown = true
+                } else {
+                    note(line)
+                }
+            })
+            note("kdgpu train: \(settings.divergence) at T=\(settings.temperature) (\(settings.temperatureSchedule)), \(settings.steps) steps of "
+                 + "\(settings.batchSize * settings.gradientAccumulation) x \(settings.seqLen) tokens on \(backend.name), into \(settings.out)")
+            let summary = try run.run()
+            if progressShown { note("") }
+            print("teacher validation perplexity:          \(String(format: "%.3f", summary.teacherValidationPerplexity))")
+            if let initial = summary.initialStudentValidationPerplexity {
+                print("student perplexity at initialization:   \(String(format: "%.3f", initial))")
+            }
+            print("student perplexity after \(summary.steps) steps:\(String(repeating: " ", count: max(1, 14 - String(summary.steps).count)))\(String(format: "%.3f", summary.finalStudentValidationPerplexity))")
+            print("checkpoint: \(summary.checkpoint.path)")
+            if let exported = summary.exportedGGUF { print("exported:   \(exported.path)") }
+        } catch {
+            fail(error)
+        }
+    }
+
+    /// Flags override the file (or the resumed run's settings).
+    func apply(to settings: inout TrainingConfig) {
+        if let teacher { settings.teacher = teacher }
+        if let data { settings.data = data }
+        if let studentLayers { settings.studentLayers = studentLayers }
+        if let steps { settings.steps = steps }
+        if let batchSize { settings.batchSize = batchSize }
+        if let gradientAccumulation { settings.gradientAccumulation = gradientAccumulation }
+        if let seqLen { settings.seqLen = seqLen }
+        if let lr { settings.lr = lr }
+        if let divergence { settings.divergence = divergence }
+        if let temperature { settings.temperature = temperature }
+        if let temperatureSchedule { settings.temperatureSchedule = temperatureSchedule }
+        if let hardWeight { settings.hardWeight = hardWeight }
+        if let softWeight { settings.softWeight = softWeight }
+        if let seed { settings.seed = seed }
+        if let device { settings.device = device }
+        if let out { settings.out = out }
+        if let evalEvery { settings.evalEvery = evalEvery }
+        if let checkpointEvery { settings.checkpointEvery = checkpointEvery }
+        if let exportGguf { settings.exportGguf = exportGguf }
+    }
+}

@@ -4,6 +4,7 @@
 // Dependency direction (top depends on bottom):
 //   kdgpu (CLI) -> Bench -> Losses -> OpenCLBackend, CPUBackend -> Tensor
 //   Tokenizer -> GGUF -> Tensor
+//   TrainingData -> Tokenizer, GGUF
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
 //   CPUBackend -> COpenBLAS
 import PackageDescription
@@ -48,6 +49,9 @@ let package = Package(
         // Models: the llama forward pass on any backend.
         .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
 
+        // Training inputs: tokenized corpora cut into shuffled windows.
+        .target(name: "TrainingData", dependencies: ["Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
+
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
         .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
                 path: "Sources/Losses", swiftSettings: releaseFlags),
@@ -77,6 +81,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "TrainingDataTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
         .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/LossTests"),
     ]

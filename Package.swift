@@ -4,7 +4,7 @@
 // Dependency direction (top depends on bottom):
 //   kdgpu (CLI) -> Bench -> Losses -> OpenCLBackend, CPUBackend -> Tensor
 //   Tokenizer -> GGUF -> Tensor
-//   TrainingData -> Tokenizer, GGUF
+//   TrainingData -> Tokenizer, GGUF;  Checkpoint -> Models, GGUF, Tensor
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
 //   CPUBackend -> COpenBLAS
 import PackageDescription
@@ -49,8 +49,10 @@ let package = Package(
         // Models: the llama forward pass on any backend.
         .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
 
-        // Training inputs: tokenized corpora cut into shuffled windows.
+        // Training inputs and outputs: tokenized corpora cut into shuffled windows; safetensors,
+        // Hugging Face / GGUF export and import, crash-safe training checkpoints.
         .target(name: "TrainingData", dependencies: ["Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
+        .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
 
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
         .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
@@ -82,6 +84,8 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingDataTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "TestSupport"],
+                    path: "Tests/CheckpointTests", exclude: ["Fixtures"]),
         .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/LossTests"),
     ]

@@ -15,6 +15,19 @@ public struct LlamaBlockWeights {
     public var up: Tensor              // [F, C]
     public var down: Tensor            // [C, F]
 
+    public init(attentionNorm: Tensor, query: Tensor, key: Tensor, value: Tensor, attentionOutput: Tensor,
+                feedForwardNorm: Tensor, gate: Tensor, up: Tensor, down: Tensor) {
+        self.attentionNorm = attentionNorm
+        self.query = query
+        self.key = key
+        self.value = value
+        self.attentionOutput = attentionOutput
+        self.feedForwardNorm = feedForwardNorm
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+
     public var matrices: [Tensor] { [query, key, value, attentionOutput, gate, up, down] }
 }
 

@@ -55,7 +55,9 @@ public enum TokenFile {
         guard count <= UInt64(bytes.count - headerSize) / 4, headerSize + 4 * Int(count) == bytes.count else {
             throw TrainingDataError.invalidTokenFile(path: path, reason: "its header says \(count) tokens but the file is \(bytes.count) bytes")
         }
-        return (0..<Int(count)).map { integer(headerSize + 4 * $0, Int32.self) }
+        return bytes.withUnsafeBytes { raw in
+            (0..<Int(count)).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: headerSize + 4 * $0, as: Int32.self)) }
+        }
     }
 
     /// Writes atomically: a temporary file in the same folder, fsync, rename.

@@ -1,4 +1,6 @@
 import Foundation
+import GGUF
+import Tokenizer
 import TrainingData
 import XCTest
 
@@ -116,5 +118,34 @@ final class TokenDatasetTests: TrainingDataTestCase {
         let joined = (0..<dataset.windowCount).flatMap(dataset.window)
         XCTAssertEqual(try tokenizer.decode(joined), try tokenizer.decode(Array(corpus.tokens.prefix(joined.count))))
         XCTAssertTrue(text.hasPrefix(try tokenizer.decode(joined)))
+    }
+}
+
+/// The default corpus (Shakespeare's plays, `make corpus`) with SmolLM2's tokenizer; skipped, saying
+/// so, when the corpus is not fetched.
+final class RealCorpusTests: TrainingDataTestCase {
+    func testShakespeareIsTokenizedOnceThenReadFromTheCache() throws {
+        let plays = Self.repositoryTests.deletingLastPathComponent().appendingPathComponent("cache/corpus/plays")
+        guard FileManager.default.fileExists(atPath: plays.path) else {
+            throw XCTSkip("the default corpus is not fetched (run `make corpus`)")
+        }
+        let smollm = try BPETokenizer(gguf: GGUFFile(contentsOf: Self.repositoryTests.appendingPathComponent("TokenizerTests/Fixtures/smollm2_vocab.gguf")))
+        let cache = TokenCache(directory: try scratchFolder())
+        let corpus = try Corpus(path: plays.path)
+        var start = Date()
+        let first = try cache.tokens(for: corpus, tokenizer: smollm)
+        let tokenizeSeconds = Date().timeIntervalSince(start)
+        start = Date()
+        let second = try cache.tokens(for: Corpus(path: plays.path), tokenizer: smollm)
+        let cachedSeconds = Date().timeIntervalSince(start)
+        print("Shakespeare: \(corpus.files.count) files, \(first.tokens.count) tokens; tokenized in \(tokenizeSeconds) s, read from the cache in \(cachedSeconds) s")
+        XCTAssertFalse(first.loadedFromCache)
+        XCTAssertTrue(second.loadedFromCache)
+        XCTAssertEqual(second.tokens, first.tokens)
+        XCTAssertEqual(first.documentsTokenized, corpus.files.count)
+        XCTAssertEqual(first.tokens.filter { $0 == smollm.eosTokenID }.count, corpus.files.count - 1, "one EOS between each two plays")
+        let dataset = try TokenDataset(tokens: first.tokens, sequenceLength: 256, seed: 1)
+        XCTAssertEqual(dataset.windowCount, first.tokens.count / 256)
+        XCTAssertEqual(dataset.validationWindowCount, dataset.windowCount / 20)
     }
 }

@@ -11,6 +11,13 @@
       reference logits of the GGUF (Tests/ModelTests/Fixtures/tiny-llama-reference.json), and writes
       the transformers logits to Tests/CheckpointTests/Fixtures/hf-export-logits.json.
 
+  python3 bench/reference/check_hf_export.py teacher EXPORT_DIR
+      EXPORT_DIR is the real teacher (SmolLM2-135M-Instruct.Q4_1.gguf, dequantized) exported by
+        KDGPU_TEACHER_HF_EXPORT_DIR=/tmp/teacher-hf swift test -c release --skip-build \
+            --disable-swift-testing --filter CheckpointTests.RealTeacherExportTests
+      Writes the top-10 next-token logits of "The capital of France is" (llama.cpp's ids) to
+      Tests/CheckpointTests/Fixtures/teacher-hf-logits.json.
+
   python3 bench/reference/check_hf_export.py safetensors
       Writes Tests/CheckpointTests/Fixtures/reference.safetensors with the safetensors package
       (F32, F16 and BF16 tensors, metadata) and reference-safetensors.json with the values it holds.
@@ -57,6 +64,26 @@ def logits(export_dir):
     return 0 if worst < 1e-3 else 1
 
 
+def teacher(export_dir):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is" (SmolLM2, llama.cpp's tokenizer)
+    model = LlamaForCausalLM.from_pretrained(export_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    with torch.no_grad():
+        last = model(torch.tensor([prompt])).logits[0, -1].numpy()
+    top = np.argsort(-last)[:10]
+    print("top tokens:", top.tolist(), "logits:", last[top].round(4).tolist())
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURES / "teacher-hf-logits.json", "w") as out:
+        json.dump({"made_by": "bench/reference/check_hf_export.py teacher",
+                   "transformers": importlib.metadata.version("transformers"),
+                   "torch": importlib.metadata.version("torch"),
+                   "prompt": prompt, "top_ids": top.tolist(), "top_logits": last[top].astype(float).round(5).tolist()}, out, indent=1)
+    return 0 if int(top[0]) == 7042 else 1
+
+
 def safetensors_fixture():
     import torch
     from safetensors.torch import save_file
@@ -83,6 +110,8 @@ def safetensors_fixture():
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "logits":
         sys.exit(logits(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "teacher":
+        sys.exit(teacher(sys.argv[2]))
     if len(sys.argv) == 2 and sys.argv[1] == "safetensors":
         sys.exit(safetensors_fixture())
     print(__doc__)

@@ -4,6 +4,7 @@
 // Dependency direction (top depends on bottom):
 //   kdgpu (CLI) -> Bench -> Losses -> OpenCLBackend, CPUBackend -> Tensor
 //   Tokenizer -> GGUF -> Tensor
+//   TrainingData -> Tokenizer, GGUF;  Checkpoint -> Models, GGUF, Tensor
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
 //   CPUBackend -> COpenBLAS
 import PackageDescription
@@ -49,6 +50,11 @@ let package = Package(
         // Models: the llama forward pass on any backend.
         .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
 
+        // Training inputs and outputs: tokenized corpora cut into shuffled windows; safetensors,
+        // Hugging Face / GGUF export and import, crash-safe training checkpoints.
+        .target(name: "TrainingData", dependencies: ["Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
+        .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
+
         // Training: the trainable student (forward/backward), optimizer, train loop.
         .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint",
                                                  .product(name: "Yams", package: "Yams")],
@@ -84,6 +90,9 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "TrainingDataTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "TestSupport"],
+                    path: "Tests/CheckpointTests", exclude: ["Fixtures"]),
         .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/LossTests"),
     ]

@@ -15,8 +15,6 @@ public struct LlamaBlockWeights {
     public var up: Tensor              // [F, C]
     public var down: Tensor            // [C, F]
 
-    public var matrices: [Tensor] { [query, key, value, attentionOutput, gate, up, down] }
-
     public init(attentionNorm: Tensor, query: Tensor, key: Tensor, value: Tensor, attentionOutput: Tensor,
                 feedForwardNorm: Tensor, gate: Tensor, up: Tensor, down: Tensor) {
         self.attentionNorm = attentionNorm
@@ -29,6 +27,8 @@ public struct LlamaBlockWeights {
         self.up = up
         self.down = down
     }
+
+    public var matrices: [Tensor] { [query, key, value, attentionOutput, gate, up, down] }
 }
 
 /// A llama model's weights on one backend.

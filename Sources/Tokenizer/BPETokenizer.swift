@@ -41,6 +41,9 @@ public struct BPETokenizer: Sendable {
     public let addsBOSByDefault: Bool
     /// Where the vocabulary came from, for error messages.
     public let source: String
+    /// The merge rules as given ("A B", index = rank): with ``tokens``, ``tokenTypes`` and
+    /// ``preTokenizer`` they identify the tokenizer (token caches are keyed by them).
+    public let mergeRules: [String]
 
     private let tokenIDs: [String: TokenID]
     /// `byteTokens[b]` is the id of the single-byte token for byte `b`, or -1 when the vocabulary lacks it.
@@ -119,6 +122,7 @@ public struct BPETokenizer: Sendable {
         self.eosTokenID = eosTokenID
         self.addsBOSByDefault = addsBOSByDefault
         self.source = source
+        self.mergeRules = mergeRules
 
         // A duplicated string maps to its last id, as in llama.cpp.
         var tokenIDs: [String: TokenID] = [:]

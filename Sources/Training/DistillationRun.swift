@@ -151,6 +151,10 @@ public final class DistillationRun {
                                          "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
             if let t = objective.taid?.t { record["taid_t"] = Double(t) }
             try metrics.append(record)
+            if let kill = ProcessInfo.processInfo.environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step {
+                // Crash testing: die here as abruptly as a killed process (no cleanup, no flush beyond the metrics line).
+                Foundation.kill(getpid(), SIGKILL)
+            }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - runStart) / 1e9
             let remaining = elapsed / Double(step - startStep) * Double(config.steps - step)
             progress(progressLine(step: step, loss: parts.loss, kd: parts.divergence, ce: parts.crossEntropy,

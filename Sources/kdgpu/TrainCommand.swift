@@ -70,11 +70,12 @@ struct TrainCommand: ParsableCommand {
                  + "\(settings.batchSize * settings.gradientAccumulation) x \(settings.seqLen) tokens on \(backend.name), into \(settings.out)")
             let summary = try run.run()
             if progressShown { note("") }
-            print("teacher validation perplexity:          \(String(format: "%.3f", summary.teacherValidationPerplexity))")
+            print("validation perplexity")
+            print(String(format: "  teacher:                %.3f", summary.teacherValidationPerplexity))
             if let initial = summary.initialStudentValidationPerplexity {
-                print("student perplexity at initialization:   \(String(format: "%.3f", initial))")
+                print(String(format: "  student, initial:       %.3f", initial))
             }
-            print("student perplexity after \(summary.steps) steps:\(String(repeating: " ", count: max(1, 14 - String(summary.steps).count)))\(String(format: "%.3f", summary.finalStudentValidationPerplexity))")
+            print(String(format: "  student, after %d steps: %.3f", summary.steps, summary.finalStudentValidationPerplexity))
             print("checkpoint: \(summary.checkpoint.path)")
             if let exported = summary.exportedGGUF { print("exported:   \(exported.path)") }
         } catch {

@@ -37,7 +37,7 @@ final class TrainingCheckpointTests: CheckpointTestCase {
         // The model inside is a plain Hugging Face folder.
         XCTAssertEqual(try HuggingFaceCheckpoint.read(from: directory.appendingPathComponent("checkpoint")), saved.parameters)
         let state = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("trainer_state.json"))) as! [String: Any]
-        XCTAssertEqual(Set(state.keys), ["format_version", "step", "data_epoch", "data_index", "rng_state", "configuration"])
+        XCTAssertEqual(Set(state.keys), ["format_version", "step", "data_epoch", "data_index", "rng_state", "configuration", "schedules"])
     }
 
     func testANewSaveReplacesThePreviousOne() throws {

@@ -1,0 +1,121 @@
+import Foundation
+import XCTest
+
+/// `kdgpu train` and `kdgpu export` end to end on the tiny fixture teacher and a small generated corpus, on the CPU backend.
+final class TrainCommandTests: XCTestCase {
+    private let teacher = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+
+    private func kdgpu(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, signaled: Bool, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kdgpu")
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let output = Pipe(), error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let outData = output.fileHandleForReading.readDataToEndOfFile()
+        let errData = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, String(decoding: outData, as: UTF8.self),
+                String(decoding: errData, as: UTF8.self))
+    }
+
+    private func folder(_ name: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("kdgpu-train-\(name)-\(getpid())")
+        try? FileManager.default.removeItem(at: url)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    /// A corpus of random words (deterministic), about 25,000 byte-level tokens.
+    private func corpus() throws -> URL {
+        let directory = try folder("corpus")
+        let words = "the of and to in that is was he for it with as his on be at by had are but from or have an they which".split(separator: " ")
+        var state: UInt64 = 42
+        let text = (0..<5000).map { _ -> Substring in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return words[Int(state >> 33) % words.count]
+        }.joined(separator: " ")
+        try text.write(to: directory.appendingPathComponent("words.txt"), atomically: true, encoding: .utf8)
+        return directory
+    }
+
+    private func trainArguments(data: URL, out: URL) -> [String] {
+        ["train", "--teacher", teacher, "--data", data.path, "--student-layers", "0", "--steps", "6", "--batch-size", "2",
+         "--seq-len", "32", "--eval-every", "3", "--checkpoint-every", "3", "--device", "cpu", "--out", out.path]
+    }
+
+    private func metrics(_ out: URL) throws -> [[String: Any]] {
+        try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+    }
+
+    /// A run killed with SIGKILL after step 4 (its last checkpoint at step 3) and resumed logs the
+    /// same losses as an uninterrupted run.
+    func testKilledAndResumedRunContinuesExactly() throws {
+        let data = try corpus()
+        let whole = try folder("whole"), interrupted = try folder("interrupted")
+        let uninterrupted = try kdgpu(trainArguments(data: data, out: whole))
+        XCTAssertEqual(uninterrupted.status, 0, uninterrupted.error)
+        XCTAssertTrue(uninterrupted.output.contains("student, after 6 steps:"), uninterrupted.output)
+        for file in ["metrics.jsonl", "loss.svg", "student.gguf", "checkpoint/model.safetensors", "checkpoint/config.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: whole.appendingPathComponent(file).path), file)
+        }
+
+        let killed = try kdgpu(trainArguments(data: data, out: interrupted), environment: ["KDGPU_KILL_AFTER_STEP": "4"])
+        XCTAssertTrue(killed.signaled && killed.status == SIGKILL, "status \(killed.status): \(killed.error)")
+        XCTAssertEqual(try metrics(interrupted).compactMap { $0["loss"] }.count, 4, "steps 1-4 were logged before the kill")
+        let resumed = try kdgpu(["train", "--resume", interrupted.path, "--steps", "6", "--device", "cpu"])
+        XCTAssertEqual(resumed.status, 0, resumed.error)
+        XCTAssertTrue(resumed.error.contains("resumed from \(interrupted.path) at step 3"), resumed.error)
+
+        let keys = ["step", "loss", "kd_loss", "ce_loss", "lr", "temperature", "grad_norm", "val_nll"]
+        func comparable(_ records: [[String: Any]]) -> [String] {
+            records.map { record in keys.compactMap { key in record[key].map { "\(key)=\($0)" } }.joined(separator: " ") }
+        }
+        XCTAssertEqual(comparable(try metrics(interrupted)), comparable(try metrics(whole)))
+    }
+
+    func testExportWritesGGUFAndSafetensorsThatLoad() throws {
+        let data = try corpus(), out = try folder("export")
+        XCTAssertEqual(try kdgpu(trainArguments(data: data, out: out) + ["--export-gguf", "none"]).status, 0)
+        let gguf = out.appendingPathComponent("exported.gguf")
+        let export = try kdgpu(["export", "--checkpoint", out.path, "--format", "gguf", "--type", "f32", "--tokenizer-from", teacher, "--out", gguf.path])
+        XCTAssertEqual(export.status, 0, export.error)
+        let hf = out.appendingPathComponent("hf")
+        XCTAssertEqual(try kdgpu(["export", "--checkpoint", out.path, "--format", "safetensors", "--out", hf.path]).status, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: hf.appendingPathComponent("model.safetensors").path))
+        // The exported GGUF runs, and its tokenizer is the teacher's.
+        let tokens = try kdgpu(["tokenize", "--model", gguf.path, "in the"])
+        XCTAssertEqual(tokens.output, "259 258\n")
+        let eval = try kdgpu(["eval", "--model", gguf.path, "--data", data.appendingPathComponent("words.txt").path, "--seq-len", "32",
+                              "--json", "--device", "cpu"])
+        XCTAssertEqual(eval.status, 0, eval.error)
+    }
+
+    func testBadTrainingInputsAreOneLineErrors() throws {
+        let data = try corpus(), out = try folder("bad")
+        let yaml = out.appendingPathComponent("config.yaml")
+        try "steps: 3\nlearning_rate: 0.1\n".write(to: yaml, atomically: true, encoding: .utf8)
+        let tiny = out.appendingPathComponent("tiny.txt")
+        try "in the".write(to: tiny, atomically: true, encoding: .utf8)
+        let cases: [([String], String)] = [
+            (["train", "--config", yaml.path], "unknown key 'learning_rate'; valid keys: teacher, data,"),
+            (trainArguments(data: tiny, out: out), "fewer than one window"),
+            (trainArguments(data: data, out: out) + ["--seq-len", "100"], "seq_len: 100 exceeds the teacher's context length 64"),
+            (trainArguments(data: data, out: out) + ["--divergence", "kl2"], "divergence: unknown 'kl2'"),
+            (["train", "--resume", out.appendingPathComponent("nothing").path, "--steps", "2"], "no checkpoint to resume"),
+            (trainArguments(data: data, out: out) + ["--lr", "1e30"], "non-finite"),
+        ]
+        for (arguments, expected) in cases {
+            let run = try kdgpu(arguments)
+            XCTAssertEqual(run.status, 1, "\(arguments): \(run.error)")
+            XCTAssertTrue(run.error.contains(expected), "\(arguments): \(run.error)")
+            XCTAssertFalse(run.error.contains("Fatal error"), run.error)
+        }
+    }
+}

@@ -8,6 +8,13 @@ public struct LearningRateSchedule: Equatable, Sendable {
     public var totalSteps: Int
     public var minimumFraction: Float
 
+    public init(peak: Float, warmupSteps: Int, totalSteps: Int, minimumFraction: Float) {
+        self.peak = peak
+        self.warmupSteps = warmupSteps
+        self.totalSteps = totalSteps
+        self.minimumFraction = minimumFraction
+    }
+
     /// The rate of optimizer step `step` (1-based).
     public func rate(at step: Int) -> Float {
         if step <= warmupSteps { return peak * Float(step) / Float(max(1, warmupSteps)) }

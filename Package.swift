@@ -65,7 +65,8 @@ let package = Package(
                 path: "Sources/Losses", swiftSettings: releaseFlags),
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
-        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "Models", "GGUF"],
+        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "Models", "GGUF", "Training",
+                                              "TrainingData", "Checkpoint"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.

@@ -158,3 +158,40 @@ public struct GemmProblem: Equatable, Sendable {
     public var ldc: Int { n }
     public var flops: Double { 2.0 * Double(m) * Double(n) * Double(k) * Double(batch) }
 }
+
+/// Wall-clock seconds a backend spent per op category while profiling (`kdgpu bench train`).
+/// Profiled ops synchronize before and after, so the figures are exact but the run is slower.
+public final class OpProfile {
+    public private(set) var seconds: [String: Double] = [:]
+
+    public init() {}
+
+    /// Runs `body` between two synchronizations of `backend` and adds its time to `category`.
+    public func measure<R>(_ category: String, on backend: any Backend, _ body: () throws -> R) throws -> R {
+        try backend.synchronize()
+        let start = DispatchTime.now().uptimeNanoseconds
+        let result = try body()
+        try backend.synchronize()
+        seconds[category, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        return result
+    }
+}
+
+/// Profiles registered per backend (by identity), so any layer can attribute its time.
+public enum Profiling {
+    nonisolated(unsafe) private static var profiles: [ObjectIdentifier: OpProfile] = [:]
+
+    public static func profile(of backend: any Backend) -> OpProfile? { profiles[ObjectIdentifier(backend)] }
+    public static func start(on backend: any Backend) -> OpProfile {
+        let profile = OpProfile()
+        profiles[ObjectIdentifier(backend)] = profile
+        return profile
+    }
+    public static func stop(on backend: any Backend) { profiles[ObjectIdentifier(backend)] = nil }
+
+    /// `body`, timed into `category` when `backend` is being profiled.
+    public static func measure<R>(_ category: String, on backend: any Backend, _ body: () throws -> R) throws -> R {
+        guard let profile = profile(of: backend) else { return try body() }
+        return try profile.measure(category, on: backend, body)
+    }
+}

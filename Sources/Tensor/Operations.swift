@@ -152,7 +152,7 @@ extension Backend {
             try enqueueScale(c, by: beta, into: c)
             return
         }
-        try enqueueGemm(a, b, c, problem)
+        try Profiling.measure("gemm", on: self) { try enqueueGemm(a, b, c, problem) }
     }
 
     /// out[r] = max or sum of row r of x; `out` has one element per row of x.

@@ -196,16 +196,16 @@ public final class DistillationRun {
                           exportedGGUF: exported, checkpoint: lastCheckpoint)
     }
 
-    struct StepParts {
-        var loss: Float = 0
-        var crossEntropy: Float = 0
-        var divergence: Float = 0
-        var teacherCrossEntropy: Float = 0
-        var gradientNorm: Float = 0
+    public struct StepParts {
+        public var loss: Float = 0
+        public var crossEntropy: Float = 0
+        public var divergence: Float = 0
+        public var teacherCrossEntropy: Float = 0
+        public var gradientNorm: Float = 0
     }
 
     /// Forward and backward of every micro-batch of one step; gradients are left in the student.
-    func trainingStep(student: StudentModel, teacher: LlamaModel, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
+    public func trainingStep(student: StudentModel, teacher: LlamaModel, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
         try student.zeroGradients()
         var parts = StepParts()
         let loss = objective.loss
@@ -223,12 +223,14 @@ public final class DistillationRun {
             let hidden = try student.forward(tokens)
             let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "student logits")
             try backend.gemm(hidden, outputWeight.value, into: logits, transposeB: true)
-            let crossEntropy = try crossEntropyOnly(student: logits, teacher: .dense(teacherLogits), labels: labels).loss
-            if objective.temperatureSchedule == "dts" {
-                parts.teacherCrossEntropy += try crossEntropyOnly(student: teacherLogits, teacher: .dense(teacherLogits), labels: labels).loss / Float(batches.count)
-            }
             let share = Float(rowsPerBatch) / totalRows
-            let result = try loss(student: logits, teacher: .dense(teacherLogits), labels: labels, gradient: .inPlace, gradOutput: share)
+            let (crossEntropy, result) = try Profiling.measure("loss", on: backend) {
+                if objective.temperatureSchedule == "dts" {
+                    parts.teacherCrossEntropy += try crossEntropyOnly(student: teacherLogits, teacher: .dense(teacherLogits), labels: labels).loss / Float(batches.count)
+                }
+                return (try crossEntropyOnly(student: logits, teacher: .dense(teacherLogits), labels: labels).loss,
+                        try loss(student: logits, teacher: .dense(teacherLogits), labels: labels, gradient: .inPlace, gradOutput: share))
+            }
             parts.loss += result.loss * share
             parts.crossEntropy += crossEntropy * share
             // logits now hold dL/dlogits.

@@ -9,22 +9,24 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
     /// A text file, a folder of .txt/.md files, or a JSONL file.
     public var data = "cache/corpus/plays"
-    /// The teacher blocks the student inherits: `0,6,12,18,24,29` or `every:5`.
-    public var studentLayers = "every:5"
+    /// The teacher blocks the student inherits: `0,6,12,18,24,29` or `every:5`. The default keeps
+    /// the teacher's first and last three blocks: on SmolLM2-135M its validation perplexity before
+    /// training is 2.0e5, against 3.3e7 for every:5 and 8.5e5 for 0,6,12,18,24,29 (measured).
+    public var studentLayers = "0,1,2,27,28,29"
     /// Where the run writes metrics, checkpoints and the exported student.
     public var out = "runs/default"
     public var device = "opencl"
 
     // Optimization.
     /// Total optimizer steps of the run (a resumed run continues up to it).
-    public var steps = 60
+    public var steps = 50
     /// Windows per micro-batch.
     public var batchSize = 4
     /// Micro-batches per optimizer step (the loss is normalized by all their tokens).
     public var gradientAccumulation = 1
     public var seqLen = 128
     /// Peak learning rate, after `warmup_steps` of linear warm-up; cosine decay to `min_lr_fraction` of it.
-    public var lr: Float = 3e-4
+    public var lr: Float = 1e-3
     public var warmupSteps = 5
     public var minLrFraction: Float = 0.1
     public var weightDecay: Float = 0.1

@@ -1,0 +1,73 @@
+import Checkpoint
+import Foundation
+import GGUF
+import Models
+import Tensor
+import Training
+import TrainingData
+
+/// A full distillation step (teacher forward, student forward and backward, loss, AdamW) at the
+/// default shapes, with the share of time in GEMMs, in the loss kernels and in the rest.
+public struct TrainSuite: BenchSuite {
+    public let name = "train"
+    public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), default shapes: tokens/s, time shares (needs `make teacher`)"
+
+    public init() {}
+
+    public func run(_ context: BenchContext) throws -> [BenchRecord] {
+        guard let path = context.teacherPath, FileManager.default.fileExists(atPath: path) else {
+            throw TensorError.unsupported("bench train: no teacher at \(context.teacherPath ?? "(none)"); run `make teacher` or pass --teacher FILE.gguf")
+        }
+        var config = TrainingConfig()
+        config.teacher = path
+        let file = try GGUFFile(path: path)
+        let teacherParameters = try LlamaParameters(gguf: file)
+        let blocks = try StudentLayers.parse(config.studentLayers, teacherLayers: teacherParameters.config.layers)
+        let studentParameters = try teacherParameters.inheriting(blocks: blocks)
+        // Deterministic pseudo-random tokens: the step's cost does not depend on the text.
+        var state: UInt64 = 7
+        let tokens = (0..<(config.seqLen * (config.batchSize * 4))).map { _ -> Int32 in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32((state >> 33) % UInt64(teacherParameters.config.vocabulary))
+        }
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.2, seed: 1)
+        var records: [BenchRecord] = []
+        var referenceLoss: Float?
+        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
+            context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
+            let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
+            let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            let student = try StudentModel(parameters: studentParameters, backend: backend)
+            var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+            let objective = DistillationObjective(config: config)
+            var step = 0
+            var firstLoss: Float = 0
+            func fullStep() throws {
+                step += 1
+                let parts = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                if step == 1 { firstLoss = parts.loss }
+                try student.update(AdamWStep(learningRate: config.lr, step: step), gradientNorm: parts.gradientNorm, clip: config.gradClip)
+                try backend.synchronize()
+            }
+            let seconds = try context.median(fullStep)
+            // The shares, from one more step with every GEMM and loss call synchronized and timed.
+            let profile = Profiling.start(on: backend)
+            defer { Profiling.stop(on: backend) }
+            let start = DispatchTime.now().uptimeNanoseconds
+            try fullStep()
+            let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0
+            let error = referenceLoss.map { Double(abs($0 - firstLoss)) } ?? 0
+            referenceLoss = referenceLoss ?? firstLoss
+            guard context.backends.contains(where: { $0 === backend }) else { continue }
+            records.append(BenchRecord(
+                suite: name, kernel: "distillation_step", backend: backend.name,
+                shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)",
+                medianSeconds: seconds, maxAbsError: error,
+                extra: ["tokens_per_s": Double(config.batchSize * config.seqLen) / seconds, "gemm_share": gemm / profiled,
+                        "loss_share": loss / profiled, "rest_share": max(0, 1 - (gemm + loss) / profiled)],
+                note: "max abs err: first step's loss vs the CPU backend's; shares from one profiled step"))
+        }
+        return records
+    }
+}

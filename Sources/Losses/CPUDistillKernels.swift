@@ -112,14 +112,14 @@ extension CPUKernels {
                         mixed = ((1 - t) * x + t * y).replacing(with: -.infinity, where: (x .== -.infinity) .| (y .== -.infinity))
                     }
                     storeLanes(mixed, tmRow, v)
-                    maxS = pointwiseMax(maxS, x)
-                    maxT = pointwiseMax(maxT, mixed)
+                    maxS = lanesMax(maxS, x)
+                    maxT = lanesMax(maxT, mixed)
                 }
                 tr = UnsafePointer(tmRow)
             } else {
                 for v in 0..<nvec {
-                    maxS = pointwiseMax(maxS, loadRow(zr, v, n))
-                    maxT = pointwiseMax(maxT, loadRow(tr, v, n))
+                    maxS = lanesMax(maxS, loadRow(zr, v, n))
+                    maxT = lanesMax(maxT, loadRow(tr, v, n))
                 }
             }
             let labelLogit: Float = hard && label >= 0 && label < n ? zr[label] : 0
@@ -141,9 +141,9 @@ extension CPUKernels {
                 sumA += ea
                 sumB += eb
                 if kind == 0 {
-                    sumX += eb * pointwiseMax(lb - la, floor)
+                    sumX += eb * lanesMax(lb - la, floor)
                 } else if kind == 1 {
-                    sumX += ea * pointwiseMax(la - lb, floor)
+                    sumX += ea * lanesMax(la - lb, floor)
                 }
                 if stash {
                     if fklFast { storeRow(ea, dr, v, n) } else { storeLanes(ea, eaRow, v) }

@@ -78,7 +78,7 @@ let package = Package(
         // Test helpers shared by the test targets: seeded inputs, comparisons, the backends under test.
         .target(name: "TestSupport", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"], path: "Tests/TestSupport"),
         .testTarget(name: "BackendParityTests",
-                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "TestSupport"],
                     path: "Tests/BackendParityTests"),
         .testTarget(name: "OpenCLRuntimeTests",
                     dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],

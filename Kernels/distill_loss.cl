@@ -60,24 +60,36 @@
 #define convert_intV CAT(convert_int, VW)
 #endif
 
-// exp and log as polynomials (Cephes expf / logf), identical in the CPU twin (VectorMath.swift).
-// exp flushes results below exp(-87) ~ 1.6e-38 to 0 (so -inf maps to exactly 0); ~1 ulp elsewhere.
-inline floatV kd_exp(floatV x0) {
-    floatV x = fmin(fmax(x0, (floatV)(-87.0f)), (floatV)(88.0f));
-    // n = round(x / ln 2) by the 1.5 * 2^23 trick: its integer lands in the low mantissa bits.
-    const floatV t = x * 1.44269504088896341f + 12582912.0f;
-    const floatV fx = t - 12582912.0f;
-    x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-    const floatV z = x * x;
-    floatV y = 1.9875691500E-4f;
-    y = y * x + 1.3981999507E-3f;
-    y = y * x + 8.3334519073E-3f;
-    y = y * x + 4.1665795894E-2f;
-    y = y * x + 1.6666665459E-1f;
-    y = y * x + 5.0000001201E-1f;
-    y = y * z + x + 1.0f;
-    const intV n = as_intV(t) - 0x4B400000 + 127;
-    return select(y * as_floatV(n << 23), (floatV)(0.0f), x0 < (floatV)(-87.0f));
+// exp2, exp and log as polynomials, identical in the CPU twin (VectorMath.swift).
+// kd_exp2: 2^x for x <= 127; results below 2^-126 flush to exactly 0 (so -inf gives 0), relative
+// error about 1e-7 elsewhere, and NaN stays NaN (the row sums then report a non-finite input).
+// n = round(x) by the 1.5 * 2^23 trick (its integer lands in the low mantissa bits), then a
+// degree-6 minimax polynomial of 2^r on [-0.5, 0.5].
+inline floatV kd_exp2(floatV x0) {
+    const floatV x = select(x0, (floatV)(-127.0f), x0 < (floatV)(-127.0f));
+    const floatV t = x + 12582912.0f;
+    const floatV r = x - (t - 12582912.0f);
+    floatV y = 1.534565381007269e-4f;
+    y = y * r + 1.3399877352640033e-3f;
+    y = y * r + 9.618489071726799e-3f;
+    y = y * r + 5.550329014658928e-2f;
+    y = y * r + 2.4022646248340607e-1f;
+    y = y * r + 6.931471824645996e-1f;
+    y = y * r + 1.0f;
+    // 2^n as bits; n <= -127 gives 0.
+    const intV n = max(as_intV(t) - (0x4B400000 - 127), (intV)(0));
+    return y * as_floatV(n << 23);
+}
+
+#define LOG2E 1.44269504088896341f
+#define LN2 0.693147180559945309f
+
+// e^x for x <= 88.
+inline floatV kd_exp(floatV x) { return kd_exp2(x * LOG2E); }
+
+// kd_exp for arguments that may exceed 88 (mixture ratios): clamped there.
+inline floatV kd_exp_bounded(floatV x) {
+    return kd_exp(select(x, (floatV)(88.0f), x > (floatV)(88.0f)));
 }
 
 // log(1 + u) for u in [0, 1], to full precision for small u.
@@ -126,14 +138,6 @@ inline void store_row(floatV value, __global float* row, int v, int n) {
     row_vector t;
     t.v = value;
     for (int i = 0; i < VW; i++) if (v * VW + i < n) row[v * VW + i] = t.s[i];
-}
-
-inline int lanes_bad(floatV x) {
-#if VW == 1
-    return !(x < INFINITY);
-#else
-    return any(!(x < (floatV)(INFINITY)));
-#endif
 }
 
 inline float4 group_max4(float4 value, __local float4* scratch) {
@@ -262,14 +266,12 @@ __kernel void distill_loss_rows(
         }
         barrier(CLK_GLOBAL_MEM_FENCE);
 
-        // Pass 1: maxima, non-finite detection, TAID target (1 - t) stopgrad(zs) + t zt into scratch.
+        // Pass 1: maxima; the TAID target (1 - t) stopgrad(zs) + t zt into scratch. (NaN and +inf are
+        // found from the exp sums of pass 2, which they turn into NaN.)
         floatV max_s = (floatV)(-INFINITY), max_t = (floatV)(-INFINITY);
-        int bad_s = 0, bad_t = 0;
         if (taid) {
             for (int v = vbeg; v < vend; v += vstep) {
                 const floatV a = load_row(zr, v, n), b = load_row(tr, v, n);
-                bad_s |= lanes_bad(a);
-                bad_t |= lanes_bad(b);
                 // -inf in either row stays -inf (unless its weight is 0), never 0 * -inf.
                 floatV mixed = (1.0f - taid_t) * a + taid_t * b;
                 mixed = select(mixed, (floatV)(-INFINITY), (a == (floatV)(-INFINITY) && (floatV)(taid_t) < 1.0f)
@@ -282,47 +284,75 @@ __kernel void distill_loss_rows(
             tr = tm_row;
         } else {
             for (int v = vbeg; v < vend; v += vstep) {
-                const floatV a = load_row(zr, v, n), b = load_row(tr, v, n);
-                bad_s |= lanes_bad(a);
-                bad_t |= lanes_bad(b);
-                max_s = fmax(max_s, a);
-                max_t = fmax(max_t, b);
+                max_s = fmax(max_s, load_row(zr, v, n));
+                max_t = fmax(max_t, load_row(tr, v, n));
             }
         }
         const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
-        const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)(bad_s | (bad_id << 1)), (float)bad_t), reduce);
-        if (valid) {
-            if (maxima.z >= 2.0f) status |= STATUS_BAD_TOPK_ID;
-            if (maxima.z == 1.0f || maxima.z == 3.0f) status |= STATUS_STUDENT_NONFINITE;
-            if (maxima.w > 0.0f) status |= STATUS_TEACHER_NONFINITE;
-            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
-            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
-        }
+        const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)bad_id, 0.0f), reduce);
         // Shifts in tempered units; an all -inf row shifts by 0 so nothing below is NaN.
         const float shift_s = maxima.x == -INFINITY ? 0.0f : maxima.x * inv_t;
         const float shift_t = maxima.y == -INFINITY ? 0.0f : maxima.y * inv_t;
         const float shift_h = maxima.x == -INFINITY ? 0.0f : maxima.x;
 
-        // Pass 2: exp sums (2 exps per element), the online KL terms, stashes.
+        // Pass 2: exp sums (2 exps per element), the online KL terms, stashes of e_a and e_b for the
+        // gradient (forward KL keeps e_a in the dz row, which it overwrites anyway). A loop per case
+        // keeps each inner loop free of branches.
+        const int stash = gradient || (kind != KIND_FKL && kind != KIND_RKL);
+        const int fkl_fast = kind == KIND_FKL && !hard_separate;
+        __global float* ea_dst = fkl_fast ? dr : ea_row;
         floatV sum_a = 0.0f, sum_b = 0.0f, sum_x = 0.0f, sum_h = 0.0f;
-        for (int v = vbeg; v < vend; v += vstep) {
-            const floatV zsv = load_row(zr, v, n);
-            const floatV la = zsv * inv_t - shift_s, lb = load_row(tr, v, n) * inv_t - shift_t;
-            const floatV ea = kd_exp(la), eb = kd_exp(lb);
-            sum_a += ea;
+        // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb). fmax turns the NaN of -inf - -inf (weight 0)
+        // and a -inf difference (weight 0) into a finite number, so 0 * inf never happens.
+        // la, lb are in log2 units here (one multiply-add from the logits, none inside the exp).
+        const float inv_t2 = inv_t * LOG2E, shift_s2 = shift_s * LOG2E, shift_t2 = shift_t * LOG2E;
+#define PASS2_BEGIN for (int v = vbeg; v < vend; v += vstep) { \
+            const floatV zsv = load_row(zr, v, n); \
+            const floatV la = zsv * inv_t2 - shift_s2, lb = load_row(tr, v, n) * inv_t2 - shift_t2; \
+            const floatV ea = kd_exp2(la), eb = kd_exp2(lb); \
+            sum_a += ea; \
             sum_b += eb;
-            // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb); a zero weight contributes 0, never 0 * inf.
-            if (kind == KIND_FKL) sum_x += select(eb * (lb - la), (floatV)(0.0f), eb == (floatV)(0.0f));
-            else if (kind == KIND_RKL) sum_x += select(ea * (la - lb), (floatV)(0.0f), ea == (floatV)(0.0f));
-            vstoreV(ea, v, ea_row);
-            vstoreV(eb, v, eb_row);
-            if (hard_separate) {
-                const floatV eh = kd_exp(zsv - shift_h);
-                sum_h += eh;
-                vstoreV(eh, v, eh_row);
-            }
+#define PASS2_END }
+        if (fkl_fast && stash) {
+            PASS2_BEGIN
+                sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
+                store_row(ea, dr, v, n);
+                vstoreV(eb, v, eb_row);
+            PASS2_END
+        } else if (kind == KIND_FKL && !stash && !hard_separate) {
+            PASS2_BEGIN
+                sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
+            PASS2_END
+        } else if (kind == KIND_RKL && !stash && !hard_separate) {
+            PASS2_BEGIN
+                sum_x += ea * fmax(la - lb, (floatV)(-FLT_MAX));
+            PASS2_END
+        } else {
+            PASS2_BEGIN
+                if (kind == KIND_FKL) sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
+                else if (kind == KIND_RKL) sum_x += ea * fmax(la - lb, (floatV)(-FLT_MAX));
+                if (stash) {
+                    vstoreV(ea, v, ea_row);
+                    vstoreV(eb, v, eb_row);
+                }
+                if (hard_separate) {
+                    const floatV eh = kd_exp2((zsv - shift_h) * LOG2E);
+                    sum_h += eh;
+                    vstoreV(eh, v, eh_row);
+                }
+            PASS2_END
         }
+#undef PASS2_BEGIN
+#undef PASS2_END
         const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
+        if (valid) {
+            // NaN or +inf anywhere in a row makes its exp sum NaN.
+            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
+            if (isnan(sums.y)) status |= STATUS_TEACHER_NONFINITE;
+            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
+            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
+            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
+        }
         const float log_sa = log(sums.x), log_sb = log(sums.y);
         const float inv_sa = 1.0f / sums.x, inv_sb = 1.0f / sums.y;
         const float sum_eh = hard_separate ? sums.w : sums.x;
@@ -351,28 +381,29 @@ __kernel void distill_loss_rows(
                     const floatV lm = kd_logaddexp(log_param + lp, log_one_minus + lq);
                     value += select(p * (lp - lm), (floatV)(0.0f), p == (floatV)(0.0f));
                     // w does not vanish with q alone (alpha = 0 gives w = p): test the logs, not underflowed q.
-                    g = select(kd_exp(lp + lq - lm), (floatV)(0.0f), lp == (floatV)(-INFINITY) || lq == (floatV)(-INFINITY));
+                    g = select(kd_exp_bounded(lp + lq - lm), (floatV)(0.0f), lp == (floatV)(-INFINITY) || lq == (floatV)(-INFINITY));
                     weighted += g;
                 } else if (kind == KIND_SRKL) {
                     // KL(q || m), m = (1 - alpha) p + alpha q; g = log q - log m - alpha q / m
                     const floatV d = lq - kd_logaddexp(log_one_minus + lp, log_param + lq);
                     value += select(q * d, (floatV)(0.0f), q == (floatV)(0.0f));
-                    g = select(d - param * kd_exp(d), (floatV)(0.0f), q == (floatV)(0.0f));
+                    g = select(d - param * kd_exp_bounded(d), (floatV)(0.0f), q == (floatV)(0.0f));
                     weighted += q * g;
                 } else {
-                    // tvd: 0.5 sum |p - q|, g = sign(q - p) (recomputed in pass 4)
+                    // tvd: 0.5 sum |p - q|, g = sign(q - p) (stashed: a sign recomputed in pass 4 could
+                    // differ where q and p agree to rounding)
                     value += 0.5f * fabs(p - q);
                     g = sign(q - p);
                     weighted += q * g;
                 }
-                if (gradient && kind != KIND_TVD) store_row(g, dr, v, n);
+                if (gradient) store_row(g, dr, v, n);
             }
         }
         const float4 totals = group_sum4((float4)(vsum(value), vsum(weighted), 0.0f, 0.0f), reduce);
         if (kind == KIND_FKL) {
-            divergence = sums.z * inv_sb - log_sb + log_sa;
+            divergence = sums.z * LN2 * inv_sb - log_sb + log_sa;
         } else if (kind == KIND_RKL) {
-            divergence = sums.z * inv_sa - log_sa + log_sb;
+            divergence = sums.z * LN2 * inv_sa - log_sa + log_sb;
             qg = divergence;
         } else {
             divergence = totals.x;
@@ -386,7 +417,15 @@ __kernel void distill_loss_rows(
         const int ok = valid && status == 0;
         const float c = ok ? grad_scale * soft_weight * inv_t : 0.0f;
         const float h = ok ? grad_scale * hard_weight : 0.0f;
-        if (gradient) {
+        if (gradient && fkl_fast) {
+            // dz = c (q - p) + h softmax(zs) with q = e_a / S_a (in the dz row) and p = e_b / S_b.
+            const float ca = c * inv_sa + (hard ? h * inv_sa : 0.0f), cb = c * inv_sb;
+            if (ok) {
+                for (int v = vbeg; v < vend; v += vstep) store_row(load_row(dr, v, n) * ca - vloadV(v, eb_row) * cb, dr, v, n);
+            } else {
+                for (int v = vbeg; v < vend; v += vstep) store_row((floatV)(0.0f), dr, v, n);
+            }
+        } else if (gradient) {
             const float log_ratio = log_sa - log_sb;
             for (int v = vbeg; v < vend; v += vstep) {
                 const floatV q = vloadV(v, ea_row) * inv_sa;
@@ -396,12 +435,10 @@ __kernel void distill_loss_rows(
                 } else if (kind == KIND_RKL) {
                     const floatV la = load_row(zr, v, n) * inv_t - shift_s, lb = load_row(tr, v, n) * inv_t - shift_t;
                     grad = select(c * q * ((la - lb) - log_ratio - qg), (floatV)(0.0f), q == (floatV)(0.0f));
-                } else if (kind == KIND_TVD) {
-                    const floatV s = sign(q - vloadV(v, eb_row) * inv_sb);
-                    grad = (0.5f * c) * q * (s - qg);
                 } else {
                     const floatV g = load_row(dr, v, n);
-                    if (kind == KIND_JSD) grad = ((1.0f - param) * c) * q * (g - qg);
+                    if (kind == KIND_TVD) grad = (0.5f * c) * q * (g - qg);
+                    else if (kind == KIND_JSD) grad = ((1.0f - param) * c) * q * (g - qg);
                     else if (kind == KIND_SFKL) grad = (-(1.0f - param) * c) * (g - q * qg);
                     else grad = c * q * (g - qg);
                 }

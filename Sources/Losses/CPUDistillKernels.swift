@@ -101,68 +101,68 @@ extension CPUKernels {
                 tr = zt + row * a.teacherStride
             }
 
-            // Pass 1: maxima, non-finite detection, TAID target.
+            // Pass 1: maxima; TAID target. (NaN and +inf show up as NaN exp sums in pass 2.)
             var maxS = negativeInfinity, maxT = negativeInfinity
-            var badS = false, badT = false
             if taid {
                 let t = a.taid
                 for v in 0..<nvec {
                     let x = loadRow(zr, v, n), y = loadRow(tr, v, n)
-                    badS = badS || anyBad(x)
-                    badT = badT || anyBad(y)
                     var mixed: Float16Lanes
                     if t == 1 { mixed = y } else if t == 0 { mixed = x } else {
                         mixed = ((1 - t) * x + t * y).replacing(with: -.infinity, where: (x .== -.infinity) .| (y .== -.infinity))
                     }
                     storeLanes(mixed, tmRow, v)
-                    maxS = pointwiseMax(maxS, x)
-                    maxT = pointwiseMax(maxT, mixed)
+                    maxS = lanesMax(maxS, x)
+                    maxT = lanesMax(maxT, mixed)
                 }
                 tr = UnsafePointer(tmRow)
             } else {
                 for v in 0..<nvec {
-                    let x = loadRow(zr, v, n), y = loadRow(tr, v, n)
-                    badS = badS || anyBad(x)
-                    badT = badT || anyBad(y)
-                    maxS = pointwiseMax(maxS, x)
-                    maxT = pointwiseMax(maxT, y)
+                    maxS = lanesMax(maxS, loadRow(zr, v, n))
+                    maxT = lanesMax(maxT, loadRow(tr, v, n))
                 }
             }
             let labelLogit: Float = hard && label >= 0 && label < n ? zr[label] : 0
             let maximumS = maxS.max(), maximumT = maxT.max()
-            if valid {
-                if badS { status |= RowStatus.studentNonFinite }
-                if badT { status |= RowStatus.teacherNonFinite }
-                if badID { status |= RowStatus.badTopKID }
-                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
-                if maximumT == -.infinity { status |= RowStatus.teacherAllMasked }
-            }
             let shiftS: Float = maximumS == -.infinity ? 0 : maximumS * invT
             let shiftT: Float = maximumT == -.infinity ? 0 : maximumT * invT
             let shiftH: Float = maximumS == -.infinity ? 0 : maximumS
 
-            // Pass 2: exp sums, online KL terms, stashes.
+            // Pass 2 (log2 units): exp sums, online KL terms, stashes (forward KL keeps e_a in the dz row).
+            let stash = gradient || (kind != 0 && kind != 1)
+            let fklFast = kind == 0 && !hardSeparate
+            let invT2 = invT * log2e, shiftS2 = shiftS * log2e, shiftT2 = shiftT * log2e
+            let floor = Float16Lanes(repeating: -.greatestFiniteMagnitude)
             var sumA = zero, sumB = zero, sumX = zero, sumH = zero
             for v in 0..<nvec {
                 let zsv = loadRow(zr, v, n)
-                let la = zsv * invT - shiftS, lb = loadRow(tr, v, n) * invT - shiftT
-                let ea = kdExp(la), eb = kdExp(lb)
+                let la = zsv * invT2 - shiftS2, lb = loadRow(tr, v, n) * invT2 - shiftT2
+                let ea = kdExp2(la), eb = kdExp2(lb)
                 sumA += ea
                 sumB += eb
                 if kind == 0 {
-                    sumX += (eb * (lb - la)).replacing(with: 0, where: eb .== 0)
+                    sumX += eb * lanesMax(lb - la, floor)
                 } else if kind == 1 {
-                    sumX += (ea * (la - lb)).replacing(with: 0, where: ea .== 0)
+                    sumX += ea * lanesMax(la - lb, floor)
                 }
-                storeLanes(ea, eaRow, v)
-                storeLanes(eb, ebRow, v)
+                if stash {
+                    if fklFast { storeRow(ea, dr, v, n) } else { storeLanes(ea, eaRow, v) }
+                    storeLanes(eb, ebRow, v)
+                }
                 if hardSeparate {
-                    let eh = kdExp(zsv - shiftH)
+                    let eh = kdExp2((zsv - shiftH) * log2e)
                     sumH += eh
                     storeLanes(eh, ehRow, v)
                 }
             }
             let sa = sumA.sum(), sb = sumB.sum(), sx = sumX.sum()
+            if valid {
+                if sa.isNaN { status |= RowStatus.studentNonFinite }
+                if sb.isNaN { status |= RowStatus.teacherNonFinite }
+                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
+                if maximumT == -.infinity { status |= RowStatus.teacherAllMasked }
+                if badID { status |= RowStatus.badTopKID }
+            }
             let logSA = logf(sa), logSB = logf(sb), invSA = 1 / sa, invSB = 1 / sb
             let sumEH = hardSeparate ? sumH.sum() : sa
             let invSH = 1 / sumEH
@@ -171,9 +171,9 @@ extension CPUKernels {
             // Pass 3: mixture divergences, g stashed in the dz row.
             var divergence: Float = 0, qg: Float = 0
             if kind == 0 {
-                divergence = sx * invSB - logSB + logSA
+                divergence = sx * ln2 * invSB - logSB + logSA
             } else if kind == 1 {
-                divergence = sx * invSA - logSA + logSB
+                divergence = sx * ln2 * invSA - logSA + logSB
                 qg = divergence
             } else {
                 var value = zero, weighted = zero
@@ -195,19 +195,19 @@ extension CPUKernels {
                     } else if kind == 3 {
                         let lm = kdLogAddExp(logParam + lp, logOneMinus + lq)
                         value += (p * (lp - lm)).replacing(with: 0, where: p .== 0)
-                        g = kdExp(lp + lq - lm).replacing(with: 0, where: (lp .== -.infinity) .| (lq .== -.infinity))
+                        g = kdExpBounded(lp + lq - lm).replacing(with: 0, where: (lp .== -.infinity) .| (lq .== -.infinity))
                         weighted += g
                     } else if kind == 4 {
                         let d = lq - kdLogAddExp(logOneMinus + lp, logParam + lq)
                         value += (q * d).replacing(with: 0, where: q .== 0)
-                        g = (d - param * kdExp(d)).replacing(with: 0, where: q .== 0)
+                        g = (d - param * kdExpBounded(d)).replacing(with: 0, where: q .== 0)
                         weighted += q * g
                     } else {
                         value += 0.5 * abs(p - q)
                         g = laneSign(q - p)
                         weighted += q * g
                     }
-                    if gradient && kind != 5 { storeRow(g, dr, v, n) }
+                    if gradient { storeRow(g, dr, v, n) }
                 }
                 divergence = value.sum()
                 qg = weighted.sum()
@@ -219,7 +219,14 @@ extension CPUKernels {
             let ok = valid && status == 0
             let c: Float = ok ? gradScale * a.softWeight * invT : 0
             let h: Float = ok ? gradScale * a.hardWeight : 0
-            if gradient {
+            if gradient && fklFast {
+                // dz = c (q - p) + h softmax(zs), q = e_a / S_a from the dz row, p = e_b / S_b.
+                let ca = c * invSA + (hard ? h * invSA : 0), cb = c * invSB
+                for v in 0..<nvec {
+                    storeRow(ok ? loadRow(dr, v, n) * ca - loadLanes(ebRow, v) * cb : zero, dr, v, n)
+                }
+                if hard && ok { dr[label] -= h }
+            } else if gradient {
                 let logRatio = logSA - logSB
                 for v in 0..<nvec {
                     let q = loadLanes(eaRow, v) * invSA
@@ -230,11 +237,10 @@ extension CPUKernels {
                     case 1:
                         let la = loadRow(zr, v, n) * invT - shiftS, lb = loadRow(tr, v, n) * invT - shiftT
                         grad = (c * q * ((la - lb) - logRatio - qg)).replacing(with: 0, where: q .== 0)
-                    case 5:
-                        grad = (0.5 * c) * q * (laneSign(q - loadLanes(ebRow, v) * invSB) - qg)
                     default:
                         let g = loadRow(dr, v, n)
-                        if kind == 2 { grad = ((1 - param) * c) * q * (g - qg) }
+                        if kind == 5 { grad = (0.5 * c) * q * (g - qg) }
+                        else if kind == 2 { grad = ((1 - param) * c) * q * (g - qg) }
                         else if kind == 3 { grad = (-(1 - param) * c) * (g - q * qg) }
                         else { grad = c * q * (g - qg) }
                     }

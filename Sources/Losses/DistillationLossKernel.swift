@@ -112,7 +112,7 @@ struct NullBuffer: KernelArgument {
 extension OpenCLBackend: DistillationLossKernel {
     /// Persistent work-groups of `distill_loss_rows`: enough to balance the compute units, few enough
     /// that their scratch stays small and cache resident.
-    var distillGroups: Int { device.isCPU ? max(1, device.computeUnits) * 8 : max(1, device.computeUnits) * 4 }
+    var distillGroups: Int { device.isCPU ? max(1, device.computeUnits) * 2 : max(1, device.computeUnits) * 4 }
 
     public func distillScratchElements(rows: Int, vocabulary: Int) -> Int {
         max(1, min(rows, distillGroups)) * 4 * ((vocabulary + vectorWidth - 1) / vectorWidth * vectorWidth)

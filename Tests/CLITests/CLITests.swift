@@ -114,7 +114,7 @@ final class CLITests: XCTestCase {
     func testUnknownSuiteIsRejectedWithTheList() throws {
         let outcome = try kdgpu(["bench", "no-such-suite"])
         XCTAssertNotEqual(outcome.status, 0)
-        XCTAssertTrue(outcome.standardError.contains("unknown suite 'no-such-suite'; suites: copy, gemm, teacher, train"), outcome.standardError)
+        XCTAssertTrue(outcome.standardError.contains("unknown suite 'no-such-suite'; suites: copy, gemm, loss, linear-loss, teacher, train"), outcome.standardError)
     }
 }
 

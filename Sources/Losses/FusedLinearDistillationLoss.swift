@@ -1,0 +1,166 @@
+import Foundation
+import Tensor
+
+/// The teacher side of the fused linear + loss path.
+public enum LinearTeacher {
+    /// Full logits `[N, V]` (or `[N, V_t]`, truncated with ``DistillationLoss/truncateTeacherVocabulary``).
+    case logits(Tensor)
+    /// Teacher hidden states `[N, C_t]` and LM head `[V, C_t]` (or `[V_t, C_t]`, truncated): the
+    /// teacher logits are made chunk by chunk like the student's and never exist whole.
+    case hidden(Tensor, weight: Tensor)
+    case topK(TopKTeacher)
+}
+
+/// The LM head and the distillation loss fused over chunks of rows: for each chunk, `z = h W^T`
+/// (backend GEMM: CLBlast or host BLAS on OpenCL, OpenBLAS on the CPU), the loss kernel turns z into
+/// the loss and `dz` in place, then `dh = dz W` and `dW += dz^T h` before the next chunk. Peak extra
+/// memory is one chunk of logits (two with a hidden teacher) plus the kernel's scratch, whatever N is.
+///
+/// ```swift
+/// let fused = FusedLinearDistillationLoss(loss: DistillationLoss(temperature: 2), chunkBudgetBytes: 64 << 20)
+/// let result = try fused(hidden: h, weight: lmHead, teacher: .hidden(teacherHidden, weight: teacherHead),
+///                        labels: labels, gradHidden: dh, gradWeight: dW)
+/// ```
+public struct FusedLinearDistillationLoss: Sendable {
+    public var loss: DistillationLoss
+    /// Bytes the logits chunk(s) may take; the chunk has at least one row.
+    public var chunkBudgetBytes: Int
+
+    public init(loss: DistillationLoss, chunkBudgetBytes: Int = 256 << 20) {
+        self.loss = loss
+        self.chunkBudgetBytes = chunkBudgetBytes
+    }
+
+    /// Rows per chunk for `rows` rows of a `vocabulary`-wide head.
+    public func chunkRows(rows: Int, vocabulary: Int, teacherIsHidden: Bool) -> Int {
+        let perRow = vocabulary * 4 * (teacherIsHidden ? 2 : 1)
+        return max(1, min(rows, chunkBudgetBytes / max(1, perRow)))
+    }
+
+    /// - Parameters:
+    ///   - hidden: student hidden states `[N, C]`.
+    ///   - weight: student LM head `[V, C]`.
+    ///   - gradHidden: `[N, C]`, overwritten with `d loss / d hidden` (skipped when nil).
+    ///   - gradWeight: `[V, C]`, `d loss / d weight` is added to it (skipped when nil).
+    public func callAsFunction(hidden: Tensor, weight: Tensor, teacher: LinearTeacher, labels: Tensor? = nil,
+                               rowMask: Tensor? = nil, gradHidden: Tensor? = nil, gradWeight: Tensor? = nil,
+                               gradOutput: Float = 1) throws -> DistillationLossResult {
+        let backend = hidden.backend
+        try backend.requireFloat32(hidden, weight, op: "fused linear distillation loss")
+        guard hidden.rank == 2, weight.rank == 2 else {
+            throw TensorError.shapeMismatch("fused linear distillation loss: hidden \(hidden.label) \(describeShape(hidden.shape)) must be [rows, C] and weight \(weight.label) \(describeShape(weight.shape)) [vocabulary, C]")
+        }
+        let (rows, width, vocabulary) = (hidden.shape[0], hidden.shape[1], weight.shape[0])
+        guard weight.shape[1] == width else {
+            throw TensorError.shapeMismatch("fused linear distillation loss: hidden \(hidden.label) has width \(width), weight \(weight.label) \(describeShape(weight.shape)) has width \(weight.shape[1])")
+        }
+        if let gradHidden {
+            try backend.requireFloat32(gradHidden, op: "fused linear distillation loss")
+            guard gradHidden.shape == hidden.shape else {
+                throw TensorError.shapeMismatch("fused linear distillation loss: gradHidden \(gradHidden.label) \(describeShape(gradHidden.shape)) vs hidden \(hidden.label) \(describeShape(hidden.shape))")
+            }
+        }
+        if let gradWeight {
+            try backend.requireFloat32(gradWeight, op: "fused linear distillation loss")
+            guard gradWeight.shape == weight.shape else {
+                throw TensorError.shapeMismatch("fused linear distillation loss: gradWeight \(gradWeight.label) \(describeShape(gradWeight.shape)) vs weight \(weight.label) \(describeShape(weight.shape))")
+            }
+        }
+
+        // The teacher head, truncated to the student vocabulary when asked.
+        var teacherHead: (hidden: Tensor, weight: Tensor)?
+        if case .hidden(let teacherHidden, let teacherWeight) = teacher {
+            try backend.requireFloat32(teacherHidden, teacherWeight, op: "fused linear distillation loss (teacher)")
+            guard teacherHidden.rank == 2, teacherWeight.rank == 2, teacherHidden.shape[1] == teacherWeight.shape[1] else {
+                throw TensorError.shapeMismatch("fused linear distillation loss: teacher hidden \(teacherHidden.label) \(describeShape(teacherHidden.shape)) and teacher weight \(teacherWeight.label) \(describeShape(teacherWeight.shape)) must be [rows, C_t] and [vocabulary, C_t]")
+            }
+            guard teacherHidden.shape[0] == rows else {
+                throw TensorError.shapeMismatch("fused linear distillation loss: student hidden \(hidden.label) has \(rows) rows, teacher hidden \(teacherHidden.label) has \(teacherHidden.shape[0])")
+            }
+            let teacherVocabulary = teacherWeight.shape[0]
+            if teacherVocabulary != vocabulary {
+                guard teacherVocabulary > vocabulary, loss.truncateTeacherVocabulary else {
+                    throw TensorError.shapeMismatch("fused linear distillation loss: student vocabulary \(vocabulary) (\(weight.label)) vs teacher vocabulary \(teacherVocabulary) (\(teacherWeight.label))"
+                        + (teacherVocabulary > vocabulary ? "; set truncateTeacherVocabulary to use the teacher's first \(vocabulary) rows if the rest is padding" : ""))
+                }
+            }
+            teacherHead = (teacherHidden, try teacherWeight.rows(0..<vocabulary))
+        }
+
+        let chunk = chunkRows(rows: rows, vocabulary: vocabulary, teacherIsHidden: teacherHead != nil)
+        let logits = try backend.tensor(shape: [chunk, vocabulary], label: "fused loss logits chunk")
+        let teacherChunk = try teacherHead.map { _ in try backend.tensor(shape: [chunk, vocabulary], label: "fused loss teacher logits chunk") }
+        // The plan checks the whole call against [rows, vocabulary] views; chunks are handed in below.
+        let wholeStudent = Tensor(shape: [rows, vocabulary], storage: logits.storage, backend: backend,
+                                  label: "student logits (made chunk by chunk)")
+        let planTeacher: TeacherLogits
+        switch teacher {
+        case .logits(let t): planTeacher = .dense(t)
+        case .topK(let topK): planTeacher = .topK(topK)
+        case .hidden:
+            planTeacher = .dense(Tensor(shape: [rows, vocabulary], storage: teacherChunk!.storage, backend: backend,
+                                        label: "teacher logits (made chunk by chunk)"))
+        }
+        let plan = try DistillationPlan(loss: loss, student: wholeStudent, teacher: planTeacher, labels: labels,
+                                        rowMask: rowMask, gradient: .inPlace)
+        let kernels = plan.backend
+        let rowLoss = try backend.tensor(shape: [rows], label: "fused loss row losses")
+        let rowStatus = try backend.tensor(shape: [rows], label: "fused loss row status")
+        let scratch = try backend.tensor(shape: [kernels.distillScratchElements(rows: chunk, vocabulary: vocabulary)],
+                                         label: "fused loss scratch")
+        var validCount: Tensor?
+        if plan.needsValidCount {
+            let count = try backend.tensor(shape: [1], label: "valid row count")
+            try plan.enqueueCount(into: count)
+            validCount = count
+        }
+
+        var start = 0
+        while start < rows {
+            let range = start..<min(rows, start + chunk)
+            let z = try logits.rows(0..<range.count)
+            let h = try hidden.rows(range)
+            try backend.gemm(h, weight, into: z, transposeB: true)
+            var teacherLogits: Tensor?
+            if let teacherHead, let teacherChunk {
+                let t = try teacherChunk.rows(0..<range.count)
+                try backend.gemm(try teacherHead.hidden.rows(range), teacherHead.weight, into: t, transposeB: true)
+                teacherLogits = t
+            }
+            try plan.enqueue(rows: range, student: z, gradient: z, teacher: planTeacher, rowLoss: rowLoss, rowStatus: rowStatus,
+                             validCount: validCount, scratch: scratch, gradOutput: gradOutput, teacherChunk: teacherLogits)
+            if !loss.forwardOnly {
+                if let gradHidden { try backend.gemm(z, weight, into: try gradHidden.rows(range)) }
+                if let gradWeight { try backend.gemm(z, h, into: gradWeight, transposeA: true, beta: 1) }
+            }
+            start = range.upperBound
+        }
+        return try plan.finish(rowLoss: rowLoss.toArray(), rowStatus: rowStatus.toArray(), teacher: planTeacher)
+    }
+
+    /// The same computation with whole `[N, V]` logits (GEMM, loss, GEMMs): the reference the fused
+    /// path is tested and benchmarked against.
+    public func materialized(hidden: Tensor, weight: Tensor, teacher: LinearTeacher, labels: Tensor? = nil,
+                             rowMask: Tensor? = nil, gradHidden: Tensor? = nil, gradWeight: Tensor? = nil,
+                             gradOutput: Float = 1) throws -> DistillationLossResult {
+        let backend = hidden.backend
+        let (rows, vocabulary) = (hidden.shape[0], weight.shape[0])
+        let logits = try backend.tensor(shape: [rows, vocabulary], label: "materialized logits")
+        try backend.gemm(hidden, weight, into: logits, transposeB: true)
+        let teacherLogits: TeacherLogits
+        switch teacher {
+        case .logits(let t): teacherLogits = .dense(t)
+        case .topK(let topK): teacherLogits = .topK(topK)
+        case .hidden(let teacherHidden, let teacherWeight):
+            let t = try backend.tensor(shape: [rows, vocabulary], label: "materialized teacher logits")
+            try backend.gemm(teacherHidden, try teacherWeight.rows(0..<vocabulary), into: t, transposeB: true)
+            teacherLogits = .dense(t)
+        }
+        let result = try loss(student: logits, teacher: teacherLogits, labels: labels, rowMask: rowMask, gradOutput: gradOutput)
+        if !loss.forwardOnly {
+            if let gradHidden { try backend.gemm(logits, weight, into: gradHidden) }
+            if let gradWeight { try backend.gemm(logits, hidden, into: gradWeight, transposeA: true, beta: 1) }
+        }
+        return result
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Losses
+import Tensor
+import TestSupport
+
+/// The loss kernels' rows of the parity table: `distill_loss_rows` for every divergence (with
+/// `distill_count_valid_rows` behind the mean), and the unfused baseline's `kl_div_rows` and
+/// `kl_div_backward_rows`. Inputs: wide logits (randn * 10), a shared 5% vocabulary mask of -inf,
+/// the last row all -inf and masked out.
+extension ParityTable {
+    static let lossShapes = [[1, 1], [3, 17], [41, 1271], [2, 32003]]
+
+    static let lossCases: [ParityCase] = [
+        Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1),
+        .totalVariation,
+    ].map(distillCase) + [countedMeanCase, klDivCase, klDivBackwardCase]
+
+    /// Student, teacher and row mask with a shared vocabulary mask; the last of several rows all -inf and masked out.
+    static func lossInputs(_ rng: inout SeededRandom, rows: Int, cols: Int) -> (student: [Float], teacher: [Float], mask: [Float]) {
+        let masked: Set<Int> = rows > 1 ? [rows - 1] : []
+        var student = rng.logits(rows: rows, cols: cols, scale: 10, maskedRows: masked)
+        var teacher = rng.logits(rows: rows, cols: cols, scale: 10, maskedRows: masked)
+        if cols > 1 {
+            for i in 0..<(rows * cols) where i % cols != 0 && Double.random(in: 0..<1, using: &rng) < 0.05 {
+                student[i] = -.infinity
+                teacher[i] = -.infinity
+            }
+        }
+        return (student, teacher, (0..<rows).map { masked.contains($0) ? 0 : 1 })
+    }
+
+    /// Runs a loss in place on operand 0 and writes its row losses into operand 3.
+    static func runLoss(_ options: DistillationLoss, labels: Int? = nil) -> (any Backend, [Tensor]) throws -> Void {
+        { backend, t in
+            let result = try options(student: t[0], teacher: .dense(t[1]), labels: labels.map { t[$0] }, rowMask: t[2])
+            try result.rowLosses.withUnsafeBufferPointer { try backend.upload($0, to: t[3]) }
+        }
+    }
+
+    static func referenceLoss(_ options: DistillationLoss, rows: Int, cols: Int, labels: [Int]? = nil) -> ([[Double]]) -> [[Double]] {
+        { inputs in
+            let output = DistillationReference.compute(options, student: inputs[0], rows: rows, vocabulary: cols,
+                                                       teacher: .dense(inputs[1], stride: cols), labels: labels,
+                                                       rowMask: inputs[2])
+            return [output.gradient, output.rowLosses]
+        }
+    }
+
+    /// One divergence, T in {0.5, 2}, summed over rows so the gradient keeps its natural size.
+    static func distillCase(_ divergence: Divergence) -> ParityCase {
+        ParityCase(op: "distill_loss_rows \(divergence)", tolerance: 2e-5) { rng in
+            lossShapes.flatMap { shape in
+                [Float(0.5), 2].map { temperature in
+                    let (rows, cols) = (shape[0], shape[1])
+                    let inputs = lossInputs(&rng, rows: rows, cols: cols)
+                    let options = DistillationLoss(divergence: divergence, temperature: temperature, reduction: .sum)
+                    return ParityInstance(
+                        description: "\(rows)x\(cols) T=\(temperature)",
+                        operands: [Operand(shape: shape, values: inputs.student), Operand(shape: shape, values: inputs.teacher),
+                                   Operand(shape: [rows], values: inputs.mask), Operand(shape: [rows], values: rng.normals(rows))],
+                        outputs: [0, 3], run: runLoss(options), reference: referenceLoss(options, rows: rows, cols: cols))
+                }
+            }
+        }
+    }
+
+    /// The mean over labelled rows (distill_count_valid_rows feeds the gradient's 1 / N) with hard labels.
+    static let countedMeanCase = ParityCase(op: "distill_count_valid_rows + distill_loss_rows mean, hard labels", tolerance: 2e-5) { rng in
+        lossShapes.map { shape in
+            let (rows, cols) = (shape[0], shape[1])
+            var inputs = lossInputs(&rng, rows: rows, cols: cols)
+            var labels = (0..<rows).map { r -> Int in r % 3 == 1 ? -100 : Int.random(in: 0..<cols, using: &rng) }
+            for r in 0..<rows where labels[r] >= 0 {
+                if inputs.student[r * cols + labels[r]] == -.infinity { labels[r] = 0 }
+                inputs.student[r * cols + labels[r]] = 1
+                inputs.teacher[r * cols + labels[r]] = 1
+            }
+            let options = DistillationLoss(temperature: 2, hardWeight: 0.5)
+            return ParityInstance(
+                description: "\(rows)x\(cols)",
+                operands: [Operand(shape: shape, values: inputs.student), Operand(shape: shape, values: inputs.teacher),
+                           Operand(shape: [rows], values: inputs.mask), Operand(shape: [rows], values: rng.normals(rows)),
+                           Operand(shape: [rows], values: labels.map(Float.init))],
+                outputs: [0, 3], run: runLoss(options, labels: 4),
+                reference: referenceLoss(options, rows: rows, cols: cols, labels: labels))
+        }
+    }
+
+    /// Log-probabilities at T = 1 of the shared-mask inputs (the baseline's log_softmax_rows output).
+    static func logProbabilityInputs(_ rng: inout SeededRandom, rows: Int, cols: Int) -> ([Float], [Float]) {
+        let inputs = lossInputs(&rng, rows: rows, cols: cols)
+        let ls = referenceSoftmax(inputs.student.map(Double.init), rows: rows, cols: cols, temperature: 1, logarithm: true)
+        let lt = referenceSoftmax(inputs.teacher.map(Double.init), rows: rows, cols: cols, temperature: 1, logarithm: true)
+        // Masked rows stay -inf in both: kl_div_rows gives 0 for them.
+        return (ls.map(Float.init), lt.map(Float.init))
+    }
+
+    static let klDivCase = ParityCase(op: "kl_div_rows", tolerance: 1e-5) { rng in
+        lossShapes.map { shape in
+            let (rows, cols) = (shape[0], shape[1])
+            let (ls, lt) = logProbabilityInputs(&rng, rows: rows, cols: cols)
+            return ParityInstance(
+                description: "\(rows)x\(cols)",
+                operands: [Operand(shape: shape, values: ls), Operand(shape: shape, values: lt), Operand(shape: [rows], values: rng.normals(rows))],
+                outputs: [2],
+                run: { backend, t in
+                    try (backend as! any DistillationLossKernel).enqueueKLDivRows(logStudent: t[0], logTeacher: t[1], into: t[2])
+                },
+                reference: { inputs in
+                    [(0..<rows).map { r in
+                        (0..<cols).reduce(0.0) { sum, j in
+                            let (s, u) = (inputs[0][r * cols + j], inputs[1][r * cols + j])
+                            return u == -.infinity ? sum : sum + Foundation.exp(u) * (u - s)
+                        }
+                    }]
+                })
+        }
+    }
+
+    static let klDivBackwardCase = ParityCase(op: "kl_div_backward_rows", tolerance: 1e-6) { rng in
+        lossShapes.map { shape in
+            let (rows, cols) = (shape[0], shape[1])
+            let (ls, lt) = logProbabilityInputs(&rng, rows: rows, cols: cols)
+            let scale: Float = 0.75
+            return ParityInstance(
+                description: "\(rows)x\(cols) scale=\(scale)",
+                operands: [Operand(shape: shape, values: ls), Operand(shape: shape, values: lt), Operand(shape: shape, values: rng.normals(rows * cols))],
+                outputs: [2],
+                run: { backend, t in
+                    try (backend as! any DistillationLossKernel).enqueueKLDivBackward(logStudent: t[0], logTeacher: t[1], into: t[2], scale: scale)
+                },
+                reference: { inputs in
+                    [zip(inputs[0], inputs[1]).map { Double(scale) * (Foundation.exp($0) - Foundation.exp($1)) }]
+                })
+        }
+    }
+}

@@ -101,6 +101,11 @@ public final class DistillationRun {
             position = DataPosition(epoch: checkpoint.state.dataEpoch, index: checkpoint.state.dataIndex)
             objective = try JSONDecoder().decode(DistillationObjective.self, from: JSONEncoder().encode(checkpoint.state.schedules))
             log("resumed from \(out.path) at step \(startStep)")
+        } else if !config.studentShape.isEmpty {
+            let shape = try StudentShape.parse(config.studentShape)
+            student = try StudentModel(parameters: LlamaParameters.random(shape, like: teacher.config, seed: config.seed), backend: backend)
+            log("student: \(shape.blocks) fresh blocks, width \(shape.width), \(shape.heads) heads (\(shape.kvHeads) key/value), "
+                + "feed-forward \(shape.feedForward), \(student.parameterCount) parameters")
         } else {
             let layers = try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers)
             student = try StudentModel(parameters: LlamaParameters(gguf: teacherFile).inheriting(blocks: layers), backend: backend)

@@ -13,6 +13,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// the teacher's first and last three blocks: on SmolLM2-135M its validation perplexity before
     /// training is 2.0e5, against 3.3e7 for every:5 and 8.5e5 for 0,6,12,18,24,29 (measured).
     public var studentLayers = "0,1,2,27,28,29"
+    /// A freshly initialized student instead of inherited blocks: `blocks=4,width=256,heads=4,kv_heads=2,feed_forward=768`
+    /// (the vocabulary, context, RoPE and norm settings are the teacher's; embeddings are tied). Empty: inherit.
+    public var studentShape = ""
     /// Where the run writes metrics, checkpoints and the exported student.
     public var out = "runs/default"
     public var device = "opencl"
@@ -62,7 +65,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case teacher, data, studentLayers = "student_layers", out, device, steps, batchSize = "batch_size"
+        case teacher, data, studentLayers = "student_layers", studentShape = "student_shape", out, device, steps, batchSize = "batch_size"
         case gradientAccumulation = "gradient_accumulation", seqLen = "seq_len", lr, warmupSteps = "warmup_steps"
         case minLrFraction = "min_lr_fraction", weightDecay = "weight_decay", beta1, beta2, gradClip = "grad_clip", seed
         case divergence, temperature, temperatureSchedule = "temperature_schedule"
@@ -125,6 +128,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         try require(evalWindows >= 1, "eval_windows", "must be at least 1, got \(evalWindows)")
         try require(["f32", "f16", "q8_0", "none"].contains(exportGguf), "export_gguf", "use f32, f16, q8_0 or none, got '\(exportGguf)'")
         _ = try StudentLayers.parse(studentLayers, teacherLayers: Int.max)
+        if !studentShape.isEmpty { _ = try StudentShape.parse(studentShape) }
     }
 }
 
@@ -164,5 +168,33 @@ public enum StudentLayers {
             throw TrainingError.config("student_layers: '\(text)': blocks must be distinct, increasing and below the teacher's \(teacherLayers)")
         }
         return layers
+    }
+}
+
+/// `--student-shape`: the dimensions of a freshly initialized student.
+public struct StudentShape: Equatable {
+    public var blocks: Int
+    public var width: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var feedForward: Int
+
+    static let keys = ["blocks", "width", "heads", "kv_heads", "feed_forward"]
+
+    /// `blocks=4,width=256,heads=4,kv_heads=2,feed_forward=768`; every key is required.
+    public static func parse(_ text: String) throws -> StudentShape {
+        var values: [String: Int] = [:]
+        for part in text.split(separator: ",") {
+            let pair = part.split(separator: "=").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard pair.count == 2, keys.contains(pair[0]), let value = Int(pair[1]), value > 0 else {
+                throw TrainingError.config("student_shape: '\(part)' is not KEY=N with KEY one of \(keys.joined(separator: ", ")) and N > 0")
+            }
+            values[pair[0]] = value
+        }
+        guard let missing = keys.first(where: { values[$0] == nil }) else {
+            return StudentShape(blocks: values["blocks"]!, width: values["width"]!, heads: values["heads"]!,
+                                kvHeads: values["kv_heads"]!, feedForward: values["feed_forward"]!)
+        }
+        throw TrainingError.config("student_shape: '\(text)' lacks \(missing)=N (write \(keys.map { "\($0)=N" }.joined(separator: ",")))")
     }
 }

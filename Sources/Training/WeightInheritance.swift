@@ -1,5 +1,7 @@
 import Checkpoint
+import Foundation
 import Models
+import TrainingData
 
 extension LlamaParameters {
     /// A student of the teacher blocks `blocks` (in order, renumbered 0, 1, ...), with the teacher's
@@ -17,5 +19,28 @@ extension LlamaParameters {
             }
         }
         return try LlamaParameters(config: studentConfig, tensors: tensors, source: "student inherited from blocks \(blocks)")
+    }
+}
+
+extension LlamaParameters {
+    /// A fresh student of `shape` for `teacher`'s vocabulary and position settings, tied embeddings:
+    /// matrices drawn from N(0, 0.02^2) (llama's initialization), norm weights 1, seeded.
+    public static func random(_ shape: StudentShape, like teacher: LlamaConfig, seed: UInt64) throws -> LlamaParameters {
+        let config = LlamaConfig(layers: shape.blocks, width: shape.width, feedForward: shape.feedForward, heads: shape.heads,
+                                 kvHeads: shape.kvHeads, vocabulary: teacher.vocabulary, contextLength: teacher.contextLength,
+                                 ropeBase: teacher.ropeBase, normEpsilon: teacher.normEpsilon, tiedEmbeddings: true)
+        try config.validate(source: "student_shape")
+        var random = SplitMix64(seed: seed)
+        func normal() -> Float {
+            let u1 = Double(random.next() >> 11) / Double(1 << 53) + 1e-300, u2 = Double(random.next() >> 11) / Double(1 << 53)
+            return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
+        }
+        var tensors: [String: ParameterTensor] = [:]
+        for (name, tensorShape) in expectedShapes(for: config) {
+            let count = tensorShape.reduce(1, *)
+            tensors[name] = ParameterTensor(shape: tensorShape, values: isNorm(name) ? Array(repeating: 1, count: count)
+                                                                                    : (0..<count).map { _ in 0.02 * normal() })
+        }
+        return try LlamaParameters(config: config, tensors: tensors, source: "student_shape")
     }
 }

@@ -23,6 +23,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The teacher GGUF.", valueName: "file.gguf")) var teacher: String?
     @Option(name: .long, help: ArgumentHelp("Text file, folder of .txt/.md files, or JSONL.", valueName: "path")) var data: String?
     @Option(name: .long, help: ArgumentHelp("Teacher blocks the student inherits: 0,6,12 or every:N.", valueName: "blocks")) var studentLayers: String?
+    @Option(name: .long, help: ArgumentHelp("A fresh student instead: blocks=N,width=N,heads=N,kv_heads=N,feed_forward=N.", valueName: "shape"))
+    var studentShape: String?
     @Option(name: .long, help: "Total optimizer steps.") var steps: Int?
     @Option(name: .long, help: "Windows per micro-batch.") var batchSize: Int?
     @Option(name: .long, help: "Micro-batches per optimizer step.") var gradientAccumulation: Int?
@@ -88,6 +90,7 @@ struct TrainCommand: ParsableCommand {
         if let teacher { settings.teacher = teacher }
         if let data { settings.data = data }
         if let studentLayers { settings.studentLayers = studentLayers }
+        if let studentShape { settings.studentShape = studentShape }
         if let steps { settings.steps = steps }
         if let batchSize { settings.batchSize = batchSize }
         if let gradientAccumulation { settings.gradientAccumulation = gradientAccumulation }

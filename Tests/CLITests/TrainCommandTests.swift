@@ -97,6 +97,21 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertEqual(eval.status, 0, eval.error)
     }
 
+    /// A freshly initialized student of a given shape trains and exports too.
+    func testFreshStudentOfAGivenShapeTrains() throws {
+        let data = try corpus(), out = try folder("fresh")
+        var arguments = trainArguments(data: data, out: out)
+        arguments += ["--student-shape", "blocks=2,width=32,heads=2,kv_heads=1,feed_forward=64", "--steps", "3"]
+        let run = try kdgpu(arguments)
+        XCTAssertEqual(run.status, 0, run.error)
+        XCTAssertTrue(run.error.contains("student: 2 fresh blocks, width 32, 2 heads (1 key/value), feed-forward 64"), run.error)
+        let records = try metrics(out).filter { $0["loss"] != nil }
+        XCTAssertEqual(records.count, 3)
+        XCTAssertTrue(records.allSatisfy { ($0["loss"] as? Double)?.isFinite == true })
+        let bad = try kdgpu(trainArguments(data: data, out: out) + ["--student-shape", "blocks=2,width=32"])
+        XCTAssertTrue(bad.error.contains("student_shape: 'blocks=2,width=32' lacks heads=N"), bad.error)
+    }
+
     func testBadTrainingInputsAreOneLineErrors() throws {
         let data = try corpus(), out = try folder("bad")
         let yaml = out.appendingPathComponent("config.yaml")

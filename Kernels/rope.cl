@@ -1,13 +1,14 @@
-// rope.cl: rotary position embedding of x [tokens, heads, head_dim] at positions [tokens].
-// Pair p < rope_dim / 2 of each head turns by pos * base^(-2p / rope_dim):
+// rope.cl: rotary position embedding of x [tokens, heads, head_dim].
+// Pair p < rope_dim / 2 of each head of token t turns by theta(t, p) = pos_t * base^(-2p / rope_dim);
+// table [tokens, rope_dim / 2, 2] holds (cos theta, sin theta), computed on the host in fp64.
 //   adjacent pairs (x[2p], x[2p+1])          : GGUF llama weights (llama.cpp's layout)
 //   halves (x[p], x[p + rope_dim / 2])       : Hugging Face weights (rotate_half)
 // direction -1 turns back (the backward of the rotation). Dimensions past rope_dim pass through.
 // One work-item per pair; y may be x. CPU twin: CPUKernels.rope.
 
-__kernel void rope(__global const float* x, int xo, __global const int* positions, int po,
+__kernel void rope(__global const float* x, int xo, __global const float* table, int to,
                    __global float* y, int yo, int tokens, int heads, int head_dim, int rope_dim,
-                   float base, int halves, float direction) {
+                   int halves, float direction) {
     const int pairs = head_dim / 2;
     const int g = get_global_id(0);
     if (g >= tokens * heads * pairs) return;
@@ -26,8 +27,8 @@ __kernel void rope(__global const float* x, int xo, __global const int* position
     }
     const int i0 = halves ? p : 2 * p;
     const int i1 = halves ? p + rotated : 2 * p + 1;
-    const float theta = (float)positions[po + token] * pow(base, -2.0f * (float)p / (float)rope_dim);
-    const float c = cos(theta), s = direction * sin(theta);
+    const float2 cs = vload2((long)token * rotated + p, table + to);
+    const float c = cs.x, s = direction * cs.y;
     const float a = xh[i0], b = xh[i1];
     yh[i0] = a * c - b * s;
     yh[i1] = a * s + b * c;

@@ -202,11 +202,11 @@ public final class CPUBackend: Backend {
         }
     }
 
-    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
-        let (px, pp, py) = (try pointer(x), try int32Pointer(positions), try mutablePointer(y))
+    public func enqueueRoPE(_ x: Tensor, table: Tensor, into y: Tensor, _ rope: RoPE) throws {
+        let (px, pt, py) = (try pointer(x), try pointer(table), try mutablePointer(y))
         parallelChunks(x.count / 2, grain: elementGrain) {
-            CPUKernels.rope(px, pp, py, heads: rope.heads, headDim: rope.headDimension, ropeDim: rope.rotatedDimensions,
-                            base: rope.base, halves: rope.layout == .halves, direction: rope.inverse ? -1 : 1, $0)
+            CPUKernels.rope(px, pt, py, heads: rope.heads, headDim: rope.headDimension, ropeDim: rope.rotatedDimensions,
+                            halves: rope.layout == .halves, direction: rope.inverse ? -1 : 1, $0)
         }
     }
 

@@ -99,11 +99,10 @@ extension CPUKernels {
 
     // MARK: rope.cl
 
-    /// Rotates x [tokens, heads, headDim] at `positions` into y (which may be x); see rope.cl for the layouts.
-    /// `pairs` ranges over tokens * heads * headDim / 2.
-    public static func rope(_ x: UnsafePointer<Float>, _ positions: UnsafePointer<Int32>, _ y: UnsafeMutablePointer<Float>,
-                            heads: Int, headDim: Int, ropeDim: Int, base: Float, halves: Bool, direction: Float,
-                            _ pairs: Range<Int>) {
+    /// Rotates x [tokens, heads, headDim] into y (which may be x) with the (cos, sin) `table`
+    /// [tokens, ropeDim / 2, 2]; see rope.cl for the layouts. `pairs` ranges over tokens * heads * headDim / 2.
+    public static func rope(_ x: UnsafePointer<Float>, _ table: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                            heads: Int, headDim: Int, ropeDim: Int, halves: Bool, direction: Float, _ pairs: Range<Int>) {
         let pairsPerHead = headDim / 2, rotated = ropeDim / 2
         for g in pairs {
             let p = g % pairsPerHead
@@ -117,8 +116,7 @@ extension CPUKernels {
                 continue
             }
             let (i0, i1) = halves ? (p, p + rotated) : (2 * p, 2 * p + 1)
-            let theta = Float(positions[token]) * powf(base, -2 * Float(p) / Float(ropeDim))
-            let c = cosf(theta), s = direction * sinf(theta)
+            let c = table[(token * rotated + p) * 2], s = direction * table[(token * rotated + p) * 2 + 1]
             let (a, b) = (xh[i0], xh[i1])
             yh[i0] = a * c - b * s
             yh[i1] = a * s + b * c

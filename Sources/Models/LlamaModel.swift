@@ -137,7 +137,7 @@ public final class LlamaModel {
 
         func scratch(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
         let ids = try backend.indexTensor(flat, shape: [n], label: "token ids")
-        let positions = try backend.indexTensor((0..<n).map { Int32(start + $0 % t) }, shape: [n], label: "positions")
+        let positionList = (0..<n).map { Int32(start + $0 % t) }
         let x = try scratch([n, c], "residual")
         let xn = try scratch([n, c], "normed")
         let q = try scratch([n, h * hs], "q"), k = try scratch([n, hkv * hs], "k"), vv = try scratch([n, hkv * hs], "v")
@@ -160,8 +160,8 @@ public final class LlamaModel {
             try linear(xn, block.query, into: q)
             try linear(xn, block.key, into: k)
             try linear(xn, block.value, into: vv)
-            try backend.rope(q, positions: positions, into: q, rope)
-            try backend.rope(k, positions: positions, into: k, ropeKV)
+            try backend.rope(q, positions: positionList, into: q, rope)
+            try backend.rope(k, positions: positionList, into: k, ropeKV)
             try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
             try backend.transpose12(k.reshaped([b, t, hkv, hs]), into: kT)
             try backend.transpose12(vv.reshaped([b, t, hkv, hs]), into: vT)

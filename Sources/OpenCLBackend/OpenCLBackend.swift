@@ -309,12 +309,12 @@ public final class OpenCLBackend: Backend {
                    try arguments(x) + arguments(weight) + arguments(y) + [try int32(x.columns, x.label), epsilon])
     }
 
-    public func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+    public func enqueueRoPE(_ x: Tensor, table: Tensor, into y: Tensor, _ rope: RoPE) throws {
         try launch("rope", in: "rope.cl", globalSize: x.count / 2, localSize: nil,
-                   try arguments(x) + arguments(positions) + arguments(y)
-                       + [try int32(positions.count, positions.label), try int32(rope.heads, x.label),
+                   try arguments(x) + arguments(table) + arguments(y)
+                       + [try int32(table.shape[0], table.label), try int32(rope.heads, x.label),
                           try int32(rope.headDimension, x.label), try int32(rope.rotatedDimensions, x.label),
-                          rope.base, Int32(rope.layout == .halves ? 1 : 0), Float(rope.inverse ? -1 : 1)])
+                          Int32(rope.layout == .halves ? 1 : 0), Float(rope.inverse ? -1 : 1)])
     }
 
     public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {

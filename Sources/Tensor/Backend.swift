@@ -44,8 +44,8 @@ public protocol Backend: AnyObject {
     func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws
     /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight
     func enqueueRMSNorm(_ x: Tensor, weight: Tensor, epsilon: Float, into y: Tensor) throws
-    /// Rotary embedding of x [tokens, heads, headDim] at positions [tokens] (i32) into y.
-    func enqueueRoPE(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws
+    /// Rotary embedding of x [tokens, heads, headDim] into y with the (cos, sin) table [tokens, rotated / 2, 2].
+    func enqueueRoPE(_ x: Tensor, table: Tensor, into y: Tensor, _ rope: RoPE) throws
     /// probs = causal softmax of scores [rows, keys]; row r is query r % queries at position r % queries + keyOffset.
     func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws
     /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped.
@@ -109,6 +109,22 @@ public struct RoPE: Equatable, Sendable {
     public var layout: PairLayout
     /// Turn by -theta instead of theta: the inverse rotation, which is the backward of the forward one.
     public var inverse: Bool
+
+    /// (cos, sin) of each token's rotation angles pos * base^(-2i / rotated), computed in fp64:
+    /// [positions.count, rotated / 2, 2] values.
+    public func angleTable(positions: [Int32]) -> [Float] {
+        let pairs = rotatedDimensions / 2
+        let frequencies = (0..<pairs).map { pow(Double(base), -2 * Double($0) / Double(rotatedDimensions)) }
+        var table = [Float](repeating: 0, count: positions.count * pairs * 2)
+        for (token, position) in positions.enumerated() {
+            for (i, frequency) in frequencies.enumerated() {
+                let theta = Double(position) * frequency
+                table[(token * pairs + i) * 2] = Float(cos(theta))
+                table[(token * pairs + i) * 2 + 1] = Float(sin(theta))
+            }
+        }
+        return table
+    }
 
     public init(heads: Int, headDimension: Int, rotatedDimensions: Int? = nil, base: Float, layout: PairLayout, inverse: Bool = false) {
         self.heads = heads

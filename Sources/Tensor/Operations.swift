@@ -225,18 +225,18 @@ extension Backend {
         try enqueueRMSNorm(x, weight: weight, epsilon: epsilon, into: y)
     }
 
-    /// y = x [tokens, heads * headDim] rotated at `positions` [tokens] (i32); y may be x.
-    public func rope(_ x: Tensor, positions: Tensor, into y: Tensor, _ rope: RoPE) throws {
+    /// y = x [tokens, heads * headDim] rotated at `positions` (one per token); y may be x. The angles
+    /// are computed on the host in fp64 (``RoPE/angleTable(positions:)``) and looked up by the kernel.
+    public func rope(_ x: Tensor, positions: [Int32], into y: Tensor, _ rope: RoPE) throws {
         try requireFloat32(x, y, op: "rope")
-        try requireOwned(positions, op: "rope")
         try requireSameShape(x, y, op: "rope")
-        guard positions.dtype == .i32, rope.headDimension % 2 == 0, rope.rotatedDimensions % 2 == 0,
-              rope.rotatedDimensions <= rope.headDimension, rope.rotatedDimensions > 0,
-              x.count == positions.count * rope.heads * rope.headDimension else {
-            throw TensorError.shapeMismatch("rope: \(x.label) \(describeShape(x.shape)) at positions \(positions.label) \(describeShape(positions.shape)) with \(rope.heads) heads of \(rope.headDimension) (\(rope.rotatedDimensions) rotated)")
+        guard rope.headDimension % 2 == 0, rope.rotatedDimensions % 2 == 0, rope.rotatedDimensions <= rope.headDimension,
+              rope.rotatedDimensions > 0, x.count == positions.count * rope.heads * rope.headDimension else {
+            throw TensorError.shapeMismatch("rope: \(x.label) \(describeShape(x.shape)) at \(positions.count) positions with \(rope.heads) heads of \(rope.headDimension) (\(rope.rotatedDimensions) rotated)")
         }
         guard x.count > 0 else { return }
-        try enqueueRoPE(x, positions: positions, into: y, rope)
+        let table = try tensor(rope.angleTable(positions: positions), shape: [positions.count, rope.rotatedDimensions], label: "rope angles")
+        try enqueueRoPE(x, table: table, into: y, rope)
     }
 
     /// probs = softmax(scale * scores) over the keys each query may see: row r of scores [..., keys]

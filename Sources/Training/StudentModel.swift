@@ -155,7 +155,7 @@ public final class StudentModel {
         }
         let (n, c, h, hkv, hs, f, g) = (b * t, config.width, config.heads, config.kvHeads, config.headDimension, config.feedForward, config.groupSize)
         func tensor(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
-        let positions = try backend.indexTensor((0..<n).map { Int32($0 % t) }, shape: [n], label: "positions")
+        let positionList = (0..<n).map { Int32($0 % t) }
         var x = try tensor([n, c], "residual 0")
         try backend.gatherRows(parameter("token_embd.weight").value, ids: backend.indexTensor(flat, shape: [n], label: "token ids"), into: x)
         let scale = 1 / Float(hs).squareRoot()
@@ -167,8 +167,8 @@ public final class StudentModel {
             try backend.gemm(xn1, weight(l, "attn_q.weight"), into: q, transposeB: true)
             try backend.gemm(xn1, weight(l, "attn_k.weight"), into: k, transposeB: true)
             try backend.gemm(xn1, weight(l, "attn_v.weight"), into: v, transposeB: true)
-            try backend.rope(q, positions: positions, into: q, rope)
-            try backend.rope(k, positions: positions, into: k, kvRope)
+            try backend.rope(q, positions: positionList, into: q, rope)
+            try backend.rope(k, positions: positionList, into: k, kvRope)
             let qT = try tensor([b, h, t, hs], "q by head \(l)"), kT = try tensor([b, hkv, t, hs], "k by head \(l)")
             let vT = try tensor([b, hkv, t, hs], "v by head \(l)")
             try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
@@ -212,7 +212,7 @@ public final class StudentModel {
         let (b, t) = (saved.batch, saved.length)
         let (n, c, h, hkv, hs, f, g) = (b * t, config.width, config.heads, config.kvHeads, config.headDimension, config.feedForward, config.groupSize)
         func tensor(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
-        let positions = try backend.indexTensor((0..<n).map { Int32($0 % t) }, shape: [n], label: "positions")
+        let positionList = (0..<n).map { Int32($0 % t) }
         let rstd = try tensor([n], "rms workspace")
         let scale = 1 / Float(hs).squareRoot()
         var inverseRope = rope, inverseKVRope = kvRope
@@ -260,8 +260,8 @@ public final class StudentModel {
             try backend.transpose12(dqT, into: dq.reshaped([b, t, h, hs]))
             try backend.transpose12(dkT, into: dk.reshaped([b, t, hkv, hs]))
             try backend.transpose12(dvT, into: dv.reshaped([b, t, hkv, hs]))
-            try backend.rope(dq, positions: positions, into: dq, inverseRope)
-            try backend.rope(dk, positions: positions, into: dk, inverseKVRope)
+            try backend.rope(dq, positions: positionList, into: dq, inverseRope)
+            try backend.rope(dk, positions: positionList, into: dk, inverseKVRope)
             try backend.gemm(dq, weight(l, "attn_q.weight"), into: dNormed)
             try backend.gemm(dk, weight(l, "attn_k.weight"), into: dNormed, beta: 1)
             try backend.gemm(dv, weight(l, "attn_v.weight"), into: dNormed, beta: 1)

@@ -22,7 +22,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 
     // Optimization.
     /// Total optimizer steps of the run (a resumed run continues up to it).
-    public var steps = 50
+    public var steps = 100
     /// Windows per micro-batch.
     public var batchSize = 4
     /// Micro-batches per optimizer step (the loss is normalized by all their tokens).
@@ -54,11 +54,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     // Evaluation and checkpoints.
     public var validationFraction = 0.05
     /// Validation every this many steps (and at the end); 0 only at the start and the end.
-    public var evalEvery = 20
+    public var evalEvery = 25
     /// Validation windows used at most.
     public var evalWindows = 16
     /// Checkpoint every this many steps (and at the end).
-    public var checkpointEvery = 20
+    public var checkpointEvery = 25
     /// Export of the final student as GGUF: f32, f16, q8_0, or none.
     public var exportGguf = "f16"
 

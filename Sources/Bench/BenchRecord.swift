@@ -56,15 +56,23 @@ public struct BenchRecord: Encodable {
     }
 }
 
-/// Renders records as an aligned text table.
+/// Renders records as aligned text tables, one per suite, each with its own extra columns.
 public func formatBenchTable(_ records: [BenchRecord]) -> String {
+    var suites: [String] = []
+    for record in records where !suites.contains(record.suite) { suites.append(record.suite) }
+    return suites.map { suite in formatSuiteTable(records.filter { $0.suite == suite }) }.joined(separator: "\n\n")
+}
+
+private func formatSuiteTable(_ records: [BenchRecord]) -> String {
     let extraKeys = Array(Set(records.flatMap { $0.extra.keys })).sorted()
-    let header = ["suite", "kernel", "backend", "shape", "median ms", "GB/s", "GFLOP/s", "max abs err"] + extraKeys
+    let showBandwidth = records.contains { $0.gbPerSecond != nil }, showFlops = records.contains { $0.gflopPerSecond != nil }
+    let header = ["suite", "kernel", "backend", "shape", "median ms"] + (showBandwidth ? ["GB/s"] : []) + (showFlops ? ["GFLOP/s"] : [])
+        + ["max abs err"] + extraKeys
     func number(_ value: Double?, _ format: String) -> String { value.map { String(format: format, $0) } ?? "-" }
     let rows = records.map { r in
-        [r.suite, r.kernel, r.backend, r.shape, number(r.medianSeconds * 1000, "%.3f"), number(r.gbPerSecond, "%.1f"),
-         number(r.gflopPerSecond, "%.1f"), number(r.maxAbsError, "%.2e")]
-            + extraKeys.map { number(r.extra[$0], "%.3f") }
+        [r.suite, r.kernel, r.backend, r.shape, number(r.medianSeconds * 1000, "%.3f")]
+            + (showBandwidth ? [number(r.gbPerSecond, "%.1f")] : []) + (showFlops ? [number(r.gflopPerSecond, "%.1f")] : [])
+            + [number(r.maxAbsError, "%.2e")] + extraKeys.map { number(r.extra[$0], "%.3f") }
     }
     let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
     func line(_ cells: [String]) -> String {
@@ -73,7 +81,13 @@ public func formatBenchTable(_ records: [BenchRecord]) -> String {
                        : String(repeating: " ", count: widths[column] - cell.count) + cell
         }.joined(separator: "  ")
     }
-    let notes = records.compactMap { r in r.note.map { "  \(r.suite)/\(r.kernel) on \(r.backend): \($0)" } }
+    var notes: [String] = []
+    for r in records {
+        if let note = r.note {
+            let text = "  \(r.kernel) on \(r.backend): \(note)"
+            if !notes.contains(text) { notes.append(text) }
+        }
+    }
     return ([line(header), line(widths.map { String(repeating: "-", count: $0) })] + rows.map(line)).joined(separator: "\n")
-        + (notes.isEmpty ? "" : "\nnotes:\n" + Array(Set(notes)).sorted().joined(separator: "\n"))
+        + (notes.isEmpty ? "" : "\n" + notes.joined(separator: "\n"))
 }

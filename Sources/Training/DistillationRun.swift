@@ -13,8 +13,9 @@ public struct RunSummary {
     public var teacherValidationPerplexity: Double
     public var initialStudentValidationPerplexity: Double?
     public var finalStudentValidationPerplexity: Double
-    public var exportedGGUF: URL?
-    public var checkpoint: URL
+    /// Paths as the user gave the run folder.
+    public var exportedGGUF: String?
+    public var checkpoint: String
 }
 
 /// One distillation run: the teacher (quantized, inference only) teaches the student (fp32, trained
@@ -55,6 +56,10 @@ public final class DistillationRun {
 
     public func run() throws -> RunSummary {
         let out = URL(fileURLWithPath: config.out, isDirectory: true)
+        /// Paths in messages as the user wrote them (`runs/default/...`), not absolute.
+        func shown(_ url: URL) -> String {
+            url.path.hasPrefix(out.path) ? config.out + url.path.dropFirst(out.path.count) : url.path
+        }
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
 
         // Teacher and tokenizer.
@@ -100,7 +105,7 @@ public final class DistillationRun {
             startStep = checkpoint.state.step
             position = DataPosition(epoch: checkpoint.state.dataEpoch, index: checkpoint.state.dataIndex)
             objective = try JSONDecoder().decode(DistillationObjective.self, from: JSONEncoder().encode(checkpoint.state.schedules))
-            log("resumed from \(out.path) at step \(startStep)")
+            log("resumed from \(config.out) at step \(startStep)")
         } else if !config.studentShape.isEmpty {
             let shape = try StudentShape.parse(config.studentShape)
             student = try StudentModel(parameters: LlamaParameters.random(shape, like: teacher.config, seed: config.seed), backend: backend)
@@ -177,7 +182,7 @@ public final class DistillationRun {
                                          configuration: identity, schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(objective)))
                 lastCheckpoint = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: student.downloadMoments(), state: state)
                     .save(in: out)
-                log("step \(step): checkpoint \(lastCheckpoint.path)")
+                log("step \(step): checkpoint \(shown(lastCheckpoint))")
             }
         }
 
@@ -193,12 +198,12 @@ public final class DistillationRun {
             let type: GGMLType = config.exportGguf == "f32" ? .f32 : config.exportGguf == "q8_0" ? .q8_0 : .f16
             try GGUFExport.write(student.downloadParameters(), to: url, matrixType: type, tokenizerFrom: teacherFile, name: "kdgpu student")
             exported = url
-            log("exported \(url.path) (\(config.exportGguf))")
+            log("exported \(shown(url)) (\(config.exportGguf))")
         }
         let final = try finalNLL ?? studentLikelihood(student, validationBatches)
         return RunSummary(steps: config.steps, teacherValidationPerplexity: teacherNLL.perplexity,
                           initialStudentValidationPerplexity: initialStudentPerplexity, finalStudentValidationPerplexity: final.perplexity,
-                          exportedGGUF: exported, checkpoint: lastCheckpoint)
+                          exportedGGUF: exported.map(shown), checkpoint: shown(lastCheckpoint))
     }
 
     public struct StepParts {

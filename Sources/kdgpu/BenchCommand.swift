@@ -29,6 +29,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
     var json = false
 
+    @Option(name: .long, help: ArgumentHelp("Also write the records as a JSON array to this file.", valueName: "file.json"))
+    var jsonOut: String?
+
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1, got \(runs)") }
         let known = allBenchSuites.map(\.name)
@@ -59,9 +62,10 @@ struct BenchCommand: ParsableCommand {
             for suite in selected {
                 records += try suite.run(context)
             }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            if let jsonOut { try encoder.encode(records).write(to: URL(fileURLWithPath: jsonOut), options: .atomic) }
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 print(String(decoding: try encoder.encode(records), as: UTF8.self))
             } else {
                 print(formatBenchTable(records))

@@ -78,8 +78,8 @@ struct TrainCommand: ParsableCommand {
                 print(String(format: "  student, initial:       %.3f", initial))
             }
             print(String(format: "  student, after %d steps: %.3f", summary.steps, summary.finalStudentValidationPerplexity))
-            print("checkpoint: \(summary.checkpoint.path)")
-            if let exported = summary.exportedGGUF { print("exported:   \(exported.path)") }
+            print("checkpoint: \(summary.checkpoint)")
+            if let exported = summary.exportedGGUF { print("exported:   \(exported)") }
         } catch {
             fail(error)
         }

@@ -52,7 +52,7 @@ let package = Package(
 
         // Training inputs and outputs: tokenized corpora cut into shuffled windows; safetensors,
         // Hugging Face / GGUF export and import, crash-safe training checkpoints.
-        .target(name: "TrainingData", dependencies: ["Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
+        .target(name: "TrainingData", dependencies: ["Tensor", "Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
         .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
 
         // Training: the trainable student (forward/backward), optimizer, train loop.
@@ -91,7 +91,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TrainingDataTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
+        .testTarget(name: "TrainingDataTests", dependencies: ["Tensor", "TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "TestSupport"],
                     path: "Tests/CheckpointTests", exclude: ["Fixtures"]),
         .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],

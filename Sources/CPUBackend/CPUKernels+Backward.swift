@@ -5,22 +5,7 @@ import Tensor
 extension CPUKernels {
     /// out[r] = sum_j x[r, j]^2
     public static func row_sum_squares(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, cols: Int, _ rows: Range<Int>) {
-        for r in rows {
-            let xr = x + r * cols
-            var lanes = SIMD16<Float>(repeating: 0)
-            var j = 0
-            while j + 16 <= cols {
-                let v = UnsafeRawPointer(xr + j).loadUnaligned(as: SIMD16<Float>.self)
-                lanes += v * v
-                j += 16
-            }
-            var s = lanes.sum()
-            while j < cols {
-                s += xr[j] * xr[j]
-                j += 1
-            }
-            out[r] = s
-        }
+        for r in rows { out[r] = rowSumOfSquares(x + r * cols, cols) }
     }
 
     /// dx = rstd * w * dy - x * rstd^3 * sum(w * dy * x) / C per row (written); rstd[r] written.

@@ -80,19 +80,7 @@ extension CPUKernels {
                                 cols: Int, eps: Float, _ rows: Range<Int>) {
         for r in rows {
             let xr = x + r * cols, yr = y + r * cols
-            var lanes = SIMD16<Float>(repeating: 0)
-            var j = 0
-            while j + 16 <= cols {
-                let v = UnsafeRawPointer(xr + j).loadUnaligned(as: SIMD16<Float>.self)
-                lanes += v * v
-                j += 16
-            }
-            var sumOfSquares = lanes.sum()
-            while j < cols {
-                sumOfSquares += xr[j] * xr[j]
-                j += 1
-            }
-            let scale = 1 / (sumOfSquares / Float(cols) + eps).squareRoot()
+            let scale = 1 / (rowSumOfSquares(xr, cols) / Float(cols) + eps).squareRoot()
             for c in 0..<cols { yr[c] = xr[c] * scale * w[c] }
         }
     }

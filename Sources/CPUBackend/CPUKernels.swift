@@ -110,6 +110,24 @@ public enum CPUKernels {
         return m
     }
 
+    /// sum_j x[j]^2, accumulated in 16 lanes.
+    @inline(__always)
+    static func rowSumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var lanes = SIMD16<Float>(repeating: 0)
+        var j = 0
+        while j + 16 <= n {
+            let v = UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self)
+            lanes += v * v
+            j += 16
+        }
+        var s = lanes.sum()
+        while j < n {
+            s += x[j] * x[j]
+            j += 1
+        }
+        return s
+    }
+
     /// sum_j exp((x[j] - shift) * scale), accumulated in 16 lanes.
     @inline(__always)
     static func rowSumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float) -> Float {

@@ -1,25 +1,17 @@
 import Foundation
+import Tensor
 
 /// Picks the next token from a row of logits: greedy at temperature 0, else a draw from
 /// softmax(logits / temperature) restricted to the smallest set of tokens whose probability reaches top-p.
 public struct Sampler {
     public var temperature: Float
     public var topP: Float
-    private var state: UInt64
+    private var random: SplitMix64
 
     public init(temperature: Float, topP: Float, seed: UInt64) {
         self.temperature = temperature
         self.topP = topP
-        state = seed
-    }
-
-    /// SplitMix64: reproducible draws from `seed`.
-    private mutating func uniform() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
+        random = SplitMix64(seed: seed)
     }
 
     public mutating func next(logits: [Float]) -> Int32 {
@@ -34,7 +26,7 @@ public struct Sampler {
             mass += weights[kept].1
             kept += 1
         }
-        var draw = uniform() * mass
+        var draw = random.unit() * mass
         for (token, weight) in weights.prefix(kept) {
             draw -= weight
             if draw <= 0 { return Int32(token) }

@@ -1,7 +1,7 @@
 import Checkpoint
 import Foundation
 import Models
-import TrainingData
+import Tensor
 
 extension LlamaParameters {
     /// A student of the teacher blocks `blocks` (in order, renumbered 0, 1, ...), with the teacher's
@@ -31,15 +31,11 @@ extension LlamaParameters {
                                  ropeBase: teacher.ropeBase, normEpsilon: teacher.normEpsilon, tiedEmbeddings: true)
         try config.validate(source: "student_shape")
         var random = SplitMix64(seed: seed)
-        func normal() -> Float {
-            let u1 = Double(random.next() >> 11) / Double(1 << 53) + 1e-300, u2 = Double(random.next() >> 11) / Double(1 << 53)
-            return Float((-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2))
-        }
         var tensors: [String: ParameterTensor] = [:]
         for (name, tensorShape) in expectedShapes(for: config) {
             let count = tensorShape.reduce(1, *)
             tensors[name] = ParameterTensor(shape: tensorShape, values: isNorm(name) ? Array(repeating: 1, count: count)
-                                                                                    : (0..<count).map { _ in 0.02 * normal() })
+                                                                                    : (0..<count).map { _ in 0.02 * random.normal() })
         }
         return try LlamaParameters(config: config, tensors: tensors, source: "student_shape")
     }

@@ -4,33 +4,9 @@ import XCTest
 
 /// The `kdgpu` executable as a user runs it: copied away from the source tree, with and without OpenCL.
 final class CLITests: XCTestCase {
-    /// The built `kdgpu`, next to this test bundle in the build folder.
-    private var builtExecutable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kdgpu")
-    }
-
-    private struct Outcome {
-        let status: Int32
-        let standardOutput: String
-        let standardError: String
-    }
-
     private func kdgpu(_ arguments: [String], executable: URL? = nil, environment: [String: String] = [:],
-                       workingDirectory: URL? = nil) throws -> Outcome {
-        let process = Process()
-        process.executableURL = executable ?? builtExecutable
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        if let workingDirectory { process.currentDirectoryURL = workingDirectory }
-        let output = Pipe(), error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outData = output.fileHandleForReading.readDataToEndOfFile()
-        let errData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(status: process.terminationStatus, standardOutput: String(decoding: outData, as: UTF8.self),
-                       standardError: String(decoding: errData, as: UTF8.self))
+                       workingDirectory: URL? = nil) throws -> KdgpuRun {
+        try Kdgpu.run(arguments, environment: environment, executable: executable, workingDirectory: workingDirectory)
     }
 
     private func temporaryFolder(_ name: String) throws -> URL {
@@ -44,10 +20,10 @@ final class CLITests: XCTestCase {
     func testDevicesListsTheDefaultOpenCLDeviceAndTheCPUBackend() throws {
         let device = try TestBackends.openCL().device
         let outcome = try kdgpu(["devices"])
-        XCTAssertEqual(outcome.status, 0, outcome.standardError)
-        XCTAssertTrue(outcome.standardOutput.contains("\(device.selector)  \(device.name) (default: --device opencl)"), outcome.standardOutput)
-        XCTAssertTrue(outcome.standardOutput.contains("global memory"), outcome.standardOutput)
-        XCTAssertTrue(outcome.standardOutput.contains("OpenBLAS kernel"), outcome.standardOutput)
+        XCTAssertEqual(outcome.status, 0, outcome.error)
+        XCTAssertTrue(outcome.output.contains("\(device.selector)  \(device.name) (default: --device opencl)"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("global memory"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("OpenBLAS kernel"), outcome.output)
     }
 
     /// With no OpenCL platform (the ICD loader pointed at an empty folder) kdgpu says so and the CPU backend still works.
@@ -55,26 +31,25 @@ final class CLITests: XCTestCase {
         let emptyVendors = try temporaryFolder("no-icd")
         let environment = ["OCL_ICD_VENDORS": emptyVendors.path]
         let devices = try kdgpu(["devices"], environment: environment)
-        XCTAssertEqual(devices.status, 0, devices.standardError)
-        XCTAssertTrue(devices.standardOutput.contains("no OpenCL device"), devices.standardOutput)
-        XCTAssertTrue(devices.standardOutput.contains("CL_PLATFORM_NOT_FOUND_KHR"), devices.standardOutput)
-        XCTAssertTrue(devices.standardOutput.contains("cpu "), devices.standardOutput)
+        XCTAssertEqual(devices.status, 0, devices.error)
+        XCTAssertTrue(devices.output.contains("no OpenCL device"), devices.output)
+        XCTAssertTrue(devices.output.contains("CL_PLATFORM_NOT_FOUND_KHR"), devices.output)
+        XCTAssertTrue(devices.output.contains("cpu "), devices.output)
 
         let bench = try kdgpu(["bench", "copy", "--runs", "1", "--json"], environment: environment)
-        XCTAssertEqual(bench.status, 0, bench.standardError)
-        XCTAssertTrue(bench.standardError.contains("no OpenCL device, timing the CPU backend only"), bench.standardError)
-        let records = try JSONSerialization.jsonObject(with: Data(bench.standardOutput.utf8)) as! [[String: Any]]
+        XCTAssertEqual(bench.status, 0, bench.error)
+        XCTAssertTrue(bench.error.contains("no OpenCL device, timing the CPU backend only"), bench.error)
+        let records = try JSONSerialization.jsonObject(with: Data(bench.output.utf8)) as! [[String: Any]]
         XCTAssertEqual(records.map { $0["backend"] as? String }, ["cpu"])
 
         let named = try kdgpu(["bench", "copy", "--device", "opencl:0:0"], environment: environment)
         XCTAssertEqual(named.status, 1)
-        XCTAssertTrue(named.standardError.hasPrefix("kdgpu: OpenCL error CL_PLATFORM_NOT_FOUND_KHR"), named.standardError)
+        XCTAssertTrue(named.error.hasPrefix("kdgpu: OpenCL error CL_PLATFORM_NOT_FOUND_KHR"), named.error)
 
-        let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+        let model = Kdgpu.tinyModel
         let fallback = try kdgpu(["generate", "--model", model, "--prompt", "in", "--max-tokens", "2", "--temperature", "0"], environment: environment)
-        XCTAssertEqual(fallback.status, 0, fallback.standardError)
-        XCTAssertTrue(fallback.standardError.contains("no OpenCL platform; using the CPU backend"), fallback.standardError)
+        XCTAssertEqual(fallback.status, 0, fallback.error)
+        XCTAssertTrue(fallback.error.contains("no OpenCL platform; using the CPU backend"), fallback.error)
     }
 
     /// A copy of the release binary in another folder, with the source tree out of reach, runs its embedded kernels.
@@ -82,10 +57,10 @@ final class CLITests: XCTestCase {
         _ = try TestBackends.openCL()
         let folder = try temporaryFolder("copied")
         let copy = folder.appendingPathComponent("kdgpu")
-        try FileManager.default.copyItem(at: builtExecutable, to: copy)
+        try FileManager.default.copyItem(at: Kdgpu.builtExecutable, to: copy)
         let outcome = try kdgpu(["bench", "--json", "copy", "--runs", "1"], executable: copy, workingDirectory: folder)
-        XCTAssertEqual(outcome.status, 0, outcome.standardError)
-        let records = try JSONSerialization.jsonObject(with: Data(outcome.standardOutput.utf8)) as! [[String: Any]]
+        XCTAssertEqual(outcome.status, 0, outcome.error)
+        let records = try JSONSerialization.jsonObject(with: Data(outcome.output.utf8)) as! [[String: Any]]
         XCTAssertEqual(records.count, 2)
         XCTAssertEqual(records.first?["backend"] as? String, "cpu")
         XCTAssertTrue((records.last?["backend"] as? String ?? "").hasPrefix("opencl:"))
@@ -107,35 +82,22 @@ final class CLITests: XCTestCase {
         let outcome = try kdgpu(["bench", "copy", "--device", "opencl", "--runs", "1"],
                                 environment: ["KDGPU_KERNEL_DIR": folder.path])
         XCTAssertEqual(outcome.status, 1)
-        XCTAssertTrue(outcome.standardError.contains("kdgpu: OpenCL kernel build failed for elementwise.cl"), outcome.standardError)
-        XCTAssertTrue(outcome.standardError.contains(folder.appendingPathComponent("elementwise.cl").path), outcome.standardError)
+        XCTAssertTrue(outcome.error.contains("kdgpu: OpenCL kernel build failed for elementwise.cl"), outcome.error)
+        XCTAssertTrue(outcome.error.contains(folder.appendingPathComponent("elementwise.cl").path), outcome.error)
     }
 
     func testUnknownSuiteIsRejectedWithTheList() throws {
         let outcome = try kdgpu(["bench", "no-such-suite"])
         XCTAssertNotEqual(outcome.status, 0)
-        XCTAssertTrue(outcome.standardError.contains("unknown suite 'no-such-suite'; suites: copy, gemm, loss, linear-loss, teacher, train"), outcome.standardError)
+        XCTAssertTrue(outcome.error.contains("unknown suite 'no-such-suite'; suites: copy, gemm, loss, linear-loss, teacher, train"), outcome.error)
     }
 }
 
 /// tokenize, generate and eval on a tiny llama fixture (random weights, a byte-level tokenizer with four merges).
 final class ModelCommandTests: XCTestCase {
-    private let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+    private let model = Kdgpu.tinyModel
 
-    private func kdgpu(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kdgpu")
-        process.arguments = arguments
-        let output = Pipe(), error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outData = output.fileHandleForReading.readDataToEndOfFile()
-        let errData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
-    }
+    private func kdgpu(_ arguments: [String]) throws -> KdgpuRun { try Kdgpu.run(arguments) }
 
     private func textFile(_ contents: Data) throws -> String {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("kdgpu-eval-\(UUID().uuidString).txt")

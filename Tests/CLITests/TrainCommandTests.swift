@@ -3,23 +3,10 @@ import XCTest
 
 /// `kdgpu train` and `kdgpu export` end to end on the tiny fixture teacher and a small generated corpus, on the CPU backend.
 final class TrainCommandTests: XCTestCase {
-    private let teacher = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("ModelTests/Fixtures/tiny-llama-q8_0.gguf").path
+    private let teacher = Kdgpu.tinyModel
 
-    private func kdgpu(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, signaled: Bool, output: String, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kdgpu")
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe(), error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outData = output.fileHandleForReading.readDataToEndOfFile()
-        let errData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, String(decoding: outData, as: UTF8.self),
-                String(decoding: errData, as: UTF8.self))
+    private func kdgpu(_ arguments: [String], environment: [String: String] = [:]) throws -> KdgpuRun {
+        try Kdgpu.run(arguments, environment: environment)
     }
 
     private func folder(_ name: String) throws -> URL {

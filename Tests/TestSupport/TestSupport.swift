@@ -4,26 +4,10 @@ import OpenCLBackend
 import Tensor
 import XCTest
 
-/// A seeded generator (SplitMix64) so every test input is reproducible from its seed.
-public struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
+/// Test inputs come from kdgpu's own seeded generator, so every input is reproducible from its seed.
+public typealias SeededRandom = SplitMix64
 
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// A standard normal sample (Box-Muller).
-    public mutating func normal() -> Float {
-        let u1 = Double.random(in: Double.ulpOfOne..<1, using: &self)
-        let u2 = Double.random(in: 0..<1, using: &self)
-        return Float((-2 * Foundation.log(u1)).squareRoot() * cos(2 * Double.pi * u2))
-    }
-
+extension SplitMix64 {
     public mutating func normals(_ count: Int, scale: Float = 1) -> [Float] {
         (0..<count).map { _ in normal() * scale }
     }

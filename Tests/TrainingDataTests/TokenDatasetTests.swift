@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Tensor
 import Tokenizer
 import TrainingData
 import XCTest

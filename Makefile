@@ -13,8 +13,9 @@ build: setup
 	$(SWIFT_BUILD)
 
 # Release build: numeric Swift is ~30x slower in debug. The parity table runs on the CPU backend
-# and on the default OpenCL device (PoCL here).
-test: setup
+# and on the default OpenCL device (PoCL here). The teacher and corpus are fetched (once, verified)
+# so the tests against the real model and text run too.
+test: setup teacher corpus
 	$(SWIFT_BUILD) --build-tests
 	swift test -c release --skip-build --disable-swift-testing
 

@@ -89,7 +89,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
+        .testTarget(name: "TokenizerTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingDataTests", dependencies: ["Tensor", "TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "TestSupport"],

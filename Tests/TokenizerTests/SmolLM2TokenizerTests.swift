@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Tokenizer
+import TrainingData
 import XCTest
 
 /// The SmolLM2 tokenizer (Fixtures/smollm2_vocab.gguf, the teacher's vocabulary without tensors)
@@ -167,32 +168,35 @@ final class SmolLM2TokenizerTests: XCTestCase {
         }
     }
 
-    /// Every Shakespeare play (about 5 MB) against llama.cpp's ids, made by
-    /// bench/reference/make_corpus_token_reference.py. Runs only where that output exists.
+    /// Every Shakespeare play (about 5 MB, `make corpus`) against llama.cpp's ids: their count and
+    /// SHA-256 (of the little-endian int32 ids) per play, in Fixtures/shakespeare_token_digests.json
+    /// (bench/reference/make_corpus_token_reference.py).
     func testShakespeareCorpusMatchesLlamaCpp() throws {
         struct Play: Decodable {
             let path: String
-            let text: String
-            let ids: [TokenID]
+            let tokens: Int
+            let sha256: String
         }
-        struct Corpus: Decodable { let plays: [Play] }
-        let url = try packageFile(environment: "KDGPU_CORPUS_TOKENS", default: "cache/reference/shakespeare_tokens.json",
-                                  howToGet: "run bench/reference/make_corpus_token_reference.py")
-        let corpus = try JSONDecoder().decode(Corpus.self, from: Data(contentsOf: url))
+        struct Digests: Decodable { let plays: [Play] }
+        let plays = try packageFile(environment: "KDGPU_CORPUS_DIR", default: "cache/corpus/plays", howToGet: "run `make corpus`")
+        let url = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/shakespeare_token_digests.json")
+        let digests = try JSONDecoder().decode(Digests.self, from: Data(contentsOf: url))
+        XCTAssertEqual(digests.plays.count, 38)
         let tokenizer = try Self.loadTokenizer()
         var seconds = 0.0
         var bytes = 0
-        for play in corpus.plays {
+        for play in digests.plays {
+            let text = try String(contentsOf: plays.appendingPathComponent(play.path), encoding: .utf8)
             let start = Date()
-            let ids = try tokenizer.encode(play.text)
+            let ids = try tokenizer.encode(text)
             seconds += Date().timeIntervalSince(start)
-            bytes += play.text.utf8.count
-            if ids != play.ids {
-                let first = zip(ids, play.ids).enumerated().first { $1.0 != $1.1 }?.offset ?? min(ids.count, play.ids.count)
-                XCTFail("\(play.path): first difference at token \(first) of \(play.ids.count)")
-            }
+            bytes += text.utf8.count
+            var hash = SHA256()
+            for id in ids { withUnsafeBytes(of: id.littleEndian) { hash.update($0) } }
+            XCTAssertEqual(ids.count, play.tokens, play.path)
+            XCTAssertEqual(hash.finalizeHex(), play.sha256, play.path)
         }
-        print("tokenized \(corpus.plays.count) plays, \(bytes) bytes, in \(String(format: "%.2f", seconds)) s")
+        print("tokenized \(digests.plays.count) plays, \(bytes) bytes, in \(String(format: "%.2f", seconds)) s")
     }
 }
 

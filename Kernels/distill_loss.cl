@@ -221,6 +221,18 @@ __kernel void distill_loss_rows(
     const float grad_scale = (flags & FLAG_MEAN) && (flags & FLAG_GRADIENT) ? grad_output / fmax(1.0f, valid_count[vco]) : grad_output;
     const float log_param = log(param), log_one_minus = log(1.0f - param);
 
+    // Dense teacher without TAID: the maxima of the group's next row are read during this row's
+    // pass 2 (its exps are the cost; the loads ride along), so pass 1 needs no reading of its own.
+    const int prefetch = !topk && !taid;
+    floatV next_max_s = (floatV)(-INFINITY), next_max_t = (floatV)(-INFINITY);
+    if (prefetch && group < rows) {
+        __global const float* zr0 = zs + zso + (long)group * n;
+        __global const float* tr0 = zt + zto + (long)group * zt_ld;
+        for (int v = vbeg; v < vend; v += vstep) {
+            next_max_s = fmax(next_max_s, load_row(zr0, v, n));
+            next_max_t = fmax(next_max_t, load_row(tr0, v, n));
+        }
+    }
     for (int row = group; row < rows; row += groups) {
         __global const float* zr = zs + zso + (long)row * n;
         __global float* dr = dz + dzo + (long)row * n;
@@ -282,6 +294,9 @@ __kernel void distill_loss_rows(
                 max_t = fmax(max_t, mixed);
             }
             tr = tm_row;
+        } else if (prefetch) {
+            max_s = next_max_s;
+            max_t = next_max_t;
         } else {
             for (int v = vbeg; v < vend; v += vstep) {
                 max_s = fmax(max_s, load_row(zr, v, n));
@@ -306,7 +321,15 @@ __kernel void distill_loss_rows(
         // and a -inf difference (weight 0) into a finite number, so 0 * inf never happens.
         // la, lb are in log2 units here (one multiply-add from the logits, none inside the exp).
         const float inv_t2 = inv_t * LOG2E, shift_s2 = shift_s * LOG2E, shift_t2 = shift_t * LOG2E;
+        const int has_next = prefetch && row + groups < rows;
+        __global const float* zr_next = zs + zso + (long)(has_next ? row + groups : row) * n;
+        __global const float* tr_next = zt + zto + (long)(has_next ? row + groups : row) * zt_ld;
+        floatV nmax_s = (floatV)(-INFINITY), nmax_t = (floatV)(-INFINITY);
 #define PASS2_BEGIN for (int v = vbeg; v < vend; v += vstep) { \
+            if (has_next) { \
+                nmax_s = fmax(nmax_s, load_row(zr_next, v, n)); \
+                nmax_t = fmax(nmax_t, load_row(tr_next, v, n)); \
+            } \
             const floatV zsv = load_row(zr, v, n); \
             const floatV la = zsv * inv_t2 - shift_s2, lb = load_row(tr, v, n) * inv_t2 - shift_t2; \
             const floatV ea = kd_exp2(la), eb = kd_exp2(lb); \
@@ -344,6 +367,8 @@ __kernel void distill_loss_rows(
         }
 #undef PASS2_BEGIN
 #undef PASS2_END
+        next_max_s = nmax_s;
+        next_max_t = nmax_t;
         const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
         if (valid) {
             // NaN or +inf anywhere in a row makes its exp sum NaN.

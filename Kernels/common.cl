@@ -54,32 +54,27 @@ inline float vmax(floatV v) {
 }
 #endif
 
-// The maximum / sum of `value` over the work-group. Every work-item must call it.
-inline float group_max(float value, __local float* scratch) {
-    const int lid = get_local_id(0);
-    scratch[lid] = value;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int stride = WG / 2; stride > 0; stride >>= 1) {
-        if (lid < stride) scratch[lid] = fmax(scratch[lid], scratch[lid + stride]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float result = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return result;
+// The maximum / sum of `value` over the work-group, as a __local memory tree (no subgroups: NVIDIA's
+// OpenCL has none). Every work-item must call it. group_max / group_sum reduce a float,
+// group_max4 / group_sum4 four at once.
+#define GROUP_REDUCE(name, type, combine)                                              \
+inline type name(type value, __local type* scratch) {                                  \
+    const int lid = get_local_id(0);                                                   \
+    scratch[lid] = value;                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+    for (int stride = WG / 2; stride > 0; stride >>= 1) {                              \
+        if (lid < stride) scratch[lid] = combine(scratch[lid], scratch[lid + stride]); \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                  \
+    }                                                                                  \
+    const type result = scratch[0];                                                    \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+    return result;                                                                     \
 }
-
-inline float group_sum(float value, __local float* scratch) {
-    const int lid = get_local_id(0);
-    scratch[lid] = value;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int stride = WG / 2; stride > 0; stride >>= 1) {
-        if (lid < stride) scratch[lid] += scratch[lid + stride];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float result = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return result;
-}
+#define GROUP_ADD(a, b) ((a) + (b))
+GROUP_REDUCE(group_max, float, fmax)
+GROUP_REDUCE(group_sum, float, GROUP_ADD)
+GROUP_REDUCE(group_max4, float4, fmax)
+GROUP_REDUCE(group_sum4, float4, GROUP_ADD)
 
 // This work-item's share of the maximum of row[0..n): vectors lid, lid+WG, ..., then the tail.
 inline float partial_row_max(__global const float* row, int n, int lid) {

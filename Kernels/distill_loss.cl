@@ -140,32 +140,6 @@ inline void store_row(floatV value, __global float* row, int v, int n) {
     for (int i = 0; i < VW; i++) if (v * VW + i < n) row[v * VW + i] = t.s[i];
 }
 
-inline float4 group_max4(float4 value, __local float4* scratch) {
-    const int lid = get_local_id(0);
-    scratch[lid] = value;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int stride = WG / 2; stride > 0; stride >>= 1) {
-        if (lid < stride) scratch[lid] = fmax(scratch[lid], scratch[lid + stride]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float4 result = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return result;
-}
-
-inline float4 group_sum4(float4 value, __local float4* scratch) {
-    const int lid = get_local_id(0);
-    scratch[lid] = value;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int stride = WG / 2; stride > 0; stride >>= 1) {
-        if (lid < stride) scratch[lid] += scratch[lid + stride];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float4 result = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return result;
-}
-
 inline int row_is_valid(int row, int flags, __global const float* labels, __global const float* mask, int ignore_index) {
     int valid = 1;
     if (flags & FLAG_MASK) valid = mask[row] != 0.0f;

@@ -10,7 +10,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Validate kernels against the CPU backend, then time them and compare with this machine's limits.",
-        discussion: "Suites:\n" + allBenchSuites.map { "  \($0.name.padding(toLength: 8, withPad: " ", startingAt: 0)) \($0.summary)" }.joined(separator: "\n"))
+        discussion: "Suites:\n" + allBenchSuites.map { "  \($0.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.summary)" }.joined(separator: "\n"))
 
     @Argument(help: "Suites to run (default: all).")
     var suites: [String] = []

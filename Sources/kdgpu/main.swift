@@ -8,7 +8,8 @@ struct KDGPU: ParsableCommand {
         discussion: """
         Environment: KDGPU_KERNEL_DIR reads Kernels/*.cl from a folder instead of the embedded copies; \
         KDGPU_MEMORY_BUDGET (e.g. 6G) caps the device memory kdgpu allocates; KDGPU_VECTOR_WIDTH (1-16) \
-        overrides the kernels' vector width.
+        overrides the kernels' vector width; KDGPU_GEMM (clblast or host-blas) picks how an OpenCL \
+        backend runs GEMMs.
         """,
         subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, TrainCommand.self, ExportCommand.self, BenchCommand.self]
     )

@@ -30,6 +30,8 @@ public final class DistillationRun {
     let log: (String) -> Void
     let progress: (String) -> Void
     let resume: Bool
+    /// The logit lens and the teacher's fp32 unembedding, when `lens_weight` > 0 (set up by ``run()``).
+    var lensContext: (lens: LogitLens, teacherHead: Tensor, teacherNorm: Tensor, teacherEpsilon: Float)?
 
     /// - Parameters:
     ///   - resume: continue from `config.out`'s checkpoint (the configuration must match it but for `steps`).
@@ -120,6 +122,12 @@ public final class DistillationRun {
         guard startStep < config.steps || !resume else {
             throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
         }
+        if config.lensWeight > 0 {
+            try enableLogitLens(studentLayers: student.config.layers, teacher: teacher)
+            log("logit lens: weight \(config.lensWeight), \(config.lensDivergence), block pairs "
+                + lensContext!.lens.pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+                + (config.lensFinalNorm ? ", after the final norm" : ", without the final norm"))
+        }
         var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize, position: position)
         let metrics = try MetricsLog(url: out.appendingPathComponent("metrics.jsonl"), keepingStepsUpTo: resume ? startStep : 0)
         let validation = Array(dataset.validationBatches(batchSize: config.batchSize).joined().prefix(config.evalWindows))
@@ -145,8 +153,8 @@ public final class DistillationRun {
             let stepStart = DispatchTime.now().uptimeNanoseconds
             let temperature = objective.temperature
             let parts = try trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
-            guard parts.loss.isFinite, parts.crossEntropy.isFinite, parts.gradientNorm.isFinite else {
-                throw TrainingError.numeric("step \(step): non-finite \(!parts.loss.isFinite ? "loss \(parts.loss)" : !parts.crossEntropy.isFinite ? "cross-entropy \(parts.crossEntropy)" : "gradient norm \(parts.gradientNorm)"); "
+            guard parts.loss.isFinite, parts.crossEntropy.isFinite, parts.lens.isFinite, parts.gradientNorm.isFinite else {
+                throw TrainingError.numeric("step \(step): non-finite \(!parts.loss.isFinite ? "loss \(parts.loss)" : !parts.crossEntropy.isFinite ? "cross-entropy \(parts.crossEntropy)" : !parts.lens.isFinite ? "lens loss \(parts.lens)" : "gradient norm \(parts.gradientNorm)"); "
                                             + "the last good checkpoint is \(lastCheckpoint.path); try a lower --lr")
             }
             let learningRate = schedule.rate(at: step)
@@ -156,10 +164,11 @@ public final class DistillationRun {
                              teacherCrossEntropy: parts.teacherCrossEntropy)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
             let tokensPerSecond = Double(config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
-            var record: [String: Any] = ["step": step, "loss": Double(parts.loss), "kd_loss": Double(parts.divergence),
+            var record: [String: Any] = ["step": step, "loss": Double(parts.loss + config.lensWeight * parts.lens), "kd_loss": Double(parts.divergence),
                                          "ce_loss": Double(parts.crossEntropy), "temperature": Double(temperature), "lr": Double(learningRate),
                                          "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
             if let t = objective.taid?.t { record["taid_t"] = Double(t) }
+            if lensContext != nil { record["lens_loss"] = Double(parts.lens) }
             try metrics.append(record)
             if let kill = ProcessInfo.processInfo.environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step {
                 // Crash testing: die here as abruptly as a killed process (no cleanup, no flush beyond the metrics line).
@@ -212,6 +221,23 @@ public final class DistillationRun {
         public var divergence: Float = 0
         public var teacherCrossEntropy: Float = 0
         public var gradientNorm: Float = 0
+        /// The logit-lens divergence (mean over pairs, before its weight).
+        public var lens: Float = 0
+    }
+
+    /// Prepares the logit lens: block pairs, and the teacher's unembedding in fp32 (the fused head
+    /// path multiplies by it chunk by chunk).
+    func enableLogitLens(studentLayers: Int, teacher: LlamaModel) throws {
+        let pairs = try LogitLens.pairs(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers)
+        var head = teacher.weights.output
+        if head.dtype != .f32 {
+            let expanded = try backend.tensor(shape: head.shape, label: "teacher unembedding (fp32, logit lens)")
+            try backend.dequantize(head, into: expanded)
+            head = expanded
+        }
+        let loss = DistillationLoss(divergence: Divergence(name: config.lensDivergence)!, temperature: 1, softWeight: 1, hardWeight: 0)
+        lensContext = (LogitLens(pairs: pairs, weight: config.lensWeight, finalNorm: config.lensFinalNorm, loss: loss), head,
+                       teacher.weights.outputNorm, teacher.config.normEpsilon)
     }
 
     /// Forward and backward of every micro-batch of one step; gradients are left in the student.
@@ -229,7 +255,8 @@ public final class DistillationRun {
             // Position t predicts token t + 1; the last position of each window has no label.
             let labels = try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
                                             shape: [n], label: "next-token labels")
-            let teacherLogits = try teacher.forward(tokens).logits!
+            let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil))
+            let teacherLogits = teacherResult.logits!
             let hidden = try student.forward(tokens)
             let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "student logits")
             try backend.gemm(hidden, outputWeight.value, into: logits, transposeB: true)
@@ -247,7 +274,15 @@ public final class DistillationRun {
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
             try backend.gemm(logits, outputWeight.value, into: hiddenGradient)
             try backend.gemm(logits, hidden, into: outputWeight.gradient, transposeA: true, beta: 1)
-            try student.backward(finalHiddenGradient: hiddenGradient)
+            var hiddenGradients: [Int: Tensor] = [:]
+            if let lensContext {
+                let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
+                                                      teacherEpsilon: lensContext.teacherEpsilon, teacherHead: lensContext.teacherHead,
+                                                      labels: labels, gradOutput: share)
+                parts.lens += lens.value * share
+                hiddenGradients = lens.hiddenGradients
+            }
+            try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients)
         }
         let softWeight = loss.effectiveSoftWeight
         parts.divergence = softWeight > 0 ? (parts.loss - loss.hardWeight * parts.crossEntropy) / softWeight : 0

@@ -204,9 +204,18 @@ public final class StudentModel {
         return finalHidden
     }
 
-    /// Adds every parameter's gradient, given dL/d(final hidden) [N, C] for the last forward. The LM
-    /// head's own gradient is the loss path's to add.
-    public func backward(finalHiddenGradient: Tensor) throws {
+    /// The residual stream after block `l` (0-based) of the last forward: [N, C].
+    public func hiddenState(after l: Int) throws -> Tensor {
+        guard let saved, l >= 0, l < config.layers else {
+            throw ModelError.badInput("hidden state after block \(l): no forward kept, or no such block of \(config.layers)")
+        }
+        return l == config.layers - 1 ? saved.last : saved.blocks[l + 1].input
+    }
+
+    /// Adds every parameter's gradient, given dL/d(final hidden) [N, C] for the last forward, and
+    /// optionally dL/d(residual stream after block l) for some blocks (feature losses such as the
+    /// logit lens). The LM head's own gradient is the loss path's to add.
+    public func backward(finalHiddenGradient: Tensor, hiddenGradients: [Int: Tensor] = [:]) throws {
         guard let saved else { throw ModelError.badInput("student backward without a forward") }
         self.saved = nil
         let (b, t) = (saved.batch, saved.length)
@@ -234,6 +243,7 @@ public final class StudentModel {
 
         for l in (0..<config.layers).reversed() {
             let a = saved.blocks[l]
+            if let extra = hiddenGradients[l] { try backend.add(dx, extra, into: dx) }
             // Feed-forward: output = middle + W_down swiglu(W_gate xn2, W_up xn2).
             try backend.gemm(dx, weight(l, "ffn_down.weight"), into: dAct)
             try backend.gemm(dx, a.activation, into: gradient(l, "ffn_down.weight"), transposeA: true, beta: 1)

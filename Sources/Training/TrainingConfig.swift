@@ -1,4 +1,5 @@
 import Foundation
+import Losses
 import Yams
 
 /// Everything a distillation run is told: from a YAML file (`--config`), then overridden by flags.
@@ -50,6 +51,15 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var softWeight: Float = 1
     /// Weight of the hard-label cross-entropy on the next tokens.
     public var hardWeight: Float = 0.1
+    /// Logit lens (DistillLens): weight of the lens loss; 0 turns it off.
+    public var lensWeight: Float = 0
+    /// STUDENT:TEACHER block pairs (`2:12,5:29`); empty pairs every student block with the teacher
+    /// block at the proportional depth.
+    public var lensLayers = ""
+    /// Apply each model's final RMSNorm before its unembedding (the classic logit lens).
+    public var lensFinalNorm = true
+    /// The lens divergence (default symmetric Jensen-Shannon), at T = 1.
+    public var lensDivergence = "jsd(0.5)"
 
     // Evaluation and checkpoints.
     public var validationFraction = 0.05
@@ -70,6 +80,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case minLrFraction = "min_lr_fraction", weightDecay = "weight_decay", beta1, beta2, gradClip = "grad_clip", seed
         case divergence, temperature, temperatureSchedule = "temperature_schedule"
         case scaleBySquaredTemperature = "scale_by_squared_temperature", softWeight = "soft_weight", hardWeight = "hard_weight"
+        case lensWeight = "lens_weight", lensLayers = "lens_layers", lensFinalNorm = "lens_final_norm", lensDivergence = "lens_divergence"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf"
     }
@@ -123,6 +134,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                     "unknown '\(divergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd or taid")
         try require(softWeight >= 0 && hardWeight >= 0 && softWeight + hardWeight > 0, "soft_weight/hard_weight",
                     "must be non-negative and not both 0")
+        try require(lensWeight >= 0 && lensWeight.isFinite, "lens_weight", "must be 0 or more, got \(lensWeight)")
+        try require(Divergence(name: lensDivergence) != nil, "lens_divergence", "unknown '\(lensDivergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha) or tvd")
         try require(validationFraction > 0 && validationFraction < 1, "validation_fraction", "must be in (0, 1), got \(validationFraction)")
         try require(evalEvery >= 0 && checkpointEvery >= 0, "eval_every/checkpoint_every", "must be 0 or more")
         try require(evalWindows >= 1, "eval_windows", "must be at least 1, got \(evalWindows)")

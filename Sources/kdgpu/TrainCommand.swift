@@ -35,6 +35,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: "constant or dts.") var temperatureSchedule: String?
     @Option(name: .long, help: "Weight of the hard-label cross-entropy.") var hardWeight: Float?
     @Option(name: .long, help: "Weight of the distillation divergence.") var softWeight: Float?
+    @Option(name: .long, help: "Logit lens: weight of the lens loss (0: off).") var lensWeight: Float?
+    @Option(name: .long, help: ArgumentHelp("Logit lens: STUDENT:TEACHER block pairs (default: proportional depth).", valueName: "pairs"))
+    var lensLayers: String?
+    @Option(name: .long, help: "Logit lens: apply the final RMSNorm before the unembedding (true or false).") var lensFinalNorm: Bool?
     @Option(name: .long, help: "Seed of the data order.") var seed: UInt64?
     @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring.", valueName: "device")) var device: String?
     @Option(name: .long, help: ArgumentHelp("Run folder.", valueName: "DIR")) var out: String?
@@ -101,6 +105,9 @@ struct TrainCommand: ParsableCommand {
         if let temperatureSchedule { settings.temperatureSchedule = temperatureSchedule }
         if let hardWeight { settings.hardWeight = hardWeight }
         if let softWeight { settings.softWeight = softWeight }
+        if let lensWeight { settings.lensWeight = lensWeight }
+        if let lensLayers { settings.lensLayers = lensLayers }
+        if let lensFinalNorm { settings.lensFinalNorm = lensFinalNorm }
         if let seed { settings.seed = seed }
         if let device { settings.device = device }
         if let out { settings.out = out }

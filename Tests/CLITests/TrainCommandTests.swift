@@ -99,6 +99,20 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(bad.error.contains("student_shape: 'blocks=2,width=32' lacks heads=N"), bad.error)
     }
 
+    /// The logit lens joins the loss and is logged as its own part.
+    func testLogitLensTrainsAndIsLogged() throws {
+        let data = try corpus(), out = try folder("lens")
+        let run = try kdgpu(trainArguments(data: data, out: out) + ["--steps", "3", "--lens-weight", "0.5", "--lens-layers", "0:1"])
+        XCTAssertEqual(run.status, 0, run.error)
+        XCTAssertTrue(run.error.contains("logit lens: weight 0.5, jsd(0.5), block pairs 0:1, after the final norm"), run.error)
+        let records = try metrics(out).filter { $0["loss"] != nil }
+        XCTAssertEqual(records.count, 3)
+        for record in records {
+            let lens = try XCTUnwrap(record["lens_loss"] as? Double)
+            XCTAssertTrue(lens.isFinite && lens >= 0, "\(record)")
+        }
+    }
+
     func testBadTrainingInputsAreOneLineErrors() throws {
         let data = try corpus(), out = try folder("bad")
         let yaml = out.appendingPathComponent("config.yaml")

@@ -68,6 +68,59 @@ final class StudentGradientTests: XCTestCase {
         XCTAssertTrue(comparison.passes(tolerance: 1e-4), "OpenCL vs CPU gradients: \(comparison)")
     }
 
+    /// Gradients injected after an intermediate block (feature losses such as the logit lens) reach
+    /// every earlier parameter: L = sum(r * finalHidden) + sum(r0 * hidden after block 0).
+    func testInjectedHiddenStateGradientsMatchFiniteDifferences() throws {
+        let tokens: [[Int32]] = [[3, 9, 27, 1, 44]]
+        var rng = SeededRandom(seed: 8)
+        let n = tokens[0].count * Self.config.width
+        let r = rng.normals(n), r0 = rng.normals(n)
+        for backend in try TestBackends.all() {
+            let model = try StudentModel(parameters: Self.randomParameters(Self.config, seed: 12), backend: backend)
+            func loss() throws -> Double {
+                let final = try model.forward(tokens).toArray()
+                let hidden = try model.hiddenState(after: 0).toArray()
+                return zip(final, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) } + zip(hidden, r0).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+            }
+            try model.zeroGradients()
+            _ = try model.forward(tokens)
+            try model.backward(finalHiddenGradient: backend.tensor(r, shape: [tokens[0].count, Self.config.width], label: "r"),
+                               hiddenGradients: [0: backend.tensor(r0, shape: [tokens[0].count, Self.config.width], label: "r0")])
+            for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.ffn_up.weight", "token_embd.weight"] {
+                let parameter = model.parameter(name)
+                let analytic = try parameter.gradient.toArray()
+                var values = try parameter.value.toArray()
+                let index = analytic.indices.max { abs(analytic[$0]) < abs(analytic[$1]) }!
+                let original = values[index]
+                let step: Float = 1e-2
+                values[index] = original + step
+                try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                let up = try loss()
+                values[index] = original - step
+                try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                let down = try loss()
+                values[index] = original
+                try backend.upload(values.withUnsafeBufferPointer { $0 }, to: parameter.value)
+                let numeric = (up - down) / Double(2 * step)
+                XCTAssertEqual(Double(analytic[index]), numeric, accuracy: 2e-2 * max(1, abs(numeric)), "\(name) on \(backend.name)")
+            }
+        }
+    }
+
+    /// The lens of the last block, after the final norm, is the ordinary output: its input equals the final hidden state.
+    func testLastBlockLensInputIsTheFinalHiddenState() throws {
+        let backend = TestBackends.cpu
+        let model = try StudentModel(parameters: Self.randomParameters(Self.config, seed: 4), backend: backend)
+        let final = try model.forward([[1, 2, 3]]).toArray()
+        let last = try model.hiddenState(after: Self.config.layers - 1)
+        let normed = try backend.tensor(shape: last.shape, label: "normed")
+        try backend.rmsNorm(last, weight: model.parameter("output_norm.weight").value, epsilon: Self.config.normEpsilon, into: normed)
+        XCTAssertEqual(try normed.toArray(), final)
+        XCTAssertEqual(try LogitLens.pairs("", studentLayers: 6, teacherLayers: 30).map { $0.teacher }, [4, 9, 14, 19, 24, 29])
+        XCTAssertEqual(try LogitLens.pairs("0:3, 5:29", studentLayers: 6, teacherLayers: 30).map { [$0.student, $0.teacher] }, [[0, 3], [5, 29]])
+        XCTAssertThrowsError(try LogitLens.pairs("6:1", studentLayers: 6, teacherLayers: 30)) { XCTAssertTrue("\($0)".contains("lens_layers"), "\($0)") }
+    }
+
     /// The student's forward equals the inference model's on the same weights (LlamaModel).
     func testForwardMatchesTheInferenceModel() throws {
         var config = Self.config

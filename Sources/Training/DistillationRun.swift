@@ -176,8 +176,8 @@ public final class DistillationRun {
             }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - runStart) / 1e9
             let remaining = elapsed / Double(step - startStep) * Double(config.steps - step)
-            progress(progressLine(step: step, loss: parts.loss, kd: parts.divergence, ce: parts.crossEntropy,
-                                  tokensPerSecond: tokensPerSecond, remaining: remaining))
+            progress(progressLine(step: step, loss: parts.loss + config.lensWeight * parts.lens, kd: parts.divergence, ce: parts.crossEntropy,
+                                  lens: lensContext == nil ? nil : parts.lens, tokensPerSecond: tokensPerSecond, remaining: remaining))
 
             let last = step == config.steps
             if last || (config.evalEvery > 0 && step % config.evalEvery == 0) {
@@ -307,12 +307,13 @@ public final class DistillationRun {
         return total
     }
 
-    func progressLine(step: Int, loss: Float, kd: Float, ce: Float, tokensPerSecond: Double, remaining: Double) -> String {
+    func progressLine(step: Int, loss: Float, kd: Float, ce: Float, lens: Float?, tokensPerSecond: Double, remaining: Double) -> String {
         let width = 24
         let filled = Int(Double(width) * Double(step) / Double(config.steps))
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        return String(format: "[%@] step %d/%d  loss %.4f (kd %.4f, ce %.4f)  %.0f tok/s  ETA %@", bar, step, config.steps,
-                      loss, kd, ce, tokensPerSecond, formatDuration(remaining))
+        let lensPart = lens.map { String(format: ", lens %.4f", $0) } ?? ""
+        return String(format: "[%@] step %d/%d  loss %.4f (kd %.4f, ce %.4f%@)  %.0f tok/s  ETA %@", bar, step, config.steps,
+                      loss, kd, ce, lensPart, tokensPerSecond, formatDuration(remaining))
     }
 }
 

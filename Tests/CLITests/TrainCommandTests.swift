@@ -105,6 +105,7 @@ final class TrainCommandTests: XCTestCase {
         let run = try kdgpu(trainArguments(data: data, out: out) + ["--steps", "3", "--lens-weight", "0.5", "--lens-layers", "0:1"])
         XCTAssertEqual(run.status, 0, run.error)
         XCTAssertTrue(run.error.contains("logit lens: weight 0.5, jsd(0.5), block pairs 0:1, after the final norm"), run.error)
+        XCTAssertTrue(run.error.contains("step 3/3  loss") && run.error.contains(", lens "), run.error)
         let records = try metrics(out).filter { $0["loss"] != nil }
         XCTAssertEqual(records.count, 3)
         for record in records {

@@ -99,7 +99,9 @@ public enum CPUKernels {
         var lanes = SIMD16<Float>(repeating: -.infinity)
         var j = 0
         while j + 16 <= n {
-            lanes = pointwiseMax(lanes, UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self))
+            // A compare and blend: the standard library's pointwiseMax does not vectorize (~20x slower).
+            let v = UnsafeRawPointer(x + j).loadUnaligned(as: SIMD16<Float>.self)
+            lanes = lanes.replacing(with: v, where: v .> lanes)
             j += 16
         }
         var m = lanes.max()

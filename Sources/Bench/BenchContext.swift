@@ -13,7 +13,7 @@ public protocol BenchSuite {
 }
 
 /// Every suite `kdgpu bench` knows, in the order it runs them.
-public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), LossSuite(), LinearLossSuite(), TeacherSuite(), TrainSuite()] }
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), TeacherSuite(), TrainSuite()] }
 
 /// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
 /// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.
@@ -75,6 +75,13 @@ public func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Double {
         if x.isNaN || y.isNaN { return .nan }
     }
     return worst
+}
+
+/// `count` token ids below `vocabulary`, the same on every backend and run (the cost of a model
+/// step does not depend on the text).
+public func benchTokenIds(_ count: Int, below vocabulary: Int, seed: UInt64) -> [Int32] {
+    var random = SplitMix64(seed: seed)
+    return (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
 }
 
 /// A deterministic pseudo-random fill (no Foundation RNG: records must be reproducible run to run).

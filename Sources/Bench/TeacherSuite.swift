@@ -71,13 +71,8 @@ public struct TeacherSuite: BenchSuite {
         var cpuLogits: [Float]?
         for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
             let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
-            var state: UInt64 = 12345
-            let tokens = (0..<Self.batch).map { _ in
-                (0..<Self.sequenceLength).map { _ -> Int32 in
-                    state = state &* 6364136223846793005 &+ 1442695040888963407
-                    return Int32((state >> 33) % UInt64(model.config.vocabulary))
-                }
-            }
+            let flat = benchTokenIds(Self.batch * Self.sequenceLength, below: model.config.vocabulary, seed: 12345)
+            let tokens = (0..<Self.batch).map { Array(flat[($0 * Self.sequenceLength)..<(($0 + 1) * Self.sequenceLength)]) }
             context.report("teacher: forward \(Self.batch) x \(Self.sequenceLength) tokens on \(backend.name)")
             let ledger = (backend as? OpenCLBackend)?.ledger ?? context.cpu.ledger
             let before = ledger.allocatedBytes

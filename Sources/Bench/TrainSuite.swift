@@ -24,12 +24,7 @@ public struct TrainSuite: BenchSuite {
         let teacherParameters = try LlamaParameters(gguf: file)
         let blocks = try StudentLayers.parse(config.studentLayers, teacherLayers: teacherParameters.config.layers)
         let studentParameters = try teacherParameters.inheriting(blocks: blocks)
-        // Deterministic pseudo-random tokens: the step's cost does not depend on the text.
-        var state: UInt64 = 7
-        let tokens = (0..<(config.seqLen * (config.batchSize * 4))).map { _ -> Int32 in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Int32((state >> 33) % UInt64(teacherParameters.config.vocabulary))
-        }
+        let tokens = benchTokenIds(config.seqLen * config.batchSize * 4, below: teacherParameters.config.vocabulary, seed: 7)
         let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.2, seed: 1)
         var records: [BenchRecord] = []
         var referenceLoss: Float?

@@ -252,9 +252,7 @@ public final class DistillationRun {
         let outputWeight = student.outputWeight
         for tokens in batches {
             let n = tokens.count * config.seqLen
-            // Position t predicts token t + 1; the last position of each window has no label.
-            let labels = try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
-                                            shape: [n], label: "next-token labels")
+            let labels = try nextTokenLabels(tokens)
             let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil))
             let teacherLogits = teacherResult.logits!
             let hidden = try student.forward(tokens)
@@ -290,6 +288,13 @@ public final class DistillationRun {
         return parts
     }
 
+    /// [B * T] labels of windows [B][T]: position t predicts token t + 1; the last position of each
+    /// window has none (the ignore index -100).
+    func nextTokenLabels(_ tokens: [[Int32]]) throws -> Tensor {
+        try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
+                           shape: [tokens.count * (tokens.first?.count ?? 0)], label: "next-token labels")
+    }
+
     /// The student's NLL of the validation windows.
     func studentLikelihood(_ student: StudentModel, _ batches: [[[Int32]]]) throws -> LikelihoodResult {
         var total = LikelihoodResult()
@@ -299,7 +304,7 @@ public final class DistillationRun {
             student.discardSavedActivations()
             let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "validation logits")
             try backend.gemm(hidden, student.outputWeight.value, into: logits, transposeB: true)
-            let labels = try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] }, shape: [n], label: "labels")
+            let labels = try nextTokenLabels(tokens)
             let result = try DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)(
                 student: logits, teacher: .dense(logits), labels: labels)
             total = total + LikelihoodResult(totalNLL: Double(result.loss), tokens: result.validRows)

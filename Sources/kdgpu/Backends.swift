@@ -11,13 +11,13 @@ func openBackend(_ selector: String, cpu: CPUBackend) throws -> any Backend {
     do {
         return try OpenCLBackend(selector: selector)
     } catch where selector == "opencl" && "\(error)".contains("CL_PLATFORM_NOT_FOUND_KHR") {
-        FileHandle.standardError.write("kdgpu: no OpenCL platform; using the CPU backend\n".data(using: .utf8)!)
+        note("kdgpu: no OpenCL platform; using the CPU backend")
         return cpu
     }
 }
 
 /// Prints `kdgpu: message` to standard error and exits with status 1: the one-line error every command uses.
 func fail(_ error: Error) -> Never {
-    FileHandle.standardError.write("kdgpu: \(error)\n".data(using: .utf8)!)
+    note("kdgpu: \(error)")
     Foundation.exit(1)
 }

@@ -49,13 +49,13 @@ struct BenchCommand: ParsableCommand {
                 do {
                     backends.append(try OpenCLBackend(selector: "opencl"))
                 } catch {
-                    FileHandle.standardError.write("kdgpu bench: no OpenCL device, timing the CPU backend only (\(error))\n".data(using: .utf8)!)
+                    note("kdgpu bench: no OpenCL device, timing the CPU backend only (\(error))")
                 }
             } else {
                 backends = try device.map { try openBackend($0, cpu: cpu) }
             }
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher) { message in
-                FileHandle.standardError.write("bench \(message)\n".data(using: .utf8)!)
+                note("bench \(message)")
             }
             let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }
             var records: [BenchRecord] = []

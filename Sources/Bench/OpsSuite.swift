@@ -1,13 +1,14 @@
 import Foundation
+import Losses
 import Tensor
 
-/// Every kernel of Kernels/ that no other suite times: elementwise, row, model and backward ops,
-/// each validated against the CPU backend, then timed, with its bandwidth as a fraction of the copy
-/// bandwidth measured in the same run. (copy: `copy`; GEMMs: `gemm`; dequantize_*: `teacher`;
-/// distill_loss_rows and the unfused baseline: `loss`.)
+/// Every kernel of Kernels/ that no other suite times: elementwise, row, model and backward ops and
+/// the hidden-state hint loss, each validated against the CPU backend, then timed, with its
+/// bandwidth as a fraction of the copy bandwidth measured in the same run. (copy: `copy`; GEMMs:
+/// `gemm`; dequantize_*: `teacher`; distill_loss_rows and the unfused baseline: `loss`.)
 public struct OpsSuite: BenchSuite {
     public let name = "ops"
-    public let summary = "every other kernel (elementwise, rows, rms_norm, rope, attention, swiglu, backward, adamw): GB/s vs copy"
+    public let summary = "every other kernel (elementwise, rows, rms_norm, rope, attention, swiglu, backward, adamw, hint loss): GB/s vs copy"
 
     /// One kernel at one shape: `make` builds fresh inputs on a backend and returns the op and the tensor it writes.
     struct Case {
@@ -50,7 +51,7 @@ public struct OpsSuite: BenchSuite {
         try backend.tensor(benchValues(shape.reduce(1, *), seed: seed, scale: scale), shape: shape, label: "bench operand \(seed)")
     }
 
-    static let cases: [Case] = elementwise + rows + model + backward
+    static let cases: [Case] = elementwise + rows + model + backward + hints
 
     static let elementwise: [Case] = {
         let n = 1 << 23, bytes = Double(4 * n)
@@ -167,5 +168,26 @@ public struct OpsSuite: BenchSuite {
                 return ({ try b.adamw(p, gradient: g, firstMoment: m, secondMoment: v, AdamWStep(learningRate: 1e-3, step: 10)) }, p)
             },
         ]
+    }()
+
+    /// `hint_loss_rows` on the teacher's hidden states [2048, 576] (randn * 3): reads s and t, writes
+    /// the gradient and the row losses, both in one output tensor so both are validated. grad_scale
+    /// brings the gradient entries to order 1 (as in the parity table), so max_abs_error reads as relative.
+    static let hints: [Case] = {
+        let (n, c) = (2048, 576)
+        return HiddenStateHintLoss.Kind.allCases.map { kind in
+            Case(kernel: "hint_loss_rows \(kind)", shape: "[\(n), \(c)] with gradient", bytes: Double(4 * (3 * n * c + n))) { b in
+                guard let kernels = b as? any HintLossKernel else {
+                    throw TensorError.unsupported("bench ops: \(b.name) has no hint-loss kernels")
+                }
+                let (s, t) = (try tensor(b, [n, c], seed: 1, scale: 3), try tensor(b, [n, c], seed: 2, scale: 3))
+                // [n * c gradient entries, then n row losses]
+                let out = try tensor(b, [n * c + n], seed: 3)
+                let launch = HintLossLaunch(student: s, teacher: t, rowLoss: try out.rows((n * c)..<(n * c + n)),
+                                            gradient: try out.rows(0..<(n * c)).reshaped([n, c]), kind: kind,
+                                            gradScale: kind == .mse ? Float(c) / 2 : 3 * Float(c).squareRoot())
+                return ({ try kernels.enqueueHintLossRows(launch) }, out)
+            }
+        }
     }()
 }

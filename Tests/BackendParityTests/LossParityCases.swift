@@ -6,14 +6,14 @@ import TestSupport
 /// The loss kernels' rows of the parity table: `distill_loss_rows` for every divergence (with
 /// `distill_count_valid_rows` behind the mean), and the unfused baseline's `kl_div_rows` and
 /// `kl_div_backward_rows`. Inputs: wide logits (randn * 10), a shared 5% vocabulary mask of -inf,
-/// the last row all -inf and masked out.
+/// the last row all -inf and masked out. Then `hint_loss_rows` for both kinds on hidden states.
 extension ParityTable {
     static let lossShapes = [[1, 1], [3, 17], [41, 1271], [2, 32003]]
 
     static let lossCases: [ParityCase] = [
         Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1),
         .totalVariation,
-    ].map(distillCase) + [countedMeanCase, klDivCase, klDivBackwardCase]
+    ].map(distillCase) + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
 
     /// Student, teacher and row mask with a shared vocabulary mask; the last of several rows all -inf and masked out.
     static func lossInputs(_ rng: inout SeededRandom, rows: Int, cols: Int) -> (student: [Float], teacher: [Float], mask: [Float]) {
@@ -132,6 +132,42 @@ extension ParityTable {
                 reference: { inputs in
                     [zip(inputs[0], inputs[1]).map { Double(scale) * (Foundation.exp($0) - Foundation.exp($1)) }]
                 })
+        }
+    }
+
+    /// Row losses and gradient of `hint_loss_rows` on hidden states randn * 10; with 3 rows or more,
+    /// teacher row 1 and both rows 2 are zero (cosine: loss 1, gradient 0). grad_scale brings the
+    /// gradient entries to order 1 (mse: C / 2; cosine: 10 sqrt(C)), so the table's max(1, |ref|)
+    /// normalization measures them relative to their size.
+    static func hintCase(_ kind: HiddenStateHintLoss.Kind) -> ParityCase {
+        ParityCase(op: "hint_loss_rows \(kind)", tolerance: 1e-5) { rng in
+            lossShapes.map { shape in
+                let (rows, cols) = (shape[0], shape[1])
+                var student = rng.normals(rows * cols, scale: 10), teacher = rng.normals(rows * cols, scale: 10)
+                if rows >= 3 {
+                    for j in 0..<cols {
+                        teacher[cols + j] = 0
+                        student[2 * cols + j] = 0
+                        teacher[2 * cols + j] = 0
+                    }
+                }
+                let gradScale = kind == .mse ? Float(cols) / 2 : 10 * Float(cols).squareRoot()
+                return ParityInstance(
+                    description: "\(rows)x\(cols)\(rows >= 3 ? ", zero rows" : ""), grad_scale=\(gradScale)",
+                    operands: [Operand(shape: shape, values: student), Operand(shape: shape, values: teacher),
+                               Operand(shape: [rows], values: rng.normals(rows)), Operand(shape: shape, values: rng.normals(rows * cols))],
+                    outputs: [2, 3],
+                    run: { backend, t in
+                        try (backend as! any HintLossKernel).enqueueHintLossRows(
+                            HintLossLaunch(student: t[0], teacher: t[1], rowLoss: t[2], gradient: t[3], kind: kind, gradScale: gradScale))
+                    },
+                    reference: { inputs in
+                        let cosine = kind == .cosine
+                        let gradient = HintReference.rowLossGradients(inputs[0], inputs[1], rows: rows, cols: cols, cosine: cosine)
+                        return [HintReference.rowLosses(inputs[0], inputs[1], rows: rows, cols: cols, cosine: cosine),
+                                gradient.map { Double(gradScale) * $0 }]
+                    })
+            }
         }
     }
 }

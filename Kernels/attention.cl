@@ -1,5 +1,5 @@
 // attention.cl: the pieces of causal multi-head attention between the GEMMs.
-// CPU twins: CPUKernels.causal_softmax, transpose_12.
+// CPU twins: CPUKernels.causal_softmax, causal_mask, transpose_12.
 
 // probs[row, :] = softmax(scale * scores[row, :]) over keys 0 ..= t + key_offset, zero after, where
 // t = row % queries is the row's query index (rows stack [batch][group][query]).
@@ -16,6 +16,15 @@ __kernel void causal_softmax(__global const float* scores, int so, __global floa
     const float sum = group_sum(partial_row_sum_exp(sr, visible, lid, shift, scale), scratch);
     const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
     for (int j = lid; j < keys; j += WG) pr[j] = (j < visible) ? exp((sr[j] - shift) * scale) * inv_sum : 0.0f;
+}
+
+// x[row, j] = value for the keys j a causal query does not see (j > row % queries + key_offset), in
+// place; the rest of x is untouched. One work-item per element of x [rows, keys].
+__kernel void causal_mask(__global float* x, int xo, int keys, int queries, int key_offset, float value, int count) {
+    const int g = get_global_id(0);
+    if (g >= count) return;
+    const int row = g / keys, j = g - row * keys;
+    if (j > row % queries + key_offset) x[xo + g] = value;
 }
 
 // y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; one work-item per element of y.

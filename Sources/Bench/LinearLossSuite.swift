@@ -25,7 +25,7 @@ public struct LinearLossSuite: BenchSuite {
         let fused = FusedLinearDistillationLoss(loss: DistillationLoss(temperature: 2), chunkBudgetBytes: Self.chunkBudget)
         let (c, ct, v) = (Self.width, Self.teacherWidth, Self.vocabulary)
         for backend in context.backends {
-            let ledger = (backend as? CPUBackend)?.ledger ?? (backend as? OpenCLBackend)?.ledger
+            let ledger = backend.ledger
             let weight = try backend.tensor(benchValues(v * c, seed: 21, scale: 0.1), shape: [v, c], label: "bench lm head")
             let teacherWeight = try backend.tensor(benchValues(v * ct, seed: 22, scale: 0.1), shape: [v, ct], label: "bench teacher head")
             let gradWeight = try backend.tensor(shape: [v, c], label: "bench dW")
@@ -46,15 +46,15 @@ public struct LinearLossSuite: BenchSuite {
                         warmed = true
                     }
                     try backend.synchronize()
-                    let before = ledger?.allocatedBytes ?? 0
-                    ledger?.resetPeak()
+                    let before = ledger.allocatedBytes
+                    ledger.resetPeak()
                     let start = DispatchTime.now().uptimeNanoseconds
                     let result = materialized
                         ? try fused.materialized(hidden: hidden, weight: weight, teacher: teacher, gradHidden: gradHidden, gradWeight: gradWeight)
                         : try fused(hidden: hidden, weight: weight, teacher: teacher, gradHidden: gradHidden, gradWeight: gradWeight)
                     try backend.synchronize()
                     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                    let peak = (ledger?.peakAllocatedBytes ?? 0) - before
+                    let peak = ledger.peakAllocatedBytes - before
                     return (seconds, peak, result.loss, try gradHidden.toArray())
                 }
                 context.report("linear-loss: \(shape) on \(backend.name): fused")

@@ -29,11 +29,7 @@ public struct LossSuite: BenchSuite {
     /// Rows that fit: the benchmark holds 5 [rows, V] tensors at once (inputs, the baseline's two
     /// log-softmax tensors and its gradient), within a quarter of the memory budget.
     static func rowsFitting(vocabulary: Int, backend: any Backend) -> Int {
-        let budget: Int
-        if let cpu = backend as? CPUBackend { budget = cpu.ledger.budgetBytes } else if let cl = backend as? OpenCLBackend {
-            budget = cl.ledger.budgetBytes
-        } else { budget = 4 << 30 }
-        return max(16, min(rows, budget / 4 / (5 * vocabulary * 4)))
+        max(16, min(rows, backend.ledger.budgetBytes / 4 / (5 * vocabulary * 4)))
     }
 
     public func run(_ context: BenchContext) throws -> [BenchRecord] {

@@ -127,6 +127,11 @@ public struct OpsSuite: BenchSuite {
                 let (s, p) = (try tensor(b, [24, 768, 256], seed: 1, scale: 10), try tensor(b, [24, 768, 256], seed: 2))
                 return ({ try b.causalSoftmax(s, into: p, queries: 256, scale: 0.125) }, p)
             },
+            // Writes the masked upper triangle: about half the map.
+            Case(kernel: "causal_mask", shape: "[24, 768, 256] with 256 queries", bytes: Double(4 * 24 * 768 * 256) / 2) { b in
+                let x = try tensor(b, [24, 768, 256], seed: 1)
+                return ({ try b.causalMask(x, queries: 256, value: -.infinity) }, x)
+            },
             Case(kernel: "transpose_12", shape: "[8, 256, 9, 64]", bytes: Double(2 * 4 * n * c)) { b in
                 let (x, y) = (try tensor(b, [8, 256, 9, 64], seed: 1), try tensor(b, [8, 9, 256, 64], seed: 2))
                 return ({ try b.transpose12(x, into: y) }, y)

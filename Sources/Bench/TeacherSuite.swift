@@ -74,7 +74,7 @@ public struct TeacherSuite: BenchSuite {
             let flat = benchTokenIds(Self.batch * Self.sequenceLength, below: model.config.vocabulary, seed: 12345)
             let tokens = (0..<Self.batch).map { Array(flat[($0 * Self.sequenceLength)..<(($0 + 1) * Self.sequenceLength)]) }
             context.report("teacher: forward \(Self.batch) x \(Self.sequenceLength) tokens on \(backend.name)")
-            let ledger = (backend as? OpenCLBackend)?.ledger ?? context.cpu.ledger
+            let ledger = backend.ledger
             let before = ledger.allocatedBytes
             ledger.resetPeak()
             var logits: [Float] = []

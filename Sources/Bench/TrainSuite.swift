@@ -41,7 +41,7 @@ public struct TrainSuite: BenchSuite {
                 step += 1
                 let parts = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
                 if step == 1 { firstLoss = parts.loss }
-                try student.update(AdamWStep(learningRate: config.lr, step: step), gradientNorm: parts.gradientNorm, clip: config.gradClip)
+                try Optimizer.update(student.parameters, AdamWStep(learningRate: config.lr, step: step), gradientNorm: parts.gradientNorm, clip: config.gradClip)
                 try backend.synchronize()
             }
             let seconds = try context.median(fullStep)

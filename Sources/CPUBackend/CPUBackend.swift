@@ -217,6 +217,13 @@ public final class CPUBackend: Backend {
         }
     }
 
+    public func enqueueCausalMask(_ x: Tensor, queries: Int, keyOffset: Int, value: Float) throws {
+        let (px, keys) = (try mutablePointer(x), x.columns)
+        parallelChunks(x.rowCount, grain: max(1, rowGrainElements / keys)) {
+            CPUKernels.causal_mask(px, keys: keys, queries: queries, keyOffset: keyOffset, value: value, $0)
+        }
+    }
+
     public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
         let (px, py, s) = (try pointer(x), try mutablePointer(y), x.shape)
         parallelChunks(x.count, grain: elementGrain) {

@@ -132,6 +132,15 @@ extension CPUKernels {
         }
     }
 
+    /// x[row, j] = value for the keys j > (row % queries) + keyOffset that a causal query does not see.
+    public static func causal_mask(_ x: UnsafeMutablePointer<Float>, keys: Int, queries: Int, keyOffset: Int, value: Float,
+                                   _ rows: Range<Int>) {
+        for row in rows {
+            let visible = min(keys, row % queries + keyOffset + 1)
+            (x + row * keys + visible).update(repeating: value, count: keys - visible)
+        }
+    }
+
     /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; `elements` indexes y.
     public static func transpose_12(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                     a aSize: Int, b bSize: Int, c cSize: Int, d dSize: Int, _ elements: Range<Int>) {

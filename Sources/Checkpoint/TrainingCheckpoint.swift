@@ -40,6 +40,18 @@ public struct AdamWMoments: Equatable, Sendable {
     }
 }
 
+/// Trainable tensors beside the student (the modules of feature losses: attention alignment, hint
+/// projections) and their AdamW moments, by name.
+public struct AuxiliaryParameters: Equatable, Sendable {
+    public var values: [String: ParameterTensor]
+    public var moments: AdamWMoments
+
+    public init(values: [String: ParameterTensor], moments: AdamWMoments) {
+        self.values = values
+        self.moments = moments
+    }
+}
+
 /// The trainer's bookkeeping: enough to continue a run exactly where it stopped.
 public struct TrainerState: Codable, Equatable, Sendable {
     /// The version of the checkpoint layout this build writes and reads.
@@ -112,6 +124,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
 ///                                          (so DIR/checkpoint loads with transformers as is)
 ///         optimizer.safetensors            "first_moment.<GGUF name>", "second_moment.<GGUF name>", F32, GGUF layout
 ///         trainer_state.json               format_version, step, data_epoch, data_index, rng_state, configuration, schedules
+///         auxiliary.safetensors            only with feature-loss modules: "<name>", "first_moment.<name>", "second_moment.<name>"
 ///
 /// Saving never touches the current checkpoint until the new one is complete on disk:
 /// 1. write the four files into a fresh hidden folder `DIR/.partial-step-N-<random>/`, fsync each,
@@ -138,15 +151,20 @@ public struct TrainingCheckpoint: Equatable, Sendable {
     public static let configFileName = HuggingFaceCheckpoint.configFileName
     public static let optimizerFileName = "optimizer.safetensors"
     public static let stateFileName = "trainer_state.json"
+    public static let auxiliaryFileName = "auxiliary.safetensors"
 
     public var parameters: LlamaParameters
     public var moments: AdamWMoments
     public var state: TrainerState
+    /// Empty when the run trains nothing beside the student.
+    public var auxiliary: AuxiliaryParameters
 
-    public init(parameters: LlamaParameters, moments: AdamWMoments, state: TrainerState) {
+    public init(parameters: LlamaParameters, moments: AdamWMoments, state: TrainerState,
+                auxiliary: AuxiliaryParameters = AuxiliaryParameters(values: [:], moments: AdamWMoments(first: [:], second: [:]))) {
         self.parameters = parameters
         self.moments = moments
         self.state = state
+        self.auxiliary = auxiliary
     }
 
     /// The folder `DIR/checkpoint` points at, or nil when there is no checkpoint in `directory`.
@@ -195,6 +213,18 @@ public struct TrainingCheckpoint: Equatable, Sendable {
                 try optimizer.add("second_moment.\(name)", shape: moments.second[name]!.shape, values: moments.second[name]!.values)
             }
             try optimizer.writeInPlace(to: partial.appendingPathComponent(TrainingCheckpoint.optimizerFileName), using: writer)
+            if !auxiliary.values.isEmpty {
+                var file = SafeTensorsWriter(metadata: ["format": "kdgpu-auxiliary"])
+                for name in auxiliary.values.keys.sorted() {
+                    guard let first = auxiliary.moments.first[name], let second = auxiliary.moments.second[name] else {
+                        throw CheckpointError.optimizerMismatch(file: "checkpoint to save", reason: "no moments for \(name)")
+                    }
+                    try file.add(name, shape: auxiliary.values[name]!.shape, values: auxiliary.values[name]!.values)
+                    try file.add("first_moment.\(name)", shape: first.shape, values: first.values)
+                    try file.add("second_moment.\(name)", shape: second.shape, values: second.values)
+                }
+                try file.writeInPlace(to: partial.appendingPathComponent(TrainingCheckpoint.auxiliaryFileName), using: writer)
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             let stateJSON = Array(try encoder.encode(state)) + [UInt8(ascii: "\n")]
@@ -272,7 +302,30 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         }
         let moments = AdamWMoments(first: first, second: second)
         try moments.validate(against: parameters, source: optimizerFile.path)
-        return TrainingCheckpoint(parameters: parameters, moments: moments, state: state)
+        return TrainingCheckpoint(parameters: parameters, moments: moments, state: state,
+                                  auxiliary: try readAuxiliary(folder.appendingPathComponent(auxiliaryFileName)))
+    }
+
+    /// The feature-loss modules of `auxiliary.safetensors`, or none when the file is absent.
+    static func readAuxiliary(_ url: URL) throws -> AuxiliaryParameters {
+        var auxiliary = AuxiliaryParameters(values: [:], moments: AdamWMoments(first: [:], second: [:]))
+        guard FileManager.default.fileExists(atPath: url.path) else { return auxiliary }
+        let file = try SafeTensorsFile(url: url)
+        for entry in file.entries {
+            let tensor = ParameterTensor(shape: entry.shape, values: try file.floats(entry.name))
+            if entry.name.hasPrefix("first_moment.") {
+                auxiliary.moments.first[String(entry.name.dropFirst("first_moment.".count))] = tensor
+            } else if entry.name.hasPrefix("second_moment.") {
+                auxiliary.moments.second[String(entry.name.dropFirst("second_moment.".count))] = tensor
+            } else {
+                auxiliary.values[entry.name] = tensor
+            }
+        }
+        for name in auxiliary.values.keys.sorted() where auxiliary.moments.first[name]?.shape != auxiliary.values[name]!.shape
+            || auxiliary.moments.second[name]?.shape != auxiliary.values[name]!.shape {
+            throw CheckpointError.optimizerMismatch(file: url.path, reason: "the moments of \(name) are missing or of another shape")
+        }
+        return auxiliary
     }
 
     static func readState(_ url: URL) throws -> TrainerState {

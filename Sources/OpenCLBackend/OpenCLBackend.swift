@@ -323,6 +323,12 @@ public final class OpenCLBackend: Backend {
                        + [try int32(scores.columns, scores.label), try int32(queries, scores.label), try int32(keyOffset, scores.label), scale])
     }
 
+    public func enqueueCausalMask(_ x: Tensor, queries: Int, keyOffset: Int, value: Float) throws {
+        try launch("causal_mask", in: "attention.cl", globalSize: x.count, localSize: nil,
+                   try arguments(x) + [try int32(x.columns, x.label), try int32(queries, x.label), try int32(keyOffset, x.label), value,
+                                       try int32(x.count, x.label)])
+    }
+
     public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
         let s = try x.shape.map { try int32($0, x.label) }
         try launch("transpose_12", in: "attention.cl", globalSize: x.count, localSize: nil,

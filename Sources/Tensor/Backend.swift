@@ -12,6 +12,8 @@ import Foundation
 public protocol Backend: AnyObject {
     /// A short name for messages: `cpu`, or `opencl:0:0 (device name)`.
     var name: String { get }
+    /// The account of the bytes this backend has allocated, and its budget.
+    var ledger: MemoryLedger { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor
@@ -48,6 +50,8 @@ public protocol Backend: AnyObject {
     func enqueueRoPE(_ x: Tensor, table: Tensor, into y: Tensor, _ rope: RoPE) throws
     /// probs = causal softmax of scores [rows, keys]; row r is query r % queries at position r % queries + keyOffset.
     func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws
+    /// x[row, j] = value where key j is after query row's position (row % queries + keyOffset), in place.
+    func enqueueCausalMask(_ x: Tensor, queries: Int, keyOffset: Int, value: Float) throws
     /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped.
     func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws
     /// out = silu(gate) * up

@@ -251,6 +251,18 @@ extension Backend {
         try enqueueCausalSoftmax(scores, into: probs, queries: queries, keyOffset: keyOffset, scale: scale)
     }
 
+    /// Sets the positions a causal query does not see to `value` (e.g. -inf, so a softmax over a
+    /// flattened map leaves them out), in place: row r of x [..., keys] is query `r % queries` at
+    /// position `r % queries + keyOffset`, and keys after that position are set.
+    public func causalMask(_ x: Tensor, queries: Int, keyOffset: Int = 0, value: Float) throws {
+        try requireFloat32(x, op: "causal_mask")
+        guard queries > 0, keyOffset >= 0, x.rowCount % queries == 0, x.columns >= 1 else {
+            throw TensorError.shapeMismatch("causal_mask: \(x.label) \(describeShape(x.shape)) with \(queries) queries from key \(keyOffset)")
+        }
+        guard x.count > 0 else { return }
+        try enqueueCausalMask(x, queries: queries, keyOffset: keyOffset, value: value)
+    }
+
     /// y [A, C, B, D] = x [A, B, C, D]: e.g. [batch, time, heads, dim] <-> [batch, heads, time, dim].
     public func transpose12(_ x: Tensor, into y: Tensor) throws {
         try requireFloat32(x, y, op: "transpose_12")

@@ -32,6 +32,12 @@ public final class DistillationRun {
     let resume: Bool
     /// The logit lens and the teacher's fp32 unembedding, when `lens_weight` > 0 (set up by ``run()``).
     var lensContext: (lens: LogitLens, teacherHead: Tensor, teacherNorm: Tensor, teacherEpsilon: Float)?
+    /// Attention alignment, when `attn_align_weight` > 0 (set up by ``run()``).
+    var alignment: AttentionAlignment?
+    /// Hidden-state hints, when `hint_weight` > 0 (set up by ``run()``).
+    var hints: HiddenStateHints?
+    /// What AdamW trains beside the student: the alignment module and the hint projections.
+    var auxiliaryParameters: [Parameter] { (alignment.map { [$0.module] } ?? []) + (hints?.projections ?? []) }
 
     /// - Parameters:
     ///   - resume: continue from `config.out`'s checkpoint (the configuration must match it but for `steps`).
@@ -47,7 +53,8 @@ public final class DistillationRun {
         self.progress = progress
     }
 
-    /// The parts of the configuration a resumed run must share with the run that wrote the checkpoint.
+    /// The parts of the configuration a resumed run must share with the run that wrote the checkpoint
+    /// (all but the step count, the device and the folder).
     static func identity(_ config: TrainingConfig) throws -> JSONValue {
         var frozen = config
         frozen.steps = 0
@@ -89,13 +96,19 @@ public final class DistillationRun {
 
         // Student: from the checkpoint, or inherited from the teacher.
         let identity = try Self.identity(config)
+        // The checkpoint keeps the settings (but the folder, which a resumed run names), so a resume continues on the same device.
+        var storedSettings = config
+        storedSettings.out = ""
+        let stored = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(storedSettings))
         var startStep = 0
         var position = DataPosition.start
         var objective = DistillationObjective(config: config)
         let student: StudentModel
+        var resumedAuxiliary: AuxiliaryParameters?
         if resume {
             let checkpoint = try TrainingCheckpoint.load(from: out)
-            let differences = identity.differences(from: checkpoint.state.configuration)
+            let saved = try Self.settings(of: checkpoint.state.configuration, in: out)
+            let differences = identity.differences(from: try Self.identity(saved))
             guard differences.isEmpty else {
                 throw TrainingError.resume("\(out.path): the checkpoint was written with a different configuration (\(differences.joined(separator: "; "))); resume with the same options or start a new --out")
             }
@@ -103,7 +116,8 @@ public final class DistillationRun {
                 throw TrainingError.resume("\(out.path): the checkpoint's vocabulary \(checkpoint.parameters.config.vocabulary) differs from the teacher's \(teacher.config.vocabulary)")
             }
             student = try StudentModel(parameters: checkpoint.parameters, backend: backend)
-            try student.loadMoments(checkpoint.moments)
+            try Optimizer.load(student.parameters, moments: checkpoint.moments, source: out.path)
+            resumedAuxiliary = checkpoint.auxiliary
             startStep = checkpoint.state.step
             position = DataPosition(epoch: checkpoint.state.dataEpoch, index: checkpoint.state.dataIndex)
             objective = try JSONDecoder().decode(DistillationObjective.self, from: JSONEncoder().encode(checkpoint.state.schedules))
@@ -122,11 +136,37 @@ public final class DistillationRun {
         guard startStep < config.steps || !resume else {
             throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
         }
+        // Feature losses pair an inherited student's blocks with the teacher blocks they came from by default.
+        let inherited = config.studentShape.isEmpty ? try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers) : nil
         if config.lensWeight > 0 {
-            try enableLogitLens(studentLayers: student.config.layers, teacher: teacher)
+            try enableLogitLens(studentLayers: student.config.layers, teacher: teacher, inherited: inherited)
             log("logit lens: weight \(config.lensWeight), \(config.lensDivergence), block pairs "
                 + lensContext!.lens.pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
                 + (config.lensFinalNorm ? ", after the final norm" : ", without the final norm"))
+        }
+        if config.attnAlignWeight > 0 {
+            let pairs = try BlockPairs.parse(config.attnAlignLayers, studentLayers: student.config.layers, teacherLayers: teacher.config.layers,
+                                             inherited: inherited, key: "attn_align_layers")
+            let alignment = try AttentionAlignment(pairs: pairs, studentHeads: student.config.heads,
+                                                   teacherHeads: teacher.config.heads, weight: config.attnAlignWeight, decay: config.attnAlignDecay,
+                                                   seed: config.seed, backend: backend)
+            try alignment.requireFits(batch: config.batchSize, length: config.seqLen, backend: backend)
+            self.alignment = alignment
+            log("attention alignment: weight \(config.attnAlignWeight) (x\(config.attnAlignDecay) per epoch), student blocks "
+                + alignment.studentBlocks.map(String.init).joined(separator: ",") + " (\(alignment.studentChannels) maps) to teacher blocks "
+                + alignment.teacherBlocks.map(String.init).joined(separator: ",") + " (\(alignment.teacherChannels) heads); the maps take "
+                + formatBytes(alignment.bytesPerMicroBatch(batch: config.batchSize, length: config.seqLen)) + " per micro-batch")
+        }
+        if config.hintWeight > 0 {
+            let pairs = try BlockPairs.parse(config.hintLayers, studentLayers: student.config.layers, teacherLayers: teacher.config.layers,
+                                             inherited: inherited, key: "hint_layers")
+            hints = try HiddenStateHints(pairs: pairs, weight: config.hintWeight, kind: HiddenStateHintLoss.Kind(rawValue: config.hintLoss)!,
+                                         studentWidth: student.config.width, teacherWidth: teacher.config.width, seed: config.seed, backend: backend)
+            log("hidden-state hints: weight \(config.hintWeight), \(config.hintLoss), block pairs " + pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+                + (hints!.projections.isEmpty ? "" : ", through learned projections \(student.config.width) -> \(teacher.config.width)"))
+        }
+        if let resumedAuxiliary, !auxiliaryParameters.isEmpty {
+            try Optimizer.load(auxiliaryParameters, values: resumedAuxiliary.values, moments: resumedAuxiliary.moments, source: out.path)
         }
         var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize, position: position)
         let metrics = try MetricsLog(url: out.appendingPathComponent("metrics.jsonl"), keepingStepsUpTo: resume ? startStep : 0)
@@ -153,22 +193,29 @@ public final class DistillationRun {
             let stepStart = DispatchTime.now().uptimeNanoseconds
             let temperature = objective.temperature
             let parts = try trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
-            guard parts.loss.isFinite, parts.crossEntropy.isFinite, parts.lens.isFinite, parts.gradientNorm.isFinite else {
-                throw TrainingError.numeric("step \(step): non-finite \(!parts.loss.isFinite ? "loss \(parts.loss)" : !parts.crossEntropy.isFinite ? "cross-entropy \(parts.crossEntropy)" : !parts.lens.isFinite ? "lens loss \(parts.lens)" : "gradient norm \(parts.gradientNorm)"); "
-                                            + "the last good checkpoint is \(lastCheckpoint.path); try a lower --lr")
+            let named = [("loss", parts.loss), ("cross-entropy", parts.crossEntropy), ("lens loss", parts.lens), ("hint loss", parts.hint),
+                         ("alignment loss", parts.alignment), ("gradient norm", parts.gradientNorm)]
+            if let (name, value) = named.first(where: { !$0.1.isFinite }) {
+                throw TrainingError.numeric("step \(step): non-finite \(name) \(value); the last good checkpoint is \(lastCheckpoint.path); try a lower --lr")
             }
             let learningRate = schedule.rate(at: step)
-            try student.update(AdamWStep(learningRate: learningRate, beta1: config.beta1, beta2: config.beta2, weightDecay: config.weightDecay, step: step),
-                               gradientNorm: parts.gradientNorm, clip: config.gradClip)
+            try Optimizer.update(student.parameters + auxiliaryParameters,
+                                 AdamWStep(learningRate: learningRate, beta1: config.beta1, beta2: config.beta2, weightDecay: config.weightDecay, step: step),
+                                 gradientNorm: parts.gradientNorm, clip: config.gradClip)
             objective.update(step: step, totalSteps: config.steps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
                              teacherCrossEntropy: parts.teacherCrossEntropy)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
             let tokensPerSecond = Double(config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
-            var record: [String: Any] = ["step": step, "loss": Double(parts.loss + config.lensWeight * parts.lens), "kd_loss": Double(parts.divergence),
+            var record: [String: Any] = ["step": step, "loss": Double(parts.total), "kd_loss": Double(parts.divergence),
                                          "ce_loss": Double(parts.crossEntropy), "temperature": Double(temperature), "lr": Double(learningRate),
                                          "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
             if let t = objective.taid?.t { record["taid_t"] = Double(t) }
             if lensContext != nil { record["lens_loss"] = Double(parts.lens) }
+            if hints != nil { record["hint_loss"] = Double(parts.hint) }
+            if alignment != nil {
+                record["align_loss"] = Double(parts.alignment)
+                record["align_weight"] = Double(parts.alignmentWeight)
+            }
             try metrics.append(record)
             if let kill = ProcessInfo.processInfo.environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step {
                 // Crash testing: die here as abruptly as a killed process (no cleanup, no flush beyond the metrics line).
@@ -176,8 +223,7 @@ public final class DistillationRun {
             }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - runStart) / 1e9
             let remaining = elapsed / Double(step - startStep) * Double(config.steps - step)
-            progress(progressLine(step: step, loss: parts.loss + config.lensWeight * parts.lens, kd: parts.divergence, ce: parts.crossEntropy,
-                                  lens: lensContext == nil ? nil : parts.lens, tokensPerSecond: tokensPerSecond, remaining: remaining))
+            progress(progressLine(step: step, parts: parts, tokensPerSecond: tokensPerSecond, remaining: remaining))
 
             let last = step == config.steps
             if last || (config.evalEvery > 0 && step % config.evalEvery == 0) {
@@ -188,9 +234,11 @@ public final class DistillationRun {
             }
             if last || (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) {
                 let state = TrainerState(step: step, dataEpoch: sampler.position.epoch, dataIndex: sampler.position.index, rngState: config.seed,
-                                         configuration: identity, schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(objective)))
-                lastCheckpoint = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: student.downloadMoments(), state: state)
-                    .save(in: out)
+                                         configuration: stored, schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(objective)))
+                let auxiliary = AuxiliaryParameters(values: try Optimizer.download(auxiliaryParameters),
+                                                    moments: try Optimizer.downloadMoments(auxiliaryParameters))
+                lastCheckpoint = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: Optimizer.downloadMoments(student.parameters),
+                                                        state: state, auxiliary: auxiliary).save(in: out)
                 log("step \(step): checkpoint \(shown(lastCheckpoint))")
             }
         }
@@ -223,12 +271,20 @@ public final class DistillationRun {
         public var gradientNorm: Float = 0
         /// The logit-lens divergence (mean over pairs, before its weight).
         public var lens: Float = 0
+        /// The hint loss (mean over pairs, before its weight).
+        public var hint: Float = 0
+        /// The attention-alignment loss (before its weight) and its weight this step (decayed per epoch).
+        public var alignment: Float = 0
+        public var alignmentWeight: Float = 0
+        /// What the step minimized: the distillation loss plus every weighted feature loss.
+        public var total: Float = 0
     }
 
     /// Prepares the logit lens: block pairs, and the teacher's unembedding in fp32 (the fused head
     /// path multiplies by it chunk by chunk).
-    func enableLogitLens(studentLayers: Int, teacher: LlamaModel) throws {
-        let pairs = try LogitLens.pairs(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers)
+    func enableLogitLens(studentLayers: Int, teacher: LlamaModel, inherited: [Int]?) throws {
+        let pairs = try BlockPairs.parse(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers,
+                                         inherited: inherited, key: "lens_layers")
         var head = teacher.weights.output
         if head.dtype != .f32 {
             let expanded = try backend.tensor(shape: head.shape, label: "teacher unembedding (fp32, logit lens)")
@@ -242,8 +298,9 @@ public final class DistillationRun {
 
     /// Forward and backward of every micro-batch of one step; gradients are left in the student.
     public func trainingStep(student: StudentModel, teacher: LlamaModel, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
-        try student.zeroGradients()
+        try Optimizer.zeroGradients(student.parameters + auxiliaryParameters)
         var parts = StepParts()
+        parts.alignmentWeight = alignment?.weight(atEpoch: sampler.position.epoch) ?? 0
         let loss = objective.loss
         let crossEntropyOnly = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, forwardOnly: true)
         let batches = (0..<config.gradientAccumulation).map { _ in sampler.next().tokens }
@@ -253,7 +310,8 @@ public final class DistillationRun {
         for tokens in batches {
             let n = tokens.count * config.seqLen
             let labels = try nextTokenLabels(tokens)
-            let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil))
+            let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil || hints != nil,
+                                                                                         attentionLayers: Set(alignment?.teacherBlocks ?? [])))
             let teacherLogits = teacherResult.logits!
             let hidden = try student.forward(tokens)
             let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "student logits")
@@ -272,19 +330,39 @@ public final class DistillationRun {
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
             try backend.gemm(logits, outputWeight.value, into: hiddenGradient)
             try backend.gemm(logits, hidden, into: outputWeight.gradient, transposeA: true, beta: 1)
+            // Feature losses: gradients into the student's residual streams and attention maps.
             var hiddenGradients: [Int: Tensor] = [:]
+            func addHiddenGradients(_ gradients: [Int: Tensor]) throws {
+                for (block, gradient) in gradients {
+                    if let earlier = hiddenGradients[block] { try backend.add(earlier, gradient, into: earlier) } else { hiddenGradients[block] = gradient }
+                }
+            }
             if let lensContext {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
                                                       teacherEpsilon: lensContext.teacherEpsilon, teacherHead: lensContext.teacherHead,
                                                       labels: labels, gradOutput: share)
                 parts.lens += lens.value * share
-                hiddenGradients = lens.hiddenGradients
+                try addHiddenGradients(lens.hiddenGradients)
             }
-            try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients)
+            if let hints {
+                let hint = try hints.apply(student: student, teacherHidden: teacherResult.hiddenStates, gradOutput: share)
+                parts.hint += hint.value * share
+                try addHiddenGradients(hint.hiddenGradients)
+            }
+            var attentionGradients: [Int: Tensor] = [:]
+            if let alignment {
+                let studentMaps = try Dictionary(uniqueKeysWithValues: alignment.studentBlocks.map { ($0, try student.attentionProbabilities(of: $0)) })
+                let aligned = try alignment.apply(studentMaps: studentMaps, teacherMaps: teacherResult.attentionProbabilities,
+                                                  gradOutput: share * parts.alignmentWeight)
+                parts.alignment += aligned.value * share
+                attentionGradients = aligned.mapGradients
+            }
+            try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients, attentionGradients: attentionGradients)
         }
         let softWeight = loss.effectiveSoftWeight
         parts.divergence = softWeight > 0 ? (parts.loss - loss.hardWeight * parts.crossEntropy) / softWeight : 0
-        parts.gradientNorm = try student.gradientNorm()
+        parts.total = parts.loss + config.lensWeight * parts.lens + config.hintWeight * parts.hint + parts.alignmentWeight * parts.alignment
+        parts.gradientNorm = try Optimizer.gradientNorm(student.parameters + auxiliaryParameters)
         return parts
     }
 
@@ -312,13 +390,17 @@ public final class DistillationRun {
         return total
     }
 
-    func progressLine(step: Int, loss: Float, kd: Float, ce: Float, lens: Float?, tokensPerSecond: Double, remaining: Double) -> String {
+    /// `[####....] step 40/100  loss 2.1 (kd 1.9, ce 4.2, lens 0.3)  900 tok/s  ETA 1m30s`, with a part per feature loss that is on.
+    func progressLine(step: Int, parts: StepParts, tokensPerSecond: Double, remaining: Double) -> String {
         let width = 24
         let filled = Int(Double(width) * Double(step) / Double(config.steps))
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        let lensPart = lens.map { String(format: ", lens %.4f", $0) } ?? ""
+        var features = ""
+        if lensContext != nil { features += String(format: ", lens %.4f", parts.lens) }
+        if hints != nil { features += String(format: ", hint %.4f", parts.hint) }
+        if alignment != nil { features += String(format: ", align %.4g", parts.alignment) }
         return String(format: "[%@] step %d/%d  loss %.4f (kd %.4f, ce %.4f%@)  %.0f tok/s  ETA %@", bar, step, config.steps,
-                      loss, kd, ce, lensPart, tokensPerSecond, formatDuration(remaining))
+                      parts.total, parts.divergence, parts.crossEntropy, features, tokensPerSecond, formatDuration(remaining))
     }
 }
 
@@ -329,6 +411,15 @@ func formatDuration(_ seconds: Double) -> String {
 }
 
 extension DistillationRun {
+    /// The settings a checkpoint kept (see ``TrainingConfig/settings(_:)`` for keys it lacks).
+    static func settings(of configuration: JSONValue, in directory: URL) throws -> TrainingConfig {
+        guard let object = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(configuration)) as? [String: Any],
+              let config = try? TrainingConfig.settings(object) else {
+            throw TrainingError.resume("\(directory.path): the checkpoint's settings are unreadable or from another version; start a new run")
+        }
+        return config
+    }
+
     /// The settings of the run whose checkpoint is in `directory` (for `--resume`).
     public static func savedConfiguration(in directory: URL) throws -> TrainingConfig {
         guard let folder = TrainingCheckpoint.currentFolder(in: directory) else {
@@ -337,10 +428,12 @@ extension DistillationRun {
         let stateFile = folder.appendingPathComponent(TrainingCheckpoint.stateFileName)
         guard let data = FileManager.default.contents(atPath: stateFile.path),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let configuration = object["configuration"], let settings = try? JSONSerialization.data(withJSONObject: configuration),
-              let config = try? JSONDecoder().decode(TrainingConfig.self, from: settings) else {
+              let configuration = object["configuration"] as? [String: Any], let config = try? TrainingConfig.settings(configuration) else {
             throw TrainingError.resume("\(stateFile.path): unreadable or from another version; start a new run")
         }
-        return config
+        // Checkpoints that kept no device continue on the default one (unless --device names one).
+        var settings = config
+        if settings.device.isEmpty { settings.device = TrainingConfig().device }
+        return settings
     }
 }

@@ -23,21 +23,6 @@ public struct LogitLens {
         self.loss = loss
     }
 
-    /// `2:12,5:29` pairs blocks explicitly; empty pairs every student block i with the teacher block
-    /// at the proportional depth, round((i + 1) * L_t / L_s) - 1.
-    public static func pairs(_ text: String, studentLayers: Int, teacherLayers: Int) throws -> [(student: Int, teacher: Int)] {
-        if text.isEmpty {
-            return (0..<studentLayers).map { i in (i, Int((Double(i + 1) * Double(teacherLayers) / Double(studentLayers)).rounded()) - 1) }
-        }
-        return try text.split(separator: ",").map { part in
-            let numbers = part.split(separator: ":").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-            guard numbers.count == 2, let s = numbers[0], let t = numbers[1], (0..<studentLayers).contains(s), (0..<teacherLayers).contains(t) else {
-                throw TrainingError.config("lens_layers: '\(part)': write STUDENT:TEACHER block pairs, student below \(studentLayers), teacher below \(teacherLayers)")
-            }
-            return (s, t)
-        }
-    }
-
     /// Adds the lens loss's gradients (times `gradOutput`) to the student's LM head and output norm,
     /// and returns its value (the mean over pairs, before `weight`) and dL/d(hidden after block) per
     /// student block, for ``StudentModel/backward(finalHiddenGradient:hiddenGradients:)``.

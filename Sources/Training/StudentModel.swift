@@ -4,29 +4,6 @@ import GGUF
 import Models
 import Tensor
 
-/// One trainable fp32 tensor with its gradient and AdamW moments, all on the student's backend.
-public final class Parameter {
-    /// GGUF name (`blk.3.attn_q.weight`); matrices are [out, in] in GGUF's layout (adjacent RoPE pairs).
-    public let name: String
-    public let value: Tensor
-    public let gradient: Tensor
-    public let firstMoment: Tensor
-    public let secondMoment: Tensor
-    /// Norm weights are not decayed.
-    public var decays: Bool { value.rank == 2 }
-
-    init(name: String, shape: [Int], values: [Float], backend: any Backend) throws {
-        self.name = name
-        value = try backend.tensor(values, shape: shape, label: name)
-        gradient = try backend.tensor(shape: shape, label: "\(name) gradient")
-        firstMoment = try backend.tensor(shape: shape, label: "\(name) adam m")
-        secondMoment = try backend.tensor(shape: shape, label: "\(name) adam v")
-        try backend.fill(gradient, value: 0)
-        try backend.fill(firstMoment, value: 0)
-        try backend.fill(secondMoment, value: 0)
-    }
-}
-
 /// The activations one block's backward needs, saved by the forward. N = B * T tokens.
 struct BlockActivations {
     let input: Tensor            // [N, C] residual stream entering the block
@@ -73,58 +50,11 @@ public final class StudentModel {
     public var outputWeight: Parameter { config.tiedEmbeddings ? parameter("token_embd.weight") : parameter("output.weight") }
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.value.count } }
 
-    public func zeroGradients() throws {
-        for p in parameters { try backend.fill(p.gradient, value: 0) }
-    }
-
-    /// The global L2 norm of every gradient (summed in fp64 from per-row sums of squares).
-    public func gradientNorm() throws -> Float {
-        var total = 0.0
-        for p in parameters {
-            let rows = try p.gradient.reshaped([p.gradient.count / p.gradient.columns, p.gradient.columns])
-            let sums = try backend.tensor(shape: [rows.shape[0]], label: "gradient norm rows")
-            try backend.reduceRows(.sumSquares, rows, into: sums)
-            total += try sums.toArray().reduce(0.0) { $0 + Double($1) }
-        }
-        return Float(total.squareRoot())
-    }
-
-    /// Clips the gradients to `clip` (global norm; 0 is no clipping), then one AdamW step of every
-    /// parameter; norm weights are not decayed.
-    public func update(_ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
-        if clip > 0, gradientNorm > clip {
-            for p in parameters { try backend.scale(p.gradient, by: clip / gradientNorm, into: p.gradient) }
-        }
-        for p in parameters {
-            var parameterStep = step
-            if !p.decays { parameterStep.weightDecay = 0 }
-            try backend.adamw(p.value, gradient: p.gradient, firstMoment: p.firstMoment, secondMoment: p.secondMoment, parameterStep)
-        }
-    }
-
     /// The parameters on the host, for checkpoints and export.
     public func downloadParameters() throws -> LlamaParameters {
         try LlamaParameters(config: config, tensors: Dictionary(uniqueKeysWithValues: parameters.map {
             ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.value.toArray()))
         }), source: "student")
-    }
-
-    /// The AdamW moments on the host, for checkpoints.
-    public func downloadMoments() throws -> AdamWMoments {
-        AdamWMoments(first: Dictionary(uniqueKeysWithValues: try parameters.map { ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.firstMoment.toArray())) }),
-                     second: Dictionary(uniqueKeysWithValues: try parameters.map { ($0.name, ParameterTensor(shape: $0.value.shape, values: try $0.secondMoment.toArray())) }))
-    }
-
-    /// Restores AdamW moments saved by ``downloadMoments()``.
-    public func loadMoments(_ moments: AdamWMoments) throws {
-        for p in parameters {
-            guard let first = moments.first[p.name], let second = moments.second[p.name],
-                  first.shape == p.value.shape, second.shape == p.value.shape else {
-                throw ModelError.badTensor("optimizer state: moments of \(p.name) are missing or of the wrong shape")
-            }
-            try backend.upload(first.values.withUnsafeBufferPointer { $0 }, to: p.firstMoment)
-            try backend.upload(second.values.withUnsafeBufferPointer { $0 }, to: p.secondMoment)
-        }
     }
 
     /// Drops the activations of the last forward (after an evaluation-only forward).
@@ -212,10 +142,19 @@ public final class StudentModel {
         return l == config.layers - 1 ? saved.last : saved.blocks[l + 1].input
     }
 
+    /// The attention probabilities of block `l` (0-based) in the last forward: [B, H, T, T].
+    public func attentionProbabilities(of l: Int) throws -> Tensor {
+        guard let saved, l >= 0, l < config.layers else {
+            throw ModelError.badInput("attention of block \(l): no forward kept, or no such block of \(config.layers)")
+        }
+        return try saved.blocks[l].probabilities.reshaped([saved.batch, config.heads, saved.length, saved.length])
+    }
+
     /// Adds every parameter's gradient, given dL/d(final hidden) [N, C] for the last forward, and
-    /// optionally dL/d(residual stream after block l) for some blocks (feature losses such as the
-    /// logit lens). The LM head's own gradient is the loss path's to add.
-    public func backward(finalHiddenGradient: Tensor, hiddenGradients: [Int: Tensor] = [:]) throws {
+    /// optionally, for feature losses, dL/d(residual stream after block l) for some blocks (the logit
+    /// lens, hints) and dL/d(attention probabilities of block l) [B, H, T, T] (attention alignment).
+    /// The LM head's own gradient is the loss path's to add.
+    public func backward(finalHiddenGradient: Tensor, hiddenGradients: [Int: Tensor] = [:], attentionGradients: [Int: Tensor] = [:]) throws {
         guard let saved else { throw ModelError.badInput("student backward without a forward") }
         self.saved = nil
         let (b, t) = (saved.batch, saved.length)
@@ -263,6 +202,7 @@ public final class StudentModel {
             try backend.transpose12(dContext.reshaped([b, t, h, hs]), into: dContextByHead)
             let dContextGrouped = try dContextByHead.reshaped([b * hkv, g * t, hs])
             try backend.gemm(dContextGrouped, a.values.reshaped([b * hkv, t, hs]), into: dProbs, transposeB: true)
+            if let extra = attentionGradients[l] { try backend.add(dProbs, extra.reshaped(dProbs.shape), into: dProbs) }
             try backend.gemm(a.probabilities, dContextGrouped, into: dvT.reshaped([b * hkv, t, hs]), transposeA: true)
             try backend.causalSoftmaxBackward(a.probabilities, outputGradient: dProbs, into: dProbs, scale: scale)
             try backend.gemm(dProbs, a.keys.reshaped([b * hkv, t, hs]), into: dqT.reshaped([b * hkv, g * t, hs]))

@@ -54,12 +54,27 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// Logit lens (DistillLens): weight of the lens loss; 0 turns it off.
     public var lensWeight: Float = 0
     /// STUDENT:TEACHER block pairs (`2:12,5:29`); empty pairs every student block with the teacher
-    /// block at the proportional depth.
+    /// block it was inherited from, or for a fresh student the teacher block at the proportional depth.
+    /// Each pair costs four head-sized GEMMs per micro-batch (`kdgpu bench lens`).
     public var lensLayers = ""
     /// Apply each model's final RMSNorm before its unembedding (the classic logit lens).
     public var lensFinalNorm = true
     /// The lens divergence (default symmetric Jensen-Shannon), at T = 1.
     public var lensDivergence = "jsd(0.5)"
+    /// Attention alignment (Align-to-Distill): weight of the alignment loss; 0 turns it off.
+    public var attnAlignWeight: Float = 0
+    /// STUDENT:TEACHER block pairs naming the student blocks whose attention maps are mixed and the
+    /// teacher blocks whose heads they are aligned to; empty: every student block and the teacher
+    /// blocks it was inherited from (or at the proportional depth).
+    public var attnAlignLayers = ""
+    /// The alignment weight is multiplied by this once per epoch of the training data (A2D: 0.9).
+    public var attnAlignDecay: Float = 0.9
+    /// Hidden-state hints (FitNets / PKD): weight of the hint loss; 0 turns it off.
+    public var hintWeight: Float = 0
+    /// STUDENT:TEACHER block pairs of residual streams; empty: as for `lens_layers`.
+    public var hintLayers = ""
+    /// cosine or mse, through a learned projection when the widths differ.
+    public var hintLoss = "cosine"
 
     // Evaluation and checkpoints.
     public var validationFraction = 0.05
@@ -81,6 +96,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case divergence, temperature, temperatureSchedule = "temperature_schedule"
         case scaleBySquaredTemperature = "scale_by_squared_temperature", softWeight = "soft_weight", hardWeight = "hard_weight"
         case lensWeight = "lens_weight", lensLayers = "lens_layers", lensFinalNorm = "lens_final_norm", lensDivergence = "lens_divergence"
+        case attnAlignWeight = "attn_align_weight", attnAlignLayers = "attn_align_layers", attnAlignDecay = "attn_align_decay"
+        case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf"
     }
@@ -104,16 +121,19 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if let unknown = mapping.keys.sorted().first(where: { !validKeys.contains($0) }) {
             throw TrainingError.config("\(path): unknown key '\(unknown)'; valid keys: \(validKeys.joined(separator: ", "))")
         }
-        var config = TrainingConfig()
-        let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
-        let merged = defaults.merging(mapping) { $1 }
         do {
-            config = try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: merged))
+            return try settings(mapping)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.dataCorrupted(context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw TrainingError.config("\(path): key '\(key)' has a value of the wrong type (\(context.debugDescription))")
         }
-        return config
+    }
+
+    /// The defaults, overridden by the keys of `mapping` (a YAML file's, or a checkpoint's settings,
+    /// which lack the keys added after it was written).
+    public static func settings(_ mapping: [String: Any]) throws -> TrainingConfig {
+        let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as! [String: Any]
+        return try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: defaults.merging(mapping) { $1 }))
     }
 
     /// Checks ranges and names; each error names the key.
@@ -136,6 +156,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                     "must be non-negative and not both 0")
         try require(lensWeight >= 0 && lensWeight.isFinite, "lens_weight", "must be 0 or more, got \(lensWeight)")
         try require(Divergence(name: lensDivergence) != nil, "lens_divergence", "unknown '\(lensDivergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha) or tvd")
+        try require(attnAlignWeight >= 0 && attnAlignWeight.isFinite, "attn_align_weight", "must be 0 or more, got \(attnAlignWeight)")
+        try require(attnAlignDecay > 0 && attnAlignDecay <= 1, "attn_align_decay", "must be in (0, 1], got \(attnAlignDecay)")
+        try require(hintWeight >= 0 && hintWeight.isFinite, "hint_weight", "must be 0 or more, got \(hintWeight)")
+        try require(HiddenStateHintLoss.Kind(rawValue: hintLoss) != nil, "hint_loss", "use cosine or mse, got '\(hintLoss)'")
         try require(validationFraction > 0 && validationFraction < 1, "validation_fraction", "must be in (0, 1), got \(validationFraction)")
         try require(evalEvery >= 0 && checkpointEvery >= 0, "eval_every/checkpoint_every", "must be 0 or more")
         try require(evalWindows >= 1, "eval_windows", "must be at least 1, got \(evalWindows)")
@@ -181,6 +205,27 @@ public enum StudentLayers {
             throw TrainingError.config("student_layers: '\(text)': blocks must be distinct, increasing and below the teacher's \(teacherLayers)")
         }
         return layers
+    }
+}
+
+/// `--lens-layers`, `--hint-layers`, `--attn-align-layers`: which student block is compared with which teacher block.
+public enum BlockPairs {
+    /// `2:12,5:29` pairs blocks explicitly. Empty pairs every student block i with the teacher block
+    /// it was inherited from (`inherited[i]`), or, for a fresh student, with the teacher block at the
+    /// proportional depth, round((i + 1) * L_t / L_s) - 1.
+    /// - Parameter key: the configuration key named in errors.
+    public static func parse(_ text: String, studentLayers: Int, teacherLayers: Int, inherited: [Int]?, key: String) throws -> [(student: Int, teacher: Int)] {
+        if text.isEmpty {
+            if let inherited, inherited.count == studentLayers { return inherited.enumerated().map { ($0.offset, $0.element) } }
+            return (0..<studentLayers).map { i in (i, Int((Double(i + 1) * Double(teacherLayers) / Double(studentLayers)).rounded()) - 1) }
+        }
+        return try text.split(separator: ",").map { part in
+            let numbers = part.split(separator: ":").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard numbers.count == 2, let s = numbers[0], let t = numbers[1], (0..<studentLayers).contains(s), (0..<teacherLayers).contains(t) else {
+                throw TrainingError.config("\(key): '\(part)': write STUDENT:TEACHER block pairs, student below \(studentLayers), teacher below \(teacherLayers)")
+            }
+            return (s, t)
+        }
     }
 }
 

@@ -36,9 +36,17 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: "Weight of the hard-label cross-entropy.") var hardWeight: Float?
     @Option(name: .long, help: "Weight of the distillation divergence.") var softWeight: Float?
     @Option(name: .long, help: "Logit lens: weight of the lens loss (0: off).") var lensWeight: Float?
-    @Option(name: .long, help: ArgumentHelp("Logit lens: STUDENT:TEACHER block pairs (default: proportional depth).", valueName: "pairs"))
+    @Option(name: .long, help: ArgumentHelp("Logit lens: STUDENT:TEACHER block pairs (default: each student block with the teacher block it was inherited from, else proportional depth).", valueName: "pairs"))
     var lensLayers: String?
     @Option(name: .long, help: "Logit lens: apply the final RMSNorm before the unembedding (true or false).") var lensFinalNorm: Bool?
+    @Option(name: .long, help: "Attention alignment (A2D): weight of the alignment loss (0: off).") var attnAlignWeight: Float?
+    @Option(name: .long, help: ArgumentHelp("Attention alignment: STUDENT:TEACHER block pairs naming the student blocks whose maps are mixed and the teacher blocks aligned to (default: all, as for --lens-layers).", valueName: "pairs"))
+    var attnAlignLayers: String?
+    @Option(name: .long, help: "Attention alignment: weight factor per data epoch (A2D: 0.9).") var attnAlignDecay: Float?
+    @Option(name: .long, help: "Hidden-state hints: weight of the hint loss (0: off).") var hintWeight: Float?
+    @Option(name: .long, help: ArgumentHelp("Hidden-state hints: STUDENT:TEACHER block pairs (default: as for --lens-layers).", valueName: "pairs"))
+    var hintLayers: String?
+    @Option(name: .long, help: "Hidden-state hints: cosine or mse (through a learned projection when the widths differ).") var hintLoss: String?
     @Option(name: .long, help: "Seed of the data order.") var seed: UInt64?
     @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring.", valueName: "device")) var device: String?
     @Option(name: .long, help: ArgumentHelp("Run folder.", valueName: "DIR")) var out: String?
@@ -108,6 +116,12 @@ struct TrainCommand: ParsableCommand {
         if let lensWeight { settings.lensWeight = lensWeight }
         if let lensLayers { settings.lensLayers = lensLayers }
         if let lensFinalNorm { settings.lensFinalNorm = lensFinalNorm }
+        if let attnAlignWeight { settings.attnAlignWeight = attnAlignWeight }
+        if let attnAlignLayers { settings.attnAlignLayers = attnAlignLayers }
+        if let attnAlignDecay { settings.attnAlignDecay = attnAlignDecay }
+        if let hintWeight { settings.hintWeight = hintWeight }
+        if let hintLayers { settings.hintLayers = hintLayers }
+        if let hintLoss { settings.hintLoss = hintLoss }
         if let seed { settings.seed = seed }
         if let device { settings.device = device }
         if let out { settings.out = out }

@@ -51,7 +51,7 @@ func randomBlocks(_ dtype: DType, count: Int, _ rng: inout SeededRandom) -> (byt
 
 extension ParityTable {
     /// The llama forward pass's ops.
-    static let modelCases: [ParityCase] = dequantizeCases + gatherCases + [rmsNormCase, ropeCase, causalSoftmaxCase, transposeCase, swigluCase]
+    static let modelCases: [ParityCase] = dequantizeCases + gatherCases + [rmsNormCase, ropeCase, causalSoftmaxCase, causalMaskCase, transposeCase, swigluCase]
 
     static let quantizedTypes: [DType] = [.q8_0, .q4_0, .q4_1, .f16]
 
@@ -185,6 +185,27 @@ extension ParityTable {
                         for (j, value) in row.enumerated() { probs[r * shape.keys + j] = exp(value - m) / total }
                     }
                     return [probs]
+                })
+        }
+    }
+
+    /// The attention-alignment masking: -inf (and a finite value) past each query's position.
+    static let causalMaskCase = ParityCase(op: "causal_mask", tolerance: 0) { rng in
+        let shapes: [(blocks: Int, queries: Int, keys: Int, keyOffset: Int, value: Float)] = [
+            (1, 1, 1, 0, -.infinity), (1, 5, 5, 0, -.infinity), (3, 3, 9, 6, 7.5), (6, 64, 64, 0, -.infinity), (2, 1, 300, 299, 0),
+            (3, 17, 40, 23, -.infinity), (2, 37, 37, 0, -.infinity),
+        ]
+        return shapes.map { shape in
+            let rows = shape.blocks * shape.queries
+            return ParityInstance(
+                description: "\(rows) rows (\(shape.queries) queries) x \(shape.keys) keys from \(shape.keyOffset), value \(shape.value)",
+                operands: [Operand(shape: [rows, shape.keys], values: rng.normals(rows * shape.keys, scale: 10))],
+                outputs: [0],
+                run: { try $0.causalMask($1[0], queries: shape.queries, keyOffset: shape.keyOffset, value: shape.value) },
+                reference: { inputs in
+                    [inputs[0].enumerated().map { i, x in
+                        i % shape.keys > (i / shape.keys) % shape.queries + shape.keyOffset ? Double(shape.value) : x
+                    }]
                 })
         }
     }

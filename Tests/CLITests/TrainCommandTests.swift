@@ -114,6 +114,41 @@ final class TrainCommandTests: XCTestCase {
         }
     }
 
+    /// Every feature loss at once (logit lens, attention alignment, hints through a learned
+    /// projection, since the fresh student is narrower than the teacher): each part is logged, the
+    /// alignment module and the projections are checkpointed, and a killed run resumed without
+    /// `--device` continues on the run's device with the same losses.
+    func testFeatureLossesTrainAreLoggedAndResumeExactly() throws {
+        let data = try corpus(), whole = try folder("features"), interrupted = try folder("features-interrupted")
+        let arguments = ["--student-shape", "blocks=2,width=32,heads=2,kv_heads=1,feed_forward=64", "--lens-weight", "0.5",
+                         "--attn-align-weight", "2", "--attn-align-layers", "0:1,1:1", "--hint-weight", "1", "--hint-loss", "mse"]
+        let run = try kdgpu(trainArguments(data: data, out: whole) + arguments)
+        XCTAssertEqual(run.status, 0, run.error)
+        XCTAssertTrue(run.error.contains("attention alignment: weight 2.0 (x0.9 per epoch), student blocks 0,1 (4 maps) to teacher blocks 1 (4 heads)"), run.error)
+        XCTAssertTrue(run.error.contains("hidden-state hints: weight 1.0, mse, block pairs 0:0,1:1, through learned projections 32 -> 64"), run.error)
+        XCTAssertTrue(run.error.contains(", lens ") && run.error.contains(", hint ") && run.error.contains(", align "), run.error)
+        let records = try metrics(whole).filter { $0["loss"] != nil }
+        XCTAssertEqual(records.count, 6)
+        for record in records {
+            for key in ["lens_loss", "hint_loss", "align_loss"] {
+                let value = try XCTUnwrap(record[key] as? Double, "\(key) in \(record)")
+                XCTAssertTrue(value.isFinite && value > 0, "\(key) in \(record)")
+            }
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: whole.appendingPathComponent("checkpoint/auxiliary.safetensors").path))
+
+        let killed = try kdgpu(trainArguments(data: data, out: interrupted) + arguments, environment: ["KDGPU_KILL_AFTER_STEP": "4"])
+        XCTAssertTrue(killed.signaled && killed.status == SIGKILL, "status \(killed.status): \(killed.error)")
+        let resumed = try kdgpu(["train", "--resume", interrupted.path, "--steps", "6"])
+        XCTAssertEqual(resumed.status, 0, resumed.error)
+        XCTAssertTrue(resumed.error.contains("on cpu"), resumed.error)
+        let keys = ["step", "loss", "kd_loss", "lens_loss", "hint_loss", "align_loss", "grad_norm", "val_nll"]
+        func comparable(_ records: [[String: Any]]) -> [String] {
+            records.map { record in keys.compactMap { key in record[key].map { "\(key)=\($0)" } }.joined(separator: " ") }
+        }
+        XCTAssertEqual(comparable(try metrics(interrupted)), comparable(try metrics(whole)))
+    }
+
     func testBadTrainingInputsAreOneLineErrors() throws {
         let data = try corpus(), out = try folder("bad")
         let yaml = out.appendingPathComponent("config.yaml")

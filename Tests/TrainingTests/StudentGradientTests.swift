@@ -36,7 +36,7 @@ final class StudentGradientTests: XCTestCase {
         var gradientsByBackend: [[Float]] = []
         for backend in try TestBackends.all() {
             let model = try StudentModel(parameters: Self.randomParameters(Self.config, seed: 11), backend: backend)
-            try model.zeroGradients()
+            try Optimizer.zeroGradients(model.parameters)
             _ = try model.forward(tokens)
             try model.backward(finalHiddenGradient: backend.tensor(r, shape: [r.count / Self.config.width, Self.config.width], label: "r"))
             var all: [Float] = []
@@ -68,25 +68,32 @@ final class StudentGradientTests: XCTestCase {
         XCTAssertTrue(comparison.passes(tolerance: 1e-4), "OpenCL vs CPU gradients: \(comparison)")
     }
 
-    /// Gradients injected after an intermediate block (feature losses such as the logit lens) reach
-    /// every earlier parameter: L = sum(r * finalHidden) + sum(r0 * hidden after block 0).
-    func testInjectedHiddenStateGradientsMatchFiniteDifferences() throws {
-        let tokens: [[Int32]] = [[3, 9, 27, 1, 44]]
+    /// Gradients injected by feature losses reach every earlier parameter: after an intermediate
+    /// block (the logit lens, hints) and into attention maps (alignment):
+    /// L = sum(r * finalHidden) + sum(r0 * hidden after block 0) + sum(a_l * attention of block l).
+    func testInjectedFeatureGradientsMatchFiniteDifferences() throws {
+        let tokens: [[Int32]] = [[3, 9, 27, 1, 44], [8, 8, 2, 40, 13]]
         var rng = SeededRandom(seed: 8)
-        let n = tokens[0].count * Self.config.width
-        let r = rng.normals(n), r0 = rng.normals(n)
+        let (t, n) = (tokens[0].count, tokens.count * tokens[0].count)
+        let r = rng.normals(n * Self.config.width), r0 = rng.normals(n * Self.config.width)
+        let mapShape = [tokens.count, Self.config.heads, t, t]
+        let a = (0..<Self.config.layers).map { _ in rng.normals(mapShape.reduce(1, *)) }
+        func dot(_ x: [Float], _ y: [Float]) -> Double { zip(x, y).reduce(0.0) { $0 + Double($1.0) * Double($1.1) } }
         for backend in try TestBackends.all() {
             let model = try StudentModel(parameters: Self.randomParameters(Self.config, seed: 12), backend: backend)
             func loss() throws -> Double {
                 let final = try model.forward(tokens).toArray()
-                let hidden = try model.hiddenState(after: 0).toArray()
-                return zip(final, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) } + zip(hidden, r0).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                return try dot(final, r) + dot(model.hiddenState(after: 0).toArray(), r0)
+                    + (0..<Self.config.layers).reduce(0.0) { $0 + dot(try model.attentionProbabilities(of: $1).toArray(), a[$1]) }
             }
-            try model.zeroGradients()
+            try Optimizer.zeroGradients(model.parameters)
             _ = try model.forward(tokens)
-            try model.backward(finalHiddenGradient: backend.tensor(r, shape: [tokens[0].count, Self.config.width], label: "r"),
-                               hiddenGradients: [0: backend.tensor(r0, shape: [tokens[0].count, Self.config.width], label: "r0")])
-            for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.ffn_up.weight", "token_embd.weight"] {
+            try model.backward(finalHiddenGradient: backend.tensor(r, shape: [n, Self.config.width], label: "r"),
+                               hiddenGradients: [0: backend.tensor(r0, shape: [n, Self.config.width], label: "r0")],
+                               attentionGradients: Dictionary(uniqueKeysWithValues: try (0..<Self.config.layers).map {
+                                   ($0, try backend.tensor(a[$0], shape: mapShape, label: "a\($0)"))
+                               }))
+            for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_down.weight", "blk.1.ffn_up.weight", "token_embd.weight"] {
                 let parameter = model.parameter(name)
                 let analytic = try parameter.gradient.toArray()
                 var values = try parameter.value.toArray()
@@ -116,9 +123,15 @@ final class StudentGradientTests: XCTestCase {
         let normed = try backend.tensor(shape: last.shape, label: "normed")
         try backend.rmsNorm(last, weight: model.parameter("output_norm.weight").value, epsilon: Self.config.normEpsilon, into: normed)
         XCTAssertEqual(try normed.toArray(), final)
-        XCTAssertEqual(try LogitLens.pairs("", studentLayers: 6, teacherLayers: 30).map { $0.teacher }, [4, 9, 14, 19, 24, 29])
-        XCTAssertEqual(try LogitLens.pairs("0:3, 5:29", studentLayers: 6, teacherLayers: 30).map { [$0.student, $0.teacher] }, [[0, 3], [5, 29]])
-        XCTAssertThrowsError(try LogitLens.pairs("6:1", studentLayers: 6, teacherLayers: 30)) { XCTAssertTrue("\($0)".contains("lens_layers"), "\($0)") }
+        XCTAssertEqual(try BlockPairs.parse("", studentLayers: 6, teacherLayers: 30, inherited: nil, key: "lens_layers").map { $0.teacher },
+                       [4, 9, 14, 19, 24, 29])
+        XCTAssertEqual(try BlockPairs.parse("", studentLayers: 6, teacherLayers: 30, inherited: [0, 1, 2, 27, 28, 29], key: "lens_layers").map { $0.teacher },
+                       [0, 1, 2, 27, 28, 29])
+        XCTAssertEqual(try BlockPairs.parse("0:3, 5:29", studentLayers: 6, teacherLayers: 30, inherited: nil, key: "lens_layers").map { [$0.student, $0.teacher] },
+                       [[0, 3], [5, 29]])
+        XCTAssertThrowsError(try BlockPairs.parse("6:1", studentLayers: 6, teacherLayers: 30, inherited: nil, key: "hint_layers")) {
+            XCTAssertTrue("\($0)".contains("hint_layers"), "\($0)")
+        }
     }
 
     /// The student's forward equals the inference model's on the same weights (LlamaModel).

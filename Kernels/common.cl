@@ -54,9 +54,23 @@ inline float vmax(floatV v) {
 }
 #endif
 
-// The maximum / sum of `value` over the work-group, as a __local memory tree (no subgroups: NVIDIA's
-// OpenCL has none). Every work-item must call it. group_max / group_sum reduce a float,
-// group_max4 / group_sum4 four at once.
+// The maximum / sum of `value` over the work-group (no subgroups: NVIDIA's OpenCL has none). Every
+// work-item must call it. group_max / group_sum reduce a float, group_max4 / group_sum4 four at once.
+// Small work-groups (CPU devices, WG 16): one barrier, then every work-item combines the WG values
+// itself; PoCL runs each barrier-free region as a loop over the work-items, so every barrier saved
+// is a pass over the group saved. Larger work-groups (GPUs): a __local memory tree.
+#if WG <= 32
+#define GROUP_REDUCE(name, type, combine)                                              \
+inline type name(type value, __local type* scratch) {                                  \
+    const int lid = get_local_id(0);                                                   \
+    scratch[lid] = value;                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+    type result = scratch[0];                                                          \
+    for (int i = 1; i < WG; i++) result = combine(result, scratch[i]);                 \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+    return result;                                                                     \
+}
+#else
 #define GROUP_REDUCE(name, type, combine)                                              \
 inline type name(type value, __local type* scratch) {                                  \
     const int lid = get_local_id(0);                                                   \
@@ -70,6 +84,7 @@ inline type name(type value, __local type* scratch) {                           
     barrier(CLK_LOCAL_MEM_FENCE);                                                      \
     return result;                                                                     \
 }
+#endif
 #define GROUP_ADD(a, b) ((a) + (b))
 GROUP_REDUCE(group_max, float, fmax)
 GROUP_REDUCE(group_sum, float, GROUP_ADD)

@@ -13,9 +13,9 @@
 //   pass 4  dz written (in place over zs when dz == zs)                                          (no exp)
 // Work-groups are persistent: group g handles rows g, g + groups, ... and owns scratch rows
 // [g, 4, Vp] (Vp = V rounded up to VW), so no [rows, V] temporary ever exists.
-// Every loop bound and branch around a barrier is uniform over the work-group (PoCL miscompiles
-// barriers after divergent control flow), and every work-item touches only its own elements of a
-// row between barriers, so stashes need no barrier.
+// Every loop bound and branch around a barrier is uniform over the work-group: a kernel argument or
+// a group reduction's result (PoCL miscompiles barriers after divergent control flow), and every
+// work-item touches only its own elements of a row between barriers, so stashes need no barrier.
 
 #define KIND_FKL 0
 #define KIND_RKL 1
@@ -62,23 +62,21 @@
 
 // exp2, exp and log as polynomials, identical in the CPU twin (VectorMath.swift).
 // kd_exp2: 2^x for x <= 127; results below 2^-126 flush to exactly 0 (so -inf gives 0), relative
-// error about 1e-7 elsewhere, and NaN stays NaN (the row sums then report a non-finite input).
-// n = round(x) by the 1.5 * 2^23 trick (its integer lands in the low mantissa bits), then a
-// degree-6 minimax polynomial of 2^r on [-0.5, 0.5].
+// error below 2e-7 elsewhere, and NaN stays NaN (the row sums then report a non-finite input).
+// n = round(x) by the 1.5 * 2^23 trick (its integer lands in the low mantissa bits), then 2^r on
+// [-0.5, 0.5] as 1 + r q(r) with q a near-minimax quartic (2^0 is exactly 1); x is clamped at
+// -127, so the biased exponent n + 127 is never negative and n = -127 gives exactly 0.
 inline floatV kd_exp2(floatV x0) {
     const floatV x = select(x0, (floatV)(-127.0f), x0 < (floatV)(-127.0f));
     const floatV t = x + 12582912.0f;
     const floatV r = x - (t - 12582912.0f);
-    floatV y = 1.534565381007269e-4f;
-    y = y * r + 1.3399877352640033e-3f;
-    y = y * r + 9.618489071726799e-3f;
-    y = y * r + 5.550329014658928e-2f;
-    y = y * r + 2.4022646248340607e-1f;
-    y = y * r + 6.931471824645996e-1f;
+    floatV y = 1.326138386502862e-3f;
+    y = y * r + 9.671514853835106e-3f;
+    y = y * r + 5.550745129585266e-2f;
+    y = y * r + 2.4022242426872253e-1f;
+    y = y * r + 6.931469440460205e-1f;
     y = y * r + 1.0f;
-    // 2^n as bits; n <= -127 gives 0.
-    const intV n = max(as_intV(t) - (0x4B400000 - 127), (intV)(0));
-    return y * as_floatV(n << 23);
+    return y * as_floatV((as_intV(t) - (0x4B400000 - 127)) << 23);
 }
 
 #define LOG2E 1.44269504088896341f
@@ -220,37 +218,35 @@ __kernel void distill_loss_rows(
 
         // Pass 0 (top-k teacher): a dense teacher row in scratch. Missing mass: renormalize (the
         // rest is -inf), or uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
-        // evenly over the other n - k tokens). The reductions and barriers run for every kind of
-        // teacher, so no barrier sits in a branch.
+        // evenly over the other n - k tokens). Its reductions and barriers sit in a branch on a kernel
+        // argument, which every work-item takes alike.
         __global const float* tr = topk ? tm_row : zt + zto + (long)row * zt_ld;
-        __global const float* vals = topk_vals + tvo + (long)row * k;
-        // The rest 1 - sum exp(vals) without cancellation: -expm1(largest) - sum of the others.
-        float part_max = -INFINITY;
-        if (topk) for (int i = lid; i < k; i += WG) part_max = fmax(part_max, vals[i]);
-        const float largest = group_max4((float4)(part_max, 0.0f, 0.0f, 0.0f), reduce).x;
-        float part_first = -INFINITY;
-        if (topk) for (int i = lid; i < k; i += WG) if (vals[i] == largest) part_first = fmax(part_first, (float)(-i));
-        const float first_found = group_max4((float4)(part_first, 0.0f, 0.0f, 0.0f), reduce).x;
-        const int first = first_found == -INFINITY ? -1 : -(int)first_found;
-        float part = 0.0f;
-        if (topk) for (int i = lid; i < k; i += WG) if (i != first) part += exp(vals[i]);
-        const float others = group_sum4((float4)(part, 0.0f, 0.0f, 0.0f), reduce).x;
+        int bad_id = 0;
         if (topk) {
+            __global const float* vals = topk_vals + tvo + (long)row * k;
+            // The rest 1 - sum exp(vals) without cancellation: -expm1(largest) - sum of the others.
+            float part_max = -INFINITY;
+            for (int i = lid; i < k; i += WG) part_max = fmax(part_max, vals[i]);
+            const float largest = group_max4((float4)(part_max, 0.0f, 0.0f, 0.0f), reduce).x;
+            float part_first = -INFINITY;
+            for (int i = lid; i < k; i += WG) if (vals[i] == largest) part_first = fmax(part_first, (float)(-i));
+            const float first_found = group_max4((float4)(part_first, 0.0f, 0.0f, 0.0f), reduce).x;
+            const int first = first_found == -INFINITY ? -1 : -(int)first_found;
+            float part = 0.0f;
+            for (int i = lid; i < k; i += WG) if (i != first) part += exp(vals[i]);
+            const float others = group_sum4((float4)(part, 0.0f, 0.0f, 0.0f), reduce).x;
             const float missing = -expm1(largest) - others;
             float rest = -INFINITY;
             if ((flags & FLAG_TOPK_UNIFORM) && n > k && missing > 0.0f) rest = log(missing / (float)(n - k));
             for (int v = vbeg; v < vend; v += vstep) vstoreV((floatV)(rest), v, tm_row);
-        }
-        barrier(CLK_GLOBAL_MEM_FENCE);
-        int bad_id = 0;
-        if (topk) {
+            barrier(CLK_GLOBAL_MEM_FENCE);
             for (int i = lid; i < k; i += WG) {
                 const int id = (int)topk_ids[tio + (long)row * k + i];
                 if (id >= 0 && id < n) tm_row[id] = topk_vals[tvo + (long)row * k + i];
                 else bad_id = 1;
             }
+            barrier(CLK_GLOBAL_MEM_FENCE);
         }
-        barrier(CLK_GLOBAL_MEM_FENCE);
 
         // Pass 1: maxima; the TAID target (1 - t) stopgrad(zs) + t zt into scratch. (NaN and +inf are
         // found from the exp sums of pass 2, which they turn into NaN.)
@@ -398,7 +394,8 @@ __kernel void distill_loss_rows(
                 if (gradient) store_row(g, dr, v, n);
             }
         }
-        const float4 totals = group_sum4((float4)(vsum(value), vsum(weighted), 0.0f, 0.0f), reduce);
+        const int mixture = kind != KIND_FKL && kind != KIND_RKL;
+        const float4 totals = mixture ? group_sum4((float4)(vsum(value), vsum(weighted), 0.0f, 0.0f), reduce) : (float4)(0.0f);
         if (kind == KIND_FKL) {
             divergence = sums.z * LN2 * inv_sb - log_sb + log_sa;
         } else if (kind == KIND_RKL) {

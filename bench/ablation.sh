@@ -4,6 +4,7 @@
 # validation windows) trained six ways, and the held-out perplexity each reaches.
 #
 #   bench/ablation.sh [OUT]      runs into OUT (default runs/ablation), prints a markdown table
+#   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
 #
 # A finished run is not run again (delete OUT/NAME.txt to redo it). Every run is logged to
 # OUT/NAME.log, its summary to OUT/NAME.txt. About an hour on a 2-core machine.
@@ -11,8 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/ablation}
 make -s setup teacher corpus >&2
-swift build -c release --product kdgpu >&2
-kdgpu=.build/release/kdgpu
+kdgpu=${KDGPU:-}
+if [[ -z $kdgpu ]]; then
+    swift build -c release --product kdgpu >&2
+    kdgpu=.build/release/kdgpu
+fi
 mkdir -p "$out"
 
 # The feature losses: the lens on the two middle student blocks (3, 4: inherited from teacher

@@ -39,6 +39,10 @@ public final class BenchContext {
 
     public func report(_ message: String) { progress(message) }
 
+    /// The CPU backend first (whole-model suites check the others against its results), then the
+    /// other timed backends.
+    public var referenceFirst: [any Backend] { [cpu] + backends.filter { $0 !== cpu } }
+
     /// Median wall-clock seconds of `body` over `runs` runs after one warm-up; `body` must
     /// synchronize its backend before returning.
     public func median(_ body: () throws -> Void) throws -> Double {

@@ -11,6 +11,20 @@ enum FeatureBenchShapes {
     static let (batch, length, width, heads, vocabulary) = (4, 128, 576, 9, 49152)
     static var tokens: Int { batch * length }
 
+    /// The CPU backend's loss and gradient per configuration, which the other backends' are checked against.
+    struct Reference {
+        private var known: [Int: (loss: Float, gradient: [Float])] = [:]
+
+        /// The largest difference from the CPU's results for `configuration`; the first results given become them.
+        mutating func error(of configuration: Int, loss: Float, gradient: [Float]) -> Double {
+            guard let reference = known[configuration] else {
+                known[configuration] = (loss, gradient)
+                return 0
+            }
+            return max(Double(abs(reference.loss - loss)), maxAbsDifference(reference.gradient, gradient))
+        }
+    }
+
     /// A random 3-block student of the default width, after one forward of bench tokens.
     static func student(on backend: any Backend) throws -> StudentModel {
         let teacherLike = LlamaConfig(layers: 3, width: width, feedForward: 1536, heads: heads, kvHeads: 3, vocabulary: vocabulary,
@@ -38,8 +52,8 @@ public struct LensSuite: BenchSuite {
         let (n, c, v) = (S.tokens, S.width, S.vocabulary)
         let loss = DistillationLoss(divergence: .jensenShannon(beta: 0.5), temperature: 1, softWeight: 1, hardWeight: 0)
         var records: [BenchRecord] = []
-        var reference: [Int: (loss: Float, gradient: [Float])] = [:]
-        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
+        var reference = FeatureBenchShapes.Reference()
+        for backend in context.referenceFirst {
             let student = try S.student(on: backend)
             let teacherHidden = try (0..<3).map { try backend.tensor(benchValues(n * c, seed: 40 + UInt64($0), scale: 2), shape: [n, c], label: "bench teacher hidden") }
             let teacherHead = try backend.tensor(benchValues(v * c, seed: 44, scale: 0.05), shape: [v, c], label: "bench teacher head")
@@ -65,13 +79,7 @@ public struct LensSuite: BenchSuite {
                     try backend.synchronize()
                 }
                 let gradient = try last!.hiddenGradients[0]!.toArray()
-                let error: Double
-                if let known = reference[pairCount] {
-                    error = max(Double(abs(known.loss - last!.value)), maxAbsDifference(known.gradient, gradient))
-                } else {
-                    reference[pairCount] = (last!.value, gradient)
-                    error = 0
-                }
+                let error = reference.error(of: pairCount, loss: last!.value, gradient: gradient)
                 guard context.backends.contains(where: { $0 === backend }) else { continue }
                 // Per pair: the student's and the teacher's head GEMMs, dh and dW.
                 let flops = Double(pairCount) * 2.0 * Double(n * v) * Double(4 * c)
@@ -101,8 +109,8 @@ public struct AlignSuite: BenchSuite {
         typealias S = FeatureBenchShapes
         let (b, t, h) = (S.batch, S.length, S.heads)
         var records: [BenchRecord] = []
-        var reference: [Int: (loss: Float, gradient: [Float])] = [:]
-        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
+        var reference = FeatureBenchShapes.Reference()
+        for backend in context.referenceFirst {
             let student = try S.student(on: backend)
             let copy = try context.copyBandwidth(of: backend)
             for blockCount in [1, 3] {
@@ -119,13 +127,7 @@ public struct AlignSuite: BenchSuite {
                     try backend.synchronize()
                 }
                 let gradient = try last!.mapGradients[0]!.toArray()
-                let error: Double
-                if let known = reference[blockCount] {
-                    error = max(Double(abs(known.loss - last!.value)), maxAbsDifference(known.gradient, gradient))
-                } else {
-                    reference[blockCount] = (last!.value, gradient)
-                    error = 0
-                }
+                let error = reference.error(of: blockCount, loss: last!.value, gradient: gradient)
                 guard context.backends.contains(where: { $0 === backend }) else { continue }
                 let (cs, ct) = (Double(alignment.studentChannels + 1), Double(alignment.teacherChannels))
                 // In units of one [B, T, T] map: stack both sides (read + write), the mixing GEMM (read Cs + 1, write Ct),

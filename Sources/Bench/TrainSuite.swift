@@ -28,7 +28,7 @@ public struct TrainSuite: BenchSuite {
         let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.2, seed: 1)
         var records: [BenchRecord] = []
         var referenceLoss: Float?
-        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
+        for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
             let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
             let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))

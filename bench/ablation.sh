@@ -7,7 +7,7 @@
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
 #
 # A finished run is not run again (delete OUT/NAME.txt to redo it). Every run is logged to
-# OUT/NAME.log, its summary to OUT/NAME.txt. About an hour on a 2-core machine.
+# OUT/NAME.log, its summary to OUT/NAME.txt. 35 to 60 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/ablation}
@@ -47,21 +47,18 @@ for name in "${names[@]}"; do
         continue
     fi
     echo "ablation: $name: kdgpu train $(flags "$name")" >&2
-    start=$(date +%s)
     # shellcheck disable=SC2046  # the flags are words
     "$kdgpu" train --out "$out/$name" --export-gguf none $(flags "$name") >"$summary.partial" 2>"$out/$name.log"
-    echo "minutes: $(( ($(date +%s) - start + 30) / 60 ))" >>"$summary.partial"
     mv "$summary.partial" "$summary"
 done
 
-echo "| objective | flags (on top of \`make train\`) | held-out perplexity | minutes |"
-echo "|---|---|---:|---:|"
+echo "| objective | flags (on top of \`make train\`) | held-out perplexity |"
+echo "|---|---|---:|"
 for name in "${names[@]}"; do
     summary="$out/$name.txt"
     IFS='|' read -r title flagText <<<"$(setting "$name")"
     perplexity=$(awk '/student, after/ { print $NF }' "$summary")
-    minutes=$(awk '/^minutes:/ { print $2 }' "$summary")
-    echo "| $title | \`${flagText:-(defaults)}\` | $perplexity | $minutes |"
+    echo "| $title | \`${flagText:-(defaults)}\` | $perplexity |"
 done
 teacher=$(awk '/teacher:/ { print $NF }' "$out/kd.txt")
 initial=$(awk '/student, initial:/ { print $NF }' "$out/kd.txt")

@@ -40,6 +40,36 @@ public struct AdamWMoments: Equatable, Sendable {
     }
 }
 
+extension AdamWMoments {
+    static let firstPrefix = "first_moment.", secondPrefix = "second_moment."
+
+    /// Adds the moments of `name` to a safetensors file as `first_moment.<name>` and `second_moment.<name>`.
+    func add(_ name: String, to file: inout SafeTensorsWriter) throws {
+        guard let m = first[name], let v = second[name] else {
+            throw CheckpointError.optimizerMismatch(file: "checkpoint to save", reason: "no moments for \(name)")
+        }
+        try file.add(Self.firstPrefix + name, shape: m.shape, values: m.values)
+        try file.add(Self.secondPrefix + name, shape: v.shape, values: v.values)
+    }
+
+    /// The moments of a safetensors file (by their prefixes), and its other tensors by name.
+    static func read(_ file: SafeTensorsFile) throws -> (moments: AdamWMoments, others: [String: ParameterTensor]) {
+        var moments = AdamWMoments(first: [:], second: [:])
+        var others: [String: ParameterTensor] = [:]
+        for entry in file.entries {
+            let tensor = ParameterTensor(shape: entry.shape, values: try file.floats(entry.name))
+            if entry.name.hasPrefix(firstPrefix) {
+                moments.first[String(entry.name.dropFirst(firstPrefix.count))] = tensor
+            } else if entry.name.hasPrefix(secondPrefix) {
+                moments.second[String(entry.name.dropFirst(secondPrefix.count))] = tensor
+            } else {
+                others[entry.name] = tensor
+            }
+        }
+        return (moments, others)
+    }
+}
+
 /// Trainable tensors beside the student (the modules of feature losses: attention alignment, hint
 /// projections) and their AdamW moments, by name.
 public struct AuxiliaryParameters: Equatable, Sendable {
@@ -50,6 +80,9 @@ public struct AuxiliaryParameters: Equatable, Sendable {
         self.values = values
         self.moments = moments
     }
+
+    /// A run that trains nothing beside the student.
+    public static let none = AuxiliaryParameters(values: [:], moments: AdamWMoments(first: [:], second: [:]))
 }
 
 /// The trainer's bookkeeping: enough to continue a run exactly where it stopped.
@@ -160,7 +193,7 @@ public struct TrainingCheckpoint: Equatable, Sendable {
     public var auxiliary: AuxiliaryParameters
 
     public init(parameters: LlamaParameters, moments: AdamWMoments, state: TrainerState,
-                auxiliary: AuxiliaryParameters = AuxiliaryParameters(values: [:], moments: AdamWMoments(first: [:], second: [:]))) {
+                auxiliary: AuxiliaryParameters = .none) {
         self.parameters = parameters
         self.moments = moments
         self.state = state
@@ -208,20 +241,13 @@ public struct TrainingCheckpoint: Equatable, Sendable {
             try manager.createDirectory(at: partial, withIntermediateDirectories: false)
             try HuggingFaceCheckpoint.writeInPlace(parameters, to: partial, using: writer)
             var optimizer = SafeTensorsWriter(metadata: ["format": "kdgpu-adamw", "layout": "gguf"])
-            for name in parameters.names {
-                try optimizer.add("first_moment.\(name)", shape: moments.first[name]!.shape, values: moments.first[name]!.values)
-                try optimizer.add("second_moment.\(name)", shape: moments.second[name]!.shape, values: moments.second[name]!.values)
-            }
+            for name in parameters.names { try moments.add(name, to: &optimizer) }
             try optimizer.writeInPlace(to: partial.appendingPathComponent(TrainingCheckpoint.optimizerFileName), using: writer)
             if !auxiliary.values.isEmpty {
                 var file = SafeTensorsWriter(metadata: ["format": "kdgpu-auxiliary"])
-                for name in auxiliary.values.keys.sorted() {
-                    guard let first = auxiliary.moments.first[name], let second = auxiliary.moments.second[name] else {
-                        throw CheckpointError.optimizerMismatch(file: "checkpoint to save", reason: "no moments for \(name)")
-                    }
-                    try file.add(name, shape: auxiliary.values[name]!.shape, values: auxiliary.values[name]!.values)
-                    try file.add("first_moment.\(name)", shape: first.shape, values: first.values)
-                    try file.add("second_moment.\(name)", shape: second.shape, values: second.values)
+                for (name, value) in auxiliary.values.sorted(by: { $0.key < $1.key }) {
+                    try file.add(name, shape: value.shape, values: value.values)
+                    try auxiliary.moments.add(name, to: &file)
                 }
                 try file.writeInPlace(to: partial.appendingPathComponent(TrainingCheckpoint.auxiliaryFileName), using: writer)
             }
@@ -289,18 +315,10 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         let state = try readState(folder.appendingPathComponent(stateFileName))
         let parameters = try HuggingFaceCheckpoint.read(from: folder)
         let optimizerFile = try SafeTensorsFile(url: folder.appendingPathComponent(optimizerFileName))
-        var first: [String: ParameterTensor] = [:], second: [String: ParameterTensor] = [:]
-        for entry in optimizerFile.entries {
-            let tensor = ParameterTensor(shape: entry.shape, values: try optimizerFile.floats(entry.name))
-            if entry.name.hasPrefix("first_moment.") {
-                first[String(entry.name.dropFirst("first_moment.".count))] = tensor
-            } else if entry.name.hasPrefix("second_moment.") {
-                second[String(entry.name.dropFirst("second_moment.".count))] = tensor
-            } else {
-                throw CheckpointError.optimizerMismatch(file: optimizerFile.path, reason: "unexpected tensor \(entry.name)")
-            }
+        let (moments, unexpected) = try AdamWMoments.read(optimizerFile)
+        if let name = unexpected.keys.sorted().first {
+            throw CheckpointError.optimizerMismatch(file: optimizerFile.path, reason: "unexpected tensor \(name)")
         }
-        let moments = AdamWMoments(first: first, second: second)
         try moments.validate(against: parameters, source: optimizerFile.path)
         return TrainingCheckpoint(parameters: parameters, moments: moments, state: state,
                                   auxiliary: try readAuxiliary(folder.appendingPathComponent(auxiliaryFileName)))
@@ -308,19 +326,9 @@ public struct TrainingCheckpoint: Equatable, Sendable {
 
     /// The feature-loss modules of `auxiliary.safetensors`, or none when the file is absent.
     static func readAuxiliary(_ url: URL) throws -> AuxiliaryParameters {
-        var auxiliary = AuxiliaryParameters(values: [:], moments: AdamWMoments(first: [:], second: [:]))
-        guard FileManager.default.fileExists(atPath: url.path) else { return auxiliary }
-        let file = try SafeTensorsFile(url: url)
-        for entry in file.entries {
-            let tensor = ParameterTensor(shape: entry.shape, values: try file.floats(entry.name))
-            if entry.name.hasPrefix("first_moment.") {
-                auxiliary.moments.first[String(entry.name.dropFirst("first_moment.".count))] = tensor
-            } else if entry.name.hasPrefix("second_moment.") {
-                auxiliary.moments.second[String(entry.name.dropFirst("second_moment.".count))] = tensor
-            } else {
-                auxiliary.values[entry.name] = tensor
-            }
-        }
+        guard FileManager.default.fileExists(atPath: url.path) else { return .none }
+        let (moments, values) = try AdamWMoments.read(SafeTensorsFile(url: url))
+        let auxiliary = AuxiliaryParameters(values: values, moments: moments)
         for name in auxiliary.values.keys.sorted() where auxiliary.moments.first[name]?.shape != auxiliary.values[name]!.shape
             || auxiliary.moments.second[name]?.shape != auxiliary.values[name]!.shape {
             throw CheckpointError.optimizerMismatch(file: url.path, reason: "the moments of \(name) are missing or of another shape")

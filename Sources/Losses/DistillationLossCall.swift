@@ -16,21 +16,10 @@ extension DistillationLoss {
                                gradient: GradientDestination = .inPlace, gradOutput: Float = 1) throws -> DistillationLossResult {
         let plan = try DistillationPlan(loss: self, student: student, teacher: teacher, labels: labels, rowMask: rowMask,
                                         gradient: gradient)
-        let backend = plan.backend
-        let rows = plan.rows
-        let rowLoss = try backend.tensor(shape: [rows], label: "distillation row losses")
-        let rowStatus = try backend.tensor(shape: [rows], label: "distillation row status")
-        let scratch = try backend.tensor(shape: [backend.distillScratchElements(rows: rows, vocabulary: plan.vocabulary)],
-                                         label: "distillation scratch")
-        var validCount: Tensor?
-        if plan.needsValidCount {
-            let count = try backend.tensor(shape: [1], label: "valid row count")
-            try plan.enqueueCount(into: count)
-            validCount = count
-        }
-        try plan.enqueue(rows: 0..<rows, student: student, gradient: plan.gradientTensor, teacher: teacher,
-                         rowLoss: rowLoss, rowStatus: rowStatus, validCount: validCount, scratch: scratch, gradOutput: gradOutput)
-        return try plan.finish(rowLoss: rowLoss.toArray(), rowStatus: rowStatus.toArray(), teacher: teacher)
+        let workspace = try plan.workspace(launchRows: plan.rows)
+        try plan.enqueue(rows: 0..<plan.rows, student: student, gradient: plan.gradientTensor, teacher: teacher, workspace: workspace,
+                         gradOutput: gradOutput)
+        return try plan.finish(workspace, teacher: teacher)
     }
 }
 
@@ -153,22 +142,42 @@ struct DistillationPlan {
         }
     }
 
-    func enqueueCount(into count: Tensor) throws {
-        try backend.enqueueCountValidRows(labels: labels, mask: rowMask, flags: flags, ignoreIndex: Int32(loss.ignoreIndex),
-                                          rows: rows, into: count)
+    /// The small buffers of one call: row losses and statuses for all rows, the kernel's scratch
+    /// for launches of up to `launchRows` rows, and the number of valid rows (its count enqueued)
+    /// when the reduction is a mean with a gradient.
+    struct Workspace {
+        let rowLoss: Tensor
+        let rowStatus: Tensor
+        let scratch: Tensor
+        let validCount: Tensor?
+    }
+
+    func workspace(launchRows: Int) throws -> Workspace {
+        let scratch = try backend.tensor(shape: [backend.distillScratchElements(rows: launchRows, vocabulary: vocabulary)],
+                                         label: "distillation scratch")
+        var validCount: Tensor?
+        if needsValidCount {
+            let count = try backend.tensor(shape: [1], label: "valid row count")
+            try backend.enqueueCountValidRows(labels: labels, mask: rowMask, flags: flags, ignoreIndex: Int32(loss.ignoreIndex),
+                                              rows: rows, into: count)
+            validCount = count
+        }
+        return Workspace(rowLoss: try backend.tensor(shape: [rows], label: "distillation row losses"),
+                         rowStatus: try backend.tensor(shape: [rows], label: "distillation row status"),
+                         scratch: scratch, validCount: validCount)
     }
 
     /// Launches the kernel on `range` of the rows. `student`/`gradient` are those rows (chunk views);
-    /// the teacher, labels and mask are sliced here; `rowLoss`/`rowStatus` hold all rows.
-    func enqueue(rows range: Range<Int>, student: Tensor, gradient: Tensor, teacher: TeacherLogits,
-                 rowLoss: Tensor, rowStatus: Tensor, validCount: Tensor?, scratch: Tensor, gradOutput: Float,
-                 teacherChunk: Tensor? = nil) throws {
+    /// the teacher, labels and mask are sliced here; the workspace's row values hold all rows.
+    func enqueue(rows range: Range<Int>, student: Tensor, gradient: Tensor, teacher: TeacherLogits, workspace: Workspace,
+                 gradOutput: Float, teacherChunk: Tensor? = nil) throws {
+        let validCount = workspace.validCount
         guard !range.isEmpty else { return }
         var launch = DistillLossLaunch(
             student: student, teacher: nil, teacherStride: teacherStride, topKIDs: nil, topKValues: nil, k: k,
             labels: try labels?.reshaped([rows]).rows(range), mask: try rowMask?.reshaped([rows]).rows(range),
-            gradient: gradient, rowLoss: try rowLoss.rows(range), rowStatus: try rowStatus.rows(range), validCount: validCount,
-            scratch: scratch, rows: range.count, vocabulary: vocabulary, kind: loss.divergence.kernelKind,
+            gradient: gradient, rowLoss: try workspace.rowLoss.rows(range), rowStatus: try workspace.rowStatus.rows(range),
+            validCount: validCount, scratch: workspace.scratch, rows: range.count, vocabulary: vocabulary, kind: loss.divergence.kernelKind,
             flags: validCount == nil ? flags & ~DistillFlags.mean : flags,
             ignoreIndex: Int32(loss.ignoreIndex), inverseTemperature: 1 / loss.temperature,
             parameter: loss.divergence.parameter, taid: loss.taidInterpolation ?? 0,
@@ -187,8 +196,9 @@ struct DistillationPlan {
         try backend.enqueueDistillLossRows(launch)
     }
 
-    /// Reduces the downloaded row values, or throws for the first bad row.
-    func finish(rowLoss: [Float], rowStatus: [Float], teacher: TeacherLogits) throws -> DistillationLossResult {
+    /// Reduces the row values (downloaded here), or throws for the first bad row.
+    func finish(_ workspace: Workspace, teacher: TeacherLogits) throws -> DistillationLossResult {
+        let rowLoss = try workspace.rowLoss.toArray(), rowStatus = try workspace.rowStatus.toArray()
         var total = 0.0
         var validRows = 0
         for row in 0..<rows {

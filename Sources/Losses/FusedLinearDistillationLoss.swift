@@ -103,17 +103,7 @@ public struct FusedLinearDistillationLoss: Sendable {
         }
         let plan = try DistillationPlan(loss: loss, student: wholeStudent, teacher: planTeacher, labels: labels,
                                         rowMask: rowMask, gradient: .inPlace)
-        let kernels = plan.backend
-        let rowLoss = try backend.tensor(shape: [rows], label: "fused loss row losses")
-        let rowStatus = try backend.tensor(shape: [rows], label: "fused loss row status")
-        let scratch = try backend.tensor(shape: [kernels.distillScratchElements(rows: chunk, vocabulary: vocabulary)],
-                                         label: "fused loss scratch")
-        var validCount: Tensor?
-        if plan.needsValidCount {
-            let count = try backend.tensor(shape: [1], label: "valid row count")
-            try plan.enqueueCount(into: count)
-            validCount = count
-        }
+        let workspace = try plan.workspace(launchRows: chunk)
 
         var start = 0
         while start < rows {
@@ -127,15 +117,15 @@ public struct FusedLinearDistillationLoss: Sendable {
                 try backend.gemm(try teacherHead.hidden.rows(range), teacherHead.weight, into: t, transposeB: true)
                 teacherLogits = t
             }
-            try plan.enqueue(rows: range, student: z, gradient: z, teacher: planTeacher, rowLoss: rowLoss, rowStatus: rowStatus,
-                             validCount: validCount, scratch: scratch, gradOutput: gradOutput, teacherChunk: teacherLogits)
+            try plan.enqueue(rows: range, student: z, gradient: z, teacher: planTeacher, workspace: workspace, gradOutput: gradOutput,
+                             teacherChunk: teacherLogits)
             if !loss.forwardOnly {
                 if let gradHidden { try backend.gemm(z, weight, into: try gradHidden.rows(range)) }
                 if let gradWeight { try backend.gemm(z, h, into: gradWeight, transposeA: true, beta: 1) }
             }
             start = range.upperBound
         }
-        return try plan.finish(rowLoss: rowLoss.toArray(), rowStatus: rowStatus.toArray(), teacher: planTeacher)
+        return try plan.finish(workspace, teacher: planTeacher)
     }
 
     /// The same computation with whole `[N, V]` logits (GEMM, loss, GEMMs): the reference the fused

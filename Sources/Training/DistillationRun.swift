@@ -141,7 +141,7 @@ public final class DistillationRun {
         if config.lensWeight > 0 {
             try enableLogitLens(studentLayers: student.config.layers, teacher: teacher, inherited: inherited)
             log("logit lens: weight \(config.lensWeight), \(config.lensDivergence), block pairs "
-                + lensContext!.lens.pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+                + BlockPairs.describe(lensContext!.lens.pairs)
                 + (config.lensFinalNorm ? ", after the final norm" : ", without the final norm"))
         }
         if config.attnAlignWeight > 0 {
@@ -162,7 +162,7 @@ public final class DistillationRun {
                                              inherited: inherited, key: "hint_layers")
             hints = try HiddenStateHints(pairs: pairs, weight: config.hintWeight, kind: HiddenStateHintLoss.Kind(rawValue: config.hintLoss)!,
                                          studentWidth: student.config.width, teacherWidth: teacher.config.width, seed: config.seed, backend: backend)
-            log("hidden-state hints: weight \(config.hintWeight), \(config.hintLoss), block pairs " + pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+            log("hidden-state hints: weight \(config.hintWeight), \(config.hintLoss), block pairs " + BlockPairs.describe(pairs)
                 + (hints!.projections.isEmpty ? "" : ", through learned projections \(student.config.width) -> \(teacher.config.width)"))
         }
         if let resumedAuxiliary, !auxiliaryParameters.isEmpty {
@@ -332,22 +332,17 @@ public final class DistillationRun {
             try backend.gemm(logits, hidden, into: outputWeight.gradient, transposeA: true, beta: 1)
             // Feature losses: gradients into the student's residual streams and attention maps.
             var hiddenGradients: [Int: Tensor] = [:]
-            func addHiddenGradients(_ gradients: [Int: Tensor]) throws {
-                for (block, gradient) in gradients {
-                    if let earlier = hiddenGradients[block] { try backend.add(earlier, gradient, into: earlier) } else { hiddenGradients[block] = gradient }
-                }
-            }
             if let lensContext {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
                                                       teacherEpsilon: lensContext.teacherEpsilon, teacherHead: lensContext.teacherHead,
                                                       labels: labels, gradOutput: share)
                 parts.lens += lens.value * share
-                try addHiddenGradients(lens.hiddenGradients)
+                for (block, gradient) in lens.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
             }
             if let hints {
                 let hint = try hints.apply(student: student, teacherHidden: teacherResult.hiddenStates, gradOutput: share)
                 parts.hint += hint.value * share
-                try addHiddenGradients(hint.hiddenGradients)
+                for (block, gradient) in hint.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
             }
             var attentionGradients: [Int: Tensor] = [:]
             if let alignment {
@@ -411,11 +406,12 @@ func formatDuration(_ seconds: Double) -> String {
 }
 
 extension DistillationRun {
-    /// The settings a checkpoint kept (see ``TrainingConfig/settings(_:)`` for keys it lacks).
-    static func settings(of configuration: JSONValue, in directory: URL) throws -> TrainingConfig {
+    /// The settings a checkpoint kept (see ``TrainingConfig/settings(_:)`` for keys it lacks);
+    /// `source` names the checkpoint in the error.
+    static func settings(of configuration: JSONValue, in source: URL) throws -> TrainingConfig {
         guard let object = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(configuration)) as? [String: Any],
               let config = try? TrainingConfig.settings(object) else {
-            throw TrainingError.resume("\(directory.path): the checkpoint's settings are unreadable or from another version; start a new run")
+            throw TrainingError.resume("\(source.path): the checkpoint's settings are unreadable or from another version; start a new run")
         }
         return config
     }
@@ -426,13 +422,11 @@ extension DistillationRun {
             throw TrainingError.resume("\(directory.path): no checkpoint to resume (expected \(directory.appendingPathComponent(TrainingCheckpoint.currentLinkName).path))")
         }
         let stateFile = folder.appendingPathComponent(TrainingCheckpoint.stateFileName)
-        guard let data = FileManager.default.contents(atPath: stateFile.path),
-              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let configuration = object["configuration"] as? [String: Any], let config = try? TrainingConfig.settings(configuration) else {
+        guard let data = FileManager.default.contents(atPath: stateFile.path), let state = try? JSONDecoder().decode(TrainerState.self, from: data) else {
             throw TrainingError.resume("\(stateFile.path): unreadable or from another version; start a new run")
         }
+        var settings = try settings(of: state.configuration, in: stateFile)
         // Checkpoints that kept no device continue on the default one (unless --device names one).
-        var settings = config
         if settings.device.isEmpty { settings.device = TrainingConfig().device }
         return settings
     }

@@ -60,11 +60,7 @@ public final class HiddenStateHints {
                 hiddenGradient = try backend.tensor(shape: hidden.shape, label: "hint hidden gradient")
                 try backend.gemm(comparedGradient, projection.value, into: hiddenGradient)
             }
-            if let earlier = gradients[pair.student] {
-                try backend.add(earlier, hiddenGradient, into: earlier)
-            } else {
-                gradients[pair.student] = hiddenGradient
-            }
+            try gradients.accumulate(hiddenGradient, at: pair.student)
         }
         return (total, gradients)
     }

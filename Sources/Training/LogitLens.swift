@@ -55,11 +55,7 @@ public struct LogitLens {
                                             inputGradient: hiddenGradient, weightGradient: outputNorm.gradient,
                                             workspace: backend.tensor(shape: [rows], label: "rms workspace"))
             }
-            if let earlier = gradients[pair.student] {
-                try backend.add(earlier, hiddenGradient, into: earlier)
-            } else {
-                gradients[pair.student] = hiddenGradient
-            }
+            try gradients.accumulate(hiddenGradient, at: pair.student)
         }
         return (total, gradients)
     }

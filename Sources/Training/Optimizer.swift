@@ -73,13 +73,13 @@ public enum Optimizer {
     /// Restores values (when given) and AdamW moments saved by ``download(_:)`` and ``downloadMoments(_:)``.
     public static func load(_ parameters: [Parameter], values: [String: ParameterTensor]? = nil, moments: AdamWMoments, source: String) throws {
         for p in parameters {
-            let value = values.map { $0[p.name] }
+            let value = values?[p.name]
             guard let first = moments.first[p.name], let second = moments.second[p.name], first.shape == p.value.shape,
-                  second.shape == p.value.shape, value.map({ $0?.shape == p.value.shape }) ?? true else {
+                  second.shape == p.value.shape, values == nil || value?.shape == p.value.shape else {
                 throw ModelError.badTensor("\(source): \(p.name) or its optimizer moments are missing or of the wrong shape")
             }
             let backend = p.value.backend
-            if let value = value ?? nil { try backend.upload(value.values.withUnsafeBufferPointer { $0 }, to: p.value) }
+            if let value { try backend.upload(value.values.withUnsafeBufferPointer { $0 }, to: p.value) }
             try backend.upload(first.values.withUnsafeBufferPointer { $0 }, to: p.firstMoment)
             try backend.upload(second.values.withUnsafeBufferPointer { $0 }, to: p.secondMoment)
         }

@@ -4,6 +4,15 @@ import GGUF
 import Models
 import Tensor
 
+/// Gradients by student block for ``StudentModel/backward(finalHiddenGradient:hiddenGradients:attentionGradients:)``,
+/// summed where several feature losses reach the same block.
+extension Dictionary where Key == Int, Value == Tensor {
+    /// Adds `gradient` to the gradient of `block` in place, or makes it that block's gradient.
+    mutating func accumulate(_ gradient: Tensor, at block: Int) throws {
+        if let earlier = self[block] { try earlier.backend.add(earlier, gradient, into: earlier) } else { self[block] = gradient }
+    }
+}
+
 /// The activations one block's backward needs, saved by the forward. N = B * T tokens.
 struct BlockActivations {
     let input: Tensor            // [N, C] residual stream entering the block

@@ -227,6 +227,11 @@ public enum BlockPairs {
             return (s, t)
         }
     }
+
+    /// `3:27,4:28`, as the flags write them.
+    public static func describe(_ pairs: [(student: Int, teacher: Int)]) -> String {
+        pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+    }
 }
 
 /// `--student-shape`: the dimensions of a freshly initialized student.

@@ -120,6 +120,11 @@ inline floatV kd_logaddexp(floatV x, floatV y) {
     return select(r, (floatV)(-INFINITY), mx == (floatV)(-INFINITY));
 }
 
+// a > b ? a : b, so b where a is NaN: one maxps on x86, where OpenCL's fmax spends two more
+// instructions on its NaN rules. The running maxima below never hold NaN (NaN inputs are found from
+// the exp sums), so for them it is fmax.
+inline floatV max_or_second(floatV a, floatV b) { return select(b, a, a > b); }
+
 typedef union { floatV v; float s[VW]; } row_vector;
 
 // Vector v of a row of n floats; lanes past n read as -inf (they then carry zero probability).
@@ -137,6 +142,19 @@ inline void store_row(floatV value, __global float* row, int v, int n) {
     t.v = value;
     for (int i = 0; i < VW; i++) if (v * VW + i < n) row[v * VW + i] = t.s[i];
 }
+
+// Each work-item's loop over its vectors v of a row: the whole ones with plain vector loads and
+// stores, then the partial last one (when n is not a multiple of VW and it is this work-item's)
+// through load_row / store_row. BODY(LOAD, STORE) is a macro using LOAD(row, v), STORE(value, row, v).
+#define LOAD_WHOLE(row, v) vloadV(v, row)
+#define STORE_WHOLE(value, row, v) vstoreV(value, v, row)
+#define LOAD_PART(row, v) load_row(row, v, n)
+#define STORE_PART(value, row, v) store_row(value, row, v, n)
+#define FOR_EACH_VECTOR(BODY) {                                            \
+        int v = vbeg;                                                      \
+        for (; v < vwhole; v += vstep) BODY(LOAD_WHOLE, STORE_WHOLE)       \
+        for (; v < vend; v += vstep) BODY(LOAD_PART, STORE_PART)           \
+    }
 
 inline int row_is_valid(int row, int flags, __global const float* labels, __global const float* mask, int ignore_index) {
     int valid = 1;
@@ -180,6 +198,7 @@ __kernel void distill_loss_rows(
     const int vbeg = contiguous ? min(nvec, lid * per) : lid;
     const int vend = contiguous ? min(nvec, vbeg + per) : nvec;
     const int vstep = contiguous ? 1 : WG;
+    const int vwhole = min(vend, n / VW); // this work-item's vectors below vwhole lie wholly inside the row
     __global float* ea_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EA * vp;
     __global float* eb_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EB * vp;
     __global float* tm_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_TEACHER * vp;
@@ -200,10 +219,11 @@ __kernel void distill_loss_rows(
     if (prefetch && group < rows) {
         __global const float* zr0 = zs + zso + (long)group * n;
         __global const float* tr0 = zt + zto + (long)group * zt_ld;
-        for (int v = vbeg; v < vend; v += vstep) {
-            next_max_s = fmax(next_max_s, load_row(zr0, v, n));
-            next_max_t = fmax(next_max_t, load_row(tr0, v, n));
-        }
+#define FIRST_MAXIMA(LOAD, STORE) {                                       \
+            next_max_s = max_or_second(LOAD(zr0, v), next_max_s);          \
+            next_max_t = max_or_second(LOAD(tr0, v), next_max_t); }
+        FOR_EACH_VECTOR(FIRST_MAXIMA)
+#undef FIRST_MAXIMA
     }
     for (int row = group; row < rows; row += groups) {
         __global const float* zr = zs + zso + (long)row * n;
@@ -252,26 +272,28 @@ __kernel void distill_loss_rows(
         // found from the exp sums of pass 2, which they turn into NaN.)
         floatV max_s = (floatV)(-INFINITY), max_t = (floatV)(-INFINITY);
         if (taid) {
-            for (int v = vbeg; v < vend; v += vstep) {
-                const floatV a = load_row(zr, v, n), b = load_row(tr, v, n);
-                // -inf in either row stays -inf (unless its weight is 0), never 0 * -inf.
-                floatV mixed = (1.0f - taid_t) * a + taid_t * b;
-                mixed = select(mixed, (floatV)(-INFINITY), (a == (floatV)(-INFINITY) && (floatV)(taid_t) < 1.0f)
-                                                          || (b == (floatV)(-INFINITY) && (floatV)(taid_t) > 0.0f));
-                mixed = taid_t == 1.0f ? b : taid_t == 0.0f ? a : mixed;
-                vstoreV(mixed, v, tm_row);
-                max_s = fmax(max_s, a);
-                max_t = fmax(max_t, mixed);
-            }
+            // -inf in either row stays -inf (unless its weight is 0), never 0 * -inf.
+#define TAID_TARGET(LOAD, STORE) {                                                                             \
+                const floatV a = LOAD(zr, v), b = LOAD(tr, v);                                                 \
+                floatV mixed = (1.0f - taid_t) * a + taid_t * b;                                               \
+                mixed = select(mixed, (floatV)(-INFINITY), (a == (floatV)(-INFINITY) && (floatV)(taid_t) < 1.0f) \
+                                                          || (b == (floatV)(-INFINITY) && (floatV)(taid_t) > 0.0f)); \
+                mixed = taid_t == 1.0f ? b : taid_t == 0.0f ? a : mixed;                                       \
+                vstoreV(mixed, v, tm_row);                                                                     \
+                max_s = max_or_second(a, max_s);                                                               \
+                max_t = max_or_second(mixed, max_t); }
+            FOR_EACH_VECTOR(TAID_TARGET)
+#undef TAID_TARGET
             tr = tm_row;
         } else if (prefetch) {
             max_s = next_max_s;
             max_t = next_max_t;
         } else {
-            for (int v = vbeg; v < vend; v += vstep) {
-                max_s = fmax(max_s, load_row(zr, v, n));
-                max_t = fmax(max_t, load_row(tr, v, n));
-            }
+#define ROW_MAXIMA(LOAD, STORE) {                                          \
+                max_s = max_or_second(LOAD(zr, v), max_s);                 \
+                max_t = max_or_second(LOAD(tr, v), max_t); }
+            FOR_EACH_VECTOR(ROW_MAXIMA)
+#undef ROW_MAXIMA
         }
         const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
         const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)bad_id, 0.0f), reduce);
@@ -285,9 +307,8 @@ __kernel void distill_loss_rows(
         // keeps each inner loop free of branches.
         const int stash = gradient || (kind != KIND_FKL && kind != KIND_RKL);
         const int fkl_fast = kind == KIND_FKL && !hard_separate;
-        __global float* ea_dst = fkl_fast ? dr : ea_row;
         floatV sum_a = 0.0f, sum_b = 0.0f, sum_x = 0.0f, sum_h = 0.0f;
-        // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb). fmax turns the NaN of -inf - -inf (weight 0)
+        // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb). max_or_second turns the NaN of -inf - -inf (weight 0)
         // and a -inf difference (weight 0) into a finite number, so 0 * inf never happens.
         // la, lb are in log2 units here (one multiply-add from the logits, none inside the exp).
         const float inv_t2 = inv_t * LOG2E, shift_s2 = shift_s * LOG2E, shift_t2 = shift_t * LOG2E;
@@ -295,48 +316,45 @@ __kernel void distill_loss_rows(
         __global const float* zr_next = zs + zso + (long)(has_next ? row + groups : row) * n;
         __global const float* tr_next = zt + zto + (long)(has_next ? row + groups : row) * zt_ld;
         floatV nmax_s = (floatV)(-INFINITY), nmax_t = (floatV)(-INFINITY);
-#define PASS2_BEGIN for (int v = vbeg; v < vend; v += vstep) { \
-            if (has_next) { \
-                nmax_s = fmax(nmax_s, load_row(zr_next, v, n)); \
-                nmax_t = fmax(nmax_t, load_row(tr_next, v, n)); \
-            } \
-            const floatV zsv = load_row(zr, v, n); \
-            const floatV la = zsv * inv_t2 - shift_s2, lb = load_row(tr, v, n) * inv_t2 - shift_t2; \
-            const floatV ea = kd_exp2(la), eb = kd_exp2(lb); \
-            sum_a += ea; \
+        // PASS2(LOAD) opens the body shared by the four loops below; each adds its own terms and stashes.
+#define PASS2(LOAD)                                                                                  \
+            if (has_next) {                                                                          \
+                nmax_s = max_or_second(LOAD(zr_next, v), nmax_s);                                    \
+                nmax_t = max_or_second(LOAD(tr_next, v), nmax_t);                                    \
+            }                                                                                        \
+            const floatV zsv = LOAD(zr, v);                                                          \
+            const floatV la = zsv * inv_t2 - shift_s2, lb = LOAD(tr, v) * inv_t2 - shift_t2;         \
+            const floatV ea = kd_exp2(la), eb = kd_exp2(lb);                                         \
+            sum_a += ea;                                                                             \
             sum_b += eb;
-#define PASS2_END }
-        if (fkl_fast && stash) {
-            PASS2_BEGIN
-                sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
-                store_row(ea, dr, v, n);
-                vstoreV(eb, v, eb_row);
-            PASS2_END
-        } else if (kind == KIND_FKL && !stash && !hard_separate) {
-            PASS2_BEGIN
-                sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
-            PASS2_END
-        } else if (kind == KIND_RKL && !stash && !hard_separate) {
-            PASS2_BEGIN
-                sum_x += ea * fmax(la - lb, (floatV)(-FLT_MAX));
-            PASS2_END
-        } else {
-            PASS2_BEGIN
-                if (kind == KIND_FKL) sum_x += eb * fmax(lb - la, (floatV)(-FLT_MAX));
-                else if (kind == KIND_RKL) sum_x += ea * fmax(la - lb, (floatV)(-FLT_MAX));
-                if (stash) {
-                    vstoreV(ea, v, ea_row);
-                    vstoreV(eb, v, eb_row);
-                }
-                if (hard_separate) {
-                    const floatV eh = kd_exp2((zsv - shift_h) * LOG2E);
-                    sum_h += eh;
-                    vstoreV(eh, v, eh_row);
-                }
-            PASS2_END
-        }
-#undef PASS2_BEGIN
-#undef PASS2_END
+#define FKL_TERM sum_x += eb * max_or_second(lb - la, (floatV)(-FLT_MAX));
+#define RKL_TERM sum_x += ea * max_or_second(la - lb, (floatV)(-FLT_MAX));
+#define PASS2_FKL_STASH(LOAD, STORE) { PASS2(LOAD) FKL_TERM STORE(ea, dr, v); vstoreV(eb, v, eb_row); }
+#define PASS2_FKL(LOAD, STORE) { PASS2(LOAD) FKL_TERM }
+#define PASS2_RKL(LOAD, STORE) { PASS2(LOAD) RKL_TERM }
+#define PASS2_ANY(LOAD, STORE) {                                                                     \
+            PASS2(LOAD)                                                                              \
+            if (kind == KIND_FKL) { FKL_TERM } else if (kind == KIND_RKL) { RKL_TERM }               \
+            if (stash) {                                                                             \
+                vstoreV(ea, v, ea_row);                                                              \
+                vstoreV(eb, v, eb_row);                                                              \
+            }                                                                                        \
+            if (hard_separate) {                                                                     \
+                const floatV eh = kd_exp2((zsv - shift_h) * LOG2E);                                  \
+                sum_h += eh;                                                                         \
+                vstoreV(eh, v, eh_row);                                                              \
+            } }
+        if (fkl_fast && stash) FOR_EACH_VECTOR(PASS2_FKL_STASH)
+        else if (kind == KIND_FKL && !stash && !hard_separate) FOR_EACH_VECTOR(PASS2_FKL)
+        else if (kind == KIND_RKL && !stash && !hard_separate) FOR_EACH_VECTOR(PASS2_RKL)
+        else FOR_EACH_VECTOR(PASS2_ANY)
+#undef PASS2
+#undef FKL_TERM
+#undef RKL_TERM
+#undef PASS2_FKL_STASH
+#undef PASS2_FKL
+#undef PASS2_RKL
+#undef PASS2_ANY
         next_max_s = nmax_s;
         next_max_t = nmax_t;
         const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
@@ -416,11 +434,12 @@ __kernel void distill_loss_rows(
         if (gradient && fkl_fast) {
             // dz = c (q - p) + h softmax(zs) with q = e_a / S_a (in the dz row) and p = e_b / S_b.
             const float ca = c * inv_sa + (hard ? h * inv_sa : 0.0f), cb = c * inv_sb;
-            if (ok) {
-                for (int v = vbeg; v < vend; v += vstep) store_row(load_row(dr, v, n) * ca - vloadV(v, eb_row) * cb, dr, v, n);
-            } else {
-                for (int v = vbeg; v < vend; v += vstep) store_row((floatV)(0.0f), dr, v, n);
-            }
+#define FKL_GRADIENT(LOAD, STORE) STORE(LOAD(dr, v) * ca - vloadV(v, eb_row) * cb, dr, v);
+#define ZERO_GRADIENT(LOAD, STORE) STORE((floatV)(0.0f), dr, v);
+            if (ok) FOR_EACH_VECTOR(FKL_GRADIENT)
+            else FOR_EACH_VECTOR(ZERO_GRADIENT)
+#undef FKL_GRADIENT
+#undef ZERO_GRADIENT
         } else if (gradient) {
             const float log_ratio = log_sa - log_sb;
             for (int v = vbeg; v < vend; v += vstep) {

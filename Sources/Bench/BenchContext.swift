@@ -53,8 +53,33 @@ public final class BenchContext {
             try body()
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
-        times.sort()
-        return times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+        return Self.median(times)
+    }
+
+    /// Median seconds of `body` and of `reference`, timed in alternation over `runs` pairs after one
+    /// warm-up of each, and the median over the pairs of reference time / body time. On a shared
+    /// machine whose speed drifts, that ratio moves far less than two medians taken apart.
+    public func pairedMedians(_ body: () throws -> Void, against reference: () throws -> Void) throws
+        -> (seconds: Double, referenceSeconds: Double, referenceOverBody: Double) {
+        try body()
+        try reference()
+        var times: [Double] = [], referenceTimes: [Double] = [], ratios: [Double] = []
+        for _ in 0..<runs {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            let middle = DispatchTime.now().uptimeNanoseconds
+            try reference()
+            let end = DispatchTime.now().uptimeNanoseconds
+            times.append(Double(middle - start) / 1e9)
+            referenceTimes.append(Double(end - middle) / 1e9)
+            ratios.append(Double(end - middle) / Double(max(1, middle - start)))
+        }
+        return (Self.median(times), Self.median(referenceTimes), Self.median(ratios))
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     /// Copy bandwidth of `backend` in GB/s (bytes read + written), measured once per run by the copy suite's kernel.

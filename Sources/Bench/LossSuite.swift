@@ -10,7 +10,9 @@ import Tensor
 /// forward + gradient also writes dz once (3 N V floats). Re-reads of a row that is still in cache
 /// are not counted: they are what fusion buys. The unfused baseline (log_softmax_rows twice into
 /// materialized [N, V] tensors, then kl_div_rows and kl_div_backward_rows) is timed in the same run,
-/// and `speedup_over_unfused` divides its time by the fused forward + gradient time.
+/// and `speedup_over_unfused` divides its time by the fused forward + gradient time. Each measurement
+/// alternates with a copy of one [N, V] tensor (copy_f32), and `fraction_of_copy_bandwidth` is the
+/// median over those pairs, so the ratio compares the kernel with a copy made under the same load.
 public struct LossSuite: BenchSuite {
     public let name = "loss"
     public let summary = "fused softmax-temperature KL (forward, forward + gradient) vs unfused, N=2048, V=32000/49152/128256"
@@ -26,10 +28,10 @@ public struct LossSuite: BenchSuite {
 
     public init() {}
 
-    /// Rows that fit: the benchmark holds 5 [rows, V] tensors at once (inputs, the baseline's two
-    /// log-softmax tensors and its gradient), within a quarter of the memory budget.
+    /// Rows that fit: the benchmark holds 6 [rows, V] tensors at once (inputs, the copy destination,
+    /// the baseline's two log-softmax tensors and its gradient), within a quarter of the memory budget.
     static func rowsFitting(vocabulary: Int, backend: any Backend) -> Int {
-        max(16, min(rows, backend.ledger.budgetBytes / 4 / (5 * vocabulary * 4)))
+        max(16, min(rows, backend.ledger.budgetBytes / 4 / (6 * vocabulary * 4)))
     }
 
     public func run(_ context: BenchContext) throws -> [BenchRecord] {
@@ -44,7 +46,6 @@ public struct LossSuite: BenchSuite {
             let cpuReference = try Self.fused(on: context.cpu, student: student, teacher: teacher, rows: n, vocabulary: vocabulary)
             let fp64Error = Self.fp64SpotCheck(cpuReference, student: student, teacher: teacher, rows: n, vocabulary: vocabulary)
             for backend in context.backends {
-                let copy = try context.copyBandwidth(of: backend)
                 context.report("loss: \(shape) on \(backend.name)")
                 let measured = try Self.measure(on: backend, context: context, student: student, teacher: teacher,
                                                 rows: n, vocabulary: vocabulary)
@@ -54,24 +55,24 @@ public struct LossSuite: BenchSuite {
                 let note = isCPU ? "CPU twin; max_abs_error vs the fp64 reference on sampled rows"
                                  : "max_abs_error vs the CPU twin; bytes = compulsory traffic (2 reads, + 1 write with the gradient)"
                 let elements = Double(n) * Double(vocabulary)
-                let forwardGB = 2 * 4 * elements / measured.forward / 1e9
-                let gradientGB = 3 * 4 * elements / measured.forwardGradient / 1e9
-                let baselineGB = 3 * 4 * elements / measured.unfused / 1e9
-                records.append(BenchRecord(suite: "loss", kernel: "distill_loss_rows fkl forward", backend: backend.name, shape: shape,
-                                           medianSeconds: measured.forward, gbPerSecond: forwardGB, maxAbsError: errorForward,
-                                           extra: ["fraction_of_copy_bandwidth": forwardGB / copy, "copy_gb_per_s": copy], note: note))
-                records.append(BenchRecord(suite: "loss", kernel: "distill_loss_rows fkl forward+grad", backend: backend.name,
-                                           shape: shape, medianSeconds: measured.forwardGradient, gbPerSecond: gradientGB,
-                                           maxAbsError: errorGradient,
-                                           extra: ["fraction_of_copy_bandwidth": gradientGB / copy, "copy_gb_per_s": copy,
-                                                   "speedup_over_unfused": measured.unfused / measured.forwardGradient],
-                                           note: note))
-                records.append(BenchRecord(suite: "loss", kernel: "unfused log_softmax x2 + kl_div + backward", backend: backend.name,
-                                           shape: shape, medianSeconds: measured.unfused, gbPerSecond: baselineGB,
-                                           maxAbsError: maxAbsDifference(measured.unfusedGradient, cpuReference.gradient),
-                                           extra: ["fraction_of_copy_bandwidth": baselineGB / copy, "copy_gb_per_s": copy,
-                                                   "speedup_over_unfused": 1],
-                                           note: "the baseline's GB/s counts the same compulsory bytes as the fused kernel"))
+                let copyBytes = 2 * 4 * elements
+                func record(_ kernel: String, _ timing: PairedTiming, bytes: Double, error: Double, note: String,
+                            extra: [String: Double] = [:]) -> BenchRecord {
+                    BenchRecord(suite: "loss", kernel: kernel, backend: backend.name, shape: shape, medianSeconds: timing.seconds,
+                                gbPerSecond: bytes / timing.seconds / 1e9, maxAbsError: error,
+                                extra: extra.merging(["fraction_of_copy_bandwidth": bytes / copyBytes * timing.copyOverKernel,
+                                                      "copy_gb_per_s": copyBytes / timing.copySeconds / 1e9]) { a, _ in a },
+                                note: note)
+                }
+                records.append(record("distill_loss_rows fkl forward", measured.forward, bytes: 2 * 4 * elements,
+                                      error: errorForward, note: note))
+                records.append(record("distill_loss_rows fkl forward+grad", measured.forwardGradient, bytes: 3 * 4 * elements,
+                                      error: errorGradient, note: note,
+                                      extra: ["speedup_over_unfused": measured.unfused.seconds / measured.forwardGradient.seconds]))
+                records.append(record("unfused log_softmax x2 + kl_div + backward", measured.unfused, bytes: 3 * 4 * elements,
+                                      error: maxAbsDifference(measured.unfusedGradient, cpuReference.gradient),
+                                      note: "the baseline's GB/s counts the same compulsory bytes as the fused kernel",
+                                      extra: ["speedup_over_unfused": 1]))
             }
         }
         return records
@@ -93,10 +94,18 @@ public struct LossSuite: BenchSuite {
         return Outcome(loss: result.loss, rowLosses: result.rowLosses, gradient: try zs.toArray())
     }
 
+    /// A kernel's median time, the median time of the copy it alternated with, and the median of
+    /// copy time / kernel time over the pairs.
+    struct PairedTiming {
+        var seconds: Double
+        var copySeconds: Double
+        var copyOverKernel: Double
+    }
+
     struct Measurement {
-        var forward: Double
-        var forwardGradient: Double
-        var unfused: Double
+        var forward: PairedTiming
+        var forwardGradient: PairedTiming
+        var unfused: PairedTiming
         var check: Outcome
         var unfusedGradient: [Float]
     }
@@ -109,13 +118,21 @@ public struct LossSuite: BenchSuite {
         let check = try fused(on: backend, student: student, teacher: teacher, rows: rows, vocabulary: vocabulary)
         let zs = try backend.tensor(student, shape: [rows, vocabulary], label: "bench student logits")
         let zt = try backend.tensor(teacher, shape: [rows, vocabulary], label: "bench teacher logits")
+        let copyDestination = try backend.tensor(shape: [rows, vocabulary], label: "bench copy destination")
+        func timed(_ body: () throws -> Void) throws -> PairedTiming {
+            let paired = try context.pairedMedians(body, against: {
+                try backend.copy(zt, into: copyDestination)
+                try backend.synchronize()
+            })
+            return PairedTiming(seconds: paired.seconds, copySeconds: paired.referenceSeconds, copyOverKernel: paired.referenceOverBody)
+        }
         var forwardOnly = options
         forwardOnly.forwardOnly = true
-        let forward = try context.median {
+        let forward = try timed {
             _ = try forwardOnly(student: zs, teacher: .dense(zt))
         }
         // In place: after the first run the student holds gradients; the work per element is the same.
-        let forwardGradient = try context.median {
+        let forwardGradient = try timed {
             _ = try options(student: zs, teacher: .dense(zt))
         }
         try backend.upload(student.withUnsafeBufferPointer { $0 }, to: zs)
@@ -125,7 +142,7 @@ public struct LossSuite: BenchSuite {
         let gradient = try backend.tensor(shape: [rows, vocabulary], label: "bench unfused gradient")
         let rowLoss = try backend.tensor(shape: [rows], label: "bench unfused row losses")
         let scale = temperature / Float(rows) // T^2 / T / N
-        let unfused = try context.median {
+        let unfused = try timed {
             try backend.logSoftmax(zs, into: logStudent, temperature: temperature)
             try backend.logSoftmax(zt, into: logTeacher, temperature: temperature)
             try kernels.enqueueKLDivRows(logStudent: logStudent, logTeacher: logTeacher, into: rowLoss)

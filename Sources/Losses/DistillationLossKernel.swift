@@ -131,7 +131,7 @@ extension OpenCLBackend: DistillationLossKernel {
 
     public func enqueueDistillLossRows(_ l: DistillLossLaunch) throws {
         let groups = max(1, min(l.rows, distillGroups))
-        let flags = l.flags | (device.isCPU ? DistillFlags.contiguous : 0)
+        let flags = l.flags | (contiguousRows ? DistillFlags.contiguous : 0)
         var args: [any KernelArgument] = try arguments(l.student)
         args += try optionalArguments(l.teacher) + [try int32(l.teacherStride, "teacher row stride")]
         args += try optionalArguments(l.topKIDs) + optionalArguments(l.topKValues) + [try int32(l.k, "k")]

@@ -78,7 +78,7 @@ extension CPUBackend: HintLossKernel {
 
 extension OpenCLBackend: HintLossKernel {
     public func enqueueHintLossRows(_ l: HintLossLaunch) throws {
-        var flags: Int32 = device.isCPU ? HintFlags.contiguous : 0
+        var flags: Int32 = contiguousRows ? HintFlags.contiguous : 0
         var gradientArguments: [any KernelArgument] = [NullBuffer(), Int32(0)]
         if let gradient = l.gradient {
             flags |= HintFlags.gradient

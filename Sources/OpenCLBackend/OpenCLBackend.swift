@@ -18,6 +18,9 @@ public final class OpenCLBackend: Backend {
     public let vectorWidth: Int
     /// Work-group size of the row kernels (one work-group per row).
     public let rowWorkGroupSize: Int
+    /// Whether each work-item of a row kernel takes one contiguous block of the row (CPU devices: one
+    /// stream per thread) or every `rowWorkGroupSize`-th vector (GPUs: coalesced loads).
+    public let contiguousRows: Bool
     /// How GEMMs run: host BLAS on mapped buffers for CPU devices, CLBlast otherwise (`KDGPU_GEMM` overrides).
     public var gemmEngine: GemmEngine {
         didSet { precondition(gemmEngine == .clblast || device.isCPU, "host BLAS GEMMs need a CPU device's host-visible buffers") }
@@ -29,19 +32,54 @@ public final class OpenCLBackend: Backend {
     private var kernels: [String: cl_kernel] = [:]
     private let bufferFlags: cl_mem_flags
 
+    /// How the row kernels are compiled and spread over a work-group.
+    public struct RowKernelLayout: Equatable {
+        public var vectorWidth: Int
+        public var workGroupSize: Int
+        public var contiguous: Bool
+
+        public init(vectorWidth: Int, workGroupSize: Int, contiguous: Bool) {
+            self.vectorWidth = vectorWidth
+            self.workGroupSize = workGroupSize
+            self.contiguous = contiguous
+        }
+
+        /// The layout a GPU gets (`float4`, 256 work-items, interleaved), capped at what `device` allows.
+        public static func gpu(on device: OpenCLDeviceInfo) -> RowKernelLayout {
+            RowKernelLayout(vectorWidth: 4, workGroupSize: min(256, OpenCLBackend.floorPowerOfTwo(device.maxWorkGroupSize)), contiguous: false)
+        }
+
+        /// The layout for `device`: CPU devices `float16`, 16 work-items, contiguous blocks; GPUs ``gpu(on:)``.
+        public static func preferred(for device: OpenCLDeviceInfo) -> RowKernelLayout {
+            device.isCPU ? RowKernelLayout(vectorWidth: 16, workGroupSize: min(16, OpenCLBackend.floorPowerOfTwo(device.maxWorkGroupSize)), contiguous: true)
+                         : gpu(on: device)
+        }
+    }
+
     /// Opens `device`. The memory budget is the device's global memory (for CPU devices, whose
     /// memory is the host's, three quarters of physical memory), or `KDGPU_MEMORY_BUDGET`.
-    public init(device: OpenCLDeviceInfo) throws {
+    /// `layout` defaults to the device's preferred one, with `KDGPU_VECTOR_WIDTH` overriding its
+    /// vector width; tests pass ``RowKernelLayout/gpu(on:)`` to run the GPU code paths on a CPU device.
+    public init(device: OpenCLDeviceInfo, layout: RowKernelLayout? = nil) throws {
         self.device = device
         let defaultBudget = device.isCPU ? min(physicalMemoryBytes * 3 / 4, max(device.globalMemoryBytes, physicalMemoryBytes / 2))
                                          : device.globalMemoryBytes * 9 / 10
         ledger = MemoryLedger(deviceName: device.name, budgetBytes: try MemoryLedger.budget(default: defaultBudget))
         let environment = ProcessInfo.processInfo.environment
-        vectorWidth = Int(environment["KDGPU_VECTOR_WIDTH"] ?? "") ?? (device.isCPU ? 16 : 4)
-        guard [1, 2, 4, 8, 16].contains(vectorWidth) else {
-            throw TensorError.device("KDGPU_VECTOR_WIDTH=\(vectorWidth): use 1, 2, 4, 8 or 16")
+        var chosen = layout ?? RowKernelLayout.preferred(for: device)
+        if layout == nil, let text = environment["KDGPU_VECTOR_WIDTH"] {
+            guard let width = Int(text), [1, 2, 4, 8, 16].contains(width) else {
+                throw TensorError.device("KDGPU_VECTOR_WIDTH=\(text): use 1, 2, 4, 8 or 16")
+            }
+            chosen.vectorWidth = width
         }
-        rowWorkGroupSize = min(device.isCPU ? 16 : 256, Self.floorPowerOfTwo(device.maxWorkGroupSize))
+        guard [1, 2, 4, 8, 16].contains(chosen.vectorWidth), chosen.workGroupSize >= 1,
+              chosen.workGroupSize & (chosen.workGroupSize - 1) == 0, chosen.workGroupSize <= device.maxWorkGroupSize else {
+            throw TensorError.device("row kernel layout \(chosen) does not suit \(device.name): a vector width of 1, 2, 4, 8 or 16 and a power-of-two work-group of at most \(device.maxWorkGroupSize)")
+        }
+        vectorWidth = chosen.vectorWidth
+        rowWorkGroupSize = chosen.workGroupSize
+        contiguousRows = chosen.contiguous
         if let requested = environment[GemmEngine.environmentVariable], !requested.isEmpty {
             guard let engine = GemmEngine(rawValue: requested) else {
                 throw TensorError.device("\(GemmEngine.environmentVariable)=\(requested): use clblast or host-blas")
@@ -82,7 +120,7 @@ public final class OpenCLBackend: Backend {
         clReleaseContext(context)
     }
 
-    private static func floorPowerOfTwo(_ n: Int) -> Int {
+    static func floorPowerOfTwo(_ n: Int) -> Int {
         var p = 1
         while p * 2 <= n { p *= 2 }
         return p

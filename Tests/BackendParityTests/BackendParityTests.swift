@@ -15,6 +15,15 @@ final class BackendParityTests: XCTestCase {
         try runTable(on: [TestBackends.cpu, try TestBackends.openCL()])
     }
 
+    /// The whole table with the row kernels built as for a GPU (`float4`, a 256-wide work-group
+    /// reduced by a local-memory tree, interleaved vectors) on this machine's OpenCL device: the GPU
+    /// code paths are checked even where no GPU is.
+    func testOpenCLBackendWithGPUKernelLayout() throws {
+        let device = try TestBackends.openCL().device
+        let backend = try OpenCLBackend(device: device, layout: .gpu(on: device))
+        try runTable(on: [TestBackends.cpu, backend])
+    }
+
     /// The GEMM rows through each engine the device offers: CLBlast always, host BLAS on CPU devices.
     func testOpenCLGemmThroughEveryEngine() throws {
         let device = try TestBackends.openCL().device

@@ -54,6 +54,42 @@ inline float vmax(floatV v) {
 }
 #endif
 
+// a > b ? a : b, so b where a is NaN: one maxps on x86, where OpenCL's fmax spends two more
+// instructions on its NaN rules. For running maxima that never hold NaN it is fmax.
+__attribute__((overloadable)) inline floatV max_or_second(floatV a, floatV b) { return select(b, a, a > b); }
+
+// Half-width vectors (VW 16: float8, one AVX register). A loop that keeps running sums or maxima
+// folds each vector's two halves into half-width accumulators: one more add per vector, and half as
+// many values live across iterations (at VW 16 the full-width ones spill to the stack).
+#if VW == 1
+#define floatH float
+inline float fold_sum(float v) { return v; }
+inline float fold_max(float v) { return v; }
+inline float hsum(float h) { return h; }
+inline float hmax(float h) { return h; }
+#else
+#if VW == 16
+#define floatH float8
+inline float hsum(float8 h) { const float2 r = half_sum4(half_sum8(h)); return r.x + r.y; }
+inline float hmax(float8 h) { const float2 r = half_max4(half_max8(h)); return fmax(r.x, r.y); }
+#elif VW == 8
+#define floatH float4
+inline float hsum(float4 h) { const float2 r = half_sum4(h); return r.x + r.y; }
+inline float hmax(float4 h) { const float2 r = half_max4(h); return fmax(r.x, r.y); }
+#elif VW == 4
+#define floatH float2
+inline float hsum(float2 h) { return h.x + h.y; }
+inline float hmax(float2 h) { return fmax(h.x, h.y); }
+#else
+#define floatH float
+inline float hsum(float h) { return h; }
+inline float hmax(float h) { return h; }
+#endif
+__attribute__((overloadable)) inline floatH max_or_second(floatH a, floatH b) { return select(b, a, a > b); }
+inline floatH fold_sum(floatV v) { return v.lo + v.hi; }
+inline floatH fold_max(floatV v) { return max_or_second(v.lo, v.hi); }
+#endif
+
 // The maximum / sum of `value` over the work-group (no subgroups: NVIDIA's OpenCL has none). Every
 // work-item must call it. group_max / group_sum reduce a float, group_max4 / group_sum4 four at once.
 // Small work-groups (CPU devices, WG 16): one barrier, then every work-item combines the WG values

@@ -63,20 +63,21 @@
 // exp2, exp and log as polynomials, identical in the CPU twin (VectorMath.swift).
 // kd_exp2: 2^x for x <= 127; results below 2^-126 flush to exactly 0 (so -inf gives 0), relative
 // error below 2e-7 elsewhere, and NaN stays NaN (the row sums then report a non-finite input).
-// n = round(x) by the 1.5 * 2^23 trick (its integer lands in the low mantissa bits), then 2^r on
+// n = round(x) by adding 1.5 * 2^23 + 127: the sum's low mantissa bits hold n + 127, the biased
+// exponent, so one shift by 23 makes 2^n (the high bits of 1.5 * 2^23 shift out). Then 2^r on
 // [-0.5, 0.5] as 1 + r q(r) with q a near-minimax quartic (2^0 is exactly 1); x is clamped at
-// -127, so the biased exponent n + 127 is never negative and n = -127 gives exactly 0.
+// -127, so the biased exponent is never negative and n = -127 gives exactly 0.
 inline floatV kd_exp2(floatV x0) {
     const floatV x = select(x0, (floatV)(-127.0f), x0 < (floatV)(-127.0f));
-    const floatV t = x + 12582912.0f;
-    const floatV r = x - (t - 12582912.0f);
+    const floatV t = x + 12583039.0f;
+    const floatV r = x - (t - 12583039.0f);
     floatV y = 1.326138386502862e-3f;
     y = y * r + 9.671514853835106e-3f;
     y = y * r + 5.550745129585266e-2f;
     y = y * r + 2.4022242426872253e-1f;
     y = y * r + 6.931469440460205e-1f;
     y = y * r + 1.0f;
-    return y * as_floatV((as_intV(t) - (0x4B400000 - 127)) << 23);
+    return y * as_floatV(as_intV(t) << 23);
 }
 
 #define LOG2E 1.44269504088896341f
@@ -119,11 +120,6 @@ inline floatV kd_logaddexp(floatV x, floatV y) {
     const floatV r = mx + kd_log1p_unit(kd_exp(-fabs(x - y)));
     return select(r, (floatV)(-INFINITY), mx == (floatV)(-INFINITY));
 }
-
-// a > b ? a : b, so b where a is NaN: one maxps on x86, where OpenCL's fmax spends two more
-// instructions on its NaN rules. The running maxima below never hold NaN (NaN inputs are found from
-// the exp sums), so for them it is fmax.
-inline floatV max_or_second(floatV a, floatV b) { return select(b, a, a > b); }
 
 typedef union { floatV v; float s[VW]; } row_vector;
 
@@ -215,13 +211,14 @@ __kernel void distill_loss_rows(
     // Dense teacher without TAID: the maxima of the group's next row are read during this row's
     // pass 2 (its exps are the cost; the loads ride along), so pass 1 needs no reading of its own.
     const int prefetch = !topk && !taid;
-    floatV next_max_s = (floatV)(-INFINITY), next_max_t = (floatV)(-INFINITY);
+    // Running maxima and sums are half-width (common.cl); NaN inputs are found from the exp sums.
+    floatH next_max_s = (floatH)(-INFINITY), next_max_t = (floatH)(-INFINITY);
     if (prefetch && group < rows) {
         __global const float* zr0 = zs + zso + (long)group * n;
         __global const float* tr0 = zt + zto + (long)group * zt_ld;
 #define FIRST_MAXIMA(LOAD, STORE) {                                       \
-            next_max_s = max_or_second(LOAD(zr0, v), next_max_s);          \
-            next_max_t = max_or_second(LOAD(tr0, v), next_max_t); }
+            next_max_s = max_or_second(fold_max(LOAD(zr0, v)), next_max_s); \
+            next_max_t = max_or_second(fold_max(LOAD(tr0, v)), next_max_t); }
         FOR_EACH_VECTOR(FIRST_MAXIMA)
 #undef FIRST_MAXIMA
     }
@@ -270,7 +267,7 @@ __kernel void distill_loss_rows(
 
         // Pass 1: maxima; the TAID target (1 - t) stopgrad(zs) + t zt into scratch. (NaN and +inf are
         // found from the exp sums of pass 2, which they turn into NaN.)
-        floatV max_s = (floatV)(-INFINITY), max_t = (floatV)(-INFINITY);
+        floatH max_s = (floatH)(-INFINITY), max_t = (floatH)(-INFINITY);
         if (taid) {
             // -inf in either row stays -inf (unless its weight is 0), never 0 * -inf.
 #define TAID_TARGET(LOAD, STORE) {                                                                             \
@@ -280,8 +277,8 @@ __kernel void distill_loss_rows(
                                                           || (b == (floatV)(-INFINITY) && (floatV)(taid_t) > 0.0f)); \
                 mixed = taid_t == 1.0f ? b : taid_t == 0.0f ? a : mixed;                                       \
                 vstoreV(mixed, v, tm_row);                                                                     \
-                max_s = max_or_second(a, max_s);                                                               \
-                max_t = max_or_second(mixed, max_t); }
+                max_s = max_or_second(fold_max(a), max_s);                                                     \
+                max_t = max_or_second(fold_max(mixed), max_t); }
             FOR_EACH_VECTOR(TAID_TARGET)
 #undef TAID_TARGET
             tr = tm_row;
@@ -290,13 +287,13 @@ __kernel void distill_loss_rows(
             max_t = next_max_t;
         } else {
 #define ROW_MAXIMA(LOAD, STORE) {                                          \
-                max_s = max_or_second(LOAD(zr, v), max_s);                 \
-                max_t = max_or_second(LOAD(tr, v), max_t); }
+                max_s = max_or_second(fold_max(LOAD(zr, v)), max_s);       \
+                max_t = max_or_second(fold_max(LOAD(tr, v)), max_t); }
             FOR_EACH_VECTOR(ROW_MAXIMA)
 #undef ROW_MAXIMA
         }
         const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
-        const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)bad_id, 0.0f), reduce);
+        const float4 maxima = group_max4((float4)(hmax(max_s), hmax(max_t), (float)bad_id, 0.0f), reduce);
         // Shifts in tempered units; an all -inf row shifts by 0 so nothing below is NaN.
         const float shift_s = maxima.x == -INFINITY ? 0.0f : maxima.x * inv_t;
         const float shift_t = maxima.y == -INFINITY ? 0.0f : maxima.y * inv_t;
@@ -307,7 +304,7 @@ __kernel void distill_loss_rows(
         // keeps each inner loop free of branches.
         const int stash = gradient || (kind != KIND_FKL && kind != KIND_RKL);
         const int fkl_fast = kind == KIND_FKL && !hard_separate;
-        floatV sum_a = 0.0f, sum_b = 0.0f, sum_x = 0.0f, sum_h = 0.0f;
+        floatH sum_a = 0.0f, sum_b = 0.0f, sum_x = 0.0f, sum_h = 0.0f;
         // fkl: sum e_b (lb - la); rkl: sum e_a (la - lb). max_or_second turns the NaN of -inf - -inf (weight 0)
         // and a -inf difference (weight 0) into a finite number, so 0 * inf never happens.
         // la, lb are in log2 units here (one multiply-add from the logits, none inside the exp).
@@ -315,20 +312,20 @@ __kernel void distill_loss_rows(
         const int has_next = prefetch && row + groups < rows;
         __global const float* zr_next = zs + zso + (long)(has_next ? row + groups : row) * n;
         __global const float* tr_next = zt + zto + (long)(has_next ? row + groups : row) * zt_ld;
-        floatV nmax_s = (floatV)(-INFINITY), nmax_t = (floatV)(-INFINITY);
+        floatH nmax_s = (floatH)(-INFINITY), nmax_t = (floatH)(-INFINITY);
         // PASS2(LOAD) opens the body shared by the four loops below; each adds its own terms and stashes.
 #define PASS2(LOAD)                                                                                  \
             if (has_next) {                                                                          \
-                nmax_s = max_or_second(LOAD(zr_next, v), nmax_s);                                    \
-                nmax_t = max_or_second(LOAD(tr_next, v), nmax_t);                                    \
+                nmax_s = max_or_second(fold_max(LOAD(zr_next, v)), nmax_s);                          \
+                nmax_t = max_or_second(fold_max(LOAD(tr_next, v)), nmax_t);                          \
             }                                                                                        \
             const floatV zsv = LOAD(zr, v);                                                          \
             const floatV la = zsv * inv_t2 - shift_s2, lb = LOAD(tr, v) * inv_t2 - shift_t2;         \
             const floatV ea = kd_exp2(la), eb = kd_exp2(lb);                                         \
-            sum_a += ea;                                                                             \
-            sum_b += eb;
-#define FKL_TERM sum_x += eb * max_or_second(lb - la, (floatV)(-FLT_MAX));
-#define RKL_TERM sum_x += ea * max_or_second(la - lb, (floatV)(-FLT_MAX));
+            sum_a += fold_sum(ea);                                                                   \
+            sum_b += fold_sum(eb);
+#define FKL_TERM sum_x += fold_sum(eb * max_or_second(lb - la, (floatV)(-FLT_MAX)));
+#define RKL_TERM sum_x += fold_sum(ea * max_or_second(la - lb, (floatV)(-FLT_MAX)));
 #define PASS2_FKL_STASH(LOAD, STORE) { PASS2(LOAD) FKL_TERM STORE(ea, dr, v); vstoreV(eb, v, eb_row); }
 #define PASS2_FKL(LOAD, STORE) { PASS2(LOAD) FKL_TERM }
 #define PASS2_RKL(LOAD, STORE) { PASS2(LOAD) RKL_TERM }
@@ -341,7 +338,7 @@ __kernel void distill_loss_rows(
             }                                                                                        \
             if (hard_separate) {                                                                     \
                 const floatV eh = kd_exp2((zsv - shift_h) * LOG2E);                                  \
-                sum_h += eh;                                                                         \
+                sum_h += fold_sum(eh);                                                               \
                 vstoreV(eh, v, eh_row);                                                              \
             } }
         if (fkl_fast && stash) FOR_EACH_VECTOR(PASS2_FKL_STASH)
@@ -357,7 +354,7 @@ __kernel void distill_loss_rows(
 #undef PASS2_ANY
         next_max_s = nmax_s;
         next_max_t = nmax_t;
-        const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
+        const float4 sums = group_sum4((float4)(hsum(sum_a), hsum(sum_b), hsum(sum_x), hsum(sum_h)), reduce);
         if (valid) {
             // NaN or +inf anywhere in a row makes its exp sum NaN.
             if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;

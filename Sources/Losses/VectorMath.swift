@@ -3,21 +3,21 @@
 typealias Float16Lanes = SIMD16<Float>
 
 /// 2^x for x <= 127: below 2^-126 exactly 0 (so -inf gives 0), relative error below 2e-7, NaN
-/// stays NaN. Round-to-nearest by the 1.5 * 2^23 trick, then 2^r = 1 + r q(r) with a near-minimax
+/// stays NaN. Round-to-nearest by adding 1.5 * 2^23 + 127, whose low mantissa bits then hold the
+/// biased exponent n + 127 (one shift by 23 makes 2^n), then 2^r = 1 + r q(r) with a near-minimax
 /// quartic q; x is clamped at -127, so the biased exponent is never negative.
 @inline(__always)
 func kdExp2(_ x0: Float16Lanes) -> Float16Lanes {
     let x = x0.replacing(with: -127, where: x0 .< -127)
-    let t = x + 12582912
-    let r = x - (t - 12582912)
+    let t = x + 12_583_039
+    let r = x - (t - 12_583_039)
     var y = Float16Lanes(repeating: 1.326138386502862e-3)
     y = y * r + 9.671514853835106e-3
     y = y * r + 5.550745129585266e-2
     y = y * r + 2.4022242426872253e-1
     y = y * r + 6.931469440460205e-1
     y = y * r + 1
-    let n = unsafeBitCast(t, to: SIMD16<Int32>.self) &- (0x4B40_0000 - 127)
-    return y * unsafeBitCast(n &<< 23, to: Float16Lanes.self)
+    return y * unsafeBitCast(unsafeBitCast(t, to: SIMD16<Int32>.self) &<< 23, to: Float16Lanes.self)
 }
 
 let log2e: Float = 1.44269504088896341

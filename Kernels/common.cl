@@ -12,47 +12,18 @@
 #define vloadV CAT(vload, VW)
 #define vstoreV CAT(vstore, VW)
 
-#if VW == 1
-inline float vsum(float v) { return v; }
-inline float vmax(float v) { return v; }
-#else
-#if VW == 16
-inline float8 half_sum(float16 v) { return v.lo + v.hi; }
-inline float8 half_max(float16 v) { return fmax(v.lo, v.hi); }
-#endif
-#if VW >= 8
-inline float4 half_sum8(float8 v) { return v.lo + v.hi; }
-inline float4 half_max8(float8 v) { return fmax(v.lo, v.hi); }
-#endif
-inline float2 half_sum4(float4 v) { return v.lo + v.hi; }
-inline float2 half_max4(float4 v) { return fmax(v.lo, v.hi); }
-
-inline float vsum(floatV v) {
-#if VW == 16
-    float2 r = half_sum4(half_sum8(half_sum(v)));
-#elif VW == 8
-    float2 r = half_sum4(half_sum8(v));
-#elif VW == 4
-    float2 r = half_sum4(v);
-#else
-    float2 r = v;
-#endif
-    return r.x + r.y;
-}
-
-inline float vmax(floatV v) {
-#if VW == 16
-    float2 r = half_max4(half_max8(half_max(v)));
-#elif VW == 8
-    float2 r = half_max4(half_max8(v));
-#elif VW == 4
-    float2 r = half_max4(v);
-#else
-    float2 r = v;
-#endif
-    return fmax(r.x, r.y);
-}
-#endif
+// Sum / maximum of a vector's lanes, halving the width each step; overloaded for every width, so
+// floatV and the half-width floatH below share them.
+__attribute__((overloadable)) inline float vsum(float v) { return v; }
+__attribute__((overloadable)) inline float vsum(float2 v) { return v.x + v.y; }
+__attribute__((overloadable)) inline float vsum(float4 v) { return vsum(v.lo + v.hi); }
+__attribute__((overloadable)) inline float vsum(float8 v) { return vsum(v.lo + v.hi); }
+__attribute__((overloadable)) inline float vsum(float16 v) { return vsum(v.lo + v.hi); }
+__attribute__((overloadable)) inline float vmax(float v) { return v; }
+__attribute__((overloadable)) inline float vmax(float2 v) { return fmax(v.x, v.y); }
+__attribute__((overloadable)) inline float vmax(float4 v) { return vmax(fmax(v.lo, v.hi)); }
+__attribute__((overloadable)) inline float vmax(float8 v) { return vmax(fmax(v.lo, v.hi)); }
+__attribute__((overloadable)) inline float vmax(float16 v) { return vmax(fmax(v.lo, v.hi)); }
 
 // a > b ? a : b, so b where a is NaN: one maxps on x86, where OpenCL's fmax spends two more
 // instructions on its NaN rules. For running maxima that never hold NaN it is fmax.
@@ -60,30 +31,21 @@ __attribute__((overloadable)) inline floatV max_or_second(floatV a, floatV b) { 
 
 // Half-width vectors (VW 16: float8, one AVX register). A loop that keeps running sums or maxima
 // folds each vector's two halves into half-width accumulators: one more add per vector, and half as
-// many values live across iterations (at VW 16 the full-width ones spill to the stack).
+// many values live across iterations (at VW 16 the full-width ones spill to the stack). vsum and
+// vmax reduce them.
 #if VW == 1
 #define floatH float
 inline float fold_sum(float v) { return v; }
 inline float fold_max(float v) { return v; }
-inline float hsum(float h) { return h; }
-inline float hmax(float h) { return h; }
 #else
 #if VW == 16
 #define floatH float8
-inline float hsum(float8 h) { const float2 r = half_sum4(half_sum8(h)); return r.x + r.y; }
-inline float hmax(float8 h) { const float2 r = half_max4(half_max8(h)); return fmax(r.x, r.y); }
 #elif VW == 8
 #define floatH float4
-inline float hsum(float4 h) { const float2 r = half_sum4(h); return r.x + r.y; }
-inline float hmax(float4 h) { const float2 r = half_max4(h); return fmax(r.x, r.y); }
 #elif VW == 4
 #define floatH float2
-inline float hsum(float2 h) { return h.x + h.y; }
-inline float hmax(float2 h) { return fmax(h.x, h.y); }
 #else
 #define floatH float
-inline float hsum(float h) { return h; }
-inline float hmax(float h) { return h; }
 #endif
 __attribute__((overloadable)) inline floatH max_or_second(floatH a, floatH b) { return select(b, a, a > b); }
 inline floatH fold_sum(floatV v) { return v.lo + v.hi; }

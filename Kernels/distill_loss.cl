@@ -293,7 +293,7 @@ __kernel void distill_loss_rows(
 #undef ROW_MAXIMA
         }
         const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
-        const float4 maxima = group_max4((float4)(hmax(max_s), hmax(max_t), (float)bad_id, 0.0f), reduce);
+        const float4 maxima = group_max4((float4)(vmax(max_s), vmax(max_t), (float)bad_id, 0.0f), reduce);
         // Shifts in tempered units; an all -inf row shifts by 0 so nothing below is NaN.
         const float shift_s = maxima.x == -INFINITY ? 0.0f : maxima.x * inv_t;
         const float shift_t = maxima.y == -INFINITY ? 0.0f : maxima.y * inv_t;
@@ -354,7 +354,7 @@ __kernel void distill_loss_rows(
 #undef PASS2_ANY
         next_max_s = nmax_s;
         next_max_t = nmax_t;
-        const float4 sums = group_sum4((float4)(hsum(sum_a), hsum(sum_b), hsum(sum_x), hsum(sum_h)), reduce);
+        const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
         if (valid) {
             // NaN or +inf anywhere in a row makes its exp sum NaN.
             if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;

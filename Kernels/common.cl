@@ -1,8 +1,8 @@
 // common.cl: compiled in front of every kernel file.
 //
 // Build-time constants (set by the backend per device):
-//   VW  vector width of explicit loads: 16 on CPU devices (PoCL does not vectorize a work-item's
-//       strided loop by itself), 4 on GPUs.
+//   VW  vector width of explicit loads, 2, 4, 8 or 16 (OpenCL has no float1): 16 on CPU devices
+//       (PoCL does not vectorize a work-item's strided loop by itself), 4 on GPUs.
 //   WG  work-group size of the row kernels, a power of two; one work-group handles one row.
 // Reductions use __local memory trees, not subgroups (NVIDIA's OpenCL has none).
 
@@ -33,11 +33,6 @@ __attribute__((overloadable)) inline floatV max_or_second(floatV a, floatV b) { 
 // folds each vector's two halves into half-width accumulators: one more add per vector, and half as
 // many values live across iterations (at VW 16 the full-width ones spill to the stack). vsum and
 // vmax reduce them.
-#if VW == 1
-#define floatH float
-inline float fold_sum(float v) { return v; }
-inline float fold_max(float v) { return v; }
-#else
 #if VW == 16
 #define floatH float8
 #elif VW == 8
@@ -50,7 +45,6 @@ inline float fold_max(float v) { return v; }
 __attribute__((overloadable)) inline floatH max_or_second(floatH a, floatH b) { return select(b, a, a > b); }
 inline floatH fold_sum(floatV v) { return v.lo + v.hi; }
 inline floatH fold_max(floatV v) { return max_or_second(v.lo, v.hi); }
-#endif
 
 // The maximum / sum of `value` over the work-group (no subgroups: NVIDIA's OpenCL has none). Every
 // work-item must call it. group_max / group_sum reduce a float, group_max4 / group_sum4 four at once.

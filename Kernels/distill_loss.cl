@@ -49,16 +49,9 @@
 #define ROW_TEACHER 2
 #define ROW_EH 3
 
-#if VW == 1
-#define intV int
-#define as_floatV as_float
-#define as_intV as_int
-#else
 #define as_intV CAT(as_int, VW)
 #define intV CAT(int, VW)
 #define as_floatV CAT(as_float, VW)
-#define convert_intV CAT(convert_int, VW)
-#endif
 
 // exp2, exp and log as polynomials, identical in the CPU twin (VectorMath.swift).
 // kd_exp2: 2^x for x <= 127; results below 2^-126 flush to exactly 0 (so -inf gives 0), relative

@@ -38,6 +38,9 @@ public final class OpenCLBackend: Backend {
         public var workGroupSize: Int
         public var contiguous: Bool
 
+        /// The widths the kernels build with (OpenCL C has no `float1`).
+        public static let vectorWidths = [2, 4, 8, 16]
+
         public init(vectorWidth: Int, workGroupSize: Int, contiguous: Bool) {
             self.vectorWidth = vectorWidth
             self.workGroupSize = workGroupSize
@@ -67,15 +70,16 @@ public final class OpenCLBackend: Backend {
         ledger = MemoryLedger(deviceName: device.name, budgetBytes: try MemoryLedger.budget(default: defaultBudget))
         let environment = ProcessInfo.processInfo.environment
         var chosen = layout ?? RowKernelLayout.preferred(for: device)
+        let widths = RowKernelLayout.vectorWidths.map(String.init).joined(separator: ", ")
         if layout == nil, let text = environment["KDGPU_VECTOR_WIDTH"] {
-            guard let width = Int(text), [1, 2, 4, 8, 16].contains(width) else {
-                throw TensorError.device("KDGPU_VECTOR_WIDTH=\(text): use 1, 2, 4, 8 or 16")
+            guard let width = Int(text), RowKernelLayout.vectorWidths.contains(width) else {
+                throw TensorError.device("KDGPU_VECTOR_WIDTH=\(text): use one of \(widths)")
             }
             chosen.vectorWidth = width
         }
-        guard [1, 2, 4, 8, 16].contains(chosen.vectorWidth), chosen.workGroupSize >= 1,
+        guard RowKernelLayout.vectorWidths.contains(chosen.vectorWidth), chosen.workGroupSize >= 1,
               chosen.workGroupSize & (chosen.workGroupSize - 1) == 0, chosen.workGroupSize <= device.maxWorkGroupSize else {
-            throw TensorError.device("row kernel layout \(chosen) does not suit \(device.name): a vector width of 1, 2, 4, 8 or 16 and a power-of-two work-group of at most \(device.maxWorkGroupSize)")
+            throw TensorError.device("row kernel layout \(chosen) does not suit \(device.name): a vector width of \(widths) and a power-of-two work-group of at most \(device.maxWorkGroupSize)")
         }
         vectorWidth = chosen.vectorWidth
         rowWorkGroupSize = chosen.workGroupSize

@@ -6,7 +6,7 @@
 //   Tokenizer -> GGUF -> Tensor
 //   TrainingData -> Tokenizer, GGUF;  Checkpoint -> Models, GGUF, Tensor
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
-//   CPUBackend -> COpenBLAS
+//   CPUBackend, OpenCLBackend -> HostGemm (oneDNN, OpenBLAS; chosen by the CPU's features) -> COneDNN, CCPUFeatures
 import PackageDescription
 
 let releaseFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
@@ -22,13 +22,14 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
-        // System libraries (Debian: ocl-icd-opencl-dev opencl-headers, libclblast-dev, libopenblas-dev).
+        // System libraries (Debian: ocl-icd-opencl-dev opencl-headers, libclblast-dev, libdnnl-dev; libopenblas0 is loaded at run time).
         .systemLibrary(name: "COpenCL", path: "Sources/COpenCL", pkgConfig: "OpenCL",
                        providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers"])]),
         .systemLibrary(name: "CCLBlast", path: "Sources/CCLBlast", pkgConfig: "clblast",
                        providers: [.apt(["libclblast-dev"])]),
-        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
-                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "COneDNN", path: "Sources/COneDNN", providers: [.apt(["libdnnl-dev"])]),
+        // CPUID and XGETBV: the instruction sets the processor and the OS enable.
+        .target(name: "CCPUFeatures", path: "Sources/CCPUFeatures"),
 
         // Kernels/*.cl embedded into the binary by the EmbedKernels build-tool plugin.
         .executableTarget(name: "kernel-embedder", path: "Sources/kernel-embedder"),
@@ -38,9 +39,12 @@ let package = Package(
 
         // The device-agnostic tensor API and its two backends.
         .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
-        .target(name: "CPUBackend", dependencies: ["Tensor", "COpenBLAS"],
+        // Host GEMMs for the CPU backend and CPU OpenCL devices: oneDNN, or OpenBLAS (loaded at run
+        // time, after its kernel set is chosen from the CPU's features).
+        .target(name: "HostGemm", dependencies: ["Tensor", "COneDNN", "CCPUFeatures"], path: "Sources/HostGemm", swiftSettings: releaseFlags),
+        .target(name: "CPUBackend", dependencies: ["Tensor", "HostGemm"],
                 path: "Sources/CPUBackend", swiftSettings: releaseFlags),
-        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "COpenBLAS", "KernelSources"],
+        .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "HostGemm", "KernelSources"],
                 path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
 
         // Model files: GGUF reader/writer, and the byte-level BPE tokenizer stored in GGUF metadata.
@@ -65,27 +69,28 @@ let package = Package(
                 path: "Sources/Losses", swiftSettings: releaseFlags),
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
-        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "Models", "GGUF", "Training",
+        .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Losses", "Models", "GGUF", "Training",
                                               "TrainingData", "Checkpoint"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 
         // Test helpers shared by the test targets: seeded inputs, comparisons, the backends under test.
-        .target(name: "TestSupport", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm"], path: "Tests/TestSupport"),
         .testTarget(name: "BackendParityTests",
-                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "Losses", "TestSupport"],
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Losses", "TestSupport"],
                     path: "Tests/BackendParityTests"),
         .testTarget(name: "OpenCLRuntimeTests",
-                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "KernelSources", "TestSupport"],
+                    dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "KernelSources", "TestSupport"],
                     path: "Tests/OpenCLRuntimeTests"),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TestSupport"], path: "Tests/TrainingTests"),
+        .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),

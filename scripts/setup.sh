@@ -7,7 +7,8 @@ packages=(
     ocl-icd-opencl-dev opencl-headers  # OpenCL ICD loader and headers
     libclblast-dev                     # CLBlast: GEMMs on OpenCL devices
     pocl-opencl-icd                    # PoCL: an OpenCL device on the CPU (used when there is no GPU)
-    libopenblas-dev                    # OpenBLAS: GEMMs of the CPU backend
+    libdnnl-dev                        # oneDNN: the host GEMM engine (dispatches by instruction set)
+    libopenblas0                       # OpenBLAS: the second host engine (loaded at run time), the GEMM bench's reference
     clinfo pkg-config
 )
 

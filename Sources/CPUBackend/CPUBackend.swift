@@ -1,5 +1,5 @@
-import COpenBLAS
 import Foundation
+import HostGemm
 import Tensor
 
 /// Host memory owned by a CPU tensor (64-byte aligned).
@@ -21,7 +21,8 @@ public final class CPUStorage: TensorStorage {
     }
 }
 
-/// The CPU backend: Swift kernels spread over all cores, GEMM through OpenBLAS.
+/// The CPU backend: Swift kernels spread over all cores, GEMMs through the host engine chosen from
+/// the processor's features (oneDNN by default, ``GemmEngine``).
 ///
 /// It is the fallback when no OpenCL platform exists and the reference every OpenCL kernel is
 /// tested against. Ops run synchronously.
@@ -33,17 +34,19 @@ public final class CPUBackend: Backend {
     private let elementGrain = 1 << 16
     private let rowGrainElements = 1 << 14
 
+    /// The host GEMM engine: ``GemmEngine/defaultHost`` unless `KDGPU_GEMM` names another host
+    /// engine (a `clblast` there picks the OpenCL devices' engine and leaves this one alone).
+    public var gemmEngine: GemmEngine {
+        didSet { precondition(gemmEngine.runsOnHost, "the CPU backend runs host GEMM engines only") }
+    }
+
+    public var gemmDescription: String { gemmEngine.description }
+
     public init() throws {
         ledger = MemoryLedger(deviceName: "cpu", budgetBytes: try MemoryLedger.budget(default: physicalMemoryBytes * 3 / 4))
+        let requested = try GemmEngine.requested()
+        gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
     }
-
-    /// Name of the OpenBLAS kernel set in use (`Zen`, `SkylakeX`, `Prescott`...): it decides GEMM speed.
-    public static var blasCoreName: String {
-        guard let name = openblas_get_corename() else { return "unknown" }
-        return String(cString: name)
-    }
-
-    public static var blasThreads: Int { Int(openblas_get_num_threads()) }
 
     public func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor {
         guard shape.allSatisfy({ $0 >= 0 }) else {
@@ -129,14 +132,7 @@ public final class CPUBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
-        let (pa, pb, pc) = (try pointer(a), try pointer(b), try mutablePointer(c))
-        for i in 0..<p.batch {
-            cblas_sgemm(CblasRowMajor,
-                        p.transposeA ? CblasTrans : CblasNoTrans, p.transposeB ? CblasTrans : CblasNoTrans,
-                        Int32(p.m), Int32(p.n), Int32(p.k), p.alpha,
-                        pa + i * p.strideA, Int32(p.lda), pb + i * p.strideB, Int32(p.ldb),
-                        p.beta, pc + i * p.strideC, Int32(p.ldc))
-        }
+        try hostGemm(gemmEngine, p, try pointer(a), try pointer(b), try mutablePointer(c))
     }
 
     public func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws {

@@ -1,12 +1,13 @@
 import CCLBlast
 import COpenCL
 import Foundation
+import HostGemm
 import KernelSources
 import Tensor
 
 /// The OpenCL backend: one device, one context, one in-order queue. Every op but GEMM is a
-/// hand-written kernel from `Kernels/`; GEMMs run through CLBlast, or on CPU devices through host
-/// BLAS over the mapped buffers (``GemmEngine``).
+/// hand-written kernel from `Kernels/`; GEMMs run through CLBlast, or on CPU devices through a host
+/// engine (oneDNN, OpenBLAS) over the mapped buffers (``GemmEngine``).
 ///
 /// Not thread-safe: all ops of one backend are enqueued from one thread.
 public final class OpenCLBackend: Backend {
@@ -21,9 +22,14 @@ public final class OpenCLBackend: Backend {
     /// Whether each work-item of a row kernel takes one contiguous block of the row (CPU devices: one
     /// stream per thread) or every `rowWorkGroupSize`-th vector (GPUs: coalesced loads).
     public let contiguousRows: Bool
-    /// How GEMMs run: host BLAS on mapped buffers for CPU devices, CLBlast otherwise (`KDGPU_GEMM` overrides).
+    /// How GEMMs run: the default host engine on mapped buffers for CPU devices, CLBlast otherwise
+    /// (`KDGPU_GEMM` overrides).
     public var gemmEngine: GemmEngine {
-        didSet { precondition(gemmEngine == .clblast || device.isCPU, "host BLAS GEMMs need a CPU device's host-visible buffers") }
+        didSet { precondition(!gemmEngine.runsOnHost || device.isCPU, "host GEMMs need a CPU device's host-visible buffers") }
+    }
+
+    public var gemmDescription: String {
+        gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers" : "CLBlast on \(device.name)"
     }
 
     let context: cl_context
@@ -84,16 +90,14 @@ public final class OpenCLBackend: Backend {
         vectorWidth = chosen.vectorWidth
         rowWorkGroupSize = chosen.workGroupSize
         contiguousRows = chosen.contiguous
-        if let requested = environment[GemmEngine.environmentVariable], !requested.isEmpty {
-            guard let engine = GemmEngine(rawValue: requested) else {
-                throw TensorError.device("\(GemmEngine.environmentVariable)=\(requested): use clblast or host-blas")
-            }
-            guard engine == .clblast || device.isCPU else {
-                throw TensorError.device("\(GemmEngine.environmentVariable)=host-blas needs a CPU OpenCL device; \(device.name) is a \(device.typeName)")
+        if let engine = try GemmEngine.requested(environment) {
+            guard !engine.runsOnHost || device.isCPU else {
+                throw TensorError.device("\(GemmEngine.environmentVariable)=\(engine.rawValue) runs on CPU OpenCL devices only; "
+                                         + "\(device.name) is a \(device.typeName): use clblast")
             }
             gemmEngine = engine
         } else {
-            gemmEngine = device.isCPU ? .hostBLAS : .clblast
+            gemmEngine = device.isCPU ? GemmEngine.defaultHost : .clblast
         }
         // CPU devices: host-visible buffers, so host code can map them without copies.
         bufferFlags = cl_mem_flags(CL_MEM_READ_WRITE) | (device.isCPU ? cl_mem_flags(CL_MEM_ALLOC_HOST_PTR) : 0)
@@ -305,8 +309,8 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
-        if gemmEngine == .hostBLAS {
-            try hostGemm(a, b, c, p)
+        if gemmEngine.runsOnHost {
+            try mappedHostGemm(a, b, c, p)
             return
         }
         let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))

@@ -14,6 +14,8 @@ public protocol Backend: AnyObject {
     var name: String { get }
     /// The account of the bytes this backend has allocated, and its budget.
     var ledger: MemoryLedger { get }
+    /// What runs this backend's GEMMs and why, e.g. `oneDNN 2.6.3 avx512_core (dispatched by instruction set from AVX-512F/DQ/BW/VL)`.
+    var gemmDescription: String { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor
@@ -171,6 +173,12 @@ public struct GemmProblem: Equatable, Sendable {
     public var strideA: Int
     public var strideB: Int
     public var strideC: Int
+
+    public init(m: Int, n: Int, k: Int, batch: Int = 1, transposeA: Bool = false, transposeB: Bool = false, alpha: Float = 1,
+                beta: Float = 0, strideA: Int = 0, strideB: Int = 0, strideC: Int = 0) {
+        (self.m, self.n, self.k, self.batch, self.transposeA, self.transposeB) = (m, n, k, batch, transposeA, transposeB)
+        (self.alpha, self.beta, self.strideA, self.strideB, self.strideC) = (alpha, beta, strideA, strideB, strideC)
+    }
 
     /// Leading dimensions of the row-major operands.
     public var lda: Int { transposeA ? m : k }

@@ -57,6 +57,8 @@ struct BenchCommand: ParsableCommand {
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher) { message in
                 note("bench \(message)")
             }
+            // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.
+            let engines = backends.map { "GEMMs on \($0.name): \($0.gemmDescription)" }.joined(separator: "\n")
             let selected = suites.isEmpty ? allBenchSuites : allBenchSuites.filter { suites.contains($0.name) }
             var records: [BenchRecord] = []
             for suite in selected {
@@ -68,7 +70,7 @@ struct BenchCommand: ParsableCommand {
             if json {
                 print(String(decoding: try encoder.encode(records), as: UTF8.self))
             } else {
-                print(formatBenchTable(records))
+                print(engines + "\n\n" + formatBenchTable(records))
             }
         } catch {
             fail(error)

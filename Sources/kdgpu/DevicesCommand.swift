@@ -1,6 +1,7 @@
 import ArgumentParser
 import CPUBackend
 import Foundation
+import HostGemm
 import OpenCLBackend
 import Tensor
 
@@ -11,8 +12,15 @@ struct DevicesCommand: ParsableCommand {
         abstract: "List OpenCL platforms and devices, and the CPU backend.")
 
     func run() throws {
-        let cpuLine = "cpu            CPU backend: \(ProcessInfo.processInfo.activeProcessorCount) threads, OpenBLAS kernel "
-            + "\(CPUBackend.blasCoreName), \(formatBytes(physicalMemoryBytes)) memory"
+        let features = CPUFeatures.current
+        var cpuLines = ["cpu            CPU backend: \(features.processorDescription), \(ProcessInfo.processInfo.activeProcessorCount) threads, "
+                        + "\(formatBytes(physicalMemoryBytes)) memory"]
+        do {
+            cpuLines.append("      GEMMs: \(try CPUBackend().gemmDescription)")
+        } catch {
+            cpuLines.append("      GEMMs: \(error)")
+        }
+        cpuLines.append("      other host engine: \(GemmEngine.openblas.description)")
         do {
             let devices = try OpenCLPlatforms.devices()
             let defaultDevice = OpenCLPlatforms.defaultDevice(among: devices)
@@ -25,6 +33,9 @@ struct DevicesCommand: ParsableCommand {
                 let marker = device.selector == defaultDevice?.selector ? " (default: --device opencl)" : ""
                 print("  \(device.selector)  \(device.name)\(marker)")
                 print("      type \(device.typeName), vendor \(device.vendor), \(device.version), driver \(device.driverVersion)")
+                if device.isCPU || device.selector == defaultDevice?.selector, let backend = try? OpenCLBackend(device: device) {
+                    print("      GEMMs: \(backend.gemmDescription)")
+                }
                 print("      \(device.computeUnits) compute units, global memory \(formatBytes(device.globalMemoryBytes)), "
                       + "max allocation \(formatBytes(device.maxAllocationBytes)), local memory \(formatBytes(device.localMemoryBytes)), "
                       + "max work-group \(device.maxWorkGroupSize)")
@@ -33,6 +44,6 @@ struct DevicesCommand: ParsableCommand {
         } catch {
             print("no OpenCL device: \(error)")
         }
-        print(cpuLine)
+        cpuLines.forEach { print($0) }
     }
 }

@@ -8,8 +8,9 @@ struct KDGPU: ParsableCommand {
         discussion: """
         Environment: KDGPU_KERNEL_DIR reads Kernels/*.cl from a folder instead of the embedded copies; \
         KDGPU_MEMORY_BUDGET (e.g. 6G) caps the device memory kdgpu allocates; KDGPU_VECTOR_WIDTH (2, 4, 8 or 16) \
-        overrides the kernels' vector width; KDGPU_GEMM (clblast or host-blas) picks how an OpenCL \
-        backend runs GEMMs.
+        overrides the kernels' vector width; KDGPU_GEMM (onednn, openblas or clblast) overrides the GEMM \
+        engine, which is otherwise chosen from the processor's features (oneDNN on the CPU backend and CPU OpenCL \
+        devices, CLBlast on GPUs); OPENBLAS_CORETYPE, when set, overrides the OpenBLAS kernel set kdgpu chooses.
         """,
         subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, TrainCommand.self, ExportCommand.self, BenchCommand.self]
     )

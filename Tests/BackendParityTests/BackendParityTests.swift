@@ -1,5 +1,6 @@
 import CPUBackend
 import Foundation
+import HostGemm
 import OpenCLBackend
 import Tensor
 import TestSupport
@@ -24,10 +25,16 @@ final class BackendParityTests: XCTestCase {
         try runTable(on: [TestBackends.cpu, backend])
     }
 
-    /// The GEMM rows through each engine the device offers: CLBlast always, host BLAS on CPU devices.
-    func testOpenCLGemmThroughEveryEngine() throws {
+    /// The GEMM rows through each engine the device offers: CLBlast always, the host engines on CPU
+    /// devices; and through each host engine of the CPU backend.
+    func testGemmThroughEveryEngine() throws {
+        for engine in GemmEngine.allCases where engine.runsOnHost {
+            let cpu = try CPUBackend()
+            cpu.gemmEngine = engine
+            try runTable(on: [cpu], rows: [ParityTable.gemmCase])
+        }
         let device = try TestBackends.openCL().device
-        for engine in GemmEngine.allCases where engine == .clblast || device.isCPU {
+        for engine in GemmEngine.allCases where !engine.runsOnHost || device.isCPU {
             let backend = try OpenCLBackend(device: device)
             backend.gemmEngine = engine
             try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase])

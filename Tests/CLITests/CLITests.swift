@@ -23,7 +23,19 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(outcome.status, 0, outcome.error)
         XCTAssertTrue(outcome.output.contains("\(device.selector)  \(device.name) (default: --device opencl)"), outcome.output)
         XCTAssertTrue(outcome.output.contains("global memory"), outcome.output)
-        XCTAssertTrue(outcome.output.contains("OpenBLAS kernel"), outcome.output)
+        // Which GEMM engine runs, and why, for the CPU backend and the CPU OpenCL device.
+        XCTAssertTrue(outcome.output.contains("GEMMs: oneDNN"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("dispatched by instruction set from"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("other host engine: OpenBLAS"), outcome.output)
+    }
+
+    /// An engine kdgpu does not have is a one-line error naming the ones it has, before any work.
+    func testUnknownGemmEngineIsAOneLineError() throws {
+        let outcome = try kdgpu(["bench", "gemm", "--device", "cpu"], environment: ["KDGPU_GEMM": "mkl"])
+        XCTAssertNotEqual(outcome.status, 0)
+        let lines = outcome.error.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, outcome.error)
+        XCTAssertTrue(outcome.error.contains("KDGPU_GEMM=mkl") && outcome.error.contains("onednn, openblas"), outcome.error)
     }
 
     /// With no OpenCL platform (the ICD loader pointed at an empty folder) kdgpu says so and the CPU backend still works.

@@ -1,24 +1,11 @@
-import COpenBLAS
 import COpenCL
+import HostGemm
 import Tensor
 
-/// How an OpenCL backend runs GEMMs.
-public enum GemmEngine: String, CaseIterable, Sendable {
-    /// CLBlast kernels on the device: the choice for GPUs.
-    case clblast
-    /// OpenBLAS on the host, over the device buffers mapped in place. Only for CPU devices, whose
-    /// buffers (allocated with CL_MEM_ALLOC_HOST_PTR) map without a copy: CLBlast on PoCL runs
-    /// about a tenth as fast as OpenBLAS on the same cores (`kdgpu bench gemm` measures both).
-    case hostBLAS = "host-blas"
-
-    /// The environment variable that picks the engine: `clblast` or `host-blas`.
-    public static let environmentVariable = "KDGPU_GEMM"
-}
-
 extension OpenCLBackend {
-    /// C = alpha op(A) op(B) + beta C with OpenBLAS on the mapped buffers. A blocking map waits for
+    /// C = alpha op(A) op(B) + beta C with the host engine on the mapped buffers. A blocking map waits for
     /// every op queued before; the unmaps order the kernels queued after.
-    func hostGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
+    func mappedHostGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
         var mapped: [(buffer: OpenCLBuffer, pointer: UnsafeMutableRawPointer)] = []
         defer {
             for entry in mapped { clEnqueueUnmapMemObject(queue, entry.buffer.mem, entry.pointer, 0, nil, nil) }
@@ -38,10 +25,6 @@ extension OpenCLBackend {
             return (pointer + tensor.byteOffset).assumingMemoryBound(to: Float.self)
         }
         let (pa, pb, pc) = (try address(a), try address(b), try address(c))
-        for i in 0..<p.batch {
-            cblas_sgemm(CblasRowMajor, p.transposeA ? CblasTrans : CblasNoTrans, p.transposeB ? CblasTrans : CblasNoTrans,
-                        Int32(p.m), Int32(p.n), Int32(p.k), p.alpha, pa + i * p.strideA, Int32(p.lda), pb + i * p.strideB,
-                        Int32(p.ldb), p.beta, pc + i * p.strideC, Int32(p.ldc))
-        }
+        try hostGemm(gemmEngine, p, pa, pb, pc)
     }
 }

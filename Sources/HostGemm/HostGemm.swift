@@ -1,0 +1,158 @@
+import COneDNN
+import Foundation
+import Tensor
+
+/// A GEMM engine: the host libraries (for the CPU backend and for CPU OpenCL devices, whose buffers
+/// the host maps in place) and CLBlast (for OpenCL devices).
+public enum GemmEngine: String, CaseIterable, Sendable {
+    /// oneDNN's `dnnl_sgemm`: picks its kernels by the instruction sets the CPU and the OS enable
+    /// (avx2, avx512_core, ...). The default host engine: measured fastest on every processor these
+    /// machines have (README, "CPU GEMM engines").
+    case onednn
+    /// OpenBLAS, loaded after its kernel set is chosen from the CPU's features (``OpenBLASLibrary``).
+    case openblas
+    /// CLBlast kernels on an OpenCL device: the choice for GPUs.
+    case clblast
+
+    /// The environment variable that overrides the engine.
+    public static let environmentVariable = "KDGPU_GEMM"
+    /// The engine a CPU (backend or OpenCL device) uses unless `KDGPU_GEMM` names another.
+    public static let defaultHost = GemmEngine.onednn
+
+    public var runsOnHost: Bool { self != .clblast }
+
+    /// The engine `KDGPU_GEMM` names, nil when it is unset; an unknown name is a one-line error listing the engines.
+    public static func requested(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmEngine? {
+        guard let value = environment[environmentVariable], !value.isEmpty else { return nil }
+        guard let engine = GemmEngine(rawValue: value.lowercased()) else {
+            throw TensorError.device("\(environmentVariable)=\(value) is not a GEMM engine; available: onednn, openblas "
+                                     + "(the CPU backend and CPU OpenCL devices), clblast (OpenCL devices)")
+        }
+        return engine
+    }
+
+    /// What runs and why, e.g. `oneDNN 2.6.3 avx512_core_bf16 (dispatched by ISA from AVX-512F/DQ/BW/VL, AVX512_BF16, AVX2+FMA)`.
+    public var description: String {
+        switch self {
+        case .onednn: return OneDNN.description
+        case .openblas: return (try? OpenBLASLibrary.shared.description) ?? "OpenBLAS (not loadable)"
+        case .clblast: return "CLBlast"
+        }
+    }
+}
+
+/// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host.
+public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                     _ c: UnsafeMutablePointer<Float>) throws {
+    switch engine {
+    case .onednn:
+        let (ta, tb): (CChar, CChar) = (p.transposeA ? 84 : 78, p.transposeB ? 84 : 78)  // "T" or "N"
+        for i in 0..<p.batch {
+            let status = dnnl_sgemm(ta, tb, Int64(p.m), Int64(p.n), Int64(p.k), p.alpha, a + i * p.strideA, Int64(p.lda),
+                                    b + i * p.strideB, Int64(p.ldb), p.beta, c + i * p.strideC, Int64(p.ldc))
+            guard status == dnnl_success else {
+                throw TensorError.device("oneDNN dnnl_sgemm failed (status \(status.rawValue)) on M=\(p.m) N=\(p.n) K=\(p.k)")
+            }
+        }
+    case .openblas:
+        let sgemm = try OpenBLASLibrary.shared.sgemm
+        for i in 0..<p.batch {
+            sgemm(101, p.transposeA ? 112 : 111, p.transposeB ? 112 : 111, Int32(p.m), Int32(p.n), Int32(p.k), p.alpha,
+                  a + i * p.strideA, Int32(p.lda), b + i * p.strideB, Int32(p.ldb), p.beta, c + i * p.strideC, Int32(p.ldc))
+        }
+    case .clblast:
+        throw TensorError.unsupported("CLBlast runs on OpenCL devices, not on host memory")
+    }
+}
+
+/// oneDNN: version and the instruction set its kernels dispatch to.
+public enum OneDNN {
+    /// `avx512_core_bf16`, `avx2`, ...: the widest instruction set oneDNN's kernels use here.
+    public static var isa: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_sse41: return "sse41"
+        case dnnl_cpu_isa_avx: return "avx"
+        case dnnl_cpu_isa_avx2: return "avx2"
+        case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni"
+        case dnnl_cpu_isa_avx512_core: return "avx512_core"
+        case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx"
+        case let other: return "isa 0x\(String(other.rawValue, radix: 16))"
+        }
+    }
+
+    public static var version: String {
+        guard let v = dnnl_version()?.pointee else { return "?" }
+        return "\(v.major).\(v.minor).\(v.patch)"
+    }
+
+    /// The instruction set oneDNN should dispatch to on a processor with these features (what the
+    /// engine test checks `isa` against).
+    public static func expectedISA(for features: CPUFeatures) -> String {
+        if features.amxBF16 && features.avx512bf16 && features.avx512vnni && features.avx512Core { return "avx512_core_amx" }
+        if features.avx512bf16 && features.avx512vnni && features.avx512Core { return "avx512_core_bf16" }
+        if features.avx512vnni && features.avx512Core { return "avx512_core_vnni" }
+        if features.avx512Core { return "avx512_core" }
+        if features.avx2FMA { return "avx2" }
+        return "sse41"
+    }
+
+    static var description: String {
+        "oneDNN \(version) \(isa) (dispatched by instruction set from \(CPUFeatures.current.gemmSummary))"
+    }
+}
+
+/// OpenBLAS, opened at first use with its kernel set chosen from the CPU's features.
+///
+/// OpenBLAS reads `OPENBLAS_CORETYPE` once, when the library initializes, and its own detection
+/// falls back to generic `Prescott` kernels on processors newer than its release (Debian's 0.3.21
+/// on an Intel family 6 model 207 runs at a seventh of its speed). So kdgpu does not link it:
+/// it sets the variable from the CPUID feature bits (never from the model number, never a kernel
+/// set the CPU or the OS does not enable), then loads the library. A variable the user set wins.
+public final class OpenBLASLibrary: @unchecked Sendable {
+    public typealias Sgemm = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
+                                             UnsafePointer<Float>?, Int32, Float, UnsafeMutablePointer<Float>?, Int32) -> Void
+    public let sgemm: Sgemm
+    /// The kernel set OpenBLAS runs (`openblas_get_corename()`).
+    public let coreName: String
+    /// Why: chosen from which features, or set by the user.
+    public let reason: String
+
+    private static let loaded: Result<OpenBLASLibrary, TensorError> = Result { try OpenBLASLibrary() }.mapError {
+        $0 as? TensorError ?? .device("\($0)")
+    }
+
+    public static var shared: OpenBLASLibrary { get throws { try loaded.get() } }
+
+    /// The kernel set for these features: the widest the CPU and the OS both enable.
+    public static func coreType(for features: CPUFeatures) -> String? {
+        if features.avx512Core { return features.avx512bf16 ? "Cooperlake" : "SkylakeX" }
+        if features.avx2FMA { return features.vendor == "AuthenticAMD" || features.vendor == "HygonGenuine" ? "Zen" : "Haswell" }
+        return nil
+    }
+
+    public var description: String { "OpenBLAS \(coreName) (\(reason))" }
+
+    private init() throws {
+        let variable = "OPENBLAS_CORETYPE"
+        let features = CPUFeatures.current
+        if let set = ProcessInfo.processInfo.environment[variable], !set.isEmpty {
+            reason = "set by \(variable)=\(set)"
+        } else if let core = Self.coreType(for: features) {
+            setenv(variable, core, 1)
+            reason = "chosen from \(features.gemmSummary)"
+        } else {
+            reason = "OpenBLAS's own detection: no AVX2+FMA"
+        }
+        guard let handle = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_GLOBAL) ?? dlopen("libopenblas.so", RTLD_NOW | RTLD_GLOBAL) else {
+            throw TensorError.device("OpenBLAS: cannot load libopenblas.so.0 (install the Debian package libopenblas0)")
+        }
+        guard let sgemm = dlsym(handle, "cblas_sgemm"), let corename = dlsym(handle, "openblas_get_corename") else {
+            throw TensorError.device("OpenBLAS: libopenblas.so.0 lacks cblas_sgemm or openblas_get_corename")
+        }
+        self.sgemm = unsafeBitCast(sgemm, to: Sgemm.self)
+        let name = unsafeBitCast(corename, to: (@convention(c) () -> UnsafeMutablePointer<CChar>?).self)()
+        coreName = name.map { String(cString: $0) } ?? "unknown"
+    }
+}

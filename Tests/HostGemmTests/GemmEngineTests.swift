@@ -1,0 +1,106 @@
+import COneDNN
+import Foundation
+import HostGemm
+import Tensor
+import XCTest
+
+/// The host GEMM engines: chosen from the processor's features, and correct on every shape.
+final class GemmEngineTests: XCTestCase {
+    /// oneDNN's own CPU detection reaches at least the instruction set our CPUID + XGETBV reading
+    /// says the CPU and the OS enable, and never uses AVX-512 where we read none.
+    func testOneDNNDispatchesToTheInstructionSetsThisProcessorEnables() {
+        let features = CPUFeatures.current
+        let effective = dnnl_get_effective_cpu_isa().rawValue
+        let avx512Bit: UInt32 = 0x20  // in every avx512_core* value of dnnl_cpu_isa_t, in none of avx2's
+        if features.avx512Core {
+            XCTAssertEqual(effective & dnnl_cpu_isa_avx512_core.rawValue, dnnl_cpu_isa_avx512_core.rawValue,
+                           "\(features.processorDescription) enables \(features.gemmSummary) but oneDNN dispatches to \(OneDNN.isa)")
+        } else if features.avx2FMA {
+            XCTAssertEqual(effective & dnnl_cpu_isa_avx2.rawValue, dnnl_cpu_isa_avx2.rawValue, "oneDNN dispatches to \(OneDNN.isa)")
+        }
+        if !features.avx512f { XCTAssertEqual(effective & avx512Bit, 0, "oneDNN uses AVX-512 (\(OneDNN.isa)) on a CPU or OS without it") }
+        XCTAssertTrue(GemmEngine.onednn.description.contains(OneDNN.isa))
+        XCTAssertTrue(GemmEngine.onednn.description.contains(features.gemmSummary))
+    }
+
+    /// OpenBLAS runs the kernel set chosen from the feature bits (unless the user set OPENBLAS_CORETYPE).
+    func testOpenBLASRunsTheKernelSetChosenFromTheFeatureBits() throws {
+        let library = try OpenBLASLibrary.shared
+        if let set = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"], !library.reason.hasPrefix("chosen") {
+            XCTAssertEqual(library.reason, "set by OPENBLAS_CORETYPE=\(set)")
+            return
+        }
+        let features = CPUFeatures.current
+        guard let expected = OpenBLASLibrary.coreType(for: features) else { return }
+        XCTAssertEqual(library.coreName.lowercased(), expected.lowercased(), library.description)
+        if features.avx512Core { XCTAssertTrue(["SkylakeX", "Cooperlake"].contains(expected)) }
+        if !features.avx512f { XCTAssertFalse(["SkylakeX", "Cooperlake"].contains(expected)) }
+    }
+
+    /// Kernel sets from feature sets, including processors this machine is not: never by model number.
+    func testKernelSetsFollowFeaturesNotModels() {
+        var f = CPUFeatures.current
+        (f.avx512f, f.avx512dq, f.avx512bw, f.avx512vl, f.avx512bf16, f.avx2, f.fma) = (true, true, true, true, false, true, true)
+        f.vendor = "GenuineIntel"
+        f.model = 207
+        XCTAssertEqual(OpenBLASLibrary.coreType(for: f), "SkylakeX")
+        f.avx512bf16 = true
+        XCTAssertEqual(OpenBLASLibrary.coreType(for: f), "Cooperlake")
+        f.avx512bw = false
+        XCTAssertEqual(OpenBLASLibrary.coreType(for: f), "Haswell")
+        f.vendor = "AuthenticAMD"
+        XCTAssertEqual(OpenBLASLibrary.coreType(for: f), "Zen")
+        f.avx2 = false
+        XCTAssertNil(OpenBLASLibrary.coreType(for: f))
+    }
+
+    func testUnknownEngineIsOneLineNamingTheAvailableOnes() {
+        XCTAssertNil(try GemmEngine.requested([:]))
+        XCTAssertEqual(try GemmEngine.requested([GemmEngine.environmentVariable: "OpenBLAS"]), .openblas)
+        XCTAssertThrowsError(try GemmEngine.requested([GemmEngine.environmentVariable: "mkl"])) { error in
+            let text = "\(error)"
+            XCTAssertFalse(text.contains("\n"))
+            for name in ["KDGPU_GEMM=mkl", "onednn", "openblas", "clblast"] { XCTAssertTrue(text.contains(name), text) }
+        }
+    }
+
+    /// Both host engines against an fp64 product: odd shapes, every transpose, alpha and beta, batches.
+    func testEveryHostEngineMatchesFP64() throws {
+        var random = SplitMix64(seed: 11)
+        for engine in GemmEngine.allCases where engine.runsOnHost {
+            for (m, n, k, batch) in [(1, 1, 1, 1), (7, 13, 5, 1), (33, 17, 65, 3), (130, 129, 31, 2)] {
+                for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let p = GemmProblem(m: m, n: n, k: k, batch: batch, transposeA: transposeA, transposeB: transposeB,
+                                        alpha: 0.75, beta: -0.5, strideA: m * k + 3, strideB: k * n + 1, strideC: m * n + 2)
+                    let a = (0..<(p.strideA * batch)).map { _ in Float(random.unit() * 2 - 1) }
+                    let b = (0..<(p.strideB * batch)).map { _ in Float(random.unit() * 2 - 1) }
+                    var c = (0..<(p.strideC * batch)).map { _ in Float(random.unit() * 2 - 1) }
+                    var expected = c.map(Double.init)
+                    for i in 0..<batch {
+                        for row in 0..<m {
+                            for column in 0..<n {
+                                var sum = 0.0
+                                for l in 0..<k {
+                                    let x = a[i * p.strideA + (transposeA ? l * p.lda + row : row * p.lda + l)]
+                                    let y = b[i * p.strideB + (transposeB ? column * p.ldb + l : l * p.ldb + column)]
+                                    sum += Double(x) * Double(y)
+                                }
+                                let index = i * p.strideC + row * p.ldc + column
+                                expected[index] = 0.75 * sum - 0.5 * expected[index]
+                            }
+                        }
+                    }
+                    try a.withUnsafeBufferPointer { pa in
+                        try b.withUnsafeBufferPointer { pb in
+                            try c.withUnsafeMutableBufferPointer { pc in
+                                try hostGemm(engine, p, pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
+                            }
+                        }
+                    }
+                    let worst = zip(c, expected).map { abs(Double($0) - $1) }.max() ?? 0
+                    XCTAssertLessThan(worst, 1e-5 * Double(k), "\(engine) \(p)")
+                }
+            }
+        }
+    }
+}

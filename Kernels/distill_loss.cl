@@ -165,7 +165,9 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
 
 // The fused loss. Tensor arguments are (buffer, element offset); zs and dz may be the same buffer
 // (in place). zs is [rows, V]; the dense teacher row r starts at zt + zto + r * zt_ld (zt_ld >= V
-// truncates a padded teacher vocabulary); a top-k teacher is ids/vals [rows, k].
+// truncates a padded teacher vocabulary); a top-k teacher is ids/vals [rows, k]. row_ce gets each
+// row's hard-label cross-entropy (untempered student) whenever FLAG_HARD is set, even at hard_weight 0,
+// so the soft and hard parts of the loss come out of the same pass.
 // param: beta (jsd) or alpha (sfkl, srkl). soft_weight already includes T^2 when asked for.
 __kernel void distill_loss_rows(
     __global const float* zs, int zso,
@@ -173,7 +175,7 @@ __kernel void distill_loss_rows(
     __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,
     __global const float* labels, int lo, __global const float* mask, int mo,
     __global float* dz, int dzo,
-    __global float* row_loss, int rlo, __global float* row_status, int rso,
+    __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco,
     __global const float* valid_count, int vco,
     __global float* scratch,
     int rows, int n, int kind, int flags, int ignore_index,
@@ -457,6 +459,7 @@ __kernel void distill_loss_rows(
         if (lid == 0) {
             row_loss[rlo + row] = valid ? loss : 0.0f;
             row_status[rso + row] = (float)status;
+            row_ce[rco + row] = valid ? cross_entropy : 0.0f;
         }
         // The scratch rows are reused by the next row.
         barrier(CLK_GLOBAL_MEM_FENCE);

@@ -15,6 +15,8 @@ public struct DistillRowArguments {
     public var dz: UnsafeMutablePointer<Float>
     public var rowLoss: UnsafeMutablePointer<Float>
     public var rowStatus: UnsafeMutablePointer<Float>
+    /// Each row's hard-label cross-entropy (written when the flags have `hard`, else 0).
+    public var rowCrossEntropy: UnsafeMutablePointer<Float>
     public var validCount: Float
     /// `[groups, 4, Vp]`, Vp = V rounded up to 16.
     public var scratch: UnsafeMutablePointer<Float>
@@ -251,6 +253,7 @@ extension CPUKernels {
             }
             a.rowLoss[row] = valid ? loss : 0
             a.rowStatus[row] = Float(status)
+            a.rowCrossEntropy[row] = valid ? crossEntropy : 0
         }
     }
 

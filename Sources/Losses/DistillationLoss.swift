@@ -154,10 +154,15 @@ public struct DistillationLoss: Sendable {
     public var taidInterpolation: Float?
     /// Accept a teacher with a larger (padded) vocabulary and use its first V columns.
     public var truncateTeacherVocabulary: Bool
+    /// Report the hard-label cross-entropy (``DistillationLossResult/crossEntropy``) from the same
+    /// pass even when `hardWeight` is 0 (it needs labels). It is always reported when `hardWeight != 0`.
+    public var reportCrossEntropy: Bool
 
     public init(divergence: Divergence = .forwardKL, temperature: Float = 1, scaleBySquaredTemperature: Bool = true,
                 softWeight: Float = 1, hardWeight: Float = 0, ignoreIndex: Int = -100, reduction: LossReduction = .mean,
-                forwardOnly: Bool = false, taidInterpolation: Float? = nil, truncateTeacherVocabulary: Bool = false) {
+                forwardOnly: Bool = false, taidInterpolation: Float? = nil, truncateTeacherVocabulary: Bool = false,
+                reportCrossEntropy: Bool = false) {
+        self.reportCrossEntropy = reportCrossEntropy
         self.divergence = divergence
         self.temperature = temperature
         self.scaleBySquaredTemperature = scaleBySquaredTemperature
@@ -184,6 +189,16 @@ public struct DistillationLossResult: Sendable {
     public let rowLosses: [Float]
     /// Rows neither masked nor labelled `ignoreIndex`.
     public let validRows: Int
+    /// The hard-label cross-entropy of the untempered student, reduced like `loss`, from the same
+    /// pass: present when `hardWeight != 0` or ``DistillationLoss/reportCrossEntropy`` (with labels).
+    public let crossEntropy: Float?
+
+    public init(loss: Float, rowLosses: [Float], validRows: Int, crossEntropy: Float? = nil) {
+        self.loss = loss
+        self.rowLosses = rowLosses
+        self.validRows = validRows
+        self.crossEntropy = crossEntropy
+    }
 }
 
 /// A problem found in the data of one loss call, with the first row it occurs in.

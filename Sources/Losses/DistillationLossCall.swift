@@ -113,7 +113,7 @@ struct DistillationPlan {
         }
         if labels != nil { flags |= DistillFlags.labels }
         if rowMask != nil { flags |= DistillFlags.mask }
-        if loss.hardWeight != 0 { flags |= DistillFlags.hard }
+        if loss.hardWeight != 0 || (loss.reportCrossEntropy && labels != nil) { flags |= DistillFlags.hard }
         if loss.taidInterpolation != nil { flags |= DistillFlags.taid }
         if !loss.forwardOnly { flags |= DistillFlags.gradient }
         if loss.reduction == .mean { flags |= DistillFlags.mean }
@@ -148,6 +148,7 @@ struct DistillationPlan {
     struct Workspace {
         let rowLoss: Tensor
         let rowStatus: Tensor
+        let rowCrossEntropy: Tensor
         let scratch: Tensor
         let validCount: Tensor?
     }
@@ -164,6 +165,7 @@ struct DistillationPlan {
         }
         return Workspace(rowLoss: try backend.tensor(shape: [rows], label: "distillation row losses"),
                          rowStatus: try backend.tensor(shape: [rows], label: "distillation row status"),
+                         rowCrossEntropy: try backend.tensor(shape: [rows], label: "distillation row cross-entropies"),
                          scratch: scratch, validCount: validCount)
     }
 
@@ -177,7 +179,7 @@ struct DistillationPlan {
             student: student, teacher: nil, teacherStride: teacherStride, topKIDs: nil, topKValues: nil, k: k,
             labels: try labels?.reshaped([rows]).rows(range), mask: try rowMask?.reshaped([rows]).rows(range),
             gradient: gradient, rowLoss: try workspace.rowLoss.rows(range), rowStatus: try workspace.rowStatus.rows(range),
-            validCount: validCount, scratch: workspace.scratch, rows: range.count, vocabulary: vocabulary, kind: loss.divergence.kernelKind,
+            rowCrossEntropy: try workspace.rowCrossEntropy.rows(range), validCount: validCount, scratch: workspace.scratch, rows: range.count, vocabulary: vocabulary, kind: loss.divergence.kernelKind,
             flags: validCount == nil ? flags & ~DistillFlags.mean : flags,
             ignoreIndex: Int32(loss.ignoreIndex), inverseTemperature: 1 / loss.temperature,
             parameter: loss.divergence.parameter, taid: loss.taidInterpolation ?? 0,
@@ -199,7 +201,9 @@ struct DistillationPlan {
     /// Reduces the row values (downloaded here), or throws for the first bad row.
     func finish(_ workspace: Workspace, teacher: TeacherLogits) throws -> DistillationLossResult {
         let rowLoss = try workspace.rowLoss.toArray(), rowStatus = try workspace.rowStatus.toArray()
-        var total = 0.0
+        let hasCrossEntropy = flags & DistillFlags.hard != 0
+        let rowCrossEntropy = hasCrossEntropy ? try workspace.rowCrossEntropy.toArray() : []
+        var total = 0.0, totalCrossEntropy = 0.0
         var validRows = 0
         for row in 0..<rows {
             let status = Int(rowStatus[row])
@@ -212,10 +216,12 @@ struct DistillationPlan {
                                             + "teacher with a reverse or skewed divergence, or a student -inf where the teacher is not)")
             }
             total += Double(value)
+            if hasCrossEntropy { totalCrossEntropy += Double(rowCrossEntropy[row]) }
             validRows += 1
         }
-        let reduced = loss.reduction == .mean ? total / Double(max(1, validRows)) : total
-        return DistillationLossResult(loss: Float(reduced), rowLosses: rowLoss, validRows: validRows)
+        func reduce(_ sum: Double) -> Float { Float(loss.reduction == .mean ? sum / Double(max(1, validRows)) : sum) }
+        return DistillationLossResult(loss: reduce(total), rowLosses: rowLoss, validRows: validRows,
+                                      crossEntropy: hasCrossEntropy ? reduce(totalCrossEntropy) : nil)
     }
 
     static func describe(status: Int, vocabulary: Int) -> String {

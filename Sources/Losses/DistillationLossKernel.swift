@@ -21,6 +21,8 @@ public struct DistillLossLaunch {
     public var gradient: Tensor
     public var rowLoss: Tensor
     public var rowStatus: Tensor
+    /// `[rows]`: each row's hard-label cross-entropy when the flags have `hard`.
+    public var rowCrossEntropy: Tensor
     /// One element holding the number of valid rows (read when the flags ask for the mean).
     public var validCount: Tensor?
     public var scratch: Tensor
@@ -72,7 +74,7 @@ extension CPUBackend: DistillationLossKernel {
             topKIDs: try l.topKIDs.map { try pointer($0) }, topKValues: try l.topKValues.map { try pointer($0) }, k: l.k,
             labels: try l.labels.map { try pointer($0) }, mask: try l.mask.map { try pointer($0) },
             dz: try mutablePointer(l.gradient), rowLoss: try mutablePointer(l.rowLoss), rowStatus: try mutablePointer(l.rowStatus),
-            validCount: try l.validCount.map { try pointer($0)[0] } ?? 1, scratch: try mutablePointer(l.scratch),
+            rowCrossEntropy: try mutablePointer(l.rowCrossEntropy), validCount: try l.validCount.map { try pointer($0)[0] } ?? 1, scratch: try mutablePointer(l.scratch),
             rows: l.rows, n: l.vocabulary, kind: l.kind, flags: l.flags & ~DistillFlags.contiguous, ignoreIndex: Int(l.ignoreIndex),
             inverseTemperature: l.inverseTemperature, parameter: l.parameter, taid: l.taid, softWeight: l.softWeight,
             hardWeight: l.hardWeight, gradOutput: l.gradOutput)
@@ -136,7 +138,8 @@ extension OpenCLBackend: DistillationLossKernel {
         args += try optionalArguments(l.teacher) + [try int32(l.teacherStride, "teacher row stride")]
         args += try optionalArguments(l.topKIDs) + optionalArguments(l.topKValues) + [try int32(l.k, "k")]
         args += try optionalArguments(l.labels) + optionalArguments(l.mask)
-        args += try arguments(l.gradient) + arguments(l.rowLoss) + arguments(l.rowStatus) + optionalArguments(l.validCount)
+        args += try arguments(l.gradient) + arguments(l.rowLoss) + arguments(l.rowStatus) + arguments(l.rowCrossEntropy)
+            + optionalArguments(l.validCount)
         args += [try buffer(l.scratch)]
         args += [try int32(l.rows, "rows"), try int32(l.vocabulary, "vocabulary"), l.kind, flags, l.ignoreIndex,
                  l.inverseTemperature, l.parameter, l.taid, l.softWeight, l.hardWeight, l.gradOutput]

@@ -108,6 +108,39 @@ final class DivergenceTests: XCTestCase {
         }
     }
 
+    /// The hard-label cross-entropy comes out of the same pass as the soft loss, at any hard weight
+    /// (0 included), equal to an fp64 CE-only reference; asking for it changes neither loss nor gradient.
+    func testCrossEntropyReportedFromTheSamePass() throws {
+        let backends = try lossBackends()
+        var rng = SeededRandom(seed: 31)
+        var problem = LossProblem.random(&rng, rows: 11, vocabulary: 1037, scale: 30, maskedRows: [6])
+        problem.labels = (0..<11).map { $0 == 4 || $0 == 6 ? -100 : Float(Int.random(in: 0..<1037, using: &rng)) }
+        for r in 0..<11 where problem.labels![r] >= 0 {
+            let j = Int(problem.labels![r])
+            if problem.student[r * 1037 + j] == -.infinity { (problem.student[r * 1037 + j], problem.teacher[r * 1037 + j]) = (1, 1) }
+        }
+        let reference = problem.reference(DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, forwardOnly: true)).loss
+        for backend in backends {
+            for temperature: Float in [1, 2] {
+                for divergence in [Divergence.forwardKL, .jensenShannon(beta: 0.5)] {
+                    for hardWeight: Float in [0, 0.1] {
+                        var options = DistillationLoss(divergence: divergence, temperature: temperature, hardWeight: hardWeight)
+                        let context = "\(divergence) T=\(temperature) hard \(hardWeight) on \(backend.name)"
+                        let (plain, plainGradient) = try problem.run(options, on: backend)
+                        options.reportCrossEntropy = true
+                        let (reported, gradient) = try problem.run(options, on: backend)
+                        let crossEntropy = try XCTUnwrap(reported.crossEntropy, context)
+                        XCTAssertEqual(Double(crossEntropy), reference, accuracy: abs(reference) * 2e-6, context)
+                        XCTAssertEqual(reported.loss, plain.loss, accuracy: abs(plain.loss) * 1e-6, context)
+                        let comparison = Comparison(gradient, reference: plainGradient.map(Double.init))
+                        XCTAssertTrue(comparison.passes(tolerance: 1e-6), "\(context): gradient \(comparison)")
+                        if hardWeight == 0 { XCTAssertNil(plain.crossEntropy, context) } else { XCTAssertNotNil(plain.crossEntropy, context) }
+                    }
+                }
+            }
+        }
+    }
+
     /// Infinite entries: a teacher-only -inf under forward KL and a student-only -inf under reverse KL
     /// are finite losses; a fully masked row that is ignored adds nothing.
     func testOneSidedNegativeInfinity() throws {

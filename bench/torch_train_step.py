@@ -4,10 +4,12 @@ README can show the two side by side (measured one after the other on the same m
 
 The step: teacher (SmolLM2-135M from the GGUF, dequantized to fp32 by the `gguf` package) forward
 without gradients; student (the teacher's blocks 0,1,2,27,28,29, tied embeddings) forward and
-backward of 0.1 * CE + T^2 * KL(teacher || student) at T = 2 over 4 x 128 tokens; AdamW step.
+backward of 0.1 * CE + T^2 * KL(teacher || student) at T = 2 over 4 x 128 tokens (or --batch-size x
+--seq-len); AdamW step.
 
     pip install torch==2.13.0+cpu gguf numpy
-    python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3] [--json]
+    python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3]
+        [--batch-size 4] [--seq-len 128] [--json]
 """
 import argparse
 import json
@@ -71,6 +73,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher", default="cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -85,7 +89,7 @@ def main():
             if name.startswith(f"blk.{l}."):
                 student[f"blk.{i}." + name[len(f"blk.{l}."):]] = value.clone().requires_grad_(True)
     optimizer = torch.optim.AdamW(student.values(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    batch, length, temperature = 4, 128, 2.0
+    batch, length, temperature = args.batch_size, args.seq_len, 2.0
     generator = torch.Generator().manual_seed(7)
     times = []
     for run in range(args.runs + 1):

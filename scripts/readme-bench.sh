@@ -8,9 +8,17 @@ make -s build >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 .build/release/kdgpu bench "$@" --json-out "$work/kdgpu.json" > "$work/table.txt" 2>/dev/null
+# The larger training step (8 x 256) when the train suite runs: its own bench run, then PyTorch's.
+if [ $# -eq 0 ] || [[ " $* " == *" train "* ]]; then
+    .build/release/kdgpu bench train --batch-size 8 --seq-len 256 --runs 3 --json-out "$work/kdgpu_large.json" > "$work/table_large.txt" 2>/dev/null
+fi
 if python3 -c "import torch, gguf" 2>/dev/null; then
+    python3 bench/torch_gemm.py --json > "$work/torch_gemm.json"
     python3 bench/torch_loss.py --vocab 49152 --json > "$work/torch_loss.json"
     python3 bench/torch_train_step.py --json > "$work/torch_train.json"
+    if [ -f "$work/kdgpu_large.json" ]; then
+        python3 bench/torch_train_step.py --batch-size 8 --seq-len 256 --json > "$work/torch_train_large.json"
+    fi
 fi
 python3 - "$work" "$*" <<'PY'
 import json, os, sys
@@ -18,9 +26,19 @@ work, suites = sys.argv[1], sys.argv[2]
 cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":")[1].strip()
 records = json.load(open(f"{work}/kdgpu.json"))
 text = f"Measured on {os.cpu_count()} cores ({cpu}) with `kdgpu bench {suites}`:\n\n```\n{open(f'{work}/table.txt').read().rstrip()}\n```\n"
+if os.path.exists(f"{work}/table_large.txt"):
+    records += json.load(open(f"{work}/kdgpu_large.json"))
+    text += f"\nand `kdgpu bench train --batch-size 8 --seq-len 256`:\n\n```\n{open(f'{work}/table_large.txt').read().rstrip()}\n```\n"
 side = []
 def find(suite, kernel, shape_part):
     return [r for r in records if r["suite"] == suite and r["kernel"] == kernel and shape_part in r["shape"]]
+if os.path.exists(f"{work}/torch_gemm.json"):
+    torch_gemm = {r["shape"]: r for r in json.load(open(f"{work}/torch_gemm.json"))}
+    for r in records:
+        t = torch_gemm.get(r["shape"])
+        if r["suite"] == "gemm" and t and "in use" in (r.get("note") or "") and ("2048 K=2048" in r["shape"] or "49152" in r["shape"]):
+            side.append(f"- {r['kernel']}, {r['shape']}, {r['backend']}: {r['gflop_per_s']:.0f} GFLOP/s, "
+                        f"{r['gflop_per_s'] / t['gflop_per_s']:.2f}x PyTorch matmul ({t['gflop_per_s']:.0f} GFLOP/s)")
 if os.path.exists(f"{work}/torch_loss.json"):
     torch_loss = json.load(open(f"{work}/torch_loss.json"))
     torch_fb = [r for r in torch_loss if "backward" in r["kernel"]]
@@ -29,15 +47,18 @@ if os.path.exists(f"{work}/torch_loss.json"):
             side.append(f"- fused loss forward + gradient, 2048 x 49152, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms, "
                         f"{torch_fb[0]['median_seconds'] / r['median_seconds']:.1f}x PyTorch {torch_fb[0]['median_seconds'] * 1000:.0f} ms "
                         f"({r['fraction_of_copy_bandwidth']:.0%} of this run's copy bandwidth)")
-if os.path.exists(f"{work}/torch_train.json"):
-    torch_train = json.loads(open(f"{work}/torch_train.json").read())
-    for r in find("train", "distillation_step", "tokens"):
-        side.append(f"- distillation step, 4 x 128 tokens, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms ({r['tokens_per_s']:.0f} tokens/s), "
+for name, shape in [("torch_train.json", "4x128"), ("torch_train_large.json", "8x256")]:
+    if not os.path.exists(f"{work}/{name}"):
+        continue
+    torch_train = json.loads(open(f"{work}/{name}").read())
+    for r in find("train", "distillation_step", shape + " tokens"):
+        side.append(f"- distillation step, {shape.replace('x', ' x ')} tokens, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms "
+                    f"({r['tokens_per_s']:.0f} tokens/s, step peak {r['step_peak_mib']:.0f} MiB), "
                     f"{torch_train['median_seconds'] / r['median_seconds']:.2f}x PyTorch {torch_train['torch']} "
                     f"({torch_train['median_seconds'] * 1000:.0f} ms, {torch_train['tokens_per_s']:.0f} tokens/s)")
 if side:
     text += "\nSide by side with PyTorch CPU (2 threads) doing the same work right after, in the same session "
-    text += "(`bench/torch_loss.py`, `bench/torch_train_step.py`):\n\n" + "\n".join(side) + "\n"
+    text += "(`bench/torch_gemm.py`, `bench/torch_loss.py`, `bench/torch_train_step.py`):\n\n" + "\n".join(side) + "\n"
 readme = open("README.md").read()
 begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
 if begin not in readme or end not in readme:

@@ -26,14 +26,20 @@ public final class BenchContext {
     public let runs: Int
     /// The teacher GGUF for the suites that run a model.
     public let teacherPath: String?
+    /// Windows per micro-batch and tokens per window of the train suite's step.
+    public let trainBatchSize: Int
+    public let trainSeqLen: Int
     private let progress: (String) -> Void
     private var copyBandwidths: [ObjectIdentifier: Double] = [:]
 
-    public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, progress: @escaping (String) -> Void) {
+    public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, trainBatchSize: Int = 4,
+                trainSeqLen: Int = 128, progress: @escaping (String) -> Void) {
         self.backends = backends
         self.cpu = cpu
         self.runs = max(1, runs)
         self.teacherPath = teacherPath
+        self.trainBatchSize = trainBatchSize
+        self.trainSeqLen = trainSeqLen
         self.progress = progress
     }
 

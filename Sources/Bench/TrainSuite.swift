@@ -6,11 +6,13 @@ import Tensor
 import Training
 import TrainingData
 
-/// A full distillation step (teacher forward, student forward and backward, loss, AdamW) at the
-/// default shapes, with the share of time in GEMMs, in the loss kernels and in the rest.
+/// A full distillation step (teacher forward, student forward and backward, loss, AdamW) of
+/// `--batch-size` x `--seq-len` tokens (default 4 x 128), with the share of time in GEMMs, in the
+/// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
+/// workspaces: no [N, V] logits, so it grows with N x C, not N x V).
 public struct TrainSuite: BenchSuite {
     public let name = "train"
-    public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), default shapes: tokens/s, time shares (needs `make teacher`)"
+    public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), --batch-size x --seq-len: tokens/s, time shares, peak memory (needs `make teacher`)"
 
     public init() {}
 
@@ -20,6 +22,8 @@ public struct TrainSuite: BenchSuite {
         }
         var config = TrainingConfig()
         config.teacher = path
+        config.batchSize = context.trainBatchSize
+        config.seqLen = context.trainSeqLen
         let file = try GGUFFile(path: path)
         let teacherParameters = try LlamaParameters(gguf: file)
         let blocks = try StudentLayers.parse(config.studentLayers, teacherLayers: teacherParameters.config.layers)
@@ -48,9 +52,14 @@ public struct TrainSuite: BenchSuite {
             // The shares, from one more step with every GEMM and loss call synchronized and timed.
             let profile = Profiling.start(on: backend)
             defer { Profiling.stop(on: backend) }
+            let ledger = backend.ledger
+            let (inUseBefore, heldBefore) = (ledger.inUseBytes, ledger.allocatedBytes)
+            ledger.resetPeak()
             let start = DispatchTime.now().uptimeNanoseconds
             try fullStep()
             let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
+            let heldPeak = Double(max(ledger.peakAllocatedBytes, heldBefore)) / Double(1 << 20)
             let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0
             let error = referenceLoss.map { Double(abs($0 - firstLoss)) } ?? 0
             referenceLoss = referenceLoss ?? firstLoss
@@ -60,8 +69,10 @@ public struct TrainSuite: BenchSuite {
                 shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)",
                 medianSeconds: seconds, maxAbsError: error,
                 extra: ["tokens_per_s": Double(config.batchSize * config.seqLen) / seconds, "gemm_share": gemm / profiled,
-                        "loss_share": loss / profiled, "rest_share": max(0, 1 - (gemm + loss) / profiled)],
-                note: "max abs err: first step's loss vs the CPU backend's; shares from one profiled step"))
+                        "loss_share": loss / profiled, "rest_share": max(0, 1 - (gemm + loss) / profiled),
+                        "step_peak_mib": stepPeak, "held_mib": heldPeak],
+                note: "max abs err: first step's loss vs the CPU backend's; shares and memory from one profiled step "
+                    + "(step_peak_mib: the step's peak in use above the weights and optimizer state; held_mib: all kdgpu holds, pooled blocks included)"))
         }
         return records
     }

@@ -2,23 +2,22 @@ import Foundation
 import HostGemm
 import Tensor
 
-/// Host memory owned by a CPU tensor (64-byte aligned).
+/// Host memory owned by a CPU tensor (64-byte aligned), from the backend's pool when it keeps a
+/// block of the size; given back to the pool when the tensor goes.
 public final class CPUStorage: TensorStorage {
     public let byteCount: Int
     let pointer: UnsafeMutableRawPointer
-    private let ledger: MemoryLedger
+    private let pool: BlockPool<UnsafeMutableRawPointer>
 
-    init(byteCount: Int, ledger: MemoryLedger, label: String) throws {
-        try ledger.reserve(byteCount, for: label)
+    init(byteCount: Int, pool: BlockPool<UnsafeMutableRawPointer>, label: String) throws {
         self.byteCount = byteCount
-        self.ledger = ledger
-        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)
+        self.pool = pool
+        pointer = try pool.obtain(byteCount, for: label) {
+            UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)
+        }
     }
 
-    deinit {
-        pointer.deallocate()
-        ledger.release(byteCount)
-    }
+    deinit { pool.recycle(pointer, bytes: byteCount) }
 }
 
 /// The CPU backend: Swift kernels spread over all cores, GEMMs through the host engine chosen from
@@ -40,10 +39,18 @@ public final class CPUBackend: Backend {
         didSet { precondition(gemmEngine.runsOnHost, "the CPU backend runs host GEMM engines only") }
     }
 
+    public let ropeTables = RoPETables()
+
     public var gemmDescription: String { gemmEngine.description }
+
+    deinit { pool.drain() }
+
+    /// Freed blocks kept for reuse (up to a quarter of the budget).
+    let pool: BlockPool<UnsafeMutableRawPointer>
 
     public init() throws {
         ledger = MemoryLedger(deviceName: "cpu", budgetBytes: try MemoryLedger.budget(default: physicalMemoryBytes * 3 / 4))
+        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 4) { $0.deallocate() }
         let requested = try GemmEngine.requested()
         gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
     }
@@ -52,7 +59,7 @@ public final class CPUBackend: Backend {
         guard shape.allSatisfy({ $0 >= 0 }) else {
             throw TensorError.shapeMismatch("\(label): negative dimension in \(describeShape(shape))")
         }
-        let storage = try CPUStorage(byteCount: dtype.byteCount(elements: shape.reduce(1, *)), ledger: ledger, label: label)
+        let storage = try CPUStorage(byteCount: dtype.byteCount(elements: shape.reduce(1, *)), pool: pool, label: label)
         return Tensor(shape: shape, dtype: dtype, storage: storage, backend: self, label: label)
     }
 

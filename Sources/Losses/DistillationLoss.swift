@@ -192,12 +192,20 @@ public struct DistillationLossResult: Sendable {
     /// The hard-label cross-entropy of the untempered student, reduced like `loss`, from the same
     /// pass: present when `hardWeight != 0` or ``DistillationLoss/reportCrossEntropy`` (with labels).
     public let crossEntropy: Float?
+    /// The teacher's own hard-label cross-entropy, when the fused linear path was asked for it.
+    public let teacherCrossEntropy: Float?
 
-    public init(loss: Float, rowLosses: [Float], validRows: Int, crossEntropy: Float? = nil) {
+    public init(loss: Float, rowLosses: [Float], validRows: Int, crossEntropy: Float? = nil, teacherCrossEntropy: Float? = nil) {
         self.loss = loss
         self.rowLosses = rowLosses
         self.validRows = validRows
         self.crossEntropy = crossEntropy
+        self.teacherCrossEntropy = teacherCrossEntropy
+    }
+
+    func with(teacherCrossEntropy: Float?) -> DistillationLossResult {
+        DistillationLossResult(loss: loss, rowLosses: rowLosses, validRows: validRows, crossEntropy: crossEntropy,
+                               teacherCrossEntropy: teacherCrossEntropy)
     }
 }
 

@@ -9,6 +9,9 @@ public enum LinearTeacher {
     /// teacher logits are made chunk by chunk like the student's and never exist whole.
     case hidden(Tensor, weight: Tensor)
     case topK(TopKTeacher)
+    /// No teacher: only the hard-label cross-entropy (`softWeight` 0), e.g. a validation NLL. The
+    /// kernel reads the student's own chunk as its teacher, so no second GEMM runs.
+    case none
 }
 
 /// The LM head and the distillation loss fused over chunks of rows: for each chunk, `z = h W^T`
@@ -42,9 +45,11 @@ public struct FusedLinearDistillationLoss: Sendable {
     ///   - weight: student LM head `[V, C]`.
     ///   - gradHidden: `[N, C]`, overwritten with `d loss / d hidden` (skipped when nil).
     ///   - gradWeight: `[V, C]`, `d loss / d weight` is added to it (skipped when nil).
+    ///   - teacherCrossEntropy: also the teacher's own hard-label cross-entropy (a `.hidden` teacher
+    ///     and labels), from its logits chunks (``DistillationLossResult/teacherCrossEntropy``).
     public func callAsFunction(hidden: Tensor, weight: Tensor, teacher: LinearTeacher, labels: Tensor? = nil,
                                rowMask: Tensor? = nil, gradHidden: Tensor? = nil, gradWeight: Tensor? = nil,
-                               gradOutput: Float = 1) throws -> DistillationLossResult {
+                               gradOutput: Float = 1, teacherCrossEntropy: Bool = false) throws -> DistillationLossResult {
         let backend = hidden.backend
         try backend.requireFloat32(hidden, weight, op: "fused linear distillation loss")
         guard hidden.rank == 2, weight.rank == 2 else {
@@ -100,10 +105,26 @@ public struct FusedLinearDistillationLoss: Sendable {
         case .hidden:
             planTeacher = .dense(Tensor(shape: [rows, vocabulary], storage: teacherChunk!.storage, backend: backend,
                                         label: "teacher logits (made chunk by chunk)"))
+        case .none:
+            guard loss.softWeight == 0 else {
+                throw TensorError.unsupported("fused linear distillation loss: no teacher, but softWeight is \(loss.softWeight); set it to 0 (cross-entropy only)")
+            }
+            planTeacher = .dense(wholeStudent)
         }
         let plan = try DistillationPlan(loss: loss, student: wholeStudent, teacher: planTeacher, labels: labels,
                                         rowMask: rowMask, gradient: .inPlace)
         let workspace = try plan.workspace(launchRows: chunk)
+        // The teacher's own cross-entropy: a forward-only CE pass over each teacher chunk (no GEMM).
+        var teacherPlan: (plan: DistillationPlan, workspace: DistillationPlan.Workspace)?
+        if teacherCrossEntropy, case .dense(let wholeTeacher) = planTeacher, teacherChunk != nil {
+            let crossEntropy = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, ignoreIndex: loss.ignoreIndex,
+                                                reduction: loss.reduction, forwardOnly: true)
+            let plan = try DistillationPlan(loss: crossEntropy, student: wholeTeacher, teacher: planTeacher, labels: labels,
+                                            rowMask: rowMask, gradient: .inPlace)
+            teacherPlan = (plan, try plan.workspace(launchRows: chunk))
+        } else if teacherCrossEntropy {
+            throw TensorError.unsupported("fused linear distillation loss: the teacher's cross-entropy needs a .hidden teacher")
+        }
 
         var start = 0
         while start < rows {
@@ -116,16 +137,26 @@ public struct FusedLinearDistillationLoss: Sendable {
                 let t = try teacherChunk.rows(0..<range.count)
                 try backend.gemm(try teacherHead.hidden.rows(range), teacherHead.weight, into: t, transposeB: true)
                 teacherLogits = t
+            } else if case .none = teacher {
+                teacherLogits = z
             }
-            try plan.enqueue(rows: range, student: z, gradient: z, teacher: planTeacher, workspace: workspace, gradOutput: gradOutput,
-                             teacherChunk: teacherLogits)
+            try Profiling.measure("loss", on: backend) {
+                if let teacherPlan, let t = teacherLogits {
+                    try teacherPlan.plan.enqueue(rows: range, student: t, gradient: t, teacher: planTeacher, workspace: teacherPlan.workspace,
+                                                 gradOutput: 1, teacherChunk: t)
+                }
+                try plan.enqueue(rows: range, student: z, gradient: z, teacher: planTeacher, workspace: workspace, gradOutput: gradOutput,
+                                 teacherChunk: teacherLogits)
+            }
             if !loss.forwardOnly {
                 if let gradHidden { try backend.gemm(z, weight, into: try gradHidden.rows(range)) }
                 if let gradWeight { try backend.gemm(z, h, into: gradWeight, transposeA: true, beta: 1) }
             }
             start = range.upperBound
         }
-        return try plan.finish(workspace, teacher: planTeacher)
+        let result = try plan.finish(workspace, teacher: planTeacher)
+        guard let teacherPlan else { return result }
+        return result.with(teacherCrossEntropy: try teacherPlan.plan.finish(teacherPlan.workspace, teacher: planTeacher).crossEntropy)
     }
 
     /// The same computation with whole `[N, V]` logits (GEMM, loss, GEMMs): the reference the fused
@@ -145,6 +176,7 @@ public struct FusedLinearDistillationLoss: Sendable {
             let t = try backend.tensor(shape: [rows, vocabulary], label: "materialized teacher logits")
             try backend.gemm(teacherHidden, try teacherWeight.rows(0..<vocabulary), into: t, transposeB: true)
             teacherLogits = .dense(t)
+        case .none: teacherLogits = .dense(logits)
         }
         let result = try loss(student: logits, teacher: teacherLogits, labels: labels, rowMask: rowMask, gradOutput: gradOutput)
         if !loss.forwardOnly {

@@ -28,11 +28,15 @@ public final class OpenCLBackend: Backend {
         didSet { precondition(!gemmEngine.runsOnHost || device.isCPU, "host GEMMs need a CPU device's host-visible buffers") }
     }
 
+    public let ropeTables = RoPETables()
+
     public var gemmDescription: String {
         gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers" : "CLBlast on \(device.name)"
     }
 
     let context: cl_context
+    /// Freed buffers kept for reuse (up to a quarter of the budget).
+    let pool: BlockPool<cl_mem>
     var queue: cl_command_queue?
     private var programs: [String: cl_program] = [:]
     private var kernels: [String: cl_kernel] = [:]
@@ -74,6 +78,7 @@ public final class OpenCLBackend: Backend {
         let defaultBudget = device.isCPU ? min(physicalMemoryBytes * 3 / 4, max(device.globalMemoryBytes, physicalMemoryBytes / 2))
                                          : device.globalMemoryBytes * 9 / 10
         ledger = MemoryLedger(deviceName: device.name, budgetBytes: try MemoryLedger.budget(default: defaultBudget))
+        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 4) { clReleaseMemObject($0) }
         let environment = ProcessInfo.processInfo.environment
         var chosen = layout ?? RowKernelLayout.preferred(for: device)
         let widths = RowKernelLayout.vectorWidths.map(String.init).joined(separator: ", ")
@@ -122,6 +127,7 @@ public final class OpenCLBackend: Backend {
 
     deinit {
         clFinish(queue)
+        pool.drain()
         for kernel in kernels.values { clReleaseKernel(kernel) }
         for program in programs.values { clReleaseProgram(program) }
         clReleaseCommandQueue(queue)
@@ -141,7 +147,7 @@ public final class OpenCLBackend: Backend {
             throw TensorError.shapeMismatch("\(label): negative dimension in \(describeShape(shape))")
         }
         let bytes = dtype.byteCount(elements: shape.reduce(1, *))
-        let buffer = try OpenCLBuffer(context: context, byteCount: bytes, flags: bufferFlags, ledger: ledger,
+        let buffer = try OpenCLBuffer(context: context, byteCount: bytes, flags: bufferFlags, pool: pool,
                                       label: label, device: device)
         return Tensor(shape: shape, dtype: dtype, storage: buffer, backend: self, label: label)
     }

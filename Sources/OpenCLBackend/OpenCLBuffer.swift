@@ -2,33 +2,33 @@ import COpenCL
 import Tensor
 
 /// A `cl_mem` owned by Swift: released, and taken off the memory ledger, when the last tensor using it goes.
+/// A device buffer owned by a tensor, from the backend's pool when it keeps one of the size; given
+/// back to the pool when the tensor goes (``BlockPool``).
 public final class OpenCLBuffer: TensorStorage, @unchecked Sendable {
     public let byteCount: Int
     let mem: cl_mem
-    private let ledger: MemoryLedger
+    private let pool: BlockPool<cl_mem>
 
-    init(context: cl_context, byteCount: Int, flags: cl_mem_flags, ledger: MemoryLedger, label: String, device: OpenCLDeviceInfo) throws {
+    init(context: cl_context, byteCount: Int, flags: cl_mem_flags, pool: BlockPool<cl_mem>, label: String,
+         device: OpenCLDeviceInfo) throws {
         guard byteCount <= device.maxAllocationBytes else {
             throw TensorError.outOfDeviceMemory(
                 "\(label) needs one buffer of \(formatBytes(byteCount)), above \(device.name)'s largest allocation "
                 + "(\(formatBytes(device.maxAllocationBytes))); use smaller batches or chunks")
         }
-        try ledger.reserve(byteCount, for: label)
-        var status: cl_int = 0
-        // OpenCL refuses empty buffers; an empty tensor still gets a handle.
-        guard let mem = clCreateBuffer(context, flags, max(byteCount, 4), nil, &status), status == CL_SUCCESS else {
-            ledger.release(byteCount)
-            throw OpenCLStatus.error(status, at: "clCreateBuffer(\(label), \(formatBytes(byteCount)))", device: device.name)
-        }
-        self.mem = mem
         self.byteCount = byteCount
-        self.ledger = ledger
+        self.pool = pool
+        mem = try pool.obtain(byteCount, for: label) {
+            var status: cl_int = 0
+            // OpenCL refuses empty buffers; an empty tensor still gets a handle.
+            guard let mem = clCreateBuffer(context, flags, max(byteCount, 4), nil, &status), status == CL_SUCCESS else {
+                throw OpenCLStatus.error(status, at: "clCreateBuffer(\(label), \(formatBytes(byteCount)))", device: device.name)
+            }
+            return mem
+        }
     }
 
-    deinit {
-        clReleaseMemObject(mem)
-        ledger.release(byteCount)
-    }
+    deinit { pool.recycle(mem, bytes: byteCount) }
 }
 
 /// A value that can be passed to `clSetKernelArg`.

@@ -16,6 +16,8 @@ public protocol Backend: AnyObject {
     var ledger: MemoryLedger { get }
     /// What runs this backend's GEMMs and why, e.g. `oneDNN 2.6.3 avx512_core (dispatched by instruction set from AVX-512F/DQ/BW/VL)`.
     var gemmDescription: String { get }
+    /// RoPE angle tables already on this backend, reused across calls.
+    var ropeTables: RoPETables { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor

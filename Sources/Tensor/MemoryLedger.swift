@@ -1,15 +1,18 @@
 import Foundation
 
-/// Counts the bytes a backend has allocated and refuses allocations past a budget.
+/// Counts the bytes a backend holds and refuses allocations past a budget.
 ///
 /// PoCL does not enforce its reported global memory (allocations succeed until the process is
 /// killed), so kdgpu keeps its own account and fails early with a message that says what to do.
+/// Held bytes include blocks kept for reuse (``BlockPool``); in-use bytes are those tensors own.
 public final class MemoryLedger: @unchecked Sendable {
     public let deviceName: String
     public let budgetBytes: Int
     private let lock = NSLock()
     private var liveBytes = 0
     private var peakBytes = 0
+    private var usedBytes = 0
+    private var peakUsedBytes = 0
 
     /// The environment variable that overrides every backend's budget, in bytes or with a K/M/G suffix.
     public static let budgetEnvironmentVariable = "KDGPU_MEMORY_BUDGET"
@@ -19,11 +22,20 @@ public final class MemoryLedger: @unchecked Sendable {
         self.budgetBytes = budgetBytes
     }
 
+    /// Bytes held: in use by tensors, or kept for reuse.
     public var allocatedBytes: Int { lock.withLock { liveBytes } }
     public var peakAllocatedBytes: Int { lock.withLock { peakBytes } }
+    /// Bytes tensors own now, and the most since ``resetPeak()``.
+    public var inUseBytes: Int { lock.withLock { usedBytes } }
+    public var peakInUseBytes: Int { lock.withLock { peakUsedBytes } }
 
-    /// Restarts peak tracking at the current allocation, so a caller can measure one phase.
-    public func resetPeak() { lock.withLock { peakBytes = liveBytes } }
+    /// Restarts peak tracking at the current figures, so a caller can measure one phase.
+    public func resetPeak() {
+        lock.withLock {
+            peakBytes = liveBytes
+            peakUsedBytes = usedBytes
+        }
+    }
 
     /// Records an allocation of `bytes` for `label`, or throws if it would pass the budget.
     public func reserve(_ bytes: Int, for label: String) throws {
@@ -36,12 +48,32 @@ public final class MemoryLedger: @unchecked Sendable {
             }
             liveBytes += bytes
             peakBytes = max(peakBytes, liveBytes)
+            usedBytes += bytes
+            peakUsedBytes = max(peakUsedBytes, usedBytes)
         }
     }
 
+    /// A block in use is freed.
     public func release(_ bytes: Int) {
-        lock.withLock { liveBytes -= bytes }
+        lock.withLock {
+            liveBytes -= bytes
+            usedBytes -= bytes
+        }
     }
+
+    /// A block in use is kept for reuse: still held, no longer in use.
+    public func pool(_ bytes: Int) { lock.withLock { usedBytes -= bytes } }
+
+    /// A kept block is in use again.
+    public func reuse(_ bytes: Int) {
+        lock.withLock {
+            usedBytes += bytes
+            peakUsedBytes = max(peakUsedBytes, usedBytes)
+        }
+    }
+
+    /// A kept block is freed.
+    public func releasePooled(_ bytes: Int) { lock.withLock { liveBytes -= bytes } }
 
     /// The budget from `KDGPU_MEMORY_BUDGET` if set, else `defaultBytes`.
     public static func budget(default defaultBytes: Int) throws -> Int {

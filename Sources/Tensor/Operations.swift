@@ -226,7 +226,8 @@ extension Backend {
     }
 
     /// y = x [tokens, heads * headDim] rotated at `positions` (one per token); y may be x. The angles
-    /// are computed on the host in fp64 (``RoPE/angleTable(positions:)``) and looked up by the kernel.
+    /// are computed on the host in fp64 (``RoPE/angleTable(positions:)``) once per positions and
+    /// shape (``RoPETables``), and looked up by the kernel.
     public func rope(_ x: Tensor, positions: [Int32], into y: Tensor, _ rope: RoPE) throws {
         try requireFloat32(x, y, op: "rope")
         try requireSameShape(x, y, op: "rope")
@@ -235,7 +236,7 @@ extension Backend {
             throw TensorError.shapeMismatch("rope: \(x.label) \(describeShape(x.shape)) at \(positions.count) positions with \(rope.heads) heads of \(rope.headDimension) (\(rope.rotatedDimensions) rotated)")
         }
         guard x.count > 0 else { return }
-        let table = try tensor(rope.angleTable(positions: positions), shape: [positions.count, rope.rotatedDimensions], label: "rope angles")
+        let table = try ropeTables.table(for: rope, positions: positions, on: self)
         try enqueueRoPE(x, table: table, into: y, rope)
     }
 

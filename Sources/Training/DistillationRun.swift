@@ -21,17 +21,21 @@ public struct RunSummary {
 /// One distillation run: the teacher (quantized, inference only) teaches the student (fp32, trained
 /// with AdamW) on windows of the corpus; metrics, checkpoints and the exported student go to `out`.
 ///
-/// Per optimizer step, for each micro-batch: teacher logits [N, V]; student hidden [N, C] and
-/// logits [N, V] = h W_outᵀ; the fused loss writes dL/dlogits in place of the logits; then
-/// dh = dlogits W_out, dW_out += dlogitsᵀ h, and the student's backward. Then clip, AdamW, schedules.
+/// Per optimizer step, for each micro-batch: the teacher's final hidden state [N, C_t] and the
+/// student's [N, C]; then both LM heads and the loss chunk by chunk of rows (``FusedLinearDistillationLoss``:
+/// z = h W_outᵀ, the fused loss writes dL/dz over z, dh = dz W_out, dW_out += dzᵀ h), so no [N, V]
+/// logits exist; then the student's backward. Then clip, AdamW, schedules.
 public final class DistillationRun {
     public let config: TrainingConfig
     let backend: any Backend
     let log: (String) -> Void
     let progress: (String) -> Void
     let resume: Bool
-    /// The logit lens and the teacher's fp32 unembedding, when `lens_weight` > 0 (set up by ``run()``).
-    var lensContext: (lens: LogitLens, teacherHead: Tensor, teacherNorm: Tensor, teacherEpsilon: Float)?
+    /// The logit lens, when `lens_weight` > 0 (set up by ``run()``).
+    var lensContext: (lens: LogitLens, teacherNorm: Tensor, teacherEpsilon: Float)?
+    /// The teacher's unembedding in fp32, expanded once (the fused head path multiplies by it chunk
+    /// by chunk): the teacher it belongs to, and the tensor.
+    private var teacherHead: (teacher: ObjectIdentifier, head: Tensor)?
     /// Attention alignment, when `attn_align_weight` > 0 (set up by ``run()``).
     var alignment: AttentionAlignment?
     /// Hidden-state hints, when `hint_weight` > 0 (set up by ``run()``).
@@ -280,19 +284,26 @@ public final class DistillationRun {
         public var total: Float = 0
     }
 
-    /// Prepares the logit lens: block pairs, and the teacher's unembedding in fp32 (the fused head
-    /// path multiplies by it chunk by chunk).
-    func enableLogitLens(studentLayers: Int, teacher: LlamaModel, inherited: [Int]?) throws {
-        let pairs = try BlockPairs.parse(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers,
-                                         inherited: inherited, key: "lens_layers")
+    /// The teacher's unembedding `[V, C_t]` in fp32 for the fused head path (main loss and logit
+    /// lens), expanded from its quantized blocks once per teacher.
+    func expandedHead(of teacher: LlamaModel) throws -> Tensor {
+        if let teacherHead, teacherHead.teacher == ObjectIdentifier(teacher) { return teacherHead.head }
         var head = teacher.weights.output
         if head.dtype != .f32 {
-            let expanded = try backend.tensor(shape: head.shape, label: "teacher unembedding (fp32, logit lens)")
+            let expanded = try backend.tensor(shape: head.shape, label: "teacher unembedding (fp32)")
             try backend.dequantize(head, into: expanded)
             head = expanded
         }
+        teacherHead = (ObjectIdentifier(teacher), head)
+        return head
+    }
+
+    /// Prepares the logit lens: its block pairs and divergence.
+    func enableLogitLens(studentLayers: Int, teacher: LlamaModel, inherited: [Int]?) throws {
+        let pairs = try BlockPairs.parse(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers,
+                                         inherited: inherited, key: "lens_layers")
         let loss = DistillationLoss(divergence: Divergence(name: config.lensDivergence)!, temperature: 1, softWeight: 1, hardWeight: 0)
-        lensContext = (LogitLens(pairs: pairs, weight: config.lensWeight, finalNorm: config.lensFinalNorm, loss: loss), head,
+        lensContext = (LogitLens(pairs: pairs, weight: config.lensWeight, finalNorm: config.lensFinalNorm, loss: loss),
                        teacher.weights.outputNorm, teacher.config.normEpsilon)
     }
 
@@ -301,40 +312,34 @@ public final class DistillationRun {
         try Optimizer.zeroGradients(student.parameters + auxiliaryParameters)
         var parts = StepParts()
         parts.alignmentWeight = alignment?.weight(atEpoch: sampler.position.epoch) ?? 0
-        let loss = objective.loss
-        let crossEntropyOnly = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, forwardOnly: true)
+        var loss = objective.loss
+        loss.reportCrossEntropy = true
+        let fusedHead = FusedLinearDistillationLoss(loss: loss)
+        let teacherHead = try expandedHead(of: teacher)
         let batches = (0..<config.gradientAccumulation).map { _ in sampler.next().tokens }
         let rowsPerBatch = config.batchSize * (config.seqLen - 1)
         let totalRows = Float(rowsPerBatch * batches.count)
         let outputWeight = student.outputWeight
         for tokens in batches {
-            let n = tokens.count * config.seqLen
             let labels = try nextTokenLabels(tokens)
             let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil || hints != nil,
-                                                                                         attentionLayers: Set(alignment?.teacherBlocks ?? [])))
-            let teacherLogits = teacherResult.logits!
+                                                                                         attentionLayers: Set(alignment?.teacherBlocks ?? []),
+                                                                                         computeLogits: false))
             let hidden = try student.forward(tokens)
-            let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "student logits")
-            try backend.gemm(hidden, outputWeight.value, into: logits, transposeB: true)
             let share = Float(rowsPerBatch) / totalRows
-            let (crossEntropy, result) = try Profiling.measure("loss", on: backend) {
-                if objective.temperatureSchedule == "dts" {
-                    parts.teacherCrossEntropy += try crossEntropyOnly(student: teacherLogits, teacher: .dense(teacherLogits), labels: labels).loss / Float(batches.count)
-                }
-                return (try crossEntropyOnly(student: logits, teacher: .dense(teacherLogits), labels: labels).loss,
-                        try loss(student: logits, teacher: .dense(teacherLogits), labels: labels, gradient: .inPlace, gradOutput: share))
-            }
-            parts.loss += result.loss * share
-            parts.crossEntropy += crossEntropy * share
-            // logits now hold dL/dlogits.
+            // Both LM heads and the loss, chunk by chunk (no [N, V] logits): dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
-            try backend.gemm(logits, outputWeight.value, into: hiddenGradient)
-            try backend.gemm(logits, hidden, into: outputWeight.gradient, transposeA: true, beta: 1)
+            let result = try fusedHead(hidden: hidden, weight: outputWeight.value, teacher: .hidden(teacherResult.finalHidden, weight: teacherHead),
+                                       labels: labels, gradHidden: hiddenGradient, gradWeight: outputWeight.gradient, gradOutput: share,
+                                       teacherCrossEntropy: objective.temperatureSchedule == "dts")
+            parts.loss += result.loss * share
+            parts.crossEntropy += (result.crossEntropy ?? 0) * share
+            parts.teacherCrossEntropy += (result.teacherCrossEntropy ?? 0) * share
             // Feature losses: gradients into the student's residual streams and attention maps.
-            var hiddenGradients: [Int: Tensor] = [:]
+        var hiddenGradients: [Int: Tensor] = [:]
             if let lensContext {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
-                                                      teacherEpsilon: lensContext.teacherEpsilon, teacherHead: lensContext.teacherHead,
+                                                      teacherEpsilon: lensContext.teacherEpsilon, teacherHead: teacherHead,
                                                       labels: labels, gradOutput: share)
                 parts.lens += lens.value * share
                 for (block, gradient) in lens.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
@@ -372,14 +377,11 @@ public final class DistillationRun {
     func studentLikelihood(_ student: StudentModel, _ batches: [[[Int32]]]) throws -> LikelihoodResult {
         var total = LikelihoodResult()
         for tokens in batches {
-            let n = tokens.count * tokens[0].count
             let hidden = try student.forward(tokens)
             student.discardSavedActivations()
-            let logits = try backend.tensor(shape: [n, student.config.vocabulary], label: "validation logits")
-            try backend.gemm(hidden, student.outputWeight.value, into: logits, transposeB: true)
-            let labels = try nextTokenLabels(tokens)
-            let result = try DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)(
-                student: logits, teacher: .dense(logits), labels: labels)
+            let crossEntropy = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)
+            let result = try FusedLinearDistillationLoss(loss: crossEntropy)(
+                hidden: hidden, weight: student.outputWeight.value, teacher: .none, labels: try nextTokenLabels(tokens))
             total = total + LikelihoodResult(totalNLL: Double(result.loss), tokens: result.validRows)
         }
         return total

@@ -26,6 +26,12 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The teacher GGUF for the teacher suite.", valueName: "file.gguf"))
     var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+    @Option(name: .long, help: "Windows per micro-batch of the train suite's step.")
+    var batchSize = 4
+
+    @Option(name: .long, help: "Tokens per window of the train suite's step.")
+    var seqLen = 128
+
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
     var json = false
 
@@ -34,6 +40,8 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1, got \(runs)") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2 (one predicted token), got \(seqLen)") }
         let known = allBenchSuites.map(\.name)
         for suite in suites where !known.contains(suite) {
             throw ValidationError("unknown suite '\(suite)'; suites: \(known.joined(separator: ", "))")
@@ -54,7 +62,8 @@ struct BenchCommand: ParsableCommand {
             } else {
                 backends = try device.map { try openBackend($0, cpu: cpu) }
             }
-            let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher) { message in
+            let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher,
+                                       trainBatchSize: batchSize, trainSeqLen: seqLen) { message in
                 note("bench \(message)")
             }
             // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.

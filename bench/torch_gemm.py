@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""PyTorch CPU matmul on the shapes of `kdgpu bench gemm` (fp32, 2 threads), so the README can set
+kdgpu's GEMM engine beside an independent one measured in the same session.
+
+    pip install torch==2.13.0+cpu
+    python3 bench/torch_gemm.py [--runs 5] [--json]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+SHAPES = [(512, 512, 512, False), (1024, 1024, 1024, False), (2048, 2048, 2048, False), (2048, 576, 49152, True)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    generator = torch.Generator().manual_seed(3)
+    records = []
+    for m, k, n, transpose_b in SHAPES:
+        a = torch.rand(m, k, generator=generator) * 2 - 1
+        b = torch.rand(n, k, generator=generator) * 2 - 1 if transpose_b else torch.rand(k, n, generator=generator) * 2 - 1
+        out = torch.empty(m, n)
+        times = []
+        for run in range(args.runs + 1):
+            start = time.perf_counter()
+            torch.matmul(a, b.t() if transpose_b else b, out=out)
+            if run > 0:  # the first run is a warm-up
+                times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        shape = f"M={m} K={k} N={n}" + (" (B transposed)" if transpose_b else "")
+        records.append({"suite": "gemm-torch", "kernel": "matmul", "backend": "pytorch-cpu-2-threads", "shape": shape,
+                        "median_seconds": seconds, "gflop_per_s": 2.0 * m * n * k / seconds / 1e9, "torch": torch.__version__})
+    if args.json:
+        print(json.dumps(records))
+    else:
+        for r in records:
+            print(f"{r['shape']:<36} {r['median_seconds'] * 1000:9.3f} ms {r['gflop_per_s']:7.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -45,12 +45,12 @@ public final class CPUBackend: Backend {
 
     deinit { pool.drain() }
 
-    /// Freed blocks kept for reuse (up to a quarter of the budget).
+    /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>
 
     public init() throws {
         ledger = MemoryLedger(deviceName: "cpu", budgetBytes: try MemoryLedger.budget(default: physicalMemoryBytes * 3 / 4))
-        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 4) { $0.deallocate() }
+        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 8) { $0.deallocate() }
         let requested = try GemmEngine.requested()
         gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
     }

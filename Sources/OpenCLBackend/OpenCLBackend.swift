@@ -35,7 +35,7 @@ public final class OpenCLBackend: Backend {
     }
 
     let context: cl_context
-    /// Freed buffers kept for reuse (up to a quarter of the budget).
+    /// Freed buffers kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<cl_mem>
     var queue: cl_command_queue?
     private var programs: [String: cl_program] = [:]
@@ -78,7 +78,7 @@ public final class OpenCLBackend: Backend {
         let defaultBudget = device.isCPU ? min(physicalMemoryBytes * 3 / 4, max(device.globalMemoryBytes, physicalMemoryBytes / 2))
                                          : device.globalMemoryBytes * 9 / 10
         ledger = MemoryLedger(deviceName: device.name, budgetBytes: try MemoryLedger.budget(default: defaultBudget))
-        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 4) { clReleaseMemObject($0) }
+        pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 8) { clReleaseMemObject($0) }
         let environment = ProcessInfo.processInfo.environment
         var chosen = layout ?? RowKernelLayout.preferred(for: device)
         let widths = RowKernelLayout.vectorWidths.map(String.init).joined(separator: ", ")

@@ -82,6 +82,7 @@ struct TrainCommand: ParsableCommand {
             })
             note("kdgpu train: \(settings.divergence) at T=\(settings.temperature) (\(settings.temperatureSchedule)), \(settings.steps) steps of "
                  + "\(settings.batchSize * settings.gradientAccumulation) x \(settings.seqLen) tokens on \(backend.name), into \(settings.out)")
+            note("GEMMs: \(backend.gemmDescription)")
             let summary = try run.run()
             if progressShown { note("") }
             print("validation perplexity")

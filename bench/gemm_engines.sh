@@ -23,17 +23,17 @@ python3 - "$work" "$runs" "${cores[@]}" <<'PY'
 import json, os, sys, time
 work, runs, cores = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 square, head = "M=2048 K=2048 N=2048", "M=2048 K=576 N=49152 (B transposed)"
-def figures(records, kernel_prefix):
-    pick = lambda shape: next(r for r in records if r["kernel"].startswith(kernel_prefix) and r["shape"] == shape)
+def figures(records, engine):
+    pick = lambda shape: next(r for r in records if r["kernel"].endswith(f"({engine})") and r["shape"] == shape)
     return pick(square), pick(head)
 rows = []
 chosen = json.load(open(f"{work}/chosen.json"))
-s, h = figures(chosen, "sgemm (onednn)")
+s, h = figures(chosen, "onednn")
 rows.append((s["note"].removeprefix("in use: "), s["gflop_per_s"], h["gflop_per_s"], "kdgpu's default"))
-s, h = figures(chosen, "sgemm (openblas)")
+s, h = figures(chosen, "openblas")
 rows.append((s["note"].removeprefix("the reference: ").split(";")[0], s["gflop_per_s"], h["gflop_per_s"], "kdgpu's choice for OpenBLAS"))
 for core in cores:
-    s, h = figures(json.load(open(f"{work}/{core}.json")), "sgemm (openblas)")
+    s, h = figures(json.load(open(f"{work}/{core}.json")), "openblas")
     rows.append((f"OpenBLAS, OPENBLAS_CORETYPE={core}", s["gflop_per_s"], h["gflop_per_s"], ""))
 if os.path.exists(f"{work}/torch.json"):
     t = {r["shape"]: r for r in json.load(open(f"{work}/torch.json"))}

@@ -89,7 +89,7 @@ let package = Package(
                     path: "Tests/OpenCLRuntimeTests"),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests",
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TestSupport"], path: "Tests/TrainingTests"),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TestSupport"], path: "Tests/TrainingTests"),
         .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",

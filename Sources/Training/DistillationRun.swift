@@ -40,6 +40,9 @@ public final class DistillationRun {
     var alignment: AttentionAlignment?
     /// Hidden-state hints, when `hint_weight` > 0 (set up by ``run()``).
     var hints: HiddenStateHints?
+    /// Bytes one chunk of the fused head + loss path may take (student and teacher logits of its
+    /// rows): peak memory stops growing with N x V past this many rows' worth.
+    public var headChunkBytes = 256 << 20
     /// What AdamW trains beside the student: the alignment module and the hint projections.
     var auxiliaryParameters: [Parameter] { (alignment.map { [$0.module] } ?? []) + (hints?.projections ?? []) }
 
@@ -314,7 +317,7 @@ public final class DistillationRun {
         parts.alignmentWeight = alignment?.weight(atEpoch: sampler.position.epoch) ?? 0
         var loss = objective.loss
         loss.reportCrossEntropy = true
-        let fusedHead = FusedLinearDistillationLoss(loss: loss)
+        let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
         let teacherHead = try expandedHead(of: teacher)
         let batches = (0..<config.gradientAccumulation).map { _ in sampler.next().tokens }
         let rowsPerBatch = config.batchSize * (config.seqLen - 1)
@@ -380,7 +383,7 @@ public final class DistillationRun {
             let hidden = try student.forward(tokens)
             student.discardSavedActivations()
             let crossEntropy = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)
-            let result = try FusedLinearDistillationLoss(loss: crossEntropy)(
+            let result = try FusedLinearDistillationLoss(loss: crossEntropy, chunkBudgetBytes: headChunkBytes)(
                 hidden: hidden, weight: student.outputWeight.value, teacher: .none, labels: try nextTokenLabels(tokens))
             total = total + LikelihoodResult(totalNLL: Double(result.loss), tokens: result.validRows)
         }

@@ -1,0 +1,108 @@
+import Checkpoint
+import Foundation
+import Losses
+import Models
+import Tensor
+import TestSupport
+import Training
+import TrainingData
+import XCTest
+
+/// The training step's fused path (both LM heads and the loss chunk by chunk) against the same step
+/// with materialized [N, V] logits, and its memory, on a tiny teacher and student with a large vocabulary.
+final class DistillationStepTests: XCTestCase {
+    static let config = LlamaConfig(layers: 2, width: 32, feedForward: 48, heads: 4, kvHeads: 2, vocabulary: 3001, contextLength: 64,
+                                    ropeBase: 10000, normEpsilon: 1e-5, tiedEmbeddings: false)
+
+    /// An inference model (the teacher) with the weights of `parameters`.
+    private func teacher(_ parameters: LlamaParameters, on backend: any Backend) throws -> LlamaModel {
+        func upload(_ name: String) throws -> Tensor {
+            try backend.tensor(parameters.tensors[name]!.values, shape: parameters.tensors[name]!.shape, label: name)
+        }
+        let blocks = try (0..<parameters.config.layers).map { l in
+            LlamaBlockWeights(attentionNorm: try upload("blk.\(l).attn_norm.weight"), query: try upload("blk.\(l).attn_q.weight"),
+                              key: try upload("blk.\(l).attn_k.weight"), value: try upload("blk.\(l).attn_v.weight"),
+                              attentionOutput: try upload("blk.\(l).attn_output.weight"), feedForwardNorm: try upload("blk.\(l).ffn_norm.weight"),
+                              gate: try upload("blk.\(l).ffn_gate.weight"), up: try upload("blk.\(l).ffn_up.weight"),
+                              down: try upload("blk.\(l).ffn_down.weight"))
+        }
+        return try LlamaModel(weights: LlamaWeights(config: parameters.config, tokenEmbedding: try upload("token_embd.weight"),
+                                                    outputNorm: try upload("output_norm.weight"), output: try upload("output.weight"),
+                                                    blocks: blocks))
+    }
+
+    private func settings(batch: Int, length: Int) -> TrainingConfig {
+        var config = TrainingConfig()
+        (config.batchSize, config.seqLen, config.temperature, config.hardWeight) = (batch, length, 2, 0.1)
+        return config
+    }
+
+    func testStepEqualsTheMaterializedLogitsStep() throws {
+        let teacherParameters = try StudentGradientTests.randomParameters(Self.config, seed: 21)
+        let studentParameters = try StudentGradientTests.randomParameters(Self.config, seed: 22)
+        var rng = SeededRandom(seed: 23)
+        let tokens = (0..<400).map { _ in Int32(Int.random(in: 0..<Self.config.vocabulary, using: &rng)) }
+        let config = settings(batch: 3, length: 11)
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.1, seed: 1)
+        for backend in try TestBackends.all() {
+            let teacher = try teacher(teacherParameters, on: backend)
+            let student = try StudentModel(parameters: studentParameters, backend: backend)
+            let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
+            var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+            var copy = sampler
+            run.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
+            let objective = DistillationObjective(config: config)
+            let parts = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+            let headGradient = try student.outputWeight.gradient.toArray()
+
+            // The same step with whole logits.
+            let windows = copy.next().tokens
+            let n = windows.count * config.seqLen
+            let labels = try backend.tensor(windows.flatMap { $0.dropFirst().map(Float.init) + [-100] }, shape: [n], label: "labels")
+            let teacherLogits = try teacher.forward(windows).logits!
+            let reference = try StudentModel(parameters: studentParameters, backend: backend)
+            let hidden = try reference.forward(windows)
+            let logits = try backend.tensor(shape: [n, Self.config.vocabulary], label: "logits")
+            try backend.gemm(hidden, reference.outputWeight.value, into: logits, transposeB: true)
+            let crossEntropy = try DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, forwardOnly: true)(
+                student: logits, teacher: .dense(teacherLogits), labels: labels).loss
+            let result = try objective.loss(student: logits, teacher: .dense(teacherLogits), labels: labels)
+            let expectedHeadGradient = try backend.tensor(shape: reference.outputWeight.value.shape, label: "dW")
+            try backend.gemm(logits, hidden, into: expectedHeadGradient, transposeA: true)
+
+            XCTAssertEqual(parts.loss, result.loss, accuracy: abs(result.loss) * 1e-5, backend.name)
+            XCTAssertEqual(parts.crossEntropy, crossEntropy, accuracy: abs(crossEntropy) * 1e-5, backend.name)
+            let comparison = Comparison(headGradient, reference: try expectedHeadGradient.toArray().map(Double.init))
+            XCTAssertTrue(comparison.passes(tolerance: 1e-5), "LM head gradient on \(backend.name): \(comparison)")
+        }
+    }
+
+    /// With chunks of 16 rows, the step's peak memory in use grows with the tokens far less than
+    /// [N, V] logits would.
+    func testStepPeakMemoryDoesNotGrowWithTokensTimesVocabulary() throws {
+        let parameters = try StudentGradientTests.randomParameters(Self.config, seed: 31)
+        var rng = SeededRandom(seed: 32)
+        let tokens = (0..<4000).map { _ in Int32(Int.random(in: 0..<Self.config.vocabulary, using: &rng)) }
+        for backend in try TestBackends.all() {
+            var peaks: [Int: Int] = [:]
+            for (batch, length) in [(2, 8), (8, 32)] {
+                let config = settings(batch: batch, length: length)
+                let dataset = try TokenDataset(tokens: tokens, sequenceLength: length, validationFraction: 0.1, seed: 1)
+                let teacher = try teacher(parameters, on: backend)
+                let student = try StudentModel(parameters: parameters, backend: backend)
+                let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
+                run.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
+                var sampler = try BatchSampler(dataset: dataset, batchSize: batch)
+                let objective = DistillationObjective(config: config)
+                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                try backend.synchronize()
+                let before = backend.ledger.inUseBytes
+                backend.ledger.resetPeak()
+                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                peaks[batch * length] = backend.ledger.peakInUseBytes - before
+            }
+            let logitsGrowth = 2 * (256 - 16) * Self.config.vocabulary * 4  // student and teacher [N, V]
+            XCTAssertLessThan(peaks[256]! - peaks[16]!, logitsGrowth / 2, "step peak in use on \(backend.name): \(peaks)")
+        }
+    }
+}

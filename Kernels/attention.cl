@@ -27,16 +27,19 @@ __kernel void causal_mask(__global float* x, int xo, int keys, int queries, int 
     if (j > row % queries + key_offset) x[xo + g] = value;
 }
 
-// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; one work-item per element of y.
+// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped. Rows of D elements stay contiguous, so
+// one work-item copies one row of y (row r = (a * C + c) * B + b) as whole vectors, then the rest.
 __kernel void transpose_12(__global const float* x, int xo, __global float* y, int yo,
                            int a_size, int b_size, int c_size, int d_size) {
-    const long g = get_global_id(0);
-    if (g >= (long)a_size * b_size * c_size * d_size) return;
-    const int d = g % d_size;
-    long rest = g / d_size;
-    const int b = rest % b_size;
-    rest /= b_size;
+    const long r = get_global_id(0);
+    if (r >= (long)a_size * b_size * c_size) return;
+    const int b = r % b_size;
+    const long rest = r / b_size;
     const int c = rest % c_size;
     const int a = rest / c_size;
-    y[yo + g] = x[xo + (((long)a * b_size + b) * c_size + c) * d_size + d];
+    __global const float* src = x + xo + (((long)a * b_size + b) * c_size + c) * d_size;
+    __global float* dst = y + yo + r * d_size;
+    int j = 0;
+    for (; j + VW <= d_size; j += VW) vstoreV(vloadV(0, src + j), 0, dst + j);
+    for (; j < d_size; j++) dst[j] = src[j];
 }

@@ -229,7 +229,7 @@ public final class CPUBackend: Backend {
 
     public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
         let (px, py, s) = (try pointer(x), try mutablePointer(y), x.shape)
-        parallelChunks(x.count, grain: elementGrain) {
+        parallelChunks(x.count / max(1, s[3]), grain: max(1, elementGrain / max(1, s[3]))) {
             CPUKernels.transpose_12(px, py, a: s[0], b: s[1], c: s[2], d: s[3], $0)
         }
     }

@@ -143,15 +143,12 @@ extension CPUKernels {
 
     /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; `elements` indexes y.
     public static func transpose_12(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                                    a aSize: Int, b bSize: Int, c cSize: Int, d dSize: Int, _ elements: Range<Int>) {
-        for g in elements {
-            let d = g % dSize
-            var rest = g / dSize
-            let b = rest % bSize
-            rest /= bSize
-            let c = rest % cSize
-            let a = rest / cSize
-            y[g] = x[((a * bSize + b) * cSize + c) * dSize + d]
+                                    a aSize: Int, b bSize: Int, c cSize: Int, d dSize: Int, _ rows: Range<Int>) {
+        // Row r of y [A, C, B, D] is (a * C + c) * B + b: the contiguous D elements of x's row (a, b, c).
+        for r in rows {
+            let b = r % bSize, rest = r / bSize
+            let c = rest % cSize, a = rest / cSize
+            (y + r * dSize).update(from: x + ((a * bSize + b) * cSize + c) * dSize, count: dSize)
         }
     }
 

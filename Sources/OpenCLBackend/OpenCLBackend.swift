@@ -383,7 +383,7 @@ public final class OpenCLBackend: Backend {
 
     public func enqueueTranspose12(_ x: Tensor, into y: Tensor) throws {
         let s = try x.shape.map { try int32($0, x.label) }
-        try launch("transpose_12", in: "attention.cl", globalSize: x.count, localSize: nil,
+        try launch("transpose_12", in: "attention.cl", globalSize: x.count / max(1, x.shape[3]), localSize: nil,
                    try arguments(x) + arguments(y) + [s[0], s[1], s[2], s[3]])
     }
 

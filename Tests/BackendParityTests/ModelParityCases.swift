@@ -211,7 +211,7 @@ extension ParityTable {
     }
 
     static let transposeCase = ParityCase(op: "transpose_12", tolerance: 0) { rng in
-        [[1, 1, 1, 1], [2, 3, 5, 7], [2, 17, 9, 64], [1, 256, 3, 64]].map { s in
+        [[1, 1, 1, 1], [2, 3, 5, 7], [3, 4, 5, 19], [2, 17, 9, 64], [1, 256, 3, 64]].map { s in
             let n = s.reduce(1, *)
             return ParityInstance(
                 description: describeShape(s),

@@ -46,10 +46,11 @@ public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafePointer<
                      _ c: UnsafeMutablePointer<Float>) throws {
     switch engine {
     case .onednn:
+        let sgemm = try OneDNN.library.sgemm
         let (ta, tb): (CChar, CChar) = (p.transposeA ? 84 : 78, p.transposeB ? 84 : 78)  // "T" or "N"
         for i in 0..<p.batch {
-            let status = dnnl_sgemm(ta, tb, Int64(p.m), Int64(p.n), Int64(p.k), p.alpha, a + i * p.strideA, Int64(p.lda),
-                                    b + i * p.strideB, Int64(p.ldb), p.beta, c + i * p.strideC, Int64(p.ldc))
+            let status = sgemm(ta, tb, Int64(p.m), Int64(p.n), Int64(p.k), p.alpha, a + i * p.strideA, Int64(p.lda),
+                               b + i * p.strideB, Int64(p.ldb), p.beta, c + i * p.strideC, Int64(p.ldc))
             guard status == dnnl_success else {
                 throw TensorError.device("oneDNN dnnl_sgemm failed (status \(status.rawValue)) on M=\(p.m) N=\(p.n) K=\(p.k)")
             }
@@ -65,11 +66,53 @@ public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafePointer<
     }
 }
 
-/// oneDNN: version and the instruction set its kernels dispatch to.
+/// oneDNN, opened at first use (like OpenBLAS, not linked): its version and the instruction set its
+/// kernels dispatch to.
+///
+/// oneDNN runs on OpenMP threads, and libgomp reads its settings once, when it loads. Its default
+/// keeps idle threads spinning for about 300,000 rounds after every parallel region; between GEMMs
+/// a training step runs kdgpu's own threads or PoCL's, which those spinning threads then starve (a
+/// CPU step ran at half its speed on a busy machine). So unless the user set `GOMP_SPINCOUNT` or
+/// `OMP_WAIT_POLICY`, kdgpu sets a short spin (``spinCount``) before it loads the library.
 public enum OneDNN {
+    public typealias Sgemm = @convention(c) (CChar, CChar, Int64, Int64, Int64, Float, UnsafePointer<Float>?, Int64,
+                                             UnsafePointer<Float>?, Int64, Float, UnsafeMutablePointer<Float>?, Int64) -> dnnl_status_t
+
+    /// The entry points kdgpu uses.
+    public struct Library: @unchecked Sendable {
+        public let sgemm: Sgemm
+        /// `dnnl_get_effective_cpu_isa()`: a `dnnl_cpu_isa_t` bit set.
+        public let effectiveISA: UInt32
+        public let version: String
+    }
+
+    /// The OpenMP spin count kdgpu sets when the user set none.
+    public static let spinCount = "1000"
+
+    private static let loaded: Result<Library, TensorError> = Result { try load() }.mapError { $0 as? TensorError ?? .device("\($0)") }
+
+    public static var library: Library { get throws { try loaded.get() } }
+
+    private static func load() throws -> Library {
+        let environment = ProcessInfo.processInfo.environment
+        if environment["GOMP_SPINCOUNT"] == nil && environment["OMP_WAIT_POLICY"] == nil { setenv("GOMP_SPINCOUNT", spinCount, 1) }
+        guard let handle = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_GLOBAL) ?? dlopen("libdnnl.so", RTLD_NOW | RTLD_GLOBAL) else {
+            throw TensorError.device("oneDNN: cannot load libdnnl.so.2 (install the Debian package libdnnl2, or set KDGPU_GEMM=openblas)")
+        }
+        guard let sgemm = dlsym(handle, "dnnl_sgemm"), let isa = dlsym(handle, "dnnl_get_effective_cpu_isa"),
+              let version = dlsym(handle, "dnnl_version") else {
+            throw TensorError.device("oneDNN: libdnnl.so.2 lacks dnnl_sgemm, dnnl_get_effective_cpu_isa or dnnl_version")
+        }
+        let effective = unsafeBitCast(isa, to: (@convention(c) () -> dnnl_cpu_isa_t).self)().rawValue
+        let v = unsafeBitCast(version, to: (@convention(c) () -> UnsafePointer<dnnl_version_t>?).self)()?.pointee
+        return Library(sgemm: unsafeBitCast(sgemm, to: Sgemm.self), effectiveISA: effective,
+                       version: v.map { "\($0.major).\($0.minor).\($0.patch)" } ?? "?")
+    }
+
     /// `avx512_core_bf16`, `avx2`, ...: the widest instruction set oneDNN's kernels use here.
     public static var isa: String {
-        switch dnnl_get_effective_cpu_isa() {
+        guard let raw = try? library.effectiveISA else { return "unavailable" }
+        switch dnnl_cpu_isa_t(rawValue: raw) {
         case dnnl_cpu_isa_sse41: return "sse41"
         case dnnl_cpu_isa_avx: return "avx"
         case dnnl_cpu_isa_avx2: return "avx2"
@@ -78,28 +121,13 @@ public enum OneDNN {
         case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni"
         case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16"
         case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx"
-        case let other: return "isa 0x\(String(other.rawValue, radix: 16))"
+        default: return "isa 0x\(String(raw, radix: 16))"
         }
     }
 
-    public static var version: String {
-        guard let v = dnnl_version()?.pointee else { return "?" }
-        return "\(v.major).\(v.minor).\(v.patch)"
-    }
-
-    /// The instruction set oneDNN should dispatch to on a processor with these features (what the
-    /// engine test checks `isa` against).
-    public static func expectedISA(for features: CPUFeatures) -> String {
-        if features.amxBF16 && features.avx512bf16 && features.avx512vnni && features.avx512Core { return "avx512_core_amx" }
-        if features.avx512bf16 && features.avx512vnni && features.avx512Core { return "avx512_core_bf16" }
-        if features.avx512vnni && features.avx512Core { return "avx512_core_vnni" }
-        if features.avx512Core { return "avx512_core" }
-        if features.avx2FMA { return "avx2" }
-        return "sse41"
-    }
-
     static var description: String {
-        "oneDNN \(version) \(isa) (dispatched by instruction set from \(CPUFeatures.current.gemmSummary))"
+        guard let library = try? library else { return "oneDNN (not loadable)" }
+        return "oneDNN \(library.version) \(isa) (dispatched by instruction set from \(CPUFeatures.current.gemmSummary))"
     }
 }
 

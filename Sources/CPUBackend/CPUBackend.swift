@@ -43,8 +43,6 @@ public final class CPUBackend: Backend {
 
     public var gemmDescription: String { gemmEngine.description }
 
-    deinit { pool.drain() }
-
     /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>
 
@@ -54,6 +52,8 @@ public final class CPUBackend: Backend {
         let requested = try GemmEngine.requested()
         gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
     }
+
+    deinit { pool.drain() }
 
     public func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor {
         guard shape.allSatisfy({ $0 >= 0 }) else {

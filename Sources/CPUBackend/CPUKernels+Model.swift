@@ -141,7 +141,7 @@ extension CPUKernels {
         }
     }
 
-    /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; `elements` indexes y.
+    /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped; `rows` indexes y's rows of D elements.
     public static func transpose_12(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                     a aSize: Int, b bSize: Int, c cSize: Int, d dSize: Int, _ rows: Range<Int>) {
         // Row r of y [A, C, B, D] is (a * C + c) * B + b: the contiguous D elements of x's row (a, b, c).

@@ -339,7 +339,7 @@ public final class DistillationRun {
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
             parts.teacherCrossEntropy += (result.teacherCrossEntropy ?? 0) * share
             // Feature losses: gradients into the student's residual streams and attention maps.
-        var hiddenGradients: [Int: Tensor] = [:]
+            var hiddenGradients: [Int: Tensor] = [:]
             if let lensContext {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
                                                       teacherEpsilon: lensContext.teacherEpsilon, teacherHead: teacherHead,

@@ -37,6 +37,9 @@ let package = Package(
                 path: "Plugins/EmbedKernels"),
         .target(name: "KernelSources", path: "Sources/KernelSources", plugins: ["EmbedKernels"]),
 
+        // Paths checked by kind before they are opened; file errors in kdgpu's words.
+        .target(name: "Files", path: "Sources/Files", swiftSettings: releaseFlags),
+
         // The device-agnostic tensor API and its two backends.
         .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
         // Host GEMMs for the CPU backend and CPU OpenCL devices: oneDNN, or OpenBLAS (loaded at run
@@ -48,19 +51,19 @@ let package = Package(
                 path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
 
         // Model files: GGUF reader/writer, and the byte-level BPE tokenizer stored in GGUF metadata.
-        .target(name: "GGUF", dependencies: ["Tensor"], path: "Sources/GGUF", swiftSettings: releaseFlags),
-        .target(name: "Tokenizer", dependencies: ["GGUF"], path: "Sources/Tokenizer", swiftSettings: releaseFlags),
+        .target(name: "GGUF", dependencies: ["Tensor", "Files"], path: "Sources/GGUF", swiftSettings: releaseFlags),
+        .target(name: "Tokenizer", dependencies: ["GGUF", "Files"], path: "Sources/Tokenizer", swiftSettings: releaseFlags),
 
         // Models: the llama forward pass on any backend.
         .target(name: "Models", dependencies: ["Tensor", "GGUF"], path: "Sources/Models", swiftSettings: releaseFlags),
 
         // Training inputs and outputs: tokenized corpora cut into shuffled windows; safetensors,
         // Hugging Face / GGUF export and import, crash-safe training checkpoints.
-        .target(name: "TrainingData", dependencies: ["Tensor", "Tokenizer", "GGUF"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
-        .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
+        .target(name: "TrainingData", dependencies: ["Tensor", "Tokenizer", "GGUF", "Files"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
+        .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "Files"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
 
         // Training: the trainable student (forward/backward), optimizer, train loop.
-        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint",
+        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files",
                                                  .product(name: "Yams", package: "Yams")],
                 path: "Sources/Training", swiftSettings: releaseFlags),
 
@@ -75,7 +78,7 @@ let package = Package(
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint", "Files",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 
@@ -97,7 +100,7 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TokenizerTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TrainingDataTests", dependencies: ["Tensor", "TrainingData", "Tokenizer", "GGUF"], path: "Tests/TrainingDataTests"),
-        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "TestSupport"],
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "Models", "GGUF", "Tensor", "Tokenizer", "TestSupport"],
                     path: "Tests/CheckpointTests", exclude: ["Fixtures"]),
         .testTarget(name: "LossTests", dependencies: ["Losses", "Tensor", "CPUBackend", "OpenCLBackend", "TestSupport"],
                     path: "Tests/LossTests"),

@@ -19,6 +19,8 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
     case optimizerMismatch(file: String, reason: String)
     /// A checkpoint written by another format version.
     case unsupportedVersion(file: String, found: Int, supported: Int)
+    /// A tensor with a NaN or infinite value (`index` is the first), refused for a checkpoint or export.
+    case nonFinite(source: String, tensor: String, index: Int)
     /// Writing failed (`reason` is the system's message, e.g. "No space left on device").
     case writeFailed(path: String, reason: String)
     /// A checkpoint save failed; the previous checkpoint is untouched.
@@ -44,6 +46,8 @@ public enum CheckpointError: Error, Equatable, CustomStringConvertible {
             return "\(file): optimizer state does not match the model: \(reason)"
         case let .unsupportedVersion(file, found, supported):
             return "\(file): checkpoint format version \(found), this build reads version \(supported); resume with the kdgpu that wrote it or start a new run"
+        case let .nonFinite(source, tensor, index):
+            return "\(source): tensor \(tensor) holds a non-finite value (at index \(index)); the model diverged: use an earlier checkpoint, or train again with a lower --lr"
         case let .writeFailed(path, reason):
             return "cannot write \(path): \(reason); an earlier version of the file is left as it was"
         case let .saveFailed(directory, step, reason):

@@ -8,7 +8,7 @@ import Models
 ///
 /// ```swift
 /// try GGUFExport.write(student, to: URL(fileURLWithPath: "student.gguf"), matrixType: .q8_0,
-///                      tokenizerFrom: GGUFFile(path: "teacher.gguf"), name: "kdgpu student")
+///                      tokenizer: .tokenizer(of: GGUFFile(path: "teacher.gguf")), name: "kdgpu student")
 /// ```
 public enum GGUFExport {
     /// Matrix types the exporter writes.
@@ -29,14 +29,16 @@ public enum GGUFExport {
     /// - Parameters:
     ///   - matrixType: the type of every matrix (embedding, projections, LM head); norms stay F32.
     ///     Block types need the width and feed-forward width to be multiples of 32.
-    ///   - tokenizerFrom: a GGUF whose `tokenizer.*` metadata is copied unchanged (in its order), so
-    ///     the file tokenizes as that model does. Without it the file has no tokenizer.
+    ///   - tokenizer: `tokenizer.*` metadata (a teacher's, or a checkpoint's), written unchanged in
+    ///     its order, so the file tokenizes as that model does; nil writes a file without a tokenizer,
+    ///     which llama.cpp cannot run (callers that export for users require one).
     ///   - name: `general.name`.
     public static func write(_ parameters: LlamaParameters, to url: URL, matrixType: GGMLType = .f32,
-                             tokenizerFrom tokenizerFile: GGUFFile? = nil, name: String? = nil) throws {
+                             tokenizer: GGUFMetadata?, name: String? = nil) throws {
         guard supportedMatrixTypes.contains(matrixType) else {
             throw CheckpointError.unsupportedModel(source: url.path, reason: "cannot export matrices as \(matrixType)")
         }
+        try parameters.requireFinite(source: url.path)
         let config = parameters.config
         var writer = GGUFWriter()
         writer.setMetadata(.string("llama"), forKey: "general.architecture")
@@ -49,11 +51,7 @@ public enum GGUFExport {
         for (key, value) in integers { writer.setMetadata(.uint32(UInt32(value)), forKey: "llama.\(key)") }
         writer.setMetadata(.float32(config.ropeBase), forKey: "llama.rope.freq_base")
         writer.setMetadata(.float32(config.normEpsilon), forKey: "llama.attention.layer_norm_rms_epsilon")
-        if let tokenizerFile {
-            for key in tokenizerFile.metadataKeys where key.hasPrefix("tokenizer.") {
-                writer.setMetadata(tokenizerFile.metadata[key]!, forKey: key)
-            }
-        }
+        for (key, value) in tokenizer?.entries ?? [] where key.hasPrefix("tokenizer.") { writer.setMetadata(value, forKey: key) }
         for name in parameters.names {
             let tensor = parameters.tensors[name]!
             let type = LlamaParameters.isNorm(name) ? GGMLType.f32 : matrixType

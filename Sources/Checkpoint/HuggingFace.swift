@@ -1,5 +1,8 @@
+import Files
 import Foundation
+import GGUF
 import Models
+import Tokenizer
 
 /// The `config.json` of a Hugging Face `LlamaForCausalLM` checkpoint (the keys kdgpu writes and reads).
 public struct HuggingFaceLlamaConfig: Codable, Equatable, Sendable {
@@ -112,7 +115,7 @@ public struct HuggingFaceLlamaConfig: Codable, Equatable, Sendable {
 /// q/k rows) and `config.json`, loadable with `transformers.LlamaForCausalLM.from_pretrained`.
 ///
 /// ```swift
-/// try HuggingFaceCheckpoint.write(student, to: URL(fileURLWithPath: "runs/student-hf"))
+/// try HuggingFaceCheckpoint.write(student, to: URL(fileURLWithPath: "runs/student-hf"), tokenizer: .tokenizer(of: teacherFile))
 /// let reloaded = try HuggingFaceCheckpoint.read(from: URL(fileURLWithPath: "runs/student-hf"))  // GGUF layout again
 /// ```
 public enum HuggingFaceCheckpoint {
@@ -163,37 +166,56 @@ public enum HuggingFaceCheckpoint {
         return writer
     }
 
-    static func configJSON(for parameters: LlamaParameters, dtype: SafeTensorsDType, bosTokenID: Int?, eosTokenID: Int?) throws -> [UInt8] {
+    static func configJSON(for parameters: LlamaParameters, dtype: SafeTensorsDType, tokenizer: GGUFMetadata?) throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let config = HuggingFaceLlamaConfig(parameters.config, dtype: dtype, bosTokenID: bosTokenID, eosTokenID: eosTokenID)
+        func id(_ key: String) -> Int? { tokenizer?.metadata[key]?.intValue }
+        let config = HuggingFaceLlamaConfig(parameters.config, dtype: dtype, bosTokenID: id("tokenizer.ggml.bos_token_id"),
+                                            eosTokenID: id("tokenizer.ggml.eos_token_id"))
         return Array(try encoder.encode(config)) + [UInt8(ascii: "\n")]
     }
 
-    /// Writes `model.safetensors` and `config.json` into `folder` (created if needed), each atomically.
-    /// - Parameters:
-    ///   - dtype: F32 (exact), F16 or BF16.
-    ///   - bosTokenID, eosTokenID: written to config.json when given (from the tokenizer).
-    public static func write(_ parameters: LlamaParameters, to folder: URL, dtype: SafeTensorsDType = .f32,
-                             bosTokenID: Int? = nil, eosTokenID: Int? = nil,
-                             using writer: DurableFileWriter = DurableFileWriter()) throws {
+    /// The folder's files: `model.safetensors`, `config.json` and, with a tokenizer, its four files
+    /// (``HuggingFaceTokenizer``), written by `write(url, bytes)`.
+    static func writeFiles(_ parameters: LlamaParameters, to folder: URL, dtype: SafeTensorsDType, tokenizer: GGUFMetadata?,
+                           using writer: DurableFileWriter, atomically: Bool) throws {
         try requireFullRotary(parameters.config, source: folder.path)
-        do {
-            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        } catch {
-            throw CheckpointError.writeFailed(path: folder.path, reason: error.localizedDescription)
+        try parameters.requireFinite(source: folder.path)
+        let tokenizerFiles = try tokenizer.map { try HuggingFaceTokenizer.files(for: $0, modelMaxLength: parameters.config.contextLength) } ?? []
+        let model = try safeTensors(for: parameters, dtype: dtype)
+        let modelURL = folder.appendingPathComponent(modelFileName)
+        try atomically ? model.write(to: modelURL, using: writer) : model.writeInPlace(to: modelURL, using: writer)
+        let files = [(configFileName, try configJSON(for: parameters, dtype: dtype, tokenizer: tokenizer))] + tokenizerFiles.map { ($0.name, $0.contents) }
+        for (name, bytes) in files {
+            let url = folder.appendingPathComponent(name)
+            try atomically ? writer.writeFileAtomically(at: url) { try $0.write(bytes) } : writer.writeFile(at: url) { try $0.write(bytes) }
         }
-        try safeTensors(for: parameters, dtype: dtype).write(to: folder.appendingPathComponent(modelFileName), using: writer)
-        let json = try configJSON(for: parameters, dtype: dtype, bosTokenID: bosTokenID, eosTokenID: eosTokenID)
-        try writer.writeFileAtomically(at: folder.appendingPathComponent(configFileName)) { try $0.write(json) }
     }
 
-    /// Writes the two files in place into a folder that is published atomically afterwards.
-    static func writeInPlace(_ parameters: LlamaParameters, to folder: URL, using writer: DurableFileWriter) throws {
-        try requireFullRotary(parameters.config, source: folder.path)
-        try safeTensors(for: parameters, dtype: .f32).writeInPlace(to: folder.appendingPathComponent(modelFileName), using: writer)
-        let json = try configJSON(for: parameters, dtype: .f32, bosTokenID: nil, eosTokenID: nil)
-        try writer.writeFile(at: folder.appendingPathComponent(configFileName)) { try $0.write(json) }
+    /// Writes `model.safetensors`, `config.json` and the tokenizer's files into `folder` (created
+    /// if needed), each atomically.
+    /// - Parameters:
+    ///   - dtype: F32 (exact), F16 or BF16.
+    ///   - tokenizer: a GGUF's `tokenizer.*` metadata, written as the tokenizer files transformers
+    ///     loads (and its bos/eos ids into config.json); nil writes the model alone.
+    public static func write(_ parameters: LlamaParameters, to folder: URL, dtype: SafeTensorsDType = .f32, tokenizer: GGUFMetadata?,
+                             using writer: DurableFileWriter = DurableFileWriter()) throws {
+        do {
+            try FileChecks.createFolder(folder.path)
+        } catch let problem as FileProblem {
+            throw CheckpointError.writeFailed(path: problem.path, reason: problem.reason)
+        }
+        try writeFiles(parameters, to: folder, dtype: dtype, tokenizer: tokenizer, using: writer, atomically: true)
+    }
+
+    /// Writes the files in place into a folder that is published atomically afterwards.
+    static func writeInPlace(_ parameters: LlamaParameters, tokenizer: GGUFMetadata?, to folder: URL, using writer: DurableFileWriter) throws {
+        try writeFiles(parameters, to: folder, dtype: .f32, tokenizer: tokenizer, using: writer, atomically: false)
+    }
+
+    /// The tokenizer saved in `folder` as GGUF `tokenizer.*` metadata, or nil when it has none.
+    public static func readTokenizer(from folder: URL) throws -> GGUFMetadata? {
+        HuggingFaceTokenizer.exists(in: folder) ? try HuggingFaceTokenizer.read(from: folder) : nil
     }
 
     /// Reads `config.json` of a folder.
@@ -204,7 +226,7 @@ public enum HuggingFaceCheckpoint {
         }
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw CheckpointError.unreadable(path: url.path, reason: error.localizedDescription)
+            throw CheckpointError.unreadable(path: url.path, reason: FileChecks.describe(error))
         }
         do {
             return try JSONDecoder().decode(HuggingFaceLlamaConfig.self, from: data)
@@ -253,6 +275,8 @@ public enum HuggingFaceCheckpoint {
         guard extra.isEmpty else {
             throw CheckpointError.parameterMismatch(source: file.path, reason: "unexpected tensors \(extra.sorted().prefix(5).joined(separator: ", ")) for the llama in config.json")
         }
-        return try LlamaParameters(config: config, tensors: tensors, source: folder.path)
+        let parameters = try LlamaParameters(config: config, tensors: tensors, source: folder.path)
+        try parameters.requireFinite(source: modelURL.path)
+        return parameters
     }
 }

@@ -83,6 +83,19 @@ public struct LlamaParameters: Equatable, Sendable {
     /// Total number of parameters (the tied LM head counted once).
     public var parameterCount: Int { tensors.values.reduce(0) { $0 + $1.values.count } }
 
+    /// The first tensor (in ``names`` order) with a NaN or infinite value, and where.
+    public func firstNonFinite() -> (tensor: String, index: Int)? {
+        for name in names {
+            if let index = tensors[name]!.values.firstIndex(where: { !$0.isFinite }) { return (name, index) }
+        }
+        return nil
+    }
+
+    /// Throws ``CheckpointError/nonFinite(source:tensor:index:)`` when any value is NaN or infinite.
+    public func requireFinite(source: String) throws {
+        if let (tensor, index) = firstNonFinite() { throw CheckpointError.nonFinite(source: source, tensor: tensor, index: index) }
+    }
+
     /// Whether a tensor is a norm weight (a vector; GGUF exports keep these in F32).
     public static func isNorm(_ name: String) -> Bool { name.hasSuffix("norm.weight") }
 

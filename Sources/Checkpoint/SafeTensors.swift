@@ -1,3 +1,4 @@
+import Files
 import Foundation
 
 /// Element types of safetensors files. kdgpu decodes and writes the float types; the others are
@@ -78,7 +79,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
         } catch {
-            throw CheckpointError.unreadable(path: path, reason: error.localizedDescription)
+            throw CheckpointError.unreadable(path: path, reason: FileChecks.describe(error))
         }
         func invalid(_ reason: String) -> CheckpointError { .invalidSafeTensors(file: path, reason: reason) }
         guard data.count >= 8 else {

@@ -1,4 +1,6 @@
+import Files
 import Foundation
+import GGUF
 import Models
 
 /// AdamW's running moments, one pair of tensors per parameter (same names, shapes and GGUF layout
@@ -20,7 +22,8 @@ public struct AdamWMoments: Equatable, Sendable {
         return AdamWMoments(first: zeros, second: zeros)
     }
 
-    /// Checks there is exactly one first and one second moment of the right shape per parameter.
+    /// Checks there is exactly one first and one second moment of the right shape per parameter,
+    /// and that every value is finite.
     func validate(against parameters: LlamaParameters, source: String) throws {
         for (label, moments) in [("first", first), ("second", second)] {
             for name in parameters.names {
@@ -30,6 +33,9 @@ public struct AdamWMoments: Equatable, Sendable {
                 let shape = parameters.tensors[name]!.shape
                 guard moment.shape == shape else {
                     throw CheckpointError.optimizerMismatch(file: source, reason: "\(label) moment of \(name) has shape \(moment.shape), the parameter \(shape)")
+                }
+                if let index = moment.values.firstIndex(where: { !$0.isFinite }) {
+                    throw CheckpointError.nonFinite(source: source, tensor: "\(label) moment of \(name)", index: index)
                 }
             }
             if moments.count != parameters.tensors.count {
@@ -125,6 +131,9 @@ public struct TrainerState: Codable, Equatable, Sendable {
         step = try container.decode(Int.self, forKey: .step)
         dataEpoch = try container.decode(Int.self, forKey: .dataEpoch)
         dataIndex = try container.decode(Int.self, forKey: .dataIndex)
+        for (key, value) in [(CodingKeys.step, step), (.dataEpoch, dataEpoch), (.dataIndex, dataIndex)] where value < 0 {
+            throw DecodingError.dataCorruptedError(forKey: key, in: container, debugDescription: "\(value) is negative; it counts from 0")
+        }
         let rng = try container.decode(String.self, forKey: .rngState)
         guard let state = UInt64(rng) else {
             throw DecodingError.dataCorruptedError(forKey: .rngState, in: container, debugDescription: "rng_state '\(rng)' is not a decimal UInt64")
@@ -156,6 +165,8 @@ public struct TrainerState: Codable, Equatable, Sendable {
 ///         model.safetensors                the student in Hugging Face names and layout, F32
 ///                                          (so DIR/checkpoint loads with transformers as is)
 ///         optimizer.safetensors            "first_moment.<GGUF name>", "second_moment.<GGUF name>", F32, GGUF layout
+///         tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json
+///                                          the tokenizer (``HuggingFaceTokenizer``), for transformers and GGUF export
 ///         trainer_state.json               format_version, step, data_epoch, data_index, rng_state, configuration, schedules
 ///         auxiliary.safetensors            only with feature-loss modules: "<name>", "first_moment.<name>", "second_moment.<name>"
 ///
@@ -191,13 +202,17 @@ public struct TrainingCheckpoint: Equatable, Sendable {
     public var state: TrainerState
     /// Empty when the run trains nothing beside the student.
     public var auxiliary: AuxiliaryParameters
+    /// The student's tokenizer as GGUF `tokenizer.*` metadata (the teacher's); nil in checkpoints
+    /// of kdgpu versions that did not keep it.
+    public var tokenizer: GGUFMetadata?
 
     public init(parameters: LlamaParameters, moments: AdamWMoments, state: TrainerState,
-                auxiliary: AuxiliaryParameters = .none) {
+                auxiliary: AuxiliaryParameters = .none, tokenizer: GGUFMetadata?) {
         self.parameters = parameters
         self.moments = moments
         self.state = state
         self.auxiliary = auxiliary
+        self.tokenizer = tokenizer
     }
 
     /// The folder `DIR/checkpoint` points at, or nil when there is no checkpoint in `directory`.
@@ -220,9 +235,9 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         try moments.validate(against: parameters, source: "checkpoint to save")
         let manager = FileManager.default
         do {
-            try manager.createDirectory(at: directory, withIntermediateDirectories: true)
-        } catch {
-            throw CheckpointError.writeFailed(path: directory.path, reason: error.localizedDescription)
+            try FileChecks.createFolder(directory.path)
+        } catch let problem as FileProblem {
+            throw CheckpointError.writeFailed(path: problem.path, reason: problem.reason)
         }
         let current = TrainingCheckpoint.currentFolder(in: directory)?.standardizedFileURL.lastPathComponent
         let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
@@ -239,7 +254,7 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         // 1-2: the new checkpoint, complete on disk under its final name.
         do {
             try manager.createDirectory(at: partial, withIntermediateDirectories: false)
-            try HuggingFaceCheckpoint.writeInPlace(parameters, to: partial, using: writer)
+            try HuggingFaceCheckpoint.writeInPlace(parameters, tokenizer: tokenizer, to: partial, using: writer)
             var optimizer = SafeTensorsWriter(metadata: ["format": "kdgpu-adamw", "layout": "gguf"])
             for name in parameters.names { try moments.add(name, to: &optimizer) }
             try optimizer.writeInPlace(to: partial.appendingPathComponent(TrainingCheckpoint.optimizerFileName), using: writer)
@@ -291,7 +306,7 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         if case let CheckpointError.writeFailed(path, reason) = error {
             return .saveFailed(directory: directory.path, step: state.step, reason: "writing \(URL(fileURLWithPath: path).lastPathComponent): \(reason)")
         }
-        return .saveFailed(directory: directory.path, step: state.step, reason: "\(error)")
+        return .saveFailed(directory: directory.path, step: state.step, reason: error is CheckpointError ? "\(error)" : FileChecks.describe(error))
     }
 
     /// Loads the current checkpoint of `directory` (through `DIR/checkpoint`), or `directory`
@@ -321,7 +336,8 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         }
         try moments.validate(against: parameters, source: optimizerFile.path)
         return TrainingCheckpoint(parameters: parameters, moments: moments, state: state,
-                                  auxiliary: try readAuxiliary(folder.appendingPathComponent(auxiliaryFileName)))
+                                  auxiliary: try readAuxiliary(folder.appendingPathComponent(auxiliaryFileName)),
+                                  tokenizer: try HuggingFaceCheckpoint.readTokenizer(from: folder))
     }
 
     /// The feature-loss modules of `auxiliary.safetensors`, or none when the file is absent.
@@ -336,10 +352,11 @@ public struct TrainingCheckpoint: Equatable, Sendable {
         return auxiliary
     }
 
-    static func readState(_ url: URL) throws -> TrainerState {
+    /// Reads a `trainer_state.json`; errors name the file and the key at fault.
+    public static func readState(_ url: URL) throws -> TrainerState {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw CheckpointError.unreadable(path: url.path, reason: error.localizedDescription)
+            throw CheckpointError.unreadable(path: url.path, reason: FileChecks.describe(error))
         }
         // The version first, so a newer layout is reported as such rather than as a bad key.
         if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],

@@ -27,7 +27,7 @@ public struct GGUFTensorInfo: Equatable, Sendable {
 /// let layers = try file.uint32("llama.block_count")
 /// let embedding = try file.dequantize(file.tensor(named: "token_embd.weight"))  // [Float]
 /// ```
-public final class GGUFFile: @unchecked Sendable {
+public final class GGUFFile: GGUFMetadataSource, @unchecked Sendable {
     /// Arrays of arrays deeper than this are rejected (a hostile file could otherwise recurse without bound).
     public static let maximumArrayNesting = 8
     /// The alignment of the data section and of every tensor offset when `general.alignment` is absent.
@@ -156,85 +156,6 @@ public final class GGUFFile: @unchecked Sendable {
                 initialized = count
             }
         }
-    }
-
-    // MARK: Typed metadata
-
-    /// The value stored under `key`, or a `missingKey` error naming the key and the file.
-    public func value(_ key: String) throws -> GGUFValue {
-        guard let value = metadata[key] else { throw GGUFError.missingKey(file: path, key: key) }
-        return value
-    }
-
-    public func contains(_ key: String) -> Bool { metadata[key] != nil }
-
-    /// An integer value of any width that fits in `Int`.
-    public func int(_ key: String) throws -> Int {
-        let value = try value(key)
-        guard let int = value.intValue else { throw wrongType(key, value, expected: "an integer") }
-        return int
-    }
-
-    /// An integer value of any width that fits in a `UInt32` (e.g. `llama.block_count`).
-    public func uint32(_ key: String) throws -> UInt32 {
-        let value = try value(key)
-        guard let int = value.intValue, let result = UInt32(exactly: int) else {
-            throw wrongType(key, value, expected: "an integer in 0...\(UInt32.max)")
-        }
-        return result
-    }
-
-    /// An f32 or f64 value.
-    public func float(_ key: String) throws -> Float {
-        let value = try value(key)
-        guard let double = value.floatValue else { throw wrongType(key, value, expected: "f32 or f64") }
-        return Float(double)
-    }
-
-    public func string(_ key: String) throws -> String {
-        let value = try value(key)
-        guard let string = value.stringValue else { throw wrongType(key, value, expected: "string") }
-        return string
-    }
-
-    public func bool(_ key: String) throws -> Bool {
-        let value = try value(key)
-        guard let bool = value.boolValue else { throw wrongType(key, value, expected: "bool") }
-        return bool
-    }
-
-    public func stringArray(_ key: String) throws -> [String] {
-        let value = try value(key)
-        guard case .array(.string, let elements) = value else {
-            throw wrongType(key, value, expected: "array of string")
-        }
-        return elements.map { $0.stringValue! }
-    }
-
-    /// An array of integers of any width.
-    public func intArray(_ key: String) throws -> [Int] {
-        let value = try value(key)
-        let error = wrongType(key, value, expected: "array of integers")
-        guard let elements = value.arrayValue else { throw error }
-        return try elements.map { element in
-            guard let int = element.intValue else { throw error }
-            return int
-        }
-    }
-
-    /// An array of f32 or f64.
-    public func floatArray(_ key: String) throws -> [Float] {
-        let value = try value(key)
-        let error = wrongType(key, value, expected: "array of f32 or f64")
-        guard let elements = value.arrayValue else { throw error }
-        return try elements.map { element in
-            guard let double = element.floatValue else { throw error }
-            return Float(double)
-        }
-    }
-
-    private func wrongType(_ key: String, _ value: GGUFValue, expected: String) -> GGUFError {
-        .wrongValueType(file: path, key: key, found: value.typeDescription, expected: expected)
     }
 
     // MARK: Parsing

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Files
 
 /// A read-only memory map of a whole file; unmapped when the object goes away.
 final class MappedFile: @unchecked Sendable {
@@ -10,6 +11,11 @@ final class MappedFile: @unchecked Sendable {
     let bytes: UnsafeRawBufferPointer
 
     init(path: String) throws {
+        do {
+            try FileChecks.requireReadableFile(path)  // before open(2): a named pipe would block it
+        } catch let problem as FileProblem {
+            throw GGUFError.cannotOpen(file: path, reason: problem.reason)
+        }
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw GGUFError.cannotOpen(file: path, reason: MappedFile.systemError()) }
         defer { close(fd) }

@@ -54,22 +54,52 @@ public enum Divergence: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Parses the names of ``description`` (`jsd` alone means beta = 0.5, `sfkl`/`srkl` alpha = 0.1).
-    public init?(name: String) {
-        let lowered = name.lowercased()
-        let parts = lowered.split(whereSeparator: { $0 == "(" || $0 == ")" || $0 == ":" || $0 == "=" }).map(String.init)
-        guard let head = parts.first else { return nil }
-        let value = parts.count > 1 ? Float(parts[1]) : nil
+    /// The names ``init(parsing:)`` reads, for messages.
+    public static let names = "fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha) or tvd"
+
+    /// Parses the names of ``description`` (`jsd` alone means beta = 0.5, `sfkl`/`srkl` alpha = 0.1);
+    /// the parameter must be a number strictly between 0 and 1.
+    /// - Throws: a message (without the key) saying what is wrong with `name`.
+    public init(parsing name: String) throws {
+        let text = name.trimmingCharacters(in: .whitespaces).lowercased()
+        var head = text, argument: String?
+        if let open = text.firstIndex(of: "(") {
+            guard text.hasSuffix(")") else { throw DivergenceNameError("'\(name)' lacks its closing ')'; use \(Self.names)") }
+            head = String(text[..<open])
+            argument = String(text[text.index(after: open)..<text.index(before: text.endIndex)]).trimmingCharacters(in: .whitespaces)
+        }
+        func parameter(_ label: String, default value: Float) throws -> Float {
+            guard let argument else { return value }
+            guard let number = Float(argument), number.isFinite else {
+                throw DivergenceNameError("'\(name)': \(label) '\(argument)' is not a number; write \(head)(\(label)) with 0 < \(label) < 1")
+            }
+            guard number > 0 && number < 1 else {
+                throw DivergenceNameError("'\(name)': \(label) \(argument) is out of range; use 0 < \(label) < 1")
+            }
+            return number
+        }
         switch head {
-        case "fkl", "kl": self = .forwardKL
-        case "rkl": self = .reverseKL
-        case "jsd": self = .jensenShannon(beta: value ?? 0.5)
-        case "sfkl": self = .skewForwardKL(alpha: value ?? 0.1)
-        case "srkl": self = .skewReverseKL(alpha: value ?? 0.1)
-        case "tvd": self = .totalVariation
-        default: return nil
+        case "fkl", "kl", "rkl", "tvd":
+            guard argument == nil else { throw DivergenceNameError("'\(name)': \(head) takes no parameter") }
+            self = head == "rkl" ? .reverseKL : head == "tvd" ? .totalVariation : .forwardKL
+        case "jsd": self = .jensenShannon(beta: try parameter("beta", default: 0.5))
+        case "sfkl": self = .skewForwardKL(alpha: try parameter("alpha", default: 0.1))
+        case "srkl": self = .skewReverseKL(alpha: try parameter("alpha", default: 0.1))
+        default: throw DivergenceNameError("unknown '\(name)'; use \(Self.names)")
         }
     }
+
+    /// ``init(parsing:)``, nil for a name it refuses.
+    public init?(name: String) {
+        guard let divergence = try? Divergence(parsing: name) else { return nil }
+        self = divergence
+    }
+}
+
+/// Why a divergence name was refused (one line, without the setting's key).
+public struct DivergenceNameError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// How per-row values become the reported loss.

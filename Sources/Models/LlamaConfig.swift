@@ -36,7 +36,7 @@ public struct LlamaConfig: Equatable, Sendable {
         self.vocabulary = vocabulary
         self.contextLength = contextLength
         self.ropeBase = ropeBase
-        self.ropeDimensions = ropeDimensions ?? width / heads
+        self.ropeDimensions = ropeDimensions ?? (heads > 0 ? width / heads : 0)  // zero heads: refused by validate()
         self.normEpsilon = normEpsilon
         self.tiedEmbeddings = tiedEmbeddings
     }
@@ -61,6 +61,17 @@ public struct LlamaConfig: Equatable, Sendable {
         try validate(source: file.path)
     }
 
+    /// Bounds far above any model that fits a machine, so a corrupt or mistyped size is refused
+    /// before it is multiplied into an allocation.
+    public static let limits = (layers: 1024, width: 1 << 17, feedForward: 1 << 19, vocabulary: 1 << 22, contextLength: 1 << 22)
+
+    /// Parameters of a model of this shape (embedding, blocks, final norm, and the head when untied).
+    public var parameterCount: Int {
+        let attention = 2 * width * width + 2 * width * kvWidth
+        let block = attention + 3 * width * feedForward + 2 * width
+        return vocabulary * width * (tiedEmbeddings ? 1 : 2) + layers * block + width
+    }
+
     /// Checks the numbers fit together; `source` names the file in the error.
     public func validate(source: String) throws {
         func require(_ condition: Bool, _ message: String) throws {
@@ -68,6 +79,11 @@ public struct LlamaConfig: Equatable, Sendable {
         }
         try require(layers > 0 && width > 0 && feedForward > 0 && vocabulary > 0 && contextLength > 0,
                     "layers, width, feed-forward, vocabulary and context length must be positive (got \(layers), \(width), \(feedForward), \(vocabulary), \(contextLength))")
+        for (name, value, limit) in [("block count", layers, Self.limits.layers), ("width", width, Self.limits.width),
+                                     ("feed-forward width", feedForward, Self.limits.feedForward), ("vocabulary", vocabulary, Self.limits.vocabulary),
+                                     ("context length", contextLength, Self.limits.contextLength)] {
+            try require(value <= limit, "\(name) \(value) is beyond any model kdgpu can hold (at most \(limit))")
+        }
         try require(heads > 0 && kvHeads > 0 && heads % kvHeads == 0, "\(heads) heads are not a multiple of \(kvHeads) key/value heads")
         try require(width % heads == 0 && headDimension % 2 == 0, "width \(width) is not \(heads) heads of an even size")
         try require(ropeDimensions > 0 && ropeDimensions <= headDimension && ropeDimensions % 2 == 0,

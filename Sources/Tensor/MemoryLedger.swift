@@ -81,7 +81,7 @@ public final class MemoryLedger: @unchecked Sendable {
             return defaultBytes
         }
         guard let bytes = parseByteCount(text) else {
-            throw TensorError.unsupported("\(budgetEnvironmentVariable)=\(text) is not a size; write e.g. 6G, 512M or 1000000")
+            throw TensorError.unsupported("\(budgetEnvironmentVariable)=\(text) is not a size; write a positive size below 8388608T, e.g. 6G, 512M or 1000000")
         }
         return bytes
     }
@@ -99,7 +99,8 @@ public func parseByteCount(_ text: String) -> Int? {
         digits = digits.dropLast()
     }
     guard let value = Double(digits), value > 0, value.isFinite else { return nil }
-    return Int(value * Double(multiplier))
+    let bytes = value * Double(multiplier)
+    return bytes < Double(Int.max) ? Int(bytes) : nil  // past Int.max (8 EiB): no size a machine has
 }
 
 /// `1.5 GiB`, `320.0 MiB`, `12 B`.

@@ -64,7 +64,7 @@ public struct BPETokenizer: Sendable {
 
     /// Reads the tokenizer of a GGUF model: `tokenizer.ggml.{model, pre, tokens, token_type,
     /// merges, bos_token_id, eos_token_id, add_bos_token}`.
-    public init(gguf file: GGUFFile) throws {
+    public init(gguf file: some GGUFMetadataSource) throws {
         let model = try file.string("tokenizer.ggml.model")
         guard model == "gpt2" else { throw TokenizerError.unsupportedModel(file: file.path, model: model) }
         let preName = try file.string("tokenizer.ggml.pre")

@@ -1,15 +1,14 @@
 /// The regex splits that cut text into words before BPE; the raw values are the names
 /// `tokenizer.ggml.pre` stores (llama.cpp's: "smollm", "llama-bpe", "gpt-2").
 ///
-/// Each is a hand-written matcher with the semantics llama.cpp gives these regexes
+/// Each is a hand-written matcher with the semantics llama.cpp gives its ``regexes``
 /// (llama-vocab.cpp lists them; unicode.cpp runs the gpt2 and llama3 ones as custom code):
 ///
-/// - `gpt-2`: `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+/// - `gpt-2`: the GPT-2 regex (contractions, letters, numbers, other symbols, whitespace).
 /// - `smollm`: first `\p{N}` (every number character becomes its own piece), then the gpt2 regex
 ///   inside each remaining piece, so `2024` splits into `2`,`0`,`2`,`4`.
-/// - `llama-bpe` (Llama 3): `(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])`
-///   `|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
-///   its vocabularies also look a whole word up before merging (``ignoresMerges``).
+/// - `llama-bpe` (Llama 3): case-insensitive contractions, up to three digits per number, newlines
+///   kept apart; its vocabularies also look a whole word up before merging (``ignoresMerges``).
 ///
 /// Text between matches is kept as pieces of its own, so the pieces always concatenate back to
 /// the input. `\p{L}` and `\p{N}` are Unicode general categories L* and N*; `\s` is White_Space.
@@ -21,6 +20,19 @@ public enum PreTokenizer: String, CaseIterable, Sendable {
     /// Whether a word that is itself a token is emitted whole, without running the merges
     /// (llama.cpp's `ignore_merges`, set for `llama-bpe`).
     public var ignoresMerges: Bool { self == .llamaBPE }
+
+    /// The regexes applied in turn, each inside the pieces the previous one cut (matches and the
+    /// text between them both kept): what the matchers below implement, and what a Hugging Face
+    /// `tokenizer.json` writes as `Split` pre-tokenizers.
+    public var regexes: [String] {
+        let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
+        switch self {
+        case .gpt2: return [gpt2]
+        case .smollm: return [#"\p{N}"#, gpt2]
+        case .llamaBPE:
+            return [#"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#]
+        }
+    }
 
     /// The pieces of `text`: `PreTokenizer.smollm.split("Hi 2024!")` is `["Hi", " ", "2", "0", "2", "4", "!"]`.
     public func split(_ text: String) -> [String] {

@@ -1,4 +1,5 @@
 import Checkpoint
+import Files
 import Foundation
 import GGUF
 import Losses
@@ -76,30 +77,41 @@ public final class DistillationRun {
         func shown(_ url: URL) -> String {
             url.path.hasPrefix(out.path) ? config.out + url.path.dropFirst(out.path.count) : url.path
         }
-        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-
-        // Teacher and tokenizer.
-        guard FileManager.default.fileExists(atPath: config.teacher) else {
-            throw TrainingError.config("teacher: \(config.teacher) does not exist; run `make teacher` or pass --teacher FILE.gguf")
+        // Every setting against the teacher's header (no weights read yet), then the corpus and the
+        // student, then the teacher's weights: bad input fails before the long work.
+        do {
+            try FileChecks.requireReadableFile(config.teacher, hint: "run `make teacher` or pass --teacher FILE.gguf")
+        } catch let problem as FileProblem {
+            throw TrainingError.config("teacher (--teacher): \(problem)")
         }
         let teacherFile = try GGUFFile(path: config.teacher)
+        let teacherConfig = try LlamaConfig(gguf: teacherFile)
         let tokenizer = try BPETokenizer(gguf: teacherFile)
-        let teacher = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
-        guard config.seqLen <= teacher.config.contextLength else {
-            throw TrainingError.config("seq_len: \(config.seqLen) exceeds the teacher's context length \(teacher.config.contextLength)")
+        let tokenizerMetadata = GGUFMetadata.tokenizer(of: teacherFile)
+        try config.check(teacher: teacherConfig)
+        do {
+            try FileChecks.createFolder(out.path)
+        } catch let problem as FileProblem {
+            throw TrainingError.config("out (--out): cannot create the run folder: \(problem)")
         }
 
         // Data.
         let corpus = try Corpus(path: config.data)
         let tokenized = try TokenCache().tokens(for: corpus, tokenizer: tokenizer)
-        let dataset = try TokenDataset(tokens: tokenized.tokens, sequenceLength: config.seqLen,
+        let dataset: TokenDataset
+        do {
+            dataset = try TokenDataset(tokens: tokenized.tokens, sequenceLength: config.seqLen,
                                        validationFraction: config.validationFraction, seed: config.seed)
+        } catch let error as TrainingDataError {
+            throw TrainingError.data("\(config.data): \(error)")
+        }
         guard dataset.trainingWindowCount >= config.batchSize, dataset.validationWindowCount >= 1 else {
             throw TrainingError.data("\(config.data): \(tokenized.tokens.count) tokens make \(dataset.windowCount) windows of \(config.seqLen); "
                                      + "need \(config.batchSize) for training plus 1 for validation: use more text, a smaller --seq-len or --batch-size")
         }
-        log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
-            + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")
+        log("kdgpu train: \(config.divergence) at T=\(config.temperature) (\(config.temperatureSchedule)), \(config.steps) steps of "
+            + "\(config.batchSize * config.gradientAccumulation) x \(config.seqLen) tokens on \(backend.name), into \(config.out)")
+        log("GEMMs: \(backend.gemmDescription)")
 
         // Student: from the checkpoint, or inherited from the teacher.
         let identity = try Self.identity(config)
@@ -112,6 +124,7 @@ public final class DistillationRun {
         var objective = DistillationObjective(config: config)
         let student: StudentModel
         var resumedAuxiliary: AuxiliaryParameters?
+        var studentDescription: String
         if resume {
             let checkpoint = try TrainingCheckpoint.load(from: out)
             let saved = try Self.settings(of: checkpoint.state.configuration, in: out)
@@ -119,30 +132,34 @@ public final class DistillationRun {
             guard differences.isEmpty else {
                 throw TrainingError.resume("\(out.path): the checkpoint was written with a different configuration (\(differences.joined(separator: "; "))); resume with the same options or start a new --out")
             }
-            guard checkpoint.parameters.config.vocabulary == teacher.config.vocabulary else {
-                throw TrainingError.resume("\(out.path): the checkpoint's vocabulary \(checkpoint.parameters.config.vocabulary) differs from the teacher's \(teacher.config.vocabulary)")
+            guard checkpoint.parameters.config.vocabulary == teacherConfig.vocabulary else {
+                throw TrainingError.resume("\(out.path): the checkpoint's vocabulary \(checkpoint.parameters.config.vocabulary) differs from the teacher's \(teacherConfig.vocabulary)")
+            }
+            startStep = checkpoint.state.step
+            guard startStep < config.steps else {
+                throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
             }
             student = try StudentModel(parameters: checkpoint.parameters, backend: backend)
             try Optimizer.load(student.parameters, moments: checkpoint.moments, source: out.path)
             resumedAuxiliary = checkpoint.auxiliary
-            startStep = checkpoint.state.step
             position = DataPosition(epoch: checkpoint.state.dataEpoch, index: checkpoint.state.dataIndex)
             objective = try JSONDecoder().decode(DistillationObjective.self, from: JSONEncoder().encode(checkpoint.state.schedules))
-            log("resumed from \(config.out) at step \(startStep)")
+            studentDescription = "resumed from \(config.out) at step \(startStep)"
         } else if !config.studentShape.isEmpty {
             let shape = try StudentShape.parse(config.studentShape)
-            student = try StudentModel(parameters: LlamaParameters.random(shape, like: teacher.config, seed: config.seed), backend: backend)
-            log("student: \(shape.blocks) fresh blocks, width \(shape.width), \(shape.heads) heads (\(shape.kvHeads) key/value), "
-                + "feed-forward \(shape.feedForward), \(student.parameterCount) parameters")
+            student = try StudentModel(parameters: LlamaParameters.random(shape, like: teacherConfig, seed: config.seed), backend: backend)
+            studentDescription = "student: \(shape.blocks) fresh blocks, width \(shape.width), \(shape.heads) heads (\(shape.kvHeads) key/value), "
+                + "feed-forward \(shape.feedForward), \(student.parameterCount) parameters"
         } else {
-            let layers = try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers)
+            let layers = try StudentLayers.parse(config.studentLayers, teacherLayers: teacherConfig.layers)
             student = try StudentModel(parameters: LlamaParameters(gguf: teacherFile).inheriting(blocks: layers), backend: backend)
-            log("student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
-                + "\(student.parameterCount) parameters")
+            studentDescription = "student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
+                + "\(student.parameterCount) parameters"
         }
-        guard startStep < config.steps || !resume else {
-            throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
-        }
+        let teacher = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
+            + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")
+        log(studentDescription)
         // Feature losses pair an inherited student's blocks with the teacher blocks they came from by default.
         let inherited = config.studentShape.isEmpty ? try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers) : nil
         if config.lensWeight > 0 {
@@ -182,7 +199,13 @@ public final class DistillationRun {
             Array(validation[$0..<min(validation.count, $0 + config.batchSize)])
         }
 
-        let teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try teacher.likelihood(of: $1)) }
+        let teacherNLL: LikelihoodResult
+        do {
+            teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try teacher.likelihood(of: $1)) }
+        } catch let error as ModelError {
+            throw TrainingError.numeric("teacher \(config.teacher): its validation pass before training gives a \(error); "
+                                        + "the file's weights hold NaN or inf: use an undamaged teacher")
+        }
         var initialStudentPerplexity: Double?
         if !resume {
             let initial = try studentLikelihood(student, validationBatches)
@@ -193,22 +216,34 @@ public final class DistillationRun {
 
         let schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
                                             minimumFraction: config.minLrFraction)
-        var lastCheckpoint = out.appendingPathComponent(TrainingCheckpoint.currentLinkName)
+        /// The last complete checkpoint (a resumed run's own until it writes one).
+        var lastCheckpoint = resume ? TrainingCheckpoint.currentFolder(in: out) : nil
+        func stopped(_ what: String, at step: Int) -> TrainingError {
+            let saved = lastCheckpoint.map { "the last checkpoint, \(shown($0)), is intact (resume from \(config.out))" }
+                ?? "no checkpoint was written yet (the first was due at step \(config.checkpointEvery > 0 ? min(config.checkpointEvery, config.steps) : config.steps))"
+            return .numeric("step \(step): \(what); the run stopped; \(saved); try a lower --lr or a --grad-clip")
+        }
         var finalNLL: LikelihoodResult?
         let runStart = DispatchTime.now().uptimeNanoseconds
         for step in (startStep + 1)...config.steps {
             let stepStart = DispatchTime.now().uptimeNanoseconds
             let temperature = objective.temperature
-            let parts = try trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
-            let named = [("loss", parts.loss), ("cross-entropy", parts.crossEntropy), ("lens loss", parts.lens), ("hint loss", parts.hint),
-                         ("alignment loss", parts.alignment), ("gradient norm", parts.gradientNorm)]
-            if let (name, value) = named.first(where: { !$0.1.isFinite }) {
-                throw TrainingError.numeric("step \(step): non-finite \(name) \(value); the last good checkpoint is \(lastCheckpoint.path); try a lower --lr")
+            let parts: StepParts
+            do {
+                parts = try trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+            } catch let error as DistillationLossError {
+                throw stopped("non-finite values in the loss: \(error)", at: step)
             }
+            let named = [("total loss", parts.total), ("loss", parts.loss), ("cross-entropy", parts.crossEntropy), ("lens loss", parts.lens), ("hint loss", parts.hint),
+                         ("alignment loss", parts.alignment), ("gradient norm", parts.gradientNorm)]
+            if let (name, value) = named.first(where: { !$0.1.isFinite }) { throw stopped("non-finite \(name) \(value)", at: step) }
             let learningRate = schedule.rate(at: step)
             try Optimizer.update(student.parameters + auxiliaryParameters,
                                  AdamWStep(learningRate: learningRate, beta1: config.beta1, beta2: config.beta2, weightDecay: config.weightDecay, step: step),
                                  gradientNorm: parts.gradientNorm, clip: config.gradClip)
+            if let tensor = try Optimizer.firstNonFinite(student.parameters + auxiliaryParameters) {
+                throw stopped("the update made \(tensor) non-finite (or too large for fp32)", at: step)
+            }
             objective.update(step: step, totalSteps: config.steps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
                              teacherCrossEntropy: parts.teacherCrossEntropy)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9
@@ -234,7 +269,14 @@ public final class DistillationRun {
 
             let last = step == config.steps
             if last || (config.evalEvery > 0 && step % config.evalEvery == 0) {
-                let result = try studentLikelihood(student, validationBatches)
+                let result: LikelihoodResult
+                do { result = try studentLikelihood(student, validationBatches) } catch let error as DistillationLossError {
+                    throw stopped("non-finite values in the validation pass: \(error)", at: step)
+                }
+                // A perplexity past fp64 (NLL above ~709 nats a token) is a diverged student, not a number to report.
+                if !result.perplexity.isFinite {
+                    throw stopped(String(format: "validation NLL %.1f a token, a perplexity of inf: the student diverged", result.meanNLL), at: step)
+                }
                 try metrics.append(["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity])
                 log(String(format: "step %d: validation NLL %.4f, perplexity %.3f", step, result.meanNLL, result.perplexity))
                 finalNLL = result
@@ -244,9 +286,10 @@ public final class DistillationRun {
                                          configuration: stored, schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(objective)))
                 let auxiliary = AuxiliaryParameters(values: try Optimizer.download(auxiliaryParameters),
                                                     moments: try Optimizer.downloadMoments(auxiliaryParameters))
-                lastCheckpoint = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: Optimizer.downloadMoments(student.parameters),
-                                                        state: state, auxiliary: auxiliary).save(in: out)
-                log("step \(step): checkpoint \(shown(lastCheckpoint))")
+                let saved = try TrainingCheckpoint(parameters: student.downloadParameters(), moments: Optimizer.downloadMoments(student.parameters),
+                                                   state: state, auxiliary: auxiliary, tokenizer: tokenizerMetadata).save(in: out)
+                lastCheckpoint = saved
+                log("step \(step): checkpoint \(shown(saved))")
             }
         }
 
@@ -260,14 +303,14 @@ public final class DistillationRun {
         if config.exportGguf != "none" {
             let url = out.appendingPathComponent("student.gguf")
             let type: GGMLType = config.exportGguf == "f32" ? .f32 : config.exportGguf == "q8_0" ? .q8_0 : .f16
-            try GGUFExport.write(student.downloadParameters(), to: url, matrixType: type, tokenizerFrom: teacherFile, name: "kdgpu student")
+            try GGUFExport.write(student.downloadParameters(), to: url, matrixType: type, tokenizer: tokenizerMetadata, name: "kdgpu student")
             exported = url
             log("exported \(shown(url)) (\(config.exportGguf))")
         }
         let final = try finalNLL ?? studentLikelihood(student, validationBatches)
         return RunSummary(steps: config.steps, teacherValidationPerplexity: teacherNLL.perplexity,
                           initialStudentValidationPerplexity: initialStudentPerplexity, finalStudentValidationPerplexity: final.perplexity,
-                          exportedGGUF: exported.map(shown), checkpoint: shown(lastCheckpoint))
+                          exportedGGUF: exported.map(shown), checkpoint: shown(lastCheckpoint ?? out.appendingPathComponent(TrainingCheckpoint.currentLinkName)))
     }
 
     public struct StepParts {
@@ -427,9 +470,7 @@ extension DistillationRun {
             throw TrainingError.resume("\(directory.path): no checkpoint to resume (expected \(directory.appendingPathComponent(TrainingCheckpoint.currentLinkName).path))")
         }
         let stateFile = folder.appendingPathComponent(TrainingCheckpoint.stateFileName)
-        guard let data = FileManager.default.contents(atPath: stateFile.path), let state = try? JSONDecoder().decode(TrainerState.self, from: data) else {
-            throw TrainingError.resume("\(stateFile.path): unreadable or from another version; start a new run")
-        }
+        let state = try TrainingCheckpoint.readState(stateFile)
         var settings = try settings(of: state.configuration, in: stateFile)
         // Checkpoints that kept no device continue on the default one (unless --device names one).
         if settings.device.isEmpty { settings.device = TrainingConfig().device }

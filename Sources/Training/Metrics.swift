@@ -1,3 +1,4 @@
+import Files
 import Foundation
 
 /// `DIR/metrics.jsonl`: one JSON object per line, appended and flushed as the run goes.
@@ -16,17 +17,30 @@ public final class MetricsLog {
                 kept += line + "\n"
             }
         }
-        try kept.write(to: url, atomically: true, encoding: .utf8)
-        handle = try FileHandle(forWritingTo: url)
-        handle.seekToEndOfFile()
+        do {
+            try kept.write(to: url, atomically: true, encoding: .utf8)
+            handle = try FileHandle(forWritingTo: url)
+            try handle.seekToEnd()
+        } catch {
+            throw FileProblem(path: url.path, reason: "cannot write the metrics: \(FileChecks.describe(error))")
+        }
     }
 
     deinit { try? handle.close() }
 
+    /// Appends one line; a non-finite number is written as null (JSON has no NaN or infinity).
     public func append(_ object: [String: Any]) throws {
-        var data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        let finite = object.mapValues { value -> Any in
+            if let number = value as? Double, !number.isFinite { return NSNull() }
+            return value
+        }
+        var data = try JSONSerialization.data(withJSONObject: finite, options: [.sortedKeys])
         data.append(0x0A)
-        handle.write(data)
+        do {
+            try handle.write(contentsOf: data)
+        } catch {
+            throw FileProblem(path: url.path, reason: "cannot write the metrics: \(FileChecks.describe(error))")
+        }
     }
 
     /// Every logged object, in order.

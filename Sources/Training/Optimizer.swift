@@ -36,15 +36,22 @@ public enum Optimizer {
 
     /// The global L2 norm of every gradient (summed in fp64 from per-row sums of squares).
     public static func gradientNorm(_ parameters: [Parameter]) throws -> Float {
-        var total = 0.0
-        for p in parameters {
-            let backend = p.value.backend
-            let rows = try p.gradient.reshaped([p.gradient.count / p.gradient.columns, p.gradient.columns])
-            let sums = try backend.tensor(shape: [rows.shape[0]], label: "gradient norm rows")
-            try backend.reduceRows(.sumSquares, rows, into: sums)
-            total += try sums.toArray().reduce(0.0) { $0 + Double($1) }
-        }
-        return Float(total.squareRoot())
+        Float(try parameters.reduce(0.0) { $0 + (try sumOfSquares($1.gradient)) }.squareRoot())
+    }
+
+    /// The first parameter whose values hold a NaN or an infinity, or are so large their sum of
+    /// squares overflows fp32 (an exploding run): one row reduction per tensor on the device.
+    public static func firstNonFinite(_ parameters: [Parameter]) throws -> String? {
+        try parameters.first { !(try sumOfSquares($0.value)).isFinite }?.name
+    }
+
+    /// Σ x² of a tensor, from fp32 per-row sums on its backend added in fp64 (a non-finite row stays non-finite).
+    static func sumOfSquares(_ tensor: Tensor) throws -> Double {
+        let backend = tensor.backend
+        let rows = try tensor.reshaped([tensor.count / tensor.columns, tensor.columns])
+        let sums = try backend.tensor(shape: [rows.shape[0]], label: "sum of squares rows")
+        try backend.reduceRows(.sumSquares, rows, into: sums)
+        return try sums.toArray().reduce(0.0) { $0 + Double($1) }
     }
 
     /// Clips the gradients to `clip` (global norm of the group; 0 is no clipping), then one AdamW

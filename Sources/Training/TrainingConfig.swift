@@ -1,5 +1,7 @@
+import Files
 import Foundation
 import Losses
+import Models
 import Yams
 
 /// Everything a distillation run is told: from a YAML file (`--config`), then overridden by flags.
@@ -10,10 +12,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
     /// A text file, a folder of .txt/.md files, or a JSONL file.
     public var data = "cache/corpus/plays"
-    /// The teacher blocks the student inherits: `0,6,12,18,24,29` or `every:5`. The default keeps
-    /// the teacher's first and last three blocks: on SmolLM2-135M its validation perplexity before
-    /// training is 2.0e5, against 3.3e7 for every:5 and 8.5e5 for 0,6,12,18,24,29 (measured).
-    public var studentLayers = "0,1,2,27,28,29"
+    /// The teacher blocks the student inherits: `0,6,12,18,24,29` or `every:5`. Unset (the default)
+    /// keeps the teacher's first and last three blocks: on SmolLM2-135M (0,1,2,27,28,29) its validation
+    /// perplexity before training is 2.0e5, against 3.3e7 for every:5 and 8.5e5 for 0,6,12,18,24,29 (measured).
+    public var studentLayers: String?
     /// A freshly initialized student instead of inherited blocks: `blocks=4,width=256,heads=4,kv_heads=2,feed_forward=768`
     /// (the vocabulary, context, RoPE and norm settings are the teacher's; embeddings are tied). Empty: inherit.
     public var studentShape = ""
@@ -104,28 +106,88 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 
     public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
 
-    /// Reads a YAML file of any subset of the keys; an unknown key is an error that lists the valid ones.
+    /// The command-line flag of a key (`batch_size` -> `--batch-size`); every key has one.
+    public static func flag(of key: String) -> String { "--" + key.replacingOccurrences(of: "_", with: "-") }
+
+    /// Reads a YAML file of any subset of the keys; an unknown or repeated key, a value of the
+    /// wrong type or a non-finite number is an error naming the file and the key.
     public static func load(yamlFile path: String) throws -> TrainingConfig {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw TrainingError.config("\(path): cannot read the configuration file")
-        }
-        let node: Any?
         do {
-            node = try Yams.load(yaml: text)
+            try FileChecks.requireReadableFile(path)
+        } catch let problem as FileProblem {
+            throw TrainingError.config("config: \(problem)")
+        }
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw TrainingError.config("\(path): cannot be read as UTF-8 text")
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
         } catch {
             throw TrainingError.config("\(path): not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")")
         }
-        guard let mapping = node as? [String: Any] else {
+        guard let root else { throw TrainingError.config("\(path): the file is empty; write KEY: VALUE lines (keys: \(validKeys.joined(separator: ", ")))") }
+        guard let mapping = root.mapping else {
             throw TrainingError.config("\(path): expected a mapping of keys to values at the top level")
         }
-        if let unknown = mapping.keys.sorted().first(where: { !validKeys.contains($0) }) {
-            throw TrainingError.config("\(path): unknown key '\(unknown)'; valid keys: \(validKeys.joined(separator: ", "))")
+        var values: [String: Any] = [:]
+        for (keyNode, valueNode) in mapping {
+            guard let key = keyNode.string else { throw TrainingError.config("\(path): a key is not a string") }
+            guard validKeys.contains(key) else {
+                throw TrainingError.config("\(path): unknown key '\(key)'; valid keys: \(validKeys.joined(separator: ", "))")
+            }
+            guard values[key] == nil else {
+                throw TrainingError.config("\(path): key '\(key)' appears more than once (line \(keyNode.mark?.line ?? 0)); keep one")
+            }
+            guard let scalar = valueNode.scalar else {
+                throw TrainingError.config("\(path): key '\(key)' needs a single value, not a list or a mapping")
+            }
+            values[key] = try typedValue(scalar, key: key, file: path)
         }
-        do {
-            return try settings(mapping)
-        } catch let DecodingError.typeMismatch(_, context), let DecodingError.dataCorrupted(context) {
-            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw TrainingError.config("\(path): key '\(key)' has a value of the wrong type (\(context.debugDescription))")
+        return try settings(values)
+    }
+
+    /// The kind of value a key takes.
+    enum ValueKind { case text, flag, integer, unsignedInteger, number }
+
+    /// Each key's kind, found by which JSON value the decoder accepts for it in the defaults (so it
+    /// follows the property's type without a table to keep in step).
+    static let valueKinds: [String: ValueKind] = {
+        let defaults = try! JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as! [String: Any]
+        func decodes(_ key: String, _ value: Any) -> Bool {
+            var object = defaults
+            object[key] = value
+            guard let data = try? JSONSerialization.data(withJSONObject: object) else { return false }
+            return (try? JSONDecoder().decode(TrainingConfig.self, from: data)) != nil
+        }
+        return Dictionary(uniqueKeysWithValues: validKeys.map { key -> (String, ValueKind) in
+            if decodes(key, "x") { return (key, .text) }
+            if decodes(key, true) { return (key, .flag) }
+            if decodes(key, 0.5) { return (key, .number) }
+            return (key, decodes(key, -1) ? .integer : .unsignedInteger)
+        })
+    }()
+
+    /// A YAML scalar as the type of `key`'s property, or an error naming the file, the key, the
+    /// value and the type it takes. Numbers given to text keys are text (`student_layers: 0`).
+    static func typedValue(_ scalar: Node.Scalar, key: String, file: String) throws -> Any {
+        let text = scalar.string
+        func wrong(_ kind: String) -> TrainingError {
+            .config("\(file): key '\(key)' is '\(text)'; it takes \(kind)")
+        }
+        switch valueKinds[key]! {
+        case .text: return text
+        case .flag:
+            guard let value = Bool.construct(from: scalar) else { throw wrong("true or false") }
+            return value
+        case .integer, .unsignedInteger:
+            guard let value = Int(text.replacingOccurrences(of: "_", with: "")) else { throw wrong("an integer") }
+            if valueKinds[key] == .unsignedInteger && value < 0 { throw wrong("an integer of 0 or more") }
+            return value
+        case .number:
+            guard let value = Double.construct(from: scalar) else { throw wrong("a number") }
+            guard value.isFinite else { throw wrong("a finite number") }
+            return value
         }
     }
 
@@ -136,36 +198,122 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         return try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: defaults.merging(mapping) { $1 }))
     }
 
-    /// Checks ranges and names; each error names the key.
+    /// Checks every key's value on its own (range, name, syntax) and the keys that exclude each
+    /// other; what needs the models (layer numbers, context length) is checked by
+    /// ``check(teacher:)``. Each error names the key and its flag, the value and what is valid.
     public func validate() throws {
-        func require(_ condition: Bool, _ key: String, _ message: String) throws {
-            if !condition { throw TrainingError.config("\(key): \(message)") }
+        for key in CodingKeys.allCases { try check(key) }
+        if !studentShape.isEmpty && studentLayers != nil {
+            throw TrainingError.config("student_shape (--student-shape) and student_layers (--student-layers) exclude each other: "
+                                       + "a fresh student has no inherited blocks; give one of them")
         }
-        try require(steps >= 1, "steps", "must be at least 1, got \(steps)")
-        try require(batchSize >= 1, "batch_size", "must be at least 1, got \(batchSize)")
-        try require(gradientAccumulation >= 1, "gradient_accumulation", "must be at least 1, got \(gradientAccumulation)")
-        try require(seqLen >= 2, "seq_len", "must be at least 2, got \(seqLen)")
-        try require(lr > 0 && lr.isFinite, "lr", "must be positive, got \(lr)")
-        try require(warmupSteps >= 0, "warmup_steps", "must be 0 or more, got \(warmupSteps)")
-        try require((0...1).contains(minLrFraction), "min_lr_fraction", "must be in [0, 1], got \(minLrFraction)")
-        try require(temperature > 0 && temperature.isFinite, "temperature", "must be positive, got \(temperature)")
-        try require(["constant", "dts"].contains(temperatureSchedule), "temperature_schedule", "use constant or dts, got '\(temperatureSchedule)'")
-        try require(divergence == "taid" || DistillationObjective.divergence(named: divergence) != nil, "divergence",
-                    "unknown '\(divergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd or taid")
-        try require(softWeight >= 0 && hardWeight >= 0 && softWeight + hardWeight > 0, "soft_weight/hard_weight",
-                    "must be non-negative and not both 0")
-        try require(lensWeight >= 0 && lensWeight.isFinite, "lens_weight", "must be 0 or more, got \(lensWeight)")
-        try require(Divergence(name: lensDivergence) != nil, "lens_divergence", "unknown '\(lensDivergence)'; use fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha) or tvd")
-        try require(attnAlignWeight >= 0 && attnAlignWeight.isFinite, "attn_align_weight", "must be 0 or more, got \(attnAlignWeight)")
-        try require(attnAlignDecay > 0 && attnAlignDecay <= 1, "attn_align_decay", "must be in (0, 1], got \(attnAlignDecay)")
-        try require(hintWeight >= 0 && hintWeight.isFinite, "hint_weight", "must be 0 or more, got \(hintWeight)")
-        try require(HiddenStateHintLoss.Kind(rawValue: hintLoss) != nil, "hint_loss", "use cosine or mse, got '\(hintLoss)'")
-        try require(validationFraction > 0 && validationFraction < 1, "validation_fraction", "must be in (0, 1), got \(validationFraction)")
-        try require(evalEvery >= 0 && checkpointEvery >= 0, "eval_every/checkpoint_every", "must be 0 or more")
-        try require(evalWindows >= 1, "eval_windows", "must be at least 1, got \(evalWindows)")
-        try require(["f32", "f16", "q8_0", "none"].contains(exportGguf), "export_gguf", "use f32, f16, q8_0 or none, got '\(exportGguf)'")
-        _ = try StudentLayers.parse(studentLayers, teacherLayers: Int.max)
-        if !studentShape.isEmpty { _ = try StudentShape.parse(studentShape) }
+    }
+
+    /// The check of one key: the switch is exhaustive, so a new key does not compile without one.
+    func check(_ key: CodingKeys) throws {
+        let name = key.rawValue
+        func fail(_ value: Any, _ valid: String) -> TrainingError {
+            .config("\(name) (\(Self.flag(of: name))): \(value) is out of range; \(valid)")
+        }
+        func atLeast(_ value: Int, _ minimum: Int) throws {
+            if value < minimum { throw fail(value, "use an integer of at least \(minimum)") }
+        }
+        func inRange(_ value: Float, _ range: String, _ valid: (Float) -> Bool) throws {
+            if !value.isFinite || !valid(value) { throw fail(value, "use a number in \(range)") }
+        }
+        func oneOf(_ value: String, _ choices: [String]) throws {
+            if !choices.contains(value) { throw TrainingError.config("\(name) (\(Self.flag(of: name))): unknown '\(value)'; use \(choices.joined(separator: ", "))") }
+        }
+        func nonEmpty(_ value: String) throws {
+            if value.trimmingCharacters(in: .whitespaces).isEmpty { throw TrainingError.config("\(name) (\(Self.flag(of: name))): must not be empty") }
+        }
+        func divergenceName(_ value: String, allowingTAID: Bool) throws {
+            if allowingTAID && value == "taid" { return }
+            do { _ = try Divergence(parsing: value) } catch {
+                throw TrainingError.config("\(name) (\(Self.flag(of: name))): \(error)" + (allowingTAID ? " (or taid)" : ""))
+            }
+        }
+        func pairs(_ value: String) throws { _ = try BlockPairs.syntax(value, key: name) }
+        switch key {
+        case .teacher: try nonEmpty(teacher)
+        case .data: try nonEmpty(data)
+        case .studentLayers: if let studentLayers { _ = try StudentLayers.syntax(studentLayers) }
+        case .studentShape: if !studentShape.isEmpty { _ = try StudentShape.parse(studentShape) }
+        case .out: try nonEmpty(out)
+        case .device: try nonEmpty(device)
+        case .steps: try atLeast(steps, 1)
+        case .batchSize: try atLeast(batchSize, 1)
+        case .gradientAccumulation: try atLeast(gradientAccumulation, 1)
+        case .seqLen: try atLeast(seqLen, 2)
+        case .lr: try inRange(lr, "(0, inf)") { $0 > 0 }
+        case .warmupSteps: try atLeast(warmupSteps, 0)
+        case .minLrFraction: try inRange(minLrFraction, "[0, 1]") { (0...1).contains($0) }
+        case .weightDecay: try inRange(weightDecay, "[0, 1)") { $0 >= 0 && $0 < 1 }
+        case .beta1: try inRange(beta1, "[0, 1)") { $0 >= 0 && $0 < 1 }
+        case .beta2: try inRange(beta2, "[0, 1)") { $0 >= 0 && $0 < 1 }
+        case .gradClip: try inRange(gradClip, "[0, inf) (0 turns clipping off)") { $0 >= 0 }
+        case .seed: break  // any UInt64
+        case .divergence: try divergenceName(divergence, allowingTAID: true)
+        case .temperature: try inRange(temperature, "[0.01, 100] (lower ones overflow fp32 in logits / T)") { $0 >= 0.01 && $0 <= 100 }
+        case .temperatureSchedule: try oneOf(temperatureSchedule, ["constant", "dts"])
+        case .scaleBySquaredTemperature: break  // a Bool
+        case .softWeight: try inRange(softWeight, "[0, inf)") { $0 >= 0 }
+        case .hardWeight:
+            try inRange(hardWeight, "[0, inf)") { $0 >= 0 }
+            if softWeight + hardWeight == 0 { throw fail("0 with soft_weight 0", "soft_weight and hard_weight must not both be 0") }
+        case .lensWeight: try inRange(lensWeight, "[0, inf) (0 turns the lens off)") { $0 >= 0 }
+        case .lensLayers: try pairs(lensLayers)
+        case .lensFinalNorm: break
+        case .lensDivergence: try divergenceName(lensDivergence, allowingTAID: false)
+        case .attnAlignWeight: try inRange(attnAlignWeight, "[0, inf) (0 turns alignment off)") { $0 >= 0 }
+        case .attnAlignLayers: try pairs(attnAlignLayers)
+        case .attnAlignDecay: try inRange(attnAlignDecay, "(0, 1]") { $0 > 0 && $0 <= 1 }
+        case .hintWeight: try inRange(hintWeight, "[0, inf) (0 turns hints off)") { $0 >= 0 }
+        case .hintLayers: try pairs(hintLayers)
+        case .hintLoss: try oneOf(hintLoss, HiddenStateHintLoss.Kind.allCases.map(\.rawValue))
+        case .validationFraction: if !(validationFraction > 0 && validationFraction < 1) { throw fail(validationFraction, "use a number in (0, 1)") }
+        case .evalEvery: try atLeast(evalEvery, 0)
+        case .evalWindows: try atLeast(evalWindows, 1)
+        case .checkpointEvery: try atLeast(checkpointEvery, 0)
+        case .exportGguf: try oneOf(exportGguf, ["f32", "f16", "q8_0", "none"])
+        }
+    }
+
+    /// The number of blocks the student will have.
+    public func studentBlockCount(teacherLayers: Int) throws -> Int {
+        studentShape.isEmpty ? try StudentLayers.parse(studentLayers, teacherLayers: teacherLayers).count : try StudentShape.parse(studentShape).blocks
+    }
+
+    /// The checks that need the teacher's shape (read from its header, before any weights): the
+    /// context length, the inherited blocks, the fresh student's shape and its host memory, and
+    /// every block pair.
+    public func check(teacher: LlamaConfig) throws {
+        if seqLen > teacher.contextLength {
+            throw TrainingError.config("seq_len (--seq-len): \(seqLen) exceeds the teacher's context length \(teacher.contextLength)")
+        }
+        let blocks: Int
+        if studentShape.isEmpty {
+            blocks = try StudentLayers.parse(studentLayers, teacherLayers: teacher.layers).count
+        } else {
+            let student = try StudentShape.parse(studentShape).config(like: teacher)
+            do { try student.validate(source: "student_shape (--student-shape) '\(studentShape)'") } catch {
+                throw TrainingError.config("\(error)")
+            }
+            // Weights, gradients and both AdamW moments in fp32, and a host copy at checkpoints.
+            let bytes = Double(student.parameterCount) * 4 * 5
+            let memory = Double(ProcessInfo.processInfo.physicalMemory)
+            if bytes > memory {
+                throw TrainingError.config("student_shape (--student-shape) '\(studentShape)': \(student.parameterCount) parameters need "
+                                           + String(format: "%.1f GiB for weights, gradients and AdamW state, more than this machine's %.1f GiB; use a smaller shape",
+                                                    bytes / Double(1 << 30), memory / Double(1 << 30)))
+            }
+            blocks = student.layers
+        }
+        let inherited = studentShape.isEmpty ? try StudentLayers.parse(studentLayers, teacherLayers: teacher.layers) : nil
+        for (key, text, weight) in [("lens_layers", lensLayers, lensWeight), ("attn_align_layers", attnAlignLayers, attnAlignWeight),
+                                    ("hint_layers", hintLayers, hintWeight)] where weight > 0 {
+            _ = try BlockPairs.parse(text, studentLayers: blocks, teacherLayers: teacher.layers, inherited: inherited, key: key)
+        }
     }
 }
 
@@ -185,26 +333,40 @@ public enum TrainingError: Error, CustomStringConvertible {
 
 /// `--student-layers`: which teacher blocks the student inherits.
 public enum StudentLayers {
-    /// `0,6,12` or `every:5` (blocks 0, 5, 10, ... below the teacher's count).
-    public static func parse(_ text: String, teacherLayers: Int) throws -> [Int] {
-        let layers: [Int]
+    /// The form alone: `0,6,12` (numbers) or `every:N` (a step).
+    public enum Form: Equatable { case blocks([Int]), every(Int) }
+
+    static func invalid(_ text: String, _ reason: String) -> TrainingError {
+        .config("student_layers (--student-layers): '\(text)': \(reason)")
+    }
+
+    /// The syntax of `text`, without a teacher to check the numbers against.
+    public static func syntax(_ text: String) throws -> Form {
         if text.hasPrefix("every:") {
-            guard let step = Int(text.dropFirst("every:".count)), step >= 1 else {
-                throw TrainingError.config("student_layers: '\(text)': write every:N with N >= 1")
-            }
-            layers = teacherLayers == Int.max ? [0] : Array(stride(from: 0, to: teacherLayers, by: step))
-        } else {
-            let parsed = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-            guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else {
-                throw TrainingError.config("student_layers: '\(text)': write block numbers like 0,6,12 or every:N")
-            }
-            layers = parsed.map { $0! }
+            guard let step = Int(text.dropFirst("every:".count)), step >= 1 else { throw invalid(text, "write every:N with N >= 1") }
+            return .every(step)
         }
-        guard layers == layers.sorted(), Set(layers).count == layers.count, let first = layers.first, first >= 0,
-              layers.last! < teacherLayers else {
-            throw TrainingError.config("student_layers: '\(text)': blocks must be distinct, increasing and below the teacher's \(teacherLayers)")
+        let parsed = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else { throw invalid(text, "write block numbers like 0,6,12 or every:N") }
+        let layers = parsed.map { $0! }
+        guard layers == layers.sorted(), Set(layers).count == layers.count, layers.first! >= 0 else {
+            throw invalid(text, "blocks must be distinct, increasing and 0 or more")
         }
-        return layers
+        return .blocks(layers)
+    }
+
+    /// The blocks of a teacher of `teacherLayers` blocks: `0,6,12`, `every:5` (blocks 0, 5, 10, ...),
+    /// or nil for the first and last three (all of a teacher of 6 blocks or fewer).
+    public static func parse(_ text: String?, teacherLayers: Int) throws -> [Int] {
+        guard let text else {
+            return teacherLayers <= 6 ? Array(0..<teacherLayers) : [0, 1, 2] + Array(teacherLayers - 3..<teacherLayers)
+        }
+        switch try syntax(text) {
+        case .every(let step): return Array(stride(from: 0, to: teacherLayers, by: step))
+        case .blocks(let layers):
+            guard layers.last! < teacherLayers else { throw invalid(text, "the teacher has \(teacherLayers) blocks (0 to \(teacherLayers - 1))") }
+            return layers
+        }
     }
 }
 
@@ -219,10 +381,21 @@ public enum BlockPairs {
             if let inherited, inherited.count == studentLayers { return inherited.enumerated().map { ($0.offset, $0.element) } }
             return (0..<studentLayers).map { i in (i, Int((Double(i + 1) * Double(teacherLayers) / Double(studentLayers)).rounded()) - 1) }
         }
-        return try text.split(separator: ",").map { part in
-            let numbers = part.split(separator: ":").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-            guard numbers.count == 2, let s = numbers[0], let t = numbers[1], (0..<studentLayers).contains(s), (0..<teacherLayers).contains(t) else {
-                throw TrainingError.config("\(key): '\(part)': write STUDENT:TEACHER block pairs, student below \(studentLayers), teacher below \(teacherLayers)")
+        return try syntax(text, key: key).map { pair in
+            guard pair.student < studentLayers, pair.teacher < teacherLayers else {
+                throw TrainingError.config("\(key) (\(TrainingConfig.flag(of: key))): '\(pair.student):\(pair.teacher)': the student has blocks 0 to \(studentLayers - 1), the teacher 0 to \(teacherLayers - 1)")
+            }
+            return pair
+        }
+    }
+
+    /// The pairs of `text` without models to check them against (empty: the default pairing).
+    public static func syntax(_ text: String, key: String) throws -> [(student: Int, teacher: Int)] {
+        guard !text.isEmpty else { return [] }
+        return try text.split(separator: ",", omittingEmptySubsequences: false).map { part in
+            let numbers = part.split(separator: ":", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard numbers.count == 2, let s = numbers[0], let t = numbers[1], s >= 0, t >= 0 else {
+                throw TrainingError.config("\(key) (\(TrainingConfig.flag(of: key))): '\(part)': write STUDENT:TEACHER block pairs like 0:3,5:29")
             }
             return (s, t)
         }
@@ -244,13 +417,21 @@ public struct StudentShape: Equatable {
 
     static let keys = ["blocks", "width", "heads", "kv_heads", "feed_forward"]
 
+    /// The student's configuration: this shape, with the teacher's vocabulary, context, RoPE and
+    /// norm settings, and tied embeddings.
+    public func config(like teacher: LlamaConfig) -> LlamaConfig {
+        LlamaConfig(layers: blocks, width: width, feedForward: feedForward, heads: heads, kvHeads: kvHeads,
+                    vocabulary: teacher.vocabulary, contextLength: teacher.contextLength, ropeBase: teacher.ropeBase,
+                    normEpsilon: teacher.normEpsilon, tiedEmbeddings: true)
+    }
+
     /// `blocks=4,width=256,heads=4,kv_heads=2,feed_forward=768`; every key is required.
     public static func parse(_ text: String) throws -> StudentShape {
         var values: [String: Int] = [:]
         for part in text.split(separator: ",") {
             let pair = part.split(separator: "=").map { $0.trimmingCharacters(in: .whitespaces) }
             guard pair.count == 2, keys.contains(pair[0]), let value = Int(pair[1]), value > 0 else {
-                throw TrainingError.config("student_shape: '\(part)' is not KEY=N with KEY one of \(keys.joined(separator: ", ")) and N > 0")
+                throw TrainingError.config("student_shape (--student-shape): '\(part)' is not KEY=N with KEY one of \(keys.joined(separator: ", ")) and N > 0")
             }
             values[pair[0]] = value
         }
@@ -258,6 +439,6 @@ public struct StudentShape: Equatable {
             return StudentShape(blocks: values["blocks"]!, width: values["width"]!, heads: values["heads"]!,
                                 kvHeads: values["kv_heads"]!, feedForward: values["feed_forward"]!)
         }
-        throw TrainingError.config("student_shape: '\(text)' lacks \(missing)=N (write \(keys.map { "\($0)=N" }.joined(separator: ",")))")
+        throw TrainingError.config("student_shape (--student-shape): '\(text)' lacks \(missing)=N (write \(keys.map { "\($0)=N" }.joined(separator: ",")))")
     }
 }

@@ -26,9 +26,7 @@ extension LlamaParameters {
     /// A fresh student of `shape` for `teacher`'s vocabulary and position settings, tied embeddings:
     /// matrices drawn from N(0, 0.02^2) (llama's initialization), norm weights 1, seeded.
     public static func random(_ shape: StudentShape, like teacher: LlamaConfig, seed: UInt64) throws -> LlamaParameters {
-        let config = LlamaConfig(layers: shape.blocks, width: shape.width, feedForward: shape.feedForward, heads: shape.heads,
-                                 kvHeads: shape.kvHeads, vocabulary: teacher.vocabulary, contextLength: teacher.contextLength,
-                                 ropeBase: teacher.ropeBase, normEpsilon: teacher.normEpsilon, tiedEmbeddings: true)
+        let config = shape.config(like: teacher)
         try config.validate(source: "student_shape")
         var random = SplitMix64(seed: seed)
         var tensors: [String: ParameterTensor] = [:]

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -48,12 +49,15 @@ public struct Corpus: Sendable {
     ///   - forceJSONLines: read `path` as JSONL whatever its extension.
     public init(path: String, jsonField: String = "text", forceJSONLines: Bool = false) throws {
         self.path = path
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw TrainingDataError.missingPath(path)
+        let kind = FileChecks.kind(of: path)
+        switch kind {
+        case .missing: throw TrainingDataError.missingPath(path)
+        case .folder, .regularFile: break
+        default:  // refused before any read: a named pipe would block it, a device never end
+            throw TrainingDataError.unreadable(path: path, reason: "it is \(FileChecks.article(kind)), not a text file or folder")
         }
         let root = URL(fileURLWithPath: path).standardizedFileURL
-        if isDirectory.boolValue {
+        if kind == .folder {
             format = forceJSONLines ? .jsonLines(field: jsonField) : .text
             let wanted = forceJSONLines ? Corpus.jsonLinesExtensions : Corpus.textExtensions
             guard let enumerator = FileManager.default.enumerator(at: root, includingPropertiesForKeys: [.isRegularFileKey],
@@ -122,7 +126,7 @@ public struct Corpus: Sendable {
                 throw TrainingDataError.missingPath(path)
             }
             let reason = isDirectory.boolValue ? "it is a folder" :
-                (FileManager.default.isReadableFile(atPath: path) ? "\(error.localizedDescription)" : "permission denied")
+                (FileManager.default.isReadableFile(atPath: path) ? FileChecks.describe(error) : "permission denied")
             throw TrainingDataError.unreadable(path: path, reason: reason)
         }
     }

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Tokenizer
 #if canImport(Glibc)
@@ -35,7 +36,7 @@ public enum TokenFile {
         do {
             data = try Data(contentsOf: url)
         } catch {
-            throw TrainingDataError.unreadable(path: url.path, reason: error.localizedDescription)
+            throw TrainingDataError.unreadable(path: url.path, reason: FileChecks.describe(error))
         }
         return try decode([UInt8](data), path: url.path)
     }

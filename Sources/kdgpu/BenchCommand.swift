@@ -20,16 +20,16 @@ struct BenchCommand: ParsableCommand {
         valueName: "device"))
     var device: [String] = []
 
-    @Option(name: .long, help: "Timed runs per measurement; the median is reported.")
+    @Option(name: .long, parsing: .unconditional, help: "Timed runs per measurement; the median is reported.")
     var runs: Int = 5
 
     @Option(name: .long, help: ArgumentHelp("The teacher GGUF for the teacher suite.", valueName: "file.gguf"))
     var teacher = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    @Option(name: .long, help: "Windows per micro-batch of the train suite's step.")
+    @Option(name: .long, parsing: .unconditional, help: "Windows per micro-batch of the train suite's step.")
     var batchSize = 4
 
-    @Option(name: .long, help: "Tokens per window of the train suite's step.")
+    @Option(name: .long, parsing: .unconditional, help: "Tokens per window of the train suite's step.")
     var seqLen = 128
 
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")

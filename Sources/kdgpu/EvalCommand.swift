@@ -15,10 +15,10 @@ struct EvalCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A UTF-8 text file.", valueName: "file"))
     var data: String
 
-    @Option(name: .long, help: "Tokens per window.")
+    @Option(name: .long, parsing: .unconditional, help: "Tokens per window.")
     var seqLen = 256
 
-    @Option(name: .long, help: "Windows per forward pass.")
+    @Option(name: .long, parsing: .unconditional, help: "Windows per forward pass.")
     var batchSize = 8
 
     @Flag(name: .long, help: "Print one JSON object: mean_nll, perplexity, tokens, tokens_per_s, windows, device.")

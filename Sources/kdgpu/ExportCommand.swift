@@ -2,6 +2,8 @@ import ArgumentParser
 import Checkpoint
 import Foundation
 import GGUF
+import Models
+import Tokenizer
 
 /// `kdgpu export`: a checkpoint's student as a GGUF (for llama.cpp) or Hugging Face safetensors.
 struct ExportCommand: ParsableCommand {
@@ -18,8 +20,8 @@ struct ExportCommand: ParsableCommand {
     @Option(name: .long, help: "GGUF matrix type: f32, f16 or q8_0.")
     var type = "f16"
 
-    @Option(name: .long, help: ArgumentHelp("A GGUF whose tokenizer the exported GGUF carries (the teacher).", valueName: "file.gguf"))
-    var tokenizerFrom = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(name: .long, help: ArgumentHelp("A GGUF whose tokenizer the export carries instead of the checkpoint's own (needed only for checkpoints of kdgpu versions that did not keep one).", valueName: "file.gguf"))
+    var tokenizerFrom: String?
 
     @Option(name: .long, help: ArgumentHelp("The output file (gguf) or folder (safetensors).", valueName: "PATH"))
     var out: String
@@ -31,16 +33,19 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let folder = URL(fileURLWithPath: checkpoint, isDirectory: true)
-            let parameters = try TrainingCheckpoint.load(from: folder).parameters
+            let checkpoint = try TrainingCheckpoint.load(from: URL(fileURLWithPath: self.checkpoint, isDirectory: true))
+            let tokenizer = try tokenizerFrom.map { GGUFMetadata.tokenizer(of: try openModelFile($0)) } ?? checkpoint.tokenizer
+            guard let tokenizer else {
+                throw ModelError.badInput("\(self.checkpoint): the checkpoint has no tokenizer (written by an older kdgpu); "
+                                          + "pass --tokenizer-from TEACHER.gguf, the teacher it was trained from")
+            }
+            _ = try BPETokenizer(gguf: tokenizer)  // a --tokenizer-from file without one is refused here, naming it
             let destination = URL(fileURLWithPath: out)
             if format == "gguf" {
-                let tokenizer = FileManager.default.fileExists(atPath: tokenizerFrom) ? try GGUFFile(path: tokenizerFrom) : nil
-                if tokenizer == nil { note("kdgpu export: \(tokenizerFrom) not found; the GGUF will have no tokenizer (pass --tokenizer-from)") }
-                try GGUFExport.write(parameters, to: destination, matrixType: type == "f32" ? .f32 : type == "q8_0" ? .q8_0 : .f16,
-                                     tokenizerFrom: tokenizer, name: "kdgpu student")
+                try GGUFExport.write(checkpoint.parameters, to: destination, matrixType: type == "f32" ? .f32 : type == "q8_0" ? .q8_0 : .f16,
+                                     tokenizer: tokenizer, name: "kdgpu student")
             } else {
-                try HuggingFaceCheckpoint.write(parameters, to: destination)
+                try HuggingFaceCheckpoint.write(checkpoint.parameters, to: destination, tokenizer: tokenizer)
             }
             print("exported \(destination.path)")
         } catch {

@@ -14,16 +14,16 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .long, help: "The text to continue.")
     var prompt: String
 
-    @Option(name: .long, help: "Tokens to generate at most (generation also stops at the end-of-sequence token).")
+    @Option(name: .long, parsing: .unconditional, help: "Tokens to generate at most (generation also stops at the end-of-sequence token).")
     var maxTokens = 64
 
-    @Option(name: .long, help: "Sampling temperature; 0 picks the most likely token every time.")
+    @Option(name: .long, parsing: .unconditional, help: "Sampling temperature; 0 picks the most likely token every time.")
     var temperature: Float = 0.8
 
-    @Option(name: .long, help: "Nucleus sampling: draw from the smallest set of tokens whose probability reaches P.")
+    @Option(name: .long, parsing: .unconditional, help: "Nucleus sampling: draw from the smallest set of tokens whose probability reaches P.")
     var topP: Float = 0.95
 
-    @Option(name: .long, help: "Seed of the sampler.")
+    @Option(name: .long, parsing: .unconditional, help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
     @Flag(name: .long, help: "Parse special tokens such as <|im_start|> written in the prompt.")

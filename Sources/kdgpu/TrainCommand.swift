@@ -22,36 +22,46 @@ struct TrainCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("The teacher GGUF.", valueName: "file.gguf")) var teacher: String?
     @Option(name: .long, help: ArgumentHelp("Text file, folder of .txt/.md files, or JSONL.", valueName: "path")) var data: String?
-    @Option(name: .long, help: ArgumentHelp("Teacher blocks the student inherits: 0,6,12 or every:N.", valueName: "blocks")) var studentLayers: String?
+    @Option(name: .long, help: ArgumentHelp("Teacher blocks the student inherits: 0,6,12 or every:N (default: its first and last three).", valueName: "blocks")) var studentLayers: String?
     @Option(name: .long, help: ArgumentHelp("A fresh student instead: blocks=N,width=N,heads=N,kv_heads=N,feed_forward=N.", valueName: "shape"))
     var studentShape: String?
-    @Option(name: .long, help: "Total optimizer steps.") var steps: Int?
-    @Option(name: .long, help: "Windows per micro-batch.") var batchSize: Int?
-    @Option(name: .long, help: "Micro-batches per optimizer step.") var gradientAccumulation: Int?
-    @Option(name: .long, help: "Tokens per window.") var seqLen: Int?
-    @Option(name: .long, help: "Peak learning rate.") var lr: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Total optimizer steps.") var steps: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Windows per micro-batch.") var batchSize: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Micro-batches per optimizer step.") var gradientAccumulation: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Tokens per window.") var seqLen: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Peak learning rate.") var lr: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Linear warm-up steps before the cosine decay.") var warmupSteps: Int?
+    @Option(name: .long, parsing: .unconditional, help: "The learning rate decays to this fraction of the peak.") var minLrFraction: Float?
+    @Option(name: .long, parsing: .unconditional, help: "AdamW weight decay, in [0, 1).") var weightDecay: Float?
+    @Option(name: .long, parsing: .unconditional, help: "AdamW beta1, in [0, 1).") var beta1: Float?
+    @Option(name: .long, parsing: .unconditional, help: "AdamW beta2, in [0, 1).") var beta2: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Global gradient-norm clip (0: off).") var gradClip: Float?
     @Option(name: .long, help: "fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd, or taid.") var divergence: String?
-    @Option(name: .long, help: "Distillation temperature T.") var temperature: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Distillation temperature T.") var temperature: Float?
+    @Option(name: .long, help: "Multiply the soft term by T^2 (true or false).") var scaleBySquaredTemperature: Bool?
     @Option(name: .long, help: "constant or dts.") var temperatureSchedule: String?
-    @Option(name: .long, help: "Weight of the hard-label cross-entropy.") var hardWeight: Float?
-    @Option(name: .long, help: "Weight of the distillation divergence.") var softWeight: Float?
-    @Option(name: .long, help: "Logit lens: weight of the lens loss (0: off).") var lensWeight: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Weight of the hard-label cross-entropy.") var hardWeight: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Weight of the distillation divergence.") var softWeight: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Logit lens: weight of the lens loss (0: off).") var lensWeight: Float?
     @Option(name: .long, help: ArgumentHelp("Logit lens: STUDENT:TEACHER block pairs (default: each student block with the teacher block it was inherited from, else proportional depth).", valueName: "pairs"))
     var lensLayers: String?
     @Option(name: .long, help: "Logit lens: apply the final RMSNorm before the unembedding (true or false).") var lensFinalNorm: Bool?
-    @Option(name: .long, help: "Attention alignment (A2D): weight of the alignment loss (0: off).") var attnAlignWeight: Float?
+    @Option(name: .long, help: "Logit lens: its divergence, at T = 1 (default jsd(0.5)).") var lensDivergence: String?
+    @Option(name: .long, parsing: .unconditional, help: "Attention alignment (A2D): weight of the alignment loss (0: off).") var attnAlignWeight: Float?
     @Option(name: .long, help: ArgumentHelp("Attention alignment: STUDENT:TEACHER block pairs naming the student blocks whose maps are mixed and the teacher blocks aligned to (default: all, as for --lens-layers).", valueName: "pairs"))
     var attnAlignLayers: String?
-    @Option(name: .long, help: "Attention alignment: weight factor per data epoch (A2D: 0.9).") var attnAlignDecay: Float?
-    @Option(name: .long, help: "Hidden-state hints: weight of the hint loss (0: off).") var hintWeight: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Attention alignment: weight factor per data epoch (A2D: 0.9).") var attnAlignDecay: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Hidden-state hints: weight of the hint loss (0: off).") var hintWeight: Float?
     @Option(name: .long, help: ArgumentHelp("Hidden-state hints: STUDENT:TEACHER block pairs (default: as for --lens-layers).", valueName: "pairs"))
     var hintLayers: String?
     @Option(name: .long, help: "Hidden-state hints: cosine or mse (through a learned projection when the widths differ).") var hintLoss: String?
-    @Option(name: .long, help: "Seed of the data order.") var seed: UInt64?
+    @Option(name: .long, parsing: .unconditional, help: "Seed of the data order.") var seed: UInt64?
     @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring.", valueName: "device")) var device: String?
     @Option(name: .long, help: ArgumentHelp("Run folder.", valueName: "DIR")) var out: String?
-    @Option(name: .long, help: "Validate every N steps.") var evalEvery: Int?
-    @Option(name: .long, help: "Checkpoint every N steps.") var checkpointEvery: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Fraction of the windows held out for validation, in (0, 1).") var validationFraction: Double?
+    @Option(name: .long, parsing: .unconditional, help: "Validate every N steps.") var evalEvery: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Validation windows used at most.") var evalWindows: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Checkpoint every N steps.") var checkpointEvery: Int?
     @Option(name: .long, help: "Export the final student as GGUF: f32, f16, q8_0 or none.") var exportGguf: String?
 
     func run() throws {
@@ -64,6 +74,7 @@ struct TrainCommand: ParsableCommand {
             if let config { settings = try TrainingConfig.load(yamlFile: config) }
             apply(to: &settings)
             if let resume { settings.out = resume }
+            try settings.validate()
             let cpu = try CPUBackend()
             let backend = try openBackend(settings.device, cpu: cpu)
             let terminal = isatty(STDERR_FILENO) != 0
@@ -80,9 +91,6 @@ struct TrainCommand: ParsableCommand {
                     note(line)
                 }
             })
-            note("kdgpu train: \(settings.divergence) at T=\(settings.temperature) (\(settings.temperatureSchedule)), \(settings.steps) steps of "
-                 + "\(settings.batchSize * settings.gradientAccumulation) x \(settings.seqLen) tokens on \(backend.name), into \(settings.out)")
-            note("GEMMs: \(backend.gemmDescription)")
             let summary = try run.run()
             if progressShown { note("") }
             print("validation perplexity")
@@ -109,14 +117,22 @@ struct TrainCommand: ParsableCommand {
         if let gradientAccumulation { settings.gradientAccumulation = gradientAccumulation }
         if let seqLen { settings.seqLen = seqLen }
         if let lr { settings.lr = lr }
+        if let warmupSteps { settings.warmupSteps = warmupSteps }
+        if let minLrFraction { settings.minLrFraction = minLrFraction }
+        if let weightDecay { settings.weightDecay = weightDecay }
+        if let beta1 { settings.beta1 = beta1 }
+        if let beta2 { settings.beta2 = beta2 }
+        if let gradClip { settings.gradClip = gradClip }
         if let divergence { settings.divergence = divergence }
         if let temperature { settings.temperature = temperature }
+        if let scaleBySquaredTemperature { settings.scaleBySquaredTemperature = scaleBySquaredTemperature }
         if let temperatureSchedule { settings.temperatureSchedule = temperatureSchedule }
         if let hardWeight { settings.hardWeight = hardWeight }
         if let softWeight { settings.softWeight = softWeight }
         if let lensWeight { settings.lensWeight = lensWeight }
         if let lensLayers { settings.lensLayers = lensLayers }
         if let lensFinalNorm { settings.lensFinalNorm = lensFinalNorm }
+        if let lensDivergence { settings.lensDivergence = lensDivergence }
         if let attnAlignWeight { settings.attnAlignWeight = attnAlignWeight }
         if let attnAlignLayers { settings.attnAlignLayers = attnAlignLayers }
         if let attnAlignDecay { settings.attnAlignDecay = attnAlignDecay }
@@ -126,7 +142,9 @@ struct TrainCommand: ParsableCommand {
         if let seed { settings.seed = seed }
         if let device { settings.device = device }
         if let out { settings.out = out }
+        if let validationFraction { settings.validationFraction = validationFraction }
         if let evalEvery { settings.evalEvery = evalEvery }
+        if let evalWindows { settings.evalWindows = evalWindows }
         if let checkpointEvery { settings.checkpointEvery = checkpointEvery }
         if let exportGguf { settings.exportGguf = exportGguf }
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// kdgpu: knowledge distillation for language models on any OpenCL device or the CPU.
 struct KDGPU: ParsableCommand {
@@ -16,4 +17,14 @@ struct KDGPU: ParsableCommand {
     )
 }
 
-KDGPU.main()
+// Command-line mistakes are one line, like every other kdgpu error (the usage is in --help);
+// help and version requests print as usual.
+do {
+    var command = try KDGPU.parseAsRoot()
+    try command.run()
+} catch {
+    if KDGPU.exitCode(for: error) == .success { KDGPU.exit(withError: error) }
+    let message = KDGPU.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+    note("kdgpu: \(message)")
+    Foundation.exit(KDGPU.exitCode(for: error).rawValue)
+}

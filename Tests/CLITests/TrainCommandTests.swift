@@ -30,8 +30,9 @@ final class TrainCommandTests: XCTestCase {
         return directory
     }
 
-    private func trainArguments(data: URL, out: URL) -> [String] {
-        ["train", "--teacher", teacher, "--data", data.path, "--student-layers", "0", "--steps", "6", "--batch-size", "2",
+    /// A run of the tiny teacher; `studentLayers` nil leaves the student to other flags (`--student-shape`).
+    private func trainArguments(data: URL, out: URL, studentLayers: String? = "0") -> [String] {
+        ["train", "--teacher", teacher, "--data", data.path] + (studentLayers.map { ["--student-layers", $0] } ?? []) + ["--steps", "6", "--batch-size", "2",
          "--seq-len", "32", "--eval-every", "3", "--checkpoint-every", "3", "--device", "cpu", "--out", out.path]
     }
 
@@ -71,11 +72,25 @@ final class TrainCommandTests: XCTestCase {
         let data = try corpus(), out = try folder("export")
         XCTAssertEqual(try kdgpu(trainArguments(data: data, out: out) + ["--export-gguf", "none"]).status, 0)
         let gguf = out.appendingPathComponent("exported.gguf")
-        let export = try kdgpu(["export", "--checkpoint", out.path, "--format", "gguf", "--type", "f32", "--tokenizer-from", teacher, "--out", gguf.path])
+        // Nothing but the checkpoint: the tokenizer is the one it keeps, from any working directory.
+        let elsewhere = try folder("export-cwd")
+        let export = try Kdgpu.run(["export", "--checkpoint", out.path, "--format", "gguf", "--type", "f32", "--out", gguf.path],
+                                   workingDirectory: elsewhere)
         XCTAssertEqual(export.status, 0, export.error)
         let hf = out.appendingPathComponent("hf")
-        XCTAssertEqual(try kdgpu(["export", "--checkpoint", out.path, "--format", "safetensors", "--out", hf.path]).status, 0)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: hf.appendingPathComponent("model.safetensors").path))
+        XCTAssertEqual(try Kdgpu.run(["export", "--checkpoint", out.path, "--format", "safetensors", "--out", hf.path], workingDirectory: elsewhere).status, 0)
+        for file in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: hf.appendingPathComponent(file).path), file)
+        }
+        // A checkpoint without its tokenizer (an older kdgpu's) is an error that says how to give one, not a GGUF without one.
+        let old = out.appendingPathComponent("checkpoint/tokenizer.json")
+        try FileManager.default.removeItem(at: old)
+        let refused = try kdgpu(["export", "--checkpoint", out.path, "--format", "gguf", "--out", out.appendingPathComponent("none.gguf").path])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.error.contains("has no tokenizer") && refused.error.contains("--tokenizer-from"), refused.error)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent("none.gguf").path))
+        let given = try kdgpu(["export", "--checkpoint", out.path, "--format", "gguf", "--tokenizer-from", teacher, "--out", out.appendingPathComponent("given.gguf").path])
+        XCTAssertEqual(given.status, 0, given.error)
         // The exported GGUF runs, and its tokenizer is the teacher's.
         let tokens = try kdgpu(["tokenize", "--model", gguf.path, "in the"])
         XCTAssertEqual(tokens.output, "259 258\n")
@@ -87,7 +102,7 @@ final class TrainCommandTests: XCTestCase {
     /// A freshly initialized student of a given shape trains and exports too.
     func testFreshStudentOfAGivenShapeTrains() throws {
         let data = try corpus(), out = try folder("fresh")
-        var arguments = trainArguments(data: data, out: out)
+        var arguments = trainArguments(data: data, out: out, studentLayers: nil)
         arguments += ["--student-shape", "blocks=2,width=32,heads=2,kv_heads=1,feed_forward=64", "--steps", "3"]
         let run = try kdgpu(arguments)
         XCTAssertEqual(run.status, 0, run.error)
@@ -95,8 +110,10 @@ final class TrainCommandTests: XCTestCase {
         let records = try metrics(out).filter { $0["loss"] != nil }
         XCTAssertEqual(records.count, 3)
         XCTAssertTrue(records.allSatisfy { ($0["loss"] as? Double)?.isFinite == true })
-        let bad = try kdgpu(trainArguments(data: data, out: out) + ["--student-shape", "blocks=2,width=32"])
-        XCTAssertTrue(bad.error.contains("student_shape: 'blocks=2,width=32' lacks heads=N"), bad.error)
+        let bad = try kdgpu(trainArguments(data: data, out: out, studentLayers: nil) + ["--student-shape", "blocks=2,width=32"])
+        XCTAssertTrue(bad.error.contains("student_shape (--student-shape): 'blocks=2,width=32' lacks heads=N"), bad.error)
+        let both = try kdgpu(trainArguments(data: data, out: out) + ["--student-shape", "blocks=2,width=32,heads=2,kv_heads=1,feed_forward=64"])
+        XCTAssertTrue(both.error.contains("--student-shape") && both.error.contains("--student-layers") && both.error.contains("exclude each other"), both.error)
     }
 
     /// The logit lens joins the loss and is logged as its own part.
@@ -122,7 +139,7 @@ final class TrainCommandTests: XCTestCase {
         let data = try corpus(), whole = try folder("features"), interrupted = try folder("features-interrupted")
         let arguments = ["--student-shape", "blocks=2,width=32,heads=2,kv_heads=1,feed_forward=64", "--lens-weight", "0.5",
                          "--attn-align-weight", "2", "--attn-align-layers", "0:1,1:1", "--hint-weight", "1", "--hint-loss", "mse"]
-        let run = try kdgpu(trainArguments(data: data, out: whole) + arguments)
+        let run = try kdgpu(trainArguments(data: data, out: whole, studentLayers: nil) + arguments)
         XCTAssertEqual(run.status, 0, run.error)
         XCTAssertTrue(run.error.contains("attention alignment: weight 2.0 (x0.9 per epoch), student blocks 0,1 (4 maps) to teacher blocks 1 (4 heads)"), run.error)
         XCTAssertTrue(run.error.contains("hidden-state hints: weight 1.0, mse, block pairs 0:0,1:1, through learned projections 32 -> 64"), run.error)
@@ -137,7 +154,7 @@ final class TrainCommandTests: XCTestCase {
         }
         XCTAssertTrue(FileManager.default.fileExists(atPath: whole.appendingPathComponent("checkpoint/auxiliary.safetensors").path))
 
-        let killed = try kdgpu(trainArguments(data: data, out: interrupted) + arguments, environment: ["KDGPU_KILL_AFTER_STEP": "4"])
+        let killed = try kdgpu(trainArguments(data: data, out: interrupted, studentLayers: nil) + arguments, environment: ["KDGPU_KILL_AFTER_STEP": "4"])
         XCTAssertTrue(killed.signaled && killed.status == SIGKILL, "status \(killed.status): \(killed.error)")
         let resumed = try kdgpu(["train", "--resume", interrupted.path, "--steps", "6"])
         XCTAssertEqual(resumed.status, 0, resumed.error)
@@ -158,8 +175,8 @@ final class TrainCommandTests: XCTestCase {
         let cases: [([String], String)] = [
             (["train", "--config", yaml.path], "unknown key 'learning_rate'; valid keys: teacher, data,"),
             (trainArguments(data: tiny, out: out), "fewer than one window"),
-            (trainArguments(data: data, out: out) + ["--seq-len", "100"], "seq_len: 100 exceeds the teacher's context length 64"),
-            (trainArguments(data: data, out: out) + ["--divergence", "kl2"], "divergence: unknown 'kl2'"),
+            (trainArguments(data: data, out: out) + ["--seq-len", "100"], "seq_len (--seq-len): 100 exceeds the teacher's context length 64"),
+            (trainArguments(data: data, out: out) + ["--divergence", "kl2"], "divergence (--divergence): unknown 'kl2'"),
             (["train", "--resume", out.appendingPathComponent("nothing").path, "--steps", "2"], "no checkpoint to resume"),
             (trainArguments(data: data, out: out) + ["--lr", "1e30"], "non-finite"),
         ]

@@ -30,8 +30,12 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     func testExportFolderHasHuggingFaceNamesAndConfig() throws {
         let folder = try scratchFolder().appendingPathComponent("hf")
         let model = try randomTiedModel()
-        try HuggingFaceCheckpoint.write(model, to: folder, dtype: .bf16, bosTokenID: 1, eosTokenID: 2)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted(), ["config.json", "model.safetensors"])
+        let tokenizer = GGUFMetadata.tokenizer(of: try GGUFFile(contentsOf: Self.tinyF32))
+        try HuggingFaceCheckpoint.write(model, to: folder, dtype: .bf16, tokenizer: tokenizer)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted(),
+                       ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"])
+        XCTAssertEqual(try HuggingFaceCheckpoint.readTokenizer(from: folder).map { try BPETokenizer(gguf: $0).encode("the thin hen") },
+                       try BPETokenizer(gguf: tokenizer).encode("the thin hen"))
         let file = try SafeTensorsFile(url: folder.appendingPathComponent("model.safetensors"))
         XCTAssertEqual(Set(file.names), ["model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
                                          "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
@@ -47,7 +51,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
         XCTAssertEqual(json["torch_dtype"] as? String, "bfloat16")
         let integers = ["hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                         "num_key_value_heads": 1, "vocab_size": 40, "max_position_embeddings": 16, "head_dim": 16,
-                        "bos_token_id": 1, "eos_token_id": 2]
+                        "bos_token_id": 0, "eos_token_id": 10]  // the tiny tokenizer's
         for (key, value) in integers { XCTAssertEqual((json[key] as? NSNumber)?.intValue, value, key) }
         XCTAssertEqual(json["tie_word_embeddings"] as? Bool, true)
         XCTAssertEqual((json["rms_norm_eps"] as? NSNumber)?.doubleValue, 1e-5)
@@ -61,10 +65,10 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     func testImportInvertsExport() throws {
         for model in [Self.tiny, try randomTiedModel()] {
             let folder = try scratchFolder()
-            try HuggingFaceCheckpoint.write(model, to: folder)
+            try HuggingFaceCheckpoint.write(model, to: folder, tokenizer: nil)
             XCTAssertEqual(try HuggingFaceCheckpoint.read(from: folder), model)
             for dtype in [SafeTensorsDType.f16, .bf16] {
-                try HuggingFaceCheckpoint.write(model, to: folder, dtype: dtype)
+                try HuggingFaceCheckpoint.write(model, to: folder, dtype: dtype, tokenizer: nil)
                 let reloaded = try HuggingFaceCheckpoint.read(from: folder)
                 XCTAssertEqual(reloaded.config, model.config)
                 for (name, tensor) in model.tensors {
@@ -81,9 +85,9 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     /// With KDGPU_HF_EXPORT_DIR set, the export is also written there for the script.
     func testReimportedExportMatchesTransformersLogits() throws {
         let folder = try scratchFolder().appendingPathComponent("tiny-hf")
-        try HuggingFaceCheckpoint.write(Self.tiny, to: folder)
+        try HuggingFaceCheckpoint.write(Self.tiny, to: folder, tokenizer: nil)
         if let path = ProcessInfo.processInfo.environment["KDGPU_HF_EXPORT_DIR"] {
-            try HuggingFaceCheckpoint.write(Self.tiny, to: URL(fileURLWithPath: path))
+            try HuggingFaceCheckpoint.write(Self.tiny, to: URL(fileURLWithPath: path), tokenizer: nil)
         }
         let reimported = try HuggingFaceCheckpoint.read(from: folder)
         let transformers = try JSONDecoder().decode(TransformersReference.self,
@@ -103,7 +107,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     /// GGUF model's logits: the un-permutation is exactly the change of RoPE convention.
     func testExportedLayoutRunsWithRotateHalfRoPE() throws {
         let folder = try scratchFolder()
-        try HuggingFaceCheckpoint.write(Self.tiny, to: folder)
+        try HuggingFaceCheckpoint.write(Self.tiny, to: folder, tokenizer: nil)
         let file = try SafeTensorsFile(url: folder.appendingPathComponent("model.safetensors"))
         var hfLayout = Self.tiny
         for name in Self.tiny.names {
@@ -123,7 +127,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
         let model = try randomTiedModel()
         func fresh(_ name: String) throws -> URL {
             let folder = root.appendingPathComponent(name)
-            try HuggingFaceCheckpoint.write(model, to: folder)
+            try HuggingFaceCheckpoint.write(model, to: folder, tokenizer: nil)
             return folder
         }
         func editConfig(_ folder: URL, _ edit: (inout [String: Any]) -> Void) throws {
@@ -168,7 +172,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
                     contains: ["deeper/model.safetensors: tensor model.layers.0.mlp.gate_proj.weight has shape [64, 32], expected [65, 32] from config.json"])
 
         let extra = root.appendingPathComponent("extra")
-        try HuggingFaceCheckpoint.write(Self.tiny, to: extra)
+        try HuggingFaceCheckpoint.write(Self.tiny, to: extra, tokenizer: nil)
         try editConfig(extra) { $0["tie_word_embeddings"] = true }
         XCTAssertNoThrow(try HuggingFaceCheckpoint.read(from: extra), "a saved lm_head is ignored when tied")
         try editConfig(extra) { $0["num_hidden_layers"] = 1 }
@@ -178,7 +182,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     func testPartialRotaryCannotBeExported() throws {
         var model = try randomTiedModel()
         model.config.ropeDimensions = 8
-        assertError(try HuggingFaceCheckpoint.write(model, to: try scratchFolder()),
+        assertError(try HuggingFaceCheckpoint.write(model, to: try scratchFolder(), tokenizer: nil),
                     contains: ["RoPE rotates 8 of 16 head dimensions", "rotate whole heads"])
     }
 }
@@ -192,7 +196,7 @@ final class GGUFExportTests: CheckpointTestCase {
         let folder = try scratchFolder()
         for (type, tolerance) in [(GGMLType.f32, Float(0)), (.f16, 2e-2), (.q8_0, 1e-1)] {
             let url = folder.appendingPathComponent("student-\(type).gguf")
-            try GGUFExport.write(Self.tiny, to: url, matrixType: type, tokenizerFrom: source, name: "tiny student")
+            try GGUFExport.write(Self.tiny, to: url, matrixType: type, tokenizer: .tokenizer(of: source), name: "tiny student")
             let file = try GGUFFile(contentsOf: url)
             let got = try XCTUnwrap(LlamaModel(weights: LlamaWeights(gguf: file, backend: TestBackends.cpu)).forward([sequence]).logits).toArray()
             let difference = maxAbsDifference(got, expected)
@@ -209,7 +213,7 @@ final class GGUFExportTests: CheckpointTestCase {
     func testTokenizerMetadataIsCopiedFromTheTeacher() throws {
         let teacher = try GGUFFile(contentsOf: Self.tinyF32)
         let url = try scratchFolder().appendingPathComponent("student.gguf")
-        try GGUFExport.write(try randomTiedModel(), to: url, matrixType: .q8_0, tokenizerFrom: teacher)
+        try GGUFExport.write(try randomTiedModel(), to: url, matrixType: .q8_0, tokenizer: .tokenizer(of: teacher))
         let student = try GGUFFile(contentsOf: url)
         let tokenizerKeys = teacher.metadataKeys.filter { $0.hasPrefix("tokenizer.") }
         XCTAssertGreaterThan(tokenizerKeys.count, 5)
@@ -227,8 +231,8 @@ final class GGUFExportTests: CheckpointTestCase {
         for name in ["blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"] { model.tensors[name] = .zeros(shape: [48, 32]) }
         model.tensors["blk.0.ffn_down.weight"] = .zeros(shape: [32, 48])
         let url = try scratchFolder().appendingPathComponent("odd.gguf")
-        assertError(try GGUFExport.write(model, to: url, matrixType: .q8_0),
+        assertError(try GGUFExport.write(model, to: url, matrixType: .q8_0, tokenizer: nil),
                     contains: ["odd.gguf: tensor blk.0.ffn_down.weight has rows of 48 values, not a multiple of Q8_0's block of 32", "export as f32 or f16"])
-        XCTAssertNoThrow(try GGUFExport.write(model, to: url, matrixType: .f16))
+        XCTAssertNoThrow(try GGUFExport.write(model, to: url, matrixType: .f16, tokenizer: nil))
     }
 }

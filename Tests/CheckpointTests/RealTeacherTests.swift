@@ -27,9 +27,16 @@ final class RealTeacherExportTests: CheckpointTestCase {
         }
         let reference = try JSONDecoder().decode(TransformersTeacherReference.self,
                                                  from: Data(contentsOf: Self.fixtures.appendingPathComponent("teacher-hf-logits.json")))
-        let teacher = try LlamaParameters(gguf: GGUFFile(path: path))
+        let teacherFile = try GGUFFile(path: path)
+        let teacher = try LlamaParameters(gguf: teacherFile)
         let folder = try scratchFolder().appendingPathComponent("teacher-hf")
-        try HuggingFaceCheckpoint.write(teacher, to: folder)
+        let tokenizer = GGUFMetadata.tokenizer(of: teacherFile)
+        try HuggingFaceCheckpoint.write(teacher, to: folder, tokenizer: tokenizer)
+        // The tokenizer files read back as the teacher's tokenizer.* metadata, chat template included.
+        let tokenizerBack = try XCTUnwrap(HuggingFaceCheckpoint.readTokenizer(from: folder))
+        XCTAssertEqual(Set(tokenizerBack.metadataKeys), Set(tokenizer.metadataKeys))
+        for key in tokenizer.metadataKeys { XCTAssertEqual(tokenizerBack.metadata[key], tokenizer.metadata[key], key) }
+        XCTAssertNotNil(tokenizer.metadata["tokenizer.chat_template"])
         if let exportPath = ProcessInfo.processInfo.environment["KDGPU_TEACHER_HF_EXPORT_DIR"] {
             try FileManager.default.createDirectory(atPath: exportPath, withIntermediateDirectories: true)
             for file in ["model.safetensors", "config.json"] {

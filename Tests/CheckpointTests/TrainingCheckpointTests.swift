@@ -1,5 +1,6 @@
 import Checkpoint
 import Foundation
+import GGUF
 import Models
 import TestSupport
 import XCTest
@@ -8,6 +9,9 @@ final class TrainingCheckpointTests: CheckpointTestCase {
     let configuration: JSONValue = ["seq_len": 64, "batch_size": 4, "lr": 3e-4, "teacher": "teacher.gguf", "loss": ["kind": "kl", "temperature": 2]]
 
     /// A checkpoint of the tiny model with moments and state that differ per `step`.
+    /// The tiny model's tokenizer, which every checkpoint here carries.
+    static let tinyTokenizer = GGUFMetadata.tokenizer(of: try! GGUFFile(contentsOf: tinyF32))
+
     func checkpoint(step: Int) -> TrainingCheckpoint {
         var moments = AdamWMoments.zeros(like: Self.tiny)
         var random = SeededRandom(seed: UInt64(step))
@@ -19,7 +23,8 @@ final class TrainingCheckpointTests: CheckpointTestCase {
         parameters.tensors["output_norm.weight"]!.values[0] = Float(step)
         return TrainingCheckpoint(parameters: parameters, moments: moments,
                                   state: TrainerState(step: step, dataEpoch: step / 10, dataIndex: 4 * (step % 10),
-                                                      rngState: UInt64.max - UInt64(step), configuration: configuration))
+                                                      rngState: UInt64.max - UInt64(step), configuration: configuration),
+                                  tokenizer: Self.tinyTokenizer)
     }
 
     func testSaveThenLoadGivesBackEverything() throws {
@@ -29,7 +34,8 @@ final class TrainingCheckpointTests: CheckpointTestCase {
         XCTAssertEqual(folder.lastPathComponent, "step-00000005")
         XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: directory.appendingPathComponent("checkpoint").path), "step-00000005")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted(),
-                       ["config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"])
+                       ["config.json", "generation_config.json", "model.safetensors", "optimizer.safetensors", "special_tokens_map.json",
+                        "tokenizer.json", "tokenizer_config.json", "trainer_state.json"])
         let loaded = try TrainingCheckpoint.load(from: directory)
         XCTAssertEqual(loaded, saved)
         XCTAssertEqual(loaded.state.rngState, UInt64.max - 5, "64-bit RNG state survives JSON")

@@ -45,7 +45,7 @@ final class GGUFBadInputTests: XCTestCase {
 
     func testMissingFileAndDirectoryAreOpenErrors() throws {
         XCTAssertThrowsError(try GGUFFile(path: "/nonexistent/model.gguf")) { error in
-            XCTAssertEqual("\(error)", "cannot open GGUF file /nonexistent/model.gguf: No such file or directory")
+            XCTAssertEqual("\(error)", "cannot open GGUF file /nonexistent/model.gguf: no such file")
         }
         XCTAssertThrowsError(try GGUFFile(contentsOf: Fixtures.directory)) { error in
             XCTAssertTrue("\(error)".contains("not a regular file"), "\(error)")

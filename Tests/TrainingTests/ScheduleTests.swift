@@ -57,6 +57,6 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(config.temperature, 1.5)
         XCTAssertEqual(config.batchSize, TrainingConfig().batchSize)
         try "steps: seven\n".write(to: file, atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try TrainingConfig.load(yamlFile: file.path)) { XCTAssertTrue("\($0)".contains("key 'steps' has a value of the wrong type"), "\($0)") }
+        XCTAssertThrowsError(try TrainingConfig.load(yamlFile: file.path)) { XCTAssertTrue("\($0)".contains("key 'steps' is 'seven'; it takes an integer"), "\($0)") }
     }
 }

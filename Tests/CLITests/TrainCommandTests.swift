@@ -1,4 +1,5 @@
 import Foundation
+import Training
 import XCTest
 
 /// `kdgpu train` and `kdgpu export` end to end on the tiny fixture teacher and a small generated corpus, on the CPU backend.
@@ -164,6 +165,16 @@ final class TrainCommandTests: XCTestCase {
             records.map { record in keys.compactMap { key in record[key].map { "\(key)=\($0)" } }.joined(separator: " ") }
         }
         XCTAssertEqual(comparable(try metrics(interrupted)), comparable(try metrics(whole)))
+    }
+
+    /// Every YAML key is also a flag (the two reach the run through the same checks), and the
+    /// errors name both.
+    func testEveryConfigurationKeyHasItsFlag() throws {
+        let help = try kdgpu(["train", "--help"])
+        XCTAssertEqual(help.status, 0, help.error)
+        for key in TrainingConfig.validKeys {
+            XCTAssertTrue(help.output.contains(TrainingConfig.flag(of: key) + " "), "kdgpu train --help lacks \(TrainingConfig.flag(of: key)) for \(key)")
+        }
     }
 
     func testBadTrainingInputsAreOneLineErrors() throws {

@@ -22,12 +22,13 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
-        // System libraries (Debian: ocl-icd-opencl-dev opencl-headers, libclblast-dev, libdnnl-dev; libopenblas0 is loaded at run time).
+        // System libraries (Debian: ocl-icd-opencl-dev opencl-headers, libclblast-dev, libdnnl-dev, libssl-dev; libopenblas0 is loaded at run time).
         .systemLibrary(name: "COpenCL", path: "Sources/COpenCL", pkgConfig: "OpenCL",
                        providers: [.apt(["ocl-icd-opencl-dev", "opencl-headers"])]),
         .systemLibrary(name: "CCLBlast", path: "Sources/CCLBlast", pkgConfig: "clblast",
                        providers: [.apt(["libclblast-dev"])]),
         .systemLibrary(name: "COneDNN", path: "Sources/COneDNN", providers: [.apt(["libdnnl-dev"])]),
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", providers: [.apt(["libssl-dev"])]),
         // CPUID and XGETBV: the instruction sets the processor and the OS enable.
         .target(name: "CCPUFeatures", path: "Sources/CCPUFeatures"),
 
@@ -38,7 +39,7 @@ let package = Package(
         .target(name: "KernelSources", path: "Sources/KernelSources", plugins: ["EmbedKernels"]),
 
         // Paths checked by kind before they are opened; file errors in kdgpu's words.
-        .target(name: "Files", path: "Sources/Files", swiftSettings: releaseFlags),
+        .target(name: "Files", dependencies: ["CCrypto"], path: "Sources/Files", swiftSettings: releaseFlags),
 
         // The device-agnostic tensor API and its two backends.
         .target(name: "Tensor", path: "Sources/Tensor", swiftSettings: releaseFlags),
@@ -62,6 +63,10 @@ let package = Package(
         .target(name: "TrainingData", dependencies: ["Tensor", "Tokenizer", "GGUF", "Files"], path: "Sources/TrainingData", swiftSettings: releaseFlags),
         .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "Files"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
 
+        // Offline teacher: sparse targets (top-k, top-p, sampled) made once and read by training.
+        .target(name: "TeacherCache", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "TrainingData", "Checkpoint", "Files"],
+                path: "Sources/TeacherCache", swiftSettings: releaseFlags),
+
         // Training: the trainable student (forward/backward), optimizer, train loop.
         .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files",
                                                  .product(name: "Yams", package: "Yams")],
@@ -78,7 +83,7 @@ let package = Package(
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint", "Files",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint", "Files", "TeacherCache", "TrainingData",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 
@@ -92,6 +97,8 @@ let package = Package(
                     path: "Tests/OpenCLRuntimeTests"),
         .testTarget(name: "ModelTests", dependencies: ["Models", "GGUF", "Tensor", "TestSupport"], path: "Tests/ModelTests",
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "TeacherCacheTests", dependencies: ["TeacherCache", "Models", "GGUF", "Tensor", "Files", "TestSupport"],
+                    path: "Tests/TeacherCacheTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TestSupport"], path: "Tests/TrainingTests"),
         .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Training"], path: "Tests/CLITests"),

@@ -10,7 +10,7 @@ Run from the package root:  python3 scripts/make_bad_inputs.py
 
 A case is an object with
   name       unique, kebab-case
-  category   corpus, yaml, flags, env, gguf, safetensors, checkpoint or fault
+  category   corpus, yaml, flags, env, gguf, safetensors, checkpoint, cache or fault
   args       kdgpu's arguments; the runner substitutes the placeholders
                {files}  the absolute path of Tests/BadInputs/files
                {tiny}   Tests/ModelTests/Fixtures/tiny-llama-q8_0.gguf (2 blocks, context 64)
@@ -39,6 +39,7 @@ starts with ".partial-" or contains ".tmp", and none of no_output.
 
 SETUP steps (objects with "step" and parameters; paths relative to {work}):
   train_checkpoint  a small valid training into {work}/run (checkpoint at step 2); "args" adds flags
+  teacher_cache     a small valid teacher cache (topk:4, seq_len 16, 8 windows a shard) into {work}/tc
   kill_after_step   the same training with KDGPU_KILL_AFTER_STEP set to "after"; it must die by SIGKILL
   write             write "text", or copy "from" (placeholders substituted), to "path"
   mkdir             create the folder "path"
@@ -721,6 +722,76 @@ def checkpoint_cases():
          setup=[{"step": "write", "path": "run", "text": "not a run folder\n"}], no_output=["out.gguf"])
 
 
+def cache(*args, **overrides):
+    """`kdgpu teacher-cache build` on the tiny model and corpus, flags in `overrides` replaced."""
+    flags = {"--teacher": "{tiny}", "--data": "{files}/corpus/words.txt", "--seq-len": "16", "--targets": "topk:4",
+             "--device": "cpu", "--windows-per-shard": "8", "--out": "{work}/tc"}
+    for key, value in overrides.items():
+        flags["--" + key.replace("_", "-")] = value
+    return ["teacher-cache", "build"] + [item for pair in flags.items() for item in pair] + list(args)
+
+
+TEACHER_CACHE = {"step": "teacher_cache"}
+SHOW_WINDOW = ["teacher-cache", "show", "{work}/tc", "--window", "0"]
+
+
+def cache_cases():
+    c = "cache"
+    case("cache-targets-unknown", c, cache(targets="top5"), ["targets", "top5"])
+    case("cache-targets-k-zero", c, cache(targets="topk:0"), ["targets", "topk:0"])
+    case("cache-targets-draws-too-many", c, cache(targets="sampled:1000"), ["targets", "1000"])
+    case("cache-targets-topp-above-one", c, cache(targets="topp:1.5,10"), ["targets", "topp:1.5,10"])
+    case("cache-targets-topp-no-k", c, cache(targets="topp:0.9"), ["targets", "topp:0.9"])
+    case("cache-seq-len-one", c, cache(seq_len="1"), ["seq_len", "1"])
+    case("cache-seq-len-past-context", c, cache(seq_len="100"), ["seq_len", "100", "64"])
+    case("cache-seq-len-negative", c, cache(seq_len="-4"), ["seq-len", "-4"])
+    case("cache-batch-size-zero", c, cache(batch_size="0"), ["batch_size", "0"])
+    case("cache-windows-per-shard-zero", c, cache(windows_per_shard="0"), ["windows-per-shard", "0"])
+    case("cache-teacher-missing", c, cache(teacher="/nonexistent/cache-teacher.gguf"), ["cache-teacher.gguf"])
+    case("cache-teacher-fifo", c, cache(teacher="{fifo}"), ["input.fifo"], note="a named pipe must not block the build")
+    case("cache-teacher-not-gguf", c, cache(teacher="{files}/corpus/words.txt"), ["words.txt"])
+    case("cache-data-missing", c, cache(data="/nonexistent/cache-corpus.txt"), ["cache-corpus.txt"])
+    case("cache-data-too-short", c, cache(data="{files}/corpus/short.txt"), ["short.txt"])
+    case("cache-out-is-a-file", c, cache(out="{work}/taken.txt"), ["taken.txt"],
+         setup=[{"step": "write", "path": "taken.txt", "text": "not a folder\n"}])
+    case("cache-out-holds-other-files", c, cache(), ["tc", "empty folder"],
+         setup=[{"step": "write", "path": "tc/notes.txt", "text": "mine\n"}])
+    case("cache-other-seq-len-in-its-folder", c, cache(seq_len="12"), ["seq_len 16 vs 12"], setup=[TEACHER_CACHE])
+    case("cache-other-targets-in-its-folder", c, cache(targets="sampled:8"), ["targets topk:4 vs sampled:8"], setup=[TEACHER_CACHE])
+    case("cache-manifest-damaged-on-resume", c, cache(), ["manifest.json"],
+         setup=[TEACHER_CACHE, {"step": "write", "path": "tc/manifest.json", "text": "{\"format\": "}])
+    case("cache-show-missing-folder", c, ["teacher-cache", "show", "/nonexistent/a-cache"], ["a-cache"])
+    case("cache-show-not-a-cache", c, ["teacher-cache", "show", "{files}/corpus", "--window", "0"], ["manifest"])
+    case("cache-show-manifest-not-json", c, ["teacher-cache", "show", "{work}/tc"], ["manifest.json", "JSON"],
+         setup=[TEACHER_CACHE, {"step": "write", "path": "tc/manifest.json", "text": "{"}])
+    case("cache-show-manifest-key-missing", c, ["teacher-cache", "show", "{work}/tc"], ["manifest.json", "seq_len"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "seq_len", "value": None}])
+    case("cache-show-manifest-windows-edited", c, ["teacher-cache", "show", "{work}/tc"], ["manifest.json", "shard"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "windows", "value": 999}])
+    case("cache-show-manifest-targets-edited", c, ["teacher-cache", "show", "{work}/tc"], ["manifest.json", "targets"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "targets", "value": "topk:zero"}])
+    case("cache-show-truncated-shard", c, SHOW_WINDOW, ["shard-00000.bin", "truncated"],
+         setup=[TEACHER_CACHE, {"step": "truncate", "path": "tc/shard-00000.bin", "size": 100}])
+    case("cache-show-replaced-shard", c, SHOW_WINDOW, ["shard-00001.bin"],
+         setup=[TEACHER_CACHE, {"step": "write", "path": "tc/shard-00001.bin", "text": "garbage"}])
+    case("cache-show-missing-shard", c, SHOW_WINDOW, ["shard-00002.bin", "missing"],
+         setup=[TEACHER_CACHE, {"step": "remove", "path": "tc/shard-00002.bin"}])
+    case("cache-show-edited-shard-digest", c, SHOW_WINDOW, ["shard-00000.bin", "SHA-256"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "shards.0.sha256", "value": "00" * 32}])
+    case("cache-show-incomplete", c, SHOW_WINDOW, ["incomplete"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "complete", "value": False}])
+    case("cache-show-tokenizer-replaced", c, SHOW_WINDOW, ["tokenizer.json"],
+         setup=[TEACHER_CACHE, {"step": "write", "path": "tc/tokenizer.json", "text": "{}"}])
+    case("cache-show-window-past-the-end", c, ["teacher-cache", "show", "{work}/tc", "--window", "999"], ["window 999"],
+         setup=[TEACHER_CACHE])
+    case("cache-show-window-negative", c, ["teacher-cache", "show", "{work}/tc", "--window", "-1"], ["window -1"],
+         setup=[TEACHER_CACHE])
+    case("cache-show-corpus-moved", c, SHOW_WINDOW, ["cache-corpus-moved.txt"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.path", "value": "/nonexistent/cache-corpus-moved.txt"}])
+    case("cache-show-corpus-changed", c, SHOW_WINDOW, ["corpus", "words.txt"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.tokens_sha256", "value": "00" * 32}])
+
+
 def fault_cases():
     f = "fault"
     killed = {"step": "kill_after_step", "after": 1}
@@ -800,6 +871,7 @@ def main():
     env_cases()
     gguf_cases()
     checkpoint_cases()
+    cache_cases()
     fault_cases()
     corpus_files()
     yaml_files()

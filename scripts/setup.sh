@@ -9,6 +9,7 @@ packages=(
     pocl-opencl-icd                    # PoCL: an OpenCL device on the CPU (used when there is no GPU)
     libdnnl-dev                        # oneDNN: the host GEMM engine (dispatches by instruction set)
     libopenblas0                       # OpenBLAS: the second host engine (loaded at run time), the GEMM bench's reference
+    libssl-dev                         # OpenSSL: SHA-256 of teacher files and teacher-cache shards
     clinfo pkg-config
 )
 

@@ -435,9 +435,7 @@ public final class DistillationRun {
 
     /// `[####....] step 40/100  loss 2.1 (kd 1.9, ce 4.2, lens 0.3)  900 tok/s  ETA 1m30s`, with a part per feature loss that is on.
     func progressLine(step: Int, parts: StepParts, tokensPerSecond: Double, remaining: Double) -> String {
-        let width = 24
-        let filled = Int(Double(width) * Double(step) / Double(config.steps))
-        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        let bar = progressBar(step, of: config.steps)
         var features = ""
         if lensContext != nil { features += String(format: ", lens %.4f", parts.lens) }
         if hints != nil { features += String(format: ", hint %.4f", parts.hint) }
@@ -447,7 +445,15 @@ public final class DistillationRun {
     }
 }
 
-func formatDuration(_ seconds: Double) -> String {
+/// `#########...............`: 24 characters, filled in proportion to `done / total`.
+public func progressBar(_ done: Int, of total: Int) -> String {
+    let width = 24
+    let filled = total > 0 ? min(width, Int(Double(width) * Double(done) / Double(total))) : width
+    return String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+}
+
+/// `4m07s`, `1h05m`; `?` for a time not known yet.
+public func formatDuration(_ seconds: Double) -> String {
     guard seconds.isFinite else { return "?" }
     let s = Int(seconds.rounded())
     return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : String(format: "%dm%02ds", s / 60, s % 60)

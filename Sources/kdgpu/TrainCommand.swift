@@ -77,22 +77,10 @@ struct TrainCommand: ParsableCommand {
             try settings.validate()
             let cpu = try CPUBackend()
             let backend = try openBackend(settings.device, cpu: cpu)
-            let terminal = isatty(STDERR_FILENO) != 0
-            var progressShown = false
-            let run = try DistillationRun(config: settings, backend: backend, resume: resume != nil, log: { line in
-                if progressShown { FileHandle.standardError.write("\n".data(using: .utf8)!) }
-                progressShown = false
-                note(line)
-            }, progress: { line in
-                if terminal {
-                    FileHandle.standardError.write(("\r\u{1B}[K" + line).data(using: .utf8)!)
-                    progressShown = true
-                } else {
-                    note(line)
-                }
-            })
+            let printer = ProgressPrinter()
+            let run = try DistillationRun(config: settings, backend: backend, resume: resume != nil, log: printer.log, progress: printer.progress)
             let summary = try run.run()
-            if progressShown { note("") }
+            printer.finish()
             print("validation perplexity")
             print(String(format: "  teacher:                %.3f", summary.teacherValidationPerplexity))
             if let initial = summary.initialStudentValidationPerplexity {

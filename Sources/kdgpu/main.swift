@@ -13,7 +13,7 @@ struct KDGPU: ParsableCommand {
         engine, which is otherwise chosen from the processor's features (oneDNN on the CPU backend and CPU OpenCL \
         devices, CLBlast on GPUs); OPENBLAS_CORETYPE, when set, overrides the OpenBLAS kernel set kdgpu chooses.
         """,
-        subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, TrainCommand.self, ExportCommand.self, BenchCommand.self]
+        subcommands: [DevicesCommand.self, TokenizeCommand.self, GenerateCommand.self, EvalCommand.self, TeacherCacheCommand.self, TrainCommand.self, ExportCommand.self, BenchCommand.self]
     )
 }
 

@@ -7,8 +7,8 @@ import Darwin
 import XCTest
 
 /// The command-line bad-input corpus (Tests/BadInputs/cases.json, from scripts/make_bad_inputs.py):
-/// corpora, YAML configs, flags, environment variables, GGUF and safetensors files, checkpoints
-/// and faults (SIGKILL, a full disk, NaN-producing settings). Every case must make `kdgpu` exit
+/// corpora, YAML configs, flags, environment variables, GGUF and safetensors files, checkpoints,
+/// teacher caches and faults (SIGKILL, a full disk, NaN-producing settings). Every case must make `kdgpu` exit
 /// non-zero on its own (no signal, no timeout) with 1-3 lines on stderr that name what is wrong,
 /// leaving nothing half-written. `KDGPU_BAD_INPUT_ONLY=NAME swift test -c release --filter BadInputCorpusTests`
 /// runs the cases whose name contains NAME and prints their stderr.
@@ -23,6 +23,10 @@ final class BadInputCorpusTests: XCTestCase {
     static let setupTraining = ["train", "--teacher", "{tiny}", "--data", "{files}/corpus/words.txt", "--student-layers", "0",
                                 "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--device", "cpu",
                                 "--export-gguf", "none", "--out", "{work}/run"]
+
+    /// The small valid teacher cache that setup steps start from ({work}/tc).
+    static let setupTeacherCache = ["teacher-cache", "build", "--teacher", "{tiny}", "--data", "{files}/corpus/words.txt", "--seq-len", "16",
+                                    "--targets", "topk:4", "--device", "cpu", "--windows-per-shard", "8", "--out", "{work}/tc"]
 
     func testEveryBadInputFailsCleanly() throws {
         let data = try Data(contentsOf: Self.folder.appendingPathComponent("cases.json"))
@@ -194,6 +198,10 @@ private struct BadInputCase {
             if kind == "kill_after_step", !(run.signaled && run.status == SIGKILL) {
                 throw SetupError("kill_after_step: the run was not killed (status \(run.status)): \(run.error.suffix(300))")
             }
+        case "teacher_cache":
+            let arguments = (BadInputCorpusTests.setupTeacherCache + (step["args"] as? [String] ?? [])).map { substitute($0, places) }
+            let run = try Kdgpu.run(arguments, workingDirectory: work, timeout: BadInputCorpusTests.timeout)
+            if run.status != 0 || run.signaled { throw SetupError("teacher_cache failed (status \(run.status)): \(run.error.suffix(300))") }
         case "write":
             let target = try path()
             try manager.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -216,12 +224,12 @@ private struct BadInputCase {
             }
         case "json_set":
             let target = try path()
-            guard var document = try JSONSerialization.jsonObject(with: Data(contentsOf: target)) as? [String: Any] else {
+            guard let document = try JSONSerialization.jsonObject(with: Data(contentsOf: target)) as? [String: Any] else {
                 throw SetupError("\(target.path) is not a JSON object")
             }
             let keys = (step["key"] as? String ?? "").split(separator: ".").map(String.init)
-            setValue(step["value"] ?? NSNull(), at: keys[...], in: &document)
-            try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys]).write(to: target)
+            let edited = setting(step["value"] ?? NSNull(), at: keys[...], in: document)
+            try JSONSerialization.data(withJSONObject: edited, options: [.prettyPrinted, .sortedKeys]).write(to: target)
         case "header_set", "nan_tensor":
             let target = try path()
             var (header, body) = try readSafetensors(target)
@@ -262,15 +270,17 @@ private struct BadInputCase {
         }
     }
 
-    private func setValue(_ value: Any, at keys: ArraySlice<String>, in object: inout [String: Any]) {
-        guard let key = keys.first else { return }
-        if keys.count == 1 {
-            if value is NSNull { object.removeValue(forKey: key) } else { object[key] = value }
-            return
+    /// `node` with the value at `keys` (object keys, or array indices as numbers) replaced; NSNull removes it.
+    private func setting(_ value: Any, at keys: ArraySlice<String>, in node: Any) -> Any {
+        guard let key = keys.first else { return value }
+        let removes = keys.count == 1 && value is NSNull
+        if var array = node as? [Any], let index = Int(key), array.indices.contains(index) {
+            if removes { array.remove(at: index) } else { array[index] = setting(value, at: keys.dropFirst(), in: array[index]) }
+            return array
         }
-        var child = object[key] as? [String: Any] ?? [:]
-        setValue(value, at: keys.dropFirst(), in: &child)
-        object[key] = child
+        var object = node as? [String: Any] ?? [:]
+        if removes { object.removeValue(forKey: key) } else { object[key] = setting(value, at: keys.dropFirst(), in: object[key] ?? [String: Any]()) }
+        return object
     }
 
     // MARK: Helpers

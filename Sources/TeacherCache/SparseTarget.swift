@@ -1,0 +1,91 @@
+import Foundation
+import Tensor
+
+/// One position's stored target: the teacher's next-token distribution (T = 1) made sparse.
+public struct SparseTarget: Equatable, Sendable {
+    /// Token ids: most likely first (top-k, top-p), ascending (sampled).
+    public var ids: [Int32]
+    /// Per id: its probability (top-k, top-p) or how many of the draws chose it (sampled).
+    public var values: [Float]
+    /// The teacher's mass outside `ids` (top-k, top-p); 0 for sampled targets, which estimate the
+    /// whole distribution.
+    public var tailMass: Float
+    /// log p_teacher(the token that follows), for the teacher's cross-entropy (DTS) and its
+    /// validation NLL.
+    public var labelLogProbability: Float
+
+    public init(ids: [Int32], values: [Float], tailMass: Float, labelLogProbability: Float) {
+        self.ids = ids
+        self.values = values
+        self.tailMass = tailMass
+        self.labelLogProbability = labelLogProbability
+    }
+
+    /// The stored distribution as (id, probability) pairs: top-k probabilities as the teacher gave
+    /// them, sampled counts divided by the draws.
+    public func probabilities(spec: TeacherTargetSpec) -> [(id: Int32, probability: Float)] {
+        if case .sampled(let draws) = spec { return zip(ids, values).map { ($0, $1 / Float(draws)) } }
+        return Array(zip(ids, values).map { ($0, $1) })
+    }
+
+    /// The target of one position from its row of V log-probabilities.
+    /// - Parameters:
+    ///   - label: the token that follows (its log-probability is kept).
+    ///   - random: the draws of `sampled:N` (advanced by N uniform numbers).
+    public static func extract(logProbabilities row: UnsafeBufferPointer<Float>, label: Int, spec: TeacherTargetSpec,
+                               random: inout SplitMix64) -> SparseTarget {
+        let labelLogProbability = row[label]
+        switch spec {
+        case .topK(let k): return largest(row, k: k, massLimit: 1, labelLogProbability: labelLogProbability)
+        case .topP(let p, let k): return largest(row, k: k, massLimit: Double(p), labelLogProbability: labelLogProbability)
+        case .sampled(let draws): return sampled(row, draws: draws, random: &random, labelLogProbability: labelLogProbability)
+        }
+    }
+
+    /// The k largest entries of probability above 0, most likely first (ties: the lower id), cut
+    /// after the prefix whose mass first reaches `massLimit`.
+    static func largest(_ row: UnsafeBufferPointer<Float>, k: Int, massLimit: Double, labelLogProbability: Float) -> SparseTarget {
+        let k = min(k, row.count)
+        // kept[0] is the smallest kept value; an entry enters when it beats it.
+        var keptValues = [Float](repeating: -.infinity, count: k), keptIDs = [Int32](repeating: -1, count: k)
+        var threshold = -Float.infinity
+        for (id, value) in row.enumerated() where value > threshold {
+            // Shift the smaller kept entries down and insert in ascending order.
+            var slot = 0
+            while slot + 1 < k && keptValues[slot + 1] < value { keptValues[slot] = keptValues[slot + 1]; keptIDs[slot] = keptIDs[slot + 1]; slot += 1 }
+            keptValues[slot] = value
+            keptIDs[slot] = Int32(id)
+            threshold = keptValues[0]
+        }
+        var ids: [Int32] = [], values: [Float] = [], mass = 0.0
+        for index in stride(from: k - 1, through: 0, by: -1) where keptIDs[index] >= 0 {
+            let probability = exp(Double(keptValues[index]))
+            ids.append(keptIDs[index])
+            values.append(Float(probability))
+            mass += probability
+            if mass >= massLimit { break }
+        }
+        return SparseTarget(ids: ids, values: values, tailMass: Float(max(0, 1 - mass)), labelLogProbability: labelLogProbability)
+    }
+
+    /// `draws` ids drawn from the row's distribution, as ascending unique ids with their counts.
+    static func sampled(_ row: UnsafeBufferPointer<Float>, draws: Int, random: inout SplitMix64, labelLogProbability: Float) -> SparseTarget {
+        var total = 0.0
+        for value in row { total += exp(Double(value)) }
+        // Sorted uniform points in [0, total), swept once along the cumulative distribution.
+        let points = (0..<draws).map { _ in Double(random.next() >> 11) * 0x1p-53 * total }.sorted()
+        var ids: [Int32] = [], counts: [Float] = []
+        var cumulative = 0.0, next = 0
+        for (id, value) in row.enumerated() where next < draws {
+            let probability = exp(Double(value))
+            cumulative += probability
+            var count = 0
+            while next < draws && (points[next] < cumulative || id == row.count - 1) && probability > 0 { count += 1; next += 1 }
+            if count > 0 {
+                ids.append(Int32(id))
+                counts.append(Float(count))
+            }
+        }
+        return SparseTarget(ids: ids, values: counts, tailMass: 0, labelLogProbability: labelLogProbability)
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+
+/// What a teacher cache keeps of each position's next-token distribution (the teacher's, at T = 1).
+///
+/// - `topk:K`: the K most likely ids with their probabilities, and the tail mass they leave.
+/// - `topp:P,K`: the same, cut after the smallest prefix whose mass reaches P (at most K ids).
+/// - `sampled:N`: N ids drawn from the distribution (RS-KD), kept as unique ids with counts; `count / N`
+///   is an unbiased estimate of the teacher's probabilities.
+public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
+    case topK(k: Int)
+    case topP(p: Float, k: Int)
+    case sampled(draws: Int)
+
+    /// Pairs per position are counted in one byte.
+    public static let maximumPairs = 255
+    /// The forms ``init(parsing:)`` reads, for messages.
+    public static let forms = "topk:K, topp:P,K or sampled:N (K and N from 1 to \(maximumPairs), 0 < P <= 1)"
+
+    public var description: String {
+        switch self {
+        case .topK(let k): return "topk:\(k)"
+        case .topP(let p, let k): return "topp:\(p),\(k)"
+        case .sampled(let n): return "sampled:\(n)"
+        }
+    }
+
+    /// Whether the stored values are probabilities (top-k, top-p) rather than draw counts.
+    public var storesProbabilities: Bool {
+        if case .sampled = self { return false }
+        return true
+    }
+
+    /// The most pairs a position can have.
+    public var maximumPairsPerPosition: Int {
+        switch self {
+        case .topK(let k), .topP(_, let k): return k
+        case .sampled(let n): return n
+        }
+    }
+
+    /// Parses `topk:32`, `topp:0.95,50` or `sampled:50`.
+    /// - Throws: a ``TeacherCacheError/badSpec(_:)`` saying what is wrong.
+    public init(parsing text: String) throws {
+        let parts = text.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+        func count(_ number: String) throws -> Int {
+            guard let value = Int(number), (1...Self.maximumPairs).contains(value) else {
+                throw TeacherCacheError.badSpec("'\(number)' in '\(text)' is not a count from 1 to \(Self.maximumPairs)")
+            }
+            return value
+        }
+        guard parts.count == 2 else { throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms)") }
+        switch parts[0].lowercased() {
+        case "topk": self = .topK(k: try count(parts[1]))
+        case "sampled": self = .sampled(draws: try count(parts[1]))
+        case "topp":
+            let values = parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard values.count == 2, let p = Float(values[0]), p > 0, p <= 1 else {
+                throw TeacherCacheError.badSpec("'\(text)': write topp:P,K with 0 < P <= 1")
+            }
+            self = .topP(p: p, k: try count(values[1]))
+        default: throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms)")
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import Checkpoint
+import Files
+import Foundation
+import GGUF
+import Models
+import Tensor
+import Tokenizer
+import TrainingData
+
+/// Runs the teacher once over a corpus's windows and stores each position's sparse target
+/// (``TeacherTargetSpec``) in shards of `windowsPerShard` windows, each written atomically and
+/// listed in the manifest as it lands, so a killed build continues where it stopped.
+///
+/// ```swift
+/// let build = TeacherCacheBuild(teacher: "teacher.gguf", data: "plays/", seqLen: 128, targets: .sampled(draws: 50), out: "targets")
+/// let manifest = try build.run(backend: backend, log: { print($0) }, progress: { _ in })
+/// ```
+public struct TeacherCacheBuild {
+    public var teacher: String
+    public var data: String
+    public var seqLen: Int
+    public var targets: TeacherTargetSpec
+    public var seed: UInt64
+    public var out: String
+    /// Windows per teacher forward.
+    public var batchSize: Int
+    public var windowsPerShard: Int
+
+    public init(teacher: String, data: String, seqLen: Int, targets: TeacherTargetSpec, seed: UInt64 = 0, out: String,
+                batchSize: Int = 4, windowsPerShard: Int = 64) {
+        self.teacher = teacher
+        self.data = data
+        self.seqLen = seqLen
+        self.targets = targets
+        self.seed = seed
+        self.out = out
+        self.batchSize = batchSize
+        self.windowsPerShard = windowsPerShard
+    }
+
+    /// How far a build is, after each batch.
+    public struct Progress {
+        public var windowsDone: Int
+        public var windows: Int
+        /// Tokens through the teacher per second in this run so far.
+        public var tokensPerSecond: Double
+        public var secondsLeft: Double
+        public var bytesPerToken: Double
+    }
+
+    public func run(backend: any Backend, log: (String) -> Void, progress: (Progress) -> Void) throws -> TeacherCacheManifest {
+        // Settings and inputs first, before the teacher's weights load.
+        func bad(_ message: String) -> TeacherCacheError { .badInput(message) }
+        guard seqLen >= 2 else { throw bad("seq_len (--seq-len): \(seqLen) is out of range; use an integer of at least 2") }
+        guard batchSize >= 1 else { throw bad("batch_size (--batch-size): \(batchSize) is out of range; use an integer of at least 1") }
+        guard (1...4096).contains(windowsPerShard) else { throw bad("--windows-per-shard: \(windowsPerShard) is out of range; use 1 to 4096") }
+        do {
+            try FileChecks.requireReadableFile(teacher, hint: "run `make teacher` or pass --teacher FILE.gguf")
+        } catch let problem as FileProblem {
+            throw bad("teacher (--teacher): \(problem)")
+        }
+        let teacherFile = try GGUFFile(path: teacher)
+        let config = try LlamaConfig(gguf: teacherFile)
+        guard seqLen <= config.contextLength else {
+            throw bad("seq_len (--seq-len): \(seqLen) exceeds the teacher's context length \(config.contextLength)")
+        }
+        let tokenizerMetadata = GGUFMetadata.tokenizer(of: teacherFile)
+        let tokenizer = try BPETokenizer(gguf: teacherFile)
+        let tokenizerFiles = try HuggingFaceTokenizer.files(for: tokenizerMetadata, modelMaxLength: config.contextLength)
+        let corpus = try Corpus(path: data)
+        let tokens = try TokenCache().tokens(for: corpus, tokenizer: tokenizer).tokens
+        let windows = tokens.count / seqLen
+        guard windows >= 1 else {
+            throw bad("\(data): \(tokens.count) tokens make no window of \(seqLen); use more text or a smaller --seq-len")
+        }
+        let tokenizerJSON = tokenizerFiles.first { $0.name == HuggingFaceTokenizer.tokenizerFileName }!.contents
+        var manifest = TeacherCacheManifest(
+            teacher: .init(path: teacher, sha256: try SHA256Digest.file(at: teacher), vocabulary: config.vocabulary),
+            corpus: .init(path: data, tokens: tokens.count, tokensSHA256: tokens.withUnsafeBytes { SHA256Digest.hex(of: $0) }),
+            tokenizerSHA256: SHA256Digest.hex(of: tokenizerJSON), seqLen: seqLen, windows: windows, windowsPerShard: windowsPerShard,
+            targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false)
+
+        // The folder: new, or a cache of the same key to continue.
+        let folder = URL(fileURLWithPath: out, isDirectory: true)
+        do { try FileChecks.createFolder(out) } catch let problem as FileProblem { throw bad("out (--out): \(problem)") }
+        let writer = DurableFileWriter()
+        let manifestURL = folder.appendingPathComponent(TeacherCacheManifest.fileName)
+        if FileChecks.kind(of: manifestURL.path) != .missing {
+            let existing = try TeacherCacheManifest.read(manifestURL)
+            let differences = existing.keyDifferences(from: manifest)
+            guard differences.isEmpty else {
+                throw TeacherCacheError.mismatch(folder: out, reason: "holds a cache made differently (\(differences.joined(separator: "; "))); choose another --out or delete it")
+            }
+            manifest.shards = try verifiedShards(existing, in: folder)
+            if existing.complete && manifest.shards.count == manifest.shardCount {
+                log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
+                return existing
+            }
+            log("teacher-cache: continuing \(out) at shard \(manifest.shards.count) of \(manifest.shardCount)")
+        } else if let entries = try? FileManager.default.contentsOfDirectory(atPath: out), !entries.isEmpty {
+            throw bad("out (--out): \(out) is a folder with other files in it; give a new or empty folder")
+        }
+        for file in tokenizerFiles {
+            try writer.writeFileAtomically(at: folder.appendingPathComponent(file.name)) { try $0.write(file.contents) }
+        }
+        try writeManifest(manifest, to: manifestURL, writer: writer)
+
+        log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name), into \(out)")
+        let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        let start = DispatchTime.now().uptimeNanoseconds
+        var windowsThisRun = 0
+        let windowsBefore = manifest.shards.count * windowsPerShard
+        for shardIndex in manifest.shards.count..<manifest.shardCount {
+            let first = shardIndex * windowsPerShard, count = min(windowsPerShard, windows - first)
+            var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])
+            for batchStart in stride(from: first, to: first + count, by: batchSize) {
+                let batch = (batchStart..<min(first + count, batchStart + batchSize)).map { Array(tokens[$0 * seqLen..<($0 + 1) * seqLen]) }
+                shard.targets += try targets(of: batch, firstWindow: batchStart, model: model)
+                windowsThisRun += batch.count
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                let done = windowsBefore + windowsThisRun
+                progress(Progress(windowsDone: done, windows: windows, tokensPerSecond: Double(windowsThisRun * seqLen) / seconds,
+                                  secondsLeft: seconds / Double(windowsThisRun) * Double(windows - done), bytesPerToken: manifest.bytesPerToken))
+            }
+            let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities)
+            let name = TeacherCacheManifest.shardFileName(shardIndex)
+            try writer.writeFileAtomically(at: folder.appendingPathComponent(name)) { try $0.write(bytes) }
+            manifest.shards.append(.init(file: name, firstWindow: first, windows: count, bytes: bytes.count,
+                                         pairs: shard.targets.joined().reduce(0) { $0 + $1.ids.count }, sha256: SHA256Digest.hex(of: bytes)))
+            try writeManifest(manifest, to: manifestURL, writer: writer)
+        }
+        manifest.complete = true
+        try writeManifest(manifest, to: manifestURL, writer: writer)
+        return manifest
+    }
+
+    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, log-softmax on the
+    /// device, then each position's selection or draws on the host, rows in parallel.
+    public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
+        guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
+        try model.backend.logSoftmax(logits, into: logits)
+        let logProbabilities = try logits.toArray()
+        let v = model.config.vocabulary, rowsPerWindow = seqLen - 1, rows = batch.count * rowsPerWindow
+        var results = [SparseTarget](repeating: SparseTarget(ids: [], values: [], tailMass: 0, labelLogProbability: 0), count: rows)
+        logProbabilities.withUnsafeBufferPointer { all in
+            results.withUnsafeMutableBufferPointer { out in
+                DispatchQueue.concurrentPerform(iterations: rows) { row in
+                    let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)
+                    let offset = (window * seqLen + position) * v
+                    var random = Self.random(seed: seed, window: firstWindow + window, position: position)
+                    out[row] = SparseTarget.extract(logProbabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
+                                                    label: Int(batch[window][position + 1]), spec: targets, random: &random)
+                }
+            }
+        }
+        return (0..<batch.count).map { Array(results[$0 * rowsPerWindow..<($0 + 1) * rowsPerWindow]) }
+    }
+
+    /// The draws of one position: their own stream, so a build gives the same cache however it is
+    /// split into batches, shards and restarts.
+    public static func random(seed: UInt64, window: Int, position: Int) -> SplitMix64 {
+        var mixer = SplitMix64(seed: seed ^ (UInt64(window) << 20 | UInt64(position)))
+        return SplitMix64(seed: mixer.next())
+    }
+
+    /// The shards of an unfinished build whose files are whole, up to the first that is not.
+    func verifiedShards(_ manifest: TeacherCacheManifest, in folder: URL) throws -> [TeacherCacheManifest.Shard] {
+        var kept: [TeacherCacheManifest.Shard] = []
+        for shard in manifest.shards {
+            guard let data = FileManager.default.contents(atPath: folder.appendingPathComponent(shard.file).path),
+                  data.count == shard.bytes, SHA256Digest.hex(of: [UInt8](data)) == shard.sha256 else { break }
+            kept.append(shard)
+        }
+        return kept
+    }
+
+    func writeManifest(_ manifest: TeacherCacheManifest, to url: URL, writer: DurableFileWriter) throws {
+        let bytes = try manifest.encoded()
+        try writer.writeFileAtomically(at: url) { try $0.write(bytes) }
+    }
+}

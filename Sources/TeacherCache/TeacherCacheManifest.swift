@@ -1,0 +1,151 @@
+import Files
+import Foundation
+
+/// `manifest.json` of a teacher cache: what it was made from (the key a trainer checks), its shards
+/// and their digests, and its size.
+public struct TeacherCacheManifest: Codable, Equatable, Sendable {
+    public static let fileName = "manifest.json"
+    public static let formatName = "kdgpu-teacher-cache"
+    public static let currentVersion = 1
+
+    public struct Teacher: Codable, Equatable, Sendable {
+        /// The path it was built from (for people; the digest is what is checked).
+        public var path: String
+        public var sha256: String
+        public var vocabulary: Int
+    }
+
+    public struct Corpus: Codable, Equatable, Sendable {
+        public var path: String
+        /// Tokens of the whole corpus (the windows use the first `windows * seq_len`).
+        public var tokens: Int
+        /// SHA-256 of the token stream (little-endian int32s): the corpus as the tokenizer cut it.
+        public var tokensSHA256: String
+
+        enum CodingKeys: String, CodingKey { case path, tokens, tokensSHA256 = "tokens_sha256" }
+    }
+
+    public struct Shard: Codable, Equatable, Sendable {
+        public var file: String
+        public var firstWindow: Int
+        public var windows: Int
+        public var bytes: Int
+        public var pairs: Int
+        public var sha256: String
+
+        enum CodingKeys: String, CodingKey { case file, firstWindow = "first_window", windows, bytes, pairs, sha256 }
+    }
+
+    public var format = formatName
+    public var formatVersion = currentVersion
+    public var teacher: Teacher
+    public var corpus: Corpus
+    /// SHA-256 of the cache's `tokenizer.json` (the teacher's tokenizer, kept beside the manifest).
+    public var tokenizerSHA256: String
+    public var seqLen: Int
+    /// Windows of `seq_len` tokens cut from the corpus (window w is tokens `w*T ..< (w+1)*T`), all of
+    /// them: training and validation alike.
+    public var windows: Int
+    public var windowsPerShard: Int
+    /// The ``TeacherTargetSpec`` in its text form.
+    public var targets: String
+    /// The seed of the draws (`sampled:N`).
+    public var seed: UInt64
+    /// Bits per token id in the shards.
+    public var idBits: Int
+    public var shards: [Shard]
+    /// False while a build is under way or was stopped; a trainer refuses an incomplete cache.
+    public var complete: Bool
+
+    /// Positions with a target: `seq_len - 1` per window.
+    public var storedTokens: Int { windows * (seqLen - 1) }
+    public var shardCount: Int { (windows + windowsPerShard - 1) / windowsPerShard }
+    public var bytes: Int { shards.reduce(0) { $0 + $1.bytes } }
+    public var pairs: Int { shards.reduce(0) { $0 + $1.pairs } }
+    /// Bytes on disk per stored position, over the shards written so far.
+    public var bytesPerToken: Double {
+        let done = shards.reduce(0) { $0 + $1.windows } * (seqLen - 1)
+        return done > 0 ? Double(bytes) / Double(done) : 0
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", teacher, corpus, tokenizerSHA256 = "tokenizer_sha256", seqLen = "seq_len", windows
+        case windowsPerShard = "windows_per_shard", targets, seed, idBits = "id_bits", shards, complete
+    }
+
+    /// What makes two caches interchangeable: the same teacher file, token stream, windowing,
+    /// targets and draws. The differences from `other`, in words (empty when none).
+    public func keyDifferences(from other: TeacherCacheManifest) -> [String] {
+        var differences: [String] = []
+        if teacher.sha256 != other.teacher.sha256 { differences.append("teacher \(teacher.path) (sha256 \(teacher.sha256.prefix(12))) vs \(other.teacher.path) (\(other.teacher.sha256.prefix(12)))") }
+        if corpus.tokensSHA256 != other.corpus.tokensSHA256 { differences.append("corpus \(corpus.path) (\(corpus.tokens) tokens) vs \(other.corpus.path) (\(other.corpus.tokens) tokens)") }
+        if seqLen != other.seqLen { differences.append("seq_len \(seqLen) vs \(other.seqLen)") }
+        if targets != other.targets { differences.append("targets \(targets) vs \(other.targets)") }
+        if seed != other.seed && targets.hasPrefix("sampled") { differences.append("seed \(seed) vs \(other.seed)") }
+        return differences
+    }
+
+    /// The manifest as pretty, key-sorted JSON with `bytes_per_token` added for people and tools.
+    public func encoded() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var object = try JSONSerialization.jsonObject(with: encoder.encode(self)) as! [String: Any]
+        object["bytes_per_token"] = (bytesPerToken * 100).rounded() / 100
+        object["stored_tokens"] = storedTokens
+        return Array(try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) + [10]
+    }
+
+    /// The manifest of the cache in `folder` (finished or not); errors name the folder or file.
+    public static func read(folder path: String) throws -> TeacherCacheManifest {
+        do {
+            try FileChecks.requireReadableFolder(path, hint: "build one with `kdgpu teacher-cache build`")
+        } catch let problem as FileProblem {
+            throw TeacherCacheError.mismatch(folder: problem.path, reason: problem.reason)
+        }
+        let url = URL(fileURLWithPath: path).appendingPathComponent(fileName)
+        guard FileChecks.kind(of: url.path) == .regularFile else {
+            throw TeacherCacheError.mismatch(folder: path, reason: "no \(fileName) in it: this is not a teacher cache")
+        }
+        return try read(url)
+    }
+
+    /// Reads and checks a manifest (of a finished build or not); errors name the file.
+    public static func read(_ url: URL) throws -> TeacherCacheManifest {
+        func invalid(_ reason: String) -> TeacherCacheError { .invalid(file: url.path, reason: reason) }
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw invalid("cannot be read") }
+        let manifest: TeacherCacheManifest
+        do {
+            manifest = try JSONDecoder().decode(TeacherCacheManifest.self, from: data)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw invalid("required key \"\(key.stringValue)\" is missing")
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            throw invalid("key \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\" has a value of the wrong type")
+        } catch {
+            throw invalid("not valid JSON")
+        }
+        guard manifest.format == formatName else { throw invalid("format is '\(manifest.format)', not \(formatName)") }
+        guard manifest.formatVersion == currentVersion else {
+            throw invalid("format version \(manifest.formatVersion); this kdgpu reads version \(currentVersion)")
+        }
+        guard manifest.seqLen >= 2, manifest.windows >= 1, manifest.windowsPerShard >= 1, manifest.teacher.vocabulary >= 1,
+              manifest.idBits == CacheShard.idBits(vocabulary: manifest.teacher.vocabulary) else {
+            throw invalid("seq_len, windows, windows_per_shard, vocabulary or id_bits is out of range")
+        }
+        guard (try? TeacherTargetSpec(parsing: manifest.targets)) != nil else {
+            throw invalid("targets '\(manifest.targets)' is none of \(TeacherTargetSpec.forms)")
+        }
+        for (index, shard) in manifest.shards.enumerated() {
+            let first = index * manifest.windowsPerShard
+            guard shard.file == shardFileName(index), shard.firstWindow == first,
+                  shard.windows == min(manifest.windowsPerShard, manifest.windows - first), shard.bytes > 0 else {
+                throw invalid("shard \(index) (\(shard.file)) does not cover windows \(first)..<\(min(manifest.windows, first + manifest.windowsPerShard))")
+            }
+        }
+        guard manifest.shards.count <= manifest.shardCount, !manifest.complete || manifest.shards.count == manifest.shardCount else {
+            throw invalid("it lists \(manifest.shards.count) shards for \(manifest.windows) windows of \(manifest.windowsPerShard) a shard")
+        }
+        return manifest
+    }
+
+    public static func shardFileName(_ index: Int) -> String { String(format: "shard-%05d.bin", index) }
+}

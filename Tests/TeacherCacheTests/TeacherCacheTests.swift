@@ -1,0 +1,218 @@
+import Files
+import Foundation
+import GGUF
+import Models
+import TeacherCache
+import Tensor
+import TestSupport
+import XCTest
+
+/// Sparse teacher targets against independent references (a full sort, the fp64 numpy forward of
+/// the tiny models, the teacher's own distribution for the draws), the shard format, and whole
+/// caches: build, resume, read, and refuse what does not match.
+final class TeacherCacheTests: XCTestCase {
+    static let modelFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("ModelTests/Fixtures")
+    static let tinyModel = modelFixtures.appendingPathComponent("tiny-llama-q8_0.gguf").path
+
+    /// One row of log-probabilities of `logits`.
+    static func logSoftmax(_ logits: [Double]) -> [Double] {
+        let top = logits.max()!
+        let total = logits.reduce(0.0) { $0 + exp($1 - top) }
+        return logits.map { $0 - top - log(total) }
+    }
+
+    // MARK: Selection and draws
+
+    /// Top-k (and top-p) selection equals the first k entries of a full sort by (value descending,
+    /// id ascending) of the entries of probability above 0, on rows with ties, -inf entries and k
+    /// above the row length.
+    func testSelectionEqualsAFullSort() throws {
+        var random = SeededRandom(seed: 7)
+        for (n, k) in [(1, 1), (5, 8), (260, 8), (1031, 32), (4099, 255)] {
+            for _ in 0..<4 {
+                var row = random.normals(n, scale: 3).map { ($0 * 4).rounded() / 4 }  // ties on purpose
+                for i in stride(from: 3, to: n, by: 7) { row[i] = -.infinity }
+                let logProbabilities = Self.logSoftmax(row.map(Double.init)).map(Float.init)
+                let sorted = logProbabilities.enumerated().filter { $0.element > -.infinity }.sorted { $0.element != $1.element ? $0.element > $1.element : $0.offset < $1.offset }
+                let expected = sorted.prefix(k)
+                var unused = SplitMix64(seed: 0)
+                let target = logProbabilities.withUnsafeBufferPointer {
+                    SparseTarget.extract(logProbabilities: $0, label: n - 1, spec: .topK(k: k), random: &unused)
+                }
+                XCTAssertEqual(target.ids, expected.map { Int32($0.offset) }, "n \(n) k \(k)")
+                for (value, reference) in zip(target.values, expected) { XCTAssertEqual(Double(value), exp(Double(reference.element)), accuracy: 1e-6) }
+                let mass = expected.reduce(0.0) { $0 + exp(Double($1.element)) }
+                XCTAssertEqual(Double(target.tailMass), max(0, 1 - mass), accuracy: 1e-5)
+                XCTAssertEqual(target.labelLogProbability, logProbabilities[n - 1])
+                // Top-p: the shortest prefix of the same order whose mass reaches p.
+                let p = 0.6
+                var prefix = 0, cumulative = 0.0
+                while prefix < min(k, sorted.count) && cumulative < p { cumulative += exp(Double(sorted[prefix].element)); prefix += 1 }
+                let cut = logProbabilities.withUnsafeBufferPointer {
+                    SparseTarget.extract(logProbabilities: $0, label: 0, spec: .topP(p: Float(p), k: k), random: &unused)
+                }
+                XCTAssertEqual(cut.ids, Array(target.ids.prefix(prefix)), "top-p n \(n) k \(k)")
+            }
+        }
+    }
+
+    /// RS-KD's estimate is unbiased: over many positions, count / N converges to the teacher's
+    /// probabilities (each within 5 standard errors), and every position has exactly N draws.
+    func testSampledTargetsAreUnbiased() throws {
+        let logits = (0..<40).map { Double($0 % 7) * 0.5 - Double($0) * 0.05 }
+        let logProbabilities = Self.logSoftmax(logits).map(Float.init)
+        let draws = 50, positions = 2000
+        var totals = [Double](repeating: 0, count: logits.count)
+        for position in 0..<positions {
+            var random = TeacherCacheBuild.random(seed: 3, window: position / 100, position: position % 100)
+            let target = logProbabilities.withUnsafeBufferPointer {
+                SparseTarget.extract(logProbabilities: $0, label: 0, spec: .sampled(draws: draws), random: &random)
+            }
+            XCTAssertEqual(target.values.reduce(0, +), Float(draws))
+            XCTAssertEqual(target.ids, target.ids.sorted())
+            XCTAssertEqual(Set(target.ids).count, target.ids.count)
+            for (id, count) in zip(target.ids, target.values) { totals[Int(id)] += Double(count) }
+        }
+        let n = Double(draws * positions)
+        for (id, logProbability) in logProbabilities.enumerated() {
+            let p = exp(Double(logProbability)), estimate = totals[id] / n
+            let standardError = (p * (1 - p) / n).squareRoot()
+            XCTAssertEqual(estimate, p, accuracy: 5 * standardError, "id \(id)")
+        }
+    }
+
+    // MARK: Against the fp64 reference forward
+
+    /// The cached top-k of the tiny q8_0 model's 33-token reference sequence: each stored
+    /// probability (fp16) equals the fp64 numpy forward's, the stored set holds the reference's
+    /// top-k mass, and the tail mass and label log-probability agree; on both backends.
+    func testTopKTargetsEqualTheFP64ReferenceForward() throws {
+        struct Reference: Decodable {
+            let sequences: [[Int32]]
+            let models: [String: Model]
+            struct Model: Decodable { let logits: [[[Double]]] }
+        }
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.modelFixtures.appendingPathComponent("tiny-llama-reference.json")))
+        let sequence = reference.sequences.max { $0.count < $1.count }!
+        let logits = reference.models["q8_0"]!.logits[reference.sequences.firstIndex(of: sequence)!]
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: GGUFFile(path: Self.tinyModel), backend: backend))
+            for spec in [TeacherTargetSpec.topK(k: 8), .topP(p: 0.3, k: 16)] {
+                let build = TeacherCacheBuild(teacher: Self.tinyModel, data: "", seqLen: sequence.count, targets: spec, out: "")
+                let targets = try build.targets(of: [sequence], firstWindow: 0, model: model)[0]
+                XCTAssertEqual(targets.count, sequence.count - 1)
+                for (position, target) in targets.enumerated() {
+                    let p = Self.logSoftmax(logits[position]).map { exp($0) }
+                    let k = target.ids.count
+                    for (id, value) in zip(target.ids, target.values) {
+                        XCTAssertEqual(Double(value), p[Int(id)], accuracy: 2e-3 * p[Int(id)] + 1e-4, "\(backend.name) \(spec) position \(position) id \(id)")
+                    }
+                    let referenceTop = p.sorted(by: >).prefix(k).reduce(0, +)
+                    let storedMass = target.ids.reduce(0.0) { $0 + p[Int($1)] }
+                    XCTAssertEqual(storedMass, referenceTop, accuracy: 1e-3, "\(backend.name) \(spec) position \(position): not the top \(k)")
+                    XCTAssertEqual(Double(target.tailMass), 1 - storedMass, accuracy: 2e-3)
+                    XCTAssertEqual(Double(target.labelLogProbability), log(p[Int(sequence[position + 1])]), accuracy: 1e-3)
+                    if case .topP(let cut, _) = spec, k < 16 {
+                        XCTAssertGreaterThanOrEqual(storedMass, Double(cut) - 1e-3)
+                        XCTAssertLessThan(storedMass - p[Int(target.ids.last!)], Double(cut) + 1e-3, "top-p kept more than it needed")
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Shards
+
+    func testShardsRoundTripForEveryValueKindAndIDWidth() throws {
+        var random = SeededRandom(seed: 11)
+        for (vocabulary, storesProbabilities) in [(260, true), (49152, false), (128256, true), (128256, false)] {
+            let bits = CacheShard.idBits(vocabulary: vocabulary)
+            XCTAssertEqual(bits, vocabulary == 260 ? 9 : vocabulary == 49152 ? 16 : 17)
+            let targets = (0..<3).map { _ in
+                (0..<9).map { _ -> SparseTarget in
+                    let count = random.uniform(below: 12)
+                    let ids = (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
+                    let values = (0..<count).map { _ in storesProbabilities ? Float(Float16(Float(random.uniform(below: 1000)) / 1000)) : Float(1 + random.uniform(below: 50)) }
+                    return SparseTarget(ids: ids, values: values, tailMass: storesProbabilities ? Float(Float16(0.25)) : 0,
+                                        labelLogProbability: Float(Float16(-Float(random.uniform(below: 2000)) / 100)))
+                }
+            }
+            let shard = CacheShard(firstWindow: 6, seqLen: 10, targets: targets)
+            let bytes = shard.encoded(idBits: bits, storesProbabilities: storesProbabilities)
+            let expected = (firstWindow: 6, windows: 3, seqLen: 10, idBits: bits, storesProbabilities: storesProbabilities)
+            XCTAssertEqual(try CacheShard.decode(bytes, file: "s", expected: expected, vocabulary: vocabulary), shard)
+            XCTAssertThrowsError(try CacheShard.decode(Array(bytes.dropLast()), file: "s.bin", expected: expected, vocabulary: vocabulary)) {
+                XCTAssertTrue("\($0)".contains("s.bin") && "\($0)".contains("truncated"), "\($0)")
+            }
+            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (7, 3, 10, bits, storesProbabilities), vocabulary: vocabulary))
+        }
+    }
+
+    // MARK: Whole caches
+
+    private func scratch(_ name: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("kdgpu-cache-\(name)-\(getpid())")
+        try? FileManager.default.removeItem(at: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    /// A corpus of random words for the tiny model (about 2,400 tokens).
+    private func corpus() throws -> URL {
+        let url = try scratch("corpus").appendingPathExtension("txt")
+        let words = "the of and to in that is was he for it with as his on be at by had are but from".split(separator: " ")
+        var random = SeededRandom(seed: 5)
+        try (0..<700).map { _ in words[random.uniform(below: words.count)] }.joined(separator: " ").write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    /// A stopped build continues where it stopped and ends with the same bytes as one that was not
+    /// stopped; another key in the same folder is refused; the reader refuses damage, naming the file.
+    func testBuildResumesReadsBackAndRefusesMismatchesAndDamage() throws {
+        let data = try corpus(), whole = try scratch("whole"), stopped = try scratch("stopped")
+        func build(_ out: URL, spec: TeacherTargetSpec = .sampled(draws: 20), seqLen: Int = 24) throws -> TeacherCacheManifest {
+            try TeacherCacheBuild(teacher: Self.tinyModel, data: data.path, seqLen: seqLen, targets: spec, seed: 9, out: out.path,
+                                  batchSize: 3, windowsPerShard: 10).run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
+        }
+        let manifest = try build(whole)
+        XCTAssertTrue(manifest.complete)
+        XCTAssertGreaterThan(manifest.shards.count, 3)
+        // Stop after two shards: the manifest lists two, a third shard file is half-written.
+        _ = try build(stopped)
+        var partial = try TeacherCacheManifest.read(stopped.appendingPathComponent(TeacherCacheManifest.fileName))
+        partial.shards = Array(partial.shards.prefix(2))
+        partial.complete = false
+        try Data(partial.encoded()).write(to: stopped.appendingPathComponent(TeacherCacheManifest.fileName))
+        let third = stopped.appendingPathComponent(TeacherCacheManifest.shardFileName(2))
+        try Data(try Data(contentsOf: third).prefix(100)).write(to: third)
+        XCTAssertThrowsError(try TeacherCache(folder: stopped.path)) { XCTAssertTrue("\($0)".contains("incomplete (its build stopped with 2 of"), "\($0)") }
+        XCTAssertEqual(try build(stopped), manifest)
+        for shard in manifest.shards {
+            XCTAssertEqual(try Data(contentsOf: whole.appendingPathComponent(shard.file)), try Data(contentsOf: stopped.appendingPathComponent(shard.file)))
+        }
+
+        // Reading back: window w's targets, and the corpus check.
+        let cache = try TeacherCache(folder: whole.path)
+        XCTAssertEqual(try cache.targets(ofWindow: manifest.windows - 1).count, 23)
+        XCTAssertThrowsError(try cache.targets(ofWindow: manifest.windows)) { XCTAssertTrue("\($0)".contains("outside the cache's"), "\($0)") }
+        XCTAssertThrowsError(try cache.checkCorpus(tokens: [1, 2, 3], path: "other.txt")) { XCTAssertTrue("\($0)".contains("other.txt"), "\($0)") }
+
+        // Another key in a folder that holds a cache.
+        XCTAssertThrowsError(try build(whole, seqLen: 16)) { XCTAssertTrue("\($0)".contains("seq_len 24 vs 16"), "\($0)") }
+        XCTAssertThrowsError(try build(whole, spec: .topK(k: 4))) { XCTAssertTrue("\($0)".contains("targets sampled:20 vs topk:4"), "\($0)") }
+
+        // Damage: an edited shard, a truncated one, an edited manifest.
+        let shard = whole.appendingPathComponent(manifest.shards[1].file)
+        var bytes = try [UInt8](Data(contentsOf: shard))
+        bytes[bytes.count / 2] ^= 1
+        try Data(bytes).write(to: shard)
+        XCTAssertThrowsError(try TeacherCache(folder: whole.path).targets(ofWindow: 15)) {
+            XCTAssertTrue("\($0)".contains(shard.lastPathComponent) && "\($0)".contains("SHA-256"), "\($0)")
+        }
+        try Data(bytes.dropLast(3)).write(to: shard)
+        XCTAssertThrowsError(try TeacherCache(folder: whole.path)) { XCTAssertTrue("\($0)".contains(shard.lastPathComponent) && "\($0)".contains("truncated"), "\($0)") }
+        try "{\"format\": \"kdgpu-teacher-cache\"}".write(to: whole.appendingPathComponent(TeacherCacheManifest.fileName), atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try TeacherCache(folder: whole.path)) { XCTAssertTrue("\($0)".contains("manifest.json") && "\($0)".contains("missing"), "\($0)") }
+    }
+}

@@ -68,7 +68,7 @@ let package = Package(
                 path: "Sources/TeacherCache", swiftSettings: releaseFlags),
 
         // Training: the trainable student (forward/backward), optimizer, train loop.
-        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files",
+        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files", "TeacherCache",
                                                  .product(name: "Yams", package: "Yams")],
                 path: "Sources/Training", swiftSettings: releaseFlags),
 
@@ -78,7 +78,7 @@ let package = Package(
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
         .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Losses", "Models", "GGUF", "Training",
-                                              "TrainingData", "Checkpoint"],
+                                              "TrainingData", "Checkpoint", "TeacherCache"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.
@@ -99,7 +99,7 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TeacherCacheTests", dependencies: ["TeacherCache", "Models", "GGUF", "Tensor", "Files", "TestSupport"],
                     path: "Tests/TeacherCacheTests"),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TestSupport"], path: "Tests/TrainingTests"),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TeacherCache", "TestSupport"], path: "Tests/TrainingTests"),
         .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Training"], path: "Tests/CLITests"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",

@@ -2,6 +2,7 @@ import Checkpoint
 import Foundation
 import GGUF
 import Models
+import TeacherCache
 import Tensor
 import Training
 import TrainingData
@@ -9,7 +10,8 @@ import TrainingData
 /// A full distillation step (teacher forward, student forward and backward, loss, AdamW) of
 /// `--batch-size` x `--seq-len` tokens (default 4 x 128), with the share of time in GEMMs, in the
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
-/// workspaces: no [N, V] logits, so it grows with N x C, not N x V).
+/// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
+/// cached sampled:50 targets (no teacher forward), and its speed against the live step's.
 public struct TrainSuite: BenchSuite {
     public let name = "train"
     public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), --batch-size x --seq-len: tokens/s, time shares, peak memory (needs `make teacher`)"
@@ -31,54 +33,73 @@ public struct TrainSuite: BenchSuite {
         let tokens = benchTokenIds(config.seqLen * config.batchSize * 4, below: teacherParameters.config.vocabulary, seed: 7)
         let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.2, seed: 1)
         var records: [BenchRecord] = []
-        var referenceLoss: Float?
+        var referenceLoss: [String: Float] = [:]
+        // The windows' targets as a teacher cache keeps them (sampled:50), made once by the cache's own code
+        // on the reference backend, so every backend's cached step reads the same targets.
+        let build = TeacherCacheBuild(teacher: path, data: "", seqLen: config.seqLen, targets: .sampled(draws: 50), out: "")
+        var cachedTargets: [Int: [SparseTarget]] = [:]
+        let referenceTeacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: context.referenceFirst[0]))
+        for first in stride(from: 0, to: dataset.windowCount, by: config.batchSize) {
+            let windows = Array(first..<min(dataset.windowCount, first + config.batchSize))
+            for (window, targets) in zip(windows, try build.targets(of: windows.map(dataset.window), firstWindow: first, model: referenceTeacher)) {
+                cachedTargets[window] = targets
+            }
+        }
+        let cached = SparseTeacher(spec: build.targets, tail: .renormalize, seqLen: config.seqLen,
+                                   vocabulary: teacherParameters.config.vocabulary) { cachedTargets[$0]! }
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
             let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
             let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
-            let student = try StudentModel(parameters: studentParameters, backend: backend)
-            var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
-            let objective = DistillationObjective(config: config)
-            var step = 0
-            var firstLoss: Float = 0
-            func fullStep() throws {
-                step += 1
-                let parts = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
-                if step == 1 { firstLoss = parts.loss }
-                try Optimizer.update(student.parameters, AdamWStep(learningRate: config.lr, beta1: config.beta1, beta2: config.beta2,
-                                                                   weightDecay: config.weightDecay, step: step),
-                                     gradientNorm: parts.gradientNorm, clip: config.gradClip)
-                try backend.synchronize()
-            }
-            // A backend that is only the reference gives its first step's loss and is not timed.
-            guard context.backends.contains(where: { $0 === backend }) else {
+            var liveTokensPerSecond: Double?
+            for (kernel, source) in [("distillation_step", DistillationRun.TeacherSource.live(teacher)), ("distillation_step_cached", .cached(cached))] {
+                let student = try StudentModel(parameters: studentParameters, backend: backend)
+                var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+                let objective = DistillationObjective(config: config)
+                var step = 0
+                var firstLoss: Float = 0
+                func fullStep() throws {
+                    step += 1
+                    let parts = try run.trainingStep(student: student, teacher: source, sampler: &sampler, objective: objective)
+                    if step == 1 { firstLoss = parts.loss }
+                    try Optimizer.update(student.parameters, AdamWStep(learningRate: config.lr, beta1: config.beta1, beta2: config.beta2,
+                                                                       weightDecay: config.weightDecay, step: step),
+                                         gradientNorm: parts.gradientNorm, clip: config.gradClip)
+                    try backend.synchronize()
+                }
+                // A backend that is only the reference gives its first step's loss and is not timed.
+                guard context.backends.contains(where: { $0 === backend }) else {
+                    try fullStep()
+                    referenceLoss[kernel] = firstLoss
+                    continue
+                }
+                let seconds = try context.median(fullStep)
+                // The shares, from one more step with every GEMM and loss call synchronized and timed.
+                let profile = Profiling.start(on: backend)
+                defer { Profiling.stop(on: backend) }
+                let ledger = backend.ledger
+                let inUseBefore = ledger.inUseBytes
+                ledger.resetPeak()
+                let start = DispatchTime.now().uptimeNanoseconds
                 try fullStep()
-                referenceLoss = firstLoss
-                continue
+                let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
+                let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0
+                let error = referenceLoss[kernel].map { Double(abs($0 - firstLoss)) } ?? 0
+                referenceLoss[kernel] = referenceLoss[kernel] ?? firstLoss
+                let tokensPerSecond = Double(config.batchSize * config.seqLen) / seconds
+                var extra = ["tokens_per_s": tokensPerSecond, "gemm_share": gemm / profiled, "loss_share": loss / profiled,
+                             "rest_share": max(0, 1 - (gemm + loss) / profiled), "step_peak_mib": stepPeak]
+                if let liveTokensPerSecond { extra["speedup_vs_live"] = tokensPerSecond / liveTokensPerSecond } else { liveTokensPerSecond = tokensPerSecond }
+                records.append(BenchRecord(
+                    suite: name, kernel: kernel, backend: backend.name,
+                    shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)"
+                        + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : ""),
+                    medianSeconds: seconds, maxAbsError: error, extra: extra,
+                    note: "max abs err: first step's loss vs the CPU backend's; shares and memory from one profiled step "
+                        + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state)"
+                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step timed just before)" : "")))
             }
-            let seconds = try context.median(fullStep)
-            // The shares, from one more step with every GEMM and loss call synchronized and timed.
-            let profile = Profiling.start(on: backend)
-            defer { Profiling.stop(on: backend) }
-            let ledger = backend.ledger
-            let inUseBefore = ledger.inUseBytes
-            ledger.resetPeak()
-            let start = DispatchTime.now().uptimeNanoseconds
-            try fullStep()
-            let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
-            let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0
-            let error = referenceLoss.map { Double(abs($0 - firstLoss)) } ?? 0
-            referenceLoss = referenceLoss ?? firstLoss
-            records.append(BenchRecord(
-                suite: name, kernel: "distillation_step", backend: backend.name,
-                shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)",
-                medianSeconds: seconds, maxAbsError: error,
-                extra: ["tokens_per_s": Double(config.batchSize * config.seqLen) / seconds, "gemm_share": gemm / profiled,
-                        "loss_share": loss / profiled, "rest_share": max(0, 1 - (gemm + loss) / profiled),
-                        "step_peak_mib": stepPeak],
-                note: "max abs err: first step's loss vs the CPU backend's; shares and memory from one profiled step "
-                    + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state)"))
         }
         return records
     }

@@ -4,6 +4,7 @@ import Foundation
 import GGUF
 import Losses
 import Models
+import TeacherCache
 import Tensor
 import Tokenizer
 import TrainingData
@@ -89,6 +90,7 @@ public final class DistillationRun {
         let tokenizer = try BPETokenizer(gguf: teacherFile)
         let tokenizerMetadata = GGUFMetadata.tokenizer(of: teacherFile)
         try config.check(teacher: teacherConfig)
+        let cache = config.teacherCache.isEmpty ? nil : try openCache(teacherConfig: teacherConfig)
         do {
             try FileChecks.createFolder(out.path)
         } catch let problem as FileProblem {
@@ -105,6 +107,7 @@ public final class DistillationRun {
         } catch let error as TrainingDataError {
             throw TrainingError.data("\(config.data): \(error)")
         }
+        try cache?.checkCorpus(tokens: tokenized.tokens, path: config.data)
         guard dataset.trainingWindowCount >= config.batchSize, dataset.validationWindowCount >= 1 else {
             throw TrainingError.data("\(config.data): \(tokenized.tokens.count) tokens make \(dataset.windowCount) windows of \(config.seqLen); "
                                      + "need \(config.batchSize) for training plus 1 for validation: use more text, a smaller --seq-len or --batch-size")
@@ -156,23 +159,29 @@ public final class DistillationRun {
             studentDescription = "student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
                 + "\(student.parameterCount) parameters"
         }
-        let teacher = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
+        let teacher: TeacherSource = try cache.map { .cached(SparseTeacher(cache: $0, tail: MissingTeacherMass(rawValue: config.sparseTail)!)) }
+            ?? .live(LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend)))
+        if let cache {
+            log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
+                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))
+        }
         log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
             + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")
         log(studentDescription)
         // Feature losses pair an inherited student's blocks with the teacher blocks they came from by default.
-        let inherited = config.studentShape.isEmpty ? try StudentLayers.parse(config.studentLayers, teacherLayers: teacher.config.layers) : nil
-        if config.lensWeight > 0 {
+        let inherited = config.studentShape.isEmpty ? try StudentLayers.parse(config.studentLayers, teacherLayers: teacherConfig.layers) : nil
+        if config.lensWeight > 0, case .live(let teacher) = teacher {
             try enableLogitLens(studentLayers: student.config.layers, teacher: teacher, inherited: inherited)
             log("logit lens: weight \(config.lensWeight), \(config.lensDivergence), block pairs "
                 + BlockPairs.describe(lensContext!.lens.pairs)
                 + (config.lensFinalNorm ? ", after the final norm" : ", without the final norm"))
         }
         if config.attnAlignWeight > 0 {
-            let pairs = try BlockPairs.parse(config.attnAlignLayers, studentLayers: student.config.layers, teacherLayers: teacher.config.layers,
+            let pairs = try BlockPairs.parse(config.attnAlignLayers, studentLayers: student.config.layers, teacherLayers: teacherConfig.layers,
                                              inherited: inherited, key: "attn_align_layers")
             let alignment = try AttentionAlignment(pairs: pairs, studentHeads: student.config.heads,
-                                                   teacherHeads: teacher.config.heads, weight: config.attnAlignWeight, decay: config.attnAlignDecay,
+                                                   teacherHeads: teacherConfig.heads, weight: config.attnAlignWeight, decay: config.attnAlignDecay,
                                                    seed: config.seed, backend: backend)
             try alignment.requireFits(batch: config.batchSize, length: config.seqLen, backend: backend)
             self.alignment = alignment
@@ -182,12 +191,12 @@ public final class DistillationRun {
                 + formatBytes(alignment.bytesPerMicroBatch(batch: config.batchSize, length: config.seqLen)) + " per micro-batch")
         }
         if config.hintWeight > 0 {
-            let pairs = try BlockPairs.parse(config.hintLayers, studentLayers: student.config.layers, teacherLayers: teacher.config.layers,
+            let pairs = try BlockPairs.parse(config.hintLayers, studentLayers: student.config.layers, teacherLayers: teacherConfig.layers,
                                              inherited: inherited, key: "hint_layers")
             hints = try HiddenStateHints(pairs: pairs, weight: config.hintWeight, kind: HiddenStateHintLoss.Kind(rawValue: config.hintLoss)!,
-                                         studentWidth: student.config.width, teacherWidth: teacher.config.width, seed: config.seed, backend: backend)
+                                         studentWidth: student.config.width, teacherWidth: teacherConfig.width, seed: config.seed, backend: backend)
             log("hidden-state hints: weight \(config.hintWeight), \(config.hintLoss), block pairs " + BlockPairs.describe(pairs)
-                + (hints!.projections.isEmpty ? "" : ", through learned projections \(student.config.width) -> \(teacher.config.width)"))
+                + (hints!.projections.isEmpty ? "" : ", through learned projections \(student.config.width) -> \(teacherConfig.width)"))
         }
         if let resumedAuxiliary, !auxiliaryParameters.isEmpty {
             try Optimizer.load(auxiliaryParameters, values: resumedAuxiliary.values, moments: resumedAuxiliary.moments, source: out.path)
@@ -201,7 +210,10 @@ public final class DistillationRun {
 
         let teacherNLL: LikelihoodResult
         do {
-            teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try teacher.likelihood(of: $1)) }
+            switch teacher {
+            case .live(let model): teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: $1)) }
+            case .cached(let sparse): teacherNLL = try sparse.likelihood(windows: Array(dataset.validationWindows.prefix(validation.count)))
+            }
         } catch let error as ModelError {
             throw TrainingError.numeric("teacher \(config.teacher): its validation pass before training gives a \(error); "
                                         + "the file's weights hold NaN or inf: use an undamaged teacher")
@@ -313,6 +325,41 @@ public final class DistillationRun {
                           exportedGGUF: exported.map(shown), checkpoint: shown(lastCheckpoint ?? out.appendingPathComponent(TrainingCheckpoint.currentLinkName)))
     }
 
+    /// Where a step's teacher targets come from.
+    public enum TeacherSource {
+        /// The teacher model on the device: dense targets through its LM head, and the activations
+        /// the feature losses need.
+        case live(LlamaModel)
+        /// Sparse targets from a teacher cache.
+        case cached(SparseTeacher)
+    }
+
+    /// The teacher cache of `teacher_cache`, checked against the settings and the teacher file:
+    /// the same windowing, a tail the targets have, a divergence they keep finite, the teacher's
+    /// SHA-256 (the corpus is checked once tokenized).
+    func openCache(teacherConfig: LlamaConfig) throws -> TeacherCache {
+        let key = "teacher_cache (--teacher-cache)"
+        let cache: TeacherCache
+        do { cache = try TeacherCache(folder: config.teacherCache) } catch { throw TrainingError.config("\(key): \(error)") }
+        let manifest = cache.manifest
+        guard manifest.seqLen == config.seqLen else {
+            throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
+        }
+        if !cache.spec.storesProbabilities && config.sparseTail != MissingTeacherMass.renormalize.rawValue {
+            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize")
+        }
+        if config.divergence == "rkl" && (config.sparseTail == MissingTeacherMass.renormalize.rawValue || !cache.spec.storesProbabilities) {
+            throw TrainingError.config("divergence (--divergence): rkl is infinite against \(manifest.targets) targets that give unlisted tokens nothing; "
+                                       + "use fkl, jsd, sfkl, srkl or tvd, or --sparse-tail uniform with top-k targets")
+        }
+        guard manifest.teacher.vocabulary == teacherConfig.vocabulary,
+              try SHA256Digest.file(at: config.teacher) == manifest.teacher.sha256 else {
+            throw TrainingError.config("\(key): \(config.teacherCache) was made by the teacher \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(12))), "
+                                       + "not \(config.teacher); pass that teacher with --teacher or build a cache of this one")
+        }
+        return cache
+    }
+
     public struct StepParts {
         public var loss: Float = 0
         public var crossEntropy: Float = 0
@@ -354,49 +401,62 @@ public final class DistillationRun {
     }
 
     /// Forward and backward of every micro-batch of one step; gradients are left in the student.
-    public func trainingStep(student: StudentModel, teacher: LlamaModel, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
+    public func trainingStep(student: StudentModel, teacher: TeacherSource, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
         try Optimizer.zeroGradients(student.parameters + auxiliaryParameters)
         var parts = StepParts()
         parts.alignmentWeight = alignment?.weight(atEpoch: sampler.position.epoch) ?? 0
         var loss = objective.loss
         loss.reportCrossEntropy = true
         let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
-        let teacherHead = try expandedHead(of: teacher)
-        let batches = (0..<config.gradientAccumulation).map { _ in sampler.next().tokens }
+        let batches = (0..<config.gradientAccumulation).map { _ in sampler.next() }
         let rowsPerBatch = config.batchSize * (config.seqLen - 1)
         let totalRows = Float(rowsPerBatch * batches.count)
         let outputWeight = student.outputWeight
-        for tokens in batches {
+        for batch in batches {
+            let tokens = batch.tokens
             let labels = try nextTokenLabels(tokens)
-            let teacherResult = try teacher.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil || hints != nil,
-                                                                                         attentionLayers: Set(alignment?.teacherBlocks ?? []),
-                                                                                         computeLogits: false))
+            // The teacher's side: its final hidden state and head (live), or sparse targets (cached).
+            var teacherResult: LlamaForwardResult?
+            let linearTeacher: LinearTeacher
+            var teacherCrossEntropy: Float?
+            switch teacher {
+            case .live(let model):
+                let result = try model.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil || hints != nil,
+                                                                                    attentionLayers: Set(alignment?.teacherBlocks ?? []),
+                                                                                    computeLogits: false))
+                teacherResult = result
+                linearTeacher = .hidden(result.finalHidden, weight: try expandedHead(of: model))
+            case .cached(let sparse):
+                let (topK, crossEntropy) = try sparse.topK(windows: batch.windows, backend: backend)
+                linearTeacher = .topK(topK)
+                teacherCrossEntropy = crossEntropy
+            }
             let hidden = try student.forward(tokens)
             let share = Float(rowsPerBatch) / totalRows
             // Both LM heads and the loss, chunk by chunk (no [N, V] logits): dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
-            let result = try fusedHead(hidden: hidden, weight: outputWeight.value, teacher: .hidden(teacherResult.finalHidden, weight: teacherHead),
+            let result = try fusedHead(hidden: hidden, weight: outputWeight.value, teacher: linearTeacher,
                                        labels: labels, gradHidden: hiddenGradient, gradWeight: outputWeight.gradient, gradOutput: share,
-                                       teacherCrossEntropy: objective.temperatureSchedule == "dts")
+                                       teacherCrossEntropy: teacherCrossEntropy == nil && objective.temperatureSchedule == "dts")
             parts.loss += result.loss * share
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
-            parts.teacherCrossEntropy += (result.teacherCrossEntropy ?? 0) * share
+            parts.teacherCrossEntropy += (teacherCrossEntropy ?? result.teacherCrossEntropy ?? 0) * share
             // Feature losses: gradients into the student's residual streams and attention maps.
             var hiddenGradients: [Int: Tensor] = [:]
-            if let lensContext {
+            if let lensContext, let teacherResult, case .hidden(_, let teacherHead) = linearTeacher {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
                                                       teacherEpsilon: lensContext.teacherEpsilon, teacherHead: teacherHead,
                                                       labels: labels, gradOutput: share)
                 parts.lens += lens.value * share
                 for (block, gradient) in lens.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
             }
-            if let hints {
+            if let hints, let teacherResult {
                 let hint = try hints.apply(student: student, teacherHidden: teacherResult.hiddenStates, gradOutput: share)
                 parts.hint += hint.value * share
                 for (block, gradient) in hint.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
             }
             var attentionGradients: [Int: Tensor] = [:]
-            if let alignment {
+            if let alignment, let teacherResult {
                 let studentMaps = try Dictionary(uniqueKeysWithValues: alignment.studentBlocks.map { ($0, try student.attentionProbabilities(of: $0)) })
                 let aligned = try alignment.apply(studentMaps: studentMaps, teacherMaps: teacherResult.attentionProbabilities,
                                                   gradOutput: share * parts.alignmentWeight)

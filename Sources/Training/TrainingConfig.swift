@@ -88,6 +88,14 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var checkpointEvery = 25
     /// Export of the final student as GGUF: f32, f16, q8_0, or none.
     public var exportGguf = "f16"
+    /// A teacher cache (`kdgpu teacher-cache build`) to train from instead of running the teacher;
+    /// empty: the live teacher. The teacher file is then read for its header, tokenizer and the
+    /// blocks a student inherits, and must be the one the cache was made from.
+    public var teacherCache = ""
+    /// What cached top-k/top-p targets give the tokens they do not list: `renormalize` (nothing;
+    /// the teacher renormalized over its listed tokens) or `uniform` (the tail mass spread evenly
+    /// over the rest of the vocabulary). Sampled targets are always renormalized.
+    public var sparseTail = "renormalize"
 
     public init() {}
 
@@ -101,7 +109,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case attnAlignWeight = "attn_align_weight", attnAlignLayers = "attn_align_layers", attnAlignDecay = "attn_align_decay"
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
-        case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf"
+        case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
     }
 
     public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
@@ -276,6 +284,16 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .evalWindows: try atLeast(evalWindows, 1)
         case .checkpointEvery: try atLeast(checkpointEvery, 0)
         case .exportGguf: try oneOf(exportGguf, ["f32", "f16", "q8_0", "none"])
+        case .teacherCache:
+            guard !teacherCache.isEmpty else { break }
+            for (key, weight) in [("lens_weight", lensWeight), ("attn_align_weight", attnAlignWeight), ("hint_weight", hintWeight)] where weight > 0 {
+                throw TrainingError.config("teacher_cache (--teacher-cache): \(key) (\(Self.flag(of: key))) needs the teacher's activations, "
+                                           + "which a cache does not keep; train it with the live teacher (no --teacher-cache)")
+            }
+            if divergence == "taid" {
+                throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
+            }
+        case .sparseTail: try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform].map(\.rawValue))
         }
     }
 

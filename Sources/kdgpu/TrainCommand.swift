@@ -63,6 +63,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Validation windows used at most.") var evalWindows: Int?
     @Option(name: .long, parsing: .unconditional, help: "Checkpoint every N steps.") var checkpointEvery: Int?
     @Option(name: .long, help: "Export the final student as GGUF: f32, f16, q8_0 or none.") var exportGguf: String?
+    @Option(name: .long, help: ArgumentHelp("Train from this teacher cache (`kdgpu teacher-cache build`) instead of running the teacher.", valueName: "DIR"))
+    var teacherCache: String?
+    @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing) or uniform (the tail mass spread over them).")
+    var sparseTail: String?
 
     func run() throws {
         do {
@@ -135,5 +139,7 @@ struct TrainCommand: ParsableCommand {
         if let evalWindows { settings.evalWindows = evalWindows }
         if let checkpointEvery { settings.checkpointEvery = checkpointEvery }
         if let exportGguf { settings.exportGguf = exportGguf }
+        if let teacherCache { settings.teacherCache = teacherCache }
+        if let sparseTail { settings.sparseTail = sparseTail }
     }
 }

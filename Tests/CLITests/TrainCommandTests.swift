@@ -46,16 +46,44 @@ final class TrainCommandTests: XCTestCase {
     /// A run killed with SIGKILL after step 4 (its last checkpoint at step 3) and resumed logs the
     /// same losses as an uninterrupted run.
     func testKilledAndResumedRunContinuesExactly() throws {
-        let data = try corpus()
+        try assertKilledAndResumedRunContinuesExactly(data: try corpus(), extra: [])
+    }
+
+    /// The same from a teacher cache (sampled targets, the teacher's cross-entropy for DTS from the
+    /// cache), which the teacher-cache CLI builds and shows.
+    func testRunFromATeacherCacheTrainsAndResumesExactly() throws {
+        let data = try corpus(), cache = try folder("cache").appendingPathComponent("targets")
+        let build = try kdgpu(["teacher-cache", "build", "--teacher", teacher, "--data", data.path, "--seq-len", "32", "--targets", "sampled:16",
+                               "--device", "cpu", "--out", cache.path])
+        XCTAssertEqual(build.status, 0, build.error)
+        XCTAssertTrue(build.output.contains("complete") && build.output.contains("bytes/token"), build.output)
+        let window = try kdgpu(["teacher-cache", "show", cache.path, "--window", "2", "--json"])
+        XCTAssertEqual(window.status, 0, window.error)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(window.output.utf8)) as? [String: Any])
+        let targets = try XCTUnwrap(object["targets"] as? [[String: Any]])
+        XCTAssertEqual((object["tokens"] as? [Int])?.count, 32)
+        XCTAssertEqual(targets.count, 31)
+        for target in targets {
+            let pairs = try XCTUnwrap(target["pairs"] as? [[Double]])
+            XCTAssertEqual(pairs.reduce(0) { $0 + $1[1] }, 1, accuracy: 1e-9, "sampled counts / N add up to 1")
+        }
+        try assertKilledAndResumedRunContinuesExactly(data: data, extra: ["--teacher-cache", cache.path, "--temperature-schedule", "dts"])
+        // A cache of other windows is refused before any work, naming the setting.
+        let refused = try kdgpu(trainArguments(data: data, out: try folder("refused")) + ["--teacher-cache", cache.path, "--seq-len", "16"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.error.contains("teacher_cache (--teacher-cache)") && refused.error.contains("--seq-len 32"), refused.error)
+    }
+
+    private func assertKilledAndResumedRunContinuesExactly(data: URL, extra: [String]) throws {
         let whole = try folder("whole"), interrupted = try folder("interrupted")
-        let uninterrupted = try kdgpu(trainArguments(data: data, out: whole))
+        let uninterrupted = try kdgpu(trainArguments(data: data, out: whole) + extra)
         XCTAssertEqual(uninterrupted.status, 0, uninterrupted.error)
         XCTAssertTrue(uninterrupted.output.contains("student, after 6 steps:"), uninterrupted.output)
         for file in ["metrics.jsonl", "loss.svg", "student.gguf", "checkpoint/model.safetensors", "checkpoint/config.json"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: whole.appendingPathComponent(file).path), file)
         }
 
-        let killed = try kdgpu(trainArguments(data: data, out: interrupted), environment: ["KDGPU_KILL_AFTER_STEP": "4"])
+        let killed = try kdgpu(trainArguments(data: data, out: interrupted) + extra, environment: ["KDGPU_KILL_AFTER_STEP": "4"])
         XCTAssertTrue(killed.signaled && killed.status == SIGKILL, "status \(killed.status): \(killed.error)")
         XCTAssertEqual(try metrics(interrupted).compactMap { $0["loss"] }.count, 4, "steps 1-4 were logged before the kill")
         let resumed = try kdgpu(["train", "--resume", interrupted.path, "--steps", "6", "--device", "cpu"])

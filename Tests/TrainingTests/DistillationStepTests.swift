@@ -52,7 +52,7 @@ final class DistillationStepTests: XCTestCase {
             var copy = sampler
             run.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
             let objective = DistillationObjective(config: config)
-            let parts = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+            let parts = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
             let headGradient = try student.outputWeight.gradient.toArray()
 
             // The same step with whole logits.
@@ -94,11 +94,11 @@ final class DistillationStepTests: XCTestCase {
                 run.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
                 var sampler = try BatchSampler(dataset: dataset, batchSize: batch)
                 let objective = DistillationObjective(config: config)
-                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                _ = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
                 try backend.synchronize()
                 let before = backend.ledger.inUseBytes
                 backend.ledger.resetPeak()
-                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                _ = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
                 peaks[batch * length] = backend.ledger.peakInUseBytes - before
             }
             let logitsGrowth = 2 * (256 - 16) * Self.config.vocabulary * 4  // student and teacher [N, V]

@@ -1,0 +1,82 @@
+import Foundation
+import Losses
+import Models
+import TeacherCache
+import Tensor
+
+/// The teacher as sparse targets read from a teacher cache (or any source of them): per
+/// micro-batch, a top-k teacher for the fused loss and the teacher's cross-entropy from the stored
+/// label log-probabilities, with no teacher on the device.
+///
+/// - Top-k and top-p targets enter as their log-probabilities; `tail` says what the tokens they do
+///   not list get (``MissingTeacherMass``): nothing (`renormalize`, DistillKit's `zero`), or the
+///   tail mass spread evenly (`uniform`). The temperature then applies as `p^(1/T)` renormalized.
+/// - Sampled targets enter as `log(count / N)` renormalized: at T = 1 exactly `count / N`, RS-KD's
+///   unbiased estimate of the teacher distribution.
+public struct SparseTeacher {
+    public let spec: TeacherTargetSpec
+    public let tail: MissingTeacherMass
+    public let seqLen: Int
+    public let vocabulary: Int
+    /// Window index -> the targets of its first `seqLen - 1` positions.
+    let targetsOfWindow: (Int) throws -> [SparseTarget]
+
+    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, seqLen: Int, vocabulary: Int,
+                targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) {
+        self.spec = spec
+        self.tail = tail
+        self.seqLen = seqLen
+        self.vocabulary = vocabulary
+        self.targetsOfWindow = targetsOfWindow
+    }
+
+    public init(cache: TeacherCache, tail: MissingTeacherMass) {
+        self.init(spec: cache.spec, tail: tail, seqLen: cache.manifest.seqLen, vocabulary: cache.manifest.teacher.vocabulary,
+                  targetsOfWindow: cache.targets(ofWindow:))
+    }
+
+    /// The teacher of windows `windows` ([B] window numbers, rows `b * T + t`): `[B * T, k]` ids and
+    /// log-probabilities (k the most pairs of any row; each window's last row, which predicts
+    /// nothing, holds one certain token), and the teacher's mean cross-entropy over the predicted
+    /// positions. Shorter rows are padded at ids they do not list with what those ids get anyway:
+    /// probability 0, or with the uniform tail their share `tail / (V - listed)`.
+    public func topK(windows: [Int], backend: any Backend) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
+        let rows = try windows.map { try targetsOfWindow($0) }
+        let k = max(1, rows.joined().map(\.ids.count).max() ?? 1)
+        var ids = [Float](), values = [Float]()
+        ids.reserveCapacity(windows.count * seqLen * k)
+        values.reserveCapacity(windows.count * seqLen * k)
+        var crossEntropy = 0.0
+        let draws: Float? = { if case .sampled(let n) = spec { return Float(n) } else { return nil } }()
+        for window in rows {
+            for target in window + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] {
+                crossEntropy -= Double(target.labelLogProbability)
+                ids += target.ids.map(Float.init)
+                values += target.values.map { value in logf(draws.map { value / $0 } ?? value) }  // log p, or log(count / N)
+                var candidate: Int32 = 0
+                let listed = Set(target.ids)
+                let missing = 1 - target.values.reduce(0.0) { sum, value in sum + Double(draws.map { value / $0 } ?? value) }
+                let pad = tail == .uniform && missing > 0 ? logf(Float(missing / Double(vocabulary - target.ids.count))) : -.infinity
+                for _ in target.ids.count..<k {
+                    while listed.contains(candidate) { candidate += 1 }
+                    ids.append(Float(candidate))
+                    values.append(pad)
+                    candidate += 1
+                }
+            }
+        }
+        let n = windows.count * seqLen
+        let teacher = TopKTeacher(ids: try backend.tensor(ids, shape: [n, k], label: "cached teacher ids"),
+                                  values: try backend.tensor(values, shape: [n, k], label: "cached teacher log-probabilities"),
+                                  missingMass: tail)
+        return (teacher, Float(crossEntropy / Double(windows.count * (seqLen - 1))))
+    }
+
+    /// The teacher's NLL of the tokens of `windows`, from the stored label log-probabilities.
+    public func likelihood(windows: [Int]) throws -> LikelihoodResult {
+        try windows.reduce(LikelihoodResult()) { total, window in
+            let targets = try targetsOfWindow(window)
+            return total + LikelihoodResult(totalNLL: targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }, tokens: targets.count)
+        }
+    }
+}

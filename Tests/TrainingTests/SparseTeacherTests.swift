@@ -1,0 +1,81 @@
+import Losses
+import TeacherCache
+import Tensor
+import TestSupport
+import Training
+import XCTest
+
+/// Cached targets as the step uses them: the loss and its gradient through ``SparseTeacher`` (rows
+/// of different lengths padded, counts turned into probabilities, each window's last row) equal an
+/// fp64 reference written from the definitions, for sampled and top-k targets with either tail, on
+/// both backends; the teacher's cross-entropy and NLL come from the stored label log-probabilities.
+final class SparseTeacherTests: XCTestCase {
+    func testLossAndGradientEqualTheFP64Reference() throws {
+        let (windows, seqLen, vocabulary, temperature) = (3, 5, 37, 2.0)
+        var random = SeededRandom(seed: 21)
+        // Targets of windows 10, 11, 12: 1 to 9 distinct ids a position.
+        func targets(draws: Int?) -> [Int: [SparseTarget]] {
+            Dictionary(uniqueKeysWithValues: (10..<10 + windows).map { window in
+                (window, (0..<seqLen - 1).map { _ -> SparseTarget in
+                    var ids: [Int32] = []
+                    while ids.count < 1 + random.uniform(below: 9) {
+                        let id = Int32(random.uniform(below: vocabulary))
+                        if !ids.contains(id) { ids.append(id) }
+                    }
+                    let values = ids.map { _ in draws == nil ? Float(1 + random.uniform(below: 100)) / 1000 : Float(1 + random.uniform(below: 9)) }
+                    return SparseTarget(ids: ids, values: values, tailMass: 0, labelLogProbability: -Float(random.uniform(below: 500)) / 100)
+                })
+            })
+        }
+        for backend in try TestBackends.all() {
+            for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
+                                 (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform)] {
+                let draws: Int? = { if case .sampled(let n) = spec { return n } else { return nil } }()
+                let stored = targets(draws: draws)
+                let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary) { stored[$0]! }
+                let logits = random.normals(windows * seqLen * vocabulary, scale: 3)
+                let student = try backend.tensor(logits, shape: [windows * seqLen, vocabulary], label: "student logits")
+                let labels = try backend.tensor((0..<windows * seqLen).map { Float($0 % seqLen == seqLen - 1 ? -100 : $0 % vocabulary) },
+                                                shape: [windows * seqLen], label: "labels")
+                let (topK, crossEntropy) = try teacher.topK(windows: Array(10..<10 + windows), backend: backend)
+                let loss = DistillationLoss(temperature: Float(temperature))
+                let gradient = try backend.tensor(shape: student.shape, label: "gradient")
+                let result = try loss(student: student, teacher: .topK(topK), labels: labels, gradient: .into(gradient))
+
+                // The reference: each predicted row's teacher distribution over the vocabulary, tempered.
+                var total = 0.0, expectedGradient = [Double](repeating: 0, count: logits.count)
+                let rows = Double(windows * (seqLen - 1))
+                for window in 0..<windows {
+                    for (position, target) in stored[10 + window]!.enumerated() {
+                        let row = window * seqLen + position
+                        var p = [Double](repeating: 0, count: vocabulary)
+                        var listedMass = 0.0
+                        for (id, value) in zip(target.ids, target.values) {
+                            let probability = Double(value) / Double(draws ?? 1)
+                            p[Int(id)] = probability
+                            listedMass += probability
+                        }
+                        if tail == .uniform {
+                            let rest = max(0, 1 - listedMass) / Double(vocabulary - target.ids.count)
+                            for id in 0..<vocabulary where !target.ids.contains(Int32(id)) { p[id] = rest }
+                        }
+                        let tempered = p.map { pow($0, 1 / temperature) }, sum = tempered.reduce(0, +)
+                        let pt = tempered.map { $0 / sum }
+                        let z = (0..<vocabulary).map { Double(logits[row * vocabulary + $0]) / temperature }
+                        let top = z.max()!, logNorm = log(z.reduce(0) { $0 + exp($1 - top) }) + top
+                        let q = z.map { exp($0 - logNorm) }
+                        for v in 0..<vocabulary where pt[v] > 0 { total += pt[v] * (log(pt[v]) - (z[v] - logNorm)) }
+                        for v in 0..<vocabulary { expectedGradient[row * vocabulary + v] = temperature * temperature * (q[v] - pt[v]) / temperature / rows }
+                    }
+                }
+                let expectedLoss = temperature * temperature * total / rows
+                XCTAssertEqual(Double(result.loss), expectedLoss, accuracy: 1e-4 * max(1, expectedLoss), "\(backend.name) \(spec) \(tail)")
+                let comparison = Comparison(try gradient.toArray(), reference: expectedGradient)
+                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name) \(spec) \(tail): \(comparison)")
+                let labelSum = stored.values.joined().reduce(0.0) { $0 - Double($1.labelLogProbability) }
+                XCTAssertEqual(Double(crossEntropy), labelSum / rows, accuracy: 1e-5)
+                XCTAssertEqual(try teacher.likelihood(windows: [10, 11, 12]).meanNLL, labelSum / rows, accuracy: 1e-9)
+            }
+        }
+    }
+}

@@ -33,6 +33,7 @@
 #define FLAG_MASK 64
 #define FLAG_MEAN 128
 #define FLAG_CONTIGUOUS 256
+#define FLAG_TOPK_BUCKET 512
 
 // row_status bits (also in DistillationLoss.swift)
 #define STATUS_IGNORED 1
@@ -229,8 +230,8 @@ __kernel void distill_loss_rows(
         }
 
         // Pass 0 (top-k teacher): a dense teacher row in scratch. Missing mass: renormalize (the
-        // rest is -inf), or uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
-        // evenly over the other n - k tokens). Its reductions and barriers sit in a branch on a kernel
+        // rest is -inf), uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
+        // evenly over the other n - k tokens), or bucket (the rest spread like the student's tail). Its reductions and barriers sit in a branch on a kernel
         // argument, which every work-item takes alike.
         __global const float* tr = topk ? tm_row : zt + zto + (long)row * zt_ld;
         int bad_id = 0;
@@ -248,14 +249,41 @@ __kernel void distill_loss_rows(
             for (int i = lid; i < k; i += WG) if (i != first) part += exp(vals[i]);
             const float others = group_sum4((float4)(part, 0.0f, 0.0f, 0.0f), reduce).x;
             const float missing = -expm1(largest) - others;
-            float rest = -INFINITY;
-            if ((flags & FLAG_TOPK_UNIFORM) && n > k && missing > 0.0f) rest = log(missing / (float)(n - k));
-            for (int v = vbeg; v < vend; v += vstep) vstoreV((floatV)(rest), v, tm_row);
+            if (flags & FLAG_TOPK_BUCKET) {
+                // The rest as one bucket set against the student's mass on the unlisted tokens: spread in
+                // proportion to the student, tm_j = log rest + z_j - zmax - T log(rest_s) with
+                // rest_s = sum over the unlisted tokens of exp((z - zmax) / T).
+                floatH bmax = (floatH)(-INFINITY);
+#define BUCKET_MAX(LOAD, STORE) { bmax = max_or_second(fold_max(LOAD(zr, v)), bmax); }
+                FOR_EACH_VECTOR(BUCKET_MAX)
+#undef BUCKET_MAX
+                const float zmax = group_max4((float4)(vmax(bmax), 0.0f, 0.0f, 0.0f), reduce).x;
+                const float zshift = zmax == -INFINITY ? 0.0f : zmax;
+                floatH bsum = (floatH)(0.0f);
+#define BUCKET_SUM(LOAD, STORE) { bsum += fold_sum(exp((LOAD(zr, v) - (floatV)(zshift)) * inv_t)); }
+                FOR_EACH_VECTOR(BUCKET_SUM)
+#undef BUCKET_SUM
+                float part_listed = 0.0f;
+                for (int i = lid; i < k; i += WG) {
+                    const int id = (int)topk_ids[tio + (long)row * k + i];
+                    if (id >= 0 && id < n) part_listed += exp((zr[id] - zshift) * inv_t);
+                }
+                const float4 sums = group_sum4((float4)(vsum(bsum), part_listed, 0.0f, 0.0f), reduce);
+                const float rest_s = sums.x - sums.y;
+                const float c = missing > 0.0f && rest_s > 0.0f ? log(missing) - zshift - log(rest_s) / inv_t : -INFINITY;
+#define BUCKET_FILL(LOAD, STORE) { STORE((floatV)(c) + LOAD(zr, v), tm_row, v); }
+                FOR_EACH_VECTOR(BUCKET_FILL)
+#undef BUCKET_FILL
+            } else {
+                float rest = -INFINITY;
+                if ((flags & FLAG_TOPK_UNIFORM) && n > k && missing > 0.0f) rest = log(missing / (float)(n - k));
+                for (int v = vbeg; v < vend; v += vstep) vstoreV((floatV)(rest), v, tm_row);
+            }
             barrier(CLK_GLOBAL_MEM_FENCE);
             for (int i = lid; i < k; i += WG) {
                 const int id = (int)topk_ids[tio + (long)row * k + i];
                 if (id >= 0 && id < n) tm_row[id] = topk_vals[tvo + (long)row * k + i];
-                else bad_id = 1;
+                else if (id != -1) bad_id = 1;  // -1: an empty slot of a row shorter than k
             }
             barrier(CLK_GLOBAL_MEM_FENCE);
         }

@@ -790,6 +790,22 @@ def cache_cases():
          setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.path", "value": "/nonexistent/cache-corpus-moved.txt"}])
     case("cache-show-corpus-changed", c, SHOW_WINDOW, ["corpus", "words.txt"],
          setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.tokens_sha256", "value": "00" * 32}])
+    tc = "{work}/tc"
+    case("cache-train-sparse-tail-bogus", c, train(teacher_cache=tc, sparse_tail="bogus"), ["sparse_tail", "bogus"])
+    case("cache-train-bucket-with-jsd", c, train(teacher_cache=tc, sparse_tail="bucket", divergence="jsd"), ["sparse_tail", "fkl"])
+    case("cache-train-with-lens", c, train(teacher_cache=tc, lens_weight="1"), ["teacher_cache", "lens_weight"])
+    case("cache-train-with-taid", c, train(teacher_cache=tc, divergence="taid"), ["teacher_cache", "taid"])
+    case("cache-train-missing-cache", c, train(teacher_cache="/nonexistent/train-cache"), ["teacher_cache", "train-cache"])
+    case("cache-train-seq-len-mismatch", c, train(teacher_cache=tc, seq_len="12"), ["teacher_cache", "--seq-len 16"], setup=[TEACHER_CACHE])
+    case("cache-train-other-teacher", c, train(teacher_cache=tc, teacher="{files}/gguf/nan-weights.gguf"), ["teacher_cache", "nan-weights.gguf"],
+         setup=[TEACHER_CACHE], note="the cache's teacher digest differs: refused before the weights are read")
+    case("cache-train-other-corpus", c, train(teacher_cache=tc, data="{files}/corpus/few-windows.txt"), ["tc", "few-windows.txt"],
+         setup=[TEACHER_CACHE])
+    case("cache-train-rkl-renormalized", c, train(teacher_cache=tc, divergence="rkl"), ["divergence", "rkl"], setup=[TEACHER_CACHE])
+    case("cache-train-uniform-with-sampled", c, train(teacher_cache=tc, sparse_tail="uniform"), ["sparse_tail", "sampled:8"],
+         setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])
+    case("cache-train-incomplete", c, train(teacher_cache=tc), ["incomplete"],
+         setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "complete", "value": False}])
 
 
 def fault_cases():

@@ -13,7 +13,7 @@ public protocol BenchSuite {
 }
 
 /// Every suite `kdgpu bench` knows, in the order it runs them.
-public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TrainSuite()] }
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TeacherCacheSuite(), TrainSuite()] }
 
 /// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
 /// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.

@@ -92,12 +92,28 @@ extension CPUKernels {
                 var others: Float = 0
                 for i in 0..<k where i != first { others += expf(valueRow[i]) }
                 let missing = -expm1f(largest) - others
-                var rest = -Float.infinity
-                if flags & DistillFlags.topKUniform != 0 && n > k && missing > 0 { rest = logf(missing / Float(n - k)) }
-                tmRow.update(repeating: rest, count: vp)
+                if flags & DistillFlags.topKBucket != 0 {
+                    // The rest as one bucket against the student's unlisted mass: tm_j = log rest + z_j - zmax - T log(rest_s).
+                    var zmax = -Float.infinity
+                    for j in 0..<n { zmax = max(zmax, zr[j]) }
+                    let zshift = zmax == -.infinity ? 0 : zmax
+                    var all: Float = 0, listed: Float = 0
+                    for j in 0..<n { all += expf((zr[j] - zshift) * invT) }
+                    for i in 0..<k {
+                        let id = Int(idRow[i])
+                        if id >= 0 && id < n { listed += expf((zr[id] - zshift) * invT) }
+                    }
+                    let restS = all - listed
+                    let c = missing > 0 && restS > 0 ? logf(missing) - zshift - logf(restS) / invT : -Float.infinity
+                    for j in 0..<vp { tmRow[j] = j < n ? c + zr[j] : -.infinity }
+                } else {
+                    var rest = -Float.infinity
+                    if flags & DistillFlags.topKUniform != 0 && n > k && missing > 0 { rest = logf(missing / Float(n - k)) }
+                    tmRow.update(repeating: rest, count: vp)
+                }
                 for i in 0..<k {
                     let id = Int(idRow[i])
-                    if id >= 0 && id < n { tmRow[id] = valueRow[i] } else { badID = true }
+                    if id >= 0 && id < n { tmRow[id] = valueRow[i] } else if id != -1 { badID = true }  // -1: an empty slot
                 }
             } else if let zt = a.zt {
                 tr = zt + row * a.teacherStride

@@ -122,11 +122,19 @@ public enum MissingTeacherMass: String, Sendable {
     /// `1 - sum exp(values)` is spread evenly over the other `V - k` tokens, and temperature applies
     /// to that completed distribution.
     case uniform
+    /// DistillKit's `symmetric_uniform`: the k values are log-probabilities at T = 1 and the rest
+    /// of the teacher's mass is one more bucket, set against the student's mass on the unlisted
+    /// tokens: `sum_k p log(p / q) + p_rest log(p_rest / q_rest)`, tempered as `p^(1/T)` (the rest
+    /// too) and `q = softmax(z / T)`. That is the forward KL against the teacher completed with its
+    /// rest spread in proportion to the student's own tail (`p_rest q_j / q_rest`), whose gradient
+    /// `(q - p) / T` is the bucket loss's exact gradient; forward KL only.
+    case bucket
 }
 
 /// A sparse teacher: its top-k token ids and their logits (or log-probabilities), per row.
 public struct TopKTeacher {
-    /// `[N, k]` token ids stored as floats (exact below 2^24), distinct within a row.
+    /// `[N, k]` token ids stored as floats (exact below 2^24), distinct within a row; -1 marks an
+    /// empty slot of a row with fewer than k (its value must be -inf).
     public var ids: Tensor
     /// `[N, k]` logits, or log-probabilities with ``MissingTeacherMass/uniform``.
     public var values: Tensor
@@ -264,6 +272,7 @@ enum DistillFlags {
     static let taid: Int32 = 4
     static let topK: Int32 = 8
     static let topKUniform: Int32 = 16
+    static let topKBucket: Int32 = 512
     static let labels: Int32 = 32
     static let mask: Int32 = 64
     static let mean: Int32 = 128

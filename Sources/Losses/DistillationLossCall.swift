@@ -87,7 +87,11 @@ struct DistillationPlan {
                 throw TensorError.shapeMismatch("distillation loss: top-k teacher with k = \(k) for student vocabulary \(vocabulary); need 1 <= k <= vocabulary")
             }
             teacherStride = vocabulary
-            flags |= DistillFlags.topK | (topK.missingMass == .uniform ? DistillFlags.topKUniform : 0)
+            if topK.missingMass == .bucket && (loss.divergence != .forwardKL || loss.taidInterpolation != nil) {
+                throw TensorError.unsupported("distillation loss: a top-k teacher's bucket tail is defined for forward KL without TAID, not \(loss.divergence)")
+            }
+            flags |= DistillFlags.topK
+            flags |= topK.missingMass == .uniform ? DistillFlags.topKUniform : topK.missingMass == .bucket ? DistillFlags.topKBucket : 0
         }
         for (name, tensor) in [("labels", labels), ("row mask", rowMask)] {
             guard let tensor else { continue }

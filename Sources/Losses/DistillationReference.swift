@@ -37,19 +37,26 @@ public enum DistillationReference {
         return x.map { $0 - lse }
     }
 
-    /// The dense teacher row `r` (untempered logits), densified from a top-k teacher by its rule.
-    static func teacherRow(_ teacher: Teacher, row r: Int, vocabulary n: Int) -> [Double] {
+    /// The dense teacher row `r` (untempered logits), densified from a top-k teacher by its rule
+    /// (the bucket rule reads the student's row `zs` at `temperature`).
+    static func teacherRow(_ teacher: Teacher, row r: Int, vocabulary n: Int, student zs: [Double], temperature: Double) -> [Double] {
         switch teacher {
         case .dense(let values, let stride):
             return Array(values[(r * stride)..<(r * stride + n)])
         case .topK(let ids, let values, let k, let missingMass):
-            var rest = -Double.infinity
-            if missingMass == .uniform, n > k {
-                let mass = (0..<k).reduce(0.0) { $0 + Foundation.exp(values[r * k + $1]) }
-                if mass < 1 { rest = Foundation.log((1 - mass) / Double(n - k)) }
+            let mass = (0..<k).reduce(0.0) { $0 + Foundation.exp(values[r * k + $1]) }
+            let listed = Set((0..<k).map { ids[r * k + $0] }.filter { $0 >= 0 })
+            var row = [Double](repeating: -.infinity, count: n)
+            if missingMass == .uniform, n > k, mass < 1 {
+                row = [Double](repeating: Foundation.log((1 - mass) / Double(n - k)), count: n)
+            } else if missingMass == .bucket, mass < 1, let lq = logSoftmax(zs.map { $0 / temperature }) {
+                // The rest p_rest spread as p_rest^(1/T) q_j / q_rest in tempered units: log p_rest + T (log q_j - log q_rest).
+                let rest = (0..<n).filter { !listed.contains($0) }.reduce(0.0) { $0 + Foundation.exp(lq[$1]) }
+                if rest > 0 {
+                    row = lq.map { Foundation.log(1 - mass) + temperature * ($0 - Foundation.log(rest)) }
+                }
             }
-            var row = [Double](repeating: rest, count: n)
-            for i in 0..<k { row[ids[r * k + i]] = values[r * k + i] }
+            for i in 0..<k where ids[r * k + i] >= 0 { row[ids[r * k + i]] = values[r * k + i] }
             return row
         }
     }
@@ -68,7 +75,7 @@ public enum DistillationReference {
             if let labels, labels[r] == options.ignoreIndex { valid[r] = false }
             guard valid[r] else { continue }
             let zs = Array(student[(r * n)..<((r + 1) * n)])
-            var zt = teacherRow(teacher, row: r, vocabulary: n)
+            var zt = teacherRow(teacher, row: r, vocabulary: n, student: zs, temperature: temperature)
             if let t = options.taidInterpolation.map(Double.init) {
                 zt = zip(zs, zt).map { s, u in
                     if t == 1 { return u }

@@ -28,13 +28,14 @@ public struct SparseTarget: Equatable, Sendable {
         return Array(zip(ids, values).map { ($0, $1) })
     }
 
-    /// The target of one position from its row of V log-probabilities.
+    /// The target of one position from its row of V probabilities (a softmax on the device, so
+    /// the host only selects and adds).
     /// - Parameters:
     ///   - label: the token that follows (its log-probability is kept).
     ///   - random: the draws of `sampled:N` (advanced by N uniform numbers).
-    public static func extract(logProbabilities row: UnsafeBufferPointer<Float>, label: Int, spec: TeacherTargetSpec,
+    public static func extract(probabilities row: UnsafeBufferPointer<Float>, label: Int, spec: TeacherTargetSpec,
                                random: inout SplitMix64) -> SparseTarget {
-        let labelLogProbability = row[label]
+        let labelLogProbability = logf(row[label])
         switch spec {
         case .topK(let k): return largest(row, k: k, massLimit: 1, labelLogProbability: labelLogProbability)
         case .topP(let p, let k): return largest(row, k: k, massLimit: Double(p), labelLogProbability: labelLogProbability)
@@ -42,13 +43,13 @@ public struct SparseTarget: Equatable, Sendable {
         }
     }
 
-    /// The k largest entries of probability above 0, most likely first (ties: the lower id), cut
-    /// after the prefix whose mass first reaches `massLimit`.
+    /// The k largest entries above 0, most likely first (ties: the lower id), cut after the prefix
+    /// whose mass first reaches `massLimit`.
     static func largest(_ row: UnsafeBufferPointer<Float>, k: Int, massLimit: Double, labelLogProbability: Float) -> SparseTarget {
         let k = min(k, row.count)
         // kept[0] is the smallest kept value; an entry enters when it beats it.
-        var keptValues = [Float](repeating: -.infinity, count: k), keptIDs = [Int32](repeating: -1, count: k)
-        var threshold = -Float.infinity
+        var keptValues = [Float](repeating: 0, count: k), keptIDs = [Int32](repeating: -1, count: k)
+        var threshold: Float = 0
         for (id, value) in row.enumerated() where value > threshold {
             // Shift the smaller kept entries down and insert in ascending order.
             var slot = 0
@@ -59,7 +60,7 @@ public struct SparseTarget: Equatable, Sendable {
         }
         var ids: [Int32] = [], values: [Float] = [], mass = 0.0
         for index in stride(from: k - 1, through: 0, by: -1) where keptIDs[index] >= 0 {
-            let probability = exp(Double(keptValues[index]))
+            let probability = Double(keptValues[index])
             ids.append(keptIDs[index])
             values.append(Float(probability))
             mass += probability
@@ -71,13 +72,13 @@ public struct SparseTarget: Equatable, Sendable {
     /// `draws` ids drawn from the row's distribution, as ascending unique ids with their counts.
     static func sampled(_ row: UnsafeBufferPointer<Float>, draws: Int, random: inout SplitMix64, labelLogProbability: Float) -> SparseTarget {
         var total = 0.0
-        for value in row { total += exp(Double(value)) }
+        for value in row { total += Double(value) }
         // Sorted uniform points in [0, total), swept once along the cumulative distribution.
         let points = (0..<draws).map { _ in Double(random.next() >> 11) * 0x1p-53 * total }.sorted()
         var ids: [Int32] = [], counts: [Float] = []
         var cumulative = 0.0, next = 0
         for (id, value) in row.enumerated() where next < draws {
-            let probability = exp(Double(value))
+            let probability = Double(value)
             cumulative += probability
             var count = 0
             while next < draws && (points[next] < cumulative || id == row.count - 1) && probability > 0 { count += 1; next += 1 }

@@ -134,21 +134,21 @@ public struct TeacherCacheBuild {
         return manifest
     }
 
-    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, log-softmax on the
+    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, softmax on the
     /// device, then each position's selection or draws on the host, rows in parallel.
     public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
         guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
-        try model.backend.logSoftmax(logits, into: logits)
-        let logProbabilities = try logits.toArray()
+        try model.backend.softmax(logits, into: logits)
+        let probabilities = try logits.toArray()
         let v = model.config.vocabulary, rowsPerWindow = seqLen - 1, rows = batch.count * rowsPerWindow
         var results = [SparseTarget](repeating: SparseTarget(ids: [], values: [], tailMass: 0, labelLogProbability: 0), count: rows)
-        logProbabilities.withUnsafeBufferPointer { all in
+        probabilities.withUnsafeBufferPointer { all in
             results.withUnsafeMutableBufferPointer { out in
                 DispatchQueue.concurrentPerform(iterations: rows) { row in
                     let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)
                     let offset = (window * seqLen + position) * v
                     var random = Self.random(seed: seed, window: firstWindow + window, position: position)
-                    out[row] = SparseTarget.extract(logProbabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
+                    out[row] = SparseTarget.extract(probabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
                                                     label: Int(batch[window][position + 1]), spec: targets, random: &random)
                 }
             }

@@ -38,8 +38,8 @@ public struct SparseTeacher {
     /// The teacher of windows `windows` ([B] window numbers, rows `b * T + t`): `[B * T, k]` ids and
     /// log-probabilities (k the most pairs of any row; each window's last row, which predicts
     /// nothing, holds one certain token), and the teacher's mean cross-entropy over the predicted
-    /// positions. Shorter rows are padded at ids they do not list with what those ids get anyway:
-    /// probability 0, or with the uniform tail their share `tail / (V - listed)`.
+    /// positions. Shorter rows are padded with empty slots (id -1), or with the uniform tail at ids
+    /// they do not list with the share those ids get anyway, `tail / (V - listed)`.
     public func topK(windows: [Int], backend: any Backend) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
         let rows = try windows.map { try targetsOfWindow($0) }
         let k = max(1, rows.joined().map(\.ids.count).max() ?? 1)
@@ -53,14 +53,19 @@ public struct SparseTeacher {
                 crossEntropy -= Double(target.labelLogProbability)
                 ids += target.ids.map(Float.init)
                 values += target.values.map { value in logf(draws.map { value / $0 } ?? value) }  // log p, or log(count / N)
+                guard tail == .uniform else {
+                    ids += [Float](repeating: -1, count: k - target.ids.count)
+                    values += [Float](repeating: -.infinity, count: k - target.ids.count)
+                    continue
+                }
                 var candidate: Int32 = 0
                 let listed = Set(target.ids)
                 let missing = 1 - target.values.reduce(0.0) { sum, value in sum + Double(draws.map { value / $0 } ?? value) }
-                let pad = tail == .uniform && missing > 0 ? logf(Float(missing / Double(vocabulary - target.ids.count))) : -.infinity
+                let share = missing > 0 ? logf(Float(missing / Double(vocabulary - target.ids.count))) : -.infinity
                 for _ in target.ids.count..<k {
                     while listed.contains(candidate) { candidate += 1 }
                     ids.append(Float(candidate))
-                    values.append(pad)
+                    values.append(share)
                     candidate += 1
                 }
             }

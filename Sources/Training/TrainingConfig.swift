@@ -93,8 +93,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// blocks a student inherits, and must be the one the cache was made from.
     public var teacherCache = ""
     /// What cached top-k/top-p targets give the tokens they do not list: `renormalize` (nothing;
-    /// the teacher renormalized over its listed tokens) or `uniform` (the tail mass spread evenly
-    /// over the rest of the vocabulary). Sampled targets are always renormalized.
+    /// the teacher renormalized over its listed tokens), `uniform` (the tail mass spread evenly
+    /// over the rest of the vocabulary) or `bucket` (DistillKit's symmetric_uniform: the tail mass
+    /// as one more bucket against the student's, forward KL only). Sampled targets are always
+    /// renormalized.
     public var sparseTail = "renormalize"
 
     public init() {}
@@ -293,7 +295,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             if divergence == "taid" {
                 throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
             }
-        case .sparseTail: try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform].map(\.rawValue))
+        case .sparseTail:
+            try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket].map(\.rawValue))
+            if sparseTail == MissingTeacherMass.bucket.rawValue && divergence != "fkl" {
+                throw TrainingError.config("sparse_tail (--sparse-tail): bucket is defined for the forward KL; use --divergence fkl or another tail")
+            }
         }
     }
 

@@ -185,7 +185,7 @@ final class DivergenceTests: XCTestCase {
         }
     }
 
-    /// A top-k teacher with both missing-mass rules; k = V with renormalize equals the dense teacher.
+    /// A top-k teacher with each missing-mass rule; k = V with renormalize equals the dense teacher.
     func testTopKTeacher() throws {
         let backends = try lossBackends()
         var rng = SeededRandom(seed: 17)
@@ -205,10 +205,11 @@ final class DivergenceTests: XCTestCase {
                 logProbabilities.append(Float(Double(row[j]) - lse))
             }
         }
-        for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities)] {
+        for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities), (.bucket, logProbabilities)] {
             var problem = dense
             problem.topK = (ids, values, k, missingMass)
-            var divergences: [Divergence] = [.forwardKL, .jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)]
+            var divergences: [Divergence] = [.forwardKL]
+            if missingMass != .bucket { divergences += [.jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)] }
             if missingMass == .uniform { divergences += [.reverseKL, .skewReverseKL(alpha: 0.1)] }
             for divergence in divergences {
                 for temperature: Float in [1, 2] {
@@ -232,6 +233,65 @@ final class DivergenceTests: XCTestCase {
             let b = try dense.run(DistillationLoss(temperature: 2), on: backend)
             XCTAssertLessThanOrEqual(relativeError(a.gradient, b.gradient.map(Double.init)), 1e-6)
             XCTAssertEqual(a.result.loss, b.result.loss, accuracy: abs(b.result.loss) * 1e-6)
+        }
+    }
+
+    /// The bucket tail (DistillKit's symmetric_uniform): its fp64 value's finite differences equal
+    /// the reference gradient (the forward KL against the teacher completed like the student's
+    /// tail), at T = 1 and 2, with rows whose listed ids hold nearly all of the teacher's mass; the
+    /// kernels agree with it, also with the GPU work-group layout; other divergences are refused.
+    func testTopKBucketTailGradientIsTheTrueGradient() throws {
+        var rng = SeededRandom(seed: 29)
+        let (rows, vocabulary, k) = (4, 29, 5)
+        let dense = LossProblem.random(&rng, rows: rows, vocabulary: vocabulary, scale: 3, maskedFraction: 0)
+        var problem = dense
+        var ids: [Float] = [], values: [Float] = []
+        for r in 0..<rows {
+            let row = Array(dense.teacher[(r * vocabulary)..<((r + 1) * vocabulary)]).map { Double($0) * (r == 3 ? 4 : 1) }
+            let lse = Foundation.log(row.reduce(0.0) { $0 + Foundation.exp($1) })
+            for j in row.indices.sorted(by: { row[$0] > row[$1] }).prefix(k) {
+                ids.append(Float(j))
+                values.append(Float(row[j] - lse))
+            }
+        }
+        problem.topK = (ids, values, k, .bucket)
+        for temperature: Float in [1, 2] {
+            let options = DistillationLoss(temperature: temperature)
+            let reference = problem.reference(options)
+            // The value from its definition: k + 1 buckets, the teacher's tempered as p^(1/T) renormalized.
+            let t = Double(temperature)
+            for r in 0..<rows {
+                let listed = (0..<k).map { Int(ids[r * k + $0]) }
+                let p = (0..<k).map { Foundation.exp(Double(values[r * k + $0])) }
+                let tempered = (p + [1 - p.reduce(0, +)]).map { Foundation.pow($0, 1 / t) }
+                let pt = tempered.map { $0 / tempered.reduce(0, +) }
+                let z = (0..<vocabulary).map { Double(problem.student[r * vocabulary + $0]) / t }
+                let lse = Foundation.log(z.reduce(0.0) { $0 + Foundation.exp($1) })
+                let q = z.map { Foundation.exp($0 - lse) }
+                let qt = listed.map { q[$0] } + [(0..<vocabulary).filter { !listed.contains($0) }.reduce(0.0) { $0 + q[$1] }]
+                let value = zip(pt, qt).reduce(0.0) { $0 + $1.0 * Foundation.log($1.0 / $1.1) }
+                XCTAssertEqual(reference.rowLosses[r], t * t * value, accuracy: 1e-9, "T=\(temperature) row \(r)")
+            }
+            let h = 1e-5
+            for index in stride(from: 0, to: rows * vocabulary, by: 3) {
+                var plus = problem, minus = problem
+                plus.student[index] += Float(h)
+                minus.student[index] -= Float(h)
+                let step = Double(plus.student[index]) - Double(minus.student[index])
+                let difference = (plus.reference(options).loss - minus.reference(options).loss) / step
+                XCTAssertEqual(difference, reference.gradient[index], accuracy: 1e-4 * max(1, abs(reference.gradient[index])),
+                               "T=\(temperature) logit \(index)")
+            }
+            var backends = try lossBackends()
+            if let openCL = backends.last as? OpenCLBackend {
+                backends.append(try OpenCLBackend(device: openCL.device, layout: .gpu(on: openCL.device)))
+            }
+            try check(problem, options, on: backends, context: "top-\(k) bucket T=\(temperature)")
+        }
+        for backend in try lossBackends() {
+            XCTAssertThrowsError(try problem.run(DistillationLoss(divergence: .jensenShannon(beta: 0.5)), on: backend)) {
+                XCTAssertTrue("\($0)".contains("bucket tail is defined for forward KL"), "\($0)")
+            }
         }
     }
 

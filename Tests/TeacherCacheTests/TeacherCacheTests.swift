@@ -37,20 +37,21 @@ final class TeacherCacheTests: XCTestCase {
                 let sorted = logProbabilities.enumerated().filter { $0.element > -.infinity }.sorted { $0.element != $1.element ? $0.element > $1.element : $0.offset < $1.offset }
                 let expected = sorted.prefix(k)
                 var unused = SplitMix64(seed: 0)
-                let target = logProbabilities.withUnsafeBufferPointer {
-                    SparseTarget.extract(logProbabilities: $0, label: n - 1, spec: .topK(k: k), random: &unused)
+                let probabilities = logProbabilities.map { expf($0) }
+                let target = probabilities.withUnsafeBufferPointer {
+                    SparseTarget.extract(probabilities: $0, label: n - 1, spec: .topK(k: k), random: &unused)
                 }
                 XCTAssertEqual(target.ids, expected.map { Int32($0.offset) }, "n \(n) k \(k)")
                 for (value, reference) in zip(target.values, expected) { XCTAssertEqual(Double(value), exp(Double(reference.element)), accuracy: 1e-6) }
                 let mass = expected.reduce(0.0) { $0 + exp(Double($1.element)) }
                 XCTAssertEqual(Double(target.tailMass), max(0, 1 - mass), accuracy: 1e-5)
-                XCTAssertEqual(target.labelLogProbability, logProbabilities[n - 1])
+                XCTAssertEqual(target.labelLogProbability, logf(probabilities[n - 1]))
                 // Top-p: the shortest prefix of the same order whose mass reaches p.
                 let p = 0.6
                 var prefix = 0, cumulative = 0.0
                 while prefix < min(k, sorted.count) && cumulative < p { cumulative += exp(Double(sorted[prefix].element)); prefix += 1 }
-                let cut = logProbabilities.withUnsafeBufferPointer {
-                    SparseTarget.extract(logProbabilities: $0, label: 0, spec: .topP(p: Float(p), k: k), random: &unused)
+                let cut = probabilities.withUnsafeBufferPointer {
+                    SparseTarget.extract(probabilities: $0, label: 0, spec: .topP(p: Float(p), k: k), random: &unused)
                 }
                 XCTAssertEqual(cut.ids, Array(target.ids.prefix(prefix)), "top-p n \(n) k \(k)")
             }
@@ -66,8 +67,8 @@ final class TeacherCacheTests: XCTestCase {
         var totals = [Double](repeating: 0, count: logits.count)
         for position in 0..<positions {
             var random = TeacherCacheBuild.random(seed: 3, window: position / 100, position: position % 100)
-            let target = logProbabilities.withUnsafeBufferPointer {
-                SparseTarget.extract(logProbabilities: $0, label: 0, spec: .sampled(draws: draws), random: &random)
+            let target = logProbabilities.map { expf($0) }.withUnsafeBufferPointer {
+                SparseTarget.extract(probabilities: $0, label: 0, spec: .sampled(draws: draws), random: &random)
             }
             XCTAssertEqual(target.values.reduce(0, +), Float(draws))
             XCTAssertEqual(target.ids, target.ids.sorted())

@@ -7,7 +7,7 @@ import XCTest
 
 /// Cached targets as the step uses them: the loss and its gradient through ``SparseTeacher`` (rows
 /// of different lengths padded, counts turned into probabilities, each window's last row) equal an
-/// fp64 reference written from the definitions, for sampled and top-k targets with either tail, on
+/// fp64 reference written from the definitions, for sampled and top-k targets with each tail, on
 /// both backends; the teacher's cross-entropy and NLL come from the stored label log-probabilities.
 final class SparseTeacherTests: XCTestCase {
     func testLossAndGradientEqualTheFP64Reference() throws {
@@ -29,7 +29,7 @@ final class SparseTeacherTests: XCTestCase {
         }
         for backend in try TestBackends.all() {
             for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
-                                 (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform)] {
+                                 (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
                 let draws: Int? = { if case .sampled(let n) = spec { return n } else { return nil } }()
                 let stored = targets(draws: draws)
                 let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary) { stored[$0]! }
@@ -59,11 +59,21 @@ final class SparseTeacherTests: XCTestCase {
                             let rest = max(0, 1 - listedMass) / Double(vocabulary - target.ids.count)
                             for id in 0..<vocabulary where !target.ids.contains(Int32(id)) { p[id] = rest }
                         }
-                        let tempered = p.map { pow($0, 1 / temperature) }, sum = tempered.reduce(0, +)
-                        let pt = tempered.map { $0 / sum }
                         let z = (0..<vocabulary).map { Double(logits[row * vocabulary + $0]) / temperature }
                         let top = z.max()!, logNorm = log(z.reduce(0) { $0 + exp($1 - top) }) + top
                         let q = z.map { exp($0 - logNorm) }
+                        var pt: [Double]
+                        if tail == .bucket {
+                            // k + 1 buckets tempered; the last spread like the student's own tail.
+                            let restTempered = pow(max(0, 1 - listedMass), 1 / temperature)
+                            let sum = target.ids.reduce(restTempered) { $0 + pow(p[Int($1)], 1 / temperature) }
+                            let studentRest = (0..<vocabulary).filter { !target.ids.contains(Int32($0)) }.reduce(0.0) { $0 + q[$1] }
+                            pt = (0..<vocabulary).map { target.ids.contains(Int32($0)) ? pow(p[$0], 1 / temperature) / sum
+                                                                                       : restTempered / sum * q[$0] / studentRest }
+                        } else {
+                            let tempered = p.map { pow($0, 1 / temperature) }, sum = tempered.reduce(0, +)
+                            pt = tempered.map { $0 / sum }
+                        }
                         for v in 0..<vocabulary where pt[v] > 0 { total += pt[v] * (log(pt[v]) - (z[v] - logNorm)) }
                         for v in 0..<vocabulary { expectedGradient[row * vocabulary + v] = temperature * temperature * (q[v] - pt[v]) / temperature / rows }
                     }

@@ -36,16 +36,16 @@ public struct TrainSuite: BenchSuite {
         var referenceLoss: [String: Float] = [:]
         // The windows' targets as a teacher cache keeps them (sampled:50), made once by the cache's own code
         // on the reference backend, so every backend's cached step reads the same targets.
-        let build = TeacherCacheBuild(teacher: path, data: "", seqLen: config.seqLen, targets: .sampled(draws: 50), out: "")
+        let maker = SparseTargetMaker(spec: .sampled(draws: 50), seqLen: config.seqLen)
         var cachedTargets: [Int: [SparseTarget]] = [:]
         let referenceTeacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: context.referenceFirst[0]))
         for first in stride(from: 0, to: dataset.windowCount, by: config.batchSize) {
             let windows = Array(first..<min(dataset.windowCount, first + config.batchSize))
-            for (window, targets) in zip(windows, try build.targets(of: windows.map(dataset.window), firstWindow: first, model: referenceTeacher)) {
+            for (window, targets) in zip(windows, try maker.targets(of: windows.map(dataset.window), firstWindow: first, model: referenceTeacher)) {
                 cachedTargets[window] = targets
             }
         }
-        let cached = SparseTeacher(spec: build.targets, tail: .renormalize, seqLen: config.seqLen,
+        let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen,
                                    vocabulary: teacherParameters.config.vocabulary) { cachedTargets[$0]! }
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")

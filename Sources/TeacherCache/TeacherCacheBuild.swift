@@ -107,6 +107,7 @@ public struct TeacherCacheBuild {
 
         log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name), into \(out)")
         let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0
         let windowsBefore = manifest.shards.count * windowsPerShard
@@ -115,7 +116,7 @@ public struct TeacherCacheBuild {
             var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])
             for batchStart in stride(from: first, to: first + count, by: batchSize) {
                 let batch = (batchStart..<min(first + count, batchStart + batchSize)).map { Array(tokens[$0 * seqLen..<($0 + 1) * seqLen]) }
-                shard.targets += try targets(of: batch, firstWindow: batchStart, model: model)
+                shard.targets += try maker.targets(of: batch, firstWindow: batchStart, model: model)
                 windowsThisRun += batch.count
                 let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let done = windowsBefore + windowsThisRun
@@ -132,35 +133,6 @@ public struct TeacherCacheBuild {
         manifest.complete = true
         try writeManifest(manifest, to: manifestURL, writer: writer)
         return manifest
-    }
-
-    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, softmax on the
-    /// device, then each position's selection or draws on the host, rows in parallel.
-    public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
-        guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
-        try model.backend.softmax(logits, into: logits)
-        let probabilities = try logits.toArray()
-        let v = model.config.vocabulary, rowsPerWindow = seqLen - 1, rows = batch.count * rowsPerWindow
-        var results = [SparseTarget](repeating: SparseTarget(ids: [], values: [], tailMass: 0, labelLogProbability: 0), count: rows)
-        probabilities.withUnsafeBufferPointer { all in
-            results.withUnsafeMutableBufferPointer { out in
-                DispatchQueue.concurrentPerform(iterations: rows) { row in
-                    let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)
-                    let offset = (window * seqLen + position) * v
-                    var random = Self.random(seed: seed, window: firstWindow + window, position: position)
-                    out[row] = SparseTarget.extract(probabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
-                                                    label: Int(batch[window][position + 1]), spec: targets, random: &random)
-                }
-            }
-        }
-        return (0..<batch.count).map { Array(results[$0 * rowsPerWindow..<($0 + 1) * rowsPerWindow]) }
-    }
-
-    /// The draws of one position: their own stream, so a build gives the same cache however it is
-    /// split into batches, shards and restarts.
-    public static func random(seed: UInt64, window: Int, position: Int) -> SplitMix64 {
-        var mixer = SplitMix64(seed: seed ^ (UInt64(window) << 20 | UInt64(position)))
-        return SplitMix64(seed: mixer.next())
     }
 
     /// The shards of an unfinished build whose files are whole, up to the first that is not.

@@ -66,7 +66,7 @@ final class TeacherCacheTests: XCTestCase {
         let draws = 50, positions = 2000
         var totals = [Double](repeating: 0, count: logits.count)
         for position in 0..<positions {
-            var random = TeacherCacheBuild.random(seed: 3, window: position / 100, position: position % 100)
+            var random = SparseTargetMaker.random(seed: 3, window: position / 100, position: position % 100)
             let target = logProbabilities.map { expf($0) }.withUnsafeBufferPointer {
                 SparseTarget.extract(probabilities: $0, label: 0, spec: .sampled(draws: draws), random: &random)
             }
@@ -100,8 +100,7 @@ final class TeacherCacheTests: XCTestCase {
         for backend in try TestBackends.all() {
             let model = try LlamaModel(weights: LlamaWeights(gguf: GGUFFile(path: Self.tinyModel), backend: backend))
             for spec in [TeacherTargetSpec.topK(k: 8), .topP(p: 0.3, k: 16)] {
-                let build = TeacherCacheBuild(teacher: Self.tinyModel, data: "", seqLen: sequence.count, targets: spec, out: "")
-                let targets = try build.targets(of: [sequence], firstWindow: 0, model: model)[0]
+                let targets = try SparseTargetMaker(spec: spec, seqLen: sequence.count).targets(of: [sequence], firstWindow: 0, model: model)[0]
                 XCTAssertEqual(targets.count, sequence.count - 1)
                 for (position, target) in targets.enumerated() {
                     let p = Self.logSoftmax(logits[position]).map { exp($0) }

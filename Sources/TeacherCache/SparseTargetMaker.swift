@@ -1,0 +1,52 @@
+import Foundation
+import Models
+import Tensor
+
+/// Sparse targets of whole windows from a teacher model, as a cache stores them: one forward with
+/// logits, a softmax on the device, then each position's selection or draws on the host.
+///
+/// ```swift
+/// let maker = SparseTargetMaker(spec: .sampled(draws: 50), seqLen: 128, seed: 0)
+/// let targets = try maker.targets(of: windows, firstWindow: 40, model: teacher)   // [B][127]
+/// ```
+public struct SparseTargetMaker: Sendable {
+    public var spec: TeacherTargetSpec
+    public var seqLen: Int
+    /// The seed of the draws (`sampled:N`).
+    public var seed: UInt64
+
+    public init(spec: TeacherTargetSpec, seqLen: Int, seed: UInt64 = 0) {
+        self.spec = spec
+        self.seqLen = seqLen
+        self.seed = seed
+    }
+
+    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, softmax on the
+    /// device, then each position's selection or draws on the host, rows in parallel.
+    public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
+        guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
+        try model.backend.softmax(logits, into: logits)
+        let probabilities = try logits.toArray()
+        let v = model.config.vocabulary, rowsPerWindow = seqLen - 1, rows = batch.count * rowsPerWindow
+        var results = [SparseTarget](repeating: SparseTarget(ids: [], values: [], tailMass: 0, labelLogProbability: 0), count: rows)
+        probabilities.withUnsafeBufferPointer { all in
+            results.withUnsafeMutableBufferPointer { out in
+                DispatchQueue.concurrentPerform(iterations: rows) { row in
+                    let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)
+                    let offset = (window * seqLen + position) * v
+                    var random = Self.random(seed: seed, window: firstWindow + window, position: position)
+                    out[row] = SparseTarget.extract(probabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
+                                                    label: Int(batch[window][position + 1]), spec: spec, random: &random)
+                }
+            }
+        }
+        return (0..<batch.count).map { Array(results[$0 * rowsPerWindow..<($0 + 1) * rowsPerWindow]) }
+    }
+
+    /// The draws of one position: their own stream, so a build gives the same cache however it is
+    /// split into batches, shards and restarts.
+    public static func random(seed: UInt64, window: Int, position: Int) -> SplitMix64 {
+        var mixer = SplitMix64(seed: seed ^ (UInt64(window) << 20 | UInt64(position)))
+        return SplitMix64(seed: mixer.next())
+    }
+}

@@ -91,6 +91,8 @@ public struct TeacherCacheBuild {
             guard differences.isEmpty else {
                 throw TeacherCacheError.mismatch(folder: out, reason: "holds a cache made differently (\(differences.joined(separator: "; "))); choose another --out or delete it")
             }
+            // A stopped build keeps its own shard size, whatever --windows-per-shard says now.
+            manifest.windowsPerShard = existing.windowsPerShard
             manifest.shards = try verifiedShards(existing, in: folder)
             if existing.complete && manifest.shards.count == manifest.shardCount {
                 log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
@@ -110,7 +112,7 @@ public struct TeacherCacheBuild {
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0
-        let windowsBefore = manifest.shards.count * windowsPerShard
+        let windowsPerShard = manifest.windowsPerShard, windowsBefore = manifest.shards.count * windowsPerShard
         for shardIndex in manifest.shards.count..<manifest.shardCount {
             let first = shardIndex * windowsPerShard, count = min(windowsPerShard, windows - first)
             var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])

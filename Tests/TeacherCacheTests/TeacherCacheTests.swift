@@ -171,9 +171,9 @@ final class TeacherCacheTests: XCTestCase {
     /// stopped; another key in the same folder is refused; the reader refuses damage, naming the file.
     func testBuildResumesReadsBackAndRefusesMismatchesAndDamage() throws {
         let data = try corpus(), whole = try scratch("whole"), stopped = try scratch("stopped")
-        func build(_ out: URL, spec: TeacherTargetSpec = .sampled(draws: 20), seqLen: Int = 24) throws -> TeacherCacheManifest {
+        func build(_ out: URL, spec: TeacherTargetSpec = .sampled(draws: 20), seqLen: Int = 24, windowsPerShard: Int = 10) throws -> TeacherCacheManifest {
             try TeacherCacheBuild(teacher: Self.tinyModel, data: data.path, seqLen: seqLen, targets: spec, seed: 9, out: out.path,
-                                  batchSize: 3, windowsPerShard: 10).run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
+                                  batchSize: 3, windowsPerShard: windowsPerShard).run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
         }
         let manifest = try build(whole)
         XCTAssertTrue(manifest.complete)
@@ -187,7 +187,7 @@ final class TeacherCacheTests: XCTestCase {
         let third = stopped.appendingPathComponent(TeacherCacheManifest.shardFileName(2))
         try Data(try Data(contentsOf: third).prefix(100)).write(to: third)
         XCTAssertThrowsError(try TeacherCache(folder: stopped.path)) { XCTAssertTrue("\($0)".contains("incomplete (its build stopped with 2 of"), "\($0)") }
-        XCTAssertEqual(try build(stopped), manifest)
+        XCTAssertEqual(try build(stopped, windowsPerShard: 7), manifest, "a stopped build continues with its own shard size")
         for shard in manifest.shards {
             XCTAssertEqual(try Data(contentsOf: whole.appendingPathComponent(shard.file)), try Data(contentsOf: stopped.appendingPathComponent(shard.file)))
         }

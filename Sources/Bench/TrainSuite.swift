@@ -45,14 +45,15 @@ public struct TrainSuite: BenchSuite {
                 cachedTargets[window] = targets
             }
         }
-        let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen,
-                                   vocabulary: teacherParameters.config.vocabulary) { cachedTargets[$0]! }
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
             let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
             let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
             var liveTokensPerSecond: Double?
-            for (kernel, source) in [("distillation_step", DistillationRun.TeacherSource.live(teacher)), ("distillation_step_cached", .cached(cached))] {
+            let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
+                                       backend: backend) { cachedTargets[$0]! }
+            let sources: [(String, any TeacherSource)] = [("distillation_step", LiveTeacher(model: teacher)), ("distillation_step_cached", cached)]
+            for (kernel, source) in sources {
                 let student = try StudentModel(parameters: studentParameters, backend: backend)
                 var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
                 let objective = DistillationObjective(config: config)

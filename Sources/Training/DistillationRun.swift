@@ -37,7 +37,6 @@ public final class DistillationRun {
     var lensContext: (lens: LogitLens, teacherNorm: Tensor, teacherEpsilon: Float)?
     /// The teacher's unembedding in fp32, expanded once (the fused head path multiplies by it chunk
     /// by chunk): the teacher it belongs to, and the tensor.
-    private var teacherHead: (teacher: ObjectIdentifier, head: Tensor)?
     /// Attention alignment, when `attn_align_weight` > 0 (set up by ``run()``).
     var alignment: AttentionAlignment?
     /// Hidden-state hints, when `hint_weight` > 0 (set up by ``run()``).
@@ -160,8 +159,8 @@ public final class DistillationRun {
                 + "\(student.parameterCount) parameters"
         }
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
-        let teacher: TeacherSource = try cache.map { .cached(SparseTeacher(cache: $0, tail: MissingTeacherMass(rawValue: config.sparseTail)!)) }
-            ?? .live(LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend)))
+        let teacher: any TeacherSource = try cache.map { SparseTeacher(cache: $0, tail: MissingTeacherMass(rawValue: config.sparseTail)!, backend: backend) }
+            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend)))
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))
@@ -171,8 +170,8 @@ public final class DistillationRun {
         log(studentDescription)
         // Feature losses pair an inherited student's blocks with the teacher blocks they came from by default.
         let inherited = config.studentShape.isEmpty ? try StudentLayers.parse(config.studentLayers, teacherLayers: teacherConfig.layers) : nil
-        if config.lensWeight > 0, case .live(let teacher) = teacher {
-            try enableLogitLens(studentLayers: student.config.layers, teacher: teacher, inherited: inherited)
+        if config.lensWeight > 0, let live = teacher as? LiveTeacher {
+            try enableLogitLens(studentLayers: student.config.layers, teacher: live.model, inherited: inherited)
             log("logit lens: weight \(config.lensWeight), \(config.lensDivergence), block pairs "
                 + BlockPairs.describe(lensContext!.lens.pairs)
                 + (config.lensFinalNorm ? ", after the final norm" : ", without the final norm"))
@@ -210,9 +209,10 @@ public final class DistillationRun {
 
         let teacherNLL: LikelihoodResult
         do {
-            switch teacher {
-            case .live(let model): teacherNLL = try validationBatches.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: $1)) }
-            case .cached(let sparse): teacherNLL = try sparse.likelihood(windows: Array(dataset.validationWindows.prefix(validation.count)))
+            let windows = Array(dataset.validationWindows.prefix(validation.count))
+            teacherNLL = try validationBatches.enumerated().reduce(LikelihoodResult()) { total, batch in
+                let first = batch.offset * config.batchSize
+                return total + (try teacher.likelihood(of: batch.element, windows: Array(windows[first..<first + batch.element.count])))
             }
         } catch let error as ModelError {
             throw TrainingError.numeric("teacher \(config.teacher): its validation pass before training gives a \(error); "
@@ -325,15 +325,6 @@ public final class DistillationRun {
                           exportedGGUF: exported.map(shown), checkpoint: shown(lastCheckpoint ?? out.appendingPathComponent(TrainingCheckpoint.currentLinkName)))
     }
 
-    /// Where a step's teacher targets come from.
-    public enum TeacherSource {
-        /// The teacher model on the device: dense targets through its LM head, and the activations
-        /// the feature losses need.
-        case live(LlamaModel)
-        /// Sparse targets from a teacher cache.
-        case cached(SparseTeacher)
-    }
-
     /// The teacher cache of `teacher_cache`, checked against the settings and the teacher file:
     /// the same windowing, a tail the targets have, a divergence they keep finite, the teacher's
     /// SHA-256 (the corpus is checked once tokenized).
@@ -377,20 +368,6 @@ public final class DistillationRun {
         public var total: Float = 0
     }
 
-    /// The teacher's unembedding `[V, C_t]` in fp32 for the fused head path (main loss and logit
-    /// lens), expanded from its quantized blocks once per teacher.
-    func expandedHead(of teacher: LlamaModel) throws -> Tensor {
-        if let teacherHead, teacherHead.teacher == ObjectIdentifier(teacher) { return teacherHead.head }
-        var head = teacher.weights.output
-        if head.dtype != .f32 {
-            let expanded = try backend.tensor(shape: head.shape, label: "teacher unembedding (fp32)")
-            try backend.dequantize(head, into: expanded)
-            head = expanded
-        }
-        teacherHead = (ObjectIdentifier(teacher), head)
-        return head
-    }
-
     /// Prepares the logit lens: its block pairs and divergence.
     func enableLogitLens(studentLayers: Int, teacher: LlamaModel, inherited: [Int]?) throws {
         let pairs = try BlockPairs.parse(config.lensLayers, studentLayers: studentLayers, teacherLayers: teacher.config.layers,
@@ -401,7 +378,7 @@ public final class DistillationRun {
     }
 
     /// Forward and backward of every micro-batch of one step; gradients are left in the student.
-    public func trainingStep(student: StudentModel, teacher: TeacherSource, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
+    public func trainingStep(student: StudentModel, teacher: any TeacherSource, sampler: inout BatchSampler, objective: DistillationObjective) throws -> StepParts {
         try Optimizer.zeroGradients(student.parameters + auxiliaryParameters)
         var parts = StepParts()
         parts.alignmentWeight = alignment?.weight(atEpoch: sampler.position.epoch) ?? 0
@@ -412,38 +389,25 @@ public final class DistillationRun {
         let rowsPerBatch = config.batchSize * (config.seqLen - 1)
         let totalRows = Float(rowsPerBatch * batches.count)
         let outputWeight = student.outputWeight
+        let needs = TeacherNeeds(hiddenStates: lensContext != nil || hints != nil, attentionLayers: Set(alignment?.teacherBlocks ?? []))
         for batch in batches {
             let tokens = batch.tokens
             let labels = try nextTokenLabels(tokens)
-            // The teacher's side: its final hidden state and head (live), or sparse targets (cached).
-            var teacherResult: LlamaForwardResult?
-            let linearTeacher: LinearTeacher
-            var teacherCrossEntropy: Float?
-            switch teacher {
-            case .live(let model):
-                let result = try model.forward(tokens, options: LlamaForwardOptions(keepHiddenStates: lensContext != nil || hints != nil,
-                                                                                    attentionLayers: Set(alignment?.teacherBlocks ?? []),
-                                                                                    computeLogits: false))
-                teacherResult = result
-                linearTeacher = .hidden(result.finalHidden, weight: try expandedHead(of: model))
-            case .cached(let sparse):
-                let (topK, crossEntropy) = try sparse.topK(windows: batch.windows, backend: backend)
-                linearTeacher = .topK(topK)
-                teacherCrossEntropy = crossEntropy
-            }
+            let targets = try teacher.targets(for: batch, needs: needs)
+            let teacherResult = targets.activations
             let hidden = try student.forward(tokens)
             let share = Float(rowsPerBatch) / totalRows
             // Both LM heads and the loss, chunk by chunk (no [N, V] logits): dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
-            let result = try fusedHead(hidden: hidden, weight: outputWeight.value, teacher: linearTeacher,
+            let result = try fusedHead(hidden: hidden, weight: outputWeight.value, teacher: targets.output,
                                        labels: labels, gradHidden: hiddenGradient, gradWeight: outputWeight.gradient, gradOutput: share,
-                                       teacherCrossEntropy: teacherCrossEntropy == nil && objective.temperatureSchedule == "dts")
+                                       teacherCrossEntropy: targets.crossEntropy == nil && objective.temperatureSchedule == "dts")
             parts.loss += result.loss * share
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
-            parts.teacherCrossEntropy += (teacherCrossEntropy ?? result.teacherCrossEntropy ?? 0) * share
+            parts.teacherCrossEntropy += (targets.crossEntropy ?? result.teacherCrossEntropy ?? 0) * share
             // Feature losses: gradients into the student's residual streams and attention maps.
             var hiddenGradients: [Int: Tensor] = [:]
-            if let lensContext, let teacherResult, case .hidden(_, let teacherHead) = linearTeacher {
+            if let lensContext, let teacherResult, case .hidden(_, let teacherHead) = targets.output {
                 let lens = try lensContext.lens.apply(student: student, teacherHidden: teacherResult.hiddenStates, teacherNorm: lensContext.teacherNorm,
                                                       teacherEpsilon: lensContext.teacherEpsilon, teacherHead: teacherHead,
                                                       labels: labels, gradOutput: share)

@@ -18,21 +18,24 @@ public struct SparseTeacher {
     public let tail: MissingTeacherMass
     public let seqLen: Int
     public let vocabulary: Int
+    /// Where the targets' tensors are made.
+    public let backend: any Backend
     /// Window index -> the targets of its first `seqLen - 1` positions.
     let targetsOfWindow: (Int) throws -> [SparseTarget]
 
-    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, seqLen: Int, vocabulary: Int,
+    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, seqLen: Int, vocabulary: Int, backend: any Backend,
                 targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) {
         self.spec = spec
         self.tail = tail
         self.seqLen = seqLen
         self.vocabulary = vocabulary
+        self.backend = backend
         self.targetsOfWindow = targetsOfWindow
     }
 
-    public init(cache: TeacherCache, tail: MissingTeacherMass) {
+    public init(cache: TeacherCache, tail: MissingTeacherMass, backend: any Backend) {
         self.init(spec: cache.spec, tail: tail, seqLen: cache.manifest.seqLen, vocabulary: cache.manifest.teacher.vocabulary,
-                  targetsOfWindow: cache.targets(ofWindow:))
+                  backend: backend, targetsOfWindow: cache.targets(ofWindow:))
     }
 
     /// The teacher of windows `windows` ([B] window numbers, rows `b * T + t`): `[B * T, k]` ids and
@@ -40,7 +43,7 @@ public struct SparseTeacher {
     /// nothing, holds one certain token), and the teacher's mean cross-entropy over the predicted
     /// positions. Shorter rows are padded with empty slots (id -1), or with the uniform tail at ids
     /// they do not list with the share those ids get anyway, `tail / (V - listed)`.
-    public func topK(windows: [Int], backend: any Backend) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
+    public func topK(windows: [Int]) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
         let rows = try windows.map { try targetsOfWindow($0) }
         let k = max(1, rows.joined().map(\.ids.count).max() ?? 1)
         var ids = [Float](), values = [Float]()

@@ -52,7 +52,7 @@ final class DistillationStepTests: XCTestCase {
             var copy = sampler
             run.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
             let objective = DistillationObjective(config: config)
-            let parts = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
+            let parts = try run.trainingStep(student: student, teacher: LiveTeacher(model: teacher), sampler: &sampler, objective: objective)
             let headGradient = try student.outputWeight.gradient.toArray()
 
             // The same step with whole logits.
@@ -88,17 +88,17 @@ final class DistillationStepTests: XCTestCase {
             for (batch, length) in [(2, 8), (8, 32)] {
                 let config = settings(batch: batch, length: length)
                 let dataset = try TokenDataset(tokens: tokens, sequenceLength: length, validationFraction: 0.1, seed: 1)
-                let teacher = try teacher(parameters, on: backend)
+                let teacher = LiveTeacher(model: try teacher(parameters, on: backend))
                 let student = try StudentModel(parameters: parameters, backend: backend)
                 let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
                 run.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
                 var sampler = try BatchSampler(dataset: dataset, batchSize: batch)
                 let objective = DistillationObjective(config: config)
-                _ = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
+                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
                 try backend.synchronize()
                 let before = backend.ledger.inUseBytes
                 backend.ledger.resetPeak()
-                _ = try run.trainingStep(student: student, teacher: .live(teacher), sampler: &sampler, objective: objective)
+                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
                 peaks[batch * length] = backend.ledger.peakInUseBytes - before
             }
             let logitsGrowth = 2 * (256 - 16) * Self.config.vocabulary * 4  // student and teacher [N, V]

@@ -32,12 +32,12 @@ final class SparseTeacherTests: XCTestCase {
                                  (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
                 let draws: Int? = { if case .sampled(let n) = spec { return n } else { return nil } }()
                 let stored = targets(draws: draws)
-                let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary) { stored[$0]! }
+                let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
                 let logits = random.normals(windows * seqLen * vocabulary, scale: 3)
                 let student = try backend.tensor(logits, shape: [windows * seqLen, vocabulary], label: "student logits")
                 let labels = try backend.tensor((0..<windows * seqLen).map { Float($0 % seqLen == seqLen - 1 ? -100 : $0 % vocabulary) },
                                                 shape: [windows * seqLen], label: "labels")
-                let (topK, crossEntropy) = try teacher.topK(windows: Array(10..<10 + windows), backend: backend)
+                let (topK, crossEntropy) = try teacher.topK(windows: Array(10..<10 + windows))
                 let loss = DistillationLoss(temperature: Float(temperature))
                 let gradient = try backend.tensor(shape: student.shape, label: "gradient")
                 let result = try loss(student: student, teacher: .topK(topK), labels: labels, gradient: .into(gradient))

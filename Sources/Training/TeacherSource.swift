@@ -1,0 +1,83 @@
+import Losses
+import Models
+import Tensor
+import TrainingData
+
+/// What one micro-batch's objective gets from the teacher.
+public struct TeacherTargets {
+    /// The teacher side of the fused head + loss: its final hidden states and head (live), or
+    /// sparse targets (cached).
+    public var output: LinearTeacher
+    /// The teacher's own cross-entropy on the batch when the source has it at hand (a cache's
+    /// stored label log-probabilities); nil: the fused path computes it when DTS asks.
+    public var crossEntropy: Float?
+    /// Residual streams and attention maps for the feature losses (a live teacher only).
+    public var activations: LlamaForwardResult?
+}
+
+/// What a step needs from the teacher beyond its output targets.
+public struct TeacherNeeds {
+    /// The residual stream after every block (logit lens, hidden-state hints).
+    public var hiddenStates = false
+    /// The attention probabilities of these blocks (attention alignment).
+    public var attentionLayers: Set<Int> = []
+
+    public init(hiddenStates: Bool = false, attentionLayers: Set<Int> = []) {
+        self.hiddenStates = hiddenStates
+        self.attentionLayers = attentionLayers
+    }
+}
+
+/// Where a step's teacher targets come from: the model on the device (``LiveTeacher``), or a
+/// teacher cache (``SparseTeacher``).
+public protocol TeacherSource {
+    /// The targets of `batch`'s windows.
+    func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets
+    /// The teacher's NLL of validation windows: their tokens `[B][T]` and window numbers.
+    func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult
+}
+
+/// The teacher model itself, run on every micro-batch.
+public final class LiveTeacher: TeacherSource {
+    public let model: LlamaModel
+    private var expandedHead: Tensor?
+
+    public init(model: LlamaModel) {
+        self.model = model
+    }
+
+    /// The unembedding `[V, C_t]` in fp32 for the fused head path (main loss and logit lens),
+    /// expanded from its quantized blocks once.
+    public func head() throws -> Tensor {
+        if let expandedHead { return expandedHead }
+        var head = model.weights.output
+        if head.dtype != .f32 {
+            let expanded = try model.backend.tensor(shape: head.shape, label: "teacher unembedding (fp32)")
+            try model.backend.dequantize(head, into: expanded)
+            head = expanded
+        }
+        expandedHead = head
+        return head
+    }
+
+    public func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
+        let result = try model.forward(batch.tokens, options: LlamaForwardOptions(keepHiddenStates: needs.hiddenStates,
+                                                                                  attentionLayers: needs.attentionLayers, computeLogits: false))
+        return TeacherTargets(output: .hidden(result.finalHidden, weight: try head()), crossEntropy: nil, activations: result)
+    }
+
+    public func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult {
+        try model.likelihood(of: tokens)
+    }
+}
+
+extension SparseTeacher: TeacherSource {
+    public func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
+        let (teacher, crossEntropy) = try topK(windows: batch.windows)
+        return TeacherTargets(output: .topK(teacher), crossEntropy: crossEntropy, activations: nil)
+    }
+
+    public func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult {
+        try likelihood(windows: windows)
+    }
+}

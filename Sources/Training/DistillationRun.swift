@@ -164,6 +164,10 @@ public final class DistillationRun {
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))
+            if config.temperature != 1 || config.temperatureSchedule != "constant" {
+                log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
+                    + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
+            }
         }
         log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
             + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")

@@ -55,11 +55,30 @@ public struct CacheShard: Equatable, Sendable {
         return bytes + bits.finished()
     }
 
-    /// Decodes a shard, checking every size against the header and `expected` (what the manifest says).
-    public static func decode(_ bytes: [UInt8], file: String, expected: (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool),
-                       vocabulary: Int) throws -> CacheShard {
+    /// Decodes a whole shard (see ``CacheShardView`` for the checks).
+    public static func decode(_ bytes: [UInt8], file: String, expected: CacheShardView.Expected, vocabulary: Int) throws -> CacheShard {
+        let view = try CacheShardView(bytes, file: file, expected: expected, vocabulary: vocabulary)
+        return CacheShard(firstWindow: expected.firstWindow, seqLen: expected.seqLen, targets: (0..<expected.windows).map(view.targets(ofWindow:)))
+    }
+}
+
+/// A shard's bytes with their layout read and checked once (every size against the header and
+/// what the manifest says, the counts, every id against the vocabulary), from which one window's
+/// targets decode on demand: training reads windows in shuffled order, a few from each shard.
+public struct CacheShardView: Sendable {
+    /// What the manifest says of a shard.
+    public typealias Expected = (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool)
+
+    let bytes: [UInt8]
+    let expected: Expected
+    /// Where each row's pairs start, in pairs (rows + 1 entries).
+    let pairStart: [Int]
+    let labelsOffset, tailsOffset, valuesOffset, bitsOffset: Int
+
+    public init(_ bytes: [UInt8], file: String, expected: Expected, vocabulary: Int) throws {
         func invalid(_ reason: String) -> TeacherCacheError { .invalid(file: file, reason: reason) }
-        guard bytes.count >= headerBytes, Array(bytes[0..<8]) == magic else { throw invalid("not a kdgpu teacher-cache shard") }
+        let headerBytes = CacheShard.headerBytes
+        guard bytes.count >= headerBytes, Array(bytes[0..<8]) == CacheShard.magic else { throw invalid("not a kdgpu teacher-cache shard") }
         var reader = ByteCursor(bytes: bytes, offset: 8)
         let header = (0..<5).map { _ in Int(reader.u32()) }
         let pairs = Int(reader.u64())
@@ -67,32 +86,55 @@ public struct CacheShard: Equatable, Sendable {
               header[4] == (expected.storesProbabilities ? 1 : 0) else {
             throw invalid("its header (windows \(header[0])..<\(header[0] + header[1]), seq_len \(header[2])) is not what the manifest says")
         }
-        let rowsPerWindow = expected.seqLen - 1, rows = expected.windows * rowsPerWindow
+        let rows = expected.windows * (expected.seqLen - 1)
         let bitBytes = (pairs * expected.idBits + 7) / 8
         let size = headerBytes + rows * (expected.storesProbabilities ? 5 : 3) + pairs * (expected.storesProbabilities ? 2 : 1) + bitBytes
         guard pairs <= rows * TeacherTargetSpec.maximumPairs, bytes.count == size else {
             throw invalid("\(bytes.count) bytes where its header needs \(size) (truncated or damaged)")
         }
-        let counts = (0..<rows).map { _ in Int(reader.u8()) }
-        guard counts.reduce(0, +) == pairs else { throw invalid("its per-position counts add up to \(counts.reduce(0, +)), not \(pairs)") }
-        let labels = (0..<rows).map { _ in reader.f16() }
-        let tails = expected.storesProbabilities ? (0..<rows).map { _ in reader.f16() } : [Float](repeating: 0, count: rows)
-        let values = (0..<pairs).map { _ in expected.storesProbabilities ? reader.f16() : Float(reader.u8()) }
-        var bits = BitReader(bytes: bytes, offset: reader.offset)
-        let allIDs = (0..<pairs).map { _ in Int32(bits.next(bits: expected.idBits)) }
-        if let bad = allIDs.first(where: { Int($0) >= vocabulary }) {
+        var starts = [0]
+        starts.reserveCapacity(rows + 1)
+        for row in 0..<rows { starts.append(starts[row] + Int(bytes[headerBytes + row])) }
+        guard starts[rows] == pairs else { throw invalid("its per-position counts add up to \(starts[rows]), not \(pairs)") }
+        self.bytes = bytes
+        self.expected = expected
+        pairStart = starts
+        labelsOffset = headerBytes + rows
+        tailsOffset = labelsOffset + 2 * rows
+        valuesOffset = tailsOffset + (expected.storesProbabilities ? 2 * rows : 0)
+        bitsOffset = valuesOffset + pairs * (expected.storesProbabilities ? 2 : 1)
+        if let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
             throw invalid("token id \(bad) is outside the teacher's vocabulary of \(vocabulary)")
         }
-        var targets: [[SparseTarget]] = [], pair = 0
-        for window in 0..<expected.windows {
-            targets.append((0..<rowsPerWindow).map { position in
-                let row = window * rowsPerWindow + position, count = counts[row]
-                defer { pair += count }
-                return SparseTarget(ids: Array(allIDs[pair..<pair + count]), values: Array(values[pair..<pair + count]),
-                                    tailMass: tails[row], labelLogProbability: labels[row])
-            })
+    }
+
+    /// The targets of the shard's window `window` (counted from its first).
+    public func targets(ofWindow window: Int) -> [SparseTarget] {
+        let rowsPerWindow = expected.seqLen - 1
+        return (window * rowsPerWindow..<(window + 1) * rowsPerWindow).map { row in
+            let pairs = pairStart[row]..<pairStart[row + 1]
+            return SparseTarget(ids: pairs.map { Int32(id($0)) },
+                                values: pairs.map { expected.storesProbabilities ? f16(at: valuesOffset + 2 * $0) : Float(bytes[valuesOffset + $0]) },
+                                tailMass: expected.storesProbabilities ? f16(at: tailsOffset + 2 * row) : 0,
+                                labelLogProbability: f16(at: labelsOffset + 2 * row))
         }
-        return CacheShard(firstWindow: expected.firstWindow, seqLen: expected.seqLen, targets: targets)
+    }
+
+    private func f16(at offset: Int) -> Float {
+        Float(Float16(bitPattern: UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8))
+    }
+
+    /// Pair `pair`'s id, `idBits` bits from bit `pair * idBits` of the id stream, least significant first.
+    private func id(_ pair: Int) -> Int {
+        let bits = expected.idBits, first = pair * bits
+        var value = 0, taken = 0, offset = bitsOffset + first / 8, shift = first % 8
+        while taken < bits {
+            value |= (Int(bytes[offset]) >> shift) << taken
+            taken += 8 - shift
+            offset += 1
+            shift = 0
+        }
+        return value & ((1 << bits) - 1)
     }
 }
 
@@ -109,7 +151,6 @@ private struct ByteCursor {
     mutating func u16() -> UInt16 { UInt16(u8()) | UInt16(u8()) << 8 }
     mutating func u32() -> UInt32 { UInt32(u16()) | UInt32(u16()) << 16 }
     mutating func u64() -> UInt64 { UInt64(u32()) | UInt64(u32()) << 32 }
-    mutating func f16() -> Float { Float(Float16(bitPattern: u16())) }
 }
 
 /// Values of a fixed width packed least significant bit first.
@@ -129,29 +170,4 @@ struct BitWriter {
     }
 
     func finished() -> [UInt8] { count > 0 ? bytes + [UInt8(truncatingIfNeeded: buffer)] : bytes }
-}
-
-struct BitReader {
-    let bytes: [UInt8]
-    var offset: Int
-    private var buffer: UInt64 = 0
-    private var count = 0
-
-    init(bytes: [UInt8], offset: Int) {
-        self.bytes = bytes
-        self.offset = offset
-    }
-
-    mutating func next(bits: Int) -> UInt64 {
-        while count < bits {
-            buffer |= UInt64(bytes[offset]) << count
-            offset += 1
-            count += 8
-        }
-        defer {
-            buffer >>= bits
-            count -= bits
-        }
-        return buffer & ((1 << bits) - 1)
-    }
 }

@@ -17,8 +17,9 @@ public final class TeacherCache {
     public let spec: TeacherTargetSpec
     /// The teacher's tokenizer as GGUF metadata (from the cache's tokenizer.json).
     public let tokenizer: GGUFMetadata
-    /// The shard read last (training reads windows in shuffled order, validation in runs).
-    private var loaded: (index: Int, shard: CacheShard)?
+    /// The shards read so far, each read and checked once (training reads windows in shuffled
+    /// order, a few from each shard at a time); their bytes stay in memory, the size of the cache.
+    private var shards: [Int: CacheShardView] = [:]
 
     /// Opens a complete cache; an incomplete, damaged or edited one is a one-line error naming the file.
     public init(folder path: String) throws {
@@ -60,12 +61,12 @@ public final class TeacherCache {
             throw TeacherCacheError.mismatch(folder: folder.path, reason: "window \(index) is outside the cache's \(manifest.windows) windows (0 to \(manifest.windows - 1))")
         }
         let shardIndex = index / manifest.windowsPerShard
-        if loaded?.index != shardIndex { loaded = (shardIndex, try readShard(shardIndex)) }
-        let shard = loaded!.shard
-        return shard.targets[index - shard.firstWindow]
+        let shard = try shards[shardIndex] ?? readShard(shardIndex)
+        shards[shardIndex] = shard
+        return shard.targets(ofWindow: index - shardIndex * manifest.windowsPerShard)
     }
 
-    func readShard(_ index: Int) throws -> CacheShard {
+    func readShard(_ index: Int) throws -> CacheShardView {
         let entry = manifest.shards[index]
         let url = folder.appendingPathComponent(entry.file)
         guard let data = FileManager.default.contents(atPath: url.path) else {
@@ -75,8 +76,8 @@ public final class TeacherCache {
         guard SHA256Digest.hex(of: bytes) == entry.sha256 else {
             throw TeacherCacheError.invalid(file: url.path, reason: "its SHA-256 is not the one in the manifest (damaged or edited)")
         }
-        return try CacheShard.decode(bytes, file: url.path,
-                                     expected: (entry.firstWindow, entry.windows, manifest.seqLen, manifest.idBits, spec.storesProbabilities),
-                                     vocabulary: manifest.teacher.vocabulary)
+        return try CacheShardView(bytes, file: url.path,
+                                  expected: (entry.firstWindow, entry.windows, manifest.seqLen, manifest.idBits, spec.storesProbabilities),
+                                  vocabulary: manifest.teacher.vocabulary)
     }
 }

@@ -35,8 +35,6 @@ public final class DistillationRun {
     let resume: Bool
     /// The logit lens, when `lens_weight` > 0 (set up by ``run()``).
     var lensContext: (lens: LogitLens, teacherNorm: Tensor, teacherEpsilon: Float)?
-    /// The teacher's unembedding in fp32, expanded once (the fused head path multiplies by it chunk
-    /// by chunk): the teacher it belongs to, and the tensor.
     /// Attention alignment, when `attn_align_weight` > 0 (set up by ``run()``).
     var alignment: AttentionAlignment?
     /// Hidden-state hints, when `hint_weight` > 0 (set up by ``run()``).

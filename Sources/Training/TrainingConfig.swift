@@ -303,11 +303,6 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         }
     }
 
-    /// The number of blocks the student will have.
-    public func studentBlockCount(teacherLayers: Int) throws -> Int {
-        studentShape.isEmpty ? try StudentLayers.parse(studentLayers, teacherLayers: teacherLayers).count : try StudentShape.parse(studentShape).blocks
-    }
-
     /// The checks that need the teacher's shape (read from its header, before any weights): the
     /// context length, the inherited blocks, the fresh student's shape and its host memory, and
     /// every block pair.
@@ -315,9 +310,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if seqLen > teacher.contextLength {
             throw TrainingError.config("seq_len (--seq-len): \(seqLen) exceeds the teacher's context length \(teacher.contextLength)")
         }
+        // An inherited student's blocks (the feature losses' default pairs), or nil for a fresh one.
+        let inherited = studentShape.isEmpty ? try StudentLayers.parse(studentLayers, teacherLayers: teacher.layers) : nil
         let blocks: Int
-        if studentShape.isEmpty {
-            blocks = try StudentLayers.parse(studentLayers, teacherLayers: teacher.layers).count
+        if let inherited {
+            blocks = inherited.count
         } else {
             let student = try StudentShape.parse(studentShape).config(like: teacher)
             do { try student.validate(source: "student_shape (--student-shape) '\(studentShape)'") } catch {
@@ -333,7 +330,6 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             }
             blocks = student.layers
         }
-        let inherited = studentShape.isEmpty ? try StudentLayers.parse(studentLayers, teacherLayers: teacher.layers) : nil
         for (key, text, weight) in [("lens_layers", lensLayers, lensWeight), ("attn_align_layers", attnAlignLayers, attnAlignWeight),
                                     ("hint_layers", hintLayers, hintWeight)] where weight > 0 {
             _ = try BlockPairs.parse(text, studentLayers: blocks, teacherLayers: teacher.layers, inherited: inherited, key: key)

@@ -34,6 +34,7 @@
 #define FLAG_MEAN 128
 #define FLAG_CONTIGUOUS 256
 #define FLAG_TOPK_BUCKET 512
+#define FLAG_TOPK_DECOUPLED 1024  // the host launches distill_decoupled_topk_rows
 
 // row_status bits (also in DistillationLoss.swift)
 #define STATUS_IGNORED 1
@@ -252,24 +253,27 @@ __kernel void distill_loss_rows(
             if (flags & FLAG_TOPK_BUCKET) {
                 // The rest as one bucket set against the student's mass on the unlisted tokens: spread in
                 // proportion to the student, tm_j = log rest + z_j - zmax - T log(rest_s) with
-                // rest_s = sum over the unlisted tokens of exp((z - zmax) / T).
+                // rest_s = sum over the unlisted tokens of exp((z - zmax) / T), summed over them alone
+                // (the listed ids marked 1 in tm_row first), not as all minus listed, which cancels.
                 floatH bmax = (floatH)(-INFINITY);
-#define BUCKET_MAX(LOAD, STORE) { bmax = max_or_second(fold_max(LOAD(zr, v)), bmax); }
+#define BUCKET_MAX(LOAD, STORE) { bmax = max_or_second(fold_max(LOAD(zr, v)), bmax); vstoreV((floatV)(0.0f), v, tm_row); }
                 FOR_EACH_VECTOR(BUCKET_MAX)
 #undef BUCKET_MAX
                 const float zmax = group_max4((float4)(vmax(bmax), 0.0f, 0.0f, 0.0f), reduce).x;
                 const float zshift = zmax == -INFINITY ? 0.0f : zmax;
-                floatH bsum = (floatH)(0.0f);
-#define BUCKET_SUM(LOAD, STORE) { bsum += fold_sum(exp((LOAD(zr, v) - (floatV)(zshift)) * inv_t)); }
-                FOR_EACH_VECTOR(BUCKET_SUM)
-#undef BUCKET_SUM
-                float part_listed = 0.0f;
+                barrier(CLK_GLOBAL_MEM_FENCE);
                 for (int i = lid; i < k; i += WG) {
                     const int id = (int)topk_ids[tio + (long)row * k + i];
-                    if (id >= 0 && id < n) part_listed += exp((zr[id] - zshift) * inv_t);
+                    if (id >= 0 && id < n) tm_row[id] = 1.0f;
                 }
-                const float4 sums = group_sum4((float4)(vsum(bsum), part_listed, 0.0f, 0.0f), reduce);
-                const float rest_s = sums.x - sums.y;
+                barrier(CLK_GLOBAL_MEM_FENCE);
+                floatH bsum = (floatH)(0.0f);
+#define BUCKET_SUM(LOAD, STORE) {                                                                   \
+                    const floatV e = kd_exp((LOAD(zr, v) - (floatV)(zshift)) * inv_t);                 \
+                    bsum += fold_sum(select(e, (floatV)(0.0f), vloadV(v, tm_row) != (floatV)(0.0f))); }
+                FOR_EACH_VECTOR(BUCKET_SUM)
+#undef BUCKET_SUM
+                const float rest_s = group_sum4((float4)(vsum(bsum), 0.0f, 0.0f, 0.0f), reduce).x;
                 const float c = missing > 0.0f && rest_s > 0.0f ? log(missing) - zshift - log(rest_s) / inv_t : -INFINITY;
 #define BUCKET_FILL(LOAD, STORE) { STORE((floatV)(c) + LOAD(zr, v), tm_row, v); }
                 FOR_EACH_VECTOR(BUCKET_FILL)
@@ -482,6 +486,187 @@ __kernel void distill_loss_rows(
             }
         }
         // The one-hot part of the hard-label gradient, after every work-item wrote its block.
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        if (gradient && hard && ok && lid == 0) dr[label] -= h;
+        if (lid == 0) {
+            row_loss[rlo + row] = valid ? loss : 0.0f;
+            row_status[rso + row] = (float)status;
+            row_ce[rco + row] = valid ? cross_entropy : 0.0f;
+        }
+        // The scratch rows are reused by the next row.
+        barrier(CLK_GLOBAL_MEM_FENCE);
+    }
+}
+
+// LFM2's decoupled top-K loss over a top-k teacher of log-probabilities at T = 1, per row
+// (S the listed ids, s = softmax(zs), a = P_T(S) = sum exp(vals), m = 1 - a the teacher's rest,
+// b = s(S), p = softmax(vals / T) and q = softmax(zs_S / T) over S only):
+//   soft_weight * ( a log(a / b) + m log(m / (1 - b))  +  param * a * KL(p || q) )
+// param is the conditional term's T^2 (or 1): the temperature enters the conditional term alone.
+// Gradient: dz_j = c (a + m) s_j - c (a / b) s_j [j in S] - c (m / (1 - b)) s_j [j not in S]
+//                  + c param a / T (q_j - p_j) [j in S]        (c = grad_scale * soft_weight)
+// b and 1 - b are each summed over their own tokens (no cancellation), m is -expm1(largest) - others.
+// Same arguments as distill_loss_rows (zt, kind, taid unused: the host allows forward KL, no TAID).
+// Scratch rows: ROW_TEACHER marks the listed ids (1) against the rest (0), ROW_EA holds
+// e = exp(zs - max), ROW_EB the listed ids' q - p (0 elsewhere); dz is written in the last pass
+// only, so zs may be dz.
+__kernel void distill_decoupled_topk_rows(
+    __global const float* zs, int zso,
+    __global const float* zt, int zto, int zt_ld,
+    __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,
+    __global const float* labels, int lo, __global const float* mask, int mo,
+    __global float* dz, int dzo,
+    __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco,
+    __global const float* valid_count, int vco,
+    __global float* scratch,
+    int rows, int n, int kind, int flags, int ignore_index,
+    float inv_t, float param, float taid_t, float soft_weight, float hard_weight, float grad_output) {
+    __local float4 reduce[WG];
+    const int lid = get_local_id(0), group = get_group_id(0), groups = get_num_groups(0);
+    const int nvec = (n + VW - 1) / VW, vp = nvec * VW;
+    const int contiguous = flags & FLAG_CONTIGUOUS;
+    const int per = (nvec + WG - 1) / WG;
+    const int vbeg = contiguous ? min(nvec, lid * per) : lid;
+    const int vend = contiguous ? min(nvec, vbeg + per) : nvec;
+    const int vstep = contiguous ? 1 : WG;
+    const int vwhole = min(vend, n / VW);
+    __global float* ea_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EA * vp;
+    __global float* qp_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EB * vp;
+    __global float* listed_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_TEACHER * vp;
+    const int gradient = flags & FLAG_GRADIENT;
+    const int hard = flags & FLAG_HARD;
+    const float grad_scale = (flags & FLAG_MEAN) && gradient ? grad_output / fmax(1.0f, valid_count[vco]) : grad_output;
+
+    for (int row = group; row < rows; row += groups) {
+        __global const float* zr = zs + zso + (long)row * n;
+        __global float* dr = dz + dzo + (long)row * n;
+        __global const float* ids = topk_ids + tio + (long)row * k;
+        __global const float* vals = topk_vals + tvo + (long)row * k;
+        const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);
+        int status = valid ? 0 : STATUS_IGNORED;
+        int label = -1;
+        if (hard) {
+            label = (int)labels[lo + row];
+            if (valid && (label < 0 || label >= n)) status |= STATUS_BAD_LABEL;
+        }
+
+        // Pass 1: the student's maximum, the marks and q - p cleared; over the listed ids the
+        // teacher's largest value and whether any value is NaN or +inf or any id is bad.
+        floatH max_s = (floatH)(-INFINITY);
+#define MAX_AND_CLEAR(LOAD, STORE) {                                       \
+            max_s = max_or_second(fold_max(LOAD(zr, v)), max_s);           \
+            vstoreV((floatV)(0.0f), v, listed_row);                        \
+            vstoreV((floatV)(0.0f), v, qp_row); }
+        FOR_EACH_VECTOR(MAX_AND_CLEAR)
+#undef MAX_AND_CLEAR
+        float part_largest = -INFINITY, part_bad_id = 0.0f, part_bad_value = 0.0f;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            const float value = vals[i];
+            if (isnan(value) || value == INFINITY) part_bad_value = 1.0f;
+            if (id >= 0 && id < n) part_largest = fmax(part_largest, value);
+            else if (id != -1) part_bad_id = 1.0f;  // -1: an empty slot of a row shorter than k
+        }
+        const float4 maxima = group_max4((float4)(vmax(max_s), part_largest, part_bad_id, part_bad_value), reduce);
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            if (id >= 0 && id < n) listed_row[id] = 1.0f;
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        const float zmax = maxima.x == -INFINITY ? 0.0f : maxima.x;
+        const float largest = maxima.y;
+
+        // Pass 2: e = exp(zs - max) stashed, its sums over all tokens and over the unlisted ones.
+        floatH sum_all = (floatH)(0.0f), sum_rest = (floatH)(0.0f);
+#define EXP_SUMS(LOAD, STORE) {                                                                        \
+            const floatV e = kd_exp(LOAD(zr, v) - (floatV)(zmax));                                     \
+            sum_all += fold_sum(e);                                                                    \
+            sum_rest += fold_sum(select(e, (floatV)(0.0f), vloadV(v, listed_row) != (floatV)(0.0f)));  \
+            vstoreV(e, v, ea_row); }
+        FOR_EACH_VECTOR(EXP_SUMS)
+#undef EXP_SUMS
+        barrier(CLK_GLOBAL_MEM_FENCE);
+
+        // Over the listed ids: the first largest value's slot and the student's tempered maximum;
+        // then the teacher's mass a, the others' mass (for m), the student's listed mass and the
+        // conditional sums (p and q unnormalized in tempered units, KL's online term).
+        float part_first = -INFINITY, part_zl_max = -INFINITY;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            if (id >= 0 && id < n) {
+                if (vals[i] == largest) part_first = fmax(part_first, (float)(-i));
+                part_zl_max = fmax(part_zl_max, zr[id] * inv_t);
+            }
+        }
+        const float4 firsts = group_max4((float4)(part_first, part_zl_max, 0.0f, 0.0f), reduce);
+        const int first = firsts.x == -INFINITY ? -1 : -(int)firsts.x;
+        const float zl_max = firsts.y == -INFINITY ? 0.0f : firsts.y;
+        const float vl_max = largest == -INFINITY ? 0.0f : largest * inv_t;
+        float part_others = 0.0f, part_mass = 0.0f, part_listed = 0.0f, part_sp = 0.0f, part_sq = 0.0f, part_x = 0.0f;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            if (id >= 0 && id < n) {
+                const float value = vals[i];
+                const float ev = exp(value);
+                part_mass += ev;
+                if (i != first) part_others += ev;
+                part_listed += ea_row[id];
+                const float lpu = value * inv_t - vl_max, lqu = zr[id] * inv_t - zl_max;
+                const float ep = exp(lpu);
+                part_sp += ep;
+                part_sq += exp(lqu);
+                if (ep > 0.0f) part_x += ep * (lpu - lqu);
+            }
+        }
+        const float4 sums = group_sum4((float4)(vsum(sum_all), vsum(sum_rest), part_listed, part_others), reduce);
+        const float4 conditional = group_sum4((float4)(part_sp, part_sq, part_x, part_mass), reduce);
+        if (valid) {
+            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
+            if (maxima.w > 0.0f) status |= STATUS_TEACHER_NONFINITE;
+            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
+            if (largest == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
+            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
+        }
+        // 16-bit stored probabilities may sum past 1 by rounding: a at most 1, m at least 0.
+        const float a = fmin(conditional.w, 1.0f);
+        const float m = first < 0 ? 0.0f : fmax(0.0f, -expm1(largest) - sums.w);
+        const float s_all = sums.x, s_rest = sums.y, s_listed = sums.z;
+        const float log_all = log(s_all);
+        // a log(a / b) + m log(m / (1 - b)), b = s_listed / s_all, 1 - b = s_rest / s_all; 0 log 0 = 0.
+        float bernoulli = a > 0.0f ? a * (log(a) - log(s_listed) + log_all) : 0.0f;
+        if (m > 0.0f) bernoulli += m * (log(m) - log(s_rest) + log_all);
+        const float sp = conditional.x, sq = conditional.y;
+        const float kl_conditional = conditional.z / sp - log(sp) + log(sq);
+        const float divergence = bernoulli + param * a * kl_conditional;
+        const float cross_entropy = hard ? log_all + zmax - ((label >= 0 && label < n) ? zr[label] : 0.0f) : 0.0f;
+        const float loss = soft_weight * divergence + hard_weight * cross_entropy;
+
+        // Pass 3: q - p of the listed ids (read before dz, which may be zs, is written), then
+        // dz = the student's regrouped mass + the conditional part, then the label's one-hot part.
+        const int ok = valid && status == 0;
+        const float c = ok ? grad_scale * soft_weight : 0.0f;
+        const float h = ok ? grad_scale * hard_weight : 0.0f;
+        if (gradient) {
+            for (int i = lid; i < k; i += WG) {
+                const int id = (int)ids[i];
+                if (id >= 0 && id < n) qp_row[id] = exp(zr[id] * inv_t - zl_max) / sq - exp(vals[i] * inv_t - vl_max) / sp;
+            }
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        if (gradient) {
+            const float c_all = (c * (a + m) + h) / s_all;
+            const float c_listed = c_all - c * a / s_listed;
+            const float c_rest = c_all - (m > 0.0f ? c * m / s_rest : 0.0f);
+            const float c_conditional = c * param * a * inv_t;
+#define REGROUPED(LOAD, STORE) {                                                                        \
+                const floatV listed = vloadV(v, listed_row);                                            \
+                const floatV coefficient = select((floatV)(c_rest), (floatV)(c_listed), listed != (floatV)(0.0f)); \
+                const floatV grad = vloadV(v, ea_row) * coefficient + c_conditional * vloadV(v, qp_row); \
+                STORE(ok ? grad : (floatV)(0.0f), dr, v); }
+            FOR_EACH_VECTOR(REGROUPED)
+#undef REGROUPED
+        }
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (gradient && hard && ok && lid == 0) dr[label] -= h;
         if (lid == 0) {

@@ -793,6 +793,9 @@ def cache_cases():
     tc = "{work}/tc"
     case("cache-train-sparse-tail-bogus", c, train(teacher_cache=tc, sparse_tail="bogus"), ["sparse_tail", "bogus"])
     case("cache-train-bucket-with-jsd", c, train(teacher_cache=tc, sparse_tail="bucket", divergence="jsd"), ["sparse_tail", "fkl"])
+    case("cache-train-decoupled-with-rkl", c, train(teacher_cache=tc, sparse_tail="decoupled", divergence="rkl"), ["sparse_tail", "decoupled", "fkl"])
+    case("cache-train-decoupled-with-sampled", c, train(teacher_cache=tc, sparse_tail="decoupled"), ["sparse_tail", "sampled:8"],
+         setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])
     case("cache-train-with-lens", c, train(teacher_cache=tc, lens_weight="1"), ["teacher_cache", "lens_weight"])
     case("cache-train-with-taid", c, train(teacher_cache=tc, divergence="taid"), ["teacher_cache", "taid"])
     case("cache-train-missing-cache", c, train(teacher_cache="/nonexistent/train-cache"), ["teacher_cache", "train-cache"])

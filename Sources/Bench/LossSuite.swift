@@ -4,7 +4,8 @@ import Losses
 import OpenCLBackend
 import Tensor
 
-/// The fused distillation loss (forward KL, T = 2) against an unfused baseline and the copy bandwidth.
+/// The fused distillation loss (forward KL, T = 2) against an unfused baseline and the copy bandwidth,
+/// and the same loss against a sparse top-k teacher (SparseLossRecords.swift).
 ///
 /// Bytes counted are the compulsory traffic: the forward pass reads z_s and z_t once (2 N V floats);
 /// forward + gradient also writes dz once (3 N V floats). Re-reads of a row that is still in cache
@@ -15,7 +16,7 @@ import Tensor
 /// median over those pairs, so the ratio compares the kernel with a copy made under the same load.
 public struct LossSuite: BenchSuite {
     public let name = "loss"
-    public let summary = "fused softmax-temperature KL (forward, forward + gradient) vs unfused, N=2048, V=32000/49152/128256"
+    public let summary = "fused softmax-temperature KL (forward, forward + gradient) vs unfused, N=2048, V=32000/49152/128256; top-32 bucket and decoupled"
 
     /// `KDGPU_BENCH_LOSS_VOCABULARIES=49152` (comma-separated) times fewer vocabularies.
     static var vocabularies: [Int] {
@@ -45,6 +46,7 @@ public struct LossSuite: BenchSuite {
             context.report("loss: \(shape): CPU twin reference")
             let cpuReference = try Self.fused(on: context.cpu, student: student, teacher: teacher, rows: n, vocabulary: vocabulary)
             let fp64Error = Self.fp64SpotCheck(cpuReference, student: student, teacher: teacher, rows: n, vocabulary: vocabulary)
+            var denseSeconds: [String: Double] = [:]
             for backend in context.backends {
                 context.report("loss: \(shape) on \(backend.name)")
                 let measured = try Self.measure(on: backend, context: context, student: student, teacher: teacher,
@@ -73,7 +75,10 @@ public struct LossSuite: BenchSuite {
                                       error: maxAbsDifference(measured.unfusedGradient, cpuReference.gradient),
                                       note: "the baseline's GB/s counts the same compulsory bytes as the fused kernel",
                                       extra: ["speedup_over_unfused": 1]))
+                denseSeconds[backend.name] = measured.forwardGradient.seconds
             }
+            records += try Self.sparseRecords(context, student: student, teacher: teacher, rows: n, vocabulary: vocabulary,
+                                              shape: shape, denseSeconds: denseSeconds)
         }
         return records
     }

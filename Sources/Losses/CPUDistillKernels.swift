@@ -94,18 +94,23 @@ extension CPUKernels {
                 let missing = -expm1f(largest) - others
                 if flags & DistillFlags.topKBucket != 0 {
                     // The rest as one bucket against the student's unlisted mass: tm_j = log rest + z_j - zmax - T log(rest_s).
-                    var zmax = -Float.infinity
-                    for j in 0..<n { zmax = max(zmax, zr[j]) }
+                    var zmaxLanes = negativeInfinity
+                    for v in 0..<nvec { zmaxLanes = lanesMax(zmaxLanes, loadRow(zr, v, n)) }
+                    let zmax = zmaxLanes.max()
                     let zshift = zmax == -.infinity ? 0 : zmax
-                    var all: Float = 0, listed: Float = 0
-                    for j in 0..<n { all += expf((zr[j] - zshift) * invT) }
+                    // Summed over the unlisted tokens alone (marked in tmRow), not as all minus listed.
+                    tmRow.update(repeating: 0, count: vp)
                     for i in 0..<k {
                         let id = Int(idRow[i])
-                        if id >= 0 && id < n { listed += expf((zr[id] - zshift) * invT) }
+                        if id >= 0 && id < n { tmRow[id] = 1 }
                     }
-                    let restS = all - listed
+                    var restLanes = zero
+                    for v in 0..<nvec {
+                        restLanes += kdExp((loadRow(zr, v, n) - zshift) * invT).replacing(with: 0, where: loadLanes(tmRow, v) .!= 0)
+                    }
+                    let restS = restLanes.sum()
                     let c = missing > 0 && restS > 0 ? logf(missing) - zshift - logf(restS) / invT : -Float.infinity
-                    for j in 0..<vp { tmRow[j] = j < n ? c + zr[j] : -.infinity }
+                    for v in 0..<nvec { storeLanes(c + loadRow(zr, v, n), tmRow, v) }
                 } else {
                     var rest = -Float.infinity
                     if flags & DistillFlags.topKUniform != 0 && n > k && missing > 0 { rest = logf(missing / Float(n - k)) }
@@ -263,6 +268,125 @@ extension CPUKernels {
                         else { grad = c * q * (g - qg) }
                     }
                     if hard { grad += h * loadLanes(ehSource, v) * invSH }
+                    storeRow(ok ? grad : zero, dr, v, n)
+                }
+                if hard && ok { dr[label] -= h }
+            }
+            a.rowLoss[row] = valid ? loss : 0
+            a.rowStatus[row] = Float(status)
+            a.rowCrossEntropy[row] = valid ? crossEntropy : 0
+        }
+    }
+
+    /// LFM2's decoupled top-K loss over rows `group, group + groups, ...` (the kernel's comment has
+    /// the math): scratch row 2 marks the listed ids, row 0 holds exp(zs - max), row 1 the listed q - p.
+    public static func distill_decoupled_topk_rows(_ a: DistillRowArguments, group: Int, groups: Int) {
+        guard let ids = a.topKIDs, let values = a.topKValues else { return }
+        let n = a.n, nvec = (n + 15) / 16, vp = nvec * 16, k = a.k
+        let flags = a.flags, invT = a.inverseTemperature
+        let gradient = flags & DistillFlags.gradient != 0
+        let hard = flags & DistillFlags.hard != 0
+        let gradScale = flags & DistillFlags.mean != 0 && gradient ? a.gradOutput / max(1, a.validCount) : a.gradOutput
+        let eaRow = a.scratch + group * 4 * vp, qpRow = eaRow + vp, listedRow = eaRow + 2 * vp
+        let zero = Float16Lanes(repeating: 0)
+
+        var row = group
+        while row < a.rows {
+            defer { row += groups }
+            let zr = a.zs + row * n, dr = a.dz + row * n
+            let idRow = ids + row * k, valueRow = values + row * k
+            func listedID(_ i: Int) -> Int? {
+                let id = Int(idRow[i])
+                return id >= 0 && id < n ? id : nil
+            }
+            let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
+            var status = valid ? 0 : RowStatus.ignored
+            var label = -1
+            if hard, let labels = a.labels {
+                label = Int(labels[row])
+                if valid && (label < 0 || label >= n) { status |= RowStatus.badLabel }
+            }
+
+            // Pass 1: the student's maximum, marks and q - p cleared; the teacher's largest value, bad values and ids.
+            var maxS = Float16Lanes(repeating: -.infinity)
+            for v in 0..<nvec { maxS = lanesMax(maxS, loadRow(zr, v, n)) }
+            listedRow.update(repeating: 0, count: vp)
+            qpRow.update(repeating: 0, count: vp)
+            var largest = -Float.infinity, badID = false, badValue = false
+            for i in 0..<k {
+                let value = valueRow[i]
+                if value.isNaN || value == .infinity { badValue = true }
+                if listedID(i) != nil { largest = max(largest, value) } else if Int(idRow[i]) != -1 { badID = true }
+            }
+            for i in 0..<k { if let id = listedID(i) { listedRow[id] = 1 } }
+            let maximumS = maxS.max()
+            let zmax: Float = maximumS == -.infinity ? 0 : maximumS
+
+            // Pass 2: e = exp(zs - max), its sums over all tokens and over the unlisted ones.
+            var sumAll = zero, sumRest = zero
+            for v in 0..<nvec {
+                let e = kdExp(loadRow(zr, v, n) - zmax)
+                sumAll += e
+                sumRest += e.replacing(with: 0, where: loadLanes(listedRow, v) .!= 0)
+                storeLanes(e, eaRow, v)
+            }
+
+            // Over the listed ids: the teacher's masses, the student's listed mass, the conditional sums.
+            var first = -1, zlMaximum = -Float.infinity
+            for i in 0..<k {
+                guard let id = listedID(i) else { continue }
+                if first < 0 && valueRow[i] == largest { first = i }
+                zlMaximum = max(zlMaximum, zr[id] * invT)
+            }
+            let zlMax: Float = zlMaximum == -.infinity ? 0 : zlMaximum
+            let vlMax: Float = largest == -.infinity ? 0 : largest * invT
+            var others: Float = 0, mass: Float = 0, listed: Float = 0, sp: Float = 0, sq: Float = 0, x: Float = 0
+            for i in 0..<k {
+                guard let id = listedID(i) else { continue }
+                let value = valueRow[i], ev = expf(value)
+                mass += ev
+                if i != first { others += ev }
+                listed += eaRow[id]
+                let lpu = value * invT - vlMax, lqu = zr[id] * invT - zlMax
+                let ep = expf(lpu)
+                sp += ep
+                sq += expf(lqu)
+                if ep > 0 { x += ep * (lpu - lqu) }
+            }
+            let sAll = sumAll.sum(), sRest = sumRest.sum()
+            if valid {
+                if sAll.isNaN { status |= RowStatus.studentNonFinite }
+                if badValue { status |= RowStatus.teacherNonFinite }
+                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
+                if largest == -.infinity { status |= RowStatus.teacherAllMasked }
+                if badID { status |= RowStatus.badTopKID }
+            }
+            let pa = min(mass, 1)
+            let m: Float = first < 0 ? 0 : max(0, -expm1f(largest) - others)
+            let logAll = logf(sAll)
+            var bernoulli: Float = pa > 0 ? pa * (logf(pa) - logf(listed) + logAll) : 0
+            if m > 0 { bernoulli += m * (logf(m) - logf(sRest) + logAll) }
+            let klConditional = x / sp - logf(sp) + logf(sq)
+            let divergence = bernoulli + a.parameter * pa * klConditional
+            let crossEntropy: Float = hard ? logAll + zmax - (label >= 0 && label < n ? zr[label] : 0) : 0
+            let loss = a.softWeight * divergence + a.hardWeight * crossEntropy
+
+            // Pass 3: the listed q - p, then dz = regrouped mass + conditional part, then the one-hot part.
+            let ok = valid && status == 0
+            if gradient {
+                for i in 0..<k {
+                    guard let id = listedID(i) else { continue }
+                    qpRow[id] = expf(zr[id] * invT - zlMax) / sq - expf(valueRow[i] * invT - vlMax) / sp
+                }
+                let c: Float = ok ? gradScale * a.softWeight : 0
+                let h: Float = ok ? gradScale * a.hardWeight : 0
+                let cAll = (c * (pa + m) + h) / sAll
+                let cListed = cAll - c * pa / listed
+                let cRest = cAll - (m > 0 ? c * m / sRest : 0)
+                let cConditional = c * a.parameter * pa * invT
+                for v in 0..<nvec {
+                    let coefficient = Float16Lanes(repeating: cRest).replacing(with: cListed, where: loadLanes(listedRow, v) .!= 0)
+                    let grad = loadLanes(eaRow, v) * coefficient + cConditional * loadLanes(qpRow, v)
                     storeRow(ok ? grad : zero, dr, v, n)
                 }
                 if hard && ok { dr[label] -= h }

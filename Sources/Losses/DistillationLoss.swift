@@ -129,6 +129,12 @@ public enum MissingTeacherMass: String, Sendable {
     /// rest spread in proportion to the student's own tail (`p_rest q_j / q_rest`), whose gradient
     /// `(q - p) / T` is the bucket loss's exact gradient; forward KL only.
     case bucket
+    /// LFM2's decoupled top-K objective: the k values are log-probabilities at T = 1, with S the
+    /// listed ids, `a = P_T(S)`, `b = P_S(S)` (untempered student):
+    /// `KL(Bern(a) || Bern(b)) + T^2 a KL(p_T(. | S) || q_T(. | S))`, the conditionals over S alone
+    /// at temperature T (`p^(1/T)` renormalized; T^2 only with ``DistillationLoss/scaleBySquaredTemperature``).
+    /// The student is never asked to put zero mass outside S; forward KL only, without TAID.
+    case decoupled
 }
 
 /// A sparse teacher: its top-k token ids and their logits (or log-probabilities), per row.
@@ -273,6 +279,8 @@ enum DistillFlags {
     static let topK: Int32 = 8
     static let topKUniform: Int32 = 16
     static let topKBucket: Int32 = 512
+    /// Launch `distill_decoupled_topk_rows` instead of `distill_loss_rows`.
+    static let topKDecoupled: Int32 = 1024
     static let labels: Int32 = 32
     static let mask: Int32 = 64
     static let mean: Int32 = 128

@@ -87,11 +87,16 @@ struct DistillationPlan {
                 throw TensorError.shapeMismatch("distillation loss: top-k teacher with k = \(k) for student vocabulary \(vocabulary); need 1 <= k <= vocabulary")
             }
             teacherStride = vocabulary
-            if topK.missingMass == .bucket && (loss.divergence != .forwardKL || loss.taidInterpolation != nil) {
-                throw TensorError.unsupported("distillation loss: a top-k teacher's bucket tail is defined for forward KL without TAID, not \(loss.divergence)")
+            if [.bucket, .decoupled].contains(topK.missingMass) && (loss.divergence != .forwardKL || loss.taidInterpolation != nil) {
+                throw TensorError.unsupported("distillation loss: a top-k teacher's \(topK.missingMass) tail is defined for forward KL without TAID, not \(loss.divergence)\(loss.taidInterpolation == nil ? "" : " with TAID")")
             }
             flags |= DistillFlags.topK
-            flags |= topK.missingMass == .uniform ? DistillFlags.topKUniform : topK.missingMass == .bucket ? DistillFlags.topKBucket : 0
+            switch topK.missingMass {
+            case .renormalize: break
+            case .uniform: flags |= DistillFlags.topKUniform
+            case .bucket: flags |= DistillFlags.topKBucket
+            case .decoupled: flags |= DistillFlags.topKDecoupled
+            }
         }
         for (name, tensor) in [("labels", labels), ("row mask", rowMask)] {
             guard let tensor else { continue }
@@ -179,6 +184,9 @@ struct DistillationPlan {
                  gradOutput: Float, teacherChunk: Tensor? = nil) throws {
         let validCount = workspace.validCount
         guard !range.isEmpty else { return }
+        // The decoupled loss scales only its conditional term by T^2 (its kernel's `param`).
+        let decoupled = flags & DistillFlags.topKDecoupled != 0
+        let conditionalScale = loss.scaleBySquaredTemperature ? loss.temperature * loss.temperature : 1
         var launch = DistillLossLaunch(
             student: student, teacher: nil, teacherStride: teacherStride, topKIDs: nil, topKValues: nil, k: k,
             labels: try labels?.reshaped([rows]).rows(range), mask: try rowMask?.reshaped([rows]).rows(range),
@@ -186,8 +194,8 @@ struct DistillationPlan {
             rowCrossEntropy: try workspace.rowCrossEntropy.rows(range), validCount: validCount, scratch: workspace.scratch, rows: range.count, vocabulary: vocabulary, kind: loss.divergence.kernelKind,
             flags: validCount == nil ? flags & ~DistillFlags.mean : flags,
             ignoreIndex: Int32(loss.ignoreIndex), inverseTemperature: 1 / loss.temperature,
-            parameter: loss.divergence.parameter, taid: loss.taidInterpolation ?? 0,
-            softWeight: loss.effectiveSoftWeight, hardWeight: loss.hardWeight, gradOutput: gradOutput)
+            parameter: decoupled ? conditionalScale : loss.divergence.parameter, taid: loss.taidInterpolation ?? 0,
+            softWeight: decoupled ? loss.softWeight : loss.effectiveSoftWeight, hardWeight: loss.hardWeight, gradOutput: gradOutput)
         if let teacherChunk {
             launch.teacher = teacherChunk
             launch.teacherStride = teacherChunk.shape[1]

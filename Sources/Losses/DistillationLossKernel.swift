@@ -79,10 +79,11 @@ extension CPUBackend: DistillationLossKernel {
             inverseTemperature: l.inverseTemperature, parameter: l.parameter, taid: l.taid, softWeight: l.softWeight,
             hardWeight: l.hardWeight, gradOutput: l.gradOutput)
         let groups = max(1, min(l.rows, distillWorkers))
+        let rowsOfGroup = l.flags & DistillFlags.topKDecoupled != 0 ? CPUKernels.distill_decoupled_topk_rows : CPUKernels.distill_loss_rows
         if groups == 1 {
-            CPUKernels.distill_loss_rows(arguments, group: 0, groups: 1)
+            rowsOfGroup(arguments, 0, 1)
         } else {
-            DispatchQueue.concurrentPerform(iterations: groups) { CPUKernels.distill_loss_rows(arguments, group: $0, groups: groups) }
+            DispatchQueue.concurrentPerform(iterations: groups) { rowsOfGroup(arguments, $0, groups) }
         }
     }
 
@@ -144,7 +145,8 @@ extension OpenCLBackend: DistillationLossKernel {
         args += [try int32(l.rows, "rows"), try int32(l.vocabulary, "vocabulary"), l.kind, flags, l.ignoreIndex,
                  l.inverseTemperature, l.parameter, l.taid, l.softWeight, l.hardWeight, l.gradOutput]
         _ = try int32(l.rows * l.vocabulary, "\(l.student.label) elements")
-        try launch("distill_loss_rows", in: "distill_loss.cl", globalSize: groups * rowWorkGroupSize,
+        let kernel = l.flags & DistillFlags.topKDecoupled != 0 ? "distill_decoupled_topk_rows" : "distill_loss_rows"
+        try launch(kernel, in: "distill_loss.cl", globalSize: groups * rowWorkGroupSize,
                    localSize: rowWorkGroupSize, args)
     }
 

@@ -296,9 +296,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                 throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
             }
         case .sparseTail:
-            try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket].map(\.rawValue))
-            if sparseTail == MissingTeacherMass.bucket.rawValue && divergence != "fkl" {
-                throw TrainingError.config("sparse_tail (--sparse-tail): bucket is defined for the forward KL; use --divergence fkl or another tail")
+            try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled].map(\.rawValue))
+            if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {
+                throw TrainingError.config("sparse_tail (--sparse-tail): \(sparseTail) is defined for the forward KL; use --divergence fkl or another tail")
             }
         }
     }

@@ -65,7 +65,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: "Export the final student as GGUF: f32, f16, q8_0 or none.") var exportGguf: String?
     @Option(name: .long, help: ArgumentHelp("Train from this teacher cache (`kdgpu teacher-cache build`) instead of running the teacher.", valueName: "DIR"))
     var teacherCache: String?
-    @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them) or bucket (the tail as one more bucket; fkl).")
+    @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl).")
     var sparseTail: String?
 
     func run() throws {

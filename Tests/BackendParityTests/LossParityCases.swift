@@ -13,7 +13,8 @@ extension ParityTable {
     static let lossCases: [ParityCase] = [
         Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1),
         .totalVariation,
-    ].map(distillCase) + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
+    ].map(distillCase) + [MissingTeacherMass.uniform, .bucket, .decoupled].map(topKCase)
+        + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
 
     /// Student, teacher and row mask with a shared vocabulary mask; the last of several rows all -inf and masked out.
     static func lossInputs(_ rng: inout SeededRandom, rows: Int, cols: Int) -> (student: [Float], teacher: [Float], mask: [Float]) {
@@ -59,6 +60,65 @@ extension ParityTable {
                         operands: [Operand(shape: shape, values: inputs.student), Operand(shape: shape, values: inputs.teacher),
                                    Operand(shape: [rows], values: inputs.mask), Operand(shape: [rows], values: rng.normals(rows))],
                         outputs: [0, 3], run: runLoss(options), reference: referenceLoss(options, rows: rows, cols: cols))
+                }
+            }
+        }
+    }
+
+    /// A top-k teacher of log-probabilities (the top min(V, 7) of the shared-mask teacher / 4, so -inf
+    /// values are listed where a row has fewer finite entries; row 1's last slot empty, id -1;
+    /// the student unmasked for the uniform rule, whose rest reaches every unlisted token)
+    /// with each missing-mass rule that reads them, forward KL, T in {0.5, 2}, hard labels at weight
+    /// 0.5; `distill_decoupled_topk_rows` for the decoupled rule.
+    static func topKCase(_ missingMass: MissingTeacherMass) -> ParityCase {
+        let kernel = missingMass == .decoupled ? "distill_decoupled_topk_rows" : "distill_loss_rows top-k \(missingMass)"
+        // The uniform rest gives every one of the V - k unlisted tokens a share, so the forward KL
+        // sums V comparable fp32 terms (about 3e-5 relative at V = 32003), where a dense teacher's mass sits on few.
+        return ParityCase(op: kernel, tolerance: missingMass == .uniform ? 5e-5 : 2e-5) { rng in
+            lossShapes.flatMap { shape in
+                [Float(0.5), 2].map { temperature in
+                    let (rows, cols) = (shape[0], shape[1]), k = min(cols, 7)
+                    var inputs = lossInputs(&rng, rows: rows, cols: cols)
+                    if missingMass == .uniform {
+                        // The uniform rest reaches every unlisted token: a student -inf there would make fkl infinite.
+                        for i in inputs.student.indices where inputs.student[i] == -.infinity && inputs.mask[i / cols] != 0 { inputs.student[i] = -20 }
+                    }
+                    // randn * 2.5 teacher logits: with randn * 10 the unlisted rest is so small that its fp32
+                    // value (1 - the listed mass, from fp32 log-probabilities) keeps only a few digits.
+                    let logProbabilities = referenceSoftmax(inputs.teacher.map { Double($0) / 4 }, rows: rows, cols: cols, temperature: 1, logarithm: true)
+                    var ids: [Float] = [], values: [Float] = []
+                    for r in 0..<rows {
+                        let row = (0..<cols).map { logProbabilities[r * cols + $0] }
+                        for (slot, j) in row.indices.sorted(by: { row[$0] > row[$1] }).prefix(k).enumerated() {
+                            let empty = r == 1 && k > 1 && slot == k - 1
+                            ids.append(empty ? -1 : Float(j))
+                            values.append(empty ? -.infinity : Float(row[j]))
+                        }
+                    }
+                    let labels = (0..<rows).map { r -> Int in
+                        let label = Int.random(in: 0..<cols, using: &rng)
+                        inputs.student[r * cols + label] = inputs.mask[r] == 0 ? -.infinity : 1
+                        return label
+                    }
+                    let options = DistillationLoss(temperature: temperature, hardWeight: 0.5, reduction: .sum)
+                    return ParityInstance(
+                        description: "\(rows)x\(cols) k=\(k) T=\(temperature)",
+                        operands: [Operand(shape: shape, values: inputs.student), Operand(shape: [rows, k], values: ids),
+                                   Operand(shape: [rows, k], values: values), Operand(shape: [rows], values: inputs.mask),
+                                   Operand(shape: [rows], values: rng.normals(rows)), Operand(shape: [rows], values: labels.map(Float.init))],
+                        outputs: [0, 4],
+                        run: { backend, t in
+                            let result = try options(student: t[0], teacher: .topK(TopKTeacher(ids: t[1], values: t[2], missingMass: missingMass)),
+                                                     labels: t[5], rowMask: t[3])
+                            try result.rowLosses.withUnsafeBufferPointer { try backend.upload($0, to: t[4]) }
+                        },
+                        reference: { inputs in
+                            let output = DistillationReference.compute(
+                                options, student: inputs[0], rows: rows, vocabulary: cols,
+                                teacher: .topK(ids: inputs[1].map { Int($0) }, values: inputs[2], k: k, missingMass: missingMass),
+                                labels: labels, rowMask: inputs[3])
+                            return [output.gradient, output.rowLosses]
+                        })
                 }
             }
         }

@@ -205,11 +205,12 @@ final class DivergenceTests: XCTestCase {
                 logProbabilities.append(Float(Double(row[j]) - lse))
             }
         }
-        for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities), (.bucket, logProbabilities)] {
+        for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities), (.bucket, logProbabilities),
+                                      (.decoupled, logProbabilities)] {
             var problem = dense
             problem.topK = (ids, values, k, missingMass)
             var divergences: [Divergence] = [.forwardKL]
-            if missingMass != .bucket { divergences += [.jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)] }
+            if missingMass != .bucket && missingMass != .decoupled { divergences += [.jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)] }
             if missingMass == .uniform { divergences += [.reverseKL, .skewReverseKL(alpha: 0.1)] }
             for divergence in divergences {
                 for temperature: Float in [1, 2] {
@@ -291,6 +292,74 @@ final class DivergenceTests: XCTestCase {
         for backend in try lossBackends() {
             XCTAssertThrowsError(try problem.run(DistillationLoss(divergence: .jensenShannon(beta: 0.5)), on: backend)) {
                 XCTAssertTrue("\($0)".contains("bucket tail is defined for forward KL"), "\($0)")
+            }
+        }
+    }
+
+    /// LFM2's decoupled top-K loss: the fp64 reference equals the objective written out from its
+    /// definition (two Bernoulli buckets, then the conditionals over the listed ids at T, weighted by
+    /// the teacher's listed mass and T^2), its finite differences equal its gradient, and the kernels
+    /// agree with it (also in the GPU work-group layout) at T = 1 and 2: rows whose listed ids hold
+    /// nearly all the teacher's mass, a row with an empty slot, a sampled-style row whose values sum
+    /// to 1 (no rest), hard labels; other divergences and TAID are refused.
+    func testDecoupledTopKMatchesItsDefinitionAndGradient() throws {
+        var rng = SeededRandom(seed: 31)
+        let (rows, vocabulary, k) = (5, 37, 6)
+        let dense = LossProblem.random(&rng, rows: rows, vocabulary: vocabulary, scale: 3, maskedFraction: 0)
+        var problem = dense
+        var ids: [Float] = [], values: [Float] = []
+        for r in 0..<rows {
+            let row = Array(dense.teacher[(r * vocabulary)..<((r + 1) * vocabulary)]).map { Double($0) * (r == 3 ? 4 : 1) }
+            let top = row.indices.sorted(by: { row[$0] > row[$1] }).prefix(k)
+            // Row 4 is a sampled target: its listed values renormalized to sum to 1.
+            let lse = Foundation.log((r == 4 ? Array(top) : Array(row.indices)).reduce(0.0) { $0 + Foundation.exp(row[$1]) })
+            for (slot, j) in top.enumerated() {
+                let empty = r == 2 && slot == k - 1
+                ids.append(empty ? -1 : Float(j))
+                values.append(empty ? -.infinity : Float(row[j] - lse))
+            }
+        }
+        problem.topK = (ids, values, k, .decoupled)
+        problem.labels = (0..<rows).map { _ in Float(Int.random(in: 0..<vocabulary, using: &rng)) }
+        for temperature: Float in [1, 2] {
+            let options = DistillationLoss(temperature: temperature, softWeight: 0.7)
+            let reference = problem.reference(options)
+            let t = Double(temperature)
+            for r in 0..<rows {
+                let slots = (0..<k).filter { ids[r * k + $0] >= 0 }
+                let listed = slots.map { Int(ids[r * k + $0]) }
+                let p = slots.map { Foundation.exp(Double(values[r * k + $0])) }
+                let z = (0..<vocabulary).map { Double(problem.student[r * vocabulary + $0]) }
+                let total = z.reduce(0.0) { $0 + Foundation.exp($1) }
+                let a = p.reduce(0, +), b = listed.reduce(0.0) { $0 + Foundation.exp(z[$1]) } / total
+                var value = a * Foundation.log(a / b)
+                if 1 - a > 1e-12 { value += (1 - a) * Foundation.log((1 - a) / (1 - b)) }
+                let pt = p.map { Foundation.pow($0, 1 / t) }, qt = listed.map { Foundation.exp(z[$0] / t) }
+                let (sp, sq) = (pt.reduce(0, +), qt.reduce(0, +))
+                value += t * t * a * zip(pt, qt).reduce(0.0) { $0 + $1.0 / sp * Foundation.log(($1.0 / sp) / ($1.1 / sq)) }
+                XCTAssertEqual(reference.rowLosses[r], Double(Float(0.7)) * value, accuracy: 1e-9 * max(1, value), "T=\(temperature) row \(r)")
+            }
+            let h = 1e-5
+            for index in stride(from: 0, to: rows * vocabulary, by: 2) {
+                var plus = problem, minus = problem
+                plus.student[index] += Float(h)
+                minus.student[index] -= Float(h)
+                let step = Double(plus.student[index]) - Double(minus.student[index])
+                let difference = (plus.reference(options).loss - minus.reference(options).loss) / step
+                XCTAssertEqual(difference, reference.gradient[index], accuracy: 1e-4 * max(1, abs(reference.gradient[index])),
+                               "T=\(temperature) logit \(index)")
+            }
+            var backends = try lossBackends()
+            if let openCL = backends.last as? OpenCLBackend {
+                backends.append(try OpenCLBackend(device: openCL.device, layout: .gpu(on: openCL.device)))
+            }
+            try check(problem, options, on: backends, context: "top-\(k) decoupled T=\(temperature)")
+        }
+        for backend in try lossBackends() {
+            for options in [DistillationLoss(divergence: .reverseKL), DistillationLoss(taidInterpolation: 0.5)] {
+                XCTAssertThrowsError(try problem.run(options, on: backend)) {
+                    XCTAssertTrue("\($0)".contains("decoupled tail is defined for forward KL without TAID"), "\($0)")
+                }
             }
         }
     }

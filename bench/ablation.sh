@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# The feature-loss ablation: the default `make train` set-up (SmolLM2-135M-Instruct teaching the
-# 6-block inherited student on Shakespeare, 100 steps of 4 x 128 tokens, the same data order and
-# validation windows) trained six ways, and the held-out perplexity each reaches.
+# The ablation: SmolLM2-135M-Instruct teaching the default 6-block inherited student, every row over
+# several seeds (the seed sets the data order), at a budget where the effects exceed the spread:
+# 200 steps of 4 x 128 tokens on one folder of the corpus (`roman`: 1417 training windows, so no
+# window is seen twice), held-out perplexity on all 74 of its validation windows after the last step.
 #
-#   bench/ablation.sh [OUT]      runs into OUT (default runs/ablation), prints a markdown table
+# Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
+# each tail rule, and 50 sampled draws; T = 2 is far worse for sparse targets, see the README); the
+# feature losses on top of live KD at T = 2 (the default).
+#
+#   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
+#   SEEDS="0 1 2" STEPS=200 DATA=cache/corpus/plays/roman bench/ablation.sh   (the defaults)
+#   ROWS="ce kd-t1 sampled" bench/ablation.sh   some rows only (names below)
 #
-# A finished run is not run again (delete OUT/NAME.txt to redo it). Every run is logged to
-# OUT/NAME.log, its summary to OUT/NAME.txt. 35 to 60 minutes on a 2-core machine.
+# Finished runs are not run again (delete OUT/NAME-sSEED.txt to redo one); the two caches are built
+# once into OUT (a stopped build continues). Every run is logged to OUT/NAME-sSEED.log. About 8 minutes
+# a live-teacher run, 4 a cached or CE-only one, 9 a feature-loss one on a 2-core machine: 2.5-3 hours
+# for everything at 3 seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/ablation}
+seeds=(${SEEDS:-0 1 2})
+steps=${STEPS:-200}
+data=${DATA:-cache/corpus/plays/roman}
 make -s setup teacher corpus >&2
 kdgpu=${KDGPU:-}
 if [[ -z $kdgpu ]]; then
@@ -19,48 +31,74 @@ if [[ -z $kdgpu ]]; then
 fi
 mkdir -p "$out"
 
-# The feature losses: the lens on the two middle student blocks (3, 4: inherited from teacher
-# blocks 27, 28; each lens pair costs four head-sized GEMMs), alignment and hints on every block
-# (paired with the teacher block each was inherited from).
+topk=$out/cache-topk32
+sampled=$out/cache-sampled50
+cache() {  # FOLDER SPEC
+    if [[ -f $1/manifest.json ]] && grep -q '"complete" : true' "$1/manifest.json"; then return; fi
+    echo "ablation: building the $2 cache of $data into $1" >&2
+    "$kdgpu" teacher-cache build --data "$data" --targets "$2" --out "$1" >"$1.log" 2>&1
+}
+
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
-
-names=(ce kd kd+lens kd+align kd+hints kd+all)
+all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled kd+lens kd+align kd+hints)
+rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
     case $1 in
         ce) echo "CE only (no teacher)|--soft-weight 0 --hard-weight 1" ;;
-        kd) echo "KD (fkl, T=2, + 0.1 CE)|" ;;
-        kd+lens) echo "KD + logit lens|${lens[*]}" ;;
-        kd+align) echo "KD + attention alignment|${align[*]}" ;;
-        kd+hints) echo "KD + hidden-state hints|${hints[*]}" ;;
-        kd+all) echo "KD + lens + alignment + hints|${lens[*]} ${align[*]} ${hints[*]}" ;;
+        kd-t1) echo "live KD, fkl T=1|--temperature 1" ;;
+        kd-t2) echo "live KD, fkl T=2 (the default)|" ;;
+        topk-renormalize) echo "cached top-32, renormalized, T=1|--temperature 1 --teacher-cache $topk --sparse-tail renormalize" ;;
+        topk-bucket) echo "cached top-32, bucket tail, T=1|--temperature 1 --teacher-cache $topk --sparse-tail bucket" ;;
+        topk-decoupled) echo "cached top-32, decoupled (LFM2), T=1|--temperature 1 --teacher-cache $topk --sparse-tail decoupled" ;;
+        sampled) echo "cached sampled:50, T=1|--temperature 1 --teacher-cache $sampled" ;;
+        kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
+        kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
+        kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
+        *) echo "ablation: unknown row '$1'; rows: ${all_rows[*]}" >&2; exit 2 ;;
     esac
 }
 flags() { setting "$1" | cut -d'|' -f2; }
+for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 
-for name in "${names[@]}"; do
-    summary="$out/$name.txt"
-    if [[ -f "$summary" ]] && grep -q "student, after" "$summary"; then
-        echo "ablation: $name done already ($summary)" >&2
-        continue
-    fi
-    echo "ablation: $name: kdgpu train $(flags "$name")" >&2
-    # shellcheck disable=SC2046  # the flags are words
-    "$kdgpu" train --out "$out/$name" --export-gguf none $(flags "$name") >"$summary.partial" 2>"$out/$name.log"
-    mv "$summary.partial" "$summary"
+[[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
+[[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
+
+common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows 1000 --checkpoint-every "$steps" --export-gguf none)
+for seed in "${seeds[@]}"; do
+    for name in "${rows[@]}"; do
+        summary="$out/$name-s$seed.txt"
+        if [[ -f "$summary" ]] && grep -q "student, after" "$summary"; then continue; fi
+        echo "ablation: $name seed $seed: kdgpu train $(flags "$name")" >&2
+        # shellcheck disable=SC2046  # the flags are words
+        "$kdgpu" train --out "$out/$name-s$seed" --seed "$seed" "${common[@]}" $(flags "$name") \
+            >"$summary.partial" 2>"$out/$name-s$seed.log"
+        mv "$summary.partial" "$summary"
+        rm -rf "$out/$name-s$seed"  # the run's checkpoint (0.5 GB); its summary and log stay
+    done
 done
 
-echo "| objective | flags (on top of \`make train\`) | held-out perplexity |"
-echo "|---|---|---:|"
-for name in "${names[@]}"; do
-    summary="$out/$name.txt"
-    IFS='|' read -r title flagText <<<"$(setting "$name")"
-    perplexity=$(awk '/student, after/ { print $NF }' "$summary")
-    echo "| $title | \`${flagText:-(defaults)}\` | $perplexity |"
+# The table: mean and sample standard deviation over the seeds, each seed's value, and the mean's
+# change against CE only.
+perplexity() { awk '/student, after/ { print $NF }' "$out/$1-s$2.txt" 2>/dev/null; }
+echo "| objective | held-out perplexity, mean ± sd | per seed (${seeds[*]}) | vs CE only |"
+echo "|---|---:|---|---:|"
+ce_mean=""
+for name in "${rows[@]}"; do
+    values=()
+    for seed in "${seeds[@]}"; do
+        value=$(perplexity "$name" "$seed")
+        [[ -n $value ]] && values+=("$value")
+    done
+    [[ ${#values[@]} -eq 0 ]] && continue
+    read -r mean sd <<<"$(printf '%s\n' "${values[@]}" | awk '{ s += $1; q += $1 * $1; n++ } END { m = s / n; v = n > 1 ? (q - n * m * m) / (n - 1) : 0; printf "%.2f %.2f\n", m, sqrt(v > 0 ? v : 0) }')"
+    [[ $name == ce ]] && ce_mean=$mean
+    change=$([[ -n $ce_mean && $name != ce ]] && awk -v m="$mean" -v c="$ce_mean" 'BEGIN { printf "%+.1f%%", 100 * (m - c) / c }' || echo "")
+    title=$(setting "$name" | cut -d'|' -f1)
+    echo "| $title | $mean ± $sd | $(IFS=' '; echo "${values[*]}") | $change |"
 done
-teacher=$(awk '/teacher:/ { print $NF }' "$out/kd.txt")
-initial=$(awk '/student, initial:/ { print $NF }' "$out/kd.txt")
+teacher=$(awk '/teacher:/ { print $NF }' "$out"/*-s"${seeds[0]}".txt 2>/dev/null | head -1)
 echo
-echo "Teacher perplexity $teacher; the student before training $initial."
+echo "$steps steps of 4 x 128 tokens on $data, ${#seeds[@]} seeds; teacher perplexity $teacher on the same windows."

@@ -7,7 +7,7 @@ import Tensor
 import Training
 import TrainingData
 
-/// A full distillation step (teacher forward, student forward and backward, loss, AdamW) of
+/// The trainer's full distillation step (``Trainer/step(_:batches:)``: teacher forward, student forward and backward, loss, AdamW) of
 /// `--batch-size` x `--seq-len` tokens (default 4 x 128), with the share of time in GEMMs, in the
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
 /// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
@@ -47,25 +47,22 @@ public struct TrainSuite: BenchSuite {
         }
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
-            let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
             let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
             var liveTokensPerSecond: Double?
             let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
                                        backend: backend) { cachedTargets[$0]! }
             let sources: [(String, any TeacherSource)] = [("distillation_step", LiveTeacher(model: teacher)), ("distillation_step_cached", cached)]
             for (kernel, source) in sources {
-                let student = try StudentModel(parameters: studentParameters, backend: backend)
+                // The trainer's own step: micro-batches, clipping, AdamW over the parameter arena, schedules.
+                let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
+                                          teacher: source, features: [], objective: DistillationObjective(config: config))
                 var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
-                let objective = DistillationObjective(config: config)
                 var step = 0
                 var firstLoss: Float = 0
                 func fullStep() throws {
                     step += 1
-                    let parts = try run.trainingStep(student: student, teacher: source, sampler: &sampler, objective: objective)
+                    let parts = try trainer.step(step, batches: &sampler)
                     if step == 1 { firstLoss = parts.loss }
-                    try Optimizer.update(student.parameters, AdamWStep(learningRate: config.lr, beta1: config.beta1, beta2: config.beta2,
-                                                                       weightDecay: config.weightDecay, step: step),
-                                         gradientNorm: parts.gradientNorm, clip: config.gradClip)
                     try backend.synchronize()
                 }
                 // A backend that is only the reference gives its first step's loss and is not timed.

@@ -3,19 +3,20 @@ import Foundation
 import Models
 import Tensor
 
-/// One trainable fp32 tensor with its gradient and AdamW moments, all on the student's backend.
+/// One trainable fp32 tensor with its gradient and AdamW moments, all on the student's backend: tensors
+/// of its own when made, views into a run's ``ParameterArena`` once the arena takes it in.
 public final class Parameter {
     /// The student's GGUF names (`blk.3.attn_q.weight`; matrices are [out, in] in GGUF's layout, adjacent
     /// RoPE pairs), or a feature-loss module's (`attn_align.weight`).
     public let name: String
-    public let value: Tensor
-    public let gradient: Tensor
-    public let firstMoment: Tensor
-    public let secondMoment: Tensor
+    public internal(set) var value: Tensor
+    public internal(set) var gradient: Tensor
+    public internal(set) var firstMoment: Tensor
+    public internal(set) var secondMoment: Tensor
     /// Norm weights are not decayed.
     public var decays: Bool { value.rank == 2 }
 
-    init(name: String, shape: [Int], values: [Float], backend: any Backend) throws {
+    public init(name: String, shape: [Int], values: [Float], backend: any Backend) throws {
         self.name = name
         value = try backend.tensor(values, shape: shape, label: name)
         gradient = try backend.tensor(shape: shape, label: "\(name) gradient")
@@ -27,24 +28,9 @@ public final class Parameter {
     }
 }
 
-/// AdamW over a group of parameters trained together: the student's, and the modules of feature
-/// losses (the attention alignment module, hint projections), which share its clip and schedule.
+/// The optimizer state of a group of parameters on the host (checkpoints) and the sum of squares
+/// the arena's checks use; the update itself is ``ParameterArena/update(_:gradientNorm:clip:)``.
 public enum Optimizer {
-    public static func zeroGradients(_ parameters: [Parameter]) throws {
-        for p in parameters { try p.value.backend.fill(p.gradient, value: 0) }
-    }
-
-    /// The global L2 norm of every gradient (summed in fp64 from per-row sums of squares).
-    public static func gradientNorm(_ parameters: [Parameter]) throws -> Float {
-        Float(try parameters.reduce(0.0) { $0 + (try sumOfSquares($1.gradient)) }.squareRoot())
-    }
-
-    /// The first parameter whose values hold a NaN or an infinity, or are so large their sum of
-    /// squares overflows fp32 (an exploding run): one row reduction per tensor on the device.
-    public static func firstNonFinite(_ parameters: [Parameter]) throws -> String? {
-        try parameters.first { !(try sumOfSquares($0.value)).isFinite }?.name
-    }
-
     /// Σ x² of a tensor, from fp32 per-row sums on its backend added in fp64 (a non-finite row stays non-finite).
     static func sumOfSquares(_ tensor: Tensor) throws -> Double {
         let backend = tensor.backend
@@ -52,18 +38,6 @@ public enum Optimizer {
         let sums = try backend.tensor(shape: [rows.shape[0]], label: "sum of squares rows")
         try backend.reduceRows(.sumSquares, rows, into: sums)
         return try sums.toArray().reduce(0.0) { $0 + Double($1) }
-    }
-
-    /// Clips the gradients to `clip` (global norm of the group; 0 is no clipping), then one AdamW
-    /// step of every parameter; norm weights (rank 1) are not decayed.
-    public static func update(_ parameters: [Parameter], _ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
-        for p in parameters {
-            let backend = p.value.backend
-            if clip > 0, gradientNorm > clip { try backend.scale(p.gradient, by: clip / gradientNorm, into: p.gradient) }
-            var parameterStep = step
-            if !p.decays { parameterStep.weightDecay = 0 }
-            try backend.adamw(p.value, gradient: p.gradient, firstMoment: p.firstMoment, secondMoment: p.secondMoment, parameterStep)
-        }
     }
 
     /// The values on the host, by name.

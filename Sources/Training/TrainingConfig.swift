@@ -337,6 +337,14 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// The settings that are names, as the types they name (``TrainingConfig/validate()`` refuses a
+/// name these cannot read, so they are read only after it).
+extension TrainingConfig {
+    public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
+    public var typedLensDivergence: Divergence { Divergence(name: lensDivergence)! }
+    public var typedHintLoss: HiddenStateHintLoss.Kind { HiddenStateHintLoss.Kind(rawValue: hintLoss)! }
+}
+
 /// Errors of a training run, worded for the user.
 public enum TrainingError: Error, CustomStringConvertible {
     case config(String)

@@ -47,12 +47,12 @@ final class DistillationStepTests: XCTestCase {
         for backend in try TestBackends.all() {
             let teacher = try teacher(teacherParameters, on: backend)
             let student = try StudentModel(parameters: studentParameters, backend: backend)
-            let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
+            let objective = DistillationObjective(config: config)
+            let trainer = try Trainer(config: config, student: student, teacher: LiveTeacher(model: teacher), features: [], objective: objective)
             var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
             var copy = sampler
-            run.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
-            let objective = DistillationObjective(config: config)
-            let parts = try run.trainingStep(student: student, teacher: LiveTeacher(model: teacher), sampler: &sampler, objective: objective)
+            trainer.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
+            let parts = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
             let headGradient = try student.outputWeight.gradient.toArray()
 
             // The same step with whole logits.
@@ -90,15 +90,15 @@ final class DistillationStepTests: XCTestCase {
                 let dataset = try TokenDataset(tokens: tokens, sequenceLength: length, validationFraction: 0.1, seed: 1)
                 let teacher = LiveTeacher(model: try teacher(parameters, on: backend))
                 let student = try StudentModel(parameters: parameters, backend: backend)
-                let run = try DistillationRun(config: config, backend: backend, resume: false, log: { _ in }, progress: { _ in })
-                run.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
+                let trainer = try Trainer(config: config, student: student, teacher: teacher, features: [],
+                                          objective: DistillationObjective(config: config))
+                trainer.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
                 var sampler = try BatchSampler(dataset: dataset, batchSize: batch)
-                let objective = DistillationObjective(config: config)
-                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                _ = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
                 try backend.synchronize()
                 let before = backend.ledger.inUseBytes
                 backend.ledger.resetPeak()
-                _ = try run.trainingStep(student: student, teacher: teacher, sampler: &sampler, objective: objective)
+                _ = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
                 peaks[batch * length] = backend.ledger.peakInUseBytes - before
             }
             let logitsGrowth = 2 * (256 - 16) * Self.config.vocabulary * 4  // student and teacher [N, V]

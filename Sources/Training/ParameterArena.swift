@@ -1,0 +1,119 @@
+import Foundation
+import Tensor
+
+/// Every trainable tensor of a run (the student's and its feature losses' modules) in one flat
+/// allocation per role: values, gradients, first and second AdamW moments, each `[rows, width]`.
+/// Each ``Parameter`` becomes four views into them, so zeroing the gradients, their norm, clipping,
+/// the update and a later all-reduce across processes are each one operation over one buffer.
+///
+/// Layout: the decayed parameters (matrices) first, then the rest (norm weights: not decayed), each
+/// starting on a multiple of ``alignment`` elements; the gaps and the tail stay zero in every role
+/// (zero gradient, zero moments: AdamW leaves a zero value at zero).
+public final class ParameterArena {
+    public let parameters: [Parameter]
+    /// `[rows, width]` each.
+    public let values: Tensor
+    public let gradients: Tensor
+    public let firstMoments: Tensor
+    public let secondMoments: Tensor
+    /// Elements `[0, decayedEnd)` hold the decayed parameters, `[decayedEnd, count)` the others.
+    let decayedEnd: Int
+    /// Each parameter's elements, in arena order.
+    let layout: [(parameter: Parameter, elements: Range<Int>)]
+
+    /// Row width of the arena's tensors (the row reductions of the norm and the finiteness check run over rows of this many).
+    public static let width = 4096
+    /// Each parameter starts on a multiple of this many elements (256 bytes).
+    static let alignment = 64
+
+    /// Takes `parameters` in: their current values and moments are copied into the arena (one role at
+    /// a time, so memory peaks at one role's size above the parameters' own), and each parameter's
+    /// tensors become views into it. Their gradients start at zero.
+    public init(_ parameters: [Parameter], backend: any Backend) throws {
+        let ordered = parameters.filter(\.decays) + parameters.filter { !$0.decays }
+        var layout: [(parameter: Parameter, elements: Range<Int>)] = []
+        var next = 0, firstUndecayed: Int?
+        for parameter in ordered {
+            if !parameter.decays && firstUndecayed == nil { firstUndecayed = next }
+            layout.append((parameter, next..<(next + parameter.value.count)))
+            next = (next + parameter.value.count + Self.alignment - 1) / Self.alignment * Self.alignment
+        }
+        let decayedEnd = firstUndecayed ?? next
+        let rows = max(1, (next + Self.width - 1) / Self.width)
+        self.parameters = ordered
+        self.layout = layout
+        self.decayedEnd = decayedEnd
+
+        func arena(_ role: String, _ tensor: (Parameter) -> Tensor, copy: Bool) throws -> Tensor {
+            let flat = try backend.tensor(shape: [rows, Self.width], label: "parameter arena: \(role)")
+            try backend.fill(flat, value: 0)
+            if copy {
+                for (parameter, elements) in layout { try backend.copy(tensor(parameter), into: try Self.view(flat, elements, parameter, role)) }
+            }
+            return flat
+        }
+        // One role at a time: a role's own tensors are released as soon as its views replace them.
+        values = try arena("values", \.value, copy: true)
+        for (p, elements) in layout { p.value = try Self.view(values, elements, p, "") }
+        gradients = try arena("gradients", \.gradient, copy: false)
+        for (p, elements) in layout { p.gradient = try Self.view(gradients, elements, p, "gradient") }
+        firstMoments = try arena("adam m", \.firstMoment, copy: true)
+        for (p, elements) in layout { p.firstMoment = try Self.view(firstMoments, elements, p, "adam m") }
+        secondMoments = try arena("adam v", \.secondMoment, copy: true)
+        for (p, elements) in layout { p.secondMoment = try Self.view(secondMoments, elements, p, "adam v") }
+    }
+
+    /// `parameter`'s elements of a flat role tensor, in the parameter's shape.
+    static func view(_ flat: Tensor, _ elements: Range<Int>, _ parameter: Parameter, _ role: String) throws -> Tensor {
+        Tensor(shape: parameter.value.shape, storage: flat.storage, offset: flat.offset + elements.lowerBound, backend: flat.backend,
+               label: role.isEmpty ? parameter.name : "\(parameter.name) \(role)")
+    }
+
+    /// Elements `range` of a flat role tensor as one vector.
+    func span(_ flat: Tensor, _ range: Range<Int>) -> Tensor {
+        Tensor(shape: [range.count], storage: flat.storage, offset: flat.offset + range.lowerBound, backend: flat.backend, label: flat.label)
+    }
+
+    public var count: Int { values.count }
+
+    public func zeroGradients() throws {
+        try gradients.backend.fill(gradients, value: 0)
+    }
+
+    /// The global L2 norm of every gradient: fp32 sums of squares per arena row, added in fp64.
+    public func gradientNorm() throws -> Float {
+        Float(try rowSumsOfSquares(gradients).reduce(0.0) { $0 + Double($1) }.squareRoot())
+    }
+
+    /// Clips the gradients to `clip` (the global norm; 0 is no clipping), then one AdamW step of
+    /// the whole arena: the decayed span with the step's weight decay, the rest without.
+    public func update(_ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
+        let backend = values.backend
+        if clip > 0, gradientNorm > clip { try backend.scale(gradients, by: clip / gradientNorm, into: gradients) }
+        for (range, decays) in [(0..<decayedEnd, true), (decayedEnd..<count, false)] where !range.isEmpty {
+            var spanStep = step
+            if !decays { spanStep.weightDecay = 0 }
+            try backend.adamw(span(values, range), gradient: span(gradients, range), firstMoment: span(firstMoments, range),
+                              secondMoment: span(secondMoments, range), spanStep)
+        }
+    }
+
+    /// The first parameter whose values hold a NaN or an infinity, or are so large their sum of
+    /// squares overflows fp32 (an exploding run): one row reduction over the arena.
+    public func firstNonFinite() throws -> String? {
+        let sums = try rowSumsOfSquares(values)
+        guard let row = sums.firstIndex(where: { !$0.isFinite }) else { return nil }
+        // The row's parameters: the first whose own sum of squares is not finite.
+        let rowElements = (row * Self.width)..<((row + 1) * Self.width)
+        let candidates = layout.filter { $0.elements.overlaps(rowElements) }.map(\.parameter)
+        for parameter in candidates where !(try Optimizer.sumOfSquares(parameter.value)).isFinite { return parameter.name }
+        return candidates.first?.name
+    }
+
+    func rowSumsOfSquares(_ flat: Tensor) throws -> [Float] {
+        let backend = flat.backend
+        let sums = try backend.tensor(shape: [flat.shape[0]], label: "arena row sums of squares")
+        try backend.reduceRows(.sumSquares, flat, into: sums)
+        return try sums.toArray()
+    }
+}

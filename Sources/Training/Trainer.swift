@@ -1,0 +1,167 @@
+import Foundation
+import Losses
+import Models
+import Tensor
+import TrainingData
+
+/// Where a run's micro-batches come from, in order; its position is what a checkpoint keeps.
+public protocol BatchSource {
+    mutating func next() -> TrainingBatch
+    var position: DataPosition { get }
+}
+
+extension BatchSampler: BatchSource {}
+
+/// Sums the step's gradients (the arena's one flat buffer) and its reported values over the
+/// processes that took part in it. One process: nothing to do. A multi-process reducer (MPI)
+/// all-reduces them, so every process takes the identical update.
+public protocol GradientReducer {
+    /// Processes taking part (1 for a single process).
+    var worldSize: Int { get }
+    func reduce(gradients: Tensor, parts: inout StepParts) throws
+}
+
+/// The one-process reducer.
+public struct SingleProcess: GradientReducer {
+    public init() {}
+    public var worldSize: Int { 1 }
+    public func reduce(gradients: Tensor, parts: inout StepParts) throws {}
+}
+
+/// The values of one step, as metrics and the progress line report them.
+public struct StepParts {
+    /// The distillation loss (soft + hard), averaged over the step's rows.
+    public var loss: Float = 0
+    public var crossEntropy: Float = 0
+    /// The soft divergence alone (before its weight).
+    public var divergence: Float = 0
+    public var teacherCrossEntropy: Float = 0
+    public var gradientNorm: Float = 0
+    /// Each feature loss's value (before its weight) and weight, in the trainer's order.
+    public var features: [(name: String, value: Float, weight: Float, varies: Bool)] = []
+    /// What the step minimized: the distillation loss plus every weighted feature loss.
+    public var total: Float = 0
+    public var learningRate: Float = 0
+    public var temperature: Float = 0
+
+    /// The first value that is NaN or infinite, named.
+    public var firstNonFinite: (name: String, value: Float)? {
+        let named = [("total loss", total), ("loss", loss), ("cross-entropy", crossEntropy)]
+            + features.map { ("\($0.name) loss", $0.value) } + [("gradient norm", gradientNorm)]
+        return named.first { !$0.1.isFinite }
+    }
+}
+
+/// Why a step could not be taken (the run adds where its last checkpoint is).
+public struct StepFailure: Error {
+    public let step: Int
+    public let what: String
+}
+
+/// One optimizer step, the same for `kdgpu train` and `kdgpu bench train`: for each micro-batch the
+/// teacher's targets, the student's forward, both LM heads and the loss chunk by chunk
+/// (``FusedLinearDistillationLoss``: no [N, V] logits), the feature losses and the student's
+/// backward; then the reducer, the gradient norm, clipping, AdamW over the parameter arena and the
+/// objective's schedules.
+public final class Trainer {
+    public let student: StudentModel
+    public let teacher: any TeacherSource
+    public let features: [any FeatureLoss]
+    public let arena: ParameterArena
+    public let reducer: any GradientReducer
+    public private(set) var objective: DistillationObjective
+    let schedule: LearningRateSchedule
+    let optimizer: (beta1: Float, beta2: Float, weightDecay: Float, clip: Float)
+    let microBatches: Int
+    /// Bytes one chunk of the fused head + loss path may take (student and teacher logits of its
+    /// rows): peak memory stops growing with N x V past this many rows' worth.
+    public var headChunkBytes = 256 << 20
+
+    /// Takes the student's and the feature losses' parameters into one arena (after any values or
+    /// moments a resumed run loads into them).
+    public init(config: TrainingConfig, student: StudentModel, teacher: any TeacherSource, features: [any FeatureLoss],
+                objective: DistillationObjective, reducer: any GradientReducer = SingleProcess()) throws {
+        self.student = student
+        self.teacher = teacher
+        self.features = features
+        self.objective = objective
+        self.reducer = reducer
+        arena = try ParameterArena(student.parameters + features.flatMap(\.parameters), backend: student.backend)
+        schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
+                                        minimumFraction: config.minLrFraction)
+        optimizer = (config.beta1, config.beta2, config.weightDecay, config.gradClip)
+        microBatches = config.gradientAccumulation
+        totalSteps = config.steps
+    }
+    let totalSteps: Int
+
+    /// Optimizer step `step` (1-based) on the next `gradient_accumulation` micro-batches of `batches`.
+    public func step(_ step: Int, batches: inout some BatchSource) throws -> StepParts {
+        var parts = try accumulateGradients(batches: (0..<microBatches).map { _ in batches.next() }, epoch: batches.position.epoch)
+        try reducer.reduce(gradients: arena.gradients, parts: &parts)
+        parts.gradientNorm = try arena.gradientNorm()
+        if let (name, value) = parts.firstNonFinite { throw StepFailure(step: step, what: "non-finite \(name) \(value)") }
+        parts.learningRate = schedule.rate(at: step)
+        try arena.update(AdamWStep(learningRate: parts.learningRate, beta1: optimizer.beta1, beta2: optimizer.beta2,
+                                   weightDecay: optimizer.weightDecay, step: step),
+                         gradientNorm: parts.gradientNorm, clip: optimizer.clip)
+        if let tensor = try arena.firstNonFinite() {
+            throw StepFailure(step: step, what: "the update made \(tensor) non-finite (or too large for fp32)")
+        }
+        parts.temperature = objective.temperature
+        objective.update(step: step, totalSteps: totalSteps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
+                         teacherCrossEntropy: parts.teacherCrossEntropy)
+        return parts
+    }
+
+    /// Forward and backward of `batches`, each weighted by its share of the rows; the gradients are
+    /// left in the arena (zeroed first).
+    public func accumulateGradients(batches: [TrainingBatch], epoch: Int) throws -> StepParts {
+        let backend = student.backend
+        try arena.zeroGradients()
+        var parts = StepParts()
+        parts.features = features.map { ($0.name, 0, $0.weight(atEpoch: epoch), $0.weightVaries) }
+        var loss = objective.loss
+        loss.reportCrossEntropy = true
+        let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
+        let totalRows = batches.reduce(0) { $0 + $1.tokens.count * (($1.tokens.first?.count ?? 1) - 1) }
+        let needs = TeacherNeeds(features: features)
+        for batch in batches {
+            let labels = try nextTokenLabels(batch.tokens, backend: backend)
+            let targets = try teacher.targets(for: batch, needs: needs)
+            let hidden = try student.forward(batch.tokens)
+            let share = Float(batch.tokens.count * (batch.tokens[0].count - 1)) / Float(totalRows)
+            // Both LM heads and the loss, chunk by chunk: dL/dh into hiddenGradient, dL/dW_out added.
+            let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
+            let result = try fusedHead(hidden: hidden, weight: student.outputWeight.value, teacher: targets.output, labels: labels,
+                                       gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share,
+                                       teacherCrossEntropy: targets.crossEntropy == nil && objective.temperatureSchedule == "dts")
+            parts.loss += result.loss * share
+            parts.crossEntropy += (result.crossEntropy ?? 0) * share
+            parts.teacherCrossEntropy += (targets.crossEntropy ?? result.teacherCrossEntropy ?? 0) * share
+            // Feature losses: gradients into the student's residual streams and attention maps.
+            var hiddenGradients: [Int: Tensor] = [:], attentionGradients: [Int: Tensor] = [:]
+            if !features.isEmpty, let activations = targets.activations, case .hidden(_, let teacherHead) = targets.output {
+                let input = FeatureLossInput(student: student, teacher: activations, teacherHead: teacherHead, labels: labels)
+                for (i, feature) in features.enumerated() {
+                    let output = try feature.apply(input, epoch: epoch, gradOutput: share)
+                    parts.features[i].value += output.value * share
+                    for (block, gradient) in output.hiddenGradients { try hiddenGradients.accumulate(gradient, at: block) }
+                    for (block, gradient) in output.attentionGradients { try attentionGradients.accumulate(gradient, at: block) }
+                }
+            }
+            try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients, attentionGradients: attentionGradients)
+        }
+        let softWeight = loss.effectiveSoftWeight
+        parts.divergence = softWeight > 0 ? (parts.loss - loss.hardWeight * parts.crossEntropy) / softWeight : 0
+        parts.total = parts.features.reduce(parts.loss) { $0 + $1.weight * $1.value }
+        return parts
+    }
+}
+
+/// [B * T] labels of windows [B][T]: position t predicts token t + 1; the last position of each
+/// window has none (the ignore index -100).
+func nextTokenLabels(_ tokens: [[Int32]], backend: any Backend) throws -> Tensor {
+    try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
+                       shape: [tokens.count * (tokens.first?.count ?? 0)], label: "next-token labels")
+}

@@ -1,0 +1,63 @@
+import Foundation
+import Tensor
+import TestSupport
+import Training
+import XCTest
+
+/// The parameter arena: its views keep each parameter's values, AdamW over the whole arena (the
+/// decayed span and the rest) equals AdamW per parameter written out in fp64, the gradient norm is
+/// the fp64 norm, clipping scales by clip / norm, the gaps stay zero, and a non-finite value is
+/// named by its parameter.
+final class ParameterArenaTests: XCTestCase {
+    func testArenaUpdateEqualsPerParameterAdamW() throws {
+        let shapes: [(String, [Int])] = [("a.weight", [3, 5]), ("a_norm.weight", [7]), ("b.weight", [2, 70]), ("b_norm.weight", [1]), ("c.weight", [65, 1])]
+        for backend in try TestBackends.all() {
+            var random = SeededRandom(seed: 41)
+            let initial = shapes.map { random.normals($0.1.reduce(1, *)) }
+            let parameters = try zip(shapes, initial).map { try Parameter(name: $0.0, shape: $0.1, values: $1, backend: backend) }
+            let arena = try ParameterArena(parameters, backend: backend)
+            XCTAssertEqual(arena.parameters.map(\.name), ["a.weight", "b.weight", "c.weight", "a_norm.weight", "b_norm.weight"], "decayed first")
+            for (p, values) in zip(parameters, initial) { XCTAssertEqual(try p.value.toArray(), values, "\(p.name) on \(backend.name)") }
+
+            var host = initial.map { $0.map(Double.init) }
+            var m = host.map { $0.map { _ in 0.0 } }, v = m
+            for step in 1...2 {
+                try arena.zeroGradients()
+                let gradients = shapes.map { random.normals($0.1.reduce(1, *), scale: 3) }
+                for (p, g) in zip(parameters, gradients) { try backend.upload(g.withUnsafeBufferPointer { $0 }, to: p.gradient) }
+                let norm = gradients.joined().reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let measured = try arena.gradientNorm()
+                XCTAssertEqual(Double(measured), norm, accuracy: norm * 1e-6, "gradient norm on \(backend.name)")
+                let clip: Float = 2
+                let adamw = AdamWStep(learningRate: 0.01, beta1: 0.9, beta2: 0.95, weightDecay: 0.1, step: step)
+                try arena.update(adamw, gradientNorm: measured, clip: clip)
+                // fp64 AdamW of each parameter, the gradient clipped to norm `clip`, norm weights not decayed.
+                let scale = Double(clip) / Double(measured)
+                for i in parameters.indices {
+                    let decay = shapes[i].1.count == 2 ? 0.1 : 0
+                    let (c1, c2) = (1 - pow(0.9, Double(step)), 1 - pow(0.95, Double(step)))
+                    for j in host[i].indices {
+                        let g = Double(gradients[i][j]) * scale
+                        m[i][j] = 0.9 * m[i][j] + 0.1 * g
+                        v[i][j] = 0.95 * v[i][j] + 0.05 * g * g
+                        host[i][j] -= 0.01 * ((m[i][j] / c1) / ((v[i][j] / c2).squareRoot() + 1e-8) + decay * host[i][j])
+                    }
+                    let comparison = Comparison(try parameters[i].value.toArray(), reference: host[i])
+                    XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(shapes[i].0) step \(step) on \(backend.name): \(comparison)")
+                }
+            }
+            // The gaps between parameters and the tail stay zero in every role.
+            let listed = parameters.reduce(0) { $0 + $1.value.count }
+            for flat in [arena.values, arena.gradients, arena.firstMoments, arena.secondMoments] {
+                let all = try flat.toArray()
+                let nonzero = all.filter { $0 != 0 }.count
+                XCTAssertLessThanOrEqual(nonzero, listed, "\(flat.label) on \(backend.name)")
+            }
+            XCTAssertNil(try arena.firstNonFinite())
+            var broken = try parameters[3].value.toArray()
+            broken[0] = .nan
+            try backend.upload(broken.withUnsafeBufferPointer { $0 }, to: parameters[3].value)
+            XCTAssertEqual(try arena.firstNonFinite(), "b_norm.weight", backend.name)
+        }
+    }
+}

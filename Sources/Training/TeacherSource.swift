@@ -13,6 +13,12 @@ public struct TeacherTargets {
     public var crossEntropy: Float?
     /// Residual streams and attention maps for the feature losses (a live teacher only).
     public var activations: LlamaForwardResult?
+
+    public init(output: LinearTeacher, crossEntropy: Float? = nil, activations: LlamaForwardResult? = nil) {
+        self.output = output
+        self.crossEntropy = crossEntropy
+        self.activations = activations
+    }
 }
 
 /// What a step needs from the teacher beyond its output targets.

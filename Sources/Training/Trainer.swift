@@ -126,16 +126,18 @@ public final class Trainer {
         let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
         let totalRows = batches.reduce(0) { $0 + $1.tokens.count * (($1.tokens.first?.count ?? 1) - 1) }
         let needs = TeacherNeeds(features: features)
+        // Cross-entropy alone (soft weight 0, no feature loss) asks nothing of the teacher.
+        let teacherNeeded = loss.effectiveSoftWeight != 0 || !features.isEmpty
         for batch in batches {
             let labels = try nextTokenLabels(batch.tokens, backend: backend)
-            let targets = try teacher.targets(for: batch, needs: needs)
+            let targets = teacherNeeded ? try teacher.targets(for: batch, needs: needs) : TeacherTargets(output: .none)
             let hidden = try student.forward(batch.tokens)
             let share = Float(batch.tokens.count * (batch.tokens[0].count - 1)) / Float(totalRows)
             // Both LM heads and the loss, chunk by chunk: dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
             let result = try fusedHead(hidden: hidden, weight: student.outputWeight.value, teacher: targets.output, labels: labels,
                                        gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share,
-                                       teacherCrossEntropy: targets.crossEntropy == nil && objective.temperatureSchedule == "dts")
+                                       teacherCrossEntropy: teacherNeeded && targets.crossEntropy == nil && objective.temperatureSchedule == "dts")
             parts.loss += result.loss * share
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
             parts.teacherCrossEntropy += (targets.crossEntropy ?? result.teacherCrossEntropy ?? 0) * share

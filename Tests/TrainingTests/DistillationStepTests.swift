@@ -105,4 +105,38 @@ final class DistillationStepTests: XCTestCase {
             XCTAssertLessThan(peaks[256]! - peaks[16]!, logitsGrowth / 2, "step peak in use on \(backend.name): \(peaks)")
         }
     }
+
+    /// A teacher that fails if asked for targets.
+    struct RefusingTeacher: TeacherSource {
+        func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
+            throw ModelError.badInput("the teacher was asked for targets")
+        }
+        func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult { LikelihoodResult() }
+    }
+
+    /// Cross-entropy alone (soft weight 0) never runs the teacher, and its step equals the live
+    /// teacher's step at soft weight 0: the same loss and the same gradients.
+    func testCrossEntropyOnlyStepDoesNotRunTheTeacher() throws {
+        let teacherParameters = try StudentGradientTests.randomParameters(Self.config, seed: 51)
+        let studentParameters = try StudentGradientTests.randomParameters(Self.config, seed: 52)
+        var rng = SeededRandom(seed: 53)
+        let tokens = (0..<400).map { _ in Int32(Int.random(in: 0..<Self.config.vocabulary, using: &rng)) }
+        var config = settings(batch: 3, length: 11)
+        (config.softWeight, config.hardWeight) = (0, 1)
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.1, seed: 1)
+        for backend in try TestBackends.all() {
+            var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+            let batch = sampler.next()
+            var results: [(loss: Float, gradient: [Float])] = []
+            for teacher: any TeacherSource in [RefusingTeacher(), LiveTeacher(model: try self.teacher(teacherParameters, on: backend))] {
+                let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
+                                          teacher: teacher, features: [], objective: DistillationObjective(config: config))
+                let parts = try trainer.accumulateGradients(batches: [batch], epoch: 0)
+                results.append((parts.loss, try trainer.arena.gradients.toArray()))
+            }
+            XCTAssertEqual(results[0].loss, results[1].loss, accuracy: abs(results[1].loss) * 1e-6, backend.name)
+            let comparison = Comparison(results[0].gradient, reference: results[1].gradient.map(Double.init))
+            XCTAssertTrue(comparison.passes(tolerance: 1e-6), "\(backend.name): \(comparison)")
+        }
+    }
 }

@@ -2,7 +2,8 @@
 // kdgpu: knowledge distillation for language models on OpenCL devices and CPUs.
 //
 // Dependency direction (top depends on bottom):
-//   kdgpu (CLI) -> Bench -> Losses -> OpenCLBackend, CPUBackend -> Tensor
+//   kdgpu (CLI) -> Bench -> Training -> Losses -> Tensor (the losses launch through Tensor's kernel protocols)
+//   OpenCLBackend, CPUBackend -> Tensor (each implements those protocols: the kernels and their CPU twins)
 //   Tokenizer -> GGUF -> Tensor
 //   TrainingData -> Tokenizer, GGUF;  Checkpoint -> Models, GGUF, Tensor
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
@@ -73,7 +74,7 @@ let package = Package(
                 path: "Sources/Training", swiftSettings: releaseFlags),
 
         // Distillation losses: fused softmax-temperature divergences and the chunked linear + loss path.
-        .target(name: "Losses", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "COpenCL"],
+        .target(name: "Losses", dependencies: ["Tensor"],
                 path: "Sources/Losses", swiftSettings: releaseFlags),
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).

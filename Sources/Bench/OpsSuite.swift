@@ -189,7 +189,7 @@ public struct OpsSuite: BenchSuite {
                 // [n * c gradient entries, then n row losses]
                 let out = try tensor(b, [n * c + n], seed: 3)
                 let launch = HintLossLaunch(student: s, teacher: t, rowLoss: try out.rows((n * c)..<(n * c + n)),
-                                            gradient: try out.rows(0..<(n * c)).reshaped([n, c]), kind: kind,
+                                            gradient: try out.rows(0..<(n * c)).reshaped([n, c]), kind: kind.kernelKind,
                                             gradScale: kind == .mse ? Float(c) / 2 : 3 * Float(c).squareRoot())
                 return ({ try kernels.enqueueHintLossRows(launch) }, out)
             }

@@ -259,30 +259,3 @@ public struct DistillationLossError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { "distillation loss, row \(row): \(message)" }
 }
-
-/// Row status bits written by the kernels (`distill_loss.cl`).
-enum RowStatus {
-    static let ignored = 1
-    static let studentNonFinite = 2
-    static let teacherNonFinite = 4
-    static let studentAllMasked = 8
-    static let teacherAllMasked = 16
-    static let badLabel = 32
-    static let badTopKID = 64
-}
-
-/// Kernel flags (`distill_loss.cl`).
-enum DistillFlags {
-    static let gradient: Int32 = 1
-    static let hard: Int32 = 2
-    static let taid: Int32 = 4
-    static let topK: Int32 = 8
-    static let topKUniform: Int32 = 16
-    static let topKBucket: Int32 = 512
-    /// Launch `distill_decoupled_topk_rows` instead of `distill_loss_rows`.
-    static let topKDecoupled: Int32 = 1024
-    static let labels: Int32 = 32
-    static let mask: Int32 = 64
-    static let mean: Int32 = 128
-    static let contiguous: Int32 = 256
-}

@@ -219,7 +219,7 @@ struct DistillationPlan {
         var validRows = 0
         for row in 0..<rows {
             let status = Int(rowStatus[row])
-            if status & RowStatus.ignored != 0 { continue }
+            if status & DistillRowStatus.ignored != 0 { continue }
             if status != 0 { throw DistillationLossError(row: row, message: Self.describe(status: status, vocabulary: vocabulary)) }
             let value = rowLoss[row]
             guard value.isFinite else {
@@ -238,12 +238,12 @@ struct DistillationPlan {
 
     static func describe(status: Int, vocabulary: Int) -> String {
         var problems: [String] = []
-        if status & RowStatus.studentNonFinite != 0 { problems.append("student logits contain NaN or +inf") }
-        if status & RowStatus.teacherNonFinite != 0 { problems.append("teacher logits contain NaN or +inf") }
-        if status & RowStatus.studentAllMasked != 0 { problems.append("every student logit is -inf") }
-        if status & RowStatus.teacherAllMasked != 0 { problems.append("every teacher logit is -inf") }
-        if status & RowStatus.badLabel != 0 { problems.append("label outside the vocabulary 0..<\(vocabulary) (and not the ignore index)") }
-        if status & RowStatus.badTopKID != 0 { problems.append("top-k teacher id outside the vocabulary 0..<\(vocabulary)") }
+        if status & DistillRowStatus.studentNonFinite != 0 { problems.append("student logits contain NaN or +inf") }
+        if status & DistillRowStatus.teacherNonFinite != 0 { problems.append("teacher logits contain NaN or +inf") }
+        if status & DistillRowStatus.studentAllMasked != 0 { problems.append("every student logit is -inf") }
+        if status & DistillRowStatus.teacherAllMasked != 0 { problems.append("every teacher logit is -inf") }
+        if status & DistillRowStatus.badLabel != 0 { problems.append("label outside the vocabulary 0..<\(vocabulary) (and not the ignore index)") }
+        if status & DistillRowStatus.badTopKID != 0 { problems.append("top-k teacher id outside the vocabulary 0..<\(vocabulary)") }
         return problems.joined(separator: "; ") + "; mask the row or fix the data"
     }
 }

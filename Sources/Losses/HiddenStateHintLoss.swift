@@ -66,7 +66,7 @@ public struct HiddenStateHintLoss: Sendable {
 
         let rowLoss = try backend.tensor(shape: [rows], label: "hint row losses")
         try backend.enqueueHintLossRows(HintLossLaunch(student: student, teacher: teacher, rowLoss: rowLoss, gradient: gradient,
-                                                       kind: kind, gradScale: weight / Float(rows) * gradOutput))
+                                                       kind: kind.kernelKind, gradScale: weight / Float(rows) * gradOutput))
         var total = 0.0
         for (row, value) in try rowLoss.toArray().enumerated() {
             guard value.isFinite else { throw try Self.diagnose(row: row, loss: value, student: student, teacher: teacher) }
@@ -100,4 +100,14 @@ public struct HintLossError: Error, CustomStringConvertible {
     public let row: Int
     public let message: String
     public var description: String { "hidden-state hint loss, row \(row): \(message)" }
+}
+
+extension HiddenStateHintLoss.Kind {
+    /// The kernel's `kind` argument.
+    public var kernelKind: Int32 {
+        switch self {
+        case .mse: return HintKernelKind.mse
+        case .cosine: return HintKernelKind.cosine
+        }
+    }
 }

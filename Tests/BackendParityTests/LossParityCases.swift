@@ -219,7 +219,7 @@ extension ParityTable {
                     outputs: [2, 3],
                     run: { backend, t in
                         try (backend as! any HintLossKernel).enqueueHintLossRows(
-                            HintLossLaunch(student: t[0], teacher: t[1], rowLoss: t[2], gradient: t[3], kind: kind, gradScale: gradScale))
+                            HintLossLaunch(student: t[0], teacher: t[1], rowLoss: t[2], gradient: t[3], kind: kind.kernelKind, gradScale: gradScale))
                     },
                     reference: { inputs in
                         let cosine = kind == .cosine

@@ -1,4 +1,4 @@
-import CPUBackend
+import Tensor
 import Foundation
 
 /// The arguments of `distill_loss_rows` (Kernels/distill_loss.cl) as host pointers, offsets applied.
@@ -72,11 +72,11 @@ extension CPUKernels {
             let zr = a.zs + row * n
             let dr = a.dz + row * n
             let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
-            var status = valid ? 0 : RowStatus.ignored
+            var status = valid ? 0 : DistillRowStatus.ignored
             var label = -1
             if hard, let labels = a.labels {
                 label = Int(labels[row])
-                if valid && (label < 0 || label >= n) { status |= RowStatus.badLabel }
+                if valid && (label < 0 || label >= n) { status |= DistillRowStatus.badLabel }
             }
 
             // Pass 0: a dense teacher row from the top-k (see the kernel for the missing-mass rules).
@@ -180,11 +180,11 @@ extension CPUKernels {
             }
             let sa = sumA.sum(), sb = sumB.sum(), sx = sumX.sum()
             if valid {
-                if sa.isNaN { status |= RowStatus.studentNonFinite }
-                if sb.isNaN { status |= RowStatus.teacherNonFinite }
-                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
-                if maximumT == -.infinity { status |= RowStatus.teacherAllMasked }
-                if badID { status |= RowStatus.badTopKID }
+                if sa.isNaN { status |= DistillRowStatus.studentNonFinite }
+                if sb.isNaN { status |= DistillRowStatus.teacherNonFinite }
+                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
+                if maximumT == -.infinity { status |= DistillRowStatus.teacherAllMasked }
+                if badID { status |= DistillRowStatus.badTopKID }
             }
             let logSA = logf(sa), logSB = logf(sb), invSA = 1 / sa, invSB = 1 / sb
             let sumEH = hardSeparate ? sumH.sum() : sa
@@ -300,11 +300,11 @@ extension CPUKernels {
                 return id >= 0 && id < n ? id : nil
             }
             let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
-            var status = valid ? 0 : RowStatus.ignored
+            var status = valid ? 0 : DistillRowStatus.ignored
             var label = -1
             if hard, let labels = a.labels {
                 label = Int(labels[row])
-                if valid && (label < 0 || label >= n) { status |= RowStatus.badLabel }
+                if valid && (label < 0 || label >= n) { status |= DistillRowStatus.badLabel }
             }
 
             // Pass 1: the student's maximum, marks and q - p cleared; the teacher's largest value, bad values and ids.
@@ -355,11 +355,11 @@ extension CPUKernels {
             }
             let sAll = sumAll.sum(), sRest = sumRest.sum()
             if valid {
-                if sAll.isNaN { status |= RowStatus.studentNonFinite }
-                if badValue { status |= RowStatus.teacherNonFinite }
-                if maximumS == -.infinity { status |= RowStatus.studentAllMasked }
-                if largest == -.infinity { status |= RowStatus.teacherAllMasked }
-                if badID { status |= RowStatus.badTopKID }
+                if sAll.isNaN { status |= DistillRowStatus.studentNonFinite }
+                if badValue { status |= DistillRowStatus.teacherNonFinite }
+                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
+                if largest == -.infinity { status |= DistillRowStatus.teacherAllMasked }
+                if badID { status |= DistillRowStatus.badTopKID }
             }
             let pa = min(mass, 1)
             let m: Float = first < 0 ? 0 : max(0, -expm1f(largest) - others)

@@ -1,4 +1,4 @@
-import CPUBackend
+import Tensor
 import Foundation
 
 /// CPU twin of `Kernels/hint_loss.cl`: same name, same passes, 16 lanes per vector; the rows of

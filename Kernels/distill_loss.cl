@@ -165,37 +165,45 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
     if (lid == 0) count[co] = total.x;
 }
 
+// The argument list of the row kernels (distill_loss_rows, distill_decoupled_topk_rows: the host
+// sets the same arguments for both) and the work-group's row layout: this work-item's vectors of a
+// row, a contiguous block on CPU devices (one stream per thread) or interleaved on GPUs, and its
+// group's scratch rows [SCRATCH_ROWS, vp].
+#define DISTILL_ROW_KERNEL_ARGUMENTS                                                                   \
+    __global const float* zs, int zso,                                                                 \
+    __global const float* zt, int zto, int zt_ld,                                                      \
+    __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,          \
+    __global const float* labels, int lo, __global const float* mask, int mo,                          \
+    __global float* dz, int dzo,                                                                       \
+    __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco, \
+    __global const float* valid_count, int vco,                                                        \
+    __global float* scratch,                                                                           \
+    int rows, int n, int kind, int flags, int ignore_index,                                            \
+    float inv_t, float param, float taid_t, float soft_weight, float hard_weight, float grad_output
+#define DISTILL_ROW_LAYOUT                                                                             \
+    __local float4 reduce[WG];                                                                         \
+    const int lid = get_local_id(0), group = get_group_id(0), groups = get_num_groups(0);             \
+    const int nvec = (n + VW - 1) / VW, vp = nvec * VW;                                                \
+    const int contiguous = flags & FLAG_CONTIGUOUS;                                                    \
+    const int per = (nvec + WG - 1) / WG;                                                              \
+    const int vbeg = contiguous ? min(nvec, lid * per) : lid;                                          \
+    const int vend = contiguous ? min(nvec, vbeg + per) : nvec;                                        \
+    const int vstep = contiguous ? 1 : WG;                                                             \
+    const int vwhole = min(vend, n / VW); /* vectors below vwhole lie wholly inside the row */         \
+    __global float* group_scratch = scratch + (long)group * SCRATCH_ROWS * vp;
+
 // The fused loss. Tensor arguments are (buffer, element offset); zs and dz may be the same buffer
 // (in place). zs is [rows, V]; the dense teacher row r starts at zt + zto + r * zt_ld (zt_ld >= V
 // truncates a padded teacher vocabulary); a top-k teacher is ids/vals [rows, k]. row_ce gets each
 // row's hard-label cross-entropy (untempered student) whenever FLAG_HARD is set, even at hard_weight 0,
 // so the soft and hard parts of the loss come out of the same pass.
 // param: beta (jsd) or alpha (sfkl, srkl). soft_weight already includes T^2 when asked for.
-__kernel void distill_loss_rows(
-    __global const float* zs, int zso,
-    __global const float* zt, int zto, int zt_ld,
-    __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,
-    __global const float* labels, int lo, __global const float* mask, int mo,
-    __global float* dz, int dzo,
-    __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco,
-    __global const float* valid_count, int vco,
-    __global float* scratch,
-    int rows, int n, int kind, int flags, int ignore_index,
-    float inv_t, float param, float taid_t, float soft_weight, float hard_weight, float grad_output) {
-    __local float4 reduce[WG];
-    const int lid = get_local_id(0), group = get_group_id(0), groups = get_num_groups(0);
-    const int nvec = (n + VW - 1) / VW, vp = nvec * VW;
-    // This work-item's vectors: a contiguous block on CPU devices (one stream per thread), interleaved on GPUs.
-    const int contiguous = flags & FLAG_CONTIGUOUS;
-    const int per = (nvec + WG - 1) / WG;
-    const int vbeg = contiguous ? min(nvec, lid * per) : lid;
-    const int vend = contiguous ? min(nvec, vbeg + per) : nvec;
-    const int vstep = contiguous ? 1 : WG;
-    const int vwhole = min(vend, n / VW); // this work-item's vectors below vwhole lie wholly inside the row
-    __global float* ea_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EA * vp;
-    __global float* eb_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EB * vp;
-    __global float* tm_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_TEACHER * vp;
-    __global float* eh_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EH * vp;
+__kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
+    DISTILL_ROW_LAYOUT
+    __global float* ea_row = group_scratch + ROW_EA * vp;
+    __global float* eb_row = group_scratch + ROW_EB * vp;
+    __global float* tm_row = group_scratch + ROW_TEACHER * vp;
+    __global float* eh_row = group_scratch + ROW_EH * vp;
     const int gradient = flags & FLAG_GRADIENT;
     const int topk = flags & FLAG_TOPK;
     const int taid = flags & FLAG_TAID;
@@ -510,29 +518,11 @@ __kernel void distill_loss_rows(
 // Scratch rows: ROW_TEACHER marks the listed ids (1) against the rest (0), ROW_EA holds
 // e = exp(zs - max), ROW_EB the listed ids' q - p (0 elsewhere); dz is written in the last pass
 // only, so zs may be dz.
-__kernel void distill_decoupled_topk_rows(
-    __global const float* zs, int zso,
-    __global const float* zt, int zto, int zt_ld,
-    __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,
-    __global const float* labels, int lo, __global const float* mask, int mo,
-    __global float* dz, int dzo,
-    __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco,
-    __global const float* valid_count, int vco,
-    __global float* scratch,
-    int rows, int n, int kind, int flags, int ignore_index,
-    float inv_t, float param, float taid_t, float soft_weight, float hard_weight, float grad_output) {
-    __local float4 reduce[WG];
-    const int lid = get_local_id(0), group = get_group_id(0), groups = get_num_groups(0);
-    const int nvec = (n + VW - 1) / VW, vp = nvec * VW;
-    const int contiguous = flags & FLAG_CONTIGUOUS;
-    const int per = (nvec + WG - 1) / WG;
-    const int vbeg = contiguous ? min(nvec, lid * per) : lid;
-    const int vend = contiguous ? min(nvec, vbeg + per) : nvec;
-    const int vstep = contiguous ? 1 : WG;
-    const int vwhole = min(vend, n / VW);
-    __global float* ea_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EA * vp;
-    __global float* qp_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_EB * vp;
-    __global float* listed_row = scratch + (long)group * SCRATCH_ROWS * vp + ROW_TEACHER * vp;
+__kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
+    DISTILL_ROW_LAYOUT
+    __global float* ea_row = group_scratch + ROW_EA * vp;
+    __global float* qp_row = group_scratch + ROW_EB * vp;
+    __global float* listed_row = group_scratch + ROW_TEACHER * vp;
     const int gradient = flags & FLAG_GRADIENT;
     const int hard = flags & FLAG_HARD;
     const float grad_scale = (flags & FLAG_MEAN) && gradient ? grad_output / fmax(1.0f, valid_count[vco]) : grad_output;

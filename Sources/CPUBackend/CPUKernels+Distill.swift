@@ -44,6 +44,19 @@ extension CPUKernels {
         return valid
     }
 
+    /// A row's validity, its status so far (ignored, or a label outside the vocabulary) and its
+    /// label (-1 without hard labels), as the kernels' row loops begin.
+    static func rowStart(_ a: DistillRowArguments, _ row: Int, hard: Bool) -> (valid: Bool, status: Int, label: Int) {
+        let valid = rowIsValid(row, a.flags, a.labels, a.mask, a.ignoreIndex)
+        var status = valid ? 0 : DistillRowStatus.ignored
+        var label = -1
+        if hard, let labels = a.labels {
+            label = Int(labels[row])
+            if valid && (label < 0 || label >= a.n) { status |= DistillRowStatus.badLabel }
+        }
+        return (valid, status, label)
+    }
+
     /// The number of valid rows (mask != 0 and label != ignoreIndex).
     public static func distill_count_valid_rows(_ labels: UnsafePointer<Float>?, _ mask: UnsafePointer<Float>?,
                                                 flags: Int32, ignoreIndex: Int, rows: Int) -> Float {
@@ -71,13 +84,7 @@ extension CPUKernels {
             defer { row += groups }
             let zr = a.zs + row * n
             let dr = a.dz + row * n
-            let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
-            var status = valid ? 0 : DistillRowStatus.ignored
-            var label = -1
-            if hard, let labels = a.labels {
-                label = Int(labels[row])
-                if valid && (label < 0 || label >= n) { status |= DistillRowStatus.badLabel }
-            }
+            var (valid, status, label) = rowStart(a, row, hard: hard)
 
             // Pass 0: a dense teacher row from the top-k (see the kernel for the missing-mass rules).
             var tr: UnsafePointer<Float> = UnsafePointer(tmRow)
@@ -299,13 +306,7 @@ extension CPUKernels {
                 let id = Int(idRow[i])
                 return id >= 0 && id < n ? id : nil
             }
-            let valid = rowIsValid(row, flags, a.labels, a.mask, a.ignoreIndex)
-            var status = valid ? 0 : DistillRowStatus.ignored
-            var label = -1
-            if hard, let labels = a.labels {
-                label = Int(labels[row])
-                if valid && (label < 0 || label >= n) { status |= DistillRowStatus.badLabel }
-            }
+            var (valid, status, label) = rowStart(a, row, hard: hard)
 
             // Pass 1: the student's maximum, marks and q - p cleared; the teacher's largest value, bad values and ids.
             var maxS = Float16Lanes(repeating: -.infinity)

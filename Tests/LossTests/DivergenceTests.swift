@@ -273,20 +273,8 @@ final class DivergenceTests: XCTestCase {
                 let value = zip(pt, qt).reduce(0.0) { $0 + $1.0 * Foundation.log($1.0 / $1.1) }
                 XCTAssertEqual(reference.rowLosses[r], t * t * value, accuracy: 1e-9, "T=\(temperature) row \(r)")
             }
-            let h = 1e-5
-            for index in stride(from: 0, to: rows * vocabulary, by: 3) {
-                var plus = problem, minus = problem
-                plus.student[index] += Float(h)
-                minus.student[index] -= Float(h)
-                let step = Double(plus.student[index]) - Double(minus.student[index])
-                let difference = (plus.reference(options).loss - minus.reference(options).loss) / step
-                XCTAssertEqual(difference, reference.gradient[index], accuracy: 1e-4 * max(1, abs(reference.gradient[index])),
-                               "T=\(temperature) logit \(index)")
-            }
-            var backends = try lossBackends()
-            if let openCL = backends.last as? OpenCLBackend {
-                backends.append(try OpenCLBackend(device: openCL.device, layout: .gpu(on: openCL.device)))
-            }
+            try assertFiniteDifferences(problem, options, reference: reference, every: 3, context: "T=\(temperature)")
+            let backends = try lossBackendsWithGPULayout()
             try check(problem, options, on: backends, context: "top-\(k) bucket T=\(temperature)")
         }
         for backend in try lossBackends() {
@@ -339,20 +327,8 @@ final class DivergenceTests: XCTestCase {
                 value += t * t * a * zip(pt, qt).reduce(0.0) { $0 + $1.0 / sp * Foundation.log(($1.0 / sp) / ($1.1 / sq)) }
                 XCTAssertEqual(reference.rowLosses[r], Double(Float(0.7)) * value, accuracy: 1e-9 * max(1, value), "T=\(temperature) row \(r)")
             }
-            let h = 1e-5
-            for index in stride(from: 0, to: rows * vocabulary, by: 2) {
-                var plus = problem, minus = problem
-                plus.student[index] += Float(h)
-                minus.student[index] -= Float(h)
-                let step = Double(plus.student[index]) - Double(minus.student[index])
-                let difference = (plus.reference(options).loss - minus.reference(options).loss) / step
-                XCTAssertEqual(difference, reference.gradient[index], accuracy: 1e-4 * max(1, abs(reference.gradient[index])),
-                               "T=\(temperature) logit \(index)")
-            }
-            var backends = try lossBackends()
-            if let openCL = backends.last as? OpenCLBackend {
-                backends.append(try OpenCLBackend(device: openCL.device, layout: .gpu(on: openCL.device)))
-            }
+            try assertFiniteDifferences(problem, options, reference: reference, every: 2, context: "T=\(temperature)")
+            let backends = try lossBackendsWithGPULayout()
             try check(problem, options, on: backends, context: "top-\(k) decoupled T=\(temperature)")
         }
         for backend in try lossBackends() {
@@ -386,5 +362,29 @@ final class DivergenceTests: XCTestCase {
             XCTAssertEqual(truncated.result.loss, plain.result.loss)
             XCTAssertEqual(truncated.gradient, plain.gradient)
         }
+    }
+
+    /// The fp64 reference gradient against central differences of the fp64 loss, every `every`-th logit.
+    func assertFiniteDifferences(_ problem: LossProblem, _ options: DistillationLoss, reference: DistillationReference.Output,
+                                 every: Int, context: String) throws {
+        let h = 1e-5
+        for index in stride(from: 0, to: problem.student.count, by: every) {
+            var plus = problem, minus = problem
+            plus.student[index] += Float(h)
+            minus.student[index] -= Float(h)
+            let step = Double(plus.student[index]) - Double(minus.student[index])
+            let difference = (plus.reference(options).loss - minus.reference(options).loss) / step
+            XCTAssertEqual(difference, reference.gradient[index], accuracy: 1e-4 * max(1, abs(reference.gradient[index])),
+                           "\(context) logit \(index)")
+        }
+    }
+
+    /// The loss backends, and the OpenCL device again with the GPU work-group layout.
+    func lossBackendsWithGPULayout() throws -> [any Backend] {
+        var backends = try lossBackends()
+        if let openCL = backends.last as? OpenCLBackend {
+            backends.append(try OpenCLBackend(device: openCL.device, layout: .gpu(on: openCL.device)))
+        }
+        return backends
     }
 }

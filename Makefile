@@ -30,11 +30,12 @@ corpus:
 	@scripts/fetch-assets.sh corpus
 
 # The default distillation: SmolLM2-135M-Instruct teaches a 6-block student inherited from it
-# (blocks 0,5,...,25) on Shakespeare, on the default OpenCL device (the CPU backend when there is none).
+# on Shakespeare, on the default OpenCL device (the CPU backend when there is none), then the same
+# student on cross-entropy alone, and the two compared (scripts/train.sh).
 TRAIN_ARGS ?=
 train: setup teacher corpus
 	$(SWIFT_BUILD) --product kdgpu
-	$(KDGPU) train --out runs/default $(TRAIN_ARGS)
+	KDGPU=$(KDGPU) scripts/train.sh $(TRAIN_ARGS)
 
 clean:
 	rm -rf .build

@@ -197,7 +197,7 @@ public final class DistillationRun {
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))
-            if config.temperature != 1 || config.temperatureSchedule != "constant" {
+            if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
                 log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
                     + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
             }

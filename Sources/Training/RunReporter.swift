@@ -105,9 +105,8 @@ public final class RunReporter {
                                  validation: logged.compactMap { o in (o["val_nll"] as? Double).map { (o["step"] as! Int, $0) } },
                                  title: "kdgpu: \(config.divergence) distillation, T=\(config.temperature)")
         try curve.write(to: out.appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
-        guard config.exportGguf != "none" else { return nil }
+        guard let type = config.typedExportType else { return nil }
         let url = out.appendingPathComponent("student.gguf")
-        let type: GGMLType = config.exportGguf == "f32" ? .f32 : config.exportGguf == "q8_0" ? .q8_0 : .f16
         try GGUFExport.write(student.downloadParameters(), to: url, matrixType: type, tokenizer: tokenizer, name: "kdgpu student")
         log("exported \(shown(url)) (\(config.exportGguf))")
         return shown(url)

@@ -74,10 +74,17 @@ public struct TAIDSchedule: Codable, Equatable, Sendable {
     }
 }
 
+/// How the temperature moves during a run.
+public enum TemperatureSchedule: String, Codable, CaseIterable, Sendable {
+    case constant
+    /// Dynamic temperature from the teacher-student cross-entropy gap (DTS).
+    case dts
+}
+
 /// The run's loss and its schedules: `w_hard * CE + w_soft * T^2 * D(teacher || student)`.
 public struct DistillationObjective: Codable, Equatable, Sendable {
     public var divergenceName: String
-    public var temperatureSchedule: String
+    public var temperatureSchedule: TemperatureSchedule
     public var dynamicTemperature: DynamicTemperature
     public var taid: TAIDSchedule?
     public let baseTemperature: Float
@@ -87,7 +94,7 @@ public struct DistillationObjective: Codable, Equatable, Sendable {
 
     public init(config: TrainingConfig) {
         divergenceName = config.divergence
-        temperatureSchedule = config.temperatureSchedule
+        temperatureSchedule = config.typedTemperatureSchedule
         dynamicTemperature = DynamicTemperature(initial: config.temperature)
         taid = config.divergence == "taid" ? TAIDSchedule() : nil
         baseTemperature = config.temperature
@@ -101,7 +108,7 @@ public struct DistillationObjective: Codable, Equatable, Sendable {
         name == "taid" ? .forwardKL : Divergence(name: name)
     }
 
-    public var temperature: Float { temperatureSchedule == "dts" ? dynamicTemperature.current : baseTemperature }
+    public var temperature: Float { temperatureSchedule == .dts ? dynamicTemperature.current : baseTemperature }
 
     /// The loss call for this step (gradient written in place of the student logits).
     public var loss: DistillationLoss {
@@ -112,7 +119,7 @@ public struct DistillationObjective: Codable, Equatable, Sendable {
 
     /// Advances the schedules after a step with these measurements.
     public mutating func update(step: Int, totalSteps: Int, loss: Float, studentCrossEntropy: Float, teacherCrossEntropy: Float) {
-        if temperatureSchedule == "dts" {
+        if temperatureSchedule == .dts {
             dynamicTemperature.update(progress: Float(step) / Float(max(1, totalSteps)), studentCrossEntropy: studentCrossEntropy,
                                       teacherCrossEntropy: teacherCrossEntropy)
         }

@@ -137,7 +137,7 @@ public final class Trainer {
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
             let result = try fusedHead(hidden: hidden, weight: student.outputWeight.value, teacher: targets.output, labels: labels,
                                        gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share,
-                                       teacherCrossEntropy: teacherNeeded && targets.crossEntropy == nil && objective.temperatureSchedule == "dts")
+                                       teacherCrossEntropy: teacherNeeded && targets.crossEntropy == nil && objective.temperatureSchedule == .dts)
             parts.loss += result.loss * share
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
             parts.teacherCrossEntropy += (targets.crossEntropy ?? result.teacherCrossEntropy ?? 0) * share

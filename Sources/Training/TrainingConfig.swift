@@ -1,4 +1,5 @@
 import Files
+import GGUF
 import Foundation
 import Losses
 import Models
@@ -265,7 +266,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .seed: break  // any UInt64
         case .divergence: try divergenceName(divergence, allowingTAID: true)
         case .temperature: try inRange(temperature, "[0.01, 100] (lower ones overflow fp32 in logits / T)") { $0 >= 0.01 && $0 <= 100 }
-        case .temperatureSchedule: try oneOf(temperatureSchedule, ["constant", "dts"])
+        case .temperatureSchedule: try oneOf(temperatureSchedule, TemperatureSchedule.allCases.map(\.rawValue))
         case .scaleBySquaredTemperature: break  // a Bool
         case .softWeight: try inRange(softWeight, "[0, inf)") { $0 >= 0 }
         case .hardWeight:
@@ -343,6 +344,9 @@ extension TrainingConfig {
     public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
     public var typedLensDivergence: Divergence { Divergence(name: lensDivergence)! }
     public var typedHintLoss: HiddenStateHintLoss.Kind { HiddenStateHintLoss.Kind(rawValue: hintLoss)! }
+    public var typedTemperatureSchedule: TemperatureSchedule { TemperatureSchedule(rawValue: temperatureSchedule)! }
+    /// The GGUF matrix type of `export_gguf`; nil for `none`.
+    public var typedExportType: GGMLType? { exportGguf == "none" ? nil : exportGguf == "f32" ? .f32 : exportGguf == "q8_0" ? .q8_0 : .f16 }
 }
 
 /// Errors of a training run, worded for the user.

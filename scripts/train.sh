@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make train`: the default distillation into runs/default, then its baseline, the same student
+# trained on the next-token cross-entropy alone (same data order, steps and validation windows; the
+# teacher takes no part in its steps) into runs/default-ce, and the two held-out perplexities side
+# by side. Arguments go to both runs (`make train TRAIN_ARGS="--steps 200"`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kdgpu=${KDGPU:-.build/release/kdgpu}
+mkdir -p runs
+"$kdgpu" train --out runs/default "$@" | tee runs/default.txt
+echo
+echo "baseline: the same student on cross-entropy alone (runs/default-ce; its log: runs/default-ce.log)"
+"$kdgpu" train --out runs/default-ce --export-gguf none "$@" --soft-weight 0 --hard-weight 1 >runs/default-ce.txt 2>runs/default-ce.log
+distilled=$(awk '/student, after/ { print $NF }' runs/default.txt)
+baseline=$(awk '/student, after/ { print $NF }' runs/default-ce.txt)
+steps=$(awk '/student, after/ { print $(NF - 1) }' runs/default.txt)
+awk -v d="$distilled" -v b="$baseline" -v s="$steps" 'BEGIN {
+    printf "held-out perplexity after %s steps: distilled %.3f, cross-entropy alone %.3f (distillation %.1f%% %s)\n",
+           s, d, b, 100 * (d > b ? d - b : b - d) / b, d < b ? "lower" : "higher"
+}'

@@ -29,6 +29,13 @@ __attribute__((overloadable)) inline float vmax(float16 v) { return vmax(fmax(v.
 // instructions on its NaN rules. For running maxima that never hold NaN it is fmax.
 __attribute__((overloadable)) inline floatV max_or_second(floatV a, floatV b) { return select(b, a, a > b); }
 
+// Elementwise kernels over n elements: work-item i < n/VW handles vector i; the n % VW work-items
+// after those handle one tail element each (the host launches n/VW + n%VW work-items).
+#define ELEMENTWISE_INDEX                        \
+    const int i = get_global_id(0);              \
+    const int vectors = n / VW;                  \
+    const int tail = vectors * VW + (i - vectors);
+
 // Half-width vectors (VW 16: float8, one AVX register). A loop that keeps running sums or maxima
 // folds each vector's two halves into half-width accumulators: one more add per vector, and half as
 // many values live across iterations (at VW 16 the full-width ones spill to the stack). vsum and

@@ -1,12 +1,6 @@
 // elementwise.cl: fill, copy, add, mul, scale, axpy over n floats.
-// Each tensor argument is (buffer, element offset). Work-item i < n/VW handles vector i; the
-// n % VW work-items after those handle one tail element each.
+// Each tensor argument is (buffer, element offset). Work-items as ELEMENTWISE_INDEX (common.cl) says.
 // CPU twins: CPUKernels.fill_f32, copy_f32, add_f32, mul_f32, scale_f32, axpy_f32.
-
-#define ELEMENTWISE_INDEX                        \
-    const int i = get_global_id(0);              \
-    const int vectors = n / VW;                  \
-    const int tail = vectors * VW + (i - vectors);
 
 __kernel void fill_f32(__global float* x, int xo, float value, int n) {
     ELEMENTWISE_INDEX

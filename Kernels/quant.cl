@@ -5,8 +5,8 @@
 //   Q4_1  20 bytes: half d, half m, uchar qs[16]  x[j] = (qs[j] & 15) * d + m,    x[j+16] = (qs[j] >> 4) * d + m
 //   F16    2 bytes a weight
 // Quantized sources are byte pointers with byte offsets; fp32 outputs use element offsets.
-// CPU twins: CPUKernels.dequantize_q8_0, dequantize_q4_0, dequantize_q4_1, dequantize_f16,
-//            get_rows_f32, get_rows_f16, get_rows_q8_0, get_rows_q4_0, get_rows_q4_1.
+// CPU twins: CPUKernels.dequantize_q8_0, dequantize_q4_0, dequantize_q4_1, dequantize_f16, dequantize_bf16,
+//            get_rows_f32, get_rows_f16, get_rows_bf16, get_rows_q8_0, get_rows_q4_0, get_rows_q4_1.
 
 inline void decode_q8_0(__global const uchar* block, __global float* out) {
     const float d = vload_half(0, (__global const half*)block);
@@ -44,6 +44,12 @@ DEQUANTIZE_KERNEL(q4_1, 20)
 __kernel void dequantize_f16(__global const uchar* src, int so, __global float* out, int oo, int n) {
     const int i = get_global_id(0);
     if (i < n) out[oo + i] = vload_half(i, (__global const half*)(src + so));
+}
+
+// bf16 is the high half of an fp32: widening is exact.
+__kernel void dequantize_bf16(__global const uchar* src, int so, __global float* out, int oo, int n) {
+    const int i = get_global_id(0);
+    if (i < n) out[oo + i] = as_float((uint)(((__global const ushort*)(src + so))[i]) << 16);
 }
 
 // out[i, :] = row ids[i] of table [rows, cols]; an id outside [0, rows) gives a zero row (the host
@@ -85,4 +91,14 @@ __kernel void get_rows_f16(__global const uchar* table, int to, int rows, __glob
     const int i = g / cols, c = g % cols;
     const int id = ids[io + i];
     out[oo + g] = (id < 0 || id >= rows) ? 0.0f : vload_half((long)id * cols + c, (__global const half*)(table + to));
+}
+
+__kernel void get_rows_bf16(__global const uchar* table, int to, int rows, __global const int* ids, int io,
+                            __global float* out, int oo, int cols, int count) {
+    const int g = get_global_id(0);
+    if (g >= count * cols) return;
+    const int i = g / cols, c = g % cols;
+    const int id = ids[io + i];
+    out[oo + g] = (id < 0 || id >= rows) ? 0.0f
+                : as_float((uint)(((__global const ushort*)(table + to))[(long)id * cols + c]) << 16);
 }

@@ -8,7 +8,7 @@ import Tensor
 /// `gemm`; dequantize_*: `teacher`; distill_loss_rows and the unfused baseline: `loss`.)
 public struct OpsSuite: BenchSuite {
     public let name = "ops"
-    public let summary = "every other kernel (elementwise, rows, rms_norm, rope, attention, swiglu, backward, adamw, hint loss): GB/s vs copy"
+    public let summary = "every other kernel (elementwise, 16-bit conversions, rows, rms_norm, rope, attention, swiglu, backward, adamw, hint loss): GB/s vs copy"
 
     /// One kernel at one shape: `make` builds fresh inputs on a backend and returns the op and the tensor it writes.
     struct Case {
@@ -51,7 +51,31 @@ public struct OpsSuite: BenchSuite {
         try backend.tensor(benchValues(shape.reduce(1, *), seed: seed, scale: scale), shape: shape, label: "bench operand \(seed)")
     }
 
-    static let cases: [Case] = elementwise + rows + model + backward + hints
+    static let cases: [Case] = elementwise + conversions + rows + model + backward + hints
+
+    /// fp32 narrowed to 16-bit storage (round to nearest even) and bf16 widened back, over 2^23
+    /// elements (4 + 2 bytes each); a bf16 embedding lookup at the teacher's shape.
+    static let conversions: [Case] = {
+        let n = 1 << 23, c = 576, ids = 2048
+        return [DType.bf16, .f16].map { dtype in
+            Case(kernel: "convert_f32_to_\(dtype.rawValue)", shape: "[\(n)]", bytes: Double(6 * n)) { b in
+                let (x, out) = (try tensor(b, [n], seed: 1, scale: 100), try b.tensor(shape: [n], dtype: dtype, label: "bench narrowed"))
+                return ({ try b.convert(x, into: out) }, out)
+            }
+        } + [
+            Case(kernel: "dequantize_bf16", shape: "[\(n)]", bytes: Double(6 * n)) { b in
+                let x = try b.tensor(benchValues(n, seed: 1, scale: 100), shape: [n], dtype: .bf16, label: "bench bf16")
+                let out = try tensor(b, [n], seed: 2)
+                return ({ try b.convert(x, into: out) }, out)
+            },
+            Case(kernel: "get_rows_bf16", shape: "\(ids) ids of [49152, \(c)] bf16", bytes: Double(ids * c * 6 + ids * 4)) { b in
+                let table = try b.tensor(benchValues(49152 * c, seed: 3), shape: [49152, c], dtype: .bf16, label: "bench bf16 table")
+                let idTensor = try b.indexTensor(benchTokenIds(ids, below: 49152, seed: 5), shape: [ids], label: "bench ids")
+                let out = try tensor(b, [ids, c], seed: 2)
+                return ({ try b.gatherRows(table, ids: idTensor, into: out) }, out)
+            },
+        ]
+    }()
 
     static let elementwise: [Case] = {
         let n = 1 << 23, bytes = Double(4 * n)

@@ -179,7 +179,17 @@ public final class CPUBackend: Backend {
         case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0(src, po, $0) }
         case .q4_1: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_1(src, po, $0) }
         case .f16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_f16(src, po, $0) }
+        case .bf16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_bf16(src, po, $0) }
         case .f32, .i32: throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue))")
+        }
+    }
+
+    public func enqueueNarrow(_ source: Tensor, into out: Tensor) throws {
+        let (ps, po) = (try pointer(source), try rawPointer(out))
+        if out.dtype == .bf16 {
+            parallelChunks(source.count, grain: elementGrain) { CPUKernels.convert_f32_to_bf16(ps, po, $0) }
+        } else {
+            parallelChunks(source.count, grain: elementGrain) { CPUKernels.convert_f32_to_f16(ps, po, $0) }
         }
     }
 
@@ -190,6 +200,7 @@ public final class CPUBackend: Backend {
             switch table.dtype {
             case .f32: CPUKernels.get_rows_f32(pt.assumingMemoryBound(to: Float.self), rows: rows, pi, po, cols: cols, range)
             case .f16: CPUKernels.get_rows_f16(pt, rows: rows, pi, po, cols: cols, range)
+            case .bf16: CPUKernels.get_rows_bf16(pt, rows: rows, pi, po, cols: cols, range)
             case .q8_0: CPUKernels.get_rows_q8_0(pt, rows: rows, pi, po, cols: cols, range)
             case .q4_0: CPUKernels.get_rows_q4_0(pt, rows: rows, pi, po, cols: cols, range)
             case .q4_1: CPUKernels.get_rows_q4_1(pt, rows: rows, pi, po, cols: cols, range)

@@ -25,6 +25,20 @@ extension CPUKernels {
         for i in elements { out[i] = BlockFormat.half(src, i) }
     }
 
+    public static func dequantize_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
+        for i in elements { out[i] = BlockFormat.bfloat16(src, i) }
+    }
+
+    /// As convert.cl: fp32 narrowed to bf16 bits, round to nearest even, NaN kept quiet.
+    public static func convert_f32_to_bf16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
+        for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+    }
+
+    /// As convert.cl: fp32 narrowed to f16 bits, IEEE round to nearest even.
+    public static func convert_f32_to_f16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
+        for i in elements { out.storeBytes(of: BlockFormat.halfBits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+    }
+
     /// out[i, :] = row ids[i] of table [rows, cols] in fp32; an id outside [0, rows) gives zeros.
     public static func get_rows_f32(_ table: UnsafePointer<Float>, rows: Int, _ ids: UnsafePointer<Int32>,
                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
@@ -40,6 +54,14 @@ extension CPUKernels {
         for i in outputRows {
             let id = Int(ids[i])
             for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : BlockFormat.half(table, id * cols + c) }
+        }
+    }
+
+    public static func get_rows_bf16(_ table: UnsafeRawPointer, rows: Int, _ ids: UnsafePointer<Int32>,
+                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
+        for i in outputRows {
+            let id = Int(ids[i])
+            for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : BlockFormat.bfloat16(table, id * cols + c) }
         }
     }
 

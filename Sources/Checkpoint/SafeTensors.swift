@@ -1,5 +1,6 @@
 import Files
 import Foundation
+import Tensor
 
 /// Element types of safetensors files. kdgpu decodes and writes the float types; the others are
 /// known so that a file holding them can still be validated and its float tensors read.
@@ -298,7 +299,7 @@ public struct SafeTensorsWriter {
                             switch tensor.dtype {
                             case .f32: out.storeBytes(of: value.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self)
                             case .f16: out.storeBytes(of: Float16(value).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
-                            default: out.storeBytes(of: bfloat16Bits(value).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                            default: out.storeBytes(of: BlockFormat.bfloat16Bits(value).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
                             }
                         }
                     }
@@ -307,13 +308,6 @@ public struct SafeTensorsWriter {
             }
         }
     }
-}
-
-/// fp32 to bf16 bits, rounding to nearest even; NaN stays a quiet NaN (as PyTorch and ggml do).
-func bfloat16Bits(_ value: Float) -> UInt16 {
-    let bits = value.bitPattern
-    if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x40 }
-    return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
 }
 
 /// A JSON string literal.

@@ -41,8 +41,9 @@ public enum GGMLType: UInt32, CaseIterable, Sendable, CustomStringConvertible {
     /// ggml's name for the type, as llama.cpp and the `gguf` Python package print it.
     public var description: String { GGMLType.name(ofTypeID: rawValue) }
 
-    /// The project's tensor element type for this GGUF type, or nil for BF16, which the tensor
-    /// API does not hold (dequantize BF16 tensors to f32 with ``GGUFFile/dequantize(_:)``).
+    /// The project's tensor element type a model keeps this GGUF type in on the device, or nil for
+    /// BF16, which the model's kernels do not read yet (embedding lookups): BF16 tensors are
+    /// widened to f32 on the host (``GGUFFile/dequantize(_:)``).
     public var tensorDType: DType? {
         switch self {
         case .f32: return .f32
@@ -63,6 +64,7 @@ public enum GGMLType: UInt32, CaseIterable, Sendable, CustomStringConvertible {
         case .q4_0: self = .q4_0
         case .q4_1: self = .q4_1
         case .q8_0: self = .q8_0
+        case .bf16: self = .bf16
         }
     }
 

@@ -342,14 +342,19 @@ public final class OpenCLBackend: Backend {
     // MARK: model kernels
 
     public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
-        let n = source.dtype == .f16 ? source.count : source.count / 32
+        let n = source.dtype == .f16 || source.dtype == .bf16 ? source.count : source.count / 32
         try launch("dequantize_\(source.dtype.rawValue)", in: "quant.cl", globalSize: n, localSize: nil,
                    try arguments(source) + arguments(out) + [try int32(n, source.label)])
     }
 
+    public func enqueueNarrow(_ source: Tensor, into out: Tensor) throws {
+        try launch("convert_f32_to_\(out.dtype.rawValue)", in: "convert.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil,
+                   try arguments(source) + arguments(out) + [try int32(source.count, source.label)])
+    }
+
     public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
         let (rows, cols) = (table.shape[0], table.shape[1])
-        let quantized = table.dtype != .f32 && table.dtype != .f16
+        let quantized = table.dtype != .f32 && table.dtype != .f16 && table.dtype != .bf16
         let workItems = ids.count * (quantized ? cols / 32 : cols)
         try launch("get_rows_\(table.dtype.rawValue)", in: "quant.cl", globalSize: workItems, localSize: nil,
                    try arguments(table) + [try int32(rows, table.label)] + arguments(ids) + arguments(out)

@@ -46,6 +46,8 @@ public protocol Backend: AnyObject {
     // Model ops (the llama forward pass).
     /// out (f32, same element count) = the values of a quantized or f16 tensor.
     func enqueueDequantize(_ source: Tensor, into out: Tensor) throws
+    /// f32 `source` narrowed into bf16 or f16 `out` (same count), round to nearest even.
+    func enqueueNarrow(_ source: Tensor, into out: Tensor) throws
     /// out[i, :] = table[ids[i], :] for a table [rows, cols] of any dtype; out-of-range ids give zeros.
     func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws
     /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight

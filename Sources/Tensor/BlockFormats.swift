@@ -10,6 +10,25 @@ public enum BlockFormat {
         Float(Float16(bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))))
     }
 
+    /// The bf16 value at element `index` of `base` (little-endian): the high half of an fp32.
+    @inline(__always)
+    public static func bfloat16(_ base: UnsafeRawPointer, _ index: Int) -> Float {
+        Float(bitPattern: UInt32(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))) << 16)
+    }
+
+    /// fp32 to bf16 bits, rounding to nearest even (an overflow rounds to inf); NaN stays a NaN of
+    /// its sign, made quiet so it never rounds into inf (as PyTorch and ggml do).
+    @inline(__always)
+    public static func bfloat16Bits(_ value: Float) -> UInt16 {
+        let bits = value.bitPattern
+        if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x40 }
+        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+    }
+
+    /// fp32 to f16 bits, rounding to nearest even (IEEE: past 65504 by half an ulp or more is inf).
+    @inline(__always)
+    public static func halfBits(_ value: Float) -> UInt16 { Float16(value).bitPattern }
+
     /// Writes the 32 values of the Q8_0 block at `block` to `out`.
     @inline(__always)
     public static func decodeQ8_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {

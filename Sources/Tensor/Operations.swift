@@ -1,25 +1,33 @@
 /// The checked tensor operations every backend offers. Each validates dtypes, shapes and backend
 /// ownership, then enqueues the backend's kernel.
 extension Backend {
-    /// Allocates an fp32 tensor.
-    public func tensor(shape: [Int], label: String) throws -> Tensor {
-        try allocate(shape: shape, dtype: .f32, label: label)
+    /// Allocates a tensor (fp32 unless told).
+    public func tensor(shape: [Int], dtype: DType = .f32, label: String) throws -> Tensor {
+        try allocate(shape: shape, dtype: dtype, label: label)
     }
 
-    /// Allocates an fp32 tensor holding `values`.
-    public func tensor(_ values: [Float], shape: [Int], label: String) throws -> Tensor {
+    /// Allocates a tensor holding `values`: fp32, or bf16 / f16 (rounded on the host, see ``upload(_:to:)``).
+    public func tensor(_ values: [Float], shape: [Int], dtype: DType = .f32, label: String) throws -> Tensor {
         guard values.count == shape.reduce(1, *) else {
             throw TensorError.shapeMismatch("\(label): \(values.count) values do not fill shape \(describeShape(shape))")
         }
-        let t = try tensor(shape: shape, label: label)
+        let t = try tensor(shape: shape, dtype: dtype, label: label)
         try values.withUnsafeBufferPointer { try upload($0, to: t) }
         return t
     }
 
-    /// Copies `values` (exactly `tensor.count` of them) into an f32 tensor.
+    /// Copies `values` (exactly `tensor.count` of them) into an f32 tensor, or a bf16 or f16 one
+    /// (narrowed on the host, rounding to nearest even, as ``convert(_:into:)`` does on the device).
     public func upload(_ values: UnsafeBufferPointer<Float>, to tensor: Tensor) throws {
-        try requireTransfer(of: values.count, .f32, tensor)
-        try uploadBytes(UnsafeRawBufferPointer(values), to: tensor)
+        switch tensor.dtype {
+        case .bf16, .f16:
+            try requireTransfer(of: values.count, tensor.dtype, tensor)
+            let narrow: (Float) -> UInt16 = tensor.dtype == .bf16 ? BlockFormat.bfloat16Bits : BlockFormat.halfBits
+            try values.map { narrow($0).littleEndian }.withUnsafeBytes { try uploadBytes($0, to: tensor) }
+        default:
+            try requireTransfer(of: values.count, .f32, tensor)
+            try uploadBytes(UnsafeRawBufferPointer(values), to: tensor)
+        }
     }
 
     /// Copies `values` (exactly `tensor.count` of them) into an i32 tensor.
@@ -28,8 +36,15 @@ extension Backend {
         try values.withUnsafeBytes { try uploadBytes($0, to: tensor) }
     }
 
-    /// The values of an f32 tensor, after every op enqueued before.
+    /// The values of an f32 tensor (or a bf16 or f16 one, widened exactly), after every op enqueued before.
     public func download(_ tensor: Tensor) throws -> [Float] {
+        if tensor.dtype == .bf16 || tensor.dtype == .f16 {
+            try requireTransfer(of: tensor.count, tensor.dtype, tensor)
+            var bits = [UInt8](repeating: 0, count: tensor.byteCount)
+            try bits.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
+            let widen: (UnsafeRawPointer, Int) -> Float = tensor.dtype == .bf16 ? BlockFormat.bfloat16 : BlockFormat.half
+            return bits.withUnsafeBytes { raw in (0..<tensor.count).map { widen(raw.baseAddress!, $0) } }
+        }
         try requireTransfer(of: tensor.count, .f32, tensor)
         var values = [Float](repeating: 0, count: tensor.count)
         try values.withUnsafeMutableBytes { try downloadBytes(tensor, into: $0) }
@@ -192,14 +207,32 @@ extension Backend {
     public func dequantize(_ source: Tensor, into out: Tensor) throws {
         try requireFloat32(out, op: "dequantize")
         try requireOwned(source, op: "dequantize")
-        guard [.q8_0, .q4_0, .q4_1, .f16].contains(source.dtype) else {
-            throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or f16 type")
+        guard [.q8_0, .q4_0, .q4_1, .f16, .bf16].contains(source.dtype) else {
+            throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or 16-bit type")
         }
-        guard source.count == out.count, source.count % 32 == 0 || source.dtype == .f16, source.offset % 32 == 0 || source.dtype == .f16 else {
+        let blocks = source.dtype != .f16 && source.dtype != .bf16
+        guard source.count == out.count, source.count % 32 == 0 || !blocks, source.offset % 32 == 0 || !blocks else {
             throw TensorError.shapeMismatch("dequantize: \(source.label) \(describeShape(source.shape)) \(source.dtype.rawValue) into \(out.label) \(describeShape(out.shape)) (block types need whole blocks of 32)")
         }
         guard source.count > 0 else { return }
         try enqueueDequantize(source, into: out)
+    }
+
+    /// `out` = `source` in another element type: f32 narrowed to bf16 or f16 (round to nearest
+    /// even; bf16 keeps NaN a NaN, f16 overflows to inf past 65504), or bf16/f16 widened to f32 (exact).
+    public func convert(_ source: Tensor, into out: Tensor) throws {
+        try requireOwned(source, out, op: "convert")
+        let narrowing = source.dtype == .f32 && (out.dtype == .bf16 || out.dtype == .f16)
+        let widening = out.dtype == .f32 && (source.dtype == .bf16 || source.dtype == .f16)
+        guard narrowing || widening else {
+            throw TensorError.unsupported("convert: \(source.label) \(source.dtype.rawValue) into \(out.label) \(out.dtype.rawValue); "
+                                          + "convert goes between f32 and bf16 or f16")
+        }
+        guard source.count == out.count else {
+            throw TensorError.shapeMismatch("convert: \(source.label) \(describeShape(source.shape)) into \(out.label) \(describeShape(out.shape))")
+        }
+        guard source.count > 0 else { return }
+        if widening { try enqueueDequantize(source, into: out) } else { try enqueueNarrow(source, into: out) }
     }
 
     /// out [N, cols] = rows `ids` [N] (i32) of `table` [rows, cols], of any dtype: an embedding lookup.
@@ -207,7 +240,7 @@ extension Backend {
         try requireFloat32(out, op: "get_rows")
         try requireOwned(table, ids, op: "get_rows")
         guard table.rank == 2, table.dtype != .i32, ids.dtype == .i32, out.rank == 2, out.shape == [ids.count, table.shape[1]],
-              table.dtype == .f32 || table.dtype == .f16 || table.shape[1] % 32 == 0 else {
+              [.f32, .f16, .bf16].contains(table.dtype) || table.shape[1] % 32 == 0 else {
             throw TensorError.shapeMismatch("get_rows: \(table.label) \(describeShape(table.shape)) \(table.dtype.rawValue), ids \(ids.label) \(describeShape(ids.shape)) \(ids.dtype.rawValue) -> \(out.label) \(describeShape(out.shape))")
         }
         guard ids.count > 0 else { return }

@@ -1,10 +1,13 @@
-/// Element types a tensor can hold. Every op in this version computes in fp32; the quantized and
-/// half-precision cases exist so weights can later stay in their file format on the device.
+/// Element types a tensor can hold. Every op computes in fp32; the 16-bit types are storage
+/// (``Backend/convert(_:into:)`` narrows with round-to-nearest-even and widens exactly), the
+/// quantized types keep weights in their file format on the device.
 public enum DType: String, Sendable {
     case f32
     /// Token ids and other indices.
     case i32
     case f16
+    /// bfloat16: the high half of an fp32 (8 exponent bits, 7 stored mantissa bits).
+    case bf16
     case q8_0
     case q4_0
     case q4_1
@@ -13,7 +16,7 @@ public enum DType: String, Sendable {
     public func byteCount(elements count: Int) -> Int {
         switch self {
         case .f32, .i32: return count * 4
-        case .f16: return count * 2
+        case .f16, .bf16: return count * 2
         case .q8_0: return count / 32 * 34
         case .q4_0: return count / 32 * 18
         case .q4_1: return count / 32 * 20

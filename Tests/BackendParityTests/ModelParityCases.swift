@@ -43,8 +43,18 @@ func randomBlocks(_ dtype: DType, count: Int, _ rng: inout SeededRandom) -> (byt
             values += dtype == .q4_1 ? (low + high).map { $0 * Double(d) + Double(m) }
                                      : (low + high).map { ($0 - 8) * Double(d) }
         }
+    case .bf16:
+        // Random bit patterns of finite values (exponent field below 255): the reference decodes the bits by hand.
+        for _ in 0..<count {
+            let bits = UInt16.random(in: 0...UInt16.max, using: &rng) & 0xBFFF  // exponent's top bit clear: |x| < 2
+                | (Bool.random(using: &rng) ? 0x0000 : 0x3000)
+            bytes += [UInt8(bits & 0xFF), UInt8(bits >> 8)]
+            let sign: Double = bits & 0x8000 != 0 ? -1 : 1
+            let exponent = Int((bits >> 7) & 0xFF), mantissa = Double(bits & 0x7F)
+            values.append(sign * (exponent == 0 ? mantissa / 128 * pow(2, -126) : (1 + mantissa / 128) * pow(2, Double(exponent - 127))))
+        }
     case .f32, .i32:
-        preconditionFailure("randomBlocks makes f16 and block types")
+        preconditionFailure("randomBlocks makes 16-bit and block types")
     }
     return (bytes, values)
 }
@@ -53,7 +63,7 @@ extension ParityTable {
     /// The llama forward pass's ops.
     static let modelCases: [ParityCase] = dequantizeCases + gatherCases + [rmsNormCase, ropeCase, causalSoftmaxCase, causalMaskCase, transposeCase, swigluCase]
 
-    static let quantizedTypes: [DType] = [.q8_0, .q4_0, .q4_1, .f16]
+    static let quantizedTypes: [DType] = [.q8_0, .q4_0, .q4_1, .f16, .bf16]
 
     static let dequantizeCases: [ParityCase] = quantizedTypes.map { dtype in
         ParityCase(op: "dequantize_\(dtype.rawValue)", tolerance: 1e-6) { rng in
@@ -70,7 +80,7 @@ extension ParityTable {
     static let gatherCases: [ParityCase] = ([DType.f32] + quantizedTypes).map { dtype in
         ParityCase(op: "get_rows_\(dtype.rawValue)", tolerance: 1e-6) { rng in
             let shapes: [(rows: Int, cols: Int, count: Int)] = [(1, 32, 1), (50, 64, 7), (1000, 576, 33)]
-                + (dtype == .f32 || dtype == .f16 ? [(9, 7, 13)] : [])
+                + ([.f32, .f16, .bf16].contains(dtype) ? [(9, 7, 13)] : [])
             return shapes.map { shape in
                 let n = shape.rows * shape.cols
                 let table: (bytes: [UInt8], values: [Double])

@@ -11,7 +11,7 @@ import Tensor
 /// bench script adds PyTorch's matmul on the same shapes.
 public struct GemmSuite: BenchSuite {
     public let name = "gemm"
-    public let summary = "SGEMM 512^3, 1024^3, 2048^3 and the LM head 2048x576x49152 on every engine: GFLOP/s, ratio to an independent engine"
+    public let summary = "SGEMM 512^3, 1024^3, 2048^3 and the LM head 2048x576x49152 on every engine, and bf16 x bf16 -> f32: GFLOP/s, ratio to an independent engine"
 
     static let shapes: [(m: Int, k: Int, n: Int, label: String)] = [
         (512, 512, 512, "square"), (1024, 1024, 1024, "square"), (2048, 2048, 2048, "square"),
@@ -57,6 +57,7 @@ public struct GemmSuite: BenchSuite {
                     continue
                 }
                 defer { select(inUse) }
+                var inUseGflops = 0.0
                 for engine in engines {
                     select(engine)
                     let isReference = backend === context.cpu && engine == referenceEngine
@@ -64,6 +65,7 @@ public struct GemmSuite: BenchSuite {
                     let result = isReference ? reference
                         : try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context)
                     let gflops = flops / result.seconds / 1e9
+                    if engine == inUse { inUseGflops = gflops }
                     let note = engine == inUse ? "in use: \(backend.gemmDescription)"
                         : isReference ? "the reference: \(engine.description); error vs fp64 on 256 sampled entries" : nil
                     records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) (\(engine.rawValue))", backend: backend.name,
@@ -72,15 +74,26 @@ public struct GemmSuite: BenchSuite {
                                                extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops],
                                                note: note))
                 }
+                // bf16 inputs, fp32 accumulation and output: oneDNN's matmul primitive wherever the host engine runs.
+                guard inUse.runsOnHost else { continue }
+                context.report("gemm: \(shapeText) on \(backend.name), bf16 inputs")
+                let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: .bf16)
+                let gflops = flops / result.seconds / 1e9
+                records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) bf16 x bf16 -> f32 (onednn matmul)", backend: backend.name,
+                                           shape: shapeText, medianSeconds: result.seconds, gflopPerSecond: gflops,
+                                           maxAbsError: maxAbsDifference(result.values, reference.values),
+                                           extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
+                                                   "speedup_over_f32_in_use": gflops / inUseGflops],
+                                           note: "dtype bf16: A and B narrowed once before timing; max_abs_error vs the fp32 reference (bf16 rounds inputs to 8 significant bits)"))
             }
         }
         return records
     }
 
     private func gemm(on backend: any Backend, a: [Float], b: [Float], m: Int, k: Int, n: Int, transposeB: Bool,
-                      context: BenchContext) throws -> (values: [Float], seconds: Double) {
-        let ta = try backend.tensor(a, shape: [m, k], label: "bench gemm A")
-        let tb = try backend.tensor(b, shape: transposeB ? [n, k] : [k, n], label: "bench gemm B")
+                      context: BenchContext, inputType: DType = .f32) throws -> (values: [Float], seconds: Double) {
+        let ta = try backend.tensor(a, shape: [m, k], dtype: inputType, label: "bench gemm A")
+        let tb = try backend.tensor(b, shape: transposeB ? [n, k] : [k, n], dtype: inputType, label: "bench gemm B")
         let tc = try backend.tensor(shape: [m, n], label: "bench gemm C")
         let seconds = try context.median {
             try backend.gemm(ta, tb, into: tc, transposeB: transposeB)

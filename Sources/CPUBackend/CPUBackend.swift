@@ -139,7 +139,7 @@ public final class CPUBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
-        try hostGemm(gemmEngine, p, try pointer(a), try pointer(b), try mutablePointer(c))
+        try hostGemm(gemmEngine, p, try rawPointer(a), try rawPointer(b), try mutablePointer(c))
     }
 
     public func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws {

@@ -41,9 +41,16 @@ public enum GemmEngine: String, CaseIterable, Sendable {
     }
 }
 
-/// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host.
-public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+/// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host. A and B
+/// are f32, or bf16 when `p.inputType` says so: those always run on oneDNN's matmul primitive
+/// (Debian's OpenBLAS has no bf16 GEMM), accumulating in fp32.
+public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer,
                      _ c: UnsafeMutablePointer<Float>) throws {
+    if p.inputType == .bf16 {
+        try OneDNNMatmul.run(p, a: a, b: b, c: c)
+        return
+    }
+    let (a, b) = (a.assumingMemoryBound(to: Float.self), b.assumingMemoryBound(to: Float.self))
     switch engine {
     case .onednn:
         let sgemm = try OneDNN.library.sgemm
@@ -80,6 +87,8 @@ public enum OneDNN {
 
     /// The entry points kdgpu uses.
     public struct Library: @unchecked Sendable {
+        /// The `dlopen` handle (the matmul primitive's entry points are looked up in it).
+        let handle: UnsafeMutableRawPointer
         public let sgemm: Sgemm
         /// `dnnl_get_effective_cpu_isa()`: a `dnnl_cpu_isa_t` bit set.
         public let effectiveISA: UInt32
@@ -105,7 +114,7 @@ public enum OneDNN {
         }
         let effective = unsafeBitCast(isa, to: (@convention(c) () -> dnnl_cpu_isa_t).self)().rawValue
         let v = unsafeBitCast(version, to: (@convention(c) () -> UnsafePointer<dnnl_version_t>?).self)()?.pointee
-        return Library(sgemm: unsafeBitCast(sgemm, to: Sgemm.self), effectiveISA: effective,
+        return Library(handle: handle, sgemm: unsafeBitCast(sgemm, to: Sgemm.self), effectiveISA: effective,
                        version: v.map { "\($0.major).\($0.minor).\($0.patch)" } ?? "?")
     }
 

@@ -27,11 +27,10 @@ extension OpenCLBackend {
             }
             pointers.append(pointer)
         }
-        func address(_ tensor: Tensor) throws -> UnsafeMutablePointer<Float> {
+        func address(_ tensor: Tensor) throws -> UnsafeMutableRawPointer {
             let buffer = try self.buffer(tensor)
-            let pointer = pointers[buffers.firstIndex { $0.buffer === buffer }!]
-            return (pointer + tensor.byteOffset).assumingMemoryBound(to: Float.self)
+            return pointers[buffers.firstIndex { $0.buffer === buffer }!] + tensor.byteOffset
         }
-        try hostGemm(gemmEngine, p, try address(a), try address(b), try address(c))
+        try hostGemm(gemmEngine, p, try address(a), try address(b), try address(c).assumingMemoryBound(to: Float.self))
     }
 }

@@ -319,6 +319,9 @@ public final class OpenCLBackend: Backend {
             try mappedHostGemm(a, b, c, p)
             return
         }
+        guard p.inputType == .f32 else {
+            throw TensorError.unsupported("gemm: bf16 inputs on \(device.name) need the host engine (a CPU device); CLBlast has no bf16 GEMM")
+        }
         let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))
         let transposeA = p.transposeA ? CLBlastTransposeYes : CLBlastTransposeNo
         let transposeB = p.transposeB ? CLBlastTransposeYes : CLBlastTransposeNo

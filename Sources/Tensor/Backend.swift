@@ -165,7 +165,7 @@ public enum RowReduction: String, CaseIterable, Sendable {
 ///
 /// A is `[M, K]` (`[K, M]` when transposed), B is `[K, N]` (`[N, K]` when transposed), C is `[M, N]`.
 /// Each batch element starts `stride*` elements after the previous one; a stride of 0 reuses one matrix.
-public struct GemmProblem: Equatable, Sendable {
+public struct GemmProblem: Hashable, Sendable {
     public var m: Int
     public var n: Int
     public var k: Int
@@ -177,11 +177,16 @@ public struct GemmProblem: Equatable, Sendable {
     public var strideA: Int
     public var strideB: Int
     public var strideC: Int
+    /// The element type of A and B: f32, or bf16 (accumulated in fp32).
+    public var inputType: DType
+    /// The element type of C (f32).
+    public var outputType: DType
 
     public init(m: Int, n: Int, k: Int, batch: Int = 1, transposeA: Bool = false, transposeB: Bool = false, alpha: Float = 1,
-                beta: Float = 0, strideA: Int = 0, strideB: Int = 0, strideC: Int = 0) {
+                beta: Float = 0, strideA: Int = 0, strideB: Int = 0, strideC: Int = 0, inputType: DType = .f32, outputType: DType = .f32) {
         (self.m, self.n, self.k, self.batch, self.transposeA, self.transposeB) = (m, n, k, batch, transposeA, transposeB)
         (self.alpha, self.beta, self.strideA, self.strideB, self.strideC) = (alpha, beta, strideA, strideB, strideC)
+        (self.inputType, self.outputType) = (inputType, outputType)
     }
 
     /// Leading dimensions of the row-major operands.

@@ -143,7 +143,16 @@ extension Backend {
     /// transposed), c `[..., M, N]`. A rank-2 `a` or `b` is shared by every batch element.
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
                      alpha: Float = 1, beta: Float = 0) throws {
-        try requireFloat32(a, b, c, op: "gemm")
+        // A and B both f32, or both bf16 (products accumulated in fp32); C is f32.
+        if a.dtype == .bf16 || b.dtype == .bf16 {
+            try requireFloat32(c, op: "gemm")
+            try requireOwned(a, b, op: "gemm")
+            guard a.dtype == .bf16, b.dtype == .bf16 else {
+                throw TensorError.unsupported("gemm: \(a.label) is \(a.dtype.rawValue) and \(b.label) \(b.dtype.rawValue); a bf16 GEMM takes both in bf16 (convert the other)")
+            }
+        } else {
+            try requireFloat32(a, b, c, op: "gemm")
+        }
         guard a.rank >= 2, b.rank >= 2, c.rank >= 2 else {
             throw TensorError.shapeMismatch("gemm needs matrices: \(a.label) \(describeShape(a.shape)), \(b.label) \(describeShape(b.shape)), \(c.label) \(describeShape(c.shape))")
         }
@@ -161,7 +170,8 @@ extension Backend {
         guard m > 0, n > 0, batch > 0 else { return }
         let problem = GemmProblem(m: m, n: n, k: k, batch: batch, transposeA: transposeA, transposeB: transposeB,
                                   alpha: alpha, beta: beta,
-                                  strideA: a.rank == 2 ? 0 : m * k, strideB: b.rank == 2 ? 0 : k * n, strideC: m * n)
+                                  strideA: a.rank == 2 ? 0 : m * k, strideB: b.rank == 2 ? 0 : k * n, strideC: m * n,
+                                  inputType: a.dtype)
         if k == 0 {
             // An empty inner product: C = beta * C.
             try enqueueScale(c, by: beta, into: c)

@@ -39,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + convertCases + [gemmCase] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
+    static let cases: [ParityCase] = elementwiseCases + convertCases + [gemmCase, gemmCase(inputType: .bf16)] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in
@@ -105,7 +105,12 @@ enum ParityTable {
     }
 
     /// GEMM: every transpose combination, alpha/beta, odd and unit sizes, strided batches and a shared B.
-    static let gemmCase = ParityCase(op: "gemm", tolerance: 1e-5) { rng in
+    static let gemmCase = gemmCase(inputType: .f32)
+
+    /// GEMMs over odd sizes, every transpose, batches (one with B shared), alpha and beta. With bf16
+    /// inputs the op gets A and B narrowed on the device and the reference multiplies their
+    /// bf16-rounded values in fp64 (the products are exact in fp32; only the fp32 accumulation differs).
+    static func gemmCase(inputType: DType) -> ParityCase { ParityCase(op: inputType == .f32 ? "gemm" : "gemm \(inputType.rawValue) x \(inputType.rawValue) -> f32", tolerance: 1e-5) { rng in
         var instances: [ParityInstance] = []
         let sizes: [(m: Int, n: Int, k: Int, batch: Int, shareB: Bool)] = [
             (1, 1, 1, 1, false), (13, 17, 31, 1, false), (64, 48, 96, 1, false), (1, 129, 77, 1, false),
@@ -127,10 +132,24 @@ enum ParityTable {
                                Operand(shape: batchShape + [m, n], values: rng.normals(batch * m * n))],
                     outputs: [2],
                     run: { backend, t in
-                        try backend.gemm(t[0], t[1], into: t[2], transposeA: transposeA, transposeB: transposeB, alpha: alpha, beta: beta)
+                        var (a, b) = (t[0], t[1])
+                        if inputType != .f32 {
+                            a = try backend.tensor(shape: t[0].shape, dtype: inputType, label: "A narrowed")
+                            b = try backend.tensor(shape: t[1].shape, dtype: inputType, label: "B narrowed")
+                            try backend.convert(t[0], into: a)
+                            try backend.convert(t[1], into: b)
+                        }
+                        try backend.gemm(a, b, into: t[2], transposeA: transposeA, transposeB: transposeB, alpha: alpha, beta: beta)
                     },
                     reference: { inputs in
-                        let (a, b, c) = (inputs[0], inputs[1], inputs[2])
+                        var (a, b) = (inputs[0], inputs[1])
+                        if let f = sixteenBitFormats.first(where: { $0.dtype == inputType }) {
+                            func round(_ values: [Double]) -> [Double] {
+                                values.map { roundToNearestEven($0, significandBits: f.p, minExponent: f.minExponent, maxExponent: f.maxExponent) }
+                            }
+                            (a, b) = (round(a), round(b))
+                        }
+                        let c = inputs[2]
                         var out = c
                         for p in 0..<batch {
                             let bBase = size.shareB ? 0 : p * k * n
@@ -151,7 +170,7 @@ enum ParityTable {
             }
         }
         return instances
-    }
+    } }
 
     /// Row inputs: wide logits (randn * 10) with some -inf entries, and the last row fully masked
     /// when there is more than one row.

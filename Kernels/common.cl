@@ -29,6 +29,21 @@ __attribute__((overloadable)) inline float vmax(float16 v) { return vmax(fmax(v.
 // instructions on its NaN rules. For running maxima that never hold NaN it is fmax.
 __attribute__((overloadable)) inline floatV max_or_second(floatV a, floatV b) { return select(b, a, a > b); }
 
+// fp32 to bf16 bits (the high half), round to nearest even; an overflow past the largest finite
+// becomes inf; NaN keeps its sign and is made quiet (bit 6 of the half) so it never rounds into inf.
+// For a float and every vector width (convert.cl, quant.cl).
+#define BF16_BITS_OF(N)                                                                       \
+__attribute__((overloadable)) inline ushort##N bf16_bits(float##N x) {                        \
+    const uint##N u = as_uint##N(x);                                                          \
+    const uint##N rounded = (u + (uint##N)(0x7FFF) + ((u >> 16) & (uint##N)(1))) >> 16;       \
+    return convert_ushort##N(select(rounded, (u >> 16) | (uint##N)(0x40), isnan(x)));         \
+}
+BF16_BITS_OF()
+BF16_BITS_OF(2)
+BF16_BITS_OF(4)
+BF16_BITS_OF(8)
+BF16_BITS_OF(16)
+
 // Elementwise kernels over n elements: work-item i < n/VW handles vector i; the n % VW work-items
 // after those handle one tail element each (the host launches n/VW + n%VW work-items).
 #define ELEMENTWISE_INDEX                        \

@@ -6,36 +6,60 @@
 //   F16    2 bytes a weight
 // Quantized sources are byte pointers with byte offsets; fp32 outputs use element offsets.
 // CPU twins: CPUKernels.dequantize_q8_0, dequantize_q4_0, dequantize_q4_1, dequantize_f16, dequantize_bf16,
+//            dequantize_q8_0_to_bf16, dequantize_q4_0_to_bf16, dequantize_q4_1_to_bf16, dequantize_f16_to_bf16,
 //            get_rows_f32, get_rows_f16, get_rows_bf16, get_rows_q8_0, get_rows_q4_0, get_rows_q4_1.
 
-inline void decode_q8_0(__global const uchar* block, __global float* out) {
+// Half h (0: weights 0-15, 1: weights 16-31) of a block, in fp32.
+inline float16 half_q8_0(__global const uchar* block, int h) {
     const float d = vload_half(0, (__global const half*)block);
-    __global const char* qs = (__global const char*)(block + 2);
-    vstore16(convert_float16(vload16(0, qs)) * d, 0, out);
-    vstore16(convert_float16(vload16(1, qs)) * d, 1, out);
+    return convert_float16(vload16(h, (__global const char*)(block + 2))) * d;
 }
 
-inline void decode_q4_0(__global const uchar* block, __global float* out) {
+inline float16 half_q4_0(__global const uchar* block, int h) {
     const float d = vload_half(0, (__global const half*)block);
     const uchar16 qs = vload16(0, block + 2);
-    vstore16((convert_float16(qs & (uchar)15) - 8.0f) * d, 0, out);
-    vstore16((convert_float16(qs >> (uchar)4) - 8.0f) * d, 1, out);
+    return (convert_float16(h == 0 ? qs & (uchar)15 : qs >> (uchar)4) - 8.0f) * d;
 }
 
-inline void decode_q4_1(__global const uchar* block, __global float* out) {
+inline float16 half_q4_1(__global const uchar* block, int h) {
     const float d = vload_half(0, (__global const half*)block);
     const float m = vload_half(1, (__global const half*)block);
     const uchar16 qs = vload16(0, block + 4);
-    vstore16(convert_float16(qs & (uchar)15) * d + m, 0, out);
-    vstore16(convert_float16(qs >> (uchar)4) * d + m, 1, out);
+    return convert_float16(h == 0 ? qs & (uchar)15 : qs >> (uchar)4) * d + m;
 }
 
-// out[32 b .. 32 b + 31] = block b of src; one work-item per block.
+inline void decode_q8_0(__global const uchar* block, __global float* out) {
+    vstore16(half_q8_0(block, 0), 0, out);
+    vstore16(half_q8_0(block, 1), 1, out);
+}
+
+inline void decode_q4_0(__global const uchar* block, __global float* out) {
+    vstore16(half_q4_0(block, 0), 0, out);
+    vstore16(half_q4_0(block, 1), 1, out);
+}
+
+inline void decode_q4_1(__global const uchar* block, __global float* out) {
+    vstore16(half_q4_1(block, 0), 0, out);
+    vstore16(half_q4_1(block, 1), 1, out);
+}
+
+// out[32 b .. 32 b + 31] = block b of src; one work-item per block. The _to_bf16 kernels expand
+// straight to bf16 (the teacher's 16-bit compute type; out is a byte pointer with a byte offset):
+// no fp32 copy of the matrix is made.
 #define DEQUANTIZE_KERNEL(type, block_bytes)                                                       \
 __kernel void dequantize_##type(__global const uchar* src, int so, __global float* out, int oo, \
                                 int blocks) {                                                    \
     const int b = get_global_id(0);                                                              \
     if (b < blocks) decode_##type(src + so + (long)b * block_bytes, out + oo + (long)b * 32);   \
+}                                                                                                \
+__kernel void dequantize_##type##_to_bf16(__global const uchar* src, int so, __global uchar* out, \
+                                          int oo, int blocks) {                                  \
+    const int b = get_global_id(0);                                                              \
+    if (b >= blocks) return;                                                                     \
+    __global const uchar* block = src + so + (long)b * block_bytes;                              \
+    __global ushort* o = (__global ushort*)(out + oo) + (long)b * 32;                            \
+    vstore16(bf16_bits(half_##type(block, 0)), 0, o);                                            \
+    vstore16(bf16_bits(half_##type(block, 1)), 1, o);                                            \
 }
 DEQUANTIZE_KERNEL(q8_0, 34)
 DEQUANTIZE_KERNEL(q4_0, 18)
@@ -44,6 +68,11 @@ DEQUANTIZE_KERNEL(q4_1, 20)
 __kernel void dequantize_f16(__global const uchar* src, int so, __global float* out, int oo, int n) {
     const int i = get_global_id(0);
     if (i < n) out[oo + i] = vload_half(i, (__global const half*)(src + so));
+}
+
+__kernel void dequantize_f16_to_bf16(__global const uchar* src, int so, __global uchar* out, int oo, int n) {
+    const int i = get_global_id(0);
+    if (i < n) ((__global ushort*)(out + oo))[i] = bf16_bits(vload_half(i, (__global const half*)(src + so)));
 }
 
 // bf16 is the high half of an fp32: widening is exact.

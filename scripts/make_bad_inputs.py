@@ -440,6 +440,7 @@ def yaml_cases():
     y("yaml-validation-fraction-above-one", "validation_fraction: 1.5\n", ["validation_fraction", "1.5"])
     y("yaml-eval-windows-zero", "eval_windows: 0\n", ["eval_windows", "0"])
     y("yaml-export-gguf-q2", "export_gguf: q2\n", ["export_gguf", "q2"])
+    y("yaml-teacher-precision-fp8", "teacher_precision: fp8\n", ["teacher_precision", "fp8"])
     y("yaml-temperature-schedule-bogus", "temperature_schedule: bogus\n", ["temperature_schedule", "bogus"])
     y("yaml-hint-loss-l3", "hint_weight: 0.5\nhint_loss: l3\n", ["hint_loss", "l3"])
     y("yaml-gradient-accumulation-zero", "gradient_accumulation: 0\n", ["gradient_accumulation", "0"])

@@ -69,11 +69,17 @@ public struct TeacherSuite: BenchSuite {
         let fileBytes = (try? FileManager.default.attributesOfItem(atPath: file.path)[.size] as? Int) ?? 0
         var records: [BenchRecord] = []
         var cpuLogits: [Float]?
-        for backend in [context.cpu] + context.backends.filter({ $0 !== context.cpu }) {
-            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+        var fp32TokensPerSecond: [String: Double] = [:]
+        let runs = ([context.cpu] + context.backends.filter({ $0 !== context.cpu })).flatMap { backend in
+            [(backend, DType.f32)] + (context.backends.contains { $0 === backend } ? [(backend, DType.bf16)] : [])
+        }
+        for (backend, precision) in runs {
+            // bf16 needs a host GEMM engine (CPUs, CPU OpenCL devices).
+            guard precision == .f32 || (try? LlamaModel.probeBF16(on: backend)) != nil else { continue }
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: precision)
             let flat = benchTokenIds(Self.batch * Self.sequenceLength, below: model.config.vocabulary, seed: 12345)
             let tokens = (0..<Self.batch).map { Array(flat[($0 * Self.sequenceLength)..<(($0 + 1) * Self.sequenceLength)]) }
-            context.report("teacher: forward \(Self.batch) x \(Self.sequenceLength) tokens on \(backend.name)")
+            context.report("teacher: forward \(Self.batch) x \(Self.sequenceLength) tokens on \(backend.name), \(precision.rawValue) GEMMs")
             let ledger = backend.ledger
             let before = ledger.allocatedBytes
             ledger.resetPeak()
@@ -88,13 +94,17 @@ public struct TeacherSuite: BenchSuite {
             cpuLogits = cpuLogits ?? logits
             guard context.backends.contains(where: { $0 === backend }) else { continue }
             let mib = { (bytes: Int) in Double(bytes) / Double(1 << 20) }
+            let tokensPerSecond = Double(Self.batch * Self.sequenceLength) / seconds
+            var extra = ["tokens_per_s": tokensPerSecond, "file_mib": mib(fileBytes), "resident_mib": mib(model.residentBytes), "peak_mib": mib(peak)]
+            if precision == .f32 { fp32TokensPerSecond[backend.name] = tokensPerSecond } else if let fp32 = fp32TokensPerSecond[backend.name] {
+                extra["speedup_over_fp32"] = tokensPerSecond / fp32
+            }
             records.append(BenchRecord(
-                suite: name, kernel: "teacher_forward", backend: backend.name,
+                suite: name, kernel: precision == .f32 ? "teacher_forward" : "teacher_forward bf16", backend: backend.name,
                 shape: "\(Self.batch)x\(Self.sequenceLength) tokens, \(model.config.layers) blocks, C=\(model.config.width), V=\(model.config.vocabulary)",
-                medianSeconds: seconds, maxAbsError: error,
-                extra: ["tokens_per_s": Double(Self.batch * Self.sequenceLength) / seconds,
-                        "file_mib": mib(fileBytes), "resident_mib": mib(model.residentBytes), "peak_mib": mib(peak)],
-                note: "resident = weights as stored + one fp32 scratch for the largest quantized matrix; peak adds the activations and logits"))
+                medianSeconds: seconds, maxAbsError: error, extra: extra,
+                note: "resident = weights as stored + one scratch for the largest quantized matrix (in the GEMMs' type); peak adds the activations and logits"
+                    + (precision == .bf16 ? "; dtype bf16: weight GEMMs in bf16 with fp32 accumulation, max_abs_error of the logits vs the CPU backend's fp32" : "")))
         }
         return records
     }

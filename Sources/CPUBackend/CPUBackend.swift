@@ -172,8 +172,20 @@ public final class CPUBackend: Backend {
     }
 
     public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
-        let (src, po) = (UnsafeRawPointer(try rawPointer(source)), try mutablePointer(out))
+        let src = UnsafeRawPointer(try rawPointer(source))
         let blocks = source.count / 32
+        if out.dtype == .bf16 {
+            let raw = try rawPointer(out)
+            switch source.dtype {
+            case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0_to_bf16(src, raw, $0) }
+            case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0_to_bf16(src, raw, $0) }
+            case .q4_1: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_1_to_bf16(src, raw, $0) }
+            case .f16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_f16_to_bf16(src, raw, $0) }
+            default: throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue)) to bf16")
+            }
+            return
+        }
+        let po = try mutablePointer(out)
         switch source.dtype {
         case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0(src, po, $0) }
         case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0(src, po, $0) }

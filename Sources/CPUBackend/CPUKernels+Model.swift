@@ -29,6 +29,34 @@ extension CPUKernels {
         for i in elements { out[i] = BlockFormat.bfloat16(src, i) }
     }
 
+    /// Blocks `blocks` of a block type expanded straight to bf16 bits (`out` raw, 2 bytes a weight):
+    /// each block decoded to 32 fp32 values on the stack, then rounded to nearest even.
+    static func dequantizeBlocksToBF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
+                                       decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 32) { values in
+            for b in blocks {
+                decode(src + b * blockBytes, values.baseAddress!)
+                for j in 0..<32 { out.storeBytes(of: BlockFormat.bfloat16Bits(values[j]).littleEndian, toByteOffset: 2 * (b * 32 + j), as: UInt16.self) }
+            }
+        }
+    }
+
+    public static func dequantize_q8_0_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToBF16(src, out, blocks, blockBytes: 34, decode: BlockFormat.decodeQ8_0)
+    }
+
+    public static func dequantize_q4_0_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToBF16(src, out, blocks, blockBytes: 18, decode: BlockFormat.decodeQ4_0)
+    }
+
+    public static func dequantize_q4_1_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToBF16(src, out, blocks, blockBytes: 20, decode: BlockFormat.decodeQ4_1)
+    }
+
+    public static func dequantize_f16_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
+        for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(BlockFormat.half(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+    }
+
     /// As convert.cl: fp32 narrowed to bf16 bits, round to nearest even, NaN kept quiet.
     public static func convert_f32_to_bf16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
         for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }

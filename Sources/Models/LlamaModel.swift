@@ -61,39 +61,63 @@ public final class LlamaModel {
     public var backend: any Backend { weights.backend }
     /// RoPE pair layout: adjacent for GGUF llama weights, halves for Hugging Face weights.
     public let ropeLayout: RoPE.PairLayout
-    /// fp32 scratch for one dequantized weight matrix: the largest quantized block matrix, or
-    /// `minimumLMHeadChunk` rows of the LM head if that is larger.
+    /// The element type of the weight-matrix GEMMs' inputs: f32, or bf16 (weights expanded straight
+    /// from their blocks to bf16, activations narrowed once per use, products accumulated in fp32).
+    /// Everything else (norms, RoPE, attention, softmax) stays fp32.
+    public let precision: DType
+    /// Scratch in the compute type for one expanded weight matrix: the largest matrix not already in
+    /// it, or `minimumLMHeadChunk` rows of the LM head if that is larger.
     private let weightScratch: Tensor?
     static let minimumLMHeadChunk = 1024
 
-    public init(weights: LlamaWeights, ropeLayout: RoPE.PairLayout = .adjacent) throws {
+    /// - Parameter precision: `.f32` or `.bf16` (``precision``).
+    public init(weights: LlamaWeights, ropeLayout: RoPE.PairLayout = .adjacent, precision: DType = .f32) throws {
+        guard precision == .f32 || precision == .bf16 else {
+            throw ModelError.unsupported("model precision \(precision.rawValue): use f32 or bf16")
+        }
         self.weights = weights
         self.ropeLayout = ropeLayout
-        let blockMatrices = weights.blocks.flatMap(\.matrices).filter { $0.dtype != .f32 }.map(\.count)
-        let lmHead = weights.output.dtype != .f32 ? [Self.minimumLMHeadChunk * weights.config.width] : []
+        self.precision = precision
+        let blockMatrices = weights.blocks.flatMap(\.matrices).filter { $0.dtype != precision }.map(\.count)
+        let lmHead = weights.output.dtype != precision ? [Self.minimumLMHeadChunk * weights.config.width] : []
         weightScratch = try (blockMatrices + lmHead).max().map {
-            try weights.backend.tensor(shape: [$0], label: "dequantized weight scratch")
+            try weights.backend.tensor(shape: [$0], dtype: precision, label: "expanded weight scratch")
         }
+    }
+
+    /// Whether `backend` runs bf16 GEMMs (a host engine: the CPU backend or a CPU OpenCL device): one 1 x 1 x 1 product, or its error.
+    public static func probeBF16(on backend: any Backend) throws {
+        let one = try backend.tensor([1], shape: [1, 1], dtype: .bf16, label: "bf16 probe")
+        try backend.gemm(one, one, into: try backend.tensor(shape: [1, 1], label: "bf16 probe product"))
+    }
+
+    /// `x` as the weight GEMMs take it: itself in f32, a bf16 copy in bf16 (made once, used by every GEMM that reads it).
+    func gemmInput(_ x: Tensor) throws -> Tensor {
+        guard precision != .f32 else { return x }
+        let narrowed = try backend.tensor(shape: x.shape, dtype: precision, label: "\(x.label) (\(precision.rawValue))")
+        try backend.convert(x, into: narrowed)
+        return narrowed
     }
 
     /// Bytes of device memory the model holds: weights plus the dequantization scratch.
     public var residentBytes: Int { weights.residentBytes + (weightScratch?.byteCount ?? 0) }
 
-    /// y [N, out] = x [N, in] W^T for a weight W [out, in] of any stored type.
+    /// y [N, out] = x [N, in] W^T for a weight W [out, in] of any stored type; `x` from ``gemmInput(_:)``.
     func linear(_ x: Tensor, _ w: Tensor, into y: Tensor) throws {
-        if w.dtype == .f32 {
+        if w.dtype == precision {
             try backend.gemm(x, w, into: y, transposeB: true)
             return
         }
         let expanded = try weightScratch!.rows(0..<w.count).reshaped(w.shape)
-        try backend.dequantize(w, into: expanded)
+        if w.dtype == .f32 { try backend.convert(w, into: expanded) } else { try backend.dequantize(w, into: expanded) }
         try backend.gemm(x, expanded, into: y, transposeB: true)
     }
 
     /// logits [N, V] = x [N, C] W_out^T; a quantized W_out [V, C] is expanded one vocabulary chunk at a time.
     func lmHead(_ x: Tensor, into logits: Tensor) throws {
         let w = weights.output
-        guard w.dtype != .f32, let weightScratch else {
+        let x = try gemmInput(x)
+        guard w.dtype != precision, let weightScratch else {
             try linear(x, w, into: logits)
             return
         }
@@ -157,9 +181,10 @@ public final class LlamaModel {
         for (l, block) in weights.blocks.enumerated() {
             // Attention: x += Wo · softmax(q kᵀ / √hs, causal) v
             try backend.rmsNorm(x, weight: block.attentionNorm, epsilon: config.normEpsilon, into: xn)
-            try linear(xn, block.query, into: q)
-            try linear(xn, block.key, into: k)
-            try linear(xn, block.value, into: vv)
+            let attentionInput = try gemmInput(xn)
+            try linear(attentionInput, block.query, into: q)
+            try linear(attentionInput, block.key, into: k)
+            try linear(attentionInput, block.value, into: vv)
             try backend.rope(q, positions: positionList, into: q, rope)
             try backend.rope(k, positions: positionList, into: k, ropeKV)
             try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
@@ -191,15 +216,16 @@ public final class LlamaModel {
                 attentionProbabilities[l] = kept
             }
             try backend.transpose12(context, into: contextT)
-            try linear(contextT.reshaped([n, c]), block.attentionOutput, into: attentionOut)
+            try linear(gemmInput(contextT.reshaped([n, c])), block.attentionOutput, into: attentionOut)
             try backend.add(x, attentionOut, into: x)
 
             // Feed-forward: x += W_down (silu(W_gate xn) * W_up xn)
             try backend.rmsNorm(x, weight: block.feedForwardNorm, epsilon: config.normEpsilon, into: xn)
-            try linear(xn, block.gate, into: gate)
-            try linear(xn, block.up, into: up)
+            let feedForwardInput = try gemmInput(xn)
+            try linear(feedForwardInput, block.gate, into: gate)
+            try linear(feedForwardInput, block.up, into: up)
             try backend.swiglu(gate: gate, up: up, into: gate)
-            try linear(gate, block.down, into: down)
+            try linear(gemmInput(gate), block.down, into: down)
             try backend.add(x, down, into: x)
             if options.keepHiddenStates {
                 let kept = try scratch([n, c], "hidden state \(l)")

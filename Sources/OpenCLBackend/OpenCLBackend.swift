@@ -346,7 +346,7 @@ public final class OpenCLBackend: Backend {
 
     public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
         let n = source.dtype == .f16 || source.dtype == .bf16 ? source.count : source.count / 32
-        try launch("dequantize_\(source.dtype.rawValue)", in: "quant.cl", globalSize: n, localSize: nil,
+        try launch("dequantize_\(source.dtype.rawValue)\(out.dtype == .bf16 ? "_to_bf16" : "")", in: "quant.cl", globalSize: n, localSize: nil,
                    try arguments(source) + arguments(out) + [try int32(n, source.label)])
     }
 

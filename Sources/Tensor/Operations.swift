@@ -213,12 +213,16 @@ extension Backend {
 
     // MARK: model ops
 
-    /// out = the f32 values of `source` (Q8_0, Q4_0, Q4_1 or F16), same element count.
+    /// out = the values of `source` (Q8_0, Q4_0, Q4_1, F16 or BF16), same element count, in f32 (or in
+    /// bf16, rounded to nearest even, from the block types and F16: the 16-bit teacher's weights).
     public func dequantize(_ source: Tensor, into out: Tensor) throws {
-        try requireFloat32(out, op: "dequantize")
-        try requireOwned(source, op: "dequantize")
+        try requireOwned(source, out, op: "dequantize")
         guard [.q8_0, .q4_0, .q4_1, .f16, .bf16].contains(source.dtype) else {
             throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or 16-bit type")
+        }
+        // Into f32, or straight into bf16 (rounded to nearest even) from a block type or f16.
+        guard out.dtype == .f32 || (out.dtype == .bf16 && source.dtype != .bf16) else {
+            throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue)) into \(out.label) (\(out.dtype.rawValue)): the output is f32, or bf16 from a block type or f16")
         }
         let blocks = source.dtype != .f16 && source.dtype != .bf16
         guard source.count == out.count, source.count % 32 == 0 || !blocks, source.offset % 32 == 0 || !blocks else {

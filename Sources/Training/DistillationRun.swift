@@ -191,9 +191,14 @@ public final class DistillationRun {
             studentDescription = "student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
                 + "\(student.parameterCount) parameters"
         }
+        if cache == nil && config.typedTeacherPrecision == .bf16 {
+            do { try LlamaModel.probeBF16(on: backend) } catch {
+                throw TrainingError.config("teacher_precision (--teacher-precision): bf16 does not run on \(backend.name) (\(error)); use fp32")
+            }
+        }
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
         let teacher: any TeacherSource = try cache.map { SparseTeacher(cache: $0, tail: config.typedSparseTail, backend: backend) }
-            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend)))
+            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: config.typedTeacherPrecision))
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))

@@ -3,6 +3,7 @@ import GGUF
 import Foundation
 import Losses
 import Models
+import Tensor
 import Yams
 
 /// Everything a distillation run is told: from a YAML file (`--config`), then overridden by flags.
@@ -96,9 +97,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// What cached top-k/top-p targets give the tokens they do not list: `renormalize` (nothing;
     /// the teacher renormalized over its listed tokens), `uniform` (the tail mass spread evenly
     /// over the rest of the vocabulary) or `bucket` (DistillKit's symmetric_uniform: the tail mass
-    /// as one more bucket against the student's, forward KL only). Sampled targets are always
-    /// renormalized.
+    /// as one more bucket against the student's, forward KL only) or `decoupled` (LFM2's decoupled
+    /// top-K objective, forward KL only). Sampled targets are always renormalized.
     public var sparseTail = "renormalize"
+    /// The live teacher's weight GEMMs: `fp32`, or `bf16` (weights expanded straight to bf16,
+    /// fp32 accumulation; on CPUs and CPU OpenCL devices).
+    public var teacherPrecision = "fp32"
 
     public init() {}
 
@@ -113,6 +117,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
+        case teacherPrecision = "teacher_precision"
     }
 
     public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
@@ -296,6 +301,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             if divergence == "taid" {
                 throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
             }
+        case .teacherPrecision:
+            try oneOf(teacherPrecision, ["fp32", "bf16"])
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {
@@ -342,6 +349,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 /// name these cannot read, so they are read only after it).
 extension TrainingConfig {
     public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
+    public var typedTeacherPrecision: DType { teacherPrecision == "bf16" ? .bf16 : .f32 }
     public var typedLensDivergence: Divergence { Divergence(name: lensDivergence)! }
     public var typedHintLoss: HiddenStateHintLoss.Kind { HiddenStateHintLoss.Kind(rawValue: hintLoss)! }
     public var typedTemperatureSchedule: TemperatureSchedule { TemperatureSchedule(rawValue: temperatureSchedule)! }

@@ -16,16 +16,31 @@ struct ModelOptions: ParsableArguments {
         valueName: "device"))
     var device: String = "opencl"
 
+    @Option(name: .long, help: ArgumentHelp(
+        "fp32, or bf16: the weight GEMMs in bf16 (weights expanded straight to bf16, fp32 accumulation; CPUs and CPU OpenCL devices).",
+        valueName: "precision"))
+    var precision: String = "fp32"
+
     /// The tokenizer, the model on the chosen backend, and the backend's name.
     func load() throws -> (tokenizer: BPETokenizer, model: LlamaModel) {
+        let computeType = try modelPrecision(precision, flag: "--precision")
         let file = try openModelFile(model)
         let tokenizer = try BPETokenizer(gguf: file)
         let backend = try openBackend(device, cpu: CPUBackend())
-        let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+        let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: computeType)
         guard tokenizer.vocabularySize <= model.config.vocabulary else {
             throw ModelError.badInput("\(model): the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(model.config.vocabulary) rows")
         }
         return (tokenizer, model)
+    }
+}
+
+/// The compute type a precision name means (`fp32` or `bf16`), or a one-line error naming the flag.
+func modelPrecision(_ name: String, flag: String) throws -> DType {
+    switch name.lowercased() {
+    case "fp32", "f32": return .f32
+    case "bf16": return .bf16
+    default: throw ValidationError("\(flag) \(name): use fp32 or bf16")
     }
 }
 

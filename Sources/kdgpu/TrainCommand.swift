@@ -67,6 +67,8 @@ struct TrainCommand: ParsableCommand {
     var teacherCache: String?
     @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl).")
     var sparseTail: String?
+    @Option(name: .long, help: "The live teacher's weight GEMMs: fp32, or bf16 (weights expanded straight to bf16, fp32 accumulation; CPUs and CPU OpenCL devices).")
+    var teacherPrecision: String?
 
     func run() throws {
         do {
@@ -141,5 +143,6 @@ struct TrainCommand: ParsableCommand {
         if let exportGguf { settings.exportGguf = exportGguf }
         if let teacherCache { settings.teacherCache = teacherCache }
         if let sparseTail { settings.sparseTail = sparseTail }
+        if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
     }
 }

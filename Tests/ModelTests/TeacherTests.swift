@@ -80,4 +80,23 @@ final class TeacherLikelihoodTests: XCTestCase {
         }
         XCTAssertEqual(means[1], means[0], accuracy: 1e-4 * means[0], "OpenCL vs CPU")
     }
+
+    /// The teacher in bf16 (weights expanded from Q4_1 straight to bf16, activations narrowed per
+    /// GEMM, fp32 accumulation): its mean NLL within 1% of the fp64 numpy reference, on both backends.
+    func testBF16TeacherNLLIsWithinOnePercentOfTheReference() throws {
+        guard let path = TeacherTests.teacherPath else {
+            throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
+        }
+        let url = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/teacher-reference.json")
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: url))
+        let tokens = reference.texts.reduce(0) { $0 + $1.ids.count - 1 }
+        let referenceMean = reference.texts.reduce(0) { $0 + $1.reference_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        let file = try GGUFFile(path: path)
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16)
+            let total = try reference.texts.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: [$1.ids])) }
+            XCTAssertEqual(total.meanNLL, referenceMean, accuracy: 1e-2 * referenceMean, "bf16 vs the fp64 reference on \(backend.name)")
+            print("bf16 teacher on \(backend.name): mean NLL \(total.meanNLL), fp64 reference \(referenceMean) (\(String(format: "%+.3f", 100 * (total.meanNLL - referenceMean) / referenceMean))%)")
+        }
+    }
 }

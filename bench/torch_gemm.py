@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch CPU matmul on the shapes of `kdgpu bench gemm` (fp32, 2 threads), so the README can set
-kdgpu's GEMM engine beside an independent one measured in the same session.
+"""PyTorch CPU matmul on the shapes of `kdgpu bench gemm` (fp32, and bf16 inputs; 2 threads), so the
+README can set kdgpu's GEMM engines beside an independent one measured in the same session.
 
     pip install torch==2.13.0+cpu
     python3 bench/torch_gemm.py [--runs 5] [--json]
@@ -24,24 +24,26 @@ def main():
     generator = torch.Generator().manual_seed(3)
     records = []
     for m, k, n, transpose_b in SHAPES:
-        a = torch.rand(m, k, generator=generator) * 2 - 1
-        b = torch.rand(n, k, generator=generator) * 2 - 1 if transpose_b else torch.rand(k, n, generator=generator) * 2 - 1
-        out = torch.empty(m, n)
-        times = []
-        for run in range(args.runs + 1):
-            start = time.perf_counter()
-            torch.matmul(a, b.t() if transpose_b else b, out=out)
-            if run > 0:  # the first run is a warm-up
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-        shape = f"M={m} K={k} N={n}" + (" (B transposed)" if transpose_b else "")
-        records.append({"suite": "gemm-torch", "kernel": "matmul", "backend": "pytorch-cpu-2-threads", "shape": shape,
-                        "median_seconds": seconds, "gflop_per_s": 2.0 * m * n * k / seconds / 1e9, "torch": torch.__version__})
+        for dtype in (torch.float32, torch.bfloat16):
+            a = (torch.rand(m, k, generator=generator) * 2 - 1).to(dtype)
+            b = (torch.rand(n, k, generator=generator) * 2 - 1 if transpose_b else torch.rand(k, n, generator=generator) * 2 - 1).to(dtype)
+            out = torch.empty(m, n, dtype=dtype)
+            times = []
+            for run in range(args.runs + 1):
+                start = time.perf_counter()
+                torch.matmul(a, b.t() if transpose_b else b, out=out)
+                if run > 0:  # the first run is a warm-up
+                    times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            shape = f"M={m} K={k} N={n}" + (" (B transposed)" if transpose_b else "")
+            records.append({"suite": "gemm-torch", "kernel": "matmul" if dtype == torch.float32 else "matmul bf16",
+                            "dtype": "f32" if dtype == torch.float32 else "bf16", "backend": "pytorch-cpu-2-threads", "shape": shape,
+                            "median_seconds": seconds, "gflop_per_s": 2.0 * m * n * k / seconds / 1e9, "torch": torch.__version__})
     if args.json:
         print(json.dumps(records))
     else:
         for r in records:
-            print(f"{r['shape']:<36} {r['median_seconds'] * 1000:9.3f} ms {r['gflop_per_s']:7.1f} GFLOP/s")
+            print(f"{r['kernel']:<12} {r['shape']:<36} {r['median_seconds'] * 1000:9.3f} ms {r['gflop_per_s']:7.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -33,12 +33,13 @@ side = []
 def find(suite, kernel, shape_part):
     return [r for r in records if r["suite"] == suite and r["kernel"] == kernel and shape_part in r["shape"]]
 if os.path.exists(f"{work}/torch_gemm.json"):
-    torch_gemm = {r["shape"]: r for r in json.load(open(f"{work}/torch_gemm.json"))}
+    torch_gemm = {(r["shape"], r.get("dtype", "f32")): r for r in json.load(open(f"{work}/torch_gemm.json"))}
     for r in records:
-        t = torch_gemm.get(r["shape"])
-        if r["suite"] == "gemm" and t and "in use" in (r.get("note") or "") and ("2048 K=2048" in r["shape"] or "49152" in r["shape"]):
+        bf16 = "bf16" in r["kernel"]
+        t = torch_gemm.get((r["shape"], "bf16" if bf16 else "f32"))
+        if r["suite"] == "gemm" and t and ("in use" in (r.get("note") or "") or bf16) and ("2048 K=2048" in r["shape"] or "49152" in r["shape"]):
             side.append(f"- {r['kernel']}, {r['shape']}, {r['backend']}: {r['gflop_per_s']:.0f} GFLOP/s, "
-                        f"{r['gflop_per_s'] / t['gflop_per_s']:.2f}x PyTorch matmul ({t['gflop_per_s']:.0f} GFLOP/s)")
+                        f"{r['gflop_per_s'] / t['gflop_per_s']:.2f}x PyTorch {t['kernel']} ({t['gflop_per_s']:.0f} GFLOP/s)")
 if os.path.exists(f"{work}/torch_loss.json"):
     torch_loss = json.load(open(f"{work}/torch_loss.json"))
     torch_fb = [r for r in torch_loss if "backward" in r["kernel"]]

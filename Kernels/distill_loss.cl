@@ -192,6 +192,25 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
     const int vwhole = min(vend, n / VW); /* vectors below vwhole lie wholly inside the row */         \
     __global float* group_scratch = scratch + (long)group * SCRATCH_ROWS * vp;
 
+// A row's start: whether it counts (mask, ignore index), its status so far and its label (-1 without
+// hard labels); and its end: the row's loss, status and cross-entropy written, then a barrier, as
+// the group's scratch rows are reused by its next row.
+#define DISTILL_ROW_START                                                                              \
+        const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);              \
+        int status = valid ? 0 : STATUS_IGNORED;                                                       \
+        int label = -1;                                                                                \
+        if (hard) {                                                                                    \
+            label = (int)labels[lo + row];                                                             \
+            if (valid && (label < 0 || label >= n)) status |= STATUS_BAD_LABEL;                        \
+        }
+#define DISTILL_ROW_END                                                                                \
+        if (lid == 0) {                                                                                \
+            row_loss[rlo + row] = valid ? loss : 0.0f;                                                 \
+            row_status[rso + row] = (float)status;                                                     \
+            row_ce[rco + row] = valid ? cross_entropy : 0.0f;                                          \
+        }                                                                                              \
+        barrier(CLK_GLOBAL_MEM_FENCE);
+
 // The fused loss. Tensor arguments are (buffer, element offset); zs and dz may be the same buffer
 // (in place). zs is [rows, V]; the dense teacher row r starts at zt + zto + r * zt_ld (zt_ld >= V
 // truncates a padded teacher vocabulary); a top-k teacher is ids/vals [rows, k]. row_ce gets each
@@ -230,13 +249,7 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
     for (int row = group; row < rows; row += groups) {
         __global const float* zr = zs + zso + (long)row * n;
         __global float* dr = dz + dzo + (long)row * n;
-        const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);
-        int status = valid ? 0 : STATUS_IGNORED;
-        int label = -1;
-        if (hard) {
-            label = (int)labels[lo + row];
-            if (valid && (label < 0 || label >= n)) status |= STATUS_BAD_LABEL;
-        }
+        DISTILL_ROW_START
 
         // Pass 0 (top-k teacher): a dense teacher row in scratch. Missing mass: renormalize (the
         // rest is -inf), uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
@@ -496,13 +509,7 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         // The one-hot part of the hard-label gradient, after every work-item wrote its block.
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (gradient && hard && ok && lid == 0) dr[label] -= h;
-        if (lid == 0) {
-            row_loss[rlo + row] = valid ? loss : 0.0f;
-            row_status[rso + row] = (float)status;
-            row_ce[rco + row] = valid ? cross_entropy : 0.0f;
-        }
-        // The scratch rows are reused by the next row.
-        barrier(CLK_GLOBAL_MEM_FENCE);
+        DISTILL_ROW_END
     }
 }
 
@@ -532,13 +539,7 @@ __kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         __global float* dr = dz + dzo + (long)row * n;
         __global const float* ids = topk_ids + tio + (long)row * k;
         __global const float* vals = topk_vals + tvo + (long)row * k;
-        const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);
-        int status = valid ? 0 : STATUS_IGNORED;
-        int label = -1;
-        if (hard) {
-            label = (int)labels[lo + row];
-            if (valid && (label < 0 || label >= n)) status |= STATUS_BAD_LABEL;
-        }
+        DISTILL_ROW_START
 
         // Pass 1: the student's maximum, the marks and q - p cleared; over the listed ids the
         // teacher's largest value and whether any value is NaN or +inf or any id is bad.
@@ -659,12 +660,6 @@ __kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         }
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (gradient && hard && ok && lid == 0) dr[label] -= h;
-        if (lid == 0) {
-            row_loss[rlo + row] = valid ? loss : 0.0f;
-            row_status[rso + row] = (float)status;
-            row_ce[rco + row] = valid ? cross_entropy : 0.0f;
-        }
-        // The scratch rows are reused by the next row.
-        barrier(CLK_GLOBAL_MEM_FENCE);
+        DISTILL_ROW_END
     }
 }

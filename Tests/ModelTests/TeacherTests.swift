@@ -55,7 +55,8 @@ final class TeacherLikelihoodTests: XCTestCase {
         let texts: [Text]
     }
 
-    func testMeanNLLAgreesWithTheReferenceAndLlamaCppOnBothBackends() throws {
+    /// The teacher file, the reference texts, their predicted-token count and the fp64 reference's mean NLL over them.
+    func referenceSetUp() throws -> (file: GGUFFile, reference: Reference, tokens: Int, referenceMean: Double) {
         guard let path = TeacherTests.teacherPath else {
             throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
         }
@@ -63,8 +64,12 @@ final class TeacherLikelihoodTests: XCTestCase {
         let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: url))
         let tokens = reference.texts.reduce(0) { $0 + $1.ids.count - 1 }
         let referenceMean = reference.texts.reduce(0) { $0 + $1.reference_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
+        return (try GGUFFile(path: path), reference, tokens, referenceMean)
+    }
+
+    func testMeanNLLAgreesWithTheReferenceAndLlamaCppOnBothBackends() throws {
+        let (file, reference, tokens, referenceMean) = try referenceSetUp()
         let llamaCppMean = reference.texts.reduce(0) { $0 + $1.llama_cpp_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
-        let file = try GGUFFile(path: path)
         var means: [Double] = []
         for backend in try TestBackends.all() {
             let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
@@ -84,14 +89,7 @@ final class TeacherLikelihoodTests: XCTestCase {
     /// The teacher in bf16 (weights expanded from Q4_1 straight to bf16, activations narrowed per
     /// GEMM, fp32 accumulation): its mean NLL within 1% of the fp64 numpy reference, on both backends.
     func testBF16TeacherNLLIsWithinOnePercentOfTheReference() throws {
-        guard let path = TeacherTests.teacherPath else {
-            throw XCTSkip("the default teacher is not fetched (run `make teacher`, or set KDGPU_TEACHER_GGUF)")
-        }
-        let url = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/teacher-reference.json")
-        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: url))
-        let tokens = reference.texts.reduce(0) { $0 + $1.ids.count - 1 }
-        let referenceMean = reference.texts.reduce(0) { $0 + $1.reference_mean_nll * Double($1.ids.count - 1) } / Double(tokens)
-        let file = try GGUFFile(path: path)
+        let (file, reference, _, referenceMean) = try referenceSetUp()
         for backend in try TestBackends.all() {
             let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16)
             let total = try reference.texts.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: [$1.ids])) }

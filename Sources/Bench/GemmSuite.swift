@@ -74,12 +74,12 @@ public struct GemmSuite: BenchSuite {
                                                extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops],
                                                note: note))
                 }
-                // bf16 inputs, fp32 accumulation and output: oneDNN's matmul primitive wherever the host engine runs.
-                guard inUse.runsOnHost else { continue }
+                // bf16 inputs, fp32 accumulation and output: oneDNN's matmul primitive wherever the host
+                // engine runs, the project's gemm_bf16 kernel where CLBlast does.
                 context.report("gemm: \(shapeText) on \(backend.name), bf16 inputs")
                 let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: .bf16)
                 let gflops = flops / result.seconds / 1e9
-                records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) bf16 x bf16 -> f32 (onednn matmul)", backend: backend.name,
+                records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) bf16 x bf16 -> f32 (\(inUse.runsOnHost ? "onednn matmul" : "gemm_bf16 kernel"))", backend: backend.name,
                                            shape: shapeText, medianSeconds: result.seconds, gflopPerSecond: gflops,
                                            maxAbsError: maxAbsDifference(result.values, reference.values),
                                            extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,

@@ -319,8 +319,19 @@ public final class OpenCLBackend: Backend {
             try mappedHostGemm(a, b, c, p)
             return
         }
-        guard p.inputType == .f32 else {
-            throw TensorError.unsupported("gemm: bf16 inputs on \(device.name) need the host engine (a CPU device); CLBlast has no bf16 GEMM")
+        if p.inputType == .bf16 {
+            // CLBlast has no bf16 GEMM: the project's tiled kernel (16 x 16 tiles, fp32 accumulation).
+            guard device.maxWorkGroupSize >= 256 else {
+                throw TensorError.unsupported("gemm: bf16 inputs on \(device.name) need work-groups of 256 (it allows \(device.maxWorkGroupSize))")
+            }
+            let tiles = (p.m + 15) / 16 * ((p.n + 15) / 16) * p.batch
+            try launch("gemm_bf16", in: "gemm16.cl", globalSize: tiles * 256, localSize: 256,
+                       try arguments(a) + arguments(b) + arguments(c)
+                       + [try int32(p.m, "M"), try int32(p.n, "N"), try int32(p.k, "K"), try int32(p.lda, "lda"), try int32(p.ldb, "ldb"),
+                          try int32(p.ldc, "ldc"), Int32(p.transposeA ? 1 : 0), Int32(p.transposeB ? 1 : 0),
+                          try int32(p.strideA, "A batch stride"), try int32(p.strideB, "B batch stride"), try int32(p.strideC, "C batch stride"),
+                          p.alpha, p.beta])
+            return
         }
         let (bufferA, bufferB, bufferC) = (try buffer(a), try buffer(b), try buffer(c))
         let transposeA = p.transposeA ? CLBlastTransposeYes : CLBlastTransposeNo

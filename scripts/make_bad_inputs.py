@@ -758,6 +758,8 @@ def cache_cases():
     case("cache-out-holds-other-files", c, cache(), ["tc", "empty folder"],
          setup=[{"step": "write", "path": "tc/notes.txt", "text": "mine\n"}])
     case("cache-other-seq-len-in-its-folder", c, cache(seq_len="12"), ["seq_len 16 vs 12"], setup=[TEACHER_CACHE])
+    case("cache-teacher-precision-unknown", c, cache(teacher_precision="fp8"), ["--teacher-precision", "fp8"])
+    case("cache-other-precision-in-its-folder", c, cache(teacher_precision="bf16"), ["teacher precision fp32 vs bf16"], setup=[TEACHER_CACHE])
     case("cache-other-targets-in-its-folder", c, cache(targets="sampled:8"), ["targets topk:4 vs sampled:8"], setup=[TEACHER_CACHE])
     case("cache-manifest-damaged-on-resume", c, cache(), ["manifest.json"],
          setup=[TEACHER_CACHE, {"step": "write", "path": "tc/manifest.json", "text": "{\"format\": "}])

@@ -25,9 +25,12 @@ public struct TeacherCacheBuild {
     /// Windows per teacher forward.
     public var batchSize: Int
     public var windowsPerShard: Int
+    /// The teacher's weight GEMMs: `.f32`, or `.bf16` (``LlamaModel/precision``; recorded in the manifest).
+    public var teacherPrecision: DType
 
     public init(teacher: String, data: String, seqLen: Int, targets: TeacherTargetSpec, seed: UInt64 = 0, out: String,
-                batchSize: Int = 4, windowsPerShard: Int = 64) {
+                batchSize: Int = 4, windowsPerShard: Int = 64, teacherPrecision: DType = .f32) {
+        self.teacherPrecision = teacherPrecision
         self.teacher = teacher
         self.data = data
         self.seqLen = seqLen
@@ -78,7 +81,8 @@ public struct TeacherCacheBuild {
             teacher: .init(path: teacher, sha256: try SHA256Digest.file(at: teacher), vocabulary: config.vocabulary),
             corpus: .init(path: data, tokens: tokens.count, tokensSHA256: tokens.withUnsafeBytes { SHA256Digest.hex(of: $0) }),
             tokenizerSHA256: SHA256Digest.hex(of: tokenizerJSON), seqLen: seqLen, windows: windows, windowsPerShard: windowsPerShard,
-            targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false)
+            targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false,
+            teacherPrecision: teacherPrecision == .bf16 ? "bf16" : nil)
 
         // The folder: new, or a cache of the same key to continue.
         let folder = URL(fileURLWithPath: out, isDirectory: true)
@@ -107,8 +111,9 @@ public struct TeacherCacheBuild {
         }
         try writeManifest(manifest, to: manifestURL, writer: writer)
 
-        log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name), into \(out)")
-        let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend))
+        log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name)"
+            + (teacherPrecision == .bf16 ? " (bf16 GEMMs)" : "") + ", into \(out)")
+        let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0

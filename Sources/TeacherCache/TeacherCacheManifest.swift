@@ -56,6 +56,11 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     public var shards: [Shard]
     /// False while a build is under way or was stopped; a trainer refuses an incomplete cache.
     public var complete: Bool
+    /// `bf16` when the teacher's weight GEMMs ran in bf16; absent for fp32 (caches made before it existed are fp32).
+    public var teacherPrecision: String?
+
+    /// The teacher's GEMM precision, `fp32` or `bf16`.
+    public var precisionName: String { teacherPrecision ?? "fp32" }
 
     /// Positions with a target: `seq_len - 1` per window.
     public var storedTokens: Int { windows * (seqLen - 1) }
@@ -71,6 +76,7 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", teacher, corpus, tokenizerSHA256 = "tokenizer_sha256", seqLen = "seq_len", windows
         case windowsPerShard = "windows_per_shard", targets, seed, idBits = "id_bits", shards, complete
+        case teacherPrecision = "teacher_precision"
     }
 
     /// What makes two caches interchangeable: the same teacher file, token stream, windowing,
@@ -82,6 +88,7 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
         if seqLen != other.seqLen { differences.append("seq_len \(seqLen) vs \(other.seqLen)") }
         if targets != other.targets { differences.append("targets \(targets) vs \(other.targets)") }
         if seed != other.seed && targets.hasPrefix("sampled") { differences.append("seed \(seed) vs \(other.seed)") }
+        if precisionName != other.precisionName { differences.append("teacher precision \(precisionName) vs \(other.precisionName)") }
         return differences
     }
 

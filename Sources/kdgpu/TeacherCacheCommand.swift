@@ -43,14 +43,18 @@ struct TeacherCacheCommand: ParsableCommand {
         var device = "opencl"
         @Option(name: .long, help: ArgumentHelp("The cache folder (new, empty, or a stopped build of the same settings).", valueName: "DIR"))
         var out: String
+        @Option(name: .long, help: ArgumentHelp("The teacher's weight GEMMs: fp32, or bf16 (faster on CPUs with bf16 instructions; recorded in the manifest).",
+                                                valueName: "precision"))
+        var teacherPrecision = "fp32"
 
         func run() throws {
             do {
+                let precision = try modelPrecision(teacherPrecision, flag: "--teacher-precision")
                 let spec = try TeacherTargetSpec(parsing: targets)
                 let backend = try openBackend(device, cpu: try CPUBackend())
                 let printer = ProgressPrinter(interval: 10)
                 let build = TeacherCacheBuild(teacher: teacher, data: data, seqLen: seqLen, targets: spec, seed: seed, out: out,
-                                              batchSize: batchSize, windowsPerShard: windowsPerShard)
+                                              batchSize: batchSize, windowsPerShard: windowsPerShard, teacherPrecision: precision)
                 let manifest = try build.run(backend: backend, log: printer.log) { p in
                     printer.progress(String(format: "[%@] window %d/%d  %.0f tok/s  %.1f bytes/token  ETA %@", progressBar(p.windowsDone, of: p.windows),
                                             p.windowsDone, p.windows, p.tokensPerSecond, p.bytesPerToken, formatDuration(p.secondsLeft)))
@@ -123,7 +127,7 @@ func summary(of manifest: TeacherCacheManifest, folder: String) -> String {
     let done = manifest.shards.reduce(0) { $0 + $1.windows } * (manifest.seqLen - 1)
     return """
     teacher cache \(folder): \(state)
-      teacher:  \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(16)), vocabulary \(manifest.teacher.vocabulary))
+      teacher:  \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(16)), vocabulary \(manifest.teacher.vocabulary), \(manifest.precisionName) GEMMs)
       corpus:   \(manifest.corpus.path), \(manifest.corpus.tokens) tokens (sha256 \(manifest.corpus.tokensSHA256.prefix(16)))
       windows:  \(manifest.windows) of \(manifest.seqLen) tokens, \(manifest.windowsPerShard) a shard
       targets:  \(manifest.targets)\(manifest.targets.hasPrefix("sampled") ? " (seed \(manifest.seed))" : ""), \

@@ -171,9 +171,11 @@ final class TeacherCacheTests: XCTestCase {
     /// stopped; another key in the same folder is refused; the reader refuses damage, naming the file.
     func testBuildResumesReadsBackAndRefusesMismatchesAndDamage() throws {
         let data = try corpus(), whole = try scratch("whole"), stopped = try scratch("stopped")
-        func build(_ out: URL, spec: TeacherTargetSpec = .sampled(draws: 20), seqLen: Int = 24, windowsPerShard: Int = 10) throws -> TeacherCacheManifest {
+        func build(_ out: URL, spec: TeacherTargetSpec = .sampled(draws: 20), seqLen: Int = 24, windowsPerShard: Int = 10,
+                   precision: DType = .f32) throws -> TeacherCacheManifest {
             try TeacherCacheBuild(teacher: Self.tinyModel, data: data.path, seqLen: seqLen, targets: spec, seed: 9, out: out.path,
-                                  batchSize: 3, windowsPerShard: windowsPerShard).run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
+                                  batchSize: 3, windowsPerShard: windowsPerShard, teacherPrecision: precision)
+                .run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
         }
         let manifest = try build(whole)
         XCTAssertTrue(manifest.complete)
@@ -201,6 +203,10 @@ final class TeacherCacheTests: XCTestCase {
         // Another key in a folder that holds a cache.
         XCTAssertThrowsError(try build(whole, seqLen: 16)) { XCTAssertTrue("\($0)".contains("seq_len 24 vs 16"), "\($0)") }
         XCTAssertThrowsError(try build(whole, spec: .topK(k: 4))) { XCTAssertTrue("\($0)".contains("targets sampled:20 vs topk:4"), "\($0)") }
+        XCTAssertThrowsError(try build(whole, precision: .bf16)) { XCTAssertTrue("\($0)".contains("teacher precision fp32 vs bf16"), "\($0)") }
+        // A bf16 teacher's cache says so in its manifest (an fp32 one leaves the key out, as caches made before it did).
+        XCTAssertNil(manifest.teacherPrecision)
+        XCTAssertEqual(try build(try scratch("bf16"), precision: .bf16).teacherPrecision, "bf16")
 
         // Damage: an edited shard, a truncated one, an edited manifest.
         let shard = whole.appendingPathComponent(manifest.shards[1].file)

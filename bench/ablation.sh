@@ -12,6 +12,7 @@
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
 #   SEEDS="0 1 2" STEPS=200 DATA=cache/corpus/plays/roman bench/ablation.sh   (the defaults)
 #   ROWS="ce kd-t1 sampled" bench/ablation.sh   some rows only (names below)
+#   TABLE_ONLY=1 bench/ablation.sh           print the table of the runs finished so far, run nothing
 #
 # Finished runs are not run again (delete OUT/NAME-sSEED.txt to redo one); the two caches are built
 # once into OUT (a stopped build continues). Every run is logged to OUT/NAME-sSEED.log. About 8 minutes
@@ -23,9 +24,10 @@ out=${1:-runs/ablation}
 seeds=(${SEEDS:-0 1 2})
 steps=${STEPS:-200}
 data=${DATA:-cache/corpus/plays/roman}
-make -s setup teacher corpus >&2
+table_only=${TABLE_ONLY:-}
+[[ -z $table_only ]] && make -s setup teacher corpus >&2
 kdgpu=${KDGPU:-}
-if [[ -z $kdgpu ]]; then
+if [[ -z $kdgpu && -z $table_only ]]; then
     swift build -c release --product kdgpu >&2
     kdgpu=.build/release/kdgpu
 fi
@@ -63,6 +65,7 @@ setting() {
 flags() { setting "$1" | cut -d'|' -f2; }
 for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 
+if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
 [[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
 
@@ -79,26 +82,28 @@ for seed in "${seeds[@]}"; do
         rm -rf "$out/$name-s$seed"  # the run's checkpoint (0.5 GB); its summary and log stay
     done
 done
+fi
 
 # The table: mean and sample standard deviation over the seeds, each seed's value, and the mean's
 # change against CE only.
-perplexity() { awk '/student, after/ { print $NF }' "$out/$1-s$2.txt" 2>/dev/null; }
-echo "| objective | held-out perplexity, mean ± sd | per seed (${seeds[*]}) | vs CE only |"
+perplexity() { [[ -f "$out/$1-s$2.txt" ]] && awk '/student, after/ { print $NF }' "$out/$1-s$2.txt" || true; }
+echo "| objective | held-out perplexity, mean ± sd (seeds run) | per seed (${seeds[*]}; - not run) | vs CE only |"
 echo "|---|---:|---|---:|"
 ce_mean=""
 for name in "${rows[@]}"; do
-    values=()
+    values=() shown=()
     for seed in "${seeds[@]}"; do
         value=$(perplexity "$name" "$seed")
         [[ -n $value ]] && values+=("$value")
+        shown+=("${value:--}")
     done
     [[ ${#values[@]} -eq 0 ]] && continue
     read -r mean sd <<<"$(printf '%s\n' "${values[@]}" | awk '{ s += $1; q += $1 * $1; n++ } END { m = s / n; v = n > 1 ? (q - n * m * m) / (n - 1) : 0; printf "%.2f %.2f\n", m, sqrt(v > 0 ? v : 0) }')"
     [[ $name == ce ]] && ce_mean=$mean
     change=$([[ -n $ce_mean && $name != ce ]] && awk -v m="$mean" -v c="$ce_mean" 'BEGIN { printf "%+.1f%%", 100 * (m - c) / c }' || echo "")
     title=$(setting "$name" | cut -d'|' -f1)
-    echo "| $title | $mean ± $sd | $(IFS=' '; echo "${values[*]}") | $change |"
+    echo "| $title | $mean ± $sd (${#values[@]}) | $(IFS=' '; echo "${shown[*]}") | $change |"
 done
-teacher=$(awk '/teacher:/ { print $NF }' "$out"/*-s"${seeds[0]}".txt 2>/dev/null | head -1)
+teacher=$(cat "$out"/*-s"${seeds[0]}".txt 2>/dev/null | awk '/teacher:/ { print $NF }' | head -1)
 echo
-echo "$steps steps of 4 x 128 tokens on $data, ${#seeds[@]} seeds; teacher perplexity $teacher on the same windows."
+echo "$steps steps of 4 x 128 tokens on $data, seeds ${seeds[*]}; teacher perplexity $teacher on the same windows."

@@ -13,7 +13,7 @@ echo "baseline: the same student on cross-entropy alone (runs/default-ce; its lo
 "$kdgpu" train --out runs/default-ce --export-gguf none "$@" --soft-weight 0 --hard-weight 1 >runs/default-ce.txt 2>runs/default-ce.log
 distilled=$(awk '/student, after/ { print $NF }' runs/default.txt)
 baseline=$(awk '/student, after/ { print $NF }' runs/default-ce.txt)
-steps=$(awk '/student, after/ { print $(NF - 1) }' runs/default.txt)
+steps=$(awk '/student, after/ { print $(NF - 2) }' runs/default.txt)
 awk -v d="$distilled" -v b="$baseline" -v s="$steps" 'BEGIN {
     printf "held-out perplexity after %s steps: distilled %.3f, cross-entropy alone %.3f (distillation %.1f%% %s)\n",
            s, d, b, 100 * (d > b ? d - b : b - d) / b, d < b ? "lower" : "higher"

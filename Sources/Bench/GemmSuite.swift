@@ -75,7 +75,8 @@ public struct GemmSuite: BenchSuite {
                                                note: note))
                 }
                 // bf16 inputs, fp32 accumulation and output: oneDNN's matmul primitive wherever the host
-                // engine runs, the project's gemm_bf16 kernel where CLBlast does.
+                // engine runs, the project's gemm_bf16 kernel where CLBlast does (the engine in use, not the last one timed).
+                select(inUse)
                 context.report("gemm: \(shapeText) on \(backend.name), bf16 inputs")
                 let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: .bf16)
                 let gflops = flops / result.seconds / 1e9

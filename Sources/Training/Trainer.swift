@@ -91,9 +91,7 @@ public final class Trainer {
                                         minimumFraction: config.minLrFraction)
         optimizer = (config.beta1, config.beta2, config.weightDecay, config.gradClip)
         microBatches = config.gradientAccumulation
-        totalSteps = config.steps
     }
-    let totalSteps: Int
 
     /// Optimizer step `step` (1-based) on the next `gradient_accumulation` micro-batches of `batches`.
     public func step(_ step: Int, batches: inout some BatchSource) throws -> StepParts {
@@ -109,7 +107,7 @@ public final class Trainer {
             throw StepFailure(step: step, what: "the update made \(tensor) non-finite (or too large for fp32)")
         }
         parts.temperature = objective.temperature
-        objective.update(step: step, totalSteps: totalSteps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
+        objective.update(step: step, totalSteps: schedule.totalSteps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
                          teacherCrossEntropy: parts.teacherCrossEntropy)
         return parts
     }

@@ -5,11 +5,12 @@ README can show the two side by side (measured one after the other on the same m
 The step: teacher (SmolLM2-135M from the GGUF, dequantized to fp32 by the `gguf` package) forward
 without gradients; student (the teacher's blocks 0,1,2,27,28,29, tied embeddings) forward and
 backward of 0.1 * CE + T^2 * KL(teacher || student) at T = 2 over 4 x 128 tokens (or --batch-size x
---seq-len); AdamW step.
+--seq-len); AdamW step. `--autocast teacher` runs the teacher's forward under bf16 autocast, `--autocast all`
+the student's forward and backward too (PyTorch's mixed precision: fp32 parameters, bf16 matmuls).
 
     pip install torch==2.13.0+cpu gguf numpy
     python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3]
-        [--batch-size 4] [--seq-len 128] [--json]
+        [--batch-size 4] [--seq-len 128] [--autocast none|teacher|all] [--json]
 """
 import argparse
 import json
@@ -75,6 +76,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--autocast", choices=["none", "teacher", "all"], default="none")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -95,9 +97,10 @@ def main():
     for run in range(args.runs + 1):
         ids = torch.randint(0, teacher["token_embd.weight"].shape[0], (batch, length), generator=generator)
         start = time.perf_counter()
-        with torch.no_grad():
-            teacher_logits = forward(config, teacher, range(config["layers"]), ids)
-        logits = forward(config, student, range(len(student_blocks)), ids)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast != "none"):
+            teacher_logits = forward(config, teacher, range(config["layers"]), ids).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "all"):
+            logits = forward(config, student, range(len(student_blocks)), ids).float()
         labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1).reshape(-1)
         valid = labels != -100
         kd = F.kl_div(F.log_softmax(logits[valid] / temperature, -1), F.log_softmax(teacher_logits[valid] / temperature, -1),
@@ -112,9 +115,10 @@ def main():
     seconds = statistics.median(times)
     record = {"suite": "train-torch", "kernel": "distillation_step", "backend": "pytorch-cpu-2-threads",
               "shape": f"{batch}x{length} tokens, student {len(student_blocks)} of {config['layers']} blocks",
+              "autocast": args.autocast, "dtype": "f32" if args.autocast == "none" else "bf16",
               "median_seconds": seconds, "tokens_per_s": batch * length / seconds, "torch": torch.__version__}
     print(json.dumps(record) if args.json else
-          f"PyTorch {torch.__version__} CPU, 2 threads: distillation step {seconds * 1000:.0f} ms, {batch * length / seconds:.1f} tokens/s")
+          f"PyTorch {torch.__version__} CPU, 2 threads, bf16 autocast {args.autocast}: distillation step {seconds * 1000:.0f} ms, {batch * length / seconds:.1f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -441,6 +441,8 @@ def yaml_cases():
     y("yaml-eval-windows-zero", "eval_windows: 0\n", ["eval_windows", "0"])
     y("yaml-export-gguf-q2", "export_gguf: q2\n", ["export_gguf", "q2"])
     y("yaml-teacher-precision-fp8", "teacher_precision: fp8\n", ["teacher_precision", "fp8"])
+    y("yaml-precision-fp16", "precision: fp16\n", ["precision", "fp16"],
+      note="mixed precision trains in bf16; f16 is storage only")
     y("yaml-temperature-schedule-bogus", "temperature_schedule: bogus\n", ["temperature_schedule", "bogus"])
     y("yaml-hint-loss-l3", "hint_weight: 0.5\nhint_loss: l3\n", ["hint_loss", "l3"])
     y("yaml-gradient-accumulation-zero", "gradient_accumulation: 0\n", ["gradient_accumulation", "0"])
@@ -471,6 +473,7 @@ def flag_cases():
     case("flags-shape-and-layers", f, train(student_shape="blocks=1,width=32,heads=2,kv_heads=1,feed_forward=64"),
          ["student-shape", "student-layers"], note="the key names (student_shape) would do as well; listed by flag")
     case("flags-seq-len-zero", f, train(seq_len="0"), ["seq", "0"])
+    case("flags-precision-unknown", f, train(precision="int8"), ["precision", "int8"])
     case("flags-gradient-accumulation-zero", f, train(gradient_accumulation="0"), ["gradient", "0"])
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])

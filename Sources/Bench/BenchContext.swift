@@ -29,17 +29,20 @@ public final class BenchContext {
     /// Windows per micro-batch and tokens per window of the train suite's step.
     public let trainBatchSize: Int
     public let trainSeqLen: Int
+    /// The student precisions the train suite times (bf16 where the backend runs bf16 GEMMs).
+    public let trainPrecisions: [DType]
     private let progress: (String) -> Void
     private var copyBandwidths: [ObjectIdentifier: Double] = [:]
 
     public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, trainBatchSize: Int = 4,
-                trainSeqLen: Int = 128, progress: @escaping (String) -> Void) {
+                trainSeqLen: Int = 128, trainPrecisions: [DType] = [.f32, .bf16], progress: @escaping (String) -> Void) {
         self.backends = backends
         self.cpu = cpu
         self.runs = max(1, runs)
         self.teacherPath = teacherPath
         self.trainBatchSize = trainBatchSize
         self.trainSeqLen = trainSeqLen
+        self.trainPrecisions = trainPrecisions
         self.progress = progress
     }
 

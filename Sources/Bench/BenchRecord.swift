@@ -6,6 +6,9 @@ public struct BenchRecord: Encodable {
     public var kernel: String
     public var backend: String
     public var shape: String
+    /// The element type the kernel computes on or stores (`f32`, `bf16`, `f16`, a block type): for a
+    /// training step, the student's GEMM precision.
+    public var dtype: String
     public var medianSeconds: Double
     /// Memory traffic per second, counting the bytes the kernel must read and write.
     public var gbPerSecond: Double?
@@ -16,13 +19,14 @@ public struct BenchRecord: Encodable {
     public var extra: [String: Double]
     public var note: String?
 
-    public init(suite: String, kernel: String, backend: String, shape: String, medianSeconds: Double,
+    public init(suite: String, kernel: String, backend: String, shape: String, dtype: String = "f32", medianSeconds: Double,
                 gbPerSecond: Double? = nil, gflopPerSecond: Double? = nil, maxAbsError: Double,
                 extra: [String: Double] = [:], note: String? = nil) {
         self.suite = suite
         self.kernel = kernel
         self.backend = backend
         self.shape = shape
+        self.dtype = dtype
         self.medianSeconds = medianSeconds
         self.gbPerSecond = gbPerSecond
         self.gflopPerSecond = gflopPerSecond
@@ -45,6 +49,7 @@ public struct BenchRecord: Encodable {
         try container.encode(kernel, forKey: Key("kernel"))
         try container.encode(backend, forKey: Key("backend"))
         try container.encode(shape, forKey: Key("shape"))
+        try container.encode(dtype, forKey: Key("dtype"))
         try container.encode(medianSeconds, forKey: Key("median_seconds"))
         try container.encodeIfPresent(gbPerSecond, forKey: Key("gb_per_s"))
         try container.encodeIfPresent(gflopPerSecond, forKey: Key("gflop_per_s"))
@@ -66,25 +71,25 @@ public func formatBenchTable(_ records: [BenchRecord]) -> String {
 private func formatSuiteTable(_ records: [BenchRecord]) -> String {
     let extraKeys = Array(Set(records.flatMap { $0.extra.keys })).sorted()
     let showBandwidth = records.contains { $0.gbPerSecond != nil }, showFlops = records.contains { $0.gflopPerSecond != nil }
-    let header = ["suite", "kernel", "backend", "shape", "median ms"] + (showBandwidth ? ["GB/s"] : []) + (showFlops ? ["GFLOP/s"] : [])
+    let header = ["suite", "kernel", "backend", "shape", "dtype", "median ms"] + (showBandwidth ? ["GB/s"] : []) + (showFlops ? ["GFLOP/s"] : [])
         + ["max abs err"] + extraKeys
     func number(_ value: Double?, _ format: String) -> String { value.map { String(format: format, $0) } ?? "-" }
     let rows = records.map { r in
-        [r.suite, r.kernel, r.backend, r.shape, number(r.medianSeconds * 1000, "%.3f")]
+        [r.suite, r.kernel, r.backend, r.shape, r.dtype, number(r.medianSeconds * 1000, "%.3f")]
             + (showBandwidth ? [number(r.gbPerSecond, "%.1f")] : []) + (showFlops ? [number(r.gflopPerSecond, "%.1f")] : [])
             + [number(r.maxAbsError, "%.2e")] + extraKeys.map { number(r.extra[$0], "%.3f") }
     }
     let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
     func line(_ cells: [String]) -> String {
         cells.enumerated().map { column, cell in
-            column < 4 ? cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+            column < 5 ? cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
                        : String(repeating: " ", count: widths[column] - cell.count) + cell
         }.joined(separator: "  ")
     }
     var notes: [String] = []
     for r in records {
         if let note = r.note {
-            let text = "  \(r.kernel) on \(r.backend): \(note)"
+            let text = "  \(r.kernel) (\(r.dtype)) on \(r.backend): \(note)"
             if !notes.contains(text) { notes.append(text) }
         }
     }

@@ -81,7 +81,7 @@ public struct GemmSuite: BenchSuite {
                 let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: .bf16)
                 let gflops = flops / result.seconds / 1e9
                 records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) bf16 x bf16 -> f32 (\(inUse.runsOnHost ? "onednn matmul" : "gemm_bf16 kernel"))", backend: backend.name,
-                                           shape: shapeText, medianSeconds: result.seconds, gflopPerSecond: gflops,
+                                           shape: shapeText, dtype: "bf16", medianSeconds: result.seconds, gflopPerSecond: gflops,
                                            maxAbsError: maxAbsDifference(result.values, reference.values),
                                            extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
                                                    "speedup_over_f32_in_use": gflops / inUseGflops],

@@ -14,6 +14,8 @@ public struct OpsSuite: BenchSuite {
     struct Case {
         let kernel: String
         let shape: String
+        /// The 16-bit type a conversion or lookup works on (f32 for the rest).
+        var dtype: DType = .f32
         /// Bytes the kernel must read and write.
         let bytes: Double
         let make: (any Backend) throws -> (run: () throws -> Void, output: Tensor)
@@ -39,7 +41,7 @@ public struct OpsSuite: BenchSuite {
                     try backend.synchronize()
                 }
                 let gbPerSecond = c.bytes / seconds / 1e9
-                records.append(BenchRecord(suite: name, kernel: c.kernel, backend: backend.name, shape: c.shape, medianSeconds: seconds,
+                records.append(BenchRecord(suite: name, kernel: c.kernel, backend: backend.name, shape: c.shape, dtype: c.dtype.rawValue, medianSeconds: seconds,
                                            gbPerSecond: gbPerSecond, maxAbsError: error,
                                            extra: ["fraction_of_copy_bandwidth": gbPerSecond / (try context.copyBandwidth(of: backend))]))
             }
@@ -58,17 +60,17 @@ public struct OpsSuite: BenchSuite {
     static let conversions: [Case] = {
         let n = 1 << 23, c = 576, ids = 2048
         return [DType.bf16, .f16].map { dtype in
-            Case(kernel: "convert_f32_to_\(dtype.rawValue)", shape: "[\(n)]", bytes: Double(6 * n)) { b in
+            Case(kernel: "convert_f32_to_\(dtype.rawValue)", shape: "[\(n)]", dtype: dtype, bytes: Double(6 * n)) { b in
                 let (x, out) = (try tensor(b, [n], seed: 1, scale: 100), try b.tensor(shape: [n], dtype: dtype, label: "bench narrowed"))
                 return ({ try b.convert(x, into: out) }, out)
             }
         } + [
-            Case(kernel: "dequantize_bf16", shape: "[\(n)]", bytes: Double(6 * n)) { b in
+            Case(kernel: "dequantize_bf16", shape: "[\(n)]", dtype: .bf16, bytes: Double(6 * n)) { b in
                 let x = try b.tensor(benchValues(n, seed: 1, scale: 100), shape: [n], dtype: .bf16, label: "bench bf16")
                 let out = try tensor(b, [n], seed: 2)
                 return ({ try b.convert(x, into: out) }, out)
             },
-            Case(kernel: "get_rows_bf16", shape: "\(ids) ids of [49152, \(c)] bf16", bytes: Double(ids * c * 6 + ids * 4)) { b in
+            Case(kernel: "get_rows_bf16", shape: "\(ids) ids of [49152, \(c)] bf16", dtype: .bf16, bytes: Double(ids * c * 6 + ids * 4)) { b in
                 let table = try b.tensor(benchValues(49152 * c, seed: 3), shape: [49152, c], dtype: .bf16, label: "bench bf16 table")
                 let idTensor = try b.indexTensor(benchTokenIds(ids, below: 49152, seed: 5), shape: [ids], label: "bench ids")
                 let out = try tensor(b, [ids, c], seed: 2)

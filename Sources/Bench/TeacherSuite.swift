@@ -34,24 +34,27 @@ public struct TeacherSuite: BenchSuite {
             values.withUnsafeBufferPointer { input in
                 blocks.withUnsafeMutableBytes { GGUF.quantize(input.baseAddress!, count: n, type: type, into: $0.baseAddress!) }
             }
-            var reference: [Float]?
-            for backend in context.backends {
-                context.report("teacher: dequantize_\(dtype.rawValue) of \(n) weights on \(backend.name)")
-                let source = try backend.allocate(shape: [n], dtype: dtype, label: "bench \(dtype.rawValue) blocks")
-                try blocks.withUnsafeBytes { try backend.uploadBytes($0, to: source) }
-                let out = try backend.tensor(shape: [n], label: "bench dequantized")
-                let seconds = try context.median {
-                    try backend.dequantize(source, into: out)
-                    try backend.synchronize()
+            let expected = try cpuDequantize(blocks, dtype: dtype, count: n, context: context)
+            // Into fp32, and straight into bf16 (the bf16 teacher's GEMM input: checked against the fp32 result rounded on the host).
+            let roundedExpected = expected.map { Float(bitPattern: UInt32(BlockFormat.bfloat16Bits($0)) << 16) }
+            for (outType, reference) in [(DType.f32, expected), (.bf16, roundedExpected)] {
+                let kernel = "dequantize_\(dtype.rawValue)" + (outType == .bf16 ? "_to_bf16" : "")
+                for backend in context.backends {
+                    context.report("teacher: \(kernel) of \(n) weights on \(backend.name)")
+                    let source = try backend.allocate(shape: [n], dtype: dtype, label: "bench \(dtype.rawValue) blocks")
+                    try blocks.withUnsafeBytes { try backend.uploadBytes($0, to: source) }
+                    let out = try backend.tensor(shape: [n], dtype: outType, label: "bench dequantized")
+                    let seconds = try context.median {
+                        try backend.dequantize(source, into: out)
+                        try backend.synchronize()
+                    }
+                    let result = try out.toArray()
+                    let gbPerSecond = Double(blocks.count + outType.byteCount(elements: n)) / seconds / 1e9
+                    records.append(BenchRecord(suite: name, kernel: kernel, backend: backend.name, shape: "[\(n)]", dtype: outType == .bf16 ? "bf16" : dtype.rawValue,
+                                               medianSeconds: seconds, gbPerSecond: gbPerSecond,
+                                               maxAbsError: maxAbsDifference(result, reference),
+                                               extra: ["fraction_of_copy_bandwidth": gbPerSecond / (try context.copyBandwidth(of: backend))]))
                 }
-                let result = try out.toArray()
-                let expected = try reference ?? cpuDequantize(blocks, dtype: dtype, count: n, context: context)
-                reference = expected
-                let gbPerSecond = Double(blocks.count + 4 * n) / seconds / 1e9
-                records.append(BenchRecord(suite: name, kernel: "dequantize_\(dtype.rawValue)", backend: backend.name, shape: "[\(n)]",
-                                           medianSeconds: seconds, gbPerSecond: gbPerSecond,
-                                           maxAbsError: maxAbsDifference(result, expected),
-                                           extra: ["fraction_of_copy_bandwidth": gbPerSecond / (try context.copyBandwidth(of: backend))]))
             }
         }
         return records
@@ -102,6 +105,7 @@ public struct TeacherSuite: BenchSuite {
             records.append(BenchRecord(
                 suite: name, kernel: precision == .f32 ? "teacher_forward" : "teacher_forward bf16", backend: backend.name,
                 shape: "\(Self.batch)x\(Self.sequenceLength) tokens, \(model.config.layers) blocks, C=\(model.config.width), V=\(model.config.vocabulary)",
+                dtype: precision.rawValue,
                 medianSeconds: seconds, maxAbsError: error, extra: extra,
                 note: "resident = weights as stored + one scratch for the largest quantized matrix (in the GEMMs' type); peak adds the activations and logits"
                     + (precision == .bf16 ? "; dtype bf16: weight GEMMs in bf16 with fp32 accumulation, max_abs_error of the logits vs the CPU backend's fp32" : "")))

@@ -11,7 +11,8 @@ import TrainingData
 /// `--batch-size` x `--seq-len` tokens (default 4 x 128), with the share of time in GEMMs, in the
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
 /// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
-/// cached sampled:50 targets (no teacher forward), and its speed against the live step's.
+/// cached sampled:50 targets (no teacher forward), and its speed against the live step's; then, where the
+/// backend runs bf16 GEMMs, the teacher alone in bf16, and both in mixed precision (`--precision bf16`).
 public struct TrainSuite: BenchSuite {
     public let name = "train"
     public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), --batch-size x --seq-len: tokens/s, time shares, peak memory (needs `make teacher`)"
@@ -48,18 +49,26 @@ public struct TrainSuite: BenchSuite {
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
             let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
-            var liveTokensPerSecond: Double?
+            let bf16Teacher = (try? LlamaModel.probeBF16(on: backend)) == nil ? nil
+                : try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16)
             let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
                                        backend: backend) { cachedTargets[$0]! }
-            var sources: [(String, any TeacherSource)] = [("distillation_step", LiveTeacher(model: teacher)), ("distillation_step_cached", cached)]
-            if (try? LlamaModel.probeBF16(on: backend)) != nil {
-                let bf16Teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16)
-                sources.append(("distillation_step_teacher_bf16", LiveTeacher(model: bf16Teacher)))
+            // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher in bf16 too.
+            var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []
+            if context.trainPrecisions.contains(.f32) {
+                rows += [("distillation_step", .f32, LiveTeacher(model: teacher)), ("distillation_step_cached", .f32, cached)]
+                if let bf16Teacher { rows.append(("distillation_step_teacher_bf16", .f32, LiveTeacher(model: bf16Teacher))) }
             }
-            for (kernel, source) in sources {
+            if context.trainPrecisions.contains(.bf16), let bf16Teacher {
+                rows += [("distillation_step", .bf16, LiveTeacher(model: bf16Teacher)), ("distillation_step_cached", .bf16, cached)]
+            }
+            var liveTokensPerSecond: [DType: Double] = [:]
+            for (kernel, precision, source) in rows {
                 // The trainer's own step: micro-batches, clipping, AdamW over the parameter arena, schedules.
-                let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
-                                          teacher: source, features: [], objective: DistillationObjective(config: config))
+                var rowConfig = config
+                rowConfig.precision = precision == .bf16 ? "bf16" : "fp32"
+                let trainer = try Trainer(config: rowConfig, student: try StudentModel(parameters: studentParameters, backend: backend),
+                                          teacher: source, features: [], objective: DistillationObjective(config: rowConfig))
                 var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
                 var step = 0
                 var firstLoss: Float = 0
@@ -69,10 +78,11 @@ public struct TrainSuite: BenchSuite {
                     if step == 1 { firstLoss = parts.loss }
                     try backend.synchronize()
                 }
+                let key = "\(kernel) \(precision.rawValue)"
                 // A backend that is only the reference gives its first step's loss and is not timed.
                 guard context.backends.contains(where: { $0 === backend }) else {
                     try fullStep()
-                    referenceLoss[kernel] = firstLoss
+                    referenceLoss[key] = firstLoss
                     continue
                 }
                 let seconds = try context.median(fullStep)
@@ -86,23 +96,31 @@ public struct TrainSuite: BenchSuite {
                 try fullStep()
                 let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
-                let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0
-                // The bf16 teacher's first loss is compared with the fp32 live step's (bf16 rounding, not a bug, separates them).
-                let error = (referenceLoss[kernel] ?? (kernel.hasSuffix("bf16") ? referenceLoss["distillation_step"] : nil)).map { Double(abs($0 - firstLoss)) } ?? 0
-                referenceLoss[kernel] = referenceLoss[kernel] ?? firstLoss
+                let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0, convert = profile.seconds["convert"] ?? 0
+                // A row with bf16 anywhere is compared with the fp32 live step's first loss (bf16 rounding, not a bug, separates them).
+                let bf16Anywhere = precision == .bf16 || kernel.hasSuffix("bf16")
+                let fp32Twin = referenceLoss["\(kernel) f32"] ?? referenceLoss["distillation_step f32"]
+                let error = (referenceLoss[key] ?? (bf16Anywhere ? fp32Twin : nil)).map { Double(abs($0 - firstLoss)) } ?? 0
+                referenceLoss[key] = referenceLoss[key] ?? firstLoss
                 let tokensPerSecond = Double(config.batchSize * config.seqLen) / seconds
                 var extra = ["tokens_per_s": tokensPerSecond, "gemm_share": gemm / profiled, "loss_share": loss / profiled,
-                             "rest_share": max(0, 1 - (gemm + loss) / profiled), "step_peak_mib": stepPeak]
-                if let liveTokensPerSecond { extra["speedup_vs_live"] = tokensPerSecond / liveTokensPerSecond } else { liveTokensPerSecond = tokensPerSecond }
+                             "convert_share": convert / profiled, "rest_share": max(0, 1 - (gemm + loss + convert) / profiled), "step_peak_mib": stepPeak]
+                if kernel == "distillation_step" {
+                    liveTokensPerSecond[precision] = tokensPerSecond
+                    if precision == .bf16, let fp32 = liveTokensPerSecond[.f32] { extra["speedup_over_fp32"] = tokensPerSecond / fp32 }
+                } else if kernel.hasSuffix("cached"), let live = liveTokensPerSecond[precision] {
+                    extra["speedup_vs_live"] = tokensPerSecond / live
+                }
                 records.append(BenchRecord(
                     suite: name, kernel: kernel, backend: backend.name,
                     shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)"
                         + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : ""),
-                    medianSeconds: seconds, maxAbsError: error, extra: extra,
-                    note: "max abs err: first step's loss vs the CPU backend's (the bf16-teacher row: vs the fp32 live step's); shares and memory from one profiled step "
+                    dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
+                    note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step timed just before)" : "")
-                        + (kernel.hasSuffix("bf16") ? "; dtype bf16 for the teacher's weight GEMMs (--teacher-precision bf16), the student fp32" : "")))
+                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
+                        + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")
+                        + (precision == .bf16 ? "; dtype bf16: --precision bf16 (fp32 master weights, bf16 GEMM operands, fp32 accumulation), the live teacher in bf16 too" : "")))
             }
         }
         return records

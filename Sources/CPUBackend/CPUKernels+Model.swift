@@ -36,7 +36,7 @@ extension CPUKernels {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 32) { values in
             for b in blocks {
                 decode(src + b * blockBytes, values.baseAddress!)
-                for j in 0..<32 { out.storeBytes(of: BlockFormat.bfloat16Bits(values[j]).littleEndian, toByteOffset: 2 * (b * 32 + j), as: UInt16.self) }
+                BlockFormat.storeBFloat16(values.baseAddress!, count: 32, to: out + 2 * b * 32)
             }
         }
     }
@@ -59,7 +59,7 @@ extension CPUKernels {
 
     /// As convert.cl: fp32 narrowed to bf16 bits, round to nearest even, NaN kept quiet.
     public static func convert_f32_to_bf16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
-        for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        BlockFormat.storeBFloat16(x + elements.lowerBound, count: elements.count, to: out + 2 * elements.lowerBound)
     }
 
     /// As convert.cl: fp32 narrowed to f16 bits, IEEE round to nearest even.

@@ -19,6 +19,11 @@ public enum LinearTeacher {
 /// the loss and `dz` in place, then `dh = dz W` and `dW += dz^T h` before the next chunk. Peak extra
 /// memory is one chunk of logits (two with a hidden teacher) plus the kernel's scratch, whatever N is.
 ///
+/// Mixed precision: a head (student's or teacher's) given in bf16 is multiplied by a bf16 copy of
+/// its hidden states, made once per call; the student's gradient chunk is narrowed to bf16 once
+/// for its two backward GEMMs (another half chunk of memory). Logits, the loss and every
+/// gradient that leaves the call stay fp32.
+///
 /// ```swift
 /// let fused = FusedLinearDistillationLoss(loss: DistillationLoss(temperature: 2), chunkBudgetBytes: 64 << 20)
 /// let result = try fused(hidden: h, weight: lmHead, teacher: .hidden(teacherHidden, weight: teacherHead),
@@ -34,15 +39,16 @@ public struct FusedLinearDistillationLoss: Sendable {
         self.chunkBudgetBytes = chunkBudgetBytes
     }
 
-    /// Rows per chunk for `rows` rows of a `vocabulary`-wide head.
-    public func chunkRows(rows: Int, vocabulary: Int, teacherIsHidden: Bool) -> Int {
-        let perRow = vocabulary * 4 * (teacherIsHidden ? 2 : 1)
+    /// Rows per chunk for `rows` rows of a `vocabulary`-wide head (`bf16Gradient`: a bf16 student head,
+    /// whose gradient chunk is also kept in bf16).
+    public func chunkRows(rows: Int, vocabulary: Int, teacherIsHidden: Bool, bf16Gradient: Bool = false) -> Int {
+        let perRow = vocabulary * (4 * (teacherIsHidden ? 2 : 1) + (bf16Gradient ? 2 : 0))
         return max(1, min(rows, chunkBudgetBytes / max(1, perRow)))
     }
 
     /// - Parameters:
     ///   - hidden: student hidden states `[N, C]`.
-    ///   - weight: student LM head `[V, C]`.
+    ///   - weight: student LM head `[V, C]`, f32 or bf16 (mixed precision: its GEMMs in bf16).
     ///   - gradHidden: `[N, C]`, overwritten with `d loss / d hidden` (skipped when nil).
     ///   - gradWeight: `[V, C]`, `d loss / d weight` is added to it (skipped when nil).
     ///   - teacherCrossEntropy: also the teacher's own hard-label cross-entropy (a `.hidden` teacher
@@ -51,7 +57,8 @@ public struct FusedLinearDistillationLoss: Sendable {
                                rowMask: Tensor? = nil, gradHidden: Tensor? = nil, gradWeight: Tensor? = nil,
                                gradOutput: Float = 1, teacherCrossEntropy: Bool = false) throws -> DistillationLossResult {
         let backend = hidden.backend
-        try backend.requireFloat32(hidden, weight, op: "fused linear distillation loss")
+        try backend.requireFloat32(hidden, op: "fused linear distillation loss")
+        try Self.requireHeadType(weight)
         guard hidden.rank == 2, weight.rank == 2 else {
             throw TensorError.shapeMismatch("fused linear distillation loss: hidden \(hidden.label) \(describeShape(hidden.shape)) must be [rows, C] and weight \(weight.label) \(describeShape(weight.shape)) [vocabulary, C]")
         }
@@ -75,7 +82,8 @@ public struct FusedLinearDistillationLoss: Sendable {
         // The teacher head, truncated to the student vocabulary when asked.
         var teacherHead: (hidden: Tensor, weight: Tensor)?
         if case .hidden(let teacherHidden, let teacherWeight) = teacher {
-            try backend.requireFloat32(teacherHidden, teacherWeight, op: "fused linear distillation loss (teacher)")
+            try backend.requireFloat32(teacherHidden, op: "fused linear distillation loss (teacher)")
+            try Self.requireHeadType(teacherWeight)
             guard teacherHidden.rank == 2, teacherWeight.rank == 2, teacherHidden.shape[1] == teacherWeight.shape[1] else {
                 throw TensorError.shapeMismatch("fused linear distillation loss: teacher hidden \(teacherHidden.label) \(describeShape(teacherHidden.shape)) and teacher weight \(teacherWeight.label) \(describeShape(teacherWeight.shape)) must be [rows, C_t] and [vocabulary, C_t]")
             }
@@ -89,11 +97,14 @@ public struct FusedLinearDistillationLoss: Sendable {
                         + (teacherVocabulary > vocabulary ? "; set truncateTeacherVocabulary to use the teacher's first \(vocabulary) rows if the rest is padding" : ""))
                 }
             }
-            teacherHead = (teacherHidden, try teacherWeight.rows(0..<vocabulary))
+            teacherHead = (try Self.gemmInput(teacherHidden, like: teacherWeight), try teacherWeight.rows(0..<vocabulary))
         }
+        let hiddenInput = try Self.gemmInput(hidden, like: weight)
 
-        let chunk = chunkRows(rows: rows, vocabulary: vocabulary, teacherIsHidden: teacherHead != nil)
+        let bf16Gradient = weight.dtype == .bf16 && !loss.forwardOnly && (gradHidden != nil || gradWeight != nil)
+        let chunk = chunkRows(rows: rows, vocabulary: vocabulary, teacherIsHidden: teacherHead != nil, bf16Gradient: bf16Gradient)
         let logits = try backend.tensor(shape: [chunk, vocabulary], label: "fused loss logits chunk")
+        let narrowGradient = bf16Gradient ? try backend.tensor(shape: [chunk, vocabulary], dtype: .bf16, label: "fused loss gradient chunk (bf16)") : nil
         let teacherChunk = try teacherHead.map { _ in try backend.tensor(shape: [chunk, vocabulary], label: "fused loss teacher logits chunk") }
         // The plan checks the whole call against [rows, vocabulary] views; chunks are handed in below.
         let wholeStudent = Tensor(shape: [rows, vocabulary], storage: logits.storage, backend: backend,
@@ -130,7 +141,7 @@ public struct FusedLinearDistillationLoss: Sendable {
         while start < rows {
             let range = start..<min(rows, start + chunk)
             let z = try logits.rows(0..<range.count)
-            let h = try hidden.rows(range)
+            let h = try hiddenInput.rows(range)
             try backend.gemm(h, weight, into: z, transposeB: true)
             var teacherLogits: Tensor?
             if let teacherHead, let teacherChunk {
@@ -149,14 +160,34 @@ public struct FusedLinearDistillationLoss: Sendable {
                                  teacherChunk: teacherLogits)
             }
             if !loss.forwardOnly {
-                if let gradHidden { try backend.gemm(z, weight, into: try gradHidden.rows(range)) }
-                if let gradWeight { try backend.gemm(z, h, into: gradWeight, transposeA: true, beta: 1) }
+                var dz = z
+                if let narrowGradient {
+                    dz = try narrowGradient.rows(0..<range.count)
+                    try backend.convert(z, into: dz)
+                }
+                if let gradHidden { try backend.gemm(dz, weight, into: try gradHidden.rows(range)) }
+                if let gradWeight { try backend.gemm(dz, h, into: gradWeight, transposeA: true, beta: 1) }
             }
             start = range.upperBound
         }
         let result = try plan.finish(workspace, teacher: planTeacher)
         guard let teacherPlan else { return result }
         return result.with(teacherCrossEntropy: try teacherPlan.plan.finish(teacherPlan.workspace, teacher: planTeacher).crossEntropy)
+    }
+
+    /// A head's weight: fp32, or bf16 for a mixed-precision GEMM.
+    static func requireHeadType(_ weight: Tensor) throws {
+        guard weight.dtype == .f32 || weight.dtype == .bf16 else {
+            throw TensorError.unsupported("fused linear distillation loss on \(weight.label) of type \(weight.dtype.rawValue); a head is f32 or bf16")
+        }
+    }
+
+    /// `x` as a GEMM with `weight` reads it: itself, or a bf16 copy for a bf16 weight.
+    static func gemmInput(_ x: Tensor, like weight: Tensor) throws -> Tensor {
+        guard weight.dtype != x.dtype else { return x }
+        let narrowed = try x.backend.tensor(shape: x.shape, dtype: weight.dtype, label: "\(x.label) (\(weight.dtype.rawValue))")
+        try x.backend.convert(x, into: narrowed)
+        return narrowed
     }
 
     /// The same computation with whole `[N, V]` logits (GEMM, loss, GEMMs): the reference the fused

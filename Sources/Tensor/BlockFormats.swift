@@ -29,6 +29,18 @@ public enum BlockFormat {
     @inline(__always)
     public static func halfBits(_ value: Float) -> UInt16 { Float16(value).bitPattern }
 
+    /// `count` fp32 values narrowed to bf16 bits at `out` (2-byte aligned, 2 bytes each), exactly as
+    /// ``bfloat16Bits(_:)`` rounds them, in a branch-free loop the compiler vectorizes.
+    public static func storeBFloat16(_ values: UnsafePointer<Float>, count: Int, to out: UnsafeMutableRawPointer) {
+        let words = out.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count {
+            let bits = values[i].bitPattern
+            let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
+            let quietNaN = (bits &>> 16) | 0x40
+            words[i] = UInt16(truncatingIfNeeded: (bits & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : rounded)
+        }
+    }
+
     /// Writes the 32 values of the Q8_0 block at `block` to `out`.
     @inline(__always)
     public static func decodeQ8_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {

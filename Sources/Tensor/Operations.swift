@@ -229,7 +229,7 @@ extension Backend {
             throw TensorError.shapeMismatch("dequantize: \(source.label) \(describeShape(source.shape)) \(source.dtype.rawValue) into \(out.label) \(describeShape(out.shape)) (block types need whole blocks of 32)")
         }
         guard source.count > 0 else { return }
-        try enqueueDequantize(source, into: out)
+        try Profiling.measure("convert", on: self) { try enqueueDequantize(source, into: out) }
     }
 
     /// `out` = `source` in another element type: f32 narrowed to bf16 or f16 (round to nearest
@@ -246,7 +246,9 @@ extension Backend {
             throw TensorError.shapeMismatch("convert: \(source.label) \(describeShape(source.shape)) into \(out.label) \(describeShape(out.shape))")
         }
         guard source.count > 0 else { return }
-        if widening { try enqueueDequantize(source, into: out) } else { try enqueueNarrow(source, into: out) }
+        try Profiling.measure("convert", on: self) {
+            if widening { try enqueueDequantize(source, into: out) } else { try enqueueNarrow(source, into: out) }
+        }
     }
 
     /// out [N, cols] = rows `ids` [N] (i32) of `table` [rows, cols], of any dtype: an embedding lookup.

@@ -152,7 +152,8 @@ public final class DistillationRun {
         }
         log("kdgpu train: \(config.divergence) at T=\(config.temperature) (\(config.temperatureSchedule)), \(config.steps) steps of "
             + "\(config.batchSize * config.gradientAccumulation) x \(config.seqLen) tokens on \(backend.name), into \(config.out)")
-        log("GEMMs: \(backend.gemmDescription)")
+        log("GEMMs: \(backend.gemmDescription); student \(config.precision == "bf16" ? "bf16 (fp32 master weights)" : "fp32"), "
+            + "teacher \(cache == nil ? config.teacherPrecision : "cached")")
 
         // Student: from the checkpoint, or inherited from the teacher, or fresh.
         var startStep = 0
@@ -191,9 +192,10 @@ public final class DistillationRun {
             studentDescription = "student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
                 + "\(student.parameterCount) parameters"
         }
-        if cache == nil && config.typedTeacherPrecision == .bf16 {
+        for (key, precision) in [("teacher_precision", cache == nil ? config.typedTeacherPrecision : .f32), ("precision", config.typedPrecision)]
+        where precision == .bf16 {
             do { try LlamaModel.probeBF16(on: backend) } catch {
-                throw TrainingError.config("teacher_precision (--teacher-precision): bf16 does not run on \(backend.name) (\(error)); use fp32")
+                throw TrainingError.config("\(key) (\(TrainingConfig.flag(of: key))): bf16 does not run on \(backend.name) (\(error)); use fp32")
             }
         }
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.

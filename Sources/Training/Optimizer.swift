@@ -13,12 +13,16 @@ public final class Parameter {
     public internal(set) var gradient: Tensor
     public internal(set) var firstMoment: Tensor
     public internal(set) var secondMoment: Tensor
+    /// The value as the GEMMs read it: ``value`` itself, or in a mixed-precision run a bf16 copy
+    /// refreshed from it after every update (``ParameterArena``'s compute copy; matrices only).
+    public internal(set) var compute: Tensor
     /// Norm weights are not decayed.
     public var decays: Bool { value.rank == 2 }
 
     public init(name: String, shape: [Int], values: [Float], backend: any Backend) throws {
         self.name = name
         value = try backend.tensor(values, shape: shape, label: name)
+        compute = value
         gradient = try backend.tensor(shape: shape, label: "\(name) gradient")
         firstMoment = try backend.tensor(shape: shape, label: "\(name) adam m")
         secondMoment = try backend.tensor(shape: shape, label: "\(name) adam v")

@@ -9,6 +9,11 @@ import Tensor
 /// Layout: the decayed parameters (matrices) first, then the rest (norm weights: not decayed), each
 /// starting on a multiple of ``alignment`` elements; the gaps and the tail stay zero in every role
 /// (zero gradient, zero moments: AdamW leaves a zero value at zero).
+///
+/// Mixed precision (`computeType` bf16): the values stay the fp32 master copy the optimizer
+/// updates, and one more bf16 buffer mirrors the decayed span (the matrices), which the GEMMs read
+/// (``Parameter/compute``): one conversion of the whole span after each update
+/// (``refreshCompute()``). Norm weights and the embedding's row lookup read the fp32 values.
 public final class ParameterArena {
     public let parameters: [Parameter]
     /// `[rows, width]` each.
@@ -16,6 +21,8 @@ public final class ParameterArena {
     public let gradients: Tensor
     public let firstMoments: Tensor
     public let secondMoments: Tensor
+    /// The bf16 copy of the decayed span `[rows, width]` (mixed precision), or nil (fp32).
+    public let computeValues: Tensor?
     /// Elements `[0, decayedEnd)` hold the decayed parameters, `[decayedEnd, count)` the others.
     let decayedEnd: Int
     /// Each parameter's elements, in arena order.
@@ -29,7 +36,11 @@ public final class ParameterArena {
     /// Takes `parameters` in: their current values and moments are copied into the arena (one role at
     /// a time, so memory peaks at one role's size above the parameters' own), and each parameter's
     /// tensors become views into it. Their gradients start at zero.
-    public init(_ parameters: [Parameter], backend: any Backend) throws {
+    /// - Parameter computeType: `.f32`, or `.bf16` for a bf16 compute copy of the matrices.
+    public init(_ parameters: [Parameter], backend: any Backend, computeType: DType = .f32) throws {
+        guard computeType == .f32 || computeType == .bf16 else {
+            throw TensorError.unsupported("parameter arena: compute type \(computeType.rawValue); use f32 or bf16")
+        }
         let ordered = parameters.filter(\.decays) + parameters.filter { !$0.decays }
         var layout: [(parameter: Parameter, elements: Range<Int>)] = []
         var next = 0, firstUndecayed: Int?
@@ -54,18 +65,38 @@ public final class ParameterArena {
         }
         // One role at a time: a role's own tensors are released as soon as its views replace them.
         values = try arena("values", \.value, copy: true)
-        for (p, elements) in layout { p.value = try Self.view(values, elements, p, "") }
+        for (p, elements) in layout {
+            p.value = try Self.view(values, elements, p, "")
+            p.compute = p.value
+        }
         gradients = try arena("gradients", \.gradient, copy: false)
         for (p, elements) in layout { p.gradient = try Self.view(gradients, elements, p, "gradient") }
         firstMoments = try arena("adam m", \.firstMoment, copy: true)
         for (p, elements) in layout { p.firstMoment = try Self.view(firstMoments, elements, p, "adam m") }
         secondMoments = try arena("adam v", \.secondMoment, copy: true)
         for (p, elements) in layout { p.secondMoment = try Self.view(secondMoments, elements, p, "adam v") }
+        if computeType == .bf16 && decayedEnd > 0 {
+            let mirror = try backend.tensor(shape: [(decayedEnd + Self.width - 1) / Self.width, Self.width], dtype: .bf16,
+                                            label: "parameter arena: bf16 compute copy")
+            for (p, elements) in layout where p.decays { p.compute = try Self.view(mirror, elements, p, "bf16") }
+            computeValues = mirror
+        } else {
+            computeValues = nil
+        }
+        try refreshCompute()
+    }
+
+    /// Rounds the decayed span of the fp32 values into the bf16 compute copy (round to nearest
+    /// even); nothing in fp32. The trainer calls it after every update.
+    public func refreshCompute() throws {
+        guard let computeValues else { return }
+        let rows = computeValues.shape[0]
+        try values.backend.convert(try values.rows(0..<rows), into: computeValues)
     }
 
     /// `parameter`'s elements of a flat role tensor, in the parameter's shape.
     static func view(_ flat: Tensor, _ elements: Range<Int>, _ parameter: Parameter, _ role: String) throws -> Tensor {
-        Tensor(shape: parameter.value.shape, storage: flat.storage, offset: flat.offset + elements.lowerBound, backend: flat.backend,
+        Tensor(shape: parameter.value.shape, dtype: flat.dtype, storage: flat.storage, offset: flat.offset + elements.lowerBound, backend: flat.backend,
                label: role.isEmpty ? parameter.name : "\(parameter.name) \(role)")
     }
 

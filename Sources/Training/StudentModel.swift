@@ -13,24 +13,31 @@ extension Dictionary where Key == Int, Value == Tensor {
     }
 }
 
-/// The activations one block's backward needs, saved by the forward. N = B * T tokens.
+/// The activations one block's backward needs, saved by the forward. N = B * T tokens. The weight
+/// GEMMs' inputs are kept as those GEMMs read them (bf16 in mixed precision: half the memory).
 struct BlockActivations {
     let input: Tensor            // [N, C] residual stream entering the block
-    let attentionNormed: Tensor  // [N, C]
+    let attentionNormed: Tensor  // [N, C] GEMM input
     let queries: Tensor          // [B, H, T, hs] after RoPE
     let keys: Tensor             // [B, Hkv, T, hs] after RoPE
     let values: Tensor           // [B, Hkv, T, hs]
     let probabilities: Tensor    // [B * Hkv, G * T, T]
-    let context: Tensor          // [N, C]: the attention output projection's input (token-major)
+    let context: Tensor          // [N, C]: the attention output projection's input (token-major), GEMM input
     let middle: Tensor           // [N, C] residual stream after attention
-    let feedForwardNormed: Tensor // [N, C]
+    let feedForwardNormed: Tensor // [N, C] GEMM input
     let gate: Tensor             // [N, F] before SwiGLU
     let up: Tensor               // [N, F]
-    let activation: Tensor       // [N, F] silu(gate) * up
+    let activation: Tensor       // [N, F] silu(gate) * up, GEMM input
 }
 
 /// A trainable llama student: fp32 parameters on a backend, an explicit forward that keeps what the
 /// backward needs, and a backward that adds every parameter's gradient (llm.c's layer pairs).
+///
+/// Mixed precision follows the parameters: when the run's ``ParameterArena`` gives the matrices bf16
+/// compute copies, every weight GEMM (forward, input gradient, weight gradient) reads bf16 operands
+/// (activations and their gradients narrowed once per use) and accumulates in fp32 into fp32
+/// outputs and fp32 gradients. Norms, RoPE, attention scores and softmax, SwiGLU, the residual
+/// stream and the embedding stay fp32.
 ///
 /// The LM head and the loss are outside: ``forward(_:)`` returns the final normed hidden state
 /// [N, C] and ``backward(finalHiddenGradient:)`` takes its gradient; the LM head weight
@@ -70,6 +77,18 @@ public final class StudentModel {
     public func discardSavedActivations() { saved = nil }
 
     private func weight(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").value }
+    /// A matrix as the GEMMs read it (its bf16 compute copy in mixed precision).
+    private func matrix(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").compute }
+    /// The weight GEMMs' input type: f32, or bf16 once an arena gave the matrices compute copies.
+    public var computeType: DType { outputWeight.compute.dtype }
+
+    /// `x` as the weight GEMMs read it: itself, or a bf16 copy (one conversion, for every GEMM that reads it).
+    private func gemmInput(_ x: Tensor) throws -> Tensor {
+        guard computeType != x.dtype else { return x }
+        let narrowed = try backend.tensor(shape: x.shape, dtype: computeType, label: "\(x.label) (\(computeType.rawValue))")
+        try backend.convert(x, into: narrowed)
+        return narrowed
+    }
     private func gradient(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").gradient }
 
     private var rope: RoPE {
@@ -102,10 +121,11 @@ public final class StudentModel {
         for l in 0..<config.layers {
             let xn1 = try tensor([n, c], "attention normed \(l)")
             try backend.rmsNorm(x, weight: weight(l, "attn_norm.weight"), epsilon: config.normEpsilon, into: xn1)
+            let xn1In = try gemmInput(xn1)
             let q = try tensor([n, h * hs], "q"), k = try tensor([n, hkv * hs], "k"), v = try tensor([n, hkv * hs], "v")
-            try backend.gemm(xn1, weight(l, "attn_q.weight"), into: q, transposeB: true)
-            try backend.gemm(xn1, weight(l, "attn_k.weight"), into: k, transposeB: true)
-            try backend.gemm(xn1, weight(l, "attn_v.weight"), into: v, transposeB: true)
+            try backend.gemm(xn1In, matrix(l, "attn_q.weight"), into: q, transposeB: true)
+            try backend.gemm(xn1In, matrix(l, "attn_k.weight"), into: k, transposeB: true)
+            try backend.gemm(xn1In, matrix(l, "attn_v.weight"), into: v, transposeB: true)
             try backend.rope(q, positions: positionList, into: q, rope)
             try backend.rope(k, positions: positionList, into: k, kvRope)
             let qT = try tensor([b, h, t, hs], "q by head \(l)"), kT = try tensor([b, hkv, t, hs], "k by head \(l)")
@@ -121,20 +141,23 @@ public final class StudentModel {
             let context = try tensor([n, c], "context \(l)")
             try backend.transpose12(contextByHead, into: context.reshaped([b, t, h, hs]))
             let middle = try tensor([n, c], "residual middle \(l)")
-            try backend.gemm(context, weight(l, "attn_output.weight"), into: middle, transposeB: true)
+            let contextIn = try gemmInput(context)
+            try backend.gemm(contextIn, matrix(l, "attn_output.weight"), into: middle, transposeB: true)
             try backend.add(x, middle, into: middle)
 
             let xn2 = try tensor([n, c], "ffn normed \(l)")
             try backend.rmsNorm(middle, weight: weight(l, "ffn_norm.weight"), epsilon: config.normEpsilon, into: xn2)
+            let xn2In = try gemmInput(xn2)
             let gate = try tensor([n, f], "gate \(l)"), up = try tensor([n, f], "up \(l)"), act = try tensor([n, f], "swiglu \(l)")
-            try backend.gemm(xn2, weight(l, "ffn_gate.weight"), into: gate, transposeB: true)
-            try backend.gemm(xn2, weight(l, "ffn_up.weight"), into: up, transposeB: true)
+            try backend.gemm(xn2In, matrix(l, "ffn_gate.weight"), into: gate, transposeB: true)
+            try backend.gemm(xn2In, matrix(l, "ffn_up.weight"), into: up, transposeB: true)
             try backend.swiglu(gate: gate, up: up, into: act)
+            let actIn = try gemmInput(act)
             let output = try tensor([n, c], "residual \(l + 1)")
-            try backend.gemm(act, weight(l, "ffn_down.weight"), into: output, transposeB: true)
+            try backend.gemm(actIn, matrix(l, "ffn_down.weight"), into: output, transposeB: true)
             try backend.add(middle, output, into: output)
-            blocks.append(BlockActivations(input: x, attentionNormed: xn1, queries: qT, keys: kT, values: vT, probabilities: probs,
-                                           context: context, middle: middle, feedForwardNormed: xn2, gate: gate, up: up, activation: act))
+            blocks.append(BlockActivations(input: x, attentionNormed: xn1In, queries: qT, keys: kT, values: vT, probabilities: probs,
+                                           context: contextIn, middle: middle, feedForwardNormed: xn2In, gate: gate, up: up, activation: actIn))
             x = output
         }
         let finalHidden = try tensor([n, c], "final hidden")
@@ -193,21 +216,24 @@ public final class StudentModel {
             let a = saved.blocks[l]
             if let extra = hiddenGradients[l] { try backend.add(dx, extra, into: dx) }
             // Feed-forward: output = middle + W_down swiglu(W_gate xn2, W_up xn2).
-            try backend.gemm(dx, weight(l, "ffn_down.weight"), into: dAct)
-            try backend.gemm(dx, a.activation, into: gradient(l, "ffn_down.weight"), transposeA: true, beta: 1)
+            let dxIn = try gemmInput(dx)
+            try backend.gemm(dxIn, matrix(l, "ffn_down.weight"), into: dAct)
+            try backend.gemm(dxIn, a.activation, into: gradient(l, "ffn_down.weight"), transposeA: true, beta: 1)
             try backend.swigluBackward(gate: a.gate, up: a.up, outputGradient: dAct, gateGradient: dGate, upGradient: dUp)
-            try backend.gemm(dGate, weight(l, "ffn_gate.weight"), into: dNormed)
-            try backend.gemm(dUp, weight(l, "ffn_up.weight"), into: dNormed, beta: 1)
-            try backend.gemm(dGate, a.feedForwardNormed, into: gradient(l, "ffn_gate.weight"), transposeA: true, beta: 1)
-            try backend.gemm(dUp, a.feedForwardNormed, into: gradient(l, "ffn_up.weight"), transposeA: true, beta: 1)
+            let dGateIn = try gemmInput(dGate), dUpIn = try gemmInput(dUp)
+            try backend.gemm(dGateIn, matrix(l, "ffn_gate.weight"), into: dNormed)
+            try backend.gemm(dUpIn, matrix(l, "ffn_up.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dGateIn, a.feedForwardNormed, into: gradient(l, "ffn_gate.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dUpIn, a.feedForwardNormed, into: gradient(l, "ffn_up.weight"), transposeA: true, beta: 1)
             let dMiddle = try tensor([n, c], "middle gradient")
             try backend.rmsNormBackward(a.middle, weight: weight(l, "ffn_norm.weight"), outputGradient: dNormed, epsilon: config.normEpsilon,
                                         inputGradient: dMiddle, weightGradient: gradient(l, "ffn_norm.weight"), workspace: rstd)
             try backend.add(dMiddle, dx, into: dMiddle)
 
             // Attention: middle = input + W_o context, context = softmax(q kᵀ / √hs) v by head.
-            try backend.gemm(dMiddle, weight(l, "attn_output.weight"), into: dContext)
-            try backend.gemm(dMiddle, a.context, into: gradient(l, "attn_output.weight"), transposeA: true, beta: 1)
+            let dMiddleIn = try gemmInput(dMiddle)
+            try backend.gemm(dMiddleIn, matrix(l, "attn_output.weight"), into: dContext)
+            try backend.gemm(dMiddleIn, a.context, into: gradient(l, "attn_output.weight"), transposeA: true, beta: 1)
             try backend.transpose12(dContext.reshaped([b, t, h, hs]), into: dContextByHead)
             let dContextGrouped = try dContextByHead.reshaped([b * hkv, g * t, hs])
             try backend.gemm(dContextGrouped, a.values.reshaped([b * hkv, t, hs]), into: dProbs, transposeB: true)
@@ -221,12 +247,13 @@ public final class StudentModel {
             try backend.transpose12(dvT, into: dv.reshaped([b, t, hkv, hs]))
             try backend.rope(dq, positions: positionList, into: dq, inverseRope)
             try backend.rope(dk, positions: positionList, into: dk, inverseKVRope)
-            try backend.gemm(dq, weight(l, "attn_q.weight"), into: dNormed)
-            try backend.gemm(dk, weight(l, "attn_k.weight"), into: dNormed, beta: 1)
-            try backend.gemm(dv, weight(l, "attn_v.weight"), into: dNormed, beta: 1)
-            try backend.gemm(dq, a.attentionNormed, into: gradient(l, "attn_q.weight"), transposeA: true, beta: 1)
-            try backend.gemm(dk, a.attentionNormed, into: gradient(l, "attn_k.weight"), transposeA: true, beta: 1)
-            try backend.gemm(dv, a.attentionNormed, into: gradient(l, "attn_v.weight"), transposeA: true, beta: 1)
+            let dqIn = try gemmInput(dq), dkIn = try gemmInput(dk), dvIn = try gemmInput(dv)
+            try backend.gemm(dqIn, matrix(l, "attn_q.weight"), into: dNormed)
+            try backend.gemm(dkIn, matrix(l, "attn_k.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dvIn, matrix(l, "attn_v.weight"), into: dNormed, beta: 1)
+            try backend.gemm(dqIn, a.attentionNormed, into: gradient(l, "attn_q.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dkIn, a.attentionNormed, into: gradient(l, "attn_k.weight"), transposeA: true, beta: 1)
+            try backend.gemm(dvIn, a.attentionNormed, into: gradient(l, "attn_v.weight"), transposeA: true, beta: 1)
             try backend.rmsNormBackward(a.input, weight: weight(l, "attn_norm.weight"), outputGradient: dNormed, epsilon: config.normEpsilon,
                                         inputGradient: dx, weightGradient: gradient(l, "attn_norm.weight"), workspace: rstd)
             try backend.add(dx, dMiddle, into: dx)

@@ -52,14 +52,15 @@ public final class LiveTeacher: TeacherSource {
         self.model = model
     }
 
-    /// The unembedding `[V, C_t]` in fp32 for the fused head path (main loss and logit lens),
-    /// expanded from its quantized blocks once.
+    /// The unembedding `[V, C_t]` for the fused head path (main loss and logit lens) in the model's
+    /// GEMM precision (fp32 or bf16), expanded from its quantized blocks once.
     public func head() throws -> Tensor {
         if let expandedHead { return expandedHead }
         var head = model.weights.output
-        if head.dtype != .f32 {
-            let expanded = try model.backend.tensor(shape: head.shape, label: "teacher unembedding (fp32)")
-            try model.backend.dequantize(head, into: expanded)
+        let precision = model.precision
+        if head.dtype != precision {
+            let expanded = try model.backend.tensor(shape: head.shape, dtype: precision, label: "teacher unembedding (\(precision.rawValue))")
+            if head.dtype == .f32 { try model.backend.convert(head, into: expanded) } else { try model.backend.dequantize(head, into: expanded) }
             head = expanded
         }
         expandedHead = head

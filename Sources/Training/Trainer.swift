@@ -86,7 +86,10 @@ public final class Trainer {
         self.features = features
         self.objective = objective
         self.reducer = reducer
-        arena = try ParameterArena(student.parameters + features.flatMap(\.parameters), backend: student.backend)
+        // Mixed precision: the matrices get bf16 compute copies, which the student's GEMMs read (the
+        // feature modules read their fp32 values).
+        arena = try ParameterArena(student.parameters + features.flatMap(\.parameters), backend: student.backend,
+                                   computeType: config.typedPrecision)
         schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
                                         minimumFraction: config.minLrFraction)
         optimizer = (config.beta1, config.beta2, config.weightDecay, config.gradClip)
@@ -106,6 +109,7 @@ public final class Trainer {
         if let tensor = try arena.firstNonFinite() {
             throw StepFailure(step: step, what: "the update made \(tensor) non-finite (or too large for fp32)")
         }
+        try arena.refreshCompute()
         parts.temperature = objective.temperature
         objective.update(step: step, totalSteps: schedule.totalSteps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
                          teacherCrossEntropy: parts.teacherCrossEntropy)
@@ -133,7 +137,7 @@ public final class Trainer {
             let share = Float(batch.tokens.count * (batch.tokens[0].count - 1)) / Float(totalRows)
             // Both LM heads and the loss, chunk by chunk: dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
-            let result = try fusedHead(hidden: hidden, weight: student.outputWeight.value, teacher: targets.output, labels: labels,
+            let result = try fusedHead(hidden: hidden, weight: student.outputWeight.compute, teacher: targets.output, labels: labels,
                                        gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share,
                                        teacherCrossEntropy: teacherNeeded && targets.crossEntropy == nil && objective.temperatureSchedule == .dts)
             parts.loss += result.loss * share

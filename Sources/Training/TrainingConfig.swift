@@ -103,6 +103,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// The live teacher's weight GEMMs: `fp32`, or `bf16` (weights expanded straight to bf16,
     /// fp32 accumulation; on CPUs and CPU OpenCL devices).
     public var teacherPrecision = "fp32"
+    /// The student's GEMMs: `fp32`, or `bf16` (mixed precision: fp32 master weights, AdamW moments and
+    /// gradients; bf16 compute copies of the matrices refreshed after each update; bf16 GEMM
+    /// operands with fp32 accumulation; on CPUs and CPU OpenCL devices).
+    public var precision = "fp32"
 
     public init() {}
 
@@ -117,7 +121,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case teacherPrecision = "teacher_precision"
+        case teacherPrecision = "teacher_precision", precision
     }
 
     public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
@@ -303,6 +307,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             }
         case .teacherPrecision:
             try oneOf(teacherPrecision, ["fp32", "bf16"])
+        case .precision:
+            try oneOf(precision, ["fp32", "bf16"])
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {
@@ -350,6 +356,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 extension TrainingConfig {
     public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
     public var typedTeacherPrecision: DType { teacherPrecision == "bf16" ? .bf16 : .f32 }
+    public var typedPrecision: DType { precision == "bf16" ? .bf16 : .f32 }
     public var typedLensDivergence: Divergence { Divergence(name: lensDivergence)! }
     public var typedHintLoss: HiddenStateHintLoss.Kind { HiddenStateHintLoss.Kind(rawValue: hintLoss)! }
     public var typedTemperatureSchedule: TemperatureSchedule { TemperatureSchedule(rawValue: temperatureSchedule)! }

@@ -32,6 +32,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Tokens per window of the train suite's step.")
     var seqLen = 128
 
+    @Option(name: .long, help: ArgumentHelp("Student precision of the train suite's step: fp32 or bf16; repeat for both (default: both, bf16 where the backend runs bf16 GEMMs).", valueName: "precision"))
+    var precision: [String] = []
+
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
     var json = false
 
@@ -42,6 +45,9 @@ struct BenchCommand: ParsableCommand {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1, got \(runs)") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
         guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2 (one predicted token), got \(seqLen)") }
+        for value in precision where !["fp32", "bf16"].contains(value) {
+            throw ValidationError("--precision: '\(value)' is not a precision; use fp32 or bf16")
+        }
         let known = allBenchSuites.map(\.name)
         for suite in suites where !known.contains(suite) {
             throw ValidationError("unknown suite '\(suite)'; suites: \(known.joined(separator: ", "))")
@@ -63,7 +69,8 @@ struct BenchCommand: ParsableCommand {
                 backends = try device.map { try openBackend($0, cpu: cpu) }
             }
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher,
-                                       trainBatchSize: batchSize, trainSeqLen: seqLen) { message in
+                                       trainBatchSize: batchSize, trainSeqLen: seqLen,
+                                       trainPrecisions: precision.isEmpty ? [.f32, .bf16] : precision.map { $0 == "bf16" ? .bf16 : .f32 }) { message in
                 note("bench \(message)")
             }
             // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.

@@ -69,6 +69,8 @@ struct TrainCommand: ParsableCommand {
     var sparseTail: String?
     @Option(name: .long, help: "The live teacher's weight GEMMs: fp32, or bf16 (weights expanded straight to bf16, fp32 accumulation; CPUs and CPU OpenCL devices).")
     var teacherPrecision: String?
+    @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
+    var precision: String?
 
     func run() throws {
         do {
@@ -144,5 +146,6 @@ struct TrainCommand: ParsableCommand {
         if let teacherCache { settings.teacherCache = teacherCache }
         if let sparseTail { settings.sparseTail = sparseTail }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
+        if let precision { settings.precision = precision }
     }
 }

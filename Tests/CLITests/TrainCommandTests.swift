@@ -49,6 +49,13 @@ final class TrainCommandTests: XCTestCase {
         try assertKilledAndResumedRunContinuesExactly(data: try corpus(), extra: [])
     }
 
+    /// The same in mixed precision (bf16 student and teacher): the checkpoint keeps the fp32 master
+    /// weights, from which the resumed run remakes the bf16 compute copies.
+    func testMixedPrecisionRunResumesExactly() throws {
+        try assertKilledAndResumedRunContinuesExactly(data: try corpus(), extra: ["--precision", "bf16", "--teacher-precision", "bf16"],
+                                                      logMentions: "student bf16 (fp32 master weights), teacher bf16")
+    }
+
     /// The same from a teacher cache (sampled targets, the teacher's cross-entropy for DTS from the
     /// cache), which the teacher-cache CLI builds and shows.
     func testRunFromATeacherCacheTrainsAndResumesExactly() throws {
@@ -74,10 +81,11 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(refused.error.contains("teacher_cache (--teacher-cache)") && refused.error.contains("--seq-len 32"), refused.error)
     }
 
-    private func assertKilledAndResumedRunContinuesExactly(data: URL, extra: [String]) throws {
+    private func assertKilledAndResumedRunContinuesExactly(data: URL, extra: [String], logMentions: String? = nil) throws {
         let whole = try folder("whole"), interrupted = try folder("interrupted")
         let uninterrupted = try kdgpu(trainArguments(data: data, out: whole) + extra)
         XCTAssertEqual(uninterrupted.status, 0, uninterrupted.error)
+        if let logMentions { XCTAssertTrue(uninterrupted.error.contains(logMentions), uninterrupted.error) }
         XCTAssertTrue(uninterrupted.output.contains("student, after 6 steps:"), uninterrupted.output)
         for file in ["metrics.jsonl", "loss.svg", "student.gguf", "checkpoint/model.safetensors", "checkpoint/config.json"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: whole.appendingPathComponent(file).path), file)

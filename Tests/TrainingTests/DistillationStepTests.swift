@@ -14,8 +14,8 @@ final class DistillationStepTests: XCTestCase {
     static let config = LlamaConfig(layers: 2, width: 32, feedForward: 48, heads: 4, kvHeads: 2, vocabulary: 3001, contextLength: 64,
                                     ropeBase: 10000, normEpsilon: 1e-5, tiedEmbeddings: false)
 
-    /// An inference model (the teacher) with the weights of `parameters`.
-    private func teacher(_ parameters: LlamaParameters, on backend: any Backend) throws -> LlamaModel {
+    /// An inference model (the teacher) with the weights of `parameters`, its weight GEMMs in `precision`.
+    private func teacher(_ parameters: LlamaParameters, on backend: any Backend, precision: DType = .f32) throws -> LlamaModel {
         func upload(_ name: String) throws -> Tensor {
             try backend.tensor(parameters.tensors[name]!.values, shape: parameters.tensors[name]!.shape, label: name)
         }
@@ -28,7 +28,7 @@ final class DistillationStepTests: XCTestCase {
         }
         return try LlamaModel(weights: LlamaWeights(config: parameters.config, tokenEmbedding: try upload("token_embd.weight"),
                                                     outputNorm: try upload("output_norm.weight"), output: try upload("output.weight"),
-                                                    blocks: blocks))
+                                                    blocks: blocks), precision: precision)
     }
 
     private func settings(batch: Int, length: Int) -> TrainingConfig {
@@ -116,6 +116,47 @@ final class DistillationStepTests: XCTestCase {
 
     /// Cross-entropy alone (soft weight 0) never runs the teacher, and its step equals the live
     /// teacher's step at soft weight 0: the same loss and the same gradients.
+    /// Mixed precision (`precision: bf16`, the teacher in bf16 too): the step's loss and every
+    /// parameter's gradient against the fp32 step's, within what bf16's 8 significant bits allow
+    /// (unit roundoff u = 2^-9; a GEMM of rounded operands errs by a few u relative to its terms),
+    /// and visibly not the fp32 step itself. The compute copies are what the GEMMs read; the master
+    /// values stay fp32.
+    func testMixedPrecisionStepAgreesWithFP32WithinBF16Rounding() throws {
+        let teacherParameters = try StudentGradientTests.randomParameters(Self.config, seed: 61)
+        let studentParameters = try StudentGradientTests.randomParameters(Self.config, seed: 62)
+        var rng = SeededRandom(seed: 63)
+        let tokens = (0..<400).map { _ in Int32(Int.random(in: 0..<Self.config.vocabulary, using: &rng)) }
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: 11, validationFraction: 0.1, seed: 1)
+        for backend in try TestBackends.all() {
+            var sampler = try BatchSampler(dataset: dataset, batchSize: 3)
+            let batch = sampler.next()
+            var steps: [(loss: Float, gradients: [String: [Float]])] = []
+            for precision in [DType.f32, .bf16] {
+                var config = settings(batch: 3, length: 11)
+                config.precision = precision == .bf16 ? "bf16" : "fp32"
+                let student = try StudentModel(parameters: studentParameters, backend: backend)
+                let trainer = try Trainer(config: config, student: student,
+                                          teacher: LiveTeacher(model: try teacher(teacherParameters, on: backend, precision: precision)),
+                                          features: [], objective: DistillationObjective(config: config))
+                XCTAssertEqual(student.computeType, precision, backend.name)
+                XCTAssertEqual(student.parameter("blk.0.attn_q.weight").compute.dtype, precision)
+                XCTAssertEqual(student.parameter("blk.0.attn_norm.weight").compute.dtype, .f32, "norm weights are read in fp32")
+                let parts = try trainer.accumulateGradients(batches: [batch], epoch: 0)
+                steps.append((parts.loss, Dictionary(uniqueKeysWithValues: try student.parameters.map { ($0.name, try $0.gradient.toArray()) })))
+            }
+            let (fp32, bf16) = (steps[0], steps[1])
+            XCTAssertEqual(bf16.loss, fp32.loss, accuracy: abs(fp32.loss) * 4e-3, "loss on \(backend.name)")
+            XCTAssertNotEqual(bf16.loss, fp32.loss, "the bf16 step rounds somewhere")
+            for (name, reference) in fp32.gradients {
+                let measured = bf16.gradients[name]!
+                let difference = zip(measured, reference).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }.squareRoot()
+                let norm = reference.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                XCTAssertLessThan(difference, 0.03 * norm, "\(name) gradient on \(backend.name): relative L2 error \(difference / norm)")
+                XCTAssertGreaterThan(difference, 0, "\(name) gradient on \(backend.name) went through bf16")
+            }
+        }
+    }
+
     func testCrossEntropyOnlyStepDoesNotRunTheTeacher() throws {
         let teacherParameters = try StudentGradientTests.randomParameters(Self.config, seed: 51)
         let studentParameters = try StudentGradientTests.randomParameters(Self.config, seed: 52)

@@ -60,4 +60,46 @@ final class ParameterArenaTests: XCTestCase {
             XCTAssertEqual(try arena.firstNonFinite(), "b_norm.weight", backend.name)
         }
     }
+
+    /// Mixed precision: the bf16 compute copy of each matrix is its fp32 master value rounded to the
+    /// nearest bf16 (ties to even; found here from the two neighbouring bf16 values in fp64), after
+    /// the arena is made and again after an update; norm weights keep reading their fp32 values.
+    func testBF16ComputeCopyIsTheMasterRoundedToNearestEven() throws {
+        let shapes: [(String, [Int])] = [("a.weight", [3, 5]), ("a_norm.weight", [7]), ("b.weight", [2, 70])]
+        func nearestBF16(_ x: Float) -> Float {
+            let below = Float(bitPattern: x.bitPattern & 0xFFFF_0000)
+            let above = Float(bitPattern: (x.bitPattern & 0xFFFF_0000) &+ 0x1_0000)
+            let (dBelow, dAbove) = (abs(Double(x) - Double(below)), abs(Double(above) - Double(x)))
+            if dBelow != dAbove { return dBelow < dAbove ? below : above }
+            return (below.bitPattern >> 16) & 1 == 0 ? below : above
+        }
+        for backend in try TestBackends.all() {
+            var random = SeededRandom(seed: 43)
+            // Values with bits below bf16's precision, including exact ties.
+            var initial = shapes.map { random.normals($0.1.reduce(1, *), scale: 5) }
+            initial[0][0] = Float(bitPattern: 0x3F80_8000)  // 1 + 2^-8: a tie, rounds down to 1 (even)
+            initial[0][1] = Float(bitPattern: 0x3F81_8000)  // a tie that rounds up to the even neighbour
+            let parameters = try zip(shapes, initial).map { try Parameter(name: $0.0, shape: $0.1, values: $1, backend: backend) }
+            let arena = try ParameterArena(parameters, backend: backend, computeType: .bf16)
+            func check(_ moment: String) throws {
+                for p in parameters {
+                    let values = try p.value.toArray(), compute = try p.compute.toArray()
+                    if p.decays {
+                        XCTAssertEqual(p.compute.dtype, .bf16)
+                        XCTAssertEqual(compute, values.map(nearestBF16), "\(p.name) \(moment) on \(backend.name)")
+                    } else {
+                        XCTAssertEqual(p.compute.dtype, .f32)
+                        XCTAssertEqual(compute, values, "\(p.name) \(moment) on \(backend.name)")
+                    }
+                }
+            }
+            try check("when made")
+            XCTAssertEqual(try parameters[0].compute.toArray()[0], 1)
+            XCTAssertEqual(try parameters[0].compute.toArray()[1], Float(bitPattern: 0x3F82_0000))
+            for p in parameters { try backend.upload(random.normals(p.value.count).withUnsafeBufferPointer { $0 }, to: p.gradient) }
+            try arena.update(AdamWStep(learningRate: 0.01, beta1: 0.9, beta2: 0.95, weightDecay: 0.1, step: 1), gradientNorm: 1, clip: 0)
+            try arena.refreshCompute()
+            try check("after an update")
+        }
+    }
 }

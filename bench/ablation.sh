@@ -13,6 +13,13 @@
 #   SEEDS="0 1 2" STEPS=200 DATA=cache/corpus/plays/roman bench/ablation.sh   (the defaults)
 #   ROWS="ce kd-t1 sampled" bench/ablation.sh   some rows only (names below)
 #   TABLE_ONLY=1 bench/ablation.sh           print the table of the runs finished so far, run nothing
+#   TRAIN_FLAGS="--teacher-precision bf16"   more flags for every training run
+#   CACHE_FLAGS="--teacher-precision bf16 --device cpu"   more flags for the cache builds
+#   EVAL_WINDOWS=300                         validation windows (default 1000: all of them on one folder)
+#
+# The whole corpus (the README's second table): DATA=cache/corpus/plays EVAL_WINDOWS=300
+#   TRAIN_FLAGS="--teacher-precision bf16" CACHE_FLAGS="--teacher-precision bf16 --device cpu --batch-size 8"
+#   ROWS="ce kd-t1 sampled kd-t2" bench/ablation.sh runs/ablation-full
 #
 # Finished runs are not run again (delete OUT/NAME-sSEED.txt to redo one); the two caches are built
 # once into OUT (a stopped build continues). Every run is logged to OUT/NAME-sSEED.log. About 8 minutes
@@ -25,6 +32,9 @@ seeds=(${SEEDS:-0 1 2})
 steps=${STEPS:-200}
 data=${DATA:-cache/corpus/plays/roman}
 table_only=${TABLE_ONLY:-}
+train_flags=(${TRAIN_FLAGS:-})
+cache_flags=(${CACHE_FLAGS:-})
+eval_windows=${EVAL_WINDOWS:-1000}
 [[ -z $table_only ]] && make -s setup teacher corpus >&2
 kdgpu=${KDGPU:-}
 if [[ -z $kdgpu && -z $table_only ]]; then
@@ -38,7 +48,7 @@ sampled=$out/cache-sampled50
 cache() {  # FOLDER SPEC
     if [[ -f $1/manifest.json ]] && grep -q '"complete" : true' "$1/manifest.json"; then return; fi
     echo "ablation: building the $2 cache of $data into $1" >&2
-    "$kdgpu" teacher-cache build --data "$data" --targets "$2" --out "$1" >"$1.log" 2>&1
+    "$kdgpu" teacher-cache build --data "$data" --targets "$2" --out "$1" "${cache_flags[@]}" >"$1.log" 2>&1
 }
 
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
@@ -69,7 +79,7 @@ if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
 [[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
 
-common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows 1000 --checkpoint-every "$steps" --export-gguf none)
+common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")
 for seed in "${seeds[@]}"; do
     for name in "${rows[@]}"; do
         summary="$out/$name-s$seed.txt"
@@ -106,4 +116,4 @@ for name in "${rows[@]}"; do
 done
 teacher=$(cat "$out"/*-s"${seeds[0]}".txt 2>/dev/null | awk '/teacher:/ { print $NF }' | head -1)
 echo
-echo "$steps steps of 4 x 128 tokens on $data, seeds ${seeds[*]}; teacher perplexity $teacher on the same windows."
+echo "$steps steps of 4 x 128 tokens on $data, seeds ${seeds[*]}, held-out perplexity on at most $eval_windows validation windows; teacher perplexity $teacher on the same windows."

@@ -15,10 +15,13 @@ fi
 if python3 -c "import torch, gguf" 2>/dev/null; then
     python3 bench/torch_gemm.py --json > "$work/torch_gemm.json"
     python3 bench/torch_loss.py --vocab 49152 --json > "$work/torch_loss.json"
-    python3 bench/torch_train_step.py --json > "$work/torch_train.json"
-    if [ -f "$work/kdgpu_large.json" ]; then
-        python3 bench/torch_train_step.py --batch-size 8 --seq-len 256 --json > "$work/torch_train_large.json"
-    fi
+    # PyTorch's step in fp32, with the teacher under bf16 autocast, and with teacher and student under it.
+    for autocast in none teacher all; do
+        python3 bench/torch_train_step.py --autocast $autocast --json > "$work/torch_train_$autocast.json"
+        if [ -f "$work/kdgpu_large.json" ]; then
+            python3 bench/torch_train_step.py --batch-size 8 --seq-len 256 --autocast $autocast --json > "$work/torch_train_large_$autocast.json"
+        fi
+    done
 fi
 python3 - "$work" "$*" <<'PY'
 import json, os, sys
@@ -48,15 +51,19 @@ if os.path.exists(f"{work}/torch_loss.json"):
             side.append(f"- fused loss forward + gradient, 2048 x 49152, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms, "
                         f"{torch_fb[0]['median_seconds'] / r['median_seconds']:.1f}x PyTorch {torch_fb[0]['median_seconds'] * 1000:.0f} ms "
                         f"({r['fraction_of_copy_bandwidth']:.0%} of this run's copy bandwidth)")
-for name, shape in [("torch_train.json", "4x128"), ("torch_train_large.json", "8x256")]:
-    if not os.path.exists(f"{work}/{name}"):
+autocast_names = {"none": "fp32", "teacher": "bf16 autocast on the teacher", "all": "bf16 autocast on teacher and student"}
+for prefix, shape in [("torch_train", "4x128"), ("torch_train_large", "8x256")]:
+    torch_train = {a: json.load(open(f"{work}/{prefix}_{a}.json")) for a in autocast_names if os.path.exists(f"{work}/{prefix}_{a}.json")}
+    if not torch_train:
         continue
-    torch_train = json.loads(open(f"{work}/{name}").read())
+    # kdgpu fp32 against PyTorch fp32; kdgpu --precision bf16 against both of PyTorch's bf16 autocast set-ups.
     for r in find("train", "distillation_step", shape + " tokens"):
-        side.append(f"- distillation step, {shape.replace('x', ' x ')} tokens, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms "
-                    f"({r['tokens_per_s']:.0f} tokens/s, step peak {r['step_peak_mib']:.0f} MiB), "
-                    f"{torch_train['median_seconds'] / r['median_seconds']:.2f}x PyTorch {torch_train['torch']} "
-                    f"({torch_train['median_seconds'] * 1000:.0f} ms, {torch_train['tokens_per_s']:.0f} tokens/s)")
+        against = ["none"] if r["dtype"] == "f32" else ["all", "teacher"]
+        ratios = ", ".join(f"{torch_train[a]['median_seconds'] / r['median_seconds']:.2f}x PyTorch {torch_train[a]['torch']} {autocast_names[a]} "
+                           f"({torch_train[a]['median_seconds'] * 1000:.0f} ms, {torch_train[a]['tokens_per_s']:.0f} tokens/s)"
+                           for a in against if a in torch_train)
+        side.append(f"- distillation step, {shape.replace('x', ' x ')} tokens, {r['dtype']}, {r['backend']}: {r['median_seconds'] * 1000:.0f} ms "
+                    f"({r['tokens_per_s']:.0f} tokens/s, step peak {r['step_peak_mib']:.0f} MiB), {ratios}")
 if side:
     text += "\nSide by side with PyTorch CPU (2 threads) doing the same work right after, in the same session "
     text += "(`bench/torch_gemm.py`, `bench/torch_loss.py`, `bench/torch_train_step.py`):\n\n" + "\n".join(side) + "\n"

@@ -10,7 +10,7 @@ the student's forward and backward too (PyTorch's mixed precision: fp32 paramete
 
     pip install torch==2.13.0+cpu gguf numpy
     python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3]
-        [--batch-size 4] [--seq-len 128] [--autocast none|teacher|all] [--json]
+        [--batch-size 4] [--seq-len 128] [--autocast none|teacher|all] [--json] [--print-losses]
 """
 import argparse
 import json
@@ -78,6 +78,7 @@ def main():
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--autocast", choices=["none", "teacher", "all"], default="none")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--print-losses", action="store_true", help="print each step's loss (the runs are successive steps)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config, teacher = load_gguf(args.teacher)
@@ -110,6 +111,8 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.values(), 1.0)
         optimizer.step()
+        if args.print_losses:
+            print(f"step {run + 1} loss {loss.item():.6f}")
         if run > 0:  # the first run is a warm-up
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)

@@ -97,6 +97,11 @@ public struct TrainSuite: BenchSuite {
                 let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
                 let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0, convert = profile.seconds["convert"] ?? 0
+                // What the student's forward keeps for its backward (bf16 GEMM inputs in mixed precision).
+                let beforeForward = ledger.inUseBytes
+                _ = try trainer.student.forward([[Int32]](repeating: dataset.window(0), count: config.batchSize))
+                let activationMiB = Double(ledger.inUseBytes - beforeForward) / Double(1 << 20)
+                trainer.student.discardSavedActivations()
                 // A row with bf16 anywhere is compared with the fp32 live step's first loss (bf16 rounding, not a bug, separates them).
                 let bf16Anywhere = precision == .bf16 || kernel.hasSuffix("bf16")
                 let fp32Twin = referenceLoss["\(kernel) f32"] ?? referenceLoss["distillation_step f32"]
@@ -104,7 +109,8 @@ public struct TrainSuite: BenchSuite {
                 referenceLoss[key] = referenceLoss[key] ?? firstLoss
                 let tokensPerSecond = Double(config.batchSize * config.seqLen) / seconds
                 var extra = ["tokens_per_s": tokensPerSecond, "gemm_share": gemm / profiled, "loss_share": loss / profiled,
-                             "convert_share": convert / profiled, "rest_share": max(0, 1 - (gemm + loss + convert) / profiled), "step_peak_mib": stepPeak]
+                             "convert_share": convert / profiled, "rest_share": max(0, 1 - (gemm + loss + convert) / profiled), "step_peak_mib": stepPeak,
+                             "activation_mib": activationMiB]
                 if kernel == "distillation_step" {
                     liveTokensPerSecond[precision] = tokensPerSecond
                     if precision == .bf16, let fp32 = liveTokensPerSecond[.f32] { extra["speedup_over_fp32"] = tokensPerSecond / fp32 }
@@ -117,7 +123,7 @@ public struct TrainSuite: BenchSuite {
                         + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : ""),
                     dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
                     note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions) "
-                        + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state)"
+                        + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
                         + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
                         + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")
                         + (precision == .bf16 ? "; dtype bf16: --precision bf16 (fp32 master weights, bf16 GEMM operands, fp32 accumulation), the live teacher in bf16 too" : "")))

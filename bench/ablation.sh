@@ -6,7 +6,8 @@
 #
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
 # each tail rule, and 50 sampled draws; T = 2 is far worse for sparse targets, see the README); the
-# feature losses on top of live KD at T = 2 (the default).
+# feature losses on top of live KD at T = 2 (the default); live KD at T = 1 with the student in mixed
+# precision (`--precision bf16`: its perplexity against the fp32 row's spread).
 #
 #   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
@@ -54,7 +55,7 @@ cache() {  # FOLDER SPEC
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
-all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled kd+lens kd+align kd+hints)
+all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled kd+lens kd+align kd+hints kd-t1-bf16)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -69,6 +70,7 @@ setting() {
         kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
         kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
         kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
+        kd-t1-bf16) echo "live KD, fkl T=1, student in mixed precision (bf16)|--temperature 1 --precision bf16" ;;
         *) echo "ablation: unknown row '$1'; rows: ${all_rows[*]}" >&2; exit 2 ;;
     esac
 }

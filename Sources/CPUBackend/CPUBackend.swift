@@ -42,6 +42,7 @@ public final class CPUBackend: Backend {
     public let ropeTables = RoPETables()
 
     public var gemmDescription: String { gemmEngine.description }
+    public var hasNativeBF16GEMMs: Bool { CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 }
 
     /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>

@@ -30,6 +30,8 @@ public final class OpenCLBackend: Backend {
 
     public let ropeTables = RoPETables()
 
+    /// Host engines on a CPU device use the processor's bf16 instructions; a GPU's `gemm_bf16` kernel is not tuned yet.
+    public var hasNativeBF16GEMMs: Bool { gemmEngine.runsOnHost && (CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16) }
     public var gemmDescription: String {
         gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers" : "CLBlast on \(device.name)"
     }

@@ -153,7 +153,7 @@ public final class DistillationRun {
         log("kdgpu train: \(config.divergence) at T=\(config.temperature) (\(config.temperatureSchedule)), \(config.steps) steps of "
             + "\(config.batchSize * config.gradientAccumulation) x \(config.seqLen) tokens on \(backend.name), into \(config.out)")
         log("GEMMs: \(backend.gemmDescription); student \(config.precision == "bf16" ? "bf16 (fp32 master weights)" : "fp32"), "
-            + "teacher \(cache == nil ? config.teacherPrecision : "cached")")
+            + "teacher \(cache == nil ? (config.teacherPrecision(on: backend) == .bf16 ? "bf16" : "fp32") + (config.teacherPrecision == "auto" ? " (auto)" : "") : "cached")")
 
         // Student: from the checkpoint, or inherited from the teacher, or fresh.
         var startStep = 0
@@ -192,7 +192,8 @@ public final class DistillationRun {
             studentDescription = "student: \(layers.count) blocks inherited from teacher blocks \(layers.map(String.init).joined(separator: ",")), "
                 + "\(student.parameterCount) parameters"
         }
-        for (key, precision) in [("teacher_precision", cache == nil ? config.typedTeacherPrecision : .f32), ("precision", config.typedPrecision)]
+        let teacherPrecision = config.teacherPrecision(on: backend)
+        for (key, precision) in [("teacher_precision", cache == nil ? teacherPrecision : .f32), ("precision", config.typedPrecision)]
         where precision == .bf16 {
             do { try LlamaModel.probeBF16(on: backend) } catch {
                 throw TrainingError.config("\(key) (\(TrainingConfig.flag(of: key))): bf16 does not run on \(backend.name) (\(error)); use fp32")
@@ -200,7 +201,7 @@ public final class DistillationRun {
         }
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
         let teacher: any TeacherSource = try cache.map { SparseTeacher(cache: $0, tail: config.typedSparseTail, backend: backend) }
-            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: config.typedTeacherPrecision))
+            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision))
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))

@@ -67,7 +67,7 @@ struct TrainCommand: ParsableCommand {
     var teacherCache: String?
     @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl).")
     var sparseTail: String?
-    @Option(name: .long, help: "The live teacher's weight GEMMs: fp32, or bf16 (weights expanded straight to bf16, fp32 accumulation; CPUs and CPU OpenCL devices).")
+    @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, or bf16 (weights expanded straight to bf16, fp32 accumulation).")
     var teacherPrecision: String?
     @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
     var precision: String?

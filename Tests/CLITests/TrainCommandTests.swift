@@ -56,6 +56,17 @@ final class TrainCommandTests: XCTestCase {
                                                       logMentions: "student bf16 (fp32 master weights), teacher bf16")
     }
 
+    /// `--teacher-precision auto` (the default) runs the teacher in bf16 exactly where the processor
+    /// has bf16 instructions, as /proc/cpuinfo lists them (avx512_bf16, amx_bf16).
+    func testAutoTeacherPrecisionFollowsTheProcessorsBF16Instructions() throws {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        let expected = flags.contains("avx512_bf16") || flags.contains("amx_bf16") ? "teacher bf16 (auto)" : "teacher fp32 (auto)"
+        let run = try kdgpu(trainArguments(data: try corpus(), out: try folder("auto")) + ["--steps", "1"])
+        XCTAssertEqual(run.status, 0, run.error)
+        XCTAssertTrue(run.error.contains(expected), "expected '\(expected)' (cpu flags): \(run.error)")
+    }
+
     /// The same from a teacher cache (sampled targets, the teacher's cross-entropy for DTS from the
     /// cache), which the teacher-cache CLI builds and shows.
     func testRunFromATeacherCacheTrainsAndResumesExactly() throws {

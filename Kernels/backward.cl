@@ -64,6 +64,19 @@ __kernel void swiglu_backward(__global const float* gate, int go, __global const
     dup[duo + i] = d * g * s;
 }
 
+// The same with gate and up stored in bf16 (a mixed-precision student keeps them so): each widened
+// exactly to fp32 (a 16-bit shift), then the fp32 math above. CPU twin: CPUKernels.swiglu_backward_bf16.
+__kernel void swiglu_backward_bf16(__global const ushort* gate, int go, __global const ushort* up, int uo,
+                                   __global const float* dout, int doo, __global float* dgate, int dgo,
+                                   __global float* dup, int duo, int n) {
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    const float g = as_float((uint)gate[go + i] << 16), u = as_float((uint)up[uo + i] << 16);
+    const float s = 1.0f / (1.0f + exp(-g)), d = dout[doo + i];
+    dgate[dgo + i] = d * u * s * (1.0f + g * (1.0f - s));
+    dup[duo + i] = d * g * s;
+}
+
 // dtable[ids[u], c] += sum over positions[offsets[u] ..< offsets[u+1]] of dx[position, c].
 // The host groups the positions by token id, so each row of dtable has one writer: no atomics.
 // One work-item per (unique id, column).

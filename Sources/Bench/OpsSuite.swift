@@ -187,6 +187,12 @@ public struct OpsSuite: BenchSuite {
                 let (dg, du) = (try tensor(b, [n, f], seed: 4), try tensor(b, [n, f], seed: 5))
                 return ({ try b.swigluBackward(gate: g, up: u, outputGradient: d, gateGradient: dg, upGradient: du) }, dg)
             },
+            Case(kernel: "swiglu_backward_bf16", shape: "[\(n), \(f)], bf16 gate and up", dtype: .bf16, bytes: Double((2 * 2 + 3 * 4) * n * f)) { b in
+                let (g, u) = (try b.tensor(benchValues(n * f, seed: 1, scale: 3), shape: [n, f], dtype: .bf16, label: "bench gate"),
+                              try b.tensor(benchValues(n * f, seed: 2), shape: [n, f], dtype: .bf16, label: "bench up"))
+                let (d, dg, du) = (try tensor(b, [n, f], seed: 3), try tensor(b, [n, f], seed: 4), try tensor(b, [n, f], seed: 5))
+                return ({ try b.swigluBackward(gate: g, up: u, outputGradient: d, gateGradient: dg, upGradient: du) }, dg)
+            },
             Case(kernel: "embedding_backward", shape: "\(n) rows into [49152, \(c)]", bytes: Double(3 * 4 * n * c)) { b in
                 let (dx, table) = (try tensor(b, [n, c], seed: 1), try tensor(b, [49152, c], seed: 2))
                 let ids = benchTokenIds(n, below: 49152, seed: 5)

@@ -286,9 +286,15 @@ public final class CPUBackend: Backend {
     }
 
     public func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
-        let (pg, pu, pd) = (try pointer(gate), try pointer(up), try pointer(outputGradient))
+        let pd = try pointer(outputGradient)
         let (pdg, pdu) = (try mutablePointer(gateGradient), try mutablePointer(upGradient))
-        parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu_backward(pg, pu, pd, pdg, pdu, $0) }
+        if gate.dtype == .bf16 {
+            let (pg, pu) = (UnsafeRawPointer(try rawPointer(gate)), UnsafeRawPointer(try rawPointer(up)))
+            parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu_backward_bf16(pg, pu, pd, pdg, pdu, $0) }
+        } else {
+            let (pg, pu) = (try pointer(gate), try pointer(up))
+            parallelChunks(gate.count, grain: elementGrain) { CPUKernels.swiglu_backward(pg, pu, pd, pdg, pdu, $0) }
+        }
     }
 
     public func enqueueEmbeddingBackward(_ outputGradient: Tensor, uniqueIds: Tensor, offsets: Tensor, positions: Tensor,

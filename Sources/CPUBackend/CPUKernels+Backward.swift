@@ -57,6 +57,16 @@ extension CPUKernels {
         }
     }
 
+    /// As ``swiglu_backward(_:_:_:_:_:_:)`` with gate and up as bf16 bits, widened exactly.
+    public static func swiglu_backward_bf16(_ gate: UnsafeRawPointer, _ up: UnsafeRawPointer, _ dout: UnsafePointer<Float>,
+                                            _ dgate: UnsafeMutablePointer<Float>, _ dup: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
+        for i in range {
+            let g = BlockFormat.bfloat16(gate, i), u = BlockFormat.bfloat16(up, i), s = 1 / (1 + expf(-g)), d = dout[i]
+            dgate[i] = d * u * s * (1 + g * (1 - s))
+            dup[i] = d * g * s
+        }
+    }
+
     /// dtable[ids[u], :] += sum of dx rows positions[offsets[u] ..< offsets[u + 1]], for u in `unique`.
     public static func embedding_backward(_ dx: UnsafePointer<Float>, _ ids: UnsafePointer<Int32>, _ offsets: UnsafePointer<Int32>,
                                           _ positions: UnsafePointer<Int32>, _ dtable: UnsafeMutablePointer<Float>, cols: Int,

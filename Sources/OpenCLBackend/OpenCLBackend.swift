@@ -431,7 +431,7 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
-        try launch("swiglu_backward", in: "backward.cl", globalSize: gate.count, localSize: nil,
+        try launch(gate.dtype == .bf16 ? "swiglu_backward_bf16" : "swiglu_backward", in: "backward.cl", globalSize: gate.count, localSize: nil,
                    try arguments(gate) + arguments(up) + arguments(outputGradient) + arguments(gateGradient) + arguments(upGradient)
                        + [try int32(gate.count, gate.label)])
     }

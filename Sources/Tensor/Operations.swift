@@ -358,9 +358,18 @@ extension Backend {
         try enqueueCausalSoftmaxBackward(probs, outputGradient: outputGradient, into: scoresGradient, scale: scale)
     }
 
-    /// gateGradient, upGradient = dL/dgate, dL/dup of out = silu(gate) * up (written).
+    /// gateGradient, upGradient = dL/dgate, dL/dup of out = silu(gate) * up (written). Gate and up are
+    /// both f32 or both bf16 (as a mixed-precision forward keeps them); the gradients are f32.
     public func swigluBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
-        try requireFloat32(gate, up, outputGradient, gateGradient, upGradient, op: "swiglu_backward")
+        if gate.dtype == .bf16 || up.dtype == .bf16 {
+            guard gate.dtype == .bf16, up.dtype == .bf16 else {
+                throw TensorError.unsupported("swiglu_backward: \(gate.label) is \(gate.dtype.rawValue) and \(up.label) \(up.dtype.rawValue); both f32 or both bf16")
+            }
+            try requireOwned(gate, up, op: "swiglu_backward")
+            try requireFloat32(outputGradient, gateGradient, upGradient, op: "swiglu_backward")
+        } else {
+            try requireFloat32(gate, up, outputGradient, gateGradient, upGradient, op: "swiglu_backward")
+        }
         for t in [up, outputGradient, gateGradient, upGradient] { try requireSameShape(gate, t, op: "swiglu_backward") }
         guard gate.count > 0 else { return }
         try enqueueSwiGLUBackward(gate: gate, up: up, outputGradient: outputGradient, gateGradient: gateGradient, upGradient: upGradient)

@@ -25,8 +25,8 @@ struct BlockActivations {
     let context: Tensor          // [N, C]: the attention output projection's input (token-major), GEMM input
     let middle: Tensor           // [N, C] residual stream after attention
     let feedForwardNormed: Tensor // [N, C] GEMM input
-    let gate: Tensor             // [N, F] before SwiGLU
-    let up: Tensor               // [N, F]
+    let gate: Tensor             // [N, F] before SwiGLU (in the compute type)
+    let up: Tensor               // [N, F] (in the compute type)
     let activation: Tensor       // [N, F] silu(gate) * up, GEMM input
 }
 
@@ -37,7 +37,7 @@ struct BlockActivations {
 /// compute copies, every weight GEMM (forward, input gradient, weight gradient) reads bf16 operands
 /// (activations and their gradients narrowed once per use) and accumulates in fp32 into fp32
 /// outputs and fp32 gradients. Norms, RoPE, attention scores and softmax, SwiGLU, the residual
-/// stream and the embedding stay fp32.
+/// stream and the embedding stay fp32; the SwiGLU inputs are kept for the backward in bf16 too.
 ///
 /// The LM head and the loss are outside: ``forward(_:)`` returns the final normed hidden state
 /// [N, C] and ``backward(finalHiddenGradient:)`` takes its gradient; the LM head weight
@@ -82,8 +82,8 @@ public final class StudentModel {
     /// The weight GEMMs' input type: f32, or bf16 once an arena gave the matrices compute copies.
     public var computeType: DType { outputWeight.compute.dtype }
 
-    /// `x` as the weight GEMMs read it: itself, or a bf16 copy (one conversion, for every GEMM that reads it).
-    private func gemmInput(_ x: Tensor) throws -> Tensor {
+    /// `x` in the compute type: itself, or a bf16 copy (one conversion, for every GEMM that reads it, or to keep for the backward).
+    private func inComputeType(_ x: Tensor) throws -> Tensor {
         guard computeType != x.dtype else { return x }
         let narrowed = try backend.tensor(shape: x.shape, dtype: computeType, label: "\(x.label) (\(computeType.rawValue))")
         try backend.convert(x, into: narrowed)
@@ -121,7 +121,7 @@ public final class StudentModel {
         for l in 0..<config.layers {
             let xn1 = try tensor([n, c], "attention normed \(l)")
             try backend.rmsNorm(x, weight: weight(l, "attn_norm.weight"), epsilon: config.normEpsilon, into: xn1)
-            let xn1In = try gemmInput(xn1)
+            let xn1In = try inComputeType(xn1)
             let q = try tensor([n, h * hs], "q"), k = try tensor([n, hkv * hs], "k"), v = try tensor([n, hkv * hs], "v")
             try backend.gemm(xn1In, matrix(l, "attn_q.weight"), into: q, transposeB: true)
             try backend.gemm(xn1In, matrix(l, "attn_k.weight"), into: k, transposeB: true)
@@ -141,23 +141,24 @@ public final class StudentModel {
             let context = try tensor([n, c], "context \(l)")
             try backend.transpose12(contextByHead, into: context.reshaped([b, t, h, hs]))
             let middle = try tensor([n, c], "residual middle \(l)")
-            let contextIn = try gemmInput(context)
+            let contextIn = try inComputeType(context)
             try backend.gemm(contextIn, matrix(l, "attn_output.weight"), into: middle, transposeB: true)
             try backend.add(x, middle, into: middle)
 
             let xn2 = try tensor([n, c], "ffn normed \(l)")
             try backend.rmsNorm(middle, weight: weight(l, "ffn_norm.weight"), epsilon: config.normEpsilon, into: xn2)
-            let xn2In = try gemmInput(xn2)
+            let xn2In = try inComputeType(xn2)
             let gate = try tensor([n, f], "gate \(l)"), up = try tensor([n, f], "up \(l)"), act = try tensor([n, f], "swiglu \(l)")
             try backend.gemm(xn2In, matrix(l, "ffn_gate.weight"), into: gate, transposeB: true)
             try backend.gemm(xn2In, matrix(l, "ffn_up.weight"), into: up, transposeB: true)
             try backend.swiglu(gate: gate, up: up, into: act)
-            let actIn = try gemmInput(act)
+            let actIn = try inComputeType(act)
             let output = try tensor([n, c], "residual \(l + 1)")
             try backend.gemm(actIn, matrix(l, "ffn_down.weight"), into: output, transposeB: true)
             try backend.add(middle, output, into: output)
             blocks.append(BlockActivations(input: x, attentionNormed: xn1In, queries: qT, keys: kT, values: vT, probabilities: probs,
-                                           context: contextIn, middle: middle, feedForwardNormed: xn2In, gate: gate, up: up, activation: actIn))
+                                           context: contextIn, middle: middle, feedForwardNormed: xn2In, gate: try inComputeType(gate),
+                                           up: try inComputeType(up), activation: actIn))
             x = output
         }
         let finalHidden = try tensor([n, c], "final hidden")
@@ -216,11 +217,11 @@ public final class StudentModel {
             let a = saved.blocks[l]
             if let extra = hiddenGradients[l] { try backend.add(dx, extra, into: dx) }
             // Feed-forward: output = middle + W_down swiglu(W_gate xn2, W_up xn2).
-            let dxIn = try gemmInput(dx)
+            let dxIn = try inComputeType(dx)
             try backend.gemm(dxIn, matrix(l, "ffn_down.weight"), into: dAct)
             try backend.gemm(dxIn, a.activation, into: gradient(l, "ffn_down.weight"), transposeA: true, beta: 1)
             try backend.swigluBackward(gate: a.gate, up: a.up, outputGradient: dAct, gateGradient: dGate, upGradient: dUp)
-            let dGateIn = try gemmInput(dGate), dUpIn = try gemmInput(dUp)
+            let dGateIn = try inComputeType(dGate), dUpIn = try inComputeType(dUp)
             try backend.gemm(dGateIn, matrix(l, "ffn_gate.weight"), into: dNormed)
             try backend.gemm(dUpIn, matrix(l, "ffn_up.weight"), into: dNormed, beta: 1)
             try backend.gemm(dGateIn, a.feedForwardNormed, into: gradient(l, "ffn_gate.weight"), transposeA: true, beta: 1)
@@ -231,7 +232,7 @@ public final class StudentModel {
             try backend.add(dMiddle, dx, into: dMiddle)
 
             // Attention: middle = input + W_o context, context = softmax(q kᵀ / √hs) v by head.
-            let dMiddleIn = try gemmInput(dMiddle)
+            let dMiddleIn = try inComputeType(dMiddle)
             try backend.gemm(dMiddleIn, matrix(l, "attn_output.weight"), into: dContext)
             try backend.gemm(dMiddleIn, a.context, into: gradient(l, "attn_output.weight"), transposeA: true, beta: 1)
             try backend.transpose12(dContext.reshaped([b, t, h, hs]), into: dContextByHead)
@@ -247,7 +248,7 @@ public final class StudentModel {
             try backend.transpose12(dvT, into: dv.reshaped([b, t, hkv, hs]))
             try backend.rope(dq, positions: positionList, into: dq, inverseRope)
             try backend.rope(dk, positions: positionList, into: dk, inverseKVRope)
-            let dqIn = try gemmInput(dq), dkIn = try gemmInput(dk), dvIn = try gemmInput(dv)
+            let dqIn = try inComputeType(dq), dkIn = try inComputeType(dk), dvIn = try inComputeType(dv)
             try backend.gemm(dqIn, matrix(l, "attn_q.weight"), into: dNormed)
             try backend.gemm(dkIn, matrix(l, "attn_k.weight"), into: dNormed, beta: 1)
             try backend.gemm(dvIn, matrix(l, "attn_v.weight"), into: dNormed, beta: 1)

@@ -47,7 +47,7 @@ enum Forward64 {
 
 extension ParityTable {
     static let backwardCases: [ParityCase] = [
-        rowSumSquaresCase, rmsNormBackwardCase, causalSoftmaxBackwardCase, swigluBackwardCase, embeddingBackwardCase, adamwCase,
+        rowSumSquaresCase, rmsNormBackwardCase, causalSoftmaxBackwardCase, swigluBackwardCase, swigluBackwardBF16Case, embeddingBackwardCase, adamwCase,
     ]
 
     static let rowSumSquaresCase = ParityCase(op: "row_sum_squares", tolerance: 1e-5) { rng in
@@ -111,6 +111,33 @@ extension ParityTable {
                      finiteDifferenceGradient(v[1]) { dot(v[2], Forward64.swiglu(v[0], $0)) }]
                 })
         }
+    }
+
+    /// The same with gate and up stored in bf16 (a mixed-precision student's saved SwiGLU inputs):
+    /// the reference differentiates at the bf16 values, widened exactly.
+    static let swigluBackwardBF16Case = ParityCase(op: "swiglu_backward bf16 gate/up (finite differences)", tolerance: 1e-4) { rng in
+        [1, 7, 97].map { n in
+            let (gate, up) = (rng.normals(n, scale: 3).map(bf16Rounded), rng.normals(n).map(bf16Rounded))
+            return ParityInstance(
+                description: "n=\(n)",
+                operands: [Operand(shape: [n], values: rng.normals(n)), Operand(shape: [n], values: rng.normals(n)),
+                           Operand(shape: [n], values: rng.normals(n))],
+                rawOperands: [RawOperand(shape: [n], dtype: .bf16, bytes: bf16Bytes(gate)), RawOperand(shape: [n], dtype: .bf16, bytes: bf16Bytes(up))],
+                outputs: [1, 2],
+                run: { try $0.swigluBackward(gate: $1[3], up: $1[4], outputGradient: $1[0], gateGradient: $1[1], upGradient: $1[2]) },
+                reference: { v in
+                    let (g, u) = (gate.map(Double.init), up.map(Double.init))
+                    return [finiteDifferenceGradient(g) { dot(v[0], Forward64.swiglu($0, u)) },
+                            finiteDifferenceGradient(u) { dot(v[0], Forward64.swiglu(g, $0)) }]
+                })
+        }
+    }
+
+    /// A float with its low 16 bits cleared: exactly representable in bf16.
+    static func bf16Rounded(_ x: Float) -> Float { Float(bitPattern: x.bitPattern & 0xFFFF_0000) }
+    /// bf16 values (exact, from ``bf16Rounded(_:)``) as little-endian 2-byte words.
+    static func bf16Bytes(_ values: [Float]) -> [UInt8] {
+        values.flatMap { value -> [UInt8] in let high = UInt16(value.bitPattern >> 16); return [UInt8(high & 0xFF), UInt8(high >> 8)] }
     }
 
     static let embeddingBackwardCase = ParityCase(op: "embedding_backward", tolerance: 1e-5) { rng in

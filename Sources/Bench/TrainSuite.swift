@@ -97,6 +97,7 @@ public struct TrainSuite: BenchSuite {
                 let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
                 let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0, convert = profile.seconds["convert"] ?? 0
+                let optimizerSeconds = profile.seconds["optimizer"] ?? 0
                 // What the student's forward keeps for its backward (bf16 GEMM inputs in mixed precision).
                 let beforeForward = ledger.inUseBytes
                 _ = try trainer.student.forward([[Int32]](repeating: dataset.window(0), count: config.batchSize))
@@ -109,7 +110,8 @@ public struct TrainSuite: BenchSuite {
                 referenceLoss[key] = referenceLoss[key] ?? firstLoss
                 let tokensPerSecond = Double(config.batchSize * config.seqLen) / seconds
                 var extra = ["tokens_per_s": tokensPerSecond, "gemm_share": gemm / profiled, "loss_share": loss / profiled,
-                             "convert_share": convert / profiled, "rest_share": max(0, 1 - (gemm + loss + convert) / profiled), "step_peak_mib": stepPeak,
+                             "convert_share": convert / profiled, "optimizer_share": optimizerSeconds / profiled,
+                             "rest_share": max(0, 1 - (gemm + loss + convert + optimizerSeconds) / profiled), "step_peak_mib": stepPeak,
                              "activation_mib": activationMiB]
                 if kernel == "distillation_step" {
                     liveTokensPerSecond[precision] = tokensPerSecond
@@ -122,7 +124,7 @@ public struct TrainSuite: BenchSuite {
                     shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)"
                         + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : ""),
                     dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
-                    note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions) "
+                    note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
                         + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
                         + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")

@@ -100,16 +100,19 @@ public final class Trainer {
     public func step(_ step: Int, batches: inout some BatchSource) throws -> StepParts {
         var parts = try accumulateGradients(batches: (0..<microBatches).map { _ in batches.next() }, epoch: batches.position.epoch)
         try reducer.reduce(gradients: arena.gradients, parts: &parts)
-        parts.gradientNorm = try arena.gradientNorm()
+        let backend = student.backend
+        parts.gradientNorm = try Profiling.measure("optimizer", on: backend) { try arena.gradientNorm() }
         if let (name, value) = parts.firstNonFinite { throw StepFailure(step: step, what: "non-finite \(name) \(value)") }
         parts.learningRate = schedule.rate(at: step)
-        try arena.update(AdamWStep(learningRate: parts.learningRate, beta1: optimizer.beta1, beta2: optimizer.beta2,
-                                   weightDecay: optimizer.weightDecay, step: step),
-                         gradientNorm: parts.gradientNorm, clip: optimizer.clip)
-        if let tensor = try arena.firstNonFinite() {
+        try Profiling.measure("optimizer", on: backend) {
+            try arena.update(AdamWStep(learningRate: parts.learningRate, beta1: optimizer.beta1, beta2: optimizer.beta2,
+                                       weightDecay: optimizer.weightDecay, step: step),
+                             gradientNorm: parts.gradientNorm, clip: optimizer.clip)
+        }
+        if let tensor = try Profiling.measure("optimizer", on: backend, { try arena.firstNonFinite() }) {
             throw StepFailure(step: step, what: "the update made \(tensor) non-finite (or too large for fp32)")
         }
-        try arena.refreshCompute()
+        try Profiling.measure("optimizer", on: backend) { try arena.refreshCompute() }
         parts.temperature = objective.temperature
         objective.update(step: step, totalSteps: schedule.totalSteps, loss: parts.loss, studentCrossEntropy: parts.crossEntropy,
                          teacherCrossEntropy: parts.teacherCrossEntropy)

@@ -69,7 +69,9 @@ let package = Package(
                 path: "Sources/TeacherCache", swiftSettings: releaseFlags),
 
         // Training: the trainable student (forward/backward), optimizer, train loop.
-        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files", "TeacherCache",
+        // Data parallelism: Open MPI, loaded at run time when kdgpu runs under mpirun.
+        .target(name: "ProcessGroup", path: "Sources/ProcessGroup", swiftSettings: releaseFlags),
+        .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files", "TeacherCache", "ProcessGroup",
                                                  .product(name: "Yams", package: "Yams")],
                 path: "Sources/Training", swiftSettings: releaseFlags),
 
@@ -84,7 +86,7 @@ let package = Package(
 
         // The command-line tool.
         .executableTarget(name: "kdgpu",
-                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint", "Files", "TeacherCache", "TrainingData",
+                          dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Bench", "GGUF", "Tokenizer", "Models", "Training", "Checkpoint", "Files", "TeacherCache", "TrainingData", "ProcessGroup",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           path: "Sources/kdgpu", swiftSettings: releaseFlags),
 

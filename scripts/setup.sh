@@ -10,6 +10,7 @@ packages=(
     libdnnl-dev                        # oneDNN: the host GEMM engine (dispatches by instruction set)
     libopenblas0                       # OpenBLAS: the second host engine (loaded at run time), the GEMM bench's reference
     libssl-dev                         # OpenSSL: SHA-256 of teacher files and teacher-cache shards
+    openmpi-bin                        # Open MPI: mpirun and libmpi (loaded at run time) for data-parallel training
     clinfo pkg-config
 )
 

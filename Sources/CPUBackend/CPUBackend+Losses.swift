@@ -5,7 +5,7 @@ import Tensor
 // The loss kernels on the CPU backend: the CPU twins (CPUKernels+Distill.swift, CPUKernels+Hint.swift).
 
 extension CPUBackend: DistillationLossKernel {
-    private var distillWorkers: Int { ProcessInfo.processInfo.activeProcessorCount }
+    private var distillWorkers: Int { Parallelism.workers }
 
     public func distillScratchElements(rows: Int, vocabulary: Int) -> Int {
         max(1, min(rows, distillWorkers)) * 4 * ((vocabulary + 15) / 16 * 16)

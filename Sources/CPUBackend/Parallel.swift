@@ -1,10 +1,20 @@
 import Dispatch
 import Foundation
 
-/// Splits `0..<count` into contiguous chunks of at least `grain` items and runs them on all cores.
+/// How many threads the CPU backend's own kernels use: `KDGPU_THREADS` when set (several processes on
+/// one machine share its cores: `mpirun` ranks get cores / local ranks each), else every core.
+public enum Parallelism {
+    public static let variable = "KDGPU_THREADS"
+    public static let workers: Int = {
+        if let text = ProcessInfo.processInfo.environment[variable], let count = Int(text), count > 0 { return count }
+        return ProcessInfo.processInfo.activeProcessorCount
+    }()
+}
+
+/// Splits `0..<count` into contiguous chunks of at least `grain` items and runs them on ``Parallelism/workers`` threads.
 @inline(__always)
 public func parallelChunks(_ count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
-    let workers = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / max(1, grain)))
+    let workers = min(Parallelism.workers, max(1, count / max(1, grain)))
     if workers <= 1 {
         body(0..<count)
         return

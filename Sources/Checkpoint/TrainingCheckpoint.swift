@@ -109,6 +109,8 @@ public struct TrainerState: Codable, Equatable, Sendable {
     public var configuration: JSONValue
     /// The state of the loss schedules (temperature, TAID's interpolation), restored on resume.
     public var schedules: JSONValue
+    /// Processes that took each step (`mpirun -np N`; 1 alone, and in checkpoints from before it was kept).
+    public var processes: Int = 1
 
     public init(step: Int, dataEpoch: Int, dataIndex: Int, rngState: UInt64, configuration: JSONValue, schedules: JSONValue = .object([:])) {
         formatVersion = TrainerState.currentFormatVersion
@@ -122,7 +124,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version", step, dataEpoch = "data_epoch", dataIndex = "data_index"
-        case rngState = "rng_state", configuration, schedules
+        case rngState = "rng_state", configuration, schedules, processes
     }
 
     public init(from decoder: Decoder) throws {
@@ -141,6 +143,10 @@ public struct TrainerState: Codable, Equatable, Sendable {
         rngState = state
         configuration = try container.decode(JSONValue.self, forKey: .configuration)
         schedules = try container.decode(JSONValue.self, forKey: .schedules)
+        processes = try container.decodeIfPresent(Int.self, forKey: .processes) ?? 1
+        guard processes >= 1 else {
+            throw DecodingError.dataCorruptedError(forKey: .processes, in: container, debugDescription: "\(processes) processes; at least 1")
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -152,6 +158,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
         try container.encode(String(rngState), forKey: .rngState)
         try container.encode(configuration, forKey: .configuration)
         try container.encode(schedules, forKey: .schedules)
+        if processes != 1 { try container.encode(processes, forKey: .processes) }
     }
 }
 

@@ -31,6 +31,10 @@ public final class DistillationRun {
     let log: (String) -> Void
     let progress: (String) -> Void
     let resume: Bool
+    /// Sums each step over the processes of a data-parallel job (one process: nothing to do).
+    let reducer: any GradientReducer
+    /// Whether this process writes (metrics, checkpoints, exports) and validates: the first rank alone.
+    var writes: Bool { reducer.rank == 0 }
     /// Bytes one chunk of the fused head + loss path may take (``Trainer/headChunkBytes``).
     public var headChunkBytes = 256 << 20
 
@@ -38,12 +42,14 @@ public final class DistillationRun {
     ///   - resume: continue from `config.out`'s checkpoint (the configuration must match it but for `steps`).
     ///   - log: lines worth keeping (validation, checkpoints, summary).
     ///   - progress: the per-step status (a terminal redraws it in place).
-    public init(config: TrainingConfig, backend: any Backend, resume: Bool, log: @escaping (String) -> Void,
-                progress: @escaping (String) -> Void) throws {
+    ///   - reducer: the processes this one trains with (``MPIGradientReducer`` under mpirun).
+    public init(config: TrainingConfig, backend: any Backend, resume: Bool, reducer: any GradientReducer = SingleProcess(),
+                log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
         try config.validate()
         self.config = config
         self.backend = backend
         self.resume = resume
+        self.reducer = reducer
         self.log = log
         self.progress = progress
     }
@@ -84,13 +90,17 @@ public final class DistillationRun {
             } catch let error as DistillationLossError {
                 throw reporter.stopped("non-finite values in the loss: \(error)", at: step)
             }
-            try reporter.stepTaken(step, parts, taidT: trainer.objective.taid?.t,
+            try reporter.stepTaken(step, parts, taidT: trainer.objective.taid?.t, worldSize: reducer.worldSize,
                                    seconds: Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9)
-            if let kill = ProcessInfo.processInfo.environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step {
-                // Crash testing: die here as abruptly as a killed process (no cleanup, no flush beyond the metrics line).
+            let environment = ProcessInfo.processInfo.environment
+            if let kill = environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step,
+               environment["KDGPU_KILL_RANK"].map({ Int($0) == reducer.rank }) ?? true {
+                // Crash testing: die here as abruptly as a killed process (no cleanup, no flush beyond the metrics
+                // line); `KDGPU_KILL_RANK` picks one rank of an mpirun job.
                 Foundation.kill(getpid(), SIGKILL)
             }
             let last = step == config.steps
+            guard writes else { continue }  // the other ranks neither validate nor write
             if last || (config.evalEvery > 0 && step % config.evalEvery == 0) {
                 let result: LikelihoodResult
                 do { result = try studentLikelihood(trainer.student, prepared.validationBatches) } catch let error as DistillationLossError {
@@ -107,8 +117,8 @@ public final class DistillationRun {
                 try reporter.checkpoint(step, trainer: trainer, position: prepared.sampler.position)
             }
         }
-        let exported = try reporter.finish(student: trainer.student)
-        let final = try finalNLL ?? studentLikelihood(trainer.student, prepared.validationBatches)
+        let exported = writes ? try reporter.finish(student: trainer.student) : nil
+        let final = !writes ? LikelihoodResult() : try finalNLL ?? studentLikelihood(trainer.student, prepared.validationBatches)
         return RunSummary(steps: config.steps, teacherValidationPerplexity: prepared.teacherNLL.perplexity,
                           initialStudentValidationPerplexity: prepared.initialStudentPerplexity,
                           finalStudentValidationPerplexity: final.perplexity, exportedGGUF: exported, checkpoint: reporter.checkpointShown)
@@ -130,7 +140,7 @@ public final class DistillationRun {
         try config.check(teacher: teacherConfig)
         let cache = config.teacherCache.isEmpty ? nil : try openCache(teacherConfig: teacherConfig)
         do {
-            try FileChecks.createFolder(out.path)
+            if writes { try FileChecks.createFolder(out.path) }
         } catch let problem as FileProblem {
             throw TrainingError.config("out (--out): cannot create the run folder: \(problem)")
         }
@@ -151,7 +161,8 @@ public final class DistillationRun {
                                      + "need \(config.batchSize) for training plus 1 for validation: use more text, a smaller --seq-len or --batch-size")
         }
         log("kdgpu train: \(config.divergence) at T=\(config.temperature) (\(config.temperatureSchedule)), \(config.steps) steps of "
-            + "\(config.batchSize * config.gradientAccumulation) x \(config.seqLen) tokens on \(backend.name), into \(config.out)")
+            + "\(config.batchSize * config.gradientAccumulation * reducer.worldSize) x \(config.seqLen) tokens on \(backend.name)"
+            + (reducer.worldSize > 1 ? " and \(reducer.worldSize - 1) more process\(reducer.worldSize > 2 ? "es" : "")" : "") + ", into \(config.out)")
         log("GEMMs: \(backend.gemmDescription); student \(config.precision == "bf16" ? "bf16 (fp32 master weights)" : "fp32"), "
             + "teacher \(cache == nil ? (config.teacherPrecision(on: backend) == .bf16 ? "bf16" : "fp32") + (config.teacherPrecision == "auto" ? " (auto)" : "") : "cached")")
 
@@ -170,6 +181,11 @@ public final class DistillationRun {
             }
             guard saved.parameters.config.vocabulary == teacherConfig.vocabulary else {
                 throw TrainingError.resume("\(out.path): the checkpoint's vocabulary \(saved.parameters.config.vocabulary) differs from the teacher's \(teacherConfig.vocabulary)")
+            }
+            guard saved.state.processes == reducer.worldSize else {
+                let them = saved.state.processes == 1 ? "one process" : "\(saved.state.processes) processes (mpirun -np \(saved.state.processes))"
+                throw TrainingError.resume("\(out.path): the checkpoint was written by \(them), this run has \(reducer.worldSize); each step's "
+                                           + "micro-batches depend on it: resume with the same number of processes")
             }
             startStep = saved.state.step
             guard startStep < config.steps else {
@@ -218,19 +234,19 @@ public final class DistillationRun {
         if let saved = checkpoint?.auxiliary, !auxiliary.isEmpty {
             try Optimizer.load(auxiliary, values: saved.values, moments: saved.moments, source: out.path)
         }
-        let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective)
+        let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective, reducer: reducer)
         trainer.headChunkBytes = headChunkBytes
         let sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize, position: position)
         let reporter = try RunReporter(config: config, out: out, tokenizer: GGUFMetadata.tokenizer(of: teacherFile),
-                                       resumedAt: resume ? startStep : nil, log: log, progress: progress)
+                                       resumedAt: resume ? startStep : nil, writes: writes, log: log, progress: progress)
 
         // Validation: the same windows before, during and after training.
         let validation = Array(dataset.validationBatches(batchSize: config.batchSize).joined().prefix(config.evalWindows))
         let validationBatches = stride(from: 0, to: validation.count, by: config.batchSize).map {
             Array(validation[$0..<min(validation.count, $0 + config.batchSize)])
         }
-        let teacherNLL: LikelihoodResult
-        do {
+        var teacherNLL = LikelihoodResult()
+        if writes { do {
             let windows = Array(dataset.validationWindows.prefix(validation.count))
             teacherNLL = try validationBatches.enumerated().reduce(LikelihoodResult()) { total, batch in
                 let first = batch.offset * config.batchSize
@@ -239,9 +255,9 @@ public final class DistillationRun {
         } catch let error as ModelError {
             throw TrainingError.numeric("teacher \(config.teacher): its validation pass before training gives a \(error); "
                                         + "the file's weights hold NaN or inf: use an undamaged teacher")
-        }
+        } }
         var initialStudentPerplexity: Double?
-        if !resume {
+        if !resume && writes {
             let initial = try studentLikelihood(student, validationBatches)
             initialStudentPerplexity = initial.perplexity
             try reporter.startingValidation(teacher: teacherNLL, student: initial)

@@ -11,7 +11,8 @@ import TrainingData
 public final class RunReporter {
     let config: TrainingConfig
     let out: URL
-    let metrics: MetricsLog
+    /// The metrics log; nil in a process that does not write (a rank other than the first).
+    let metrics: MetricsLog?
     let tokenizer: GGUFMetadata
     /// The settings a checkpoint keeps (all but the folder, which a resumed run names).
     let storedSettings: JSONValue
@@ -22,8 +23,8 @@ public final class RunReporter {
     private var runStart = DispatchTime.now().uptimeNanoseconds
     private var firstStep = 1
 
-    init(config: TrainingConfig, out: URL, tokenizer: GGUFMetadata, resumedAt startStep: Int?, log: @escaping (String) -> Void,
-         progress: @escaping (String) -> Void) throws {
+    init(config: TrainingConfig, out: URL, tokenizer: GGUFMetadata, resumedAt startStep: Int?, writes: Bool = true,
+         log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
         self.config = config
         self.out = out
         self.tokenizer = tokenizer
@@ -32,7 +33,7 @@ public final class RunReporter {
         var settings = config
         settings.out = ""
         storedSettings = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(settings))
-        metrics = try MetricsLog(url: out.appendingPathComponent("metrics.jsonl"), keepingStepsUpTo: startStep ?? 0)
+        metrics = writes ? try MetricsLog(url: out.appendingPathComponent("metrics.jsonl"), keepingStepsUpTo: startStep ?? 0) : nil
         lastCheckpoint = startStep == nil ? nil : TrainingCheckpoint.currentFolder(in: out)
     }
 
@@ -49,7 +50,7 @@ public final class RunReporter {
     }
 
     func startingValidation(teacher: LikelihoodResult, student: LikelihoodResult) throws {
-        try metrics.append(["step": 0, "val_nll": student.meanNLL, "val_perplexity": student.perplexity, "teacher_val_nll": teacher.meanNLL])
+        try metrics?.append(["step": 0, "val_nll": student.meanNLL, "val_perplexity": student.perplexity, "teacher_val_nll": teacher.meanNLL])
         log(String(format: "validation before training: teacher perplexity %.3f, student perplexity %.3f", teacher.perplexity, student.perplexity))
     }
 
@@ -58,9 +59,10 @@ public final class RunReporter {
         runStart = DispatchTime.now().uptimeNanoseconds
     }
 
-    /// The step's metrics line and progress line.
-    func stepTaken(_ step: Int, _ parts: StepParts, taidT: Float?, seconds: Double) throws {
-        let tokensPerSecond = Double(config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
+    /// The step's metrics line and progress line (tokens/s of every process together).
+    func stepTaken(_ step: Int, _ parts: StepParts, taidT: Float?, worldSize: Int = 1, seconds: Double) throws {
+        guard let metrics else { return }
+        let tokensPerSecond = Double(worldSize * config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
         var record: [String: Any] = ["step": step, "loss": Double(parts.total), "kd_loss": Double(parts.divergence),
                                      "ce_loss": Double(parts.crossEntropy), "temperature": Double(parts.temperature),
                                      "lr": Double(parts.learningRate), "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
@@ -79,15 +81,16 @@ public final class RunReporter {
     }
 
     func validated(_ step: Int, _ result: LikelihoodResult) throws {
-        try metrics.append(["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity])
+        try metrics?.append(["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity])
         log(String(format: "step %d: validation NLL %.4f, perplexity %.3f", step, result.meanNLL, result.perplexity))
     }
 
     /// Writes a checkpoint of the trainer's state after `step` (atomically: a new folder, then the link swapped).
     func checkpoint(_ step: Int, trainer: Trainer, position: DataPosition) throws {
-        let state = TrainerState(step: step, dataEpoch: position.epoch, dataIndex: position.index, rngState: config.seed,
+        var state = TrainerState(step: step, dataEpoch: position.epoch, dataIndex: position.index, rngState: config.seed,
                                  configuration: storedSettings,
                                  schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(trainer.objective)))
+        state.processes = trainer.reducer.worldSize
         let auxiliaryParameters = trainer.features.flatMap(\.parameters)
         let auxiliary = AuxiliaryParameters(values: try Optimizer.download(auxiliaryParameters),
                                             moments: try Optimizer.downloadMoments(auxiliaryParameters))
@@ -100,6 +103,7 @@ public final class RunReporter {
 
     /// The loss curve and the exported student; returns the export's path as shown.
     func finish(student: StudentModel) throws -> String? {
+        guard let metrics else { return nil }
         let logged = try MetricsLog.read(metrics.url)
         let curve = lossCurveSVG(steps: logged.compactMap { o in (o["loss"] as? Double).map { (o["step"] as! Int, $0) } },
                                  validation: logged.compactMap { o in (o["val_nll"] as? Double).map { (o["step"] as! Int, $0) } },

@@ -16,8 +16,10 @@ extension BatchSampler: BatchSource {}
 /// processes that took part in it. One process: nothing to do. A multi-process reducer (MPI)
 /// all-reduces them, so every process takes the identical update.
 public protocol GradientReducer {
-    /// Processes taking part (1 for a single process).
+    /// Processes taking part (1 for a single process), and this one's number among them.
     var worldSize: Int { get }
+    var rank: Int { get }
+    /// Sums `gradients` and `parts`' summed values (``StepParts/summedValues``) over the processes.
     func reduce(gradients: Tensor, parts: inout StepParts) throws
 }
 
@@ -25,6 +27,7 @@ public protocol GradientReducer {
 public struct SingleProcess: GradientReducer {
     public init() {}
     public var worldSize: Int { 1 }
+    public var rank: Int { 0 }
     public func reduce(gradients: Tensor, parts: inout StepParts) throws {}
 }
 
@@ -43,6 +46,22 @@ public struct StepParts {
     public var total: Float = 0
     public var learningRate: Float = 0
     public var temperature: Float = 0
+
+    /// The values each process sums its share of (each already weighted by its rows' share of the
+    /// step): the loss, the cross-entropies and the feature losses.
+    public var summedValues: [Float] {
+        get { [loss, crossEntropy, teacherCrossEntropy] + features.map(\.value) }
+        set {
+            (loss, crossEntropy, teacherCrossEntropy) = (newValue[0], newValue[1], newValue[2])
+            for i in features.indices { features[i].value = newValue[3 + i] }
+        }
+    }
+
+    /// The values derived from the summed ones: the divergence alone and the whole objective.
+    mutating func derive(softWeight: Float, hardWeight: Float) {
+        divergence = softWeight > 0 ? (loss - hardWeight * crossEntropy) / softWeight : 0
+        total = features.reduce(loss) { $0 + $1.weight * $1.value }
+    }
 
     /// The first value that is NaN or infinite, named.
     public var firstNonFinite: (name: String, value: Float)? {
@@ -96,10 +115,16 @@ public final class Trainer {
         microBatches = config.gradientAccumulation
     }
 
-    /// Optimizer step `step` (1-based) on the next `gradient_accumulation` micro-batches of `batches`.
+    /// Optimizer step `step` (1-based) on the next `gradient_accumulation` x world size micro-batches
+    /// of `batches`: every process draws them all and takes micro-batch i when i mod world size is
+    /// its rank, so N processes step exactly as one with N times the gradient accumulation.
     public func step(_ step: Int, batches: inout some BatchSource) throws -> StepParts {
-        var parts = try accumulateGradients(batches: (0..<microBatches).map { _ in batches.next() }, epoch: batches.position.epoch)
+        let epoch = batches.position.epoch
+        let all = (0..<microBatches * reducer.worldSize).map { _ in batches.next() }
+        let mine = stride(from: reducer.rank, to: all.count, by: reducer.worldSize).map { all[$0] }
+        var parts = try accumulateGradients(batches: mine, totalRows: Self.rows(all), epoch: epoch)
         try reducer.reduce(gradients: arena.gradients, parts: &parts)
+        parts.derive(softWeight: objective.loss.effectiveSoftWeight, hardWeight: objective.loss.hardWeight)
         let backend = student.backend
         parts.gradientNorm = try Profiling.measure("optimizer", on: backend) { try arena.gradientNorm() }
         if let (name, value) = parts.firstNonFinite { throw StepFailure(step: step, what: "non-finite \(name) \(value)") }
@@ -119,9 +144,15 @@ public final class Trainer {
         return parts
     }
 
-    /// Forward and backward of `batches`, each weighted by its share of the rows; the gradients are
-    /// left in the arena (zeroed first).
-    public func accumulateGradients(batches: [TrainingBatch], epoch: Int) throws -> StepParts {
+    /// Predicted positions of `batches` (the last of each window predicts nothing).
+    static func rows(_ batches: [TrainingBatch]) -> Int {
+        batches.reduce(0) { $0 + $1.tokens.count * (($1.tokens.first?.count ?? 1) - 1) }
+    }
+
+    /// Forward and backward of `batches`, each weighted by its share of the step's `totalRows` (by
+    /// default theirs alone; the step's rows over every process); the gradients are left in the
+    /// arena (zeroed first).
+    public func accumulateGradients(batches: [TrainingBatch], totalRows: Int? = nil, epoch: Int) throws -> StepParts {
         let backend = student.backend
         try arena.zeroGradients()
         var parts = StepParts()
@@ -129,7 +160,7 @@ public final class Trainer {
         var loss = objective.loss
         loss.reportCrossEntropy = true
         let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
-        let totalRows = batches.reduce(0) { $0 + $1.tokens.count * (($1.tokens.first?.count ?? 1) - 1) }
+        let totalRows = totalRows ?? Self.rows(batches)
         let needs = TeacherNeeds(features: features)
         // Cross-entropy alone (soft weight 0, no feature loss) asks nothing of the teacher.
         let teacherNeeded = loss.effectiveSoftWeight != 0 || !features.isEmpty
@@ -159,9 +190,7 @@ public final class Trainer {
             }
             try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients, attentionGradients: attentionGradients)
         }
-        let softWeight = loss.effectiveSoftWeight
-        parts.divergence = softWeight > 0 ? (parts.loss - loss.hardWeight * parts.crossEntropy) / softWeight : 0
-        parts.total = parts.features.reduce(parts.loss) { $0 + $1.weight * $1.value }
+        parts.derive(softWeight: loss.effectiveSoftWeight, hardWeight: loss.hardWeight)
         return parts
     }
 }

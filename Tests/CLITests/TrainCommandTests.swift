@@ -245,4 +245,83 @@ final class TrainCommandTests: XCTestCase {
             XCTAssertFalse(run.error.contains("Fatal error"), run.error)
         }
     }
+
+    // MARK: data parallel (mpirun)
+
+    /// `mpirun` of Open MPI, which `make test` installs (scripts/setup.sh).
+    private func mpirun() throws -> URL {
+        let url = URL(fileURLWithPath: "/usr/bin/mpirun")
+        guard FileManager.default.isExecutableFile(atPath: url.path) else {
+            throw MissingTool("no /usr/bin/mpirun: `make test` installs Open MPI (Debian's openmpi-bin); run it, or apt-get install openmpi-bin")
+        }
+        return url
+    }
+
+    /// `kdgpu ARGUMENTS` on `ranks` processes under mpirun (as root when the tests run as root), ended after 3 minutes at most.
+    private func kdgpuRanks(_ ranks: Int, _ arguments: [String], environment: [String: String] = [:]) throws -> KdgpuRun {
+        let launcher = ["--oversubscribe", "--timeout", "180", "-np", String(ranks)] + (getuid() == 0 ? ["--allow-run-as-root"] : [])
+        return try Kdgpu.run(launcher + [Kdgpu.builtExecutable.path] + arguments, environment: environment, executable: try mpirun(), timeout: 200)
+    }
+
+    /// Two ranks with micro-batches of 2 take the optimizer steps one process takes with micro-batches
+    /// of 2 and a gradient accumulation of 2 (micro-batch i of a step on rank i): the same losses and
+    /// gradient norms within 1e-4, the same validation; rank 0 alone writes. A rank killed at step 4
+    /// ends the whole job with an error; the checkpoint of step 3 resumes on two ranks exactly, and a
+    /// resume on one process is refused, naming both counts.
+    func testTwoRanksStepAsOneProcessWithTwiceTheAccumulationAndResumeExactly() throws {
+        let data = try corpus(), one = try folder("one-process"), two = try folder("two-ranks"), killed = try folder("killed-rank")
+        let single = try kdgpu(trainArguments(data: data, out: one) + ["--gradient-accumulation", "2"])
+        XCTAssertEqual(single.status, 0, single.error)
+        let pair = try kdgpuRanks(2, trainArguments(data: data, out: two))
+        XCTAssertEqual(pair.status, 0, pair.error)
+        XCTAssertTrue(pair.error.contains("data parallel: 2 processes"), pair.error)
+        XCTAssertEqual(pair.output.components(separatedBy: "validation perplexity").count, 2, "one rank reports: \(pair.output)")
+        let (expected, measured) = (try metrics(one), try metrics(two))
+        XCTAssertEqual(expected.count, measured.count)
+        for (a, b) in zip(expected, measured) {
+            XCTAssertEqual(a["step"] as? Int, b["step"] as? Int)
+            for key in ["loss", "ce_loss", "kd_loss", "grad_norm", "val_nll"] {
+                guard let x = a[key] as? Double else { continue }
+                let y = try XCTUnwrap(b[key] as? Double, key)
+                XCTAssertEqual(y, x, accuracy: 1e-4 * max(abs(x), 1e-3), "\(key) at step \(a["step"] ?? "?")")
+            }
+        }
+
+        let died = try kdgpuRanks(2, trainArguments(data: data, out: killed), environment: ["KDGPU_KILL_AFTER_STEP": "4", "KDGPU_KILL_RANK": "1"])
+        XCTAssertNotEqual(died.status, 0, "the job ends when a rank dies: \(died.error)")
+        XCTAssertEqual(TrainingCheckpointProbe.step(in: killed), 3, "the checkpoint of step 3 is intact")
+        let resumed = try kdgpuRanks(2, ["train", "--resume", killed.path, "--steps", "6", "--device", "cpu"])
+        XCTAssertEqual(resumed.status, 0, resumed.error)
+        let keys = ["step", "loss", "grad_norm", "val_nll"]
+        func comparable(_ records: [[String: Any]]) -> [String] {
+            records.map { record in keys.compactMap { key in record[key].map { "\(key)=\($0)" } }.joined(separator: " ") }
+        }
+        XCTAssertEqual(comparable(try metrics(killed)), comparable(measured))
+        let alone = try kdgpu(["train", "--resume", killed.path, "--steps", "8", "--device", "cpu"])
+        XCTAssertEqual(alone.status, 1)
+        XCTAssertTrue(alone.error.contains("written by 2 processes (mpirun -np 2), this run has 1"), alone.error)
+    }
+
+    /// A setting only one rank finds bad (its entry of a --device list) is that rank's one-line error,
+    /// and the job ends at once, not waiting in a collective.
+    func testABadSettingOnOneRankEndsTheJobWithItsError() throws {
+        let run = try kdgpuRanks(2, trainArguments(data: try corpus(), out: try folder("bad-rank")).map { $0 == "cpu" ? "cpu,no-such-device" : $0 })
+        XCTAssertFalse(run.timedOut)
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertTrue(run.error.contains("kdgpu: rank 1 of 2:") && run.error.contains("no-such-device"), run.error)
+    }
+}
+
+struct MissingTool: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The step of a run folder's current checkpoint, read from its trainer state (nil when there is none).
+enum TrainingCheckpointProbe {
+    static func step(in run: URL) -> Int? {
+        let state = run.appendingPathComponent("checkpoint/trainer_state.json")
+        guard let data = try? Data(contentsOf: state), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        return object["step"] as? Int
+    }
 }

@@ -1,0 +1,116 @@
+import Foundation
+
+/// The processes of one `mpirun` job (Open MPI), seen from one of them: its rank, the world's size,
+/// the ranks on this machine, and the collectives data parallelism needs (all-reduce, abort).
+///
+/// Open MPI is loaded at run time (`libmpi.so.40`, Debian's `libopenmpi3`), so kdgpu builds and runs
+/// without it; outside `mpirun` (no `OMPI_COMM_WORLD_SIZE`, or a world of one) ``join()`` returns nil
+/// and no MPI call is ever made. Open MPI's handles (`MPI_COMM_WORLD`, `MPI_FLOAT`, `MPI_SUM`) are the
+/// addresses of its predefined objects, found by name.
+///
+/// ```swift
+/// if let world = try MPIWorld.join() {           // under `mpirun -np 2`
+///     try world.allReduceSum(&values)             // every rank now holds the sum
+/// }
+/// ```
+public final class MPIWorld {
+    public let rank: Int
+    public let size: Int
+    /// Ranks of this job on this machine, and this one's place among them (cores are shared among them).
+    public let localRank: Int
+    public let localSize: Int
+    private let api: API
+
+    typealias Handle = UnsafeMutableRawPointer
+    struct API {
+        let initialize: @convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?) -> Int32
+        let finalize: @convention(c) () -> Int32
+        let commRank: @convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32
+        let commSize: @convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32
+        let allreduce: @convention(c) (UnsafeRawPointer?, UnsafeMutableRawPointer, Int32, Handle, Handle, Handle) -> Int32
+        let abort: @convention(c) (Handle, Int32) -> Int32
+        let world: Handle, float: Handle, double: Handle, sum: Handle
+    }
+
+    /// Elements per all-reduce call (MPI counts are 32-bit; buckets also bound the library's buffers).
+    static let bucketElements = 1 << 24
+    /// Open MPI's `MPI_IN_PLACE`.
+    private static let inPlace = UnsafeRawPointer(bitPattern: 1)
+
+    /// The world this process belongs to, initialized; nil when it runs alone.
+    public static func join(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> MPIWorld? {
+        guard let text = environment["OMPI_COMM_WORLD_SIZE"], let size = Int(text), size > 1 else { return nil }
+        let api = try load()
+        guard api.initialize(nil, nil) == 0 else { throw MPIError("MPI_Init failed") }
+        var rank: Int32 = 0, count: Int32 = 0
+        guard api.commRank(api.world, &rank) == 0, api.commSize(api.world, &count) == 0, Int(count) == size else {
+            throw MPIError("MPI_COMM_WORLD has \(count) ranks where OMPI_COMM_WORLD_SIZE says \(size)")
+        }
+        return MPIWorld(rank: Int(rank), size: size, localRank: Int(environment["OMPI_COMM_WORLD_LOCAL_RANK"] ?? "") ?? 0,
+                        localSize: max(1, Int(environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1), api: api)
+    }
+
+    private init(rank: Int, size: Int, localRank: Int, localSize: Int, api: API) {
+        (self.rank, self.size, self.localRank, self.localSize, self.api) = (rank, size, localRank, localSize, api)
+    }
+
+    private static func load() throws -> API {
+        guard let library = dlopen("libmpi.so.40", RTLD_NOW | RTLD_GLOBAL) ?? dlopen("libmpi.so", RTLD_NOW | RTLD_GLOBAL) else {
+            throw MPIError("kdgpu runs under mpirun but cannot load Open MPI's libmpi.so.40: install the Debian package libopenmpi3 (or openmpi-bin)")
+        }
+        func symbol(_ name: String) throws -> UnsafeMutableRawPointer {
+            guard let address = dlsym(library, name) else { throw MPIError("libmpi.so.40 lacks \(name): kdgpu needs Open MPI 4 or later") }
+            return address
+        }
+        return API(initialize: unsafeBitCast(try symbol("MPI_Init"), to: (@convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?) -> Int32).self),
+                   finalize: unsafeBitCast(try symbol("MPI_Finalize"), to: (@convention(c) () -> Int32).self),
+                   commRank: unsafeBitCast(try symbol("MPI_Comm_rank"), to: (@convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32).self),
+                   commSize: unsafeBitCast(try symbol("MPI_Comm_size"), to: (@convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32).self),
+                   allreduce: unsafeBitCast(try symbol("MPI_Allreduce"),
+                                            to: (@convention(c) (UnsafeRawPointer?, UnsafeMutableRawPointer, Int32, Handle, Handle, Handle) -> Int32).self),
+                   abort: unsafeBitCast(try symbol("MPI_Abort"), to: (@convention(c) (Handle, Int32) -> Int32).self),
+                   world: try symbol("ompi_mpi_comm_world"), float: try symbol("ompi_mpi_float"), double: try symbol("ompi_mpi_double"),
+                   sum: try symbol("ompi_mpi_op_sum"))
+    }
+
+    /// Every rank's `count` floats at `buffer` summed, in place on every rank (in buckets).
+    public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {
+        var start = 0
+        while start < count {
+            let n = min(Self.bucketElements, count - start)
+            guard api.allreduce(Self.inPlace, buffer + start, Int32(n), api.float, api.sum, api.world) == 0 else {
+                throw MPIError("MPI_Allreduce of \(n) floats failed on rank \(rank)")
+            }
+            start += n
+        }
+    }
+
+    /// Every rank's values summed, in place on every rank.
+    public func allReduceSum(_ values: inout [Float]) throws {
+        let count = values.count
+        try values.withUnsafeMutableBufferPointer { try allReduceSum($0.baseAddress!, count: count) }
+    }
+
+    /// The same in fp64 (counts and totals that must not round).
+    public func allReduceSum(_ values: inout [Double]) throws {
+        let count = values.count
+        let status = values.withUnsafeMutableBufferPointer { api.allreduce(Self.inPlace, $0.baseAddress!, Int32(count), api.double, api.sum, api.world) }
+        guard status == 0 else { throw MPIError("MPI_Allreduce of \(count) doubles failed on rank \(rank)") }
+    }
+
+    /// Ends every rank of the job with `code` (after this rank's error is printed): no rank is left waiting.
+    public func abort(code: Int32) -> Never {
+        _ = api.abort(api.world, code)
+        exit(code)
+    }
+
+    /// The orderly end of this rank's part (every rank calls it once, at the end).
+    public func finish() {
+        _ = api.finalize()
+    }
+}
+
+public struct MPIError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -81,7 +81,7 @@ let package = Package(
 
         // Kernel microbenchmarks (validate against the CPU backend, then time).
         .target(name: "Bench", dependencies: ["Tensor", "CPUBackend", "OpenCLBackend", "HostGemm", "Losses", "Models", "GGUF", "Training",
-                                              "TrainingData", "Checkpoint", "TeacherCache"],
+                                              "TrainingData", "Checkpoint", "TeacherCache", "ProcessGroup"],
                 path: "Sources/Bench", swiftSettings: releaseFlags),
 
         // The command-line tool.

@@ -1,5 +1,6 @@
 import CPUBackend
 import Foundation
+import ProcessGroup
 import Tensor
 
 /// A family of microbenchmarks (`copy`, `gemm`, `loss`, ...). Each suite validates every kernel
@@ -13,7 +14,7 @@ public protocol BenchSuite {
 }
 
 /// Every suite `kdgpu bench` knows, in the order it runs them.
-public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TeacherCacheSuite(), TrainSuite()] }
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TeacherCacheSuite(), TrainSuite(), AllReduceSuite()] }
 
 /// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
 /// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.
@@ -31,11 +32,14 @@ public final class BenchContext {
     public let trainSeqLen: Int
     /// The student precisions the train suite times (bf16 where the backend runs bf16 GEMMs).
     public let trainPrecisions: [DType]
+    /// The mpirun job this bench runs in (the allreduce suite), or nil.
+    public let world: MPIWorld?
     private let progress: (String) -> Void
     private var copyBandwidths: [ObjectIdentifier: Double] = [:]
 
     public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, trainBatchSize: Int = 4,
-                trainSeqLen: Int = 128, trainPrecisions: [DType] = [.f32, .bf16], progress: @escaping (String) -> Void) {
+                trainSeqLen: Int = 128, trainPrecisions: [DType] = [.f32, .bf16], world: MPIWorld? = nil,
+                progress: @escaping (String) -> Void) {
         self.backends = backends
         self.cpu = cpu
         self.runs = max(1, runs)
@@ -43,6 +47,7 @@ public final class BenchContext {
         self.trainBatchSize = trainBatchSize
         self.trainSeqLen = trainSeqLen
         self.trainPrecisions = trainPrecisions
+        self.world = world
         self.progress = progress
     }
 

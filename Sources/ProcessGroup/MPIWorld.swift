@@ -33,7 +33,7 @@ public final class MPIWorld {
     }
 
     /// Elements per all-reduce call (MPI counts are 32-bit; buckets also bound the library's buffers).
-    static let bucketElements = 1 << 24
+    public static let bucketElements = 1 << 24
     /// Open MPI's `MPI_IN_PLACE`.
     private static let inPlace = UnsafeRawPointer(bitPattern: 1)
 

@@ -47,6 +47,8 @@ public struct StepParts {
     public var learningRate: Float = 0
     public var temperature: Float = 0
 
+    public init() {}
+
     /// The values each process sums its share of (each already weighted by its rows' share of the
     /// step): the loss, the cross-entropies and the feature losses.
     public var summedValues: [Float] {

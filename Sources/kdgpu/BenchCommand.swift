@@ -3,6 +3,7 @@ import Bench
 import CPUBackend
 import Foundation
 import OpenCLBackend
+import ProcessGroup
 import Tensor
 
 /// `kdgpu bench`: kernel microbenchmarks, each validated against the CPU backend first.
@@ -56,6 +57,13 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         do {
+            // Under mpirun: the allreduce suite only (every rank runs it in step), rank 0 reports.
+            let world = try MPIWorld.join()
+            if world != nil && suites != ["allreduce"] {
+                throw ValidationError("under mpirun, bench runs the allreduce suite alone: mpirun -np N kdgpu bench allreduce")
+            }
+            let writes = (world?.rank ?? 0) == 0
+            defer { world?.finish() }
             let cpu = try CPUBackend()
             var backends: [any Backend] = []
             if device.isEmpty {
@@ -70,8 +78,9 @@ struct BenchCommand: ParsableCommand {
             }
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher,
                                        trainBatchSize: batchSize, trainSeqLen: seqLen,
-                                       trainPrecisions: precision.isEmpty ? [.f32, .bf16] : precision.map { $0 == "bf16" ? .bf16 : .f32 }) { message in
-                note("bench \(message)")
+                                       trainPrecisions: precision.isEmpty ? [.f32, .bf16] : precision.map { $0 == "bf16" ? .bf16 : .f32 },
+                                       world: world) { message in
+                if writes { note("bench \(message)") }
             }
             // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.
             let engines = backends.map { "GEMMs on \($0.name): \($0.gemmDescription)" }.joined(separator: "\n")
@@ -80,6 +89,7 @@ struct BenchCommand: ParsableCommand {
             for suite in selected {
                 records += try suite.run(context)
             }
+            guard writes else { return }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             if let jsonOut { try encoder.encode(records).write(to: URL(fileURLWithPath: jsonOut), options: .atomic) }

@@ -183,12 +183,7 @@ public struct FusedLinearDistillationLoss: Sendable {
     }
 
     /// `x` as a GEMM with `weight` reads it: itself, or a bf16 copy for a bf16 weight.
-    static func gemmInput(_ x: Tensor, like weight: Tensor) throws -> Tensor {
-        guard weight.dtype != x.dtype else { return x }
-        let narrowed = try x.backend.tensor(shape: x.shape, dtype: weight.dtype, label: "\(x.label) (\(weight.dtype.rawValue))")
-        try x.backend.convert(x, into: narrowed)
-        return narrowed
-    }
+    static func gemmInput(_ x: Tensor, like weight: Tensor) throws -> Tensor { try x.backend.converted(x, to: weight.dtype) }
 
     /// The same computation with whole `[N, V]` logits (GEMM, loss, GEMMs): the reference the fused
     /// path is tested and benchmarked against.

@@ -93,10 +93,7 @@ public final class LlamaModel {
 
     /// `x` as the weight GEMMs take it: itself in f32, a bf16 copy in bf16 (made once, used by every GEMM that reads it).
     func gemmInput(_ x: Tensor) throws -> Tensor {
-        guard precision != .f32 else { return x }
-        let narrowed = try backend.tensor(shape: x.shape, dtype: precision, label: "\(x.label) (\(precision.rawValue))")
-        try backend.convert(x, into: narrowed)
-        return narrowed
+        try backend.converted(x, to: precision)
     }
 
     /// Bytes of device memory the model holds: weights plus the dequantization scratch.

@@ -251,6 +251,15 @@ extension Backend {
         }
     }
 
+    /// `x` in `dtype`: itself when it is already, else a new converted copy (one conversion, for
+    /// every op that reads it: the GEMM inputs of a bf16 model).
+    public func converted(_ x: Tensor, to dtype: DType) throws -> Tensor {
+        guard x.dtype != dtype else { return x }
+        let copy = try tensor(shape: x.shape, dtype: dtype, label: "\(x.label) (\(dtype.rawValue))")
+        try convert(x, into: copy)
+        return copy
+    }
+
     /// out [N, cols] = rows `ids` [N] (i32) of `table` [rows, cols], of any dtype: an embedding lookup.
     public func gatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {
         try requireFloat32(out, op: "get_rows")

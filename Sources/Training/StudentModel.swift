@@ -83,12 +83,7 @@ public final class StudentModel {
     public var computeType: DType { outputWeight.compute.dtype }
 
     /// `x` in the compute type: itself, or a bf16 copy (one conversion, for every GEMM that reads it, or to keep for the backward).
-    private func inComputeType(_ x: Tensor) throws -> Tensor {
-        guard computeType != x.dtype else { return x }
-        let narrowed = try backend.tensor(shape: x.shape, dtype: computeType, label: "\(x.label) (\(computeType.rawValue))")
-        try backend.convert(x, into: narrowed)
-        return narrowed
-    }
+    private func inComputeType(_ x: Tensor) throws -> Tensor { try backend.converted(x, to: computeType) }
     private func gradient(_ l: Int, _ suffix: String) -> Tensor { parameter("blk.\(l).\(suffix)").gradient }
 
     private var rope: RoPE {

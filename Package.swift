@@ -65,7 +65,7 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "Files"], path: "Sources/Checkpoint", swiftSettings: releaseFlags),
 
         // Offline teacher: sparse targets (top-k, top-p, sampled) made once and read by training.
-        .target(name: "TeacherCache", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "TrainingData", "Checkpoint", "Files"],
+        .target(name: "TeacherCache", dependencies: ["Tensor", "GGUF", "Models", "Tokenizer", "TrainingData", "Checkpoint", "Files", "ProcessGroup"],
                 path: "Sources/TeacherCache", swiftSettings: releaseFlags),
 
         // Training: the trainable student (forward/backward), optimizer, train loop.

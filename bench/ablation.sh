@@ -5,7 +5,7 @@
 # window is seen twice), held-out perplexity on all 74 of its validation windows after the last step.
 #
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
-# each tail rule, and 50 sampled draws; T = 2 is far worse for sparse targets, see the README); the
+# each tail rule, 50 independent draws, and 50 systematic draws; T = 2 is far worse for sparse targets, see the README); the
 # feature losses on top of live KD at T = 2 (the default); live KD at T = 1 with the student in mixed
 # precision (`--precision bf16`: its perplexity against the fp32 row's spread).
 #
@@ -22,7 +22,7 @@
 #   TRAIN_FLAGS="--teacher-precision bf16" CACHE_FLAGS="--teacher-precision bf16 --device cpu --batch-size 8"
 #   ROWS="ce kd-t1 sampled kd-t2" bench/ablation.sh runs/ablation-full
 #
-# Finished runs are not run again (delete OUT/NAME-sSEED.txt to redo one); the two caches are built
+# Finished runs are not run again (delete OUT/NAME-sSEED.txt to redo one); the caches are built
 # once into OUT (a stopped build continues). Every run is logged to OUT/NAME-sSEED.log. About 8 minutes
 # a live-teacher run, 4 a cached or CE-only one, 9 a feature-loss one on a 2-core machine: 2.5-3 hours
 # for everything at 3 seeds.
@@ -46,6 +46,7 @@ mkdir -p "$out"
 
 topk=$out/cache-topk32
 sampled=$out/cache-sampled50
+systematic=$out/cache-systematic50
 cache() {  # FOLDER SPEC
     if [[ -f $1/manifest.json ]] && grep -q '"complete" : true' "$1/manifest.json"; then return; fi
     echo "ablation: building the $2 cache of $data into $1" >&2
@@ -55,7 +56,7 @@ cache() {  # FOLDER SPEC
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
-all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled kd+lens kd+align kd+hints kd-t1-bf16)
+all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic kd+lens kd+align kd+hints kd-t1-bf16)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -67,6 +68,7 @@ setting() {
         topk-bucket) echo "cached top-32, bucket tail, T=1|--temperature 1 --teacher-cache $topk --sparse-tail bucket" ;;
         topk-decoupled) echo "cached top-32, decoupled (LFM2), T=1|--temperature 1 --teacher-cache $topk --sparse-tail decoupled" ;;
         sampled) echo "cached sampled:50, T=1|--temperature 1 --teacher-cache $sampled" ;;
+        systematic) echo "cached systematic:50, T=1|--temperature 1 --teacher-cache $systematic" ;;
         kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
         kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
         kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
@@ -80,6 +82,7 @@ for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
 [[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
+[[ " ${rows[*]} " == *" systematic "* ]] && cache "$systematic" systematic:50
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")
 for seed in "${seeds[@]}"; do

@@ -746,6 +746,7 @@ def cache_cases():
     case("cache-targets-draws-too-many", c, cache(targets="sampled:1000"), ["targets", "1000"])
     case("cache-targets-topp-above-one", c, cache(targets="topp:1.5,10"), ["targets", "topp:1.5,10"])
     case("cache-targets-topp-no-k", c, cache(targets="topp:0.9"), ["targets", "topp:0.9"])
+    case("cache-targets-systematic-zero", c, cache(targets="systematic:0"), ["targets", "systematic:0"])
     case("cache-seq-len-one", c, cache(seq_len="1"), ["seq_len", "1"])
     case("cache-seq-len-past-context", c, cache(seq_len="100"), ["seq_len", "100", "64"])
     case("cache-seq-len-negative", c, cache(seq_len="-4"), ["seq-len", "-4"])

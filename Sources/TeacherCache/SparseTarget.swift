@@ -24,7 +24,7 @@ public struct SparseTarget: Equatable, Sendable {
     /// The stored distribution as (id, probability) pairs: top-k probabilities as the teacher gave
     /// them, sampled counts divided by the draws.
     public func probabilities(spec: TeacherTargetSpec) -> [(id: Int32, probability: Float)] {
-        if case .sampled(let draws) = spec { return zip(ids, values).map { ($0, $1 / Float(draws)) } }
+        if let draws = spec.draws { return zip(ids, values).map { ($0, $1 / Float(draws)) } }
         return Array(zip(ids, values).map { ($0, $1) })
     }
 
@@ -32,14 +32,21 @@ public struct SparseTarget: Equatable, Sendable {
     /// the host only selects and adds).
     /// - Parameters:
     ///   - label: the token that follows (its log-probability is kept).
-    ///   - random: the draws of `sampled:N` (advanced by N uniform numbers).
+    ///   - random: the draws of `sampled:N` (advanced by N uniform numbers) or `systematic:N` (by one).
     public static func extract(probabilities row: UnsafeBufferPointer<Float>, label: Int, spec: TeacherTargetSpec,
                                random: inout SplitMix64) -> SparseTarget {
         let labelLogProbability = logf(row[label])
         switch spec {
         case .topK(let k): return largest(row, k: k, massLimit: 1, labelLogProbability: labelLogProbability)
         case .topP(let p, let k): return largest(row, k: k, massLimit: Double(p), labelLogProbability: labelLogProbability)
-        case .sampled(let draws): return sampled(row, draws: draws, random: &random, labelLogProbability: labelLogProbability)
+        case .sampled(let draws):
+            // Sorted independent uniform points.
+            let points = (0..<draws).map { _ in random.unit() }.sorted()
+            return drawn(row, at: points, labelLogProbability: labelLogProbability)
+        case .systematic(let draws):
+            // Evenly spaced points behind one uniform offset.
+            let offset = random.unit()
+            return drawn(row, at: (0..<draws).map { (Double($0) + offset) / Double(draws) }, labelLogProbability: labelLogProbability)
         }
     }
 
@@ -69,12 +76,13 @@ public struct SparseTarget: Equatable, Sendable {
         return SparseTarget(ids: ids, values: values, tailMass: Float(max(0, 1 - mass)), labelLogProbability: labelLogProbability)
     }
 
-    /// `draws` ids drawn from the row's distribution, as ascending unique ids with their counts.
-    static func sampled(_ row: UnsafeBufferPointer<Float>, draws: Int, random: inout SplitMix64, labelLogProbability: Float) -> SparseTarget {
+    /// The ids the row's cumulative distribution reaches at `unitPoints` (ascending, in [0, 1)), as
+    /// ascending unique ids with how many points each took.
+    static func drawn(_ row: UnsafeBufferPointer<Float>, at unitPoints: [Double], labelLogProbability: Float) -> SparseTarget {
         var total = 0.0
         for value in row { total += Double(value) }
-        // Sorted uniform points in [0, total), swept once along the cumulative distribution.
-        let points = (0..<draws).map { _ in Double(random.next() >> 11) * 0x1p-53 * total }.sorted()
+        // The points scaled to [0, total), swept once along the cumulative distribution.
+        let points = unitPoints.map { $0 * total }, draws = points.count
         var ids: [Int32] = [], counts: [Float] = []
         var cumulative = 0.0, next = 0
         for (id, value) in row.enumerated() where next < draws {

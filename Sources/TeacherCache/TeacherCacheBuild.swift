@@ -3,6 +3,7 @@ import Files
 import Foundation
 import GGUF
 import Models
+import ProcessGroup
 import Tensor
 import Tokenizer
 import TrainingData
@@ -10,6 +11,12 @@ import TrainingData
 /// Runs the teacher once over a corpus's windows and stores each position's sparse target
 /// (``TeacherTargetSpec``) in shards of `windowsPerShard` windows, each written atomically and
 /// listed in the manifest as it lands, so a killed build continues where it stopped.
+///
+/// Under `mpirun` every rank runs the teacher on its own device and builds every N-th shard (rank r
+/// takes shards r, r + N, ... of each round of N); rank 0 alone prepares the folder and writes the
+/// manifest, from the shards' entries every rank contributes after each round. The shards are the
+/// same files one process would write (the draws are seeded by position), so a build stopped under
+/// one world size continues under another.
 ///
 /// ```swift
 /// let build = TeacherCacheBuild(teacher: "teacher.gguf", data: "plays/", seqLen: 128, targets: .sampled(draws: 50), out: "targets")
@@ -51,7 +58,8 @@ public struct TeacherCacheBuild {
         public var bytesPerToken: Double
     }
 
-    public func run(backend: any Backend, log: (String) -> Void, progress: (Progress) -> Void) throws -> TeacherCacheManifest {
+    /// - Parameter world: the ranks building together under mpirun; nil alone.
+    public func run(backend: any Backend, world: MPIWorld? = nil, log: (String) -> Void, progress: (Progress) -> Void) throws -> TeacherCacheManifest {
         // Settings and inputs first, before the teacher's weights load.
         func bad(_ message: String) -> TeacherCacheError { .badInput(message) }
         guard seqLen >= 2 else { throw bad("seq_len (--seq-len): \(seqLen) is out of range; use an integer of at least 2") }
@@ -84,62 +92,126 @@ public struct TeacherCacheBuild {
             targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false,
             teacherPrecision: teacherPrecision == .bf16 ? "bf16" : nil)
 
-        // The folder: new, or a cache of the same key to continue.
+        // The folder: new, or a cache of the same key to continue. Rank 0 alone reads and prepares
+        // it; the others learn where the build stands from it.
+        let rank = world?.rank ?? 0
         let folder = URL(fileURLWithPath: out, isDirectory: true)
-        do { try FileChecks.createFolder(out) } catch let problem as FileProblem { throw bad("out (--out): \(problem)") }
         let writer = DurableFileWriter()
         let manifestURL = folder.appendingPathComponent(TeacherCacheManifest.fileName)
-        if FileChecks.kind(of: manifestURL.path) != .missing {
-            let existing = try TeacherCacheManifest.read(manifestURL)
-            let differences = existing.keyDifferences(from: manifest)
-            guard differences.isEmpty else {
-                throw TeacherCacheError.mismatch(folder: out, reason: "holds a cache made differently (\(differences.joined(separator: "; "))); choose another --out or delete it")
+        var complete = false
+        if rank == 0 {
+            do { try FileChecks.createFolder(out) } catch let problem as FileProblem { throw bad("out (--out): \(problem)") }
+            if FileChecks.kind(of: manifestURL.path) != .missing {
+                let existing = try TeacherCacheManifest.read(manifestURL)
+                let differences = existing.keyDifferences(from: manifest)
+                guard differences.isEmpty else {
+                    throw TeacherCacheError.mismatch(folder: out, reason: "holds a cache made differently (\(differences.joined(separator: "; "))); choose another --out or delete it")
+                }
+                // A stopped build keeps its own shard size, whatever --windows-per-shard says now.
+                manifest.windowsPerShard = existing.windowsPerShard
+                manifest.shards = try verifiedShards(existing, in: folder)
+                if existing.complete && manifest.shards.count == manifest.shardCount {
+                    log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
+                    manifest = existing
+                    complete = true
+                } else {
+                    log("teacher-cache: continuing \(out) at shard \(manifest.shards.count) of \(manifest.shardCount)")
+                }
+            } else if let entries = try? FileManager.default.contentsOfDirectory(atPath: out), !entries.isEmpty {
+                throw bad("out (--out): \(out) is a folder with other files in it; give a new or empty folder")
             }
-            // A stopped build keeps its own shard size, whatever --windows-per-shard says now.
-            manifest.windowsPerShard = existing.windowsPerShard
-            manifest.shards = try verifiedShards(existing, in: folder)
-            if existing.complete && manifest.shards.count == manifest.shardCount {
-                log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
-                return existing
+            if !complete {
+                for file in tokenizerFiles {
+                    try writer.writeFileAtomically(at: folder.appendingPathComponent(file.name)) { try $0.write(file.contents) }
+                }
+                try writeManifest(manifest, to: manifestURL, writer: writer)
             }
-            log("teacher-cache: continuing \(out) at shard \(manifest.shards.count) of \(manifest.shardCount)")
-        } else if let entries = try? FileManager.default.contentsOfDirectory(atPath: out), !entries.isEmpty {
-            throw bad("out (--out): \(out) is a folder with other files in it; give a new or empty folder")
         }
-        for file in tokenizerFiles {
-            try writer.writeFileAtomically(at: folder.appendingPathComponent(file.name)) { try $0.write(file.contents) }
+        if let world {
+            var state = rank == 0 ? [Double(manifest.shards.count), Double(manifest.windowsPerShard), complete ? 1 : 0] : [0, 0, 0]
+            try world.allReduceSum(&state)
+            if rank != 0 {
+                manifest.windowsPerShard = Int(state[1])
+                manifest.shards = []
+                complete = state[2] != 0
+            }
+            if complete { return manifest }
+            return try buildShards(from: Int(state[0]), manifest: manifest, world: world, teacherFile: teacherFile, backend: backend, tokens: tokens,
+                                   folder: folder, writer: writer, log: log, progress: progress)
         }
-        try writeManifest(manifest, to: manifestURL, writer: writer)
+        if complete { return manifest }
+        return try buildShards(from: manifest.shards.count, manifest: manifest, world: nil, teacherFile: teacherFile, backend: backend, tokens: tokens,
+                               folder: folder, writer: writer, log: log, progress: progress)
+    }
 
+    /// Shards `first...` built (under mpirun: this rank's share, each round's entries gathered to
+    /// rank 0), listed in the manifest as they land, and the manifest completed.
+    func buildShards(from firstShard: Int, manifest: TeacherCacheManifest, world: MPIWorld?, teacherFile: GGUFFile, backend: any Backend, tokens: [Int32],
+                     folder: URL, writer: DurableFileWriter, log: (String) -> Void, progress: (Progress) -> Void) throws -> TeacherCacheManifest {
+        var manifest = manifest
+        let rank = world?.rank ?? 0, ranks = world?.size ?? 1, windows = manifest.windows
+        let manifestURL = folder.appendingPathComponent(TeacherCacheManifest.fileName)
         log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name)"
-            + (teacherPrecision == .bf16 ? " (bf16 GEMMs)" : "") + ", into \(out)")
+            + (teacherPrecision == .bf16 ? " (bf16 GEMMs)" : "") + (ranks > 1 ? ", \(ranks) processes (mpirun) building every \(ranks)th shard" : "")
+            + ", into \(out)")
         let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0
-        let windowsPerShard = manifest.windowsPerShard, windowsBefore = manifest.shards.count * windowsPerShard
-        for shardIndex in manifest.shards.count..<manifest.shardCount {
-            let first = shardIndex * windowsPerShard, count = min(windowsPerShard, windows - first)
-            var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])
-            for batchStart in stride(from: first, to: first + count, by: batchSize) {
-                let batch = (batchStart..<min(first + count, batchStart + batchSize)).map { Array(tokens[$0 * seqLen..<($0 + 1) * seqLen]) }
-                shard.targets += try maker.targets(of: batch, firstWindow: batchStart, model: model)
-                windowsThisRun += batch.count
-                let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                let done = windowsBefore + windowsThisRun
-                progress(Progress(windowsDone: done, windows: windows, tokensPerSecond: Double(windowsThisRun * seqLen) / seconds,
-                                  secondsLeft: seconds / Double(windowsThisRun) * Double(windows - done), bytesPerToken: manifest.bytesPerToken))
+        let windowsPerShard = manifest.windowsPerShard, windowsBefore = firstShard * windowsPerShard
+        for round in stride(from: firstShard, to: manifest.shardCount, by: ranks) {
+            // This rank's shard of the round, if the round has one for it.
+            var entry: TeacherCacheManifest.Shard?
+            let shardIndex = round + rank
+            if shardIndex < manifest.shardCount {
+                let first = shardIndex * windowsPerShard, count = min(windowsPerShard, windows - first)
+                var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])
+                for batchStart in stride(from: first, to: first + count, by: batchSize) {
+                    let batch = (batchStart..<min(first + count, batchStart + batchSize)).map { Array(tokens[$0 * seqLen..<($0 + 1) * seqLen]) }
+                    shard.targets += try maker.targets(of: batch, firstWindow: batchStart, model: model)
+                    windowsThisRun += batch.count
+                    // Progress as rank 0 sees it: every rank goes at about its pace.
+                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                    let done = min(windows, windowsBefore + windowsThisRun * ranks)
+                    progress(Progress(windowsDone: done, windows: windows, tokensPerSecond: Double(windowsThisRun * ranks * seqLen) / seconds,
+                                      secondsLeft: seconds / Double(windowsThisRun * ranks) * Double(windows - done), bytesPerToken: manifest.bytesPerToken))
+                }
+                let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities)
+                let name = TeacherCacheManifest.shardFileName(shardIndex)
+                try writer.writeFileAtomically(at: folder.appendingPathComponent(name)) { try $0.write(bytes) }
+                entry = .init(file: name, firstWindow: first, windows: count, bytes: bytes.count,
+                              pairs: shard.targets.joined().reduce(0) { $0 + $1.ids.count }, sha256: SHA256Digest.hex(of: bytes))
             }
-            let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities)
-            let name = TeacherCacheManifest.shardFileName(shardIndex)
-            try writer.writeFileAtomically(at: folder.appendingPathComponent(name)) { try $0.write(bytes) }
-            manifest.shards.append(.init(file: name, firstWindow: first, windows: count, bytes: bytes.count,
-                                         pairs: shard.targets.joined().reduce(0) { $0 + $1.ids.count }, sha256: SHA256Digest.hex(of: bytes)))
-            try writeManifest(manifest, to: manifestURL, writer: writer)
+            let entries = try world.map { try Self.gather(entry, round: round, world: $0, windowsPerShard: windowsPerShard, windows: windows) } ?? [entry!]
+            manifest.shards += entries
+            if rank == 0 { try writeManifest(manifest, to: manifestURL, writer: writer) }
         }
         manifest.complete = true
-        try writeManifest(manifest, to: manifestURL, writer: writer)
+        if rank == 0 { try writeManifest(manifest, to: manifestURL, writer: writer) }
         return manifest
+    }
+
+    /// Every rank's shard entry of a round, in shard order, on every rank: each rank's (windows,
+    /// bytes, pairs, SHA-256 as eight 32-bit words) in its slot of one all-reduced sum (exact in fp64).
+    static func gather(_ entry: TeacherCacheManifest.Shard?, round: Int, world: MPIWorld, windowsPerShard: Int, windows: Int) throws -> [TeacherCacheManifest.Shard] {
+        let fields = 11
+        var values = [Double](repeating: 0, count: world.size * fields)
+        if let entry {
+            let digest = stride(from: 0, to: 64, by: 8).map { offset -> Double in
+                let start = entry.sha256.index(entry.sha256.startIndex, offsetBy: offset)
+                return Double(UInt32(entry.sha256[start..<entry.sha256.index(start, offsetBy: 8)], radix: 16)!)
+            }
+            values.replaceSubrange(world.rank * fields..<(world.rank + 1) * fields, with: [Double(entry.windows), Double(entry.bytes), Double(entry.pairs)] + digest)
+        }
+        try world.allReduceSum(&values)
+        return (0..<world.size).compactMap { slot -> TeacherCacheManifest.Shard? in
+            let field = Array(values[slot * fields..<(slot + 1) * fields])
+            guard field[0] > 0 else { return nil }  // no shard for this rank in the last round
+            let index = round + slot
+            return .init(file: TeacherCacheManifest.shardFileName(index), firstWindow: index * windowsPerShard, windows: Int(field[0]),
+                         bytes: Int(field[1]), pairs: Int(field[2]),
+                         sha256: field[3...].map { String(format: "%08x", UInt32($0)) }.joined())
+        }
     }
 
     /// The shards of an unfinished build whose files are whole, up to the first that is not.

@@ -11,7 +11,7 @@ import Tensor
 /// - Top-k and top-p targets enter as their log-probabilities; `tail` says what the tokens they do
 ///   not list get (``MissingTeacherMass``): nothing (`renormalize`, DistillKit's `zero`), or the
 ///   tail mass spread evenly (`uniform`). The temperature then applies as `p^(1/T)` renormalized.
-/// - Sampled targets enter as `log(count / N)` renormalized: at T = 1 exactly `count / N`, RS-KD's
+/// - Sampled targets (independent or systematic draws) enter as `log(count / N)` renormalized: at T = 1 exactly `count / N`, RS-KD's
 ///   unbiased estimate of the teacher distribution.
 public struct SparseTeacher {
     public let spec: TeacherTargetSpec
@@ -50,7 +50,7 @@ public struct SparseTeacher {
         ids.reserveCapacity(windows.count * seqLen * k)
         values.reserveCapacity(windows.count * seqLen * k)
         var crossEntropy = 0.0
-        let draws: Float? = { if case .sampled(let n) = spec { return Float(n) } else { return nil } }()
+        let draws = spec.draws.map(Float.init)
         for window in rows {
             for target in window + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] {
                 crossEntropy -= Double(target.labelLogProbability)

@@ -20,9 +20,13 @@ struct TeacherCacheCommand: ParsableCommand {
             discussion: """
             Targets: topk:K keeps the K most likely ids with their probabilities and the tail mass; topp:P,K the \
             smallest such prefix reaching mass P (at most K); sampled:N draws N ids from the teacher's distribution \
-            (RS-KD) and keeps the unique ids with their counts, an unbiased estimate. Every position also keeps the \
+            (RS-KD) and keeps the unique ids with their counts, an unbiased estimate; systematic:N takes the N draws at \
+            evenly spaced points of the cumulative distribution behind one random offset: still unbiased, with each \
+            count within one of N p, so far less noise at the same size. Every position also keeps the \
             teacher's log-probability of the token that follows. Shards are written atomically and listed in \
-            DIR/manifest.json as they land: run the same command again to continue a stopped build.
+            DIR/manifest.json as they land: run the same command again to continue a stopped build. Under \
+            `mpirun -np N` the ranks build every N-th shard each, rank 0 writing the manifest; DIR must be one folder all \
+            of them reach.
             """)
 
         @Option(name: .long, help: ArgumentHelp("The teacher GGUF.", valueName: "file.gguf"))
@@ -31,15 +35,15 @@ struct TeacherCacheCommand: ParsableCommand {
         var data = TrainingConfig().data
         @Option(name: .long, parsing: .unconditional, help: "Tokens per window (the training run's --seq-len).")
         var seqLen = TrainingConfig().seqLen
-        @Option(name: .long, help: ArgumentHelp("topk:K, topp:P,K or sampled:N.", valueName: "spec"))
+        @Option(name: .long, help: ArgumentHelp("topk:K, topp:P,K, sampled:N or systematic:N.", valueName: "spec"))
         var targets = "sampled:50"
-        @Option(name: .long, parsing: .unconditional, help: "Seed of the draws (sampled:N).")
+        @Option(name: .long, parsing: .unconditional, help: "Seed of the draws (sampled:N, systematic:N).")
         var seed: UInt64 = 0
         @Option(name: .long, parsing: .unconditional, help: "Windows per teacher forward.")
         var batchSize = 4
         @Option(name: .long, parsing: .unconditional, help: "Windows per shard file.")
         var windowsPerShard = 64
-        @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring.", valueName: "device"))
+        @Option(name: .long, help: ArgumentHelp("cpu, opencl, opencl:P:D, or a device-name substring; under mpirun a comma-separated list, rank r taking entry r mod count.", valueName: "device"))
         var device = "opencl"
         @Option(name: .long, help: ArgumentHelp("The cache folder (new, empty, or a stopped build of the same settings).", valueName: "DIR"))
         var out: String
@@ -51,16 +55,21 @@ struct TeacherCacheCommand: ParsableCommand {
             do {
                 let precision = try modelPrecision(teacherPrecision, flag: "--teacher-precision")
                 let spec = try TeacherTargetSpec(parsing: targets)
-                let backend = try openBackend(device, cpu: try CPUBackend())
-                let printer = ProgressPrinter(interval: 10)
-                let build = TeacherCacheBuild(teacher: teacher, data: data, seqLen: seqLen, targets: spec, seed: seed, out: out,
-                                              batchSize: batchSize, windowsPerShard: windowsPerShard, teacherPrecision: precision)
-                let manifest = try build.run(backend: backend, log: printer.log) { p in
-                    printer.progress(String(format: "[%@] window %d/%d  %.0f tok/s  %.1f bytes/token  ETA %@", progressBar(p.windowsDone, of: p.windows),
-                                            p.windowsDone, p.windows, p.tokensPerSecond, p.bytesPerToken, formatDuration(p.secondsLeft)))
+                // Under mpirun every rank builds its share of the shards on its --device entry.
+                let place = try RankPlace(device: device)
+                try place.run {
+                    let backend = try openBackend(place.device, cpu: try CPUBackend())
+                    let printer = ProgressPrinter(interval: 10)
+                    let build = TeacherCacheBuild(teacher: teacher, data: data, seqLen: seqLen, targets: spec, seed: seed, out: out,
+                                                  batchSize: batchSize, windowsPerShard: windowsPerShard, teacherPrecision: precision)
+                    let manifest = try build.run(backend: backend, world: place.world, log: place.writes ? printer.log : { _ in }) { p in
+                        guard place.writes else { return }
+                        printer.progress(String(format: "[%@] window %d/%d  %.0f tok/s  %.1f bytes/token  ETA %@", progressBar(p.windowsDone, of: p.windows),
+                                                p.windowsDone, p.windows, p.tokensPerSecond, p.bytesPerToken, formatDuration(p.secondsLeft)))
+                    }
+                    printer.finish()
+                    if place.writes { print(summary(of: manifest, folder: out)) }
                 }
-                printer.finish()
-                print(summary(of: manifest, folder: out))
             } catch {
                 fail(error)
             }
@@ -130,7 +139,7 @@ func summary(of manifest: TeacherCacheManifest, folder: String) -> String {
       teacher:  \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(16)), vocabulary \(manifest.teacher.vocabulary), \(manifest.precisionName) GEMMs)
       corpus:   \(manifest.corpus.path), \(manifest.corpus.tokens) tokens (sha256 \(manifest.corpus.tokensSHA256.prefix(16)))
       windows:  \(manifest.windows) of \(manifest.seqLen) tokens, \(manifest.windowsPerShard) a shard
-      targets:  \(manifest.targets)\(manifest.targets.hasPrefix("sampled") ? " (seed \(manifest.seed))" : ""), \
+      targets:  \(manifest.targets)\(((try? TeacherTargetSpec(parsing: manifest.targets))?.draws != nil) ? " (seed \(manifest.seed))" : ""), \
     \(String(format: "%.1f", done > 0 ? Double(manifest.pairs) / Double(done) : 0)) pairs a position
       size:     \(formatBytes(manifest.bytes)), \(String(format: "%.1f", manifest.bytesPerToken)) bytes/token over \(done) positions
     """

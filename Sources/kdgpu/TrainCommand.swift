@@ -83,47 +83,26 @@ struct TrainCommand: ParsableCommand {
             if let config { settings = try TrainingConfig.load(yamlFile: config) }
             apply(to: &settings)
             if let resume { settings.out = resume }
-            // Under mpirun: this rank's share of the cores and its entry of a --device list.
-            let world = try MPIWorld.join()
-            let devices = settings.device.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-            settings.device = devices.isEmpty ? settings.device : devices[(world?.rank ?? 0) % devices.count]
-            if let world { shareCores(among: world.localSize) }
-            do {
+            let place = try RankPlace(device: settings.device)
+            settings.device = place.device
+            try place.run {
                 try settings.validate()
                 let cpu = try CPUBackend()
                 let backend = try openBackend(settings.device, cpu: cpu)
                 let printer = ProgressPrinter()
-                let (log, progress) = world.map { $0.rank == 0 } ?? true ? (printer.log, printer.progress) : ({ _ in }, { _ in })
-                if let world, world.rank == 0 {
+                let (log, progress) = place.writes ? (printer.log, printer.progress) : ({ _ in }, { _ in })
+                if let world = place.world, world.rank == 0 {
                     log("data parallel: \(world.size) processes (mpirun), \(world.localSize) on this machine, "
                         + "\(ProcessInfo.processInfo.environment[Parallelism.variable] ?? "all") threads each; rank 0 writes")
                 }
                 let run = try DistillationRun(config: settings, backend: backend, resume: resume != nil,
-                                              reducer: world.map { MPIGradientReducer(world: $0) } ?? SingleProcess(), log: log, progress: progress)
+                                              reducer: place.world.map { MPIGradientReducer(world: $0) } ?? SingleProcess(), log: log, progress: progress)
                 let summary = try run.run()
                 printer.finish()
-                if let world {
-                    defer { world.finish() }
-                    guard world.rank == 0 else { return }
-                }
-                report(summary)
-            } catch {
-                // One rank's error ends the whole job (no rank is left waiting in a collective).
-                guard let world else { throw error }
-                note("kdgpu: rank \(world.rank) of \(world.size): \(error)")
-                world.abort(code: 1)
+                if place.writes { report(summary) }
             }
         } catch {
             fail(error)
-        }
-    }
-
-    /// Under mpirun, the ranks on one machine split its cores: each rank's own kernels, oneDNN's OpenMP
-    /// threads and PoCL's get cores / ranks unless the user set them (set before any library loads).
-    func shareCores(among localRanks: Int) {
-        let share = String(max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, localRanks)))
-        for variable in [Parallelism.variable, "OMP_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT"] where ProcessInfo.processInfo.environment[variable] == nil {
-            setenv(variable, share, 1)
         }
     }
 

@@ -302,6 +302,53 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(alone.error.contains("written by 2 processes (mpirun -np 2), this run has 1"), alone.error)
     }
 
+    /// Two ranks build the teacher cache one process builds, shard for shard (13 shards: the last
+    /// round has none for rank 1), rank 0 alone writing the manifest and printing; and two ranks
+    /// continue a build one process stopped after 9 shards, to the same files.
+    func testTwoRanksBuildTheTeacherCacheOneProcessBuilds() throws {
+        let data = try corpus(), one = try folder("cache-one").appendingPathComponent("targets")
+        let two = try folder("cache-two").appendingPathComponent("targets"), continued = try folder("cache-continued").appendingPathComponent("targets")
+        func build(_ out: URL, ranks: Int) throws -> KdgpuRun {
+            let arguments = ["teacher-cache", "build", "--teacher", teacher, "--data", data.path, "--seq-len", "32", "--targets", "systematic:12",
+                             "--windows-per-shard", "41", "--device", "cpu", "--out", out.path]
+            // One thread a process either way, so that both sum the teacher's GEMMs alike.
+            let threads = ["KDGPU_THREADS": "1", "OMP_NUM_THREADS": "1"]
+            return ranks == 1 ? try kdgpu(arguments, environment: threads) : try kdgpuRanks(ranks, arguments, environment: threads)
+        }
+        func manifest(_ folder: URL) throws -> [String: Any] {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("manifest.json"))) as? [String: Any])
+        }
+        func shards(_ folder: URL) throws -> [[String: AnyHashable]] { try XCTUnwrap(manifest(folder)["shards"] as? [[String: AnyHashable]]) }
+        let single = try build(one, ranks: 1)
+        XCTAssertEqual(single.status, 0, single.error)
+        let pair = try build(two, ranks: 2)
+        XCTAssertEqual(pair.status, 0, pair.error)
+        XCTAssertTrue(pair.error.contains("2 processes (mpirun)"), pair.error)
+        XCTAssertEqual(pair.output.components(separatedBy: "bytes/token over").count, 2, "one rank prints the summary: \(pair.output)")
+        let expected = try shards(one)
+        XCTAssertEqual(expected.count, 13, "an odd count of shards, for a last round without a shard for rank 1")
+        XCTAssertEqual(try shards(two), expected)
+        XCTAssertEqual(try manifest(two)["complete"] as? Bool, true)
+        for shard in expected {
+            let name = try XCTUnwrap(shard["file"] as? String)
+            XCTAssertEqual(try Data(contentsOf: two.appendingPathComponent(name)), try Data(contentsOf: one.appendingPathComponent(name)), name)
+        }
+
+        // A build one process stopped after 9 shards (its manifest lists 9; shard 9's file is half written).
+        try FileManager.default.copyItem(at: one, to: continued)
+        var stopped = try manifest(continued)
+        stopped["shards"] = Array(expected.prefix(9))
+        stopped["complete"] = false
+        try JSONSerialization.data(withJSONObject: stopped, options: [.sortedKeys]).write(to: continued.appendingPathComponent("manifest.json"))
+        let ninth = continued.appendingPathComponent(try XCTUnwrap(expected[9]["file"] as? String))
+        try Data(try Data(contentsOf: ninth).prefix(100)).write(to: ninth)
+        let resumed = try build(continued, ranks: 2)
+        XCTAssertEqual(resumed.status, 0, resumed.error)
+        XCTAssertTrue(resumed.error.contains("continuing \(continued.path) at shard 9 of 13"), resumed.error)
+        XCTAssertEqual(try shards(continued), expected)
+        XCTAssertEqual(try Data(contentsOf: ninth), try Data(contentsOf: one.appendingPathComponent(ninth.lastPathComponent)))
+    }
+
     /// A setting only one rank finds bad (its entry of a --device list) is that rank's one-line error,
     /// and the job ends at once, not waiting in a collective.
     func testABadSettingOnOneRankEndsTheJobWithItsError() throws {

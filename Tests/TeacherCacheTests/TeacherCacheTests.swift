@@ -58,28 +58,43 @@ final class TeacherCacheTests: XCTestCase {
         }
     }
 
-    /// RS-KD's estimate is unbiased: over many positions, count / N converges to the teacher's
-    /// probabilities (each within 5 standard errors), and every position has exactly N draws.
+    /// Both sampled specs are unbiased: over many positions, count / N converges to the teacher's
+    /// probabilities (each within 5 standard errors of independent draws), and every position has
+    /// exactly N draws as ascending unique ids. Systematic draws also give every id floor(N p) or
+    /// ceil(N p) draws, which independent draws do not (the head's counts vary by several).
     func testSampledTargetsAreUnbiased() throws {
         let logits = (0..<40).map { Double($0 % 7) * 0.5 - Double($0) * 0.05 }
         let logProbabilities = Self.logSoftmax(logits).map(Float.init)
         let draws = 50, positions = 2000
-        var totals = [Double](repeating: 0, count: logits.count)
-        for position in 0..<positions {
-            var random = SparseTargetMaker.random(seed: 3, window: position / 100, position: position % 100)
-            let target = logProbabilities.map { expf($0) }.withUnsafeBufferPointer {
-                SparseTarget.extract(probabilities: $0, label: 0, spec: .sampled(draws: draws), random: &random)
+        for spec in [TeacherTargetSpec.sampled(draws: draws), .systematic(draws: draws)] {
+            var totals = [Double](repeating: 0, count: logits.count)
+            var largestCountError = 0.0
+            for position in 0..<positions {
+                var random = SparseTargetMaker.random(seed: 3, window: position / 100, position: position % 100)
+                let target = logProbabilities.map { expf($0) }.withUnsafeBufferPointer {
+                    SparseTarget.extract(probabilities: $0, label: 0, spec: spec, random: &random)
+                }
+                XCTAssertEqual(target.values.reduce(0, +), Float(draws), "\(spec)")
+                XCTAssertEqual(target.ids, target.ids.sorted(), "\(spec)")
+                XCTAssertEqual(Set(target.ids).count, target.ids.count, "\(spec)")
+                var counts = [Double](repeating: 0, count: logits.count)
+                for (id, count) in zip(target.ids, target.values) { counts[Int(id)] = Double(count) }
+                for (id, count) in counts.enumerated() {
+                    totals[id] += count
+                    largestCountError = max(largestCountError, abs(count - Double(draws) * exp(Double(logProbabilities[id]))))
+                }
             }
-            XCTAssertEqual(target.values.reduce(0, +), Float(draws))
-            XCTAssertEqual(target.ids, target.ids.sorted())
-            XCTAssertEqual(Set(target.ids).count, target.ids.count)
-            for (id, count) in zip(target.ids, target.values) { totals[Int(id)] += Double(count) }
-        }
-        let n = Double(draws * positions)
-        for (id, logProbability) in logProbabilities.enumerated() {
-            let p = exp(Double(logProbability)), estimate = totals[id] / n
-            let standardError = (p * (1 - p) / n).squareRoot()
-            XCTAssertEqual(estimate, p, accuracy: 5 * standardError, "id \(id)")
+            let n = Double(draws * positions)
+            for (id, logProbability) in logProbabilities.enumerated() {
+                let p = exp(Double(logProbability)), estimate = totals[id] / n
+                let standardError = (p * (1 - p) / n).squareRoot()
+                XCTAssertEqual(estimate, p, accuracy: 5 * standardError, "\(spec) id \(id)")
+            }
+            if case .systematic = spec {
+                XCTAssertLessThan(largestCountError, 1 + 1e-4, "systematic draws: every count within one of N p")
+            } else {
+                XCTAssertGreaterThan(largestCountError, 3, "independent draws: the head's counts spread further")
+            }
         }
     }
 

@@ -29,8 +29,8 @@ final class SparseTeacherTests: XCTestCase {
         }
         for backend in try TestBackends.all() {
             for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
-                                 (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
-                let draws: Int? = { if case .sampled(let n) = spec { return n } else { return nil } }()
+                                 (.systematic(draws: 40), .renormalize), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
+                let draws = spec.draws
                 let stored = targets(draws: draws)
                 let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
                 let logits = random.normals(windows * seqLen * vocabulary, scale: 3)

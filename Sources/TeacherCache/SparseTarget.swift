@@ -77,24 +77,56 @@ public struct SparseTarget: Equatable, Sendable {
     }
 
     /// The ids the row's cumulative distribution reaches at `unitPoints` (ascending, in [0, 1)), as
-    /// ascending unique ids with how many points each took.
-    static func drawn(_ row: UnsafeBufferPointer<Float>, at unitPoints: [Double], labelLogProbability: Float) -> SparseTarget {
-        var total = 0.0
-        for value in row { total += Double(value) }
-        // The points scaled to [0, total), swept once along the cumulative distribution.
+    /// ascending unique ids with how many points each took. The row is summed in blocks first (one
+    /// vectorized pass), and only the blocks a point falls in are swept entry by entry.
+    public static func drawn(_ row: UnsafeBufferPointer<Float>, at unitPoints: [Double], labelLogProbability: Float) -> SparseTarget {
+        let n = row.count, blocks = (n + drawBlock - 1) / drawBlock
+        let sums = (0..<blocks).map { blockSum(row, from: $0 * drawBlock, to: min(n, ($0 + 1) * drawBlock)) }
+        let total = sums.reduce(0, +)
+        // The points scaled to [0, total).
         let points = unitPoints.map { $0 * total }, draws = points.count
         var ids: [Int32] = [], counts: [Float] = []
-        var cumulative = 0.0, next = 0
-        for (id, value) in row.enumerated() where next < draws {
-            let probability = Double(value)
-            cumulative += probability
-            var count = 0
-            while next < draws && (points[next] < cumulative || id == row.count - 1) && probability > 0 { count += 1; next += 1 }
-            if count > 0 {
-                ids.append(Int32(id))
-                counts.append(Float(count))
-            }
+        func take(_ id: Int, _ count: Int) {
+            guard count > 0, id >= 0 else { return }
+            if ids.last == Int32(id) { counts[counts.count - 1] += Float(count) } else { ids.append(Int32(id)); counts.append(Float(count)) }
         }
+        var next = 0, start = 0.0, lastPositive = -1
+        for block in 0..<blocks where next < draws {
+            let end = start + sums[block]
+            if points[next] < end || block == blocks - 1 {
+                var cumulative = start
+                for id in block * drawBlock..<min(n, (block + 1) * drawBlock) where row[id] > 0 {
+                    cumulative += Double(row[id])
+                    lastPositive = id
+                    var count = 0
+                    while next < draws && points[next] < cumulative { count += 1; next += 1 }
+                    take(id, count)
+                }
+                // Points the entry-by-entry sum leaves short of the block sum (rounding) go to its last positive entry.
+                var count = 0
+                while next < draws && points[next] < end && lastPositive >= 0 { count += 1; next += 1 }
+                take(lastPositive, count)
+            }
+            start = end
+        }
+        take(lastPositive, draws - next)  // rounding at the very end of the row
         return SparseTarget(ids: ids, values: counts, tailMass: 0, labelLogProbability: labelLogProbability)
+    }
+
+    /// Entries per block of ``drawn(_:at:labelLogProbability:)``'s first pass.
+    static let drawBlock = 256
+
+    /// The sum of `row[from..<to]`: 16 lanes in fp32 (at most 16 entries each), then fp64.
+    static func blockSum(_ row: UnsafeBufferPointer<Float>, from: Int, to: Int) -> Double {
+        var lanes = SIMD16<Float>()
+        let base = UnsafeRawPointer(row.baseAddress! + from)
+        var i = 0
+        while from + i + 16 <= to {
+            lanes += base.loadUnaligned(fromByteOffset: i * MemoryLayout<Float>.stride, as: SIMD16<Float>.self)
+            i += 16
+        }
+        var sum = Double(lanes.sum())
+        for id in from + i..<to { sum += Double(row[id]) }
+        return sum
     }
 }

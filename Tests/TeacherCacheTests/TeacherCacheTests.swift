@@ -98,6 +98,29 @@ final class TeacherCacheTests: XCTestCase {
         }
     }
 
+    /// The blocked sweep of the draws lands each point where a plain fp64 inverse-CDF search does,
+    /// on rows of many blocks with zero entries (which never take a draw) and a zero last block.
+    func testDrawsFollowTheInverseCumulativeDistribution() throws {
+        var random = SplitMix64(seed: 11)
+        for n in [5003, 256, 17, 49152] {
+            var row = (0..<n).map { _ in random.uniform(below: 10) < 3 ? Float(0) : Float(random.unit() * random.unit()) }
+            for id in max(0, n - 300)..<n { row[id] = 0 }
+            row[0] = max(row[0], 1e-3)
+            let points = (0..<200).map { _ in random.unit() }.sorted()
+            let target = row.withUnsafeBufferPointer { SparseTarget.drawn($0, at: points, labelLogProbability: 0) }
+            let total = row.reduce(0.0) { $0 + Double($1) }
+            var expected: [Int32: Float] = [:], cumulative = 0.0, next = 0
+            for (id, value) in row.enumerated() {
+                cumulative += Double(value)
+                while next < points.count && points[next] * total < cumulative { expected[Int32(id), default: 0] += 1; next += 1 }
+            }
+            XCTAssertEqual(next, points.count)
+            XCTAssertEqual(Dictionary(uniqueKeysWithValues: zip(target.ids, target.values)), expected, "n \(n)")
+            XCTAssertEqual(target.ids, target.ids.sorted())
+            XCTAssertTrue(target.ids.allSatisfy { row[Int($0)] > 0 }, "n \(n): a zero entry took a draw")
+        }
+    }
+
     // MARK: Against the fp64 reference forward
 
     /// The cached top-k of the tiny q8_0 model's 33-token reference sequence: each stored

@@ -7,8 +7,8 @@ import Tensor
 import Training
 
 /// The data-parallel step's communication: the gradient arena all-reduced across the ranks of an
-/// `mpirun` job, through the trainer's own ``MPIGradientReducer`` (the device's buffer brought to the
-/// host, summed in place in buckets, sent back). Each rank fills the buffer with its own values; the
+/// `mpirun` job, through the trainer's own ``MPIGradientReducer`` (the buffer seen in host memory,
+/// in place or mapped, summed in place in buckets). Each rank fills the buffer with its own values; the
 /// sum is checked exactly (small integers). Outside mpirun the suite has nothing to measure.
 public struct AllReduceSuite: BenchSuite {
     public let name = "allreduce"
@@ -51,7 +51,7 @@ public struct AllReduceSuite: BenchSuite {
                     medianSeconds: seconds, gbPerSecond: bytes / seconds / 1e9, maxAbsError: error,
                     extra: ["bus_gb_per_s": busFactor * bytes / seconds / 1e9,
                             "fraction_of_copy_bandwidth": bytes / seconds / 1e9 / (try context.copyBandwidth(of: backend))],
-                    note: "fill, device -> host, MPI_Allreduce in place (buckets of \(MPIWorld.bucketElements) floats), host -> device; "
+                    note: "fill, the buffer mapped to the host (in place on the CPU backend), MPI_Allreduce in place (buckets of \(MPIWorld.bucketElements) floats); "
                         + "GB/s: the buffer's bytes / time; bus GB/s: x 2(N-1)/N, what a ring moves per rank"))
             }
         }

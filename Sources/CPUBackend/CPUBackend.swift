@@ -80,6 +80,10 @@ public final class CPUBackend: Backend {
         base.copyMemory(from: try rawPointer(tensor), byteCount: destination.count)
     }
 
+    public func withHostBytes<R>(_ tensor: Tensor, writing: Bool, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        try body(UnsafeMutableRawBufferPointer(start: try rawPointer(tensor), count: tensor.byteCount))
+    }
+
     public func synchronize() throws {}
 
     /// The host address of a tensor's first byte, of any dtype.

@@ -174,6 +174,19 @@ public final class OpenCLBackend: Backend {
                     "clEnqueueReadBuffer(\(tensor.label))", device: device.name)
     }
 
+    public func withHostBytes<R>(_ tensor: Tensor, writing: Bool, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        guard tensor.byteCount > 0 else { return try body(UnsafeMutableRawBufferPointer(start: nil, count: 0)) }
+        let mem = try buffer(tensor).mem
+        let flags = cl_map_flags(CL_MAP_READ) | (writing ? cl_map_flags(CL_MAP_WRITE) : 0)
+        var status: cl_int = 0
+        guard let pointer = clEnqueueMapBuffer(queue, mem, cl_bool(CL_TRUE), flags, tensor.byteOffset, tensor.byteCount, 0, nil, nil, &status),
+              status == CL_SUCCESS else {
+            throw OpenCLStatus.error(status, at: "clEnqueueMapBuffer(\(tensor.label))", device: device.name)
+        }
+        defer { clEnqueueUnmapMemObject(queue, mem, pointer, 0, nil, nil) }
+        return try body(UnsafeMutableRawBufferPointer(start: pointer, count: tensor.byteCount))
+    }
+
     public func synchronize() throws {
         try checkCL(clFinish(queue), "clFinish", device: device.name)
     }

@@ -25,11 +25,13 @@ public struct SparseTargetMaker: Sendable {
     /// device, then each position's selection or draws on the host, rows in parallel.
     public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
         guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
+        guard logits.dtype == .f32 else { throw TensorError.unsupported("teacher logits in \(logits.dtype.rawValue): the cache reads fp32 probabilities") }
         try model.backend.softmax(logits, into: logits)
-        let probabilities = try logits.toArray()
         let v = model.config.vocabulary, rowsPerWindow = seqLen - 1, rows = batch.count * rowsPerWindow
         var results = [SparseTarget](repeating: SparseTarget(ids: [], values: [], tailMass: 0, labelLogProbability: 0), count: rows)
-        probabilities.withUnsafeBufferPointer { all in
+        // The probabilities read where they lie (no copy on the CPU backend or a device sharing host memory).
+        try model.backend.withHostBytes(logits, writing: false) { bytes in
+            let all = UnsafeBufferPointer(start: bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: logits.count)
             results.withUnsafeMutableBufferPointer { out in
                 DispatchQueue.concurrentPerform(iterations: rows) { row in
                     let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)

@@ -29,6 +29,11 @@ public protocol Backend: AnyObject {
     func uploadBytes(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) throws
     /// Copies the tensor's bytes into `destination` (exactly ``Tensor/byteCount``), after every op enqueued before.
     func downloadBytes(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) throws
+    /// `body` on the tensor's bytes in host memory, after every op enqueued before; with `writing`,
+    /// what it writes is the tensor's new value for the ops enqueued after. The CPU backend hands over
+    /// its own storage; OpenCL maps the buffer's range (no copy where the device shares host memory,
+    /// as PoCL and integrated GPUs do; a transfer each way, or one without `writing`, on a discrete GPU).
+    func withHostBytes<R>(_ tensor: Tensor, writing: Bool, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R
     /// Waits for every enqueued op.
     func synchronize() throws
 

@@ -2,13 +2,12 @@ import Foundation
 import ProcessGroup
 import Tensor
 
-/// The reducer of a data-parallel job under `mpirun`: the gradient arena (one flat buffer, brought
-/// to the host when it lives on a device) and the step's summed values are all-reduced, so every
-/// rank holds the step's whole gradient, in the same order of additions, and takes the same update.
+/// The reducer of a data-parallel job under `mpirun`: the gradient arena (one flat buffer, seen in
+/// host memory: in place on the CPU backend and on devices that share host memory, mapped across
+/// otherwise) and the step's summed values are all-reduced, so every rank holds the step's whole
+/// gradient, in the same order of additions, and takes the same update.
 public final class MPIGradientReducer: GradientReducer {
     public let world: MPIWorld
-    /// The host copy of the arena's gradients, made once.
-    private var host: [Float] = []
 
     public init(world: MPIWorld) {
         self.world = world
@@ -18,11 +17,10 @@ public final class MPIGradientReducer: GradientReducer {
     public var rank: Int { world.rank }
 
     public func reduce(gradients: Tensor, parts: inout StepParts) throws {
-        let backend = gradients.backend
-        if host.count != gradients.count { host = [Float](repeating: 0, count: gradients.count) }
-        try host.withUnsafeMutableBytes { try backend.downloadBytes(gradients, into: $0) }
-        try host.withUnsafeMutableBufferPointer { try world.allReduceSum($0.baseAddress!, count: $0.count) }
-        try host.withUnsafeBytes { try backend.uploadBytes($0, to: gradients) }
+        precondition(gradients.dtype == .f32, "the gradient arena is fp32")
+        try gradients.backend.withHostBytes(gradients, writing: true) { bytes in
+            try world.allReduceSum(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: gradients.count)
+        }
         var values = parts.summedValues
         try world.allReduceSum(&values)
         parts.summedValues = values

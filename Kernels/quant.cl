@@ -7,6 +7,7 @@
 // Quantized sources are byte pointers with byte offsets; fp32 outputs use element offsets.
 // CPU twins: CPUKernels.dequantize_q8_0, dequantize_q4_0, dequantize_q4_1, dequantize_f16, dequantize_bf16,
 //            dequantize_q8_0_to_bf16, dequantize_q4_0_to_bf16, dequantize_q4_1_to_bf16, dequantize_f16_to_bf16,
+//            dequantize_q8_0_to_f16, dequantize_q4_0_to_f16, dequantize_q4_1_to_f16, dequantize_bf16_to_f16,
 //            get_rows_f32, get_rows_f16, get_rows_bf16, get_rows_q8_0, get_rows_q4_0, get_rows_q4_1.
 
 // Half h (0: weights 0-15, 1: weights 16-31) of a block, in fp32.
@@ -43,9 +44,9 @@ inline void decode_q4_1(__global const uchar* block, __global float* out) {
     vstore16(half_q4_1(block, 1), 1, out);
 }
 
-// out[32 b .. 32 b + 31] = block b of src; one work-item per block. The _to_bf16 kernels expand
-// straight to bf16 (the teacher's 16-bit compute type; out is a byte pointer with a byte offset):
-// no fp32 copy of the matrix is made.
+// out[32 b .. 32 b + 31] = block b of src; one work-item per block. The _to_bf16 and _to_f16
+// kernels expand straight to the teacher's 16-bit compute type (out is a byte pointer with a byte
+// offset; each weight decoded in fp32, then rounded to nearest even): no fp32 copy of the matrix is made.
 #define DEQUANTIZE_KERNEL(type, block_bytes)                                                       \
 __kernel void dequantize_##type(__global const uchar* src, int so, __global float* out, int oo, \
                                 int blocks) {                                                    \
@@ -60,6 +61,15 @@ __kernel void dequantize_##type##_to_bf16(__global const uchar* src, int so, __g
     __global ushort* o = (__global ushort*)(out + oo) + (long)b * 32;                            \
     vstore16(bf16_bits(half_##type(block, 0)), 0, o);                                            \
     vstore16(bf16_bits(half_##type(block, 1)), 1, o);                                            \
+}                                                                                                \
+__kernel void dequantize_##type##_to_f16(__global const uchar* src, int so, __global uchar* out, \
+                                         int oo, int blocks) {                                   \
+    const int b = get_global_id(0);                                                              \
+    if (b >= blocks) return;                                                                     \
+    __global const uchar* block = src + so + (long)b * block_bytes;                              \
+    __global half* o = (__global half*)(out + oo) + (long)b * 32;                                \
+    vstore_half16_rte(half_##type(block, 0), 0, o);                                              \
+    vstore_half16_rte(half_##type(block, 1), 1, o);                                              \
 }
 DEQUANTIZE_KERNEL(q8_0, 34)
 DEQUANTIZE_KERNEL(q4_0, 18)
@@ -79,6 +89,12 @@ __kernel void dequantize_f16_to_bf16(__global const uchar* src, int so, __global
 __kernel void dequantize_bf16(__global const uchar* src, int so, __global float* out, int oo, int n) {
     const int i = get_global_id(0);
     if (i < n) out[oo + i] = as_float((uint)(((__global const ushort*)(src + so))[i]) << 16);
+}
+
+// bf16 weights into f16: widened exactly, then rounded to nearest even (inf past 65504, f16's range).
+__kernel void dequantize_bf16_to_f16(__global const uchar* src, int so, __global uchar* out, int oo, int n) {
+    const int i = get_global_id(0);
+    if (i < n) vstore_half_rte(as_float((uint)(((__global const ushort*)(src + so))[i]) << 16), i, (__global half*)(out + oo));
 }
 
 // out[i, :] = row ids[i] of table [rows, cols]; an id outside [0, rows) gives a zero row (the host

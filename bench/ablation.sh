@@ -5,9 +5,10 @@
 # window is seen twice), held-out perplexity on all 74 of its validation windows after the last step.
 #
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
-# each tail rule, 50 independent draws, and 50 systematic draws; T = 2 is far worse for sparse targets, see the README); the
-# feature losses on top of live KD at T = 2 (the default); live KD at T = 1 with the student in mixed
-# precision (`--precision bf16`: its perplexity against the fp32 row's spread).
+# each tail rule, 50 independent draws, 50 and 200 systematic draws; T = 2 is far worse for sparse
+# targets, see the README); the feature losses on top of live KD at T = 2 (the default); live KD at
+# T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
+# row's spread).
 #
 #   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
@@ -47,6 +48,7 @@ mkdir -p "$out"
 topk=$out/cache-topk32
 sampled=$out/cache-sampled50
 systematic=$out/cache-systematic50
+systematic200=$out/cache-systematic200
 cache() {  # FOLDER SPEC
     if [[ -f $1/manifest.json ]] && grep -q '"complete" : true' "$1/manifest.json"; then return; fi
     echo "ablation: building the $2 cache of $data into $1" >&2
@@ -56,7 +58,7 @@ cache() {  # FOLDER SPEC
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
-all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic kd+lens kd+align kd+hints kd-t1-bf16)
+all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 kd+lens kd+align kd+hints kd-t1-bf16)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -69,6 +71,7 @@ setting() {
         topk-decoupled) echo "cached top-32, decoupled (LFM2), T=1|--temperature 1 --teacher-cache $topk --sparse-tail decoupled" ;;
         sampled) echo "cached sampled:50, T=1|--temperature 1 --teacher-cache $sampled" ;;
         systematic) echo "cached systematic:50, T=1|--temperature 1 --teacher-cache $systematic" ;;
+        systematic200) echo "cached systematic:200, T=1|--temperature 1 --teacher-cache $systematic200" ;;
         kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
         kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
         kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
@@ -83,6 +86,7 @@ if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
 [[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
 [[ " ${rows[*]} " == *" systematic "* ]] && cache "$systematic" systematic:50
+[[ " ${rows[*]} " == *" systematic200 "* ]] && cache "$systematic200" systematic:200
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")
 for seed in "${seeds[@]}"; do

@@ -11,7 +11,7 @@ import Tensor
 /// bench script adds PyTorch's matmul on the same shapes.
 public struct GemmSuite: BenchSuite {
     public let name = "gemm"
-    public let summary = "SGEMM 512^3, 1024^3, 2048^3 and the LM head 2048x576x49152 on every engine, and bf16 x bf16 -> f32: GFLOP/s, ratio to an independent engine"
+    public let summary = "SGEMM 512^3, 1024^3, 2048^3 and the LM head 2048x576x49152 on every engine, and bf16 / f16 inputs -> f32: GFLOP/s, ratio to an independent engine"
 
     static let shapes: [(m: Int, k: Int, n: Int, label: String)] = [
         (512, 512, 512, "square"), (1024, 1024, 1024, "square"), (2048, 2048, 2048, "square"),
@@ -74,18 +74,23 @@ public struct GemmSuite: BenchSuite {
                                                extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops],
                                                note: note))
                 }
-                // bf16 inputs, fp32 accumulation and output: oneDNN's matmul primitive wherever the host
-                // engine runs, the project's gemm_bf16 kernel where CLBlast does (the engine in use, not the last one timed).
+                // 16-bit inputs, fp32 accumulation and output (the engine in use, not the last one timed): bf16
+                // through oneDNN's matmul primitive wherever the host engine runs, f16 widened to fp32 there
+                // (no CPU here multiplies f16); the project's gemm_bf16 / gemm_f16 kernels where CLBlast runs.
                 select(inUse)
-                context.report("gemm: \(shapeText) on \(backend.name), bf16 inputs")
-                let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: .bf16)
-                let gflops = flops / result.seconds / 1e9
-                records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) bf16 x bf16 -> f32 (\(inUse.runsOnHost ? "onednn matmul" : "gemm_bf16 kernel"))", backend: backend.name,
-                                           shape: shapeText, dtype: "bf16", medianSeconds: result.seconds, gflopPerSecond: gflops,
-                                           maxAbsError: maxAbsDifference(result.values, reference.values),
-                                           extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
-                                                   "speedup_over_f32_in_use": gflops / inUseGflops],
-                                           note: "dtype bf16: A and B narrowed once before timing; max_abs_error vs the fp32 reference (bf16 rounds inputs to 8 significant bits)"))
+                for inputType in [DType.bf16, .f16] {
+                    context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs")
+                    let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: inputType)
+                    let gflops = flops / result.seconds / 1e9
+                    let path = inUse.runsOnHost ? (inputType == .bf16 ? "onednn matmul" : "widened to f32, \(inUse.rawValue)") : "gemm_\(inputType.rawValue) kernel"
+                    let bits = inputType == .bf16 ? 8 : 11
+                    records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path))", backend: backend.name,
+                                               shape: shapeText, dtype: inputType.rawValue, medianSeconds: result.seconds, gflopPerSecond: gflops,
+                                               maxAbsError: maxAbsDifference(result.values, reference.values),
+                                               extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
+                                                       "speedup_over_f32_in_use": gflops / inUseGflops],
+                                               note: "dtype \(inputType.rawValue): A and B narrowed once before timing; max_abs_error vs the fp32 reference (\(inputType.rawValue) rounds inputs to \(bits) significant bits)"))
+                }
             }
         }
         return records

@@ -35,10 +35,12 @@ public struct TeacherSuite: BenchSuite {
                 blocks.withUnsafeMutableBytes { GGUF.quantize(input.baseAddress!, count: n, type: type, into: $0.baseAddress!) }
             }
             let expected = try cpuDequantize(blocks, dtype: dtype, count: n, context: context)
-            // Into fp32, and straight into bf16 (the bf16 teacher's GEMM input: checked against the fp32 result rounded on the host).
-            let roundedExpected = expected.map { Float(bitPattern: UInt32(BlockFormat.bfloat16Bits($0)) << 16) }
-            for (outType, reference) in [(DType.f32, expected), (.bf16, roundedExpected)] {
-                let kernel = "dequantize_\(dtype.rawValue)" + (outType == .bf16 ? "_to_bf16" : "")
+            // Into fp32, and straight into bf16 and f16 (the 16-bit teachers' GEMM inputs: checked against the
+            // fp32 result rounded on the host); f16 weights go only into bf16 (into f16 they are used as they are).
+            let bf16Expected = expected.map { Float(bitPattern: UInt32(BlockFormat.bfloat16Bits($0)) << 16) }
+            let f16Expected = expected.map { Float(Float16($0)) }
+            for (outType, reference) in [(DType.f32, expected), (.bf16, bf16Expected), (.f16, f16Expected)] where outType != dtype {
+                let kernel = "dequantize_\(dtype.rawValue)" + (outType == .f32 ? "" : "_to_\(outType.rawValue)")
                 for backend in context.backends {
                     context.report("teacher: \(kernel) of \(n) weights on \(backend.name)")
                     let source = try backend.allocate(shape: [n], dtype: dtype, label: "bench \(dtype.rawValue) blocks")
@@ -50,7 +52,7 @@ public struct TeacherSuite: BenchSuite {
                     }
                     let result = try out.toArray()
                     let gbPerSecond = Double(blocks.count + outType.byteCount(elements: n)) / seconds / 1e9
-                    records.append(BenchRecord(suite: name, kernel: kernel, backend: backend.name, shape: "[\(n)]", dtype: outType == .bf16 ? "bf16" : dtype.rawValue,
+                    records.append(BenchRecord(suite: name, kernel: kernel, backend: backend.name, shape: "[\(n)]", dtype: outType == .f32 ? dtype.rawValue : outType.rawValue,
                                                medianSeconds: seconds, gbPerSecond: gbPerSecond,
                                                maxAbsError: maxAbsDifference(result, reference),
                                                extra: ["fraction_of_copy_bandwidth": gbPerSecond / (try context.copyBandwidth(of: backend))]))

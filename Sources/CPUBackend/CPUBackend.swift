@@ -190,6 +190,17 @@ public final class CPUBackend: Backend {
             }
             return
         }
+        if out.dtype == .f16 {
+            let raw = try rawPointer(out)
+            switch source.dtype {
+            case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0_to_f16(src, raw, $0) }
+            case .q4_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_0_to_f16(src, raw, $0) }
+            case .q4_1: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q4_1_to_f16(src, raw, $0) }
+            case .bf16: parallelChunks(source.count, grain: elementGrain) { CPUKernels.dequantize_bf16_to_f16(src, raw, $0) }
+            default: throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue)) to f16")
+            }
+            return
+        }
         let po = try mutablePointer(out)
         switch source.dtype {
         case .q8_0: parallelChunks(blocks, grain: 2048) { CPUKernels.dequantize_q8_0(src, po, $0) }

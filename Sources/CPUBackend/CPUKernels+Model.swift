@@ -57,6 +57,35 @@ extension CPUKernels {
         for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(BlockFormat.half(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
     }
 
+    /// Blocks `blocks` of a block type expanded straight to f16 bits (`out` raw, 2 bytes a weight):
+    /// each block decoded to 32 fp32 values on the stack, then rounded to nearest even (vstore_half_rte).
+    static func dequantizeBlocksToF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
+                                      decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 32) { values in
+            for b in blocks {
+                decode(src + b * blockBytes, values.baseAddress!)
+                convert_f32_to_f16(UnsafePointer(values.baseAddress!), out + 2 * b * 32, 0..<32)
+            }
+        }
+    }
+
+    public static func dequantize_q8_0_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToF16(src, out, blocks, blockBytes: 34, decode: BlockFormat.decodeQ8_0)
+    }
+
+    public static func dequantize_q4_0_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToF16(src, out, blocks, blockBytes: 18, decode: BlockFormat.decodeQ4_0)
+    }
+
+    public static func dequantize_q4_1_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
+        dequantizeBlocksToF16(src, out, blocks, blockBytes: 20, decode: BlockFormat.decodeQ4_1)
+    }
+
+    /// bf16 element i widened (exact), then rounded to f16 (inf past f16's range).
+    public static func dequantize_bf16_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
+        for i in elements { out.storeBytes(of: BlockFormat.halfBits(BlockFormat.bfloat16(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+    }
+
     /// As convert.cl: fp32 narrowed to bf16 bits, round to nearest even, NaN kept quiet.
     public static func convert_f32_to_bf16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
         BlockFormat.storeBFloat16(x + elements.lowerBound, count: elements.count, to: out + 2 * elements.lowerBound)

@@ -42,13 +42,26 @@ public enum GemmEngine: String, CaseIterable, Sendable {
 }
 
 /// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host. A and B
-/// are f32, or bf16 when `p.inputType` says so: those always run on oneDNN's matmul primitive
-/// (Debian's OpenBLAS has no bf16 GEMM), accumulating in fp32.
+/// are f32, bf16 or f16 as `p.inputType` says, products accumulated in fp32: bf16 always runs on
+/// oneDNN's matmul primitive (Debian's OpenBLAS has no bf16 GEMM); f16 is widened to fp32 (exactly)
+/// and runs as an fp32 GEMM, since oneDNN 2.6 multiplies f16 only on CPUs with AVX512-FP16 and no
+/// CPU here has them (f16 is the GPUs' 16-bit type; on a CPU prefer bf16).
 public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer,
                      _ c: UnsafeMutablePointer<Float>) throws {
-    if p.inputType == .bf16 {
+    switch p.inputType {
+    case .bf16:
         try OneDNNMatmul.run(p, a: a, b: b, c: c)
         return
+    case .f16:
+        let wideA = widenedHalves(a, count: (p.batch - 1) * p.strideA + storedExtent(rows: p.m, columns: p.k, leading: p.lda, transposed: p.transposeA))
+        let wideB = widenedHalves(b, count: (p.batch - 1) * p.strideB + storedExtent(rows: p.k, columns: p.n, leading: p.ldb, transposed: p.transposeB))
+        var wide = p
+        wide.inputType = .f32
+        try wideA.withUnsafeBufferPointer { a in
+            try wideB.withUnsafeBufferPointer { b in try hostGemm(engine, wide, UnsafeRawPointer(a.baseAddress!), UnsafeRawPointer(b.baseAddress!), c) }
+        }
+        return
+    default: break
     }
     let (a, b) = (a.assumingMemoryBound(to: Float.self), b.assumingMemoryBound(to: Float.self))
     switch engine {
@@ -191,5 +204,24 @@ public final class OpenBLASLibrary: @unchecked Sendable {
         self.sgemm = unsafeBitCast(sgemm, to: Sgemm.self)
         let name = unsafeBitCast(corename, to: (@convention(c) () -> UnsafeMutablePointer<CChar>?).self)()
         coreName = name.map { String(cString: $0) } ?? "unknown"
+    }
+}
+
+/// Elements from an operand's first to one past its last: op(X) is rows x columns, stored transposed
+/// or not with leading dimension `leading`.
+func storedExtent(rows: Int, columns: Int, leading: Int, transposed: Bool) -> Int {
+    let (storedRows, storedColumns) = transposed ? (columns, rows) : (rows, columns)
+    return (storedRows - 1) * leading + storedColumns
+}
+
+/// `count` f16 values widened to fp32 (exact), in parallel chunks.
+func widenedHalves(_ source: UnsafeRawPointer, count: Int) -> [Float] {
+    [Float](unsafeUninitializedCapacity: count) { out, initialized in
+        let halves = source.assumingMemoryBound(to: Float16.self)
+        let chunk = 1 << 16, chunks = (count + chunk - 1) / chunk, base = out.baseAddress!
+        DispatchQueue.concurrentPerform(iterations: chunks) { index in
+            for i in index * chunk..<min(count, (index + 1) * chunk) { base[i] = Float(halves[i]) }
+        }
+        initialized = count
     }
 }

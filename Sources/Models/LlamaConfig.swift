@@ -99,11 +99,13 @@ public enum ModelError: Error, CustomStringConvertible {
     case missingTensor(String)
     case badTensor(String)
     case badInput(String)
+    /// An f16 model's GEMM input past f16's range (what, and the advice).
+    case f16Overflow(String)
 
     public var description: String {
         switch self {
         case .unsupported(let message), .invalidConfig(let message), .missingTensor(let message),
-             .badTensor(let message), .badInput(let message):
+             .badTensor(let message), .badInput(let message), .f16Overflow(let message):
             return message
         }
     }

@@ -61,19 +61,24 @@ public final class LlamaModel {
     public var backend: any Backend { weights.backend }
     /// RoPE pair layout: adjacent for GGUF llama weights, halves for Hugging Face weights.
     public let ropeLayout: RoPE.PairLayout
-    /// The element type of the weight-matrix GEMMs' inputs: f32, or bf16 (weights expanded straight
-    /// from their blocks to bf16, activations narrowed once per use, products accumulated in fp32).
-    /// Everything else (norms, RoPE, attention, softmax) stays fp32.
+    /// The element type of the weight-matrix GEMMs' inputs: f32, bf16 or f16 (weights expanded
+    /// straight from their blocks to the 16-bit type, activations narrowed once per use, products
+    /// accumulated in fp32). Everything else (norms, RoPE, attention, softmax) stays fp32. f16 keeps
+    /// 3 more mantissa bits than bf16 but reaches only ±65504: a forward whose final hidden state is
+    /// not finite is run again with every GEMM input checked, and the first past the range is named
+    /// (``ModelError/f16Overflow(_:)``).
     public let precision: DType
+    /// While ``firstF16Overflow(_:)`` runs: the first GEMM input or expanded weight past f16's range.
+    private var overflowProbe: (found: String?, active: Bool) = (nil, false)
     /// Scratch in the compute type for one expanded weight matrix: the largest matrix not already in
     /// it, or `minimumLMHeadChunk` rows of the LM head if that is larger.
     private let weightScratch: Tensor?
     static let minimumLMHeadChunk = 1024
 
-    /// - Parameter precision: `.f32` or `.bf16` (``precision``).
+    /// - Parameter precision: `.f32`, `.bf16` or `.f16` (``precision``).
     public init(weights: LlamaWeights, ropeLayout: RoPE.PairLayout = .adjacent, precision: DType = .f32) throws {
-        guard precision == .f32 || precision == .bf16 else {
-            throw ModelError.unsupported("model precision \(precision.rawValue): use f32 or bf16")
+        guard [.f32, .bf16, .f16].contains(precision) else {
+            throw ModelError.unsupported("model precision \(precision.rawValue): use f32, bf16 or f16")
         }
         self.weights = weights
         self.ropeLayout = ropeLayout
@@ -91,15 +96,50 @@ public final class LlamaModel {
         try backend.gemm(one, one, into: try backend.tensor(shape: [1, 1], label: "bf16 probe product"))
     }
 
-    /// `x` as the weight GEMMs take it: itself in f32, a bf16 copy in bf16 (made once, used by every GEMM that reads it).
-    func gemmInput(_ x: Tensor) throws -> Tensor {
-        try backend.converted(x, to: precision)
+    /// `x` as the weight GEMMs take it: itself in f32, a 16-bit copy otherwise (made once, used by
+    /// every GEMM that reads it). `site` names it for an f16 overflow.
+    func gemmInput(_ x: Tensor, _ site: @autoclosure () -> String) throws -> Tensor {
+        if overflowProbe.active && overflowProbe.found == nil {
+            let largest = try x.toArray().reduce(Float(0)) { max($0, $1.magnitude) }  // the diagnostic run only
+            if !(largest <= Self.f16Largest) { overflowProbe.found = "\(site()) (largest magnitude \(largest))" }
+        }
+        return try backend.converted(x, to: precision)
+    }
+
+    /// f16's largest finite value; past it (by half an ulp) a value rounds to inf.
+    static let f16Largest = Float(Float16.greatestFiniteMagnitude)
+
+    /// With f16 GEMMs, the first GEMM input or expanded weight that `tokens` push past f16's range,
+    /// named, from a forward with every one read back to the host (slow: the error path); nil when
+    /// none is, or in fp32 and bf16.
+    public func firstF16Overflow(_ tokens: [[Int32]]) throws -> String? {
+        guard precision == .f16 else { return nil }
+        overflowProbe = (nil, true)
+        defer { overflowProbe = (nil, false) }
+        _ = try forward(tokens, options: LlamaForwardOptions(computeLogits: true))
+        return overflowProbe.found
+    }
+
+    /// In f16: `result`'s final hidden state checked (one row reduction, n floats to the host). An
+    /// overflow upstream makes it non-finite, and the LM head narrows it to f16 too: when a row's sum
+    /// of squares is not below 65504², the forward of `tokens` runs again to name the tensor past f16's range.
+    func requireF16Range(_ result: LlamaForwardResult, tokens: [[Int32]]) throws {
+        guard precision == .f16, !overflowProbe.active else { return }
+        let hidden = result.finalHidden
+        let sums = try backend.tensor(shape: [hidden.rowCount], label: "f16 range check")
+        try backend.reduceRows(.sumSquares, hidden, into: sums)
+        let rows = try sums.toArray()
+        guard rows.contains(where: { !($0 < Self.f16Largest * Self.f16Largest) }) else { return }
+        let site = try firstF16Overflow(tokens)
+        guard site != nil || rows.contains(where: { !$0.isFinite }) else { return }  // large, but every value within range
+        throw ModelError.f16Overflow("f16 overflow in the model's forward: \(site ?? "a GEMM's fp32 result past fp32's range") "
+                                     + "exceeds f16's largest value 65504; run this model in bf16 (fp32's range) or fp32")
     }
 
     /// Bytes of device memory the model holds: weights plus the dequantization scratch.
     public var residentBytes: Int { weights.residentBytes + (weightScratch?.byteCount ?? 0) }
 
-    /// y [N, out] = x [N, in] W^T for a weight W [out, in] of any stored type; `x` from ``gemmInput(_:)``.
+    /// y [N, out] = x [N, in] W^T for a weight W [out, in] of any stored type; `x` from ``gemmInput(_:_:)``.
     func linear(_ x: Tensor, _ w: Tensor, into y: Tensor) throws {
         if w.dtype == precision {
             try backend.gemm(x, w, into: y, transposeB: true)
@@ -107,13 +147,16 @@ public final class LlamaModel {
         }
         let expanded = try weightScratch!.rows(0..<w.count).reshaped(w.shape)
         if w.dtype == .f32 { try backend.convert(w, into: expanded) } else { try backend.dequantize(w, into: expanded) }
+        if overflowProbe.active && overflowProbe.found == nil, precision == .f16, try expanded.toArray().contains(where: { $0.isInfinite }) {
+            overflowProbe.found = "weight \(w.label) (expanded to f16)"
+        }
         try backend.gemm(x, expanded, into: y, transposeB: true)
     }
 
     /// logits [N, V] = x [N, C] W_out^T; a quantized W_out [V, C] is expanded one vocabulary chunk at a time.
     func lmHead(_ x: Tensor, into logits: Tensor) throws {
         let w = weights.output
-        let x = try gemmInput(x)
+        let x = try gemmInput(x, "the LM head's input (the final norm)")
         guard w.dtype != precision, let weightScratch else {
             try linear(x, w, into: logits)
             return
@@ -178,7 +221,7 @@ public final class LlamaModel {
         for (l, block) in weights.blocks.enumerated() {
             // Attention: x += Wo · softmax(q kᵀ / √hs, causal) v
             try backend.rmsNorm(x, weight: block.attentionNorm, epsilon: config.normEpsilon, into: xn)
-            let attentionInput = try gemmInput(xn)
+            let attentionInput = try gemmInput(xn, "block \(l)'s attention input (its norm)")
             try linear(attentionInput, block.query, into: q)
             try linear(attentionInput, block.key, into: k)
             try linear(attentionInput, block.value, into: vv)
@@ -213,16 +256,16 @@ public final class LlamaModel {
                 attentionProbabilities[l] = kept
             }
             try backend.transpose12(context, into: contextT)
-            try linear(gemmInput(contextT.reshaped([n, c])), block.attentionOutput, into: attentionOut)
+            try linear(gemmInput(contextT.reshaped([n, c]), "block \(l)'s attention context"), block.attentionOutput, into: attentionOut)
             try backend.add(x, attentionOut, into: x)
 
             // Feed-forward: x += W_down (silu(W_gate xn) * W_up xn)
             try backend.rmsNorm(x, weight: block.feedForwardNorm, epsilon: config.normEpsilon, into: xn)
-            let feedForwardInput = try gemmInput(xn)
+            let feedForwardInput = try gemmInput(xn, "block \(l)'s feed-forward input (its norm)")
             try linear(feedForwardInput, block.gate, into: gate)
             try linear(feedForwardInput, block.up, into: up)
             try backend.swiglu(gate: gate, up: up, into: gate)
-            try linear(gemmInput(gate), block.down, into: down)
+            try linear(gemmInput(gate, "block \(l)'s down-projection input (the SwiGLU product)"), block.down, into: down)
             try backend.add(x, down, into: x)
             if options.keepHiddenStates {
                 let kept = try scratch([n, c], "hidden state \(l)")
@@ -238,6 +281,8 @@ public final class LlamaModel {
             try lmHead(xn, into: out)
             logits = out
         }
-        return LlamaForwardResult(logits: logits, finalHidden: xn, hiddenStates: hiddenStates, attentionProbabilities: attentionProbabilities)
+        let result = LlamaForwardResult(logits: logits, finalHidden: xn, hiddenStates: hiddenStates, attentionProbabilities: attentionProbabilities)
+        try requireF16Range(result, tokens: tokens)
+        return result
     }
 }

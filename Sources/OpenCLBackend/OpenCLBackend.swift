@@ -334,13 +334,14 @@ public final class OpenCLBackend: Backend {
             try mappedHostGemm(a, b, c, p)
             return
         }
-        if p.inputType == .bf16 {
-            // CLBlast has no bf16 GEMM: the project's tiled kernel (16 x 16 tiles, fp32 accumulation).
+        if p.inputType == .bf16 || p.inputType == .f16 {
+            // CLBlast has no bf16 GEMM and its HGEMM accumulates in half: the project's tiled kernels
+            // (16 x 16 tiles, fp32 accumulation).
             guard device.maxWorkGroupSize >= 256 else {
-                throw TensorError.unsupported("gemm: bf16 inputs on \(device.name) need work-groups of 256 (it allows \(device.maxWorkGroupSize))")
+                throw TensorError.unsupported("gemm: \(p.inputType.rawValue) inputs on \(device.name) need work-groups of 256 (it allows \(device.maxWorkGroupSize))")
             }
             let tiles = (p.m + 15) / 16 * ((p.n + 15) / 16) * p.batch
-            try launch("gemm_bf16", in: "gemm16.cl", globalSize: tiles * 256, localSize: 256,
+            try launch(p.inputType == .bf16 ? "gemm_bf16" : "gemm_f16", in: "gemm16.cl", globalSize: tiles * 256, localSize: 256,
                        try arguments(a) + arguments(b) + arguments(c)
                        + [try int32(p.m, "M"), try int32(p.n, "N"), try int32(p.k, "K"), try int32(p.lda, "lda"), try int32(p.ldb, "ldb"),
                           try int32(p.ldc, "ldc"), Int32(p.transposeA ? 1 : 0), Int32(p.transposeB ? 1 : 0),
@@ -372,7 +373,7 @@ public final class OpenCLBackend: Backend {
 
     public func enqueueDequantize(_ source: Tensor, into out: Tensor) throws {
         let n = source.dtype == .f16 || source.dtype == .bf16 ? source.count : source.count / 32
-        try launch("dequantize_\(source.dtype.rawValue)\(out.dtype == .bf16 ? "_to_bf16" : "")", in: "quant.cl", globalSize: n, localSize: nil,
+        try launch("dequantize_\(source.dtype.rawValue)\(out.dtype == .f32 ? "" : "_to_\(out.dtype.rawValue)")", in: "quant.cl", globalSize: n, localSize: nil,
                    try arguments(source) + arguments(out) + [try int32(n, source.label)])
     }
 

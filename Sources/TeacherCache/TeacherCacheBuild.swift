@@ -32,7 +32,7 @@ public struct TeacherCacheBuild {
     /// Windows per teacher forward.
     public var batchSize: Int
     public var windowsPerShard: Int
-    /// The teacher's weight GEMMs: `.f32`, or `.bf16` (``LlamaModel/precision``; recorded in the manifest).
+    /// The teacher's weight GEMMs: `.f32`, `.bf16` or `.f16` (``LlamaModel/precision``; recorded in the manifest).
     public var teacherPrecision: DType
 
     public init(teacher: String, data: String, seqLen: Int, targets: TeacherTargetSpec, seed: UInt64 = 0, out: String,
@@ -90,7 +90,7 @@ public struct TeacherCacheBuild {
             corpus: .init(path: data, tokens: tokens.count, tokensSHA256: tokens.withUnsafeBytes { SHA256Digest.hex(of: $0) }),
             tokenizerSHA256: SHA256Digest.hex(of: tokenizerJSON), seqLen: seqLen, windows: windows, windowsPerShard: windowsPerShard,
             targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false,
-            teacherPrecision: teacherPrecision == .bf16 ? "bf16" : nil)
+            teacherPrecision: teacherPrecision == .f32 ? nil : teacherPrecision.rawValue)
 
         // The folder: new, or a cache of the same key to continue. Rank 0 alone reads and prepares
         // it; the others learn where the build stands from it.
@@ -152,7 +152,7 @@ public struct TeacherCacheBuild {
         let rank = world?.rank ?? 0, ranks = world?.size ?? 1, windows = manifest.windows
         let manifestURL = folder.appendingPathComponent(TeacherCacheManifest.fileName)
         log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name)"
-            + (teacherPrecision == .bf16 ? " (bf16 GEMMs)" : "") + (ranks > 1 ? ", \(ranks) processes (mpirun) building every \(ranks)th shard" : "")
+            + (teacherPrecision == .f32 ? "" : " (\(teacherPrecision.rawValue) GEMMs)") + (ranks > 1 ? ", \(ranks) processes (mpirun) building every \(ranks)th shard" : "")
             + ", into \(out)")
         let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)

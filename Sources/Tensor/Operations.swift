@@ -143,12 +143,12 @@ extension Backend {
     /// transposed), c `[..., M, N]`. A rank-2 `a` or `b` is shared by every batch element.
     public func gemm(_ a: Tensor, _ b: Tensor, into c: Tensor, transposeA: Bool = false, transposeB: Bool = false,
                      alpha: Float = 1, beta: Float = 0) throws {
-        // A and B both f32, or both bf16 (products accumulated in fp32); C is f32.
-        if a.dtype == .bf16 || b.dtype == .bf16 {
+        // A and B both f32, or both bf16, or both f16 (products accumulated in fp32); C is f32.
+        if a.dtype == .bf16 || b.dtype == .bf16 || a.dtype == .f16 || b.dtype == .f16 {
             try requireFloat32(c, op: "gemm")
             try requireOwned(a, b, op: "gemm")
-            guard a.dtype == .bf16, b.dtype == .bf16 else {
-                throw TensorError.unsupported("gemm: \(a.label) is \(a.dtype.rawValue) and \(b.label) \(b.dtype.rawValue); a bf16 GEMM takes both in bf16 (convert the other)")
+            guard a.dtype == b.dtype else {
+                throw TensorError.unsupported("gemm: \(a.label) is \(a.dtype.rawValue) and \(b.label) \(b.dtype.rawValue); a 16-bit GEMM takes both in the same type (convert the other)")
             }
         } else {
             try requireFloat32(a, b, c, op: "gemm")
@@ -213,16 +213,16 @@ extension Backend {
 
     // MARK: model ops
 
-    /// out = the values of `source` (Q8_0, Q4_0, Q4_1, F16 or BF16), same element count, in f32 (or in
-    /// bf16, rounded to nearest even, from the block types and F16: the 16-bit teacher's weights).
+    /// out = the values of `source` (Q8_0, Q4_0, Q4_1, F16 or BF16), same element count, in f32, or
+    /// rounded to nearest even into the other 16-bit type or from a block type (the 16-bit teacher's
+    /// weights: bf16 from Q8_0, Q4_0, Q4_1, F16; f16 from Q8_0, Q4_0, Q4_1, BF16).
     public func dequantize(_ source: Tensor, into out: Tensor) throws {
         try requireOwned(source, out, op: "dequantize")
         guard [.q8_0, .q4_0, .q4_1, .f16, .bf16].contains(source.dtype) else {
             throw TensorError.unsupported("dequantize of \(source.label): type \(source.dtype.rawValue) is not a quantized or 16-bit type")
         }
-        // Into f32, or straight into bf16 (rounded to nearest even) from a block type or f16.
-        guard out.dtype == .f32 || (out.dtype == .bf16 && source.dtype != .bf16) else {
-            throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue)) into \(out.label) (\(out.dtype.rawValue)): the output is f32, or bf16 from a block type or f16")
+        guard out.dtype == .f32 || ((out.dtype == .bf16 || out.dtype == .f16) && source.dtype != out.dtype) else {
+            throw TensorError.unsupported("dequantize of \(source.label) (\(source.dtype.rawValue)) into \(out.label) (\(out.dtype.rawValue)): the output is f32, or bf16 or f16 from another type")
         }
         let blocks = source.dtype != .f16 && source.dtype != .bf16
         guard source.count == out.count, source.count % 32 == 0 || !blocks, source.offset % 32 == 0 || !blocks else {

@@ -53,7 +53,7 @@ public final class LiveTeacher: TeacherSource {
     }
 
     /// The unembedding `[V, C_t]` for the fused head path (main loss and logit lens) in the model's
-    /// GEMM precision (fp32 or bf16), expanded from its quantized blocks once.
+    /// GEMM precision (fp32, bf16 or f16), expanded from its quantized blocks once.
     public func head() throws -> Tensor {
         if let expandedHead { return expandedHead }
         var head = model.weights.output
@@ -61,6 +61,11 @@ public final class LiveTeacher: TeacherSource {
         if head.dtype != precision {
             let expanded = try model.backend.tensor(shape: head.shape, dtype: precision, label: "teacher unembedding (\(precision.rawValue))")
             if head.dtype == .f32 { try model.backend.convert(head, into: expanded) } else { try model.backend.dequantize(head, into: expanded) }
+            // In f16 a weight past 65504 becomes inf (checked once, here: the fused head multiplies by it every step).
+            if precision == .f16, try expanded.toArray().contains(where: { $0.isInfinite }) {
+                throw ModelError.f16Overflow("f16 overflow: the teacher's unembedding \(head.label) has weights past f16's largest value 65504; "
+                                             + "use --teacher-precision bf16 (fp32's range) or fp32")
+            }
             head = expanded
         }
         expandedHead = head

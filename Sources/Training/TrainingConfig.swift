@@ -307,7 +307,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                 throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
             }
         case .teacherPrecision:
-            try oneOf(teacherPrecision, ["auto", "fp32", "bf16"])
+            try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
         case .precision:
             try oneOf(precision, ["fp32", "bf16"])
         case .sparseTail:
@@ -358,7 +358,12 @@ extension TrainingConfig {
     public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
     /// The live teacher's GEMM type on `backend` (`auto` resolved).
     public func teacherPrecision(on backend: any Backend) -> DType {
-        teacherPrecision == "auto" ? (backend.hasNativeBF16GEMMs ? .bf16 : .f32) : teacherPrecision == "bf16" ? .bf16 : .f32
+        switch teacherPrecision {
+        case "auto": return backend.hasNativeBF16GEMMs ? .bf16 : .f32
+        case "bf16": return .bf16
+        case "f16": return .f16
+        default: return .f32
+        }
     }
     public var typedPrecision: DType { precision == "bf16" ? .bf16 : .f32 }
     public var typedLensDivergence: Divergence { Divergence(name: lensDivergence)! }

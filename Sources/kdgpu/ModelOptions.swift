@@ -17,7 +17,7 @@ struct ModelOptions: ParsableArguments {
     var device: String = "opencl"
 
     @Option(name: .long, help: ArgumentHelp(
-        "fp32, or bf16: the weight GEMMs in bf16 (weights expanded straight to bf16, fp32 accumulation; CPUs and CPU OpenCL devices).",
+        "fp32, bf16 or f16: the weight GEMMs' inputs in that type (weights expanded straight to it, fp32 accumulation; bf16 is the fast one on CPUs with bf16 instructions, f16 the GPUs' type).",
         valueName: "precision"))
     var precision: String = "fp32"
 
@@ -35,12 +35,13 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
-/// The compute type a precision name means (`fp32` or `bf16`), or a one-line error naming the flag.
+/// The compute type a precision name means (`fp32`, `bf16` or `f16`), or a one-line error naming the flag.
 func modelPrecision(_ name: String, flag: String) throws -> DType {
     switch name.lowercased() {
     case "fp32", "f32": return .f32
     case "bf16": return .bf16
-    default: throw ValidationError("\(flag) \(name): use fp32 or bf16")
+    case "f16", "fp16": return .f16
+    default: throw ValidationError("\(flag) \(name): use fp32, bf16 or f16")
     }
 }
 

@@ -47,7 +47,7 @@ struct TeacherCacheCommand: ParsableCommand {
         var device = "opencl"
         @Option(name: .long, help: ArgumentHelp("The cache folder (new, empty, or a stopped build of the same settings).", valueName: "DIR"))
         var out: String
-        @Option(name: .long, help: ArgumentHelp("The teacher's weight GEMMs: fp32, or bf16 (faster on CPUs with bf16 instructions; recorded in the manifest).",
+        @Option(name: .long, help: ArgumentHelp("The teacher's weight GEMMs: fp32, bf16 (faster on CPUs with bf16 instructions) or f16; recorded in the manifest.",
                                                 valueName: "precision"))
         var teacherPrecision = "fp32"
 

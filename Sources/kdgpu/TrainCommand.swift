@@ -68,7 +68,7 @@ struct TrainCommand: ParsableCommand {
     var teacherCache: String?
     @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl).")
     var sparseTail: String?
-    @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, or bf16 (weights expanded straight to bf16, fp32 accumulation).")
+    @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, bf16 or f16 (weights expanded straight to the 16-bit type, fp32 accumulation; f16 keeps 3 more mantissa bits, but an activation past 65504 is an error naming it).")
     var teacherPrecision: String?
     @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
     var precision: String?

@@ -25,8 +25,8 @@ final class BackendParityTests: XCTestCase {
         try runTable(on: [TestBackends.cpu, backend])
     }
 
-    /// The GEMM rows through each engine the device offers: CLBlast always (bf16 through the
-    /// project's gemm_bf16 kernel), the host engines on CPU devices; and through each host engine of the CPU backend.
+    /// The GEMM rows through each engine the device offers: CLBlast always (bf16 and f16 through the
+    /// project's gemm_bf16 / gemm_f16 kernels), the host engines on CPU devices; and through each host engine of the CPU backend.
     func testGemmThroughEveryEngine() throws {
         for engine in GemmEngine.allCases where engine.runsOnHost {
             let cpu = try CPUBackend()
@@ -37,8 +37,8 @@ final class BackendParityTests: XCTestCase {
         for engine in GemmEngine.allCases where !engine.runsOnHost || device.isCPU {
             let backend = try OpenCLBackend(device: device)
             backend.gemmEngine = engine
-            // bf16 inputs: the host matmul primitive, or with CLBlast the project's gemm_bf16 kernel.
-            try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase, ParityTable.gemmCase(inputType: .bf16)])
+            // 16-bit inputs: the host paths (oneDNN's bf16 matmul, f16 widened), or with CLBlast the project's gemm_bf16 / gemm_f16 kernels.
+            try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase, ParityTable.gemmCase(inputType: .bf16), ParityTable.gemmCase(inputType: .f16)])
         }
     }
 

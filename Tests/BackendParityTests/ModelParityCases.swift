@@ -61,7 +61,7 @@ func randomBlocks(_ dtype: DType, count: Int, _ rng: inout SeededRandom) -> (byt
 
 extension ParityTable {
     /// The llama forward pass's ops.
-    static let modelCases: [ParityCase] = dequantizeCases + dequantizeToBF16Cases + gatherCases + [rmsNormCase, ropeCase, causalSoftmaxCase, causalMaskCase, transposeCase, swigluCase]
+    static let modelCases: [ParityCase] = dequantizeCases + dequantizeTo16BitCases + gatherCases + [rmsNormCase, ropeCase, causalSoftmaxCase, causalMaskCase, transposeCase, swigluCase]
 
     static let quantizedTypes: [DType] = [.q8_0, .q4_0, .q4_1, .f16, .bf16]
 
@@ -77,20 +77,22 @@ extension ParityTable {
         }
     }
 
-    /// Block types and f16 expanded straight to bf16 (read back through the exact widening), against
-    /// the decoded values rounded to bf16 in fp64: exactly.
-    static let dequantizeToBF16Cases: [ParityCase] = [DType.q8_0, .q4_0, .q4_1, .f16].map { dtype in
-        ParityCase(op: "dequantize_\(dtype.rawValue)_to_bf16", tolerance: 0) { rng in
+    /// Block types and the other 16-bit type expanded straight to bf16 or f16 (read back through the
+    /// exact widening), against the decoded values rounded to that type in fp64: exactly.
+    static let dequantizeTo16BitCases: [ParityCase] = sixteenBitFormats.flatMap { format in
+        [DType.q8_0, .q4_0, .q4_1, format.dtype == .bf16 ? .f16 : .bf16].map { dtype in (format, dtype) }
+    }.map { format, dtype in
+        ParityCase(op: "dequantize_\(dtype.rawValue)_to_\(format.dtype.rawValue)", tolerance: 0) { rng in
             [32, 96, 32 * 37, 32 * 1000].map { n in
                 let blocks = randomBlocks(dtype, count: n, &rng)
                 return ParityInstance(description: "n=\(n)", operands: [Operand(shape: [n], values: rng.normals(n))],
                                       rawOperands: [RawOperand(shape: [n], dtype: dtype, bytes: blocks.bytes)], outputs: [0],
                                       run: { backend, t in
-                                          let narrow = try backend.tensor(shape: [n], dtype: .bf16, label: "expanded")
+                                          let narrow = try backend.tensor(shape: [n], dtype: format.dtype, label: "expanded")
                                           try backend.dequantize(t[1], into: narrow)
                                           try backend.convert(narrow, into: t[0])
                                       },
-                                      reference: { _ in [blocks.values.map { roundToNearestEven($0, significandBits: 8, minExponent: -126, maxExponent: 127) }] })
+                                      reference: { _ in [blocks.values.map { roundToNearestEven($0, significandBits: format.p, minExponent: format.minExponent, maxExponent: format.maxExponent) }] })
             }
         }
     }

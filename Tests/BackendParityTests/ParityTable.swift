@@ -39,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + convertCases + [gemmCase, gemmCase(inputType: .bf16)] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
+    static let cases: [ParityCase] = elementwiseCases + convertCases + [gemmCase, gemmCase(inputType: .bf16), gemmCase(inputType: .f16)] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in
@@ -108,8 +108,8 @@ enum ParityTable {
     static let gemmCase = gemmCase(inputType: .f32)
 
     /// GEMMs over odd sizes, every transpose, batches (one with B shared), alpha and beta. With bf16
-    /// inputs the op gets A and B narrowed on the device and the reference multiplies their
-    /// bf16-rounded values in fp64 (the products are exact in fp32; only the fp32 accumulation differs).
+    /// or f16 inputs the op gets A and B narrowed on the device and the reference multiplies their
+    /// rounded values in fp64 (the products are exact in fp32; only the fp32 accumulation differs).
     static func gemmCase(inputType: DType) -> ParityCase { ParityCase(op: inputType == .f32 ? "gemm" : "gemm \(inputType.rawValue) x \(inputType.rawValue) -> f32", tolerance: 1e-5) { rng in
         var instances: [ParityInstance] = []
         let sizes: [(m: Int, n: Int, k: Int, batch: Int, shareB: Bool)] = [

@@ -97,4 +97,18 @@ final class TeacherLikelihoodTests: XCTestCase {
             print("bf16 teacher on \(backend.name): mean NLL \(total.meanNLL), fp64 reference \(referenceMean) (\(String(format: "%+.3f", 100 * (total.meanNLL - referenceMean) / referenceMean))%)")
         }
     }
+
+    /// The teacher in f16 (weights expanded straight to f16, activations narrowed per GEMM, fp32
+    /// accumulation): its mean NLL within 0.5% of the fp64 numpy reference, on both backends, with
+    /// no activation past f16's range.
+    func testF16TeacherNLLIsWithinHalfAPercentOfTheReference() throws {
+        let (file, reference, _, referenceMean) = try referenceSetUp()
+        for backend in try TestBackends.all() {
+            let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .f16)
+            let total = try reference.texts.reduce(LikelihoodResult()) { $0 + (try model.likelihood(of: [$1.ids])) }
+            XCTAssertEqual(total.meanNLL, referenceMean, accuracy: 5e-3 * referenceMean, "f16 vs the fp64 reference on \(backend.name)")
+            XCTAssertNil(try model.firstF16Overflow([reference.texts[0].ids]))
+            print("f16 teacher on \(backend.name): mean NLL \(total.meanNLL), fp64 reference \(referenceMean) (\(String(format: "%+.3f", 100 * (total.meanNLL - referenceMean) / referenceMean))%)")
+        }
+    }
 }

@@ -107,6 +107,23 @@ final class TinyLlamaTests: XCTestCase {
         }
     }
 
+    /// In f16, an activation past 65504 is an error naming the tensor: block 1's feed-forward norm
+    /// scaled to 1e6 puts its norm's output past f16's range; the same model runs in bf16 (fp32's range).
+    func testF16OverflowIsNamed() throws {
+        for backend in try TestBackends.all() {
+            let file = try GGUFFile(contentsOf: Self.fixtures.appendingPathComponent(Self.reference.models["q8_0"]!.file))
+            let weights = try LlamaWeights(gguf: file, backend: backend)
+            let norm = weights.blocks[1].feedForwardNorm
+            try [Float](repeating: 1e6, count: norm.count).withUnsafeBufferPointer { try backend.upload($0, to: norm) }
+            let sequence = Self.reference.sequences[1]
+            XCTAssertThrowsError(try LlamaModel(weights: weights, precision: .f16).forward([sequence])) { error in
+                XCTAssertTrue("\(error)".contains("f16 overflow") && "\(error)".contains("block 1's feed-forward input")
+                              && "\(error)".contains("bf16"), "\(backend.name): \(error)")
+            }
+            XCTAssertNoThrow(try LlamaModel(weights: weights, precision: .bf16).forward([sequence]), backend.name)
+        }
+    }
+
     func testBadInputsAreWordedErrors() throws {
         let model = try model("f32", on: TestBackends.cpu)
         XCTAssertThrowsError(try model.forward([[0, 260]])) { XCTAssertTrue("\($0)".contains("token id 260 is outside the vocabulary of 260"), "\($0)") }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Data-parallel scaling on one machine: the same optimizer steps taken by one process with every core
+# (`--batch-size B --gradient-accumulation 2`) and by `mpirun -np 2` with half the cores each
+# (`--batch-size B` per rank: micro-batch i of a step on rank i). Both print the aggregate tokens/s of
+# every step to metrics.jsonl; the table gives the median over the steps after the first two (the
+# kernel compile and first-touch warm-up) of each run, runs alternating so the machine's drift hits
+# both alike, and the ratio 2 ranks / 1 process (the issue's target: >= 0.9 on this 2-core machine).
+#
+#   bench/scaling.sh                      live teacher, the default student, 4 x 128 a micro-batch, 10 steps, 2 rounds
+#   STEPS=10 ROUNDS=2 BATCH=4 bench/scaling.sh
+#   CACHE=runs/ablation/cache-sampled50 DATA=cache/corpus/plays/roman bench/scaling.sh   from a teacher cache instead
+#   KDGPU=/path/to/kdgpu DEVICE=cpu bench/scaling.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${STEPS:-10}
+rounds=${ROUNDS:-2}
+batch=${BATCH:-4}
+device=${DEVICE:-cpu}
+data=${DATA:-cache/corpus/plays}
+out=${OUT:-runs/scaling}
+kdgpu=${KDGPU:-}
+if [[ -z $kdgpu ]]; then
+    make -s setup teacher corpus >&2
+    swift build -c release --product kdgpu >&2
+    kdgpu=.build/release/kdgpu
+fi
+command -v mpirun >/dev/null || { echo "scaling: no mpirun; install Open MPI (make setup does)" >&2; exit 2; }
+root=(); [[ $(id -u) == 0 ]] && root=(--allow-run-as-root)
+extra=(); [[ -n ${CACHE:-} ]] && extra=(--teacher-cache "$CACHE" --temperature 1)
+common=(--data "$data" --steps "$steps" --seq-len 128 --eval-every 100000 --eval-windows 1 --checkpoint-every 100000
+        --export-gguf none --device "$device" "${extra[@]}")
+cores=$(nproc)
+mkdir -p "$out"
+
+median_rate() {  # metrics.jsonl -> the median tokens/s of the steps after the first two
+    python3 - "$1" <<'EOF'
+import json, statistics, sys
+rates = [r["tokens_per_s"] for r in map(json.loads, open(sys.argv[1])) if "tokens_per_s" in r and r["step"] > 2]
+print(f"{statistics.median(rates):.1f}")
+EOF
+}
+
+one=() two=()
+for round in $(seq 1 "$rounds"); do
+    rm -rf "$out/one" "$out/two"
+    echo "scaling: round $round: 1 process, $cores threads, batch $batch x 2 micro-batches" >&2
+    "$kdgpu" train --out "$out/one" --batch-size "$batch" --gradient-accumulation 2 "${common[@]}" >/dev/null 2>"$out/one.log"
+    one+=("$(median_rate "$out/one/metrics.jsonl")")
+    echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank" >&2
+    mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/two" --batch-size "$batch" "${common[@]}" >/dev/null 2>"$out/two.log"
+    two+=("$(median_rate "$out/two/metrics.jsonl")")
+done
+
+echo "| set-up | aggregate tokens/s, median of steps 3-$steps (per round) | vs 1 process |"
+echo "|---|---|---:|"
+best() { printf '%s\n' "$@" | sort -g | tail -1; }
+echo "| 1 process, $cores threads, --gradient-accumulation 2 | ${one[*]} | 1.00 |"
+echo "| mpirun -np 2, $((cores / 2)) thread(s) each | ${two[*]} | $(awk -v a="$(best "${two[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
+echo
+echo "$(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $cores cores; device $device; micro-batch $batch x 128 tokens; the ratio takes each set-up's best round."

@@ -29,16 +29,28 @@ extension CPUKernels {
         for i in elements { out[i] = BlockFormat.bfloat16(src, i) }
     }
 
-    /// Blocks `blocks` of a block type expanded straight to bf16 bits (`out` raw, 2 bytes a weight):
-    /// each block decoded to 32 fp32 values on the stack, then rounded to nearest even.
-    static func dequantizeBlocksToBF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
-                                       decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+    /// Blocks `blocks` of a block type expanded straight to 16-bit bits (`out` raw, 2 bytes a weight):
+    /// each block decoded to 32 fp32 values on the stack, then rounded to nearest even by `narrow`
+    /// (32 values from a pointer into raw bytes).
+    static func dequantizeBlocksTo16Bit(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
+                                        decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void,
+                                        narrow: (UnsafePointer<Float>, UnsafeMutableRawPointer) -> Void) {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 32) { values in
             for b in blocks {
                 decode(src + b * blockBytes, values.baseAddress!)
-                BlockFormat.storeBFloat16(values.baseAddress!, count: 32, to: out + 2 * b * 32)
+                narrow(UnsafePointer(values.baseAddress!), out + 2 * b * 32)
             }
         }
+    }
+
+    static func dequantizeBlocksToBF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
+                                       decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        dequantizeBlocksTo16Bit(src, out, blocks, blockBytes: blockBytes, decode: decode) { BlockFormat.storeBFloat16($0, count: 32, to: $1) }
+    }
+
+    static func dequantizeBlocksToF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
+                                      decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
+        dequantizeBlocksTo16Bit(src, out, blocks, blockBytes: blockBytes, decode: decode) { convert_f32_to_f16($0, $1, 0..<32) }
     }
 
     public static func dequantize_q8_0_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
@@ -55,18 +67,6 @@ extension CPUKernels {
 
     public static func dequantize_f16_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
         for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(BlockFormat.half(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
-    }
-
-    /// Blocks `blocks` of a block type expanded straight to f16 bits (`out` raw, 2 bytes a weight):
-    /// each block decoded to 32 fp32 values on the stack, then rounded to nearest even (vstore_half_rte).
-    static func dequantizeBlocksToF16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>, blockBytes: Int,
-                                      decode: (UnsafeRawPointer, UnsafeMutablePointer<Float>) -> Void) {
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 32) { values in
-            for b in blocks {
-                decode(src + b * blockBytes, values.baseAddress!)
-                convert_f32_to_f16(UnsafePointer(values.baseAddress!), out + 2 * b * 32, 0..<32)
-            }
-        }
     }
 
     public static func dequantize_q8_0_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {

@@ -14,14 +14,15 @@ extension Dictionary where Key == Int, Value == Tensor {
 }
 
 /// The activations one block's backward needs, saved by the forward. N = B * T tokens. The weight
-/// GEMMs' inputs are kept as those GEMMs read them (bf16 in mixed precision: half the memory).
+/// GEMMs' inputs and the attention's operands are kept as the backward's GEMMs read them (bf16 in
+/// mixed precision: half the memory); the residual stream stays fp32.
 struct BlockActivations {
     let input: Tensor            // [N, C] residual stream entering the block
     let attentionNormed: Tensor  // [N, C] GEMM input
-    let queries: Tensor          // [B, H, T, hs] after RoPE
-    let keys: Tensor             // [B, Hkv, T, hs] after RoPE
-    let values: Tensor           // [B, Hkv, T, hs]
-    let probabilities: Tensor    // [B * Hkv, G * T, T]
+    let queries: Tensor          // [B, H, T, hs] after RoPE (in the compute type)
+    let keys: Tensor             // [B, Hkv, T, hs] after RoPE (in the compute type)
+    let values: Tensor           // [B, Hkv, T, hs] (in the compute type)
+    let probabilities: Tensor    // [B * Hkv, G * T, T] (in the compute type)
     let context: Tensor          // [N, C]: the attention output projection's input (token-major), GEMM input
     let middle: Tensor           // [N, C] residual stream after attention
     let feedForwardNormed: Tensor // [N, C] GEMM input
@@ -151,7 +152,8 @@ public final class StudentModel {
             let output = try tensor([n, c], "residual \(l + 1)")
             try backend.gemm(actIn, matrix(l, "ffn_down.weight"), into: output, transposeB: true)
             try backend.add(middle, output, into: output)
-            blocks.append(BlockActivations(input: x, attentionNormed: xn1In, queries: qT, keys: kT, values: vT, probabilities: probs,
+            blocks.append(BlockActivations(input: x, attentionNormed: xn1In, queries: try inComputeType(qT), keys: try inComputeType(kT),
+                                           values: try inComputeType(vT), probabilities: try inComputeType(probs),
                                            context: contextIn, middle: middle, feedForwardNormed: xn2In, gate: try inComputeType(gate),
                                            up: try inComputeType(up), activation: actIn))
             x = output
@@ -170,12 +172,13 @@ public final class StudentModel {
         return l == config.layers - 1 ? saved.last : saved.blocks[l + 1].input
     }
 
-    /// The attention probabilities of block `l` (0-based) in the last forward: [B, H, T, T].
+    /// The attention probabilities of block `l` (0-based) in the last forward: [B, H, T, T], fp32
+    /// (widened from the kept copy in mixed precision).
     public func attentionProbabilities(of l: Int) throws -> Tensor {
         guard let saved, l >= 0, l < config.layers else {
             throw ModelError.badInput("attention of block \(l): no forward kept, or no such block of \(config.layers)")
         }
-        return try saved.blocks[l].probabilities.reshaped([saved.batch, config.heads, saved.length, saved.length])
+        return try backend.converted(saved.blocks[l].probabilities, to: .f32).reshaped([saved.batch, config.heads, saved.length, saved.length])
     }
 
     /// Adds every parameter's gradient, given dL/d(final hidden) [N, C] for the last forward, and
@@ -231,13 +234,16 @@ public final class StudentModel {
             try backend.gemm(dMiddleIn, matrix(l, "attn_output.weight"), into: dContext)
             try backend.gemm(dMiddleIn, a.context, into: gradient(l, "attn_output.weight"), transposeA: true, beta: 1)
             try backend.transpose12(dContext.reshaped([b, t, h, hs]), into: dContextByHead)
-            let dContextGrouped = try dContextByHead.reshaped([b * hkv, g * t, hs])
+            // The attention GEMMs on the kept operands' type (bf16 in mixed precision, each gradient
+            // narrowed once for its two GEMMs); the softmax backward in fp32 on the widened probabilities.
+            let dContextGrouped = try inComputeType(dContextByHead.reshaped([b * hkv, g * t, hs]))
             try backend.gemm(dContextGrouped, a.values.reshaped([b * hkv, t, hs]), into: dProbs, transposeB: true)
             if let extra = attentionGradients[l] { try backend.add(dProbs, extra.reshaped(dProbs.shape), into: dProbs) }
             try backend.gemm(a.probabilities, dContextGrouped, into: dvT.reshaped([b * hkv, t, hs]), transposeA: true)
-            try backend.causalSoftmaxBackward(a.probabilities, outputGradient: dProbs, into: dProbs, scale: scale)
-            try backend.gemm(dProbs, a.keys.reshaped([b * hkv, t, hs]), into: dqT.reshaped([b * hkv, g * t, hs]))
-            try backend.gemm(dProbs, a.queries.reshaped([b * hkv, g * t, hs]), into: dkT.reshaped([b * hkv, t, hs]), transposeA: true)
+            try backend.causalSoftmaxBackward(backend.converted(a.probabilities, to: .f32), outputGradient: dProbs, into: dProbs, scale: scale)
+            let dProbsIn = try inComputeType(dProbs)
+            try backend.gemm(dProbsIn, a.keys.reshaped([b * hkv, t, hs]), into: dqT.reshaped([b * hkv, g * t, hs]))
+            try backend.gemm(dProbsIn, a.queries.reshaped([b * hkv, g * t, hs]), into: dkT.reshaped([b * hkv, t, hs]), transposeA: true)
             try backend.transpose12(dqT, into: dq.reshaped([b, t, h, hs]))
             try backend.transpose12(dkT, into: dk.reshaped([b, t, hkv, hs]))
             try backend.transpose12(dvT, into: dv.reshaped([b, t, hkv, hs]))

@@ -8,7 +8,7 @@ import Tensor
 /// `gemm`; dequantize_*: `teacher`; distill_loss_rows and the unfused baseline: `loss`.)
 public struct OpsSuite: BenchSuite {
     public let name = "ops"
-    public let summary = "every other kernel (elementwise, 16-bit conversions, rows, rms_norm, rope, attention, swiglu, backward, adamw, hint loss): GB/s vs copy"
+    public let summary = "every other kernel (elementwise, 16-bit conversions, rows, sampling, rms_norm, rope, attention, swiglu, backward, adamw, hint loss): GB/s vs copy"
 
     /// One kernel at one shape: `make` builds fresh inputs on a backend and returns the op and the tensor it writes.
     struct Case {
@@ -18,7 +18,13 @@ public struct OpsSuite: BenchSuite {
         var dtype: DType = .f32
         /// Bytes the kernel must read and write.
         let bytes: Double
+        /// An i32 output (token ids): its error is the share of entries unlike the CPU backend's.
+        var ids = false
         let make: (any Backend) throws -> (run: () throws -> Void, output: Tensor)
+
+        func values(_ output: Tensor) throws -> [Float] {
+            ids ? try output.backend.downloadInt32(output).map(Float.init) : try output.toArray()
+        }
     }
 
     public init() {}
@@ -29,12 +35,14 @@ public struct OpsSuite: BenchSuite {
             context.report("ops: \(c.kernel) \(c.shape) on the CPU (reference)")
             let reference = try c.make(context.cpu)
             try reference.run()
-            let expected = try reference.output.toArray()
+            let expected = try c.values(reference.output)
             for backend in context.backends {
                 context.report("ops: \(c.kernel) \(c.shape) on \(backend.name)")
                 let checked = try c.make(backend)
                 try checked.run()
-                let error = maxAbsDifference(try checked.output.toArray(), expected)
+                let measured = try c.values(checked.output)
+                let error = c.ids ? Double(zip(measured, expected).filter { $0 != $1 }.count) / Double(max(1, expected.count))
+                                  : maxAbsDifference(measured, expected)
                 let timed = try c.make(backend)
                 let seconds = try context.median {
                     try timed.run()
@@ -121,6 +129,15 @@ public struct OpsSuite: BenchSuite {
             Case(kernel: logarithm ? "log_softmax_rows" : "softmax_rows", shape: "[\(r), \(c)] T=2", bytes: 2 * bytes) { b in
                 let (x, y) = (try tensor(b, [r, c], seed: 1, scale: 10), try tensor(b, [r, c], seed: 2))
                 return ({ logarithm ? try b.logSoftmax(x, into: y, temperature: 2) : try b.softmax(x, into: y, temperature: 2) }, y)
+            }
+        } + [(8, 0, Float(1)), (8, 50, Float(0.95))].map { rows, topK, topP in
+            // One generation step's draw for a batch of 8: the bytes are one read of the logits (plain
+            // temperature sampling reads them 3 times, top-k and top-p add 32 passes each).
+            Case(kernel: "sample_rows", shape: "[\(rows), \(c)] T=0.8 top-k \(topK) top-p \(topP)", bytes: Double(4 * rows * c), ids: true) { b in
+                let logits = try tensor(b, [rows, c], seed: 1, scale: 3)
+                let uniforms = try b.tensor((0..<rows).map { (Float($0) + 0.5) / Float(rows) }, shape: [rows], label: "bench uniforms")
+                let ids = try b.tensor(shape: [rows], dtype: .i32, label: "bench ids")
+                return ({ try b.sampleRows(logits, uniforms: uniforms, into: ids, temperature: 0.8, topK: topK, topP: topP) }, ids)
             }
         }
     }()

@@ -158,6 +158,14 @@ public final class CPUBackend: Backend {
         }
     }
 
+    public func enqueueSampleRows(_ logits: Tensor, uniforms: Tensor, into ids: Tensor, temperature: Float, topK: Int, topP: Float) throws {
+        let (pz, pu, cols) = (try pointer(logits), try pointer(uniforms), logits.columns)
+        let pids = try rawPointer(ids).assumingMemoryBound(to: Int32.self)
+        parallelChunks(logits.rowCount, grain: 1) { rows in
+            CPUKernels.sample_rows(pz, pu, pids, cols: cols, temperature: temperature, topK: topK, topP: topP, rows)
+        }
+    }
+
     public func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws {
         let (px, py, cols) = (try pointer(x), try mutablePointer(y), x.columns)
         let inverseTemperature = 1 / temperature

@@ -323,6 +323,12 @@ public final class OpenCLBackend: Backend {
                    try arguments(x) + arguments(out) + [try int32(x.columns, x.label)])
     }
 
+    public func enqueueSampleRows(_ logits: Tensor, uniforms: Tensor, into ids: Tensor, temperature: Float, topK: Int, topP: Float) throws {
+        try launch("sample_rows", in: "sample.cl", globalSize: logits.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
+                   try arguments(logits) + arguments(uniforms) + arguments(ids)
+                   + [try int32(logits.columns, logits.label), temperature, try int32(topK, "top-k"), topP])
+    }
+
     public func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws {
         try launch(logarithm ? "log_softmax_rows" : "softmax_rows", in: "rows.cl",
                    globalSize: x.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,

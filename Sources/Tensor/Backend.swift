@@ -50,6 +50,8 @@ public protocol Backend: AnyObject {
     func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws
     /// y[r, :] = softmax(x[r, :] / temperature), or its logarithm.
     func enqueueSoftmaxRows(_ x: Tensor, into y: Tensor, temperature: Float, logarithm: Bool) throws
+    /// ids [R] (i32) = one token per row of logits [R, V] (sample.cl; checked by ``Backend/sampleRows(_:uniforms:into:temperature:topK:topP:)``).
+    func enqueueSampleRows(_ logits: Tensor, uniforms: Tensor, into ids: Tensor, temperature: Float, topK: Int, topP: Float) throws
 
     // Model ops (the llama forward pass).
     /// out (f32, same element count) = the values of a quantized or f16 tensor.

@@ -211,6 +211,27 @@ extension Backend {
         try enqueueSoftmaxRows(x, into: y, temperature: temperature, logarithm: logarithm)
     }
 
+    /// ids [R] (i32) = one token per row of `logits` [R, V] (f32), drawn on the backend so that only
+    /// the ids need come back: the first index of the row's largest logit at temperature 0, else the
+    /// inverse of the kept distribution's cumulative sum (vocabulary order) at `uniforms[r]` in
+    /// [0, 1), where softmax(logits / temperature) is kept to its `topK` most likely tokens (0: all),
+    /// then to the smallest set of the most likely reaching `topP` of that mass (1: all); ties at a
+    /// cut are kept. A row whose largest logit is -inf, or that holds a NaN, gives -1.
+    public func sampleRows(_ logits: Tensor, uniforms: Tensor, into ids: Tensor, temperature: Float, topK: Int = 0, topP: Float = 1) throws {
+        try requireFloat32(logits, uniforms, op: "sample_rows")
+        try requireOwned(ids, op: "sample_rows")
+        guard logits.rank == 2, uniforms.shape == [logits.shape[0]], ids.dtype == .i32, ids.shape == [logits.shape[0]] else {
+            throw TensorError.shapeMismatch("sample_rows: logits \(describeShape(logits.shape)), uniforms \(describeShape(uniforms.shape)) and i32 ids \(describeShape(ids.shape)) must be [R, V], [R], [R]")
+        }
+        guard temperature >= 0, temperature.isFinite, topK >= 0, topP > 0, topP <= 1 else {
+            throw TensorError.unsupported("sample_rows: temperature \(temperature) (finite, >= 0), top-k \(topK) (>= 0, 0 keeps all) and top-p \(topP) (in (0, 1])")
+        }
+        guard logits.count > 0 else { return }
+        try Profiling.measure("sample", on: self) {
+            try enqueueSampleRows(logits, uniforms: uniforms, into: ids, temperature: temperature, topK: topK, topP: topP)
+        }
+    }
+
     // MARK: model ops
 
     /// out = the values of `source` (Q8_0, Q4_0, Q4_1, F16 or BF16), same element count, in f32, or

@@ -549,6 +549,10 @@ def flag_cases():
           "--device", "cpu"], ["batch", "0"])
     case("flags-generate-max-tokens-negative", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--max-tokens", "-5", "--device", "cpu"], ["max-tokens", "-5"])
+    case("flags-generate-batch-zero", f,
+         ["generate", "--model", "{tiny}", "--prompt", "the", "--batch", "0", "--device", "cpu"], ["batch", "0"])
+    case("flags-generate-top-k-negative", f,
+         ["generate", "--model", "{tiny}", "--prompt", "the", "--top-k", "-3", "--device", "cpu"], ["top-k", "-3"])
     case("flags-generate-top-p-above-one", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--top-p", "1.5", "--device", "cpu"], ["top-p", "1.5"])
     case("flags-generate-temperature-negative", f,

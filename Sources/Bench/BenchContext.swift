@@ -14,7 +14,7 @@ public protocol BenchSuite {
 }
 
 /// Every suite `kdgpu bench` knows, in the order it runs them.
-public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TeacherCacheSuite(), TrainSuite(), AllReduceSuite()] }
+public var allBenchSuites: [any BenchSuite] { [CopySuite(), GemmSuite(), OpsSuite(), LossSuite(), LinearLossSuite(), LensSuite(), AlignSuite(), TeacherSuite(), TeacherCacheSuite(), GenerateSuite(), TrainSuite(), AllReduceSuite()] }
 
 /// What a suite needs: the backends to measure, the CPU reference, the timing policy, and
 /// baselines measured once per run (copy bandwidth, host GEMM speed) for the ratios.

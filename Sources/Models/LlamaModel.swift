@@ -26,24 +26,29 @@ public struct LlamaForwardResult {
     public var attentionProbabilities: [Int: Tensor]
 }
 
-/// Keys and values of earlier positions, for generation one token at a time (batch of one).
+/// Keys and values of earlier positions of `batch` sequences that advance together (generation:
+/// the prompts, then one token each per forward).
 public final class LlamaKVCache {
     public let capacity: Int
-    /// Positions filled so far.
+    /// Sequences held; every forward with the cache takes exactly this many.
+    public let batch: Int
+    /// Positions filled so far (the same for every sequence).
     public internal(set) var length = 0
-    /// Per block: [Hkv * capacity, hs], head-major.
+    /// Per block: [batch * Hkv * capacity, hs], sequence-major, then head-major.
     let keys: [Tensor]
     let values: [Tensor]
 
-    public init(weights: LlamaWeights, capacity: Int) throws {
+    public init(weights: LlamaWeights, capacity: Int, batch: Int = 1) throws {
         let config = weights.config
+        guard capacity >= 1, batch >= 1 else { throw ModelError.badInput("a KV cache needs a capacity and a batch of at least 1 (got \(capacity), \(batch))") }
         self.capacity = capacity
-        keys = try (0..<config.layers).map {
-            try weights.backend.tensor(shape: [config.kvHeads * capacity, config.headDimension], label: "kv cache keys \($0)")
-        }
-        values = try (0..<config.layers).map {
-            try weights.backend.tensor(shape: [config.kvHeads * capacity, config.headDimension], label: "kv cache values \($0)")
-        }
+        self.batch = batch
+        let rows = batch * config.kvHeads * capacity
+        keys = try (0..<config.layers).map { try weights.backend.tensor(shape: [rows, config.headDimension], label: "kv cache keys \($0)") }
+        values = try (0..<config.layers).map { try weights.backend.tensor(shape: [rows, config.headDimension], label: "kv cache values \($0)") }
+        // Zeros where nothing is written yet: attention runs over the whole capacity, its masked
+        // probabilities 0 times these values.
+        for tensor in keys + values { try weights.backend.fill(tensor, value: 0) }
     }
 }
 
@@ -172,8 +177,8 @@ public final class LlamaModel {
         }
     }
 
-    /// Runs `tokens` ([B][T], equal lengths) through the model. With a cache (B = 1), the tokens continue
-    /// the cached positions and their keys and values are appended.
+    /// Runs `tokens` ([B][T], equal lengths) through the model. With a cache (of B sequences), each
+    /// sequence's tokens continue its cached positions and their keys and values are appended.
     public func forward(_ tokens: [[Int32]], cache: LlamaKVCache? = nil,
                         options: LlamaForwardOptions = LlamaForwardOptions()) throws -> LlamaForwardResult {
         let b = tokens.count, t = tokens.first?.count ?? 0
@@ -184,7 +189,8 @@ public final class LlamaModel {
         }
         let start = cache?.length ?? 0
         if let cache {
-            guard b == 1 else { throw ModelError.badInput("a KV cache holds one sequence; got a batch of \(b)") }
+            guard b == cache.batch else { throw ModelError.badInput("the KV cache holds \(cache.batch) sequences; got a batch of \(b)") }
+            guard options.attentionLayers.isEmpty else { throw ModelError.badInput("attention probabilities are kept only by a forward without a KV cache") }
             guard start + t <= cache.capacity else {
                 throw ModelError.badInput("\(start + t) positions exceed the KV cache's \(cache.capacity)")
             }
@@ -207,7 +213,7 @@ public final class LlamaModel {
         let q = try scratch([n, h * hs], "q"), k = try scratch([n, hkv * hs], "k"), vv = try scratch([n, hkv * hs], "v")
         let qT = try scratch([b, h, t, hs], "q by head"), kT = try scratch([b, hkv, t, hs], "k by head")
         let vT = try scratch([b, hkv, t, hs], "v by head")
-        let scores = try scratch([b * hkv, g * t, keys], "attention scores")
+        let scores = try scratch([b * hkv, g * t, cache?.capacity ?? keys], "attention scores")
         let context = try scratch([b, h, t, hs], "attention context"), contextT = try scratch([b, t, h, hs], "attention context by token")
         let attentionOut = try scratch([n, c], "attention output")
         let gate = try scratch([n, f], "ffn gate"), up = try scratch([n, f], "ffn up"), down = try scratch([n, c], "ffn down")
@@ -231,19 +237,16 @@ public final class LlamaModel {
             try backend.transpose12(k.reshaped([b, t, hkv, hs]), into: kT)
             try backend.transpose12(vv.reshaped([b, t, hkv, hs]), into: vT)
             if let cache {
-                // One sequence: append this step's keys and values, then attend per key/value head.
-                for head in 0..<hkv {
-                    let slot = (head * cache.capacity + start)..<(head * cache.capacity + start + t)
-                    try backend.copy(kT.reshaped([hkv * t, hs]).rows((head * t)..<((head + 1) * t)), into: cache.keys[l].rows(slot))
-                    try backend.copy(vT.reshaped([hkv * t, hs]).rows((head * t)..<((head + 1) * t)), into: cache.values[l].rows(slot))
-                    let visible = (head * cache.capacity)..<(head * cache.capacity + keys)
-                    let queryBlock = try qT.reshaped([hkv * g * t, hs]).rows((head * g * t)..<((head + 1) * g * t))
-                    let headScores = try scores.reshaped([hkv * g * t, keys]).rows((head * g * t)..<((head + 1) * g * t))
-                    try backend.gemm(queryBlock, cache.keys[l].rows(visible), into: headScores, transposeB: true)
-                    try backend.causalSoftmax(headScores, into: headScores, queries: t, keyOffset: start, scale: scale)
-                    try backend.gemm(headScores, cache.values[l].rows(visible),
-                                     into: context.reshaped([hkv * g * t, hs]).rows((head * g * t)..<((head + 1) * g * t)))
-                }
+                // Each sequence's key/value heads (p = s * Hkv + head) own `capacity` rows of the
+                // cache: this step's keys and values go into columns [start, start + t) of every
+                // block at once, and the attention runs over whole blocks as one batch of Hkv * B
+                // (the causal softmax gives the positions not yet written probability 0).
+                let n = cache.capacity
+                try backend.copyColumns(kT.reshaped([b * hkv, t * hs]), into: cache.keys[l].reshaped([b * hkv, n * hs]), column: start * hs)
+                try backend.copyColumns(vT.reshaped([b * hkv, t * hs]), into: cache.values[l].reshaped([b * hkv, n * hs]), column: start * hs)
+                try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), cache.keys[l].reshaped([b * hkv, n, hs]), into: scores, transposeB: true)
+                try backend.causalSoftmax(scores, into: scores, queries: t, keyOffset: start, scale: scale)
+                try backend.gemm(scores, cache.values[l].reshaped([b * hkv, n, hs]), into: context.reshaped([b * hkv, g * t, hs]))
             } else {
                 // Query heads of one key/value head are consecutive: [B * Hkv, G * T, hs] against [B * Hkv, T, hs].
                 try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), kT.reshaped([b * hkv, t, hs]), into: scores, transposeB: true)

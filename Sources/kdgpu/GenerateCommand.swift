@@ -23,6 +23,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Nucleus sampling: draw from the smallest set of tokens whose probability reaches P.")
     var topP: Float = 0.95
 
+    @Option(name: .long, parsing: .unconditional, help: "Draw only from the K most likely tokens (before top-p); 0 keeps them all.")
+    var topK = 0
+
+    @Option(name: .long, parsing: .unconditional, help: "Continuations of the prompt drawn together (one batch on the device); more than 1 prints each when done.")
+    var batch = 1
+
     @Option(name: .long, parsing: .unconditional, help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
@@ -33,6 +39,8 @@ struct GenerateCommand: ParsableCommand {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be 0 or more, got \(temperature)") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be 0 (all) or more, got \(topK)") }
+        guard (1...256).contains(batch) else { throw ValidationError("--batch must be 1 to 256, got \(batch)") }
     }
 
     func run() throws {
@@ -44,31 +52,40 @@ struct GenerateCommand: ParsableCommand {
             guard promptIds.count < capacity else {
                 throw ModelError.badInput("the prompt's \(promptIds.count) tokens fill the model's context of \(model.config.contextLength)")
             }
-            let cache = try LlamaKVCache(weights: model.weights, capacity: capacity)
-            var sampler = Sampler(temperature: temperature, topP: topP, seed: seed)
-            var pending: [UInt8] = []  // bytes of a UTF-8 character split across tokens
-            var input = promptIds
+            var generation = try Generation(model: model, prompts: Array(repeating: promptIds, count: batch), capacity: capacity, seed: seed)
+            var finished = [Bool](repeating: false, count: batch)
+            var continuations = [[Int32]](repeating: [], count: batch)
+            var pending: [UInt8] = []  // bytes of a UTF-8 character split across tokens (streaming, batch 1)
             let start = DispatchTime.now().uptimeNanoseconds
             var generated = 0
-            while cache.length + input.count <= capacity, generated < maxTokens {
-                let logits = try model.forward([input], cache: cache).logits!
-                let lastRow = try logits.rows((input.count - 1)..<input.count).toArray()
-                let token = sampler.next(logits: lastRow)
+            while generation.canContinue, generated < maxTokens, finished.contains(false) {
+                let tokens = try generation.step(temperature: temperature, topK: topK, topP: topP)
                 generated += 1
-                if token == tokenizer.eosTokenID { break }
-                pending += try tokenizer.decodeBytes([token], includeSpecialTokens: special)
+                for (s, token) in tokens.enumerated() where !finished[s] {
+                    if token == tokenizer.eosTokenID { finished[s] = true; continue }
+                    continuations[s].append(token)
+                }
+                guard batch == 1, !finished[0] else { continue }
+                pending += try tokenizer.decodeBytes([tokens[0]], includeSpecialTokens: special)
                 let complete = completeUTF8Prefix(pending)
                 if complete > 0 {
                     FileHandle.standardOutput.write(Data(pending[..<complete]))
                     pending.removeFirst(complete)
                 }
-                input = [token]
             }
-            if !pending.isEmpty { FileHandle.standardOutput.write(String(decoding: pending, as: UTF8.self).data(using: .utf8)!) }
-            print()
+            if batch == 1 {
+                if !pending.isEmpty { FileHandle.standardOutput.write(String(decoding: pending, as: UTF8.self).data(using: .utf8)!) }
+                print()
+            } else {
+                for (s, tokens) in continuations.enumerated() {
+                    print("--- \(s + 1) of \(batch)")
+                    print(String(decoding: try tokenizer.decodeBytes(tokens, includeSpecialTokens: special), as: UTF8.self))
+                }
+            }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            note(String(format: "kdgpu generate: %d tokens in %.2f s (%.1f tokens/s) on %@", generated, seconds,
-                        Double(generated) / seconds, model.backend.name))
+            let tokens = continuations.reduce(0) { $0 + $1.count }
+            note(String(format: "kdgpu generate: %d tokens in %.2f s (%.1f tokens/s, %d sequence%@) on %@", tokens, seconds,
+                        Double(tokens) / seconds, batch, batch == 1 ? "" : "s", model.backend.name))
         } catch {
             fail(error)
         }

@@ -138,6 +138,14 @@ final class ModelCommandTests: XCTestCase {
         let sampled = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--seed", "3", "--device", "cpu"])
         let again = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--seed", "3", "--device", "cpu"])
         XCTAssertEqual(sampled.output, again.output, "the same seed samples the same text")
+        // A batch: one device batch of 3 continuations, each printed when done; the first greedy one is the single run's text.
+        let batch = try kdgpu(["generate", "--model", model, "--prompt", "in the", "--max-tokens", "8", "--temperature", "0", "--batch", "3", "--device", "cpu"])
+        XCTAssertEqual(batch.status, 0, batch.error)
+        XCTAssertTrue(batch.output.contains("--- 1 of 3") && batch.output.contains("--- 3 of 3"), batch.output)
+        XCTAssertTrue(batch.error.contains("3 sequences"), batch.error)
+        let blocks = batch.output.components(separatedBy: "--- ").dropFirst().map { $0.split(separator: "\n", maxSplits: 1).dropFirst().joined() }
+        XCTAssertEqual(Set(blocks).count, 1, "greedy continuations of one prompt agree: \(blocks)")
+        XCTAssertEqual(blocks.first.map { $0.trimmingCharacters(in: .newlines) }, outputs[0].trimmingCharacters(in: .newlines))
     }
 
     func testEvalReportsTheSameNLLOnBothBackends() throws {

@@ -72,6 +72,57 @@ final class TinyLlamaTests: XCTestCase {
         }
     }
 
+    /// A KV cache of three sequences (a 5-token prompt each, then one token each per forward) gives
+    /// every sequence the logits of its own full forward; the cache refuses another batch size.
+    func testBatchedKVCacheStepsEqualEachSequencesFullForward() throws {
+        let long = Self.reference.sequences[2]
+        let sequences = [Array(long[0..<12]), Array(long[10..<22]), Array(long[20..<32])]
+        for backend in try TestBackends.all() {
+            let model = try model("q8_0", on: backend)
+            let cache = try LlamaKVCache(weights: model.weights, capacity: 12, batch: 3)
+            let prompt = try XCTUnwrap(model.forward(sequences.map { Array($0.prefix(5)) }, cache: cache).logits).toArray()
+            var stepped = (0..<3).map { s in Array(prompt[(s * 5 * 260)..<((s + 1) * 5 * 260)]) }
+            for position in 5..<12 {
+                let logits = try XCTUnwrap(model.forward(sequences.map { [$0[position]] }, cache: cache).logits).toArray()
+                for s in 0..<3 { stepped[s] += logits[(s * 260)..<((s + 1) * 260)] }
+            }
+            for (s, sequence) in sequences.enumerated() {
+                let full = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+                let comparison = Comparison(stepped[s], reference: full.map(Double.init))
+                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "sequence \(s) on \(backend.name): \(comparison)")
+            }
+            XCTAssertThrowsError(try model.forward([[1]], cache: try LlamaKVCache(weights: model.weights, capacity: 4, batch: 2))) { error in
+                XCTAssertTrue("\(error)".contains("holds 2 sequences"), "\(error)")
+            }
+        }
+    }
+
+    /// Generation draws the same sequences from the same seed, greedy generation follows the full
+    /// forward's largest logit at every position, and only ids come back (each step's result is [B]).
+    func testGenerationIsReproducibleAndGreedyFollowsTheFullForward() throws {
+        let prompt = Array(Self.reference.sequences[2].prefix(4))
+        for backend in try TestBackends.all() {
+            let model = try model("q8_0", on: backend)
+            func generate(seed: UInt64, temperature: Float) throws -> [[Int32]] {
+                var generation = try Generation(model: model, prompts: [prompt, prompt, prompt], capacity: 16, seed: seed)
+                while generation.canContinue { XCTAssertEqual(try generation.step(temperature: temperature, topK: 40, topP: 0.9).count, 3) }
+                return generation.sequences
+            }
+            let first = try generate(seed: 7, temperature: 1), again = try generate(seed: 7, temperature: 1)
+            XCTAssertEqual(first, again, backend.name)
+            XCTAssertTrue(first.allSatisfy { $0.count == 17 }, "the prompt, then one token a position of the cache, and the last one drawn")
+            XCTAssertGreaterThan(Set(first).count, 1, "three draws at temperature 1 differ")
+            let greedy = try generate(seed: 7, temperature: 0)
+            for sequence in greedy {
+                let logits = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+                for position in 3..<16 {
+                    let row = logits[(position * 260)..<((position + 1) * 260)]
+                    XCTAssertEqual(Int(sequence[position + 1]), row.indices.max { row[$0] < row[$1] }! - position * 260, "\(backend.name) position \(position)")
+                }
+            }
+        }
+    }
+
     func testHiddenStatesAndAttentionProbabilitiesAreHandedBack() throws {
         let sequence = Self.reference.sequences[1]
         let backend = TestBackends.cpu

@@ -1,0 +1,64 @@
+import Foundation
+import Tensor
+
+/// Sequences continued together on the model's backend: the prompts (equal lengths) in one forward,
+/// then one token per sequence per forward through a ``LlamaKVCache`` of the whole batch, each
+/// token drawn on the device by ``Backend/sampleRows(_:uniforms:into:temperature:topK:topP:)`` so
+/// that only the batch's ids come back to the host. The draws' uniforms come from one seeded
+/// stream, so a seed gives the same sequences on every run.
+///
+/// ```swift
+/// var generation = try Generation(model: teacher, prompts: Array(repeating: prompt, count: 8), capacity: 96, seed: 1)
+/// while generation.canContinue { let ids = try generation.step(temperature: 0.8, topK: 0, topP: 0.95) }   // [8] a step
+/// ```
+public struct Generation {
+    public let model: LlamaModel
+    public let cache: LlamaKVCache
+    /// Every sequence so far: its prompt, then what was drawn (up to capacity + 1 tokens: the last
+    /// one drawn is never fed back).
+    public private(set) var sequences: [[Int32]]
+    private var random: SplitMix64
+    private var pending: [[Int32]]
+
+    /// - Parameter capacity: the most positions a sequence reaches (prompt and continuation).
+    public init(model: LlamaModel, prompts: [[Int32]], capacity: Int, seed: UInt64) throws {
+        guard let length = prompts.first?.count, length >= 1, prompts.allSatisfy({ $0.count == length }) else {
+            throw ModelError.badInput("generation needs prompts of at least one token and of one length (got lengths \(prompts.map(\.count)))")
+        }
+        guard length < capacity, capacity <= model.config.contextLength else {
+            throw ModelError.badInput("prompts of \(length) tokens and a capacity of \(capacity) positions: the capacity must exceed the prompt "
+                                      + "and stay within the model's context of \(model.config.contextLength)")
+        }
+        self.model = model
+        cache = try LlamaKVCache(weights: model.weights, capacity: capacity, batch: prompts.count)
+        sequences = prompts
+        pending = prompts
+        random = SplitMix64(seed: seed)
+    }
+
+    /// Whether another token fits in every sequence.
+    public var canContinue: Bool { cache.length + (pending.first?.count ?? 0) <= cache.capacity }
+
+    /// One forward of the pending tokens and one drawn token per sequence ([B]); temperature 0 is greedy.
+    public mutating func step(temperature: Float, topK: Int = 0, topP: Float = 1) throws -> [Int32] {
+        let backend = model.backend
+        let b = pending.count, t = pending[0].count
+        guard let logits = try model.forward(pending, cache: cache).logits else { preconditionFailure("forward computes logits by default") }
+        // Each sequence's last row: [B, V].
+        var last = logits
+        if t > 1 {
+            last = try backend.tensor(shape: [b, model.config.vocabulary], label: "last logits")
+            try backend.gatherRows(logits, ids: backend.indexTensor((0..<b).map { Int32($0 * t + t - 1) }, shape: [b], label: "last rows"), into: last)
+        }
+        let uniforms = try backend.tensor((0..<b).map { _ in Float(random.unit()) }, shape: [b], label: "draw uniforms")
+        let ids = try backend.tensor(shape: [b], dtype: .i32, label: "drawn ids")
+        try backend.sampleRows(last, uniforms: uniforms, into: ids, temperature: temperature, topK: topK, topP: topP)
+        let drawn = try backend.downloadInt32(ids)
+        if let bad = drawn.firstIndex(of: -1) {
+            throw ModelError.badInput("sequence \(bad)'s logits hold no finite value (or a NaN): nothing to draw from")
+        }
+        for s in 0..<b { sequences[s].append(drawn[s]) }
+        pending = drawn.map { [$0] }
+        return drawn
+    }
+}

@@ -74,6 +74,22 @@ public final class StudentModel {
         }), source: "student")
     }
 
+    /// The student for generation (rollouts, sampling): a ``LlamaModel`` over these very parameter
+    /// tensors, its GEMMs reading the matrices as the training forward does (the bf16 compute copies
+    /// in mixed precision), so it always runs the current weights, with the batched KV cache and
+    /// device sampling of ``Generation``. Norms, RoPE and attention are the training forward's.
+    public func inferenceModel() throws -> LlamaModel {
+        let blocks = (0..<config.layers).map { l in
+            LlamaBlockWeights(attentionNorm: weight(l, "attn_norm.weight"), query: matrix(l, "attn_q.weight"), key: matrix(l, "attn_k.weight"),
+                              value: matrix(l, "attn_v.weight"), attentionOutput: matrix(l, "attn_output.weight"),
+                              feedForwardNorm: weight(l, "ffn_norm.weight"), gate: matrix(l, "ffn_gate.weight"), up: matrix(l, "ffn_up.weight"),
+                              down: matrix(l, "ffn_down.weight"))
+        }
+        let weights = LlamaWeights(config: config, tokenEmbedding: parameter("token_embd.weight").value,
+                                   outputNorm: parameter("output_norm.weight").value, output: outputWeight.compute, blocks: blocks)
+        return try LlamaModel(weights: weights, ropeLayout: .adjacent, precision: computeType)
+    }
+
     /// Drops the activations of the last forward (after an evaluation-only forward).
     public func discardSavedActivations() { saved = nil }
 

@@ -158,4 +158,23 @@ final class StudentGradientTests: XCTestCase {
             XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name): \(comparison)")
         }
     }
+
+    /// The student's own inference model (generation) runs its parameter tensors themselves: it
+    /// equals the training forward, and still does after the parameters change in place.
+    func testInferenceModelSharesTheParameters() throws {
+        let parameters = try Self.randomParameters(Self.config, seed: 4)
+        let tokens: [[Int32]] = [[4, 9, 1, 33, 2], [7, 7, 0, 49, 12]]
+        for backend in try TestBackends.all() {
+            let student = try StudentModel(parameters: parameters, backend: backend)
+            let inference = try student.inferenceModel()
+            for round in 0..<2 {
+                let hidden = try student.forward(tokens).toArray()
+                student.discardSavedActivations()
+                let reference = try inference.forward(tokens, options: LlamaForwardOptions(computeLogits: false)).finalHidden.toArray()
+                let comparison = Comparison(hidden, reference: reference.map(Double.init))
+                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name), round \(round): \(comparison)")
+                try backend.scale(student.parameter("blk.1.ffn_up.weight").value, by: 1.5, into: student.parameter("blk.1.ffn_up.weight").value)
+            }
+        }
+    }
 }

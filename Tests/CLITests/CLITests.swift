@@ -101,7 +101,7 @@ final class CLITests: XCTestCase {
     func testUnknownSuiteIsRejectedWithTheList() throws {
         let outcome = try kdgpu(["bench", "no-such-suite"])
         XCTAssertNotEqual(outcome.status, 0)
-        XCTAssertTrue(outcome.error.contains("unknown suite 'no-such-suite'; suites: copy, gemm, ops, loss, linear-loss, lens, align, teacher, teacher-cache, train"), outcome.error)
+        XCTAssertTrue(outcome.error.contains("unknown suite 'no-such-suite'; suites: copy, gemm, ops, loss, linear-loss, lens, align, teacher, teacher-cache, generate, train, allreduce"), outcome.error)
     }
 }
 

@@ -236,23 +236,22 @@ public final class LlamaModel {
             try backend.transpose12(q.reshaped([b, t, h, hs]), into: qT)
             try backend.transpose12(k.reshaped([b, t, hkv, hs]), into: kT)
             try backend.transpose12(vv.reshaped([b, t, hkv, hs]), into: vT)
+            // Query heads of one key/value head are consecutive: [B * Hkv, G * T, hs] against the
+            // [B * Hkv, L, hs] keys and values, this step's (L = T), or with a cache every sequence's
+            // key/value head's whole block of it (L = capacity): this step's keys and values go into
+            // columns [start, start + t) of every block at once, and the causal softmax gives the
+            // positions not yet written probability 0.
+            var (attendedKeys, attendedValues) = (try kT.reshaped([b * hkv, t, hs]), try vT.reshaped([b * hkv, t, hs]))
             if let cache {
-                // Each sequence's key/value heads (p = s * Hkv + head) own `capacity` rows of the
-                // cache: this step's keys and values go into columns [start, start + t) of every
-                // block at once, and the attention runs over whole blocks as one batch of Hkv * B
-                // (the causal softmax gives the positions not yet written probability 0).
-                let n = cache.capacity
-                try backend.copyColumns(kT.reshaped([b * hkv, t * hs]), into: cache.keys[l].reshaped([b * hkv, n * hs]), column: start * hs)
-                try backend.copyColumns(vT.reshaped([b * hkv, t * hs]), into: cache.values[l].reshaped([b * hkv, n * hs]), column: start * hs)
-                try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), cache.keys[l].reshaped([b * hkv, n, hs]), into: scores, transposeB: true)
-                try backend.causalSoftmax(scores, into: scores, queries: t, keyOffset: start, scale: scale)
-                try backend.gemm(scores, cache.values[l].reshaped([b * hkv, n, hs]), into: context.reshaped([b * hkv, g * t, hs]))
-            } else {
-                // Query heads of one key/value head are consecutive: [B * Hkv, G * T, hs] against [B * Hkv, T, hs].
-                try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), kT.reshaped([b * hkv, t, hs]), into: scores, transposeB: true)
-                try backend.causalSoftmax(scores, into: scores, queries: t, scale: scale)
-                try backend.gemm(scores, vT.reshaped([b * hkv, t, hs]), into: context.reshaped([b * hkv, g * t, hs]))
+                let blocks = [b * hkv, cache.capacity * hs]
+                try backend.copyColumns(kT.reshaped([b * hkv, t * hs]), into: cache.keys[l].reshaped(blocks), column: start * hs)
+                try backend.copyColumns(vT.reshaped([b * hkv, t * hs]), into: cache.values[l].reshaped(blocks), column: start * hs)
+                attendedKeys = try cache.keys[l].reshaped([b * hkv, cache.capacity, hs])
+                attendedValues = try cache.values[l].reshaped([b * hkv, cache.capacity, hs])
             }
+            try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), attendedKeys, into: scores, transposeB: true)
+            try backend.causalSoftmax(scores, into: scores, queries: t, keyOffset: start, scale: scale)
+            try backend.gemm(scores, attendedValues, into: context.reshaped([b * hkv, g * t, hs]))
             if options.attentionLayers.contains(l) {
                 let kept = try scratch([b, h, t, keys], "attention probabilities \(l)")
                 try backend.copy(scores, into: kept)

@@ -127,20 +127,18 @@ public struct TeacherCacheBuild {
                 try writeManifest(manifest, to: manifestURL, writer: writer)
             }
         }
+        var firstShard = manifest.shards.count
         if let world {
             var state = rank == 0 ? [Double(manifest.shards.count), Double(manifest.windowsPerShard), complete ? 1 : 0] : [0, 0, 0]
             try world.allReduceSum(&state)
             if rank != 0 {
                 manifest.windowsPerShard = Int(state[1])
-                manifest.shards = []
                 complete = state[2] != 0
             }
-            if complete { return manifest }
-            return try buildShards(from: Int(state[0]), manifest: manifest, world: world, teacherFile: teacherFile, backend: backend, tokens: tokens,
-                                   folder: folder, writer: writer, log: log, progress: progress)
+            firstShard = Int(state[0])
         }
         if complete { return manifest }
-        return try buildShards(from: manifest.shards.count, manifest: manifest, world: nil, teacherFile: teacherFile, backend: backend, tokens: tokens,
+        return try buildShards(from: firstShard, manifest: manifest, world: world, teacherFile: teacherFile, backend: backend, tokens: tokens,
                                folder: folder, writer: writer, log: log, progress: progress)
     }
 
@@ -182,7 +180,7 @@ public struct TeacherCacheBuild {
                 entry = .init(file: name, firstWindow: first, windows: count, bytes: bytes.count,
                               pairs: shard.targets.joined().reduce(0) { $0 + $1.ids.count }, sha256: SHA256Digest.hex(of: bytes))
             }
-            let entries = try world.map { try Self.gather(entry, round: round, world: $0, windowsPerShard: windowsPerShard, windows: windows) } ?? [entry!]
+            let entries = try world.map { try Self.gather(entry, round: round, world: $0, windowsPerShard: windowsPerShard) } ?? [entry!]
             manifest.shards += entries
             if rank == 0 { try writeManifest(manifest, to: manifestURL, writer: writer) }
         }
@@ -193,7 +191,7 @@ public struct TeacherCacheBuild {
 
     /// Every rank's shard entry of a round, in shard order, on every rank: each rank's (windows,
     /// bytes, pairs, SHA-256 as eight 32-bit words) in its slot of one all-reduced sum (exact in fp64).
-    static func gather(_ entry: TeacherCacheManifest.Shard?, round: Int, world: MPIWorld, windowsPerShard: Int, windows: Int) throws -> [TeacherCacheManifest.Shard] {
+    static func gather(_ entry: TeacherCacheManifest.Shard?, round: Int, world: MPIWorld, windowsPerShard: Int) throws -> [TeacherCacheManifest.Shard] {
         let fields = 11
         var values = [Double](repeating: 0, count: world.size * fields)
         if let entry {

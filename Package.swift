@@ -104,7 +104,7 @@ let package = Package(
                     path: "Tests/TeacherCacheTests"),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TeacherCache", "TestSupport"], path: "Tests/TrainingTests"),
         .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Training"], path: "Tests/CLITests"),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "Training"], path: "Tests/CLITests", exclude: ["Fixtures"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["TrainingData", "Tokenizer", "GGUF"], path: "Tests/TokenizerTests",

@@ -478,6 +478,17 @@ def flag_cases():
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])
     case("flags-temperature-above-limit", f, train(temperature="1000"), ["temperature", "1000"])
+    case("flags-on-policy-fraction-above-one", f, train(on_policy_fraction="1.5"), ["on_policy_fraction", "1.5"])
+    case("flags-rollout-past-window", f, train(on_policy_fraction="0.5", prompt_tokens="8", rollout_tokens="12"),
+         ["rollout_tokens", "--seq-len", "16"], note="8 prompt + 12 sampled tokens do not fit the window of 16")
+    case("flags-seq-kd-rollout-past-window", f, train(seq_kd="true", rollout_tokens="64"), ["rollout_tokens", "64"])
+    case("flags-eval-rollouts-past-window", f, train(eval_rollouts="2", prompt_tokens="20"), ["rollout_tokens", "20"])
+    case("flags-rollout-tokens-zero", f, train(on_policy_fraction="1", rollout_tokens="0"), ["rollout_tokens", "0"])
+    case("flags-prompt-tokens-zero", f, train(on_policy_fraction="1", prompt_tokens="0"), ["prompt_tokens", "0"])
+    case("flags-rollout-temperature-negative", f, train(on_policy_fraction="1", prompt_tokens="4", rollout_tokens="8", rollout_temperature="-1"), ["rollout_temperature", "-1"])
+    case("flags-replay-ratio-above-one", f, train(replay_ratio="2"), ["replay_ratio", "2"])
+    case("flags-on-policy-schedule-unknown", f, train(on_policy_schedule="linear"), ["on_policy_schedule", "linear"])
+    case("flags-seq-kd-not-a-bool", f, train(seq_kd="maybe"), ["--seq-kd", "maybe"])
     case("flags-scale-by-squared-temperature-maybe", f, train(scale_by_squared_temperature="maybe"),
          ["scale", "maybe"])
     case("flags-student-layers-empty", f, train(student_layers=""), ["student"],
@@ -809,6 +820,9 @@ def cache_cases():
          setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])
     case("cache-train-with-lens", c, train(teacher_cache=tc, lens_weight="1"), ["teacher_cache", "lens_weight"])
     case("cache-train-with-taid", c, train(teacher_cache=tc, divergence="taid"), ["teacher_cache", "taid"])
+    case("cache-train-on-policy", c, train(teacher_cache=tc, on_policy_fraction="0.5", prompt_tokens="4", rollout_tokens="8"),
+         ["teacher_cache", "live teacher"])
+    case("cache-train-seq-kd", c, train(teacher_cache=tc, seq_kd="true", prompt_tokens="4", rollout_tokens="8"), ["teacher_cache", "--seq-kd"])
     case("cache-train-missing-cache", c, train(teacher_cache="/nonexistent/train-cache"), ["teacher_cache", "train-cache"])
     case("cache-train-seq-len-mismatch", c, train(teacher_cache=tc, seq_len="12"), ["teacher_cache", "--seq-len 16"], setup=[TEACHER_CACHE])
     case("cache-train-other-teacher", c, train(teacher_cache=tc, teacher="{files}/gguf/nan-weights.gguf"), ["teacher_cache", "nan-weights.gguf"],

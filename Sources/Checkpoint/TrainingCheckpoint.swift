@@ -111,6 +111,8 @@ public struct TrainerState: Codable, Equatable, Sendable {
     public var schedules: JSONValue
     /// Processes that took each step (`mpirun -np N`; 1 alone, and in checkpoints from before it was kept).
     public var processes: Int = 1
+    /// On-policy state (the adaptive fraction, the replay buffer); nil for runs without rollouts.
+    public var rollouts: JSONValue?
 
     public init(step: Int, dataEpoch: Int, dataIndex: Int, rngState: UInt64, configuration: JSONValue, schedules: JSONValue = .object([:])) {
         formatVersion = TrainerState.currentFormatVersion
@@ -124,7 +126,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version", step, dataEpoch = "data_epoch", dataIndex = "data_index"
-        case rngState = "rng_state", configuration, schedules, processes
+        case rngState = "rng_state", configuration, schedules, processes, rollouts
     }
 
     public init(from decoder: Decoder) throws {
@@ -144,6 +146,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
         configuration = try container.decode(JSONValue.self, forKey: .configuration)
         schedules = try container.decode(JSONValue.self, forKey: .schedules)
         processes = try container.decodeIfPresent(Int.self, forKey: .processes) ?? 1
+        rollouts = try container.decodeIfPresent(JSONValue.self, forKey: .rollouts)
         guard processes >= 1 else {
             throw DecodingError.dataCorruptedError(forKey: .processes, in: container, debugDescription: "\(processes) processes; at least 1")
         }
@@ -159,6 +162,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
         try container.encode(configuration, forKey: .configuration)
         try container.encode(schedules, forKey: .schedules)
         if processes != 1 { try container.encode(processes, forKey: .processes) }
+        try container.encodeIfPresent(rollouts, forKey: .rollouts)
     }
 }
 

@@ -70,6 +70,8 @@ public final class DistillationRun {
         var sampler: BatchSampler
         let reporter: RunReporter
         let validationBatches: [[[Int32]]]
+        /// The on-policy measure's prompts ([batches][B][prompt_tokens]); empty when not measured.
+        let evalPrompts: [[[Int32]]]
         let teacherNLL: LikelihoodResult
         let initialStudentPerplexity: Double?
         let startStep: Int
@@ -110,7 +112,8 @@ public final class DistillationRun {
                 if !result.perplexity.isFinite {
                     throw reporter.stopped(String(format: "validation NLL %.1f a token, a perplexity of inf: the student diverged", result.meanNLL), at: step)
                 }
-                try reporter.validated(step, result)
+                trainer.rollouts?.validated(nll: result.meanNLL)
+                try reporter.validated(step, result, onPolicyReverseKL: try onPolicyReverseKL(trainer, prompts: prepared.evalPrompts))
                 finalNLL = result
             }
             if last || (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) {
@@ -209,6 +212,11 @@ public final class DistillationRun {
                 + "\(student.parameterCount) parameters"
         }
         let teacherPrecision = config.teacherPrecision(on: backend)
+        let rolloutSettings = RolloutSettings(config: config)
+        if reducer.worldSize > 1 && (config.replayCapacity > 0 || rolloutSettings.adaptiveLossRise != nil) {
+            throw TrainingError.config("replay_capacity (--replay-capacity) and on_policy_schedule adaptive (--on-policy-schedule) keep state that one "
+                                       + "process (the first, which validates) decides; they do not run under mpirun yet: train them in one process")
+        }
         for (key, precision) in [("teacher_precision", cache == nil ? teacherPrecision : .f32), ("precision", config.typedPrecision)]
         where precision == .bf16 {
             do { try LlamaModel.probeBF16(on: backend) } catch {
@@ -236,8 +244,16 @@ public final class DistillationRun {
         }
         let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective, reducer: reducer)
         trainer.headChunkBytes = headChunkBytes
+        if rolloutSettings.samples {
+            let saved = try checkpoint?.state.rollouts.map { try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode($0)) }
+            trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, state: saved)
+            log("rollouts: \(config.promptTokens) prompt + \(config.rolloutTokens) sampled tokens at T=\(config.rolloutTemperature); "
+                + "student samples with probability \(trainer.rollouts!.state.fraction)" + (config.onPolicySchedule == "adaptive" ? " (adaptive)" : "")
+                + (config.replayCapacity > 0 ? ", replayed from a buffer of \(config.replayCapacity) with probability \(config.replayRatio)" : "")
+                + ", else " + (config.seqKd ? "the teacher samples (sequence-level KD)" : "corpus windows"))
+        }
         let sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize, position: position)
-        let reporter = try RunReporter(config: config, out: out, tokenizer: GGUFMetadata.tokenizer(of: teacherFile),
+        let reporter = try RunReporter(config: config, out: out, tokenizer: GGUFMetadata.tokenizer(of: teacherFile), decode: { (try? tokenizer.decode($0)) ?? "" },
                                        resumedAt: resume ? startStep : nil, writes: writes, log: log, progress: progress)
 
         // Validation: the same windows before, during and after training.
@@ -256,13 +272,19 @@ public final class DistillationRun {
             throw TrainingError.numeric("teacher \(config.teacher): its validation pass before training gives a \(error); "
                                         + "the file's weights hold NaN or inf: use an undamaged teacher")
         } }
+        let evalPrompts = stride(from: 0, to: min(config.evalRollouts, dataset.validationWindowCount), by: config.batchSize).map { first in
+            (first..<min(first + config.batchSize, config.evalRollouts, dataset.validationWindowCount)).map {
+                Array(dataset.window(dataset.validationWindows.lowerBound + $0).prefix(config.promptTokens))
+            }
+        }
         var initialStudentPerplexity: Double?
         if !resume && writes {
             let initial = try studentLikelihood(student, validationBatches)
             initialStudentPerplexity = initial.perplexity
-            try reporter.startingValidation(teacher: teacherNLL, student: initial)
+            trainer.rollouts?.validated(nll: initial.meanNLL)
+            try reporter.startingValidation(teacher: teacherNLL, student: initial, onPolicyReverseKL: try onPolicyReverseKL(trainer, prompts: evalPrompts))
         }
-        return Prepared(trainer: trainer, sampler: sampler, reporter: reporter, validationBatches: validationBatches,
+        return Prepared(trainer: trainer, sampler: sampler, reporter: reporter, validationBatches: validationBatches, evalPrompts: evalPrompts,
                         teacherNLL: teacherNLL, initialStudentPerplexity: initialStudentPerplexity, startStep: startStep)
     }
 
@@ -328,6 +350,29 @@ public final class DistillationRun {
         return cache
     }
 
+    /// The on-policy measure: the teacher's reverse KL, KL(q || p) at T = 1, averaged over the
+    /// positions predicting the continuations the student samples (the same seed at every
+    /// validation) after `prompts`; nil without prompts.
+    func onPolicyReverseKL(_ trainer: Trainer, prompts: [[[Int32]]]) throws -> Double? {
+        guard !prompts.isEmpty, let teacher = trainer.teacher as? LiveTeacher else { return nil }
+        let student = trainer.student, p = config.promptTokens
+        let measure = FusedLinearDistillationLoss(loss: DistillationLoss(divergence: .reverseKL, temperature: 1, softWeight: 1, hardWeight: 0,
+                                                                         reduction: .sum, forwardOnly: true), chunkBudgetBytes: headChunkBytes)
+        var (total, rows) = (0.0, 0)
+        for (i, batch) in prompts.enumerated() {
+            var generation = try Generation(model: try student.inferenceModel(), prompts: batch, capacity: p + config.rolloutTokens,
+                                            seed: Rollouts.seed(config.seed, 0, 4, UInt64(i)))
+            for _ in 0..<config.rolloutTokens { _ = try generation.step(temperature: config.rolloutTemperature) }
+            let sampled = StepBatch(TrainingBatch(tokens: generation.sequences, windows: [], position: .start), firstPredicted: p - 1)
+            let targets = try teacher.targets(for: sampled.batch, needs: TeacherNeeds())
+            let hidden = try student.forward(sampled.batch.tokens)
+            student.discardSavedActivations()
+            let result = try measure(hidden: hidden, weight: student.outputWeight.value, teacher: targets.output, labels: try sampled.labels(backend: backend))
+            (total, rows) = (total + Double(result.loss), rows + result.validRows)
+        }
+        return total / Double(max(1, rows))
+    }
+
     /// The student's NLL of the validation windows.
     func studentLikelihood(_ student: StudentModel, _ batches: [[[Int32]]]) throws -> LikelihoodResult {
         var total = LikelihoodResult()
@@ -336,7 +381,7 @@ public final class DistillationRun {
             student.discardSavedActivations()
             let crossEntropy = DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum, forwardOnly: true)
             let result = try FusedLinearDistillationLoss(loss: crossEntropy, chunkBudgetBytes: headChunkBytes)(
-                hidden: hidden, weight: student.outputWeight.value, teacher: .none, labels: try nextTokenLabels(tokens, backend: backend))
+                hidden: hidden, weight: student.outputWeight.value, teacher: .none, labels: try StepBatch(TrainingBatch(tokens: tokens, windows: [], position: .start)).labels(backend: backend))
             total = total + LikelihoodResult(totalNLL: Double(result.loss), tokens: result.validRows)
         }
         return total

@@ -13,6 +13,11 @@ public final class RunReporter {
     let out: URL
     /// The metrics log; nil in a process that does not write (a rank other than the first).
     let metrics: MetricsLog?
+    /// `rollouts.jsonl`: the sequences this process sampled, opened at the first of them.
+    private var rolloutLog: MetricsLog?
+    private let resumedAt: Int?
+    /// Token ids as text.
+    let decode: ([Int32]) -> String
     let tokenizer: GGUFMetadata
     /// The settings a checkpoint keeps (all but the folder, which a resumed run names).
     let storedSettings: JSONValue
@@ -23,9 +28,11 @@ public final class RunReporter {
     private var runStart = DispatchTime.now().uptimeNanoseconds
     private var firstStep = 1
 
-    init(config: TrainingConfig, out: URL, tokenizer: GGUFMetadata, resumedAt startStep: Int?, writes: Bool = true,
-         log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
+    init(config: TrainingConfig, out: URL, tokenizer: GGUFMetadata, decode: @escaping ([Int32]) -> String, resumedAt startStep: Int?,
+         writes: Bool = true, log: @escaping (String) -> Void, progress: @escaping (String) -> Void) throws {
         self.config = config
+        self.decode = decode
+        resumedAt = startStep
         self.out = out
         self.tokenizer = tokenizer
         self.log = log
@@ -49,9 +56,12 @@ public final class RunReporter {
         return .numeric("step \(step): \(what); the run stopped; \(saved); try a lower --lr or a --grad-clip")
     }
 
-    func startingValidation(teacher: LikelihoodResult, student: LikelihoodResult) throws {
-        try metrics?.append(["step": 0, "val_nll": student.meanNLL, "val_perplexity": student.perplexity, "teacher_val_nll": teacher.meanNLL])
-        log(String(format: "validation before training: teacher perplexity %.3f, student perplexity %.3f", teacher.perplexity, student.perplexity))
+    func startingValidation(teacher: LikelihoodResult, student: LikelihoodResult, onPolicyReverseKL: Double?) throws {
+        var record: [String: Any] = ["step": 0, "val_nll": student.meanNLL, "val_perplexity": student.perplexity, "teacher_val_nll": teacher.meanNLL]
+        if let onPolicyReverseKL { record["val_on_policy_rkl"] = onPolicyReverseKL }
+        try metrics?.append(record)
+        log(String(format: "validation before training: teacher perplexity %.3f, student perplexity %.3f", teacher.perplexity, student.perplexity)
+            + (onPolicyReverseKL.map { String(format: ", reverse KL on student samples %.4f", $0) } ?? ""))
     }
 
     func startLoop(at step: Int) {
@@ -62,11 +72,15 @@ public final class RunReporter {
     /// The step's metrics line and progress line (tokens/s of every process together).
     func stepTaken(_ step: Int, _ parts: StepParts, taidT: Float?, worldSize: Int = 1, seconds: Double) throws {
         guard let metrics else { return }
-        let tokensPerSecond = Double(worldSize * config.batchSize * config.gradientAccumulation * config.seqLen) / seconds
+        let length = parts.source == .corpus ? config.seqLen : config.promptTokens + config.rolloutTokens
+        let tokensPerSecond = Double(worldSize * config.batchSize * config.gradientAccumulation * length) / seconds
         var record: [String: Any] = ["step": step, "loss": Double(parts.total), "kd_loss": Double(parts.divergence),
                                      "ce_loss": Double(parts.crossEntropy), "temperature": Double(parts.temperature),
-                                     "lr": Double(parts.learningRate), "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm)]
+                                     "lr": Double(parts.learningRate), "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm),
+                                     "on_policy": parts.source.isOnPolicy, "batch_source": parts.source.rawValue]
+        if let rate = parts.rolloutTokensPerSecond { record["rollout_tokens_per_s"] = rate }
         if let taidT { record["taid_t"] = Double(taidT) }
+        try logRollouts(parts.rollouts)
         for feature in parts.features {
             record["\(feature.name)_loss"] = Double(feature.value)
             if feature.varies { record["\(feature.name)_weight"] = Double(feature.weight) }
@@ -80,9 +94,25 @@ public final class RunReporter {
                         formatDuration(remaining)))
     }
 
-    func validated(_ step: Int, _ result: LikelihoodResult) throws {
-        try metrics?.append(["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity])
-        log(String(format: "step %d: validation NLL %.4f, perplexity %.3f", step, result.meanNLL, result.perplexity))
+    /// Appends sampled sequences to `rollouts.jsonl` (a resumed run first drops the lines of steps it redoes).
+    private func logRollouts(_ rollouts: [Rollout]) throws {
+        guard !rollouts.isEmpty, metrics != nil else { return }
+        if rolloutLog == nil {
+            rolloutLog = try MetricsLog(url: out.appendingPathComponent("rollouts.jsonl"), keepingStepsUpTo: resumedAt ?? 0)
+        }
+        for rollout in rollouts {
+            try rolloutLog?.append(["step": rollout.step, "source": rollout.source.rawValue, "prompt_ids": rollout.prompt.map(Int.init),
+                                    "completion_ids": rollout.completion.map(Int.init), "text": decode(rollout.prompt + rollout.completion)])
+        }
+    }
+
+    /// The validation line; `onPolicyReverseKL`: the teacher's reverse KL on the student's samples (``DistillationRun/onPolicyReverseKL``).
+    func validated(_ step: Int, _ result: LikelihoodResult, onPolicyReverseKL: Double? = nil) throws {
+        var record: [String: Any] = ["step": step, "val_nll": result.meanNLL, "val_perplexity": result.perplexity]
+        if let onPolicyReverseKL { record["val_on_policy_rkl"] = onPolicyReverseKL }
+        try metrics?.append(record)
+        log(String(format: "step %d: validation NLL %.4f, perplexity %.3f", step, result.meanNLL, result.perplexity)
+            + (onPolicyReverseKL.map { String(format: ", reverse KL on student samples %.4f", $0) } ?? ""))
     }
 
     /// Writes a checkpoint of the trainer's state after `step` (atomically: a new folder, then the link swapped).
@@ -91,6 +121,7 @@ public final class RunReporter {
                                  configuration: storedSettings,
                                  schedules: try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(trainer.objective)))
         state.processes = trainer.reducer.worldSize
+        state.rollouts = try trainer.rollouts.map { try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode($0.state)) }
         let auxiliaryParameters = trainer.features.flatMap(\.parameters)
         let auxiliary = AuxiliaryParameters(values: try Optimizer.download(auxiliaryParameters),
                                             moments: try Optimizer.downloadMoments(auxiliaryParameters))

@@ -46,6 +46,10 @@ public struct StepParts {
     public var total: Float = 0
     public var learningRate: Float = 0
     public var temperature: Float = 0
+    /// Where the step's sequences came from, the ones this process sampled, and how fast.
+    public var source = SequenceSource.corpus
+    public var rollouts: [Rollout] = []
+    public var rolloutTokensPerSecond: Double?
 
     public init() {}
 
@@ -94,6 +98,8 @@ public final class Trainer {
     let schedule: LearningRateSchedule
     let optimizer: (beta1: Float, beta2: Float, weightDecay: Float, clip: Float)
     let microBatches: Int
+    /// On-policy, sequence-level or replayed sequences (nil: corpus windows alone).
+    public var rollouts: Rollouts?
     /// Bytes one chunk of the fused head + loss path may take (student and teacher logits of its
     /// rows): peak memory stops growing with N x V past this many rows' worth.
     public var headChunkBytes = 256 << 20
@@ -119,12 +125,19 @@ public final class Trainer {
 
     /// Optimizer step `step` (1-based) on the next `gradient_accumulation` x world size micro-batches
     /// of `batches`: every process draws them all and takes micro-batch i when i mod world size is
-    /// its rank, so N processes step exactly as one with N times the gradient accumulation.
+    /// its rank, so N processes step exactly as one with N times the gradient accumulation. With
+    /// ``rollouts`` the step may train on sampled continuations of those micro-batches' prompts.
     public func step(_ step: Int, batches: inout some BatchSource) throws -> StepParts {
         let epoch = batches.position.epoch
         let all = (0..<microBatches * reducer.worldSize).map { _ in batches.next() }
-        let mine = stride(from: reducer.rank, to: all.count, by: reducer.worldSize).map { all[$0] }
-        var parts = try accumulateGradients(batches: mine, totalRows: Self.rows(all), epoch: epoch)
+        let source = rollouts?.source(step: step) ?? .corpus
+        let mine = try stride(from: reducer.rank, to: all.count, by: reducer.worldSize).map { i in
+            try rollouts?.batch(from: all[i], source: source, step: step, microBatch: i) ?? StepBatch(all[i])
+        }
+        // Every process's micro-batches have the same shape (and source) as this one's.
+        var parts = try accumulateGradients(batches: mine, totalRows: mine.reduce(0) { $0 + $1.rows } * reducer.worldSize, epoch: epoch)
+        parts.source = source
+        (parts.rollouts, parts.rolloutTokensPerSecond) = rollouts?.takeRecords() ?? ([], nil)
         try reducer.reduce(gradients: arena.gradients, parts: &parts)
         parts.derive(softWeight: objective.loss.effectiveSoftWeight, hardWeight: objective.loss.hardWeight)
         let backend = student.backend
@@ -146,15 +159,10 @@ public final class Trainer {
         return parts
     }
 
-    /// Predicted positions of `batches` (the last of each window predicts nothing).
-    static func rows(_ batches: [TrainingBatch]) -> Int {
-        batches.reduce(0) { $0 + $1.tokens.count * (($1.tokens.first?.count ?? 1) - 1) }
-    }
-
     /// Forward and backward of `batches`, each weighted by its share of the step's `totalRows` (by
     /// default theirs alone; the step's rows over every process); the gradients are left in the
     /// arena (zeroed first).
-    public func accumulateGradients(batches: [TrainingBatch], totalRows: Int? = nil, epoch: Int) throws -> StepParts {
+    public func accumulateGradients(batches: [StepBatch], totalRows: Int? = nil, epoch: Int) throws -> StepParts {
         let backend = student.backend
         try arena.zeroGradients()
         var parts = StepParts()
@@ -162,15 +170,16 @@ public final class Trainer {
         var loss = objective.loss
         loss.reportCrossEntropy = true
         let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
-        let totalRows = totalRows ?? Self.rows(batches)
+        let totalRows = totalRows ?? batches.reduce(0) { $0 + $1.rows }
         let needs = TeacherNeeds(features: features)
         // Cross-entropy alone (soft weight 0, no feature loss) asks nothing of the teacher.
         let teacherNeeded = loss.effectiveSoftWeight != 0 || !features.isEmpty
-        for batch in batches {
-            let labels = try nextTokenLabels(batch.tokens, backend: backend)
+        for stepBatch in batches {
+            let batch = stepBatch.batch
+            let labels = try stepBatch.labels(backend: backend)
             let targets = teacherNeeded ? try teacher.targets(for: batch, needs: needs) : TeacherTargets(output: .none)
             let hidden = try student.forward(batch.tokens)
-            let share = Float(batch.tokens.count * (batch.tokens[0].count - 1)) / Float(totalRows)
+            let share = Float(stepBatch.rows) / Float(totalRows)
             // Both LM heads and the loss, chunk by chunk: dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
             let result = try fusedHead(hidden: hidden, weight: student.outputWeight.compute, teacher: targets.output, labels: labels,
@@ -197,9 +206,3 @@ public final class Trainer {
     }
 }
 
-/// [B * T] labels of windows [B][T]: position t predicts token t + 1; the last position of each
-/// window has none (the ignore index -100).
-func nextTokenLabels(_ tokens: [[Int32]], backend: any Backend) throws -> Tensor {
-    try backend.tensor(tokens.flatMap { window in window.dropFirst().map(Float.init) + [Float(-100)] },
-                       shape: [tokens.count * (tokens.first?.count ?? 0)], label: "next-token labels")
-}

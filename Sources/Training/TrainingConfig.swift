@@ -109,6 +109,30 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// operands with fp32 accumulation; on CPUs and CPU OpenCL devices).
     public var precision = "fp32"
 
+    // On-policy and sequence-level distillation.
+    /// Probability that a step trains on continuations the current student samples from its
+    /// micro-batches' prompts (GKD's lmbda); 0: corpus windows only.
+    public var onPolicyFraction: Float = 0
+    /// Steps that are not on-policy train on continuations the teacher samples (sequence-level KD).
+    public var seqKd = false
+    /// The prompt of a sampled sequence: the first this many tokens of a corpus window.
+    public var promptTokens = 32
+    /// Tokens sampled after each prompt; the loss counts only the positions predicting them.
+    public var rolloutTokens = 64
+    /// The sampling temperature of rollouts (0: greedy).
+    public var rolloutTemperature: Float = 1
+    /// DistiLLM's replay buffer: student sequences kept for reuse (0: none).
+    public var replayCapacity = 0
+    /// Probability that a student step replays buffered sequences instead of sampling fresh ones.
+    public var replayRatio: Float = 0.5
+    /// `constant`, or `adaptive` (DistiLLM): the on-policy fraction rises by 0.1 whenever the
+    /// validation NLL rises by at least `adaptive_loss_eps`.
+    public var onPolicySchedule = "constant"
+    public var adaptiveLossEps: Float = 0.1
+    /// The on-policy measure at each validation: the teacher's reverse KL on continuations the student
+    /// samples from this many validation prompts (0: not measured).
+    public var evalRollouts = 0
+
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -123,6 +147,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
         case teacherPrecision = "teacher_precision", precision
+        case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", rolloutTokens = "rollout_tokens"
+        case rolloutTemperature = "rollout_temperature", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
+        case onPolicySchedule = "on_policy_schedule", adaptiveLossEps = "adaptive_loss_eps", evalRollouts = "eval_rollouts"
     }
 
     public static var validKeys: [String] { CodingKeys.allCases.map(\.rawValue) }
@@ -306,10 +333,29 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             if divergence == "taid" {
                 throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
             }
+            if RolloutSettings(config: self).samples || evalRollouts > 0 {
+                throw TrainingError.config("teacher_cache (--teacher-cache): sampled sequences (--on-policy-fraction, --seq-kd, --on-policy-schedule adaptive, "
+                                           + "--eval-rollouts) need the live teacher to score them, and a cache holds only corpus windows; drop --teacher-cache")
+            }
         case .teacherPrecision:
             try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
         case .precision:
             try oneOf(precision, ["fp32", "bf16"])
+        case .onPolicyFraction: try inRange(onPolicyFraction, "[0, 1]") { (0...1).contains($0) }
+        case .seqKd: break
+        case .promptTokens: try atLeast(promptTokens, 1)
+        case .rolloutTokens:
+            try atLeast(rolloutTokens, 1)
+            if (RolloutSettings(config: self).samples || evalRollouts > 0) && promptTokens + rolloutTokens > seqLen {
+                throw TrainingError.config("rollout_tokens (--rollout-tokens): \(promptTokens) prompt tokens (--prompt-tokens) + \(rolloutTokens) sampled "
+                                           + "exceed the window of \(seqLen) (--seq-len); a sampled sequence must fit one: lower them or raise --seq-len")
+            }
+        case .rolloutTemperature: try inRange(rolloutTemperature, "[0, 100] (0 samples greedily)") { $0 >= 0 && $0 <= 100 }
+        case .replayCapacity: try atLeast(replayCapacity, 0)
+        case .replayRatio: try inRange(replayRatio, "[0, 1]") { (0...1).contains($0) }
+        case .onPolicySchedule: try oneOf(onPolicySchedule, ["constant", "adaptive"])
+        case .adaptiveLossEps: try inRange(adaptiveLossEps, "(0, inf)") { $0 > 0 }
+        case .evalRollouts: try atLeast(evalRollouts, 0)
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

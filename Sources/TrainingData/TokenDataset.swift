@@ -24,6 +24,12 @@ public struct TrainingBatch: Equatable, Sendable {
     public let windows: [Int]
     /// The position this batch was drawn at.
     public let position: DataPosition
+
+    public init(tokens: [[Int32]], windows: [Int], position: DataPosition) {
+        self.tokens = tokens
+        self.windows = windows
+        self.position = position
+    }
 }
 
 /// A token stream cut into windows for next-token training, split into training and validation

@@ -72,6 +72,20 @@ struct TrainCommand: ParsableCommand {
     var teacherPrecision: String?
     @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
     var precision: String?
+    @Option(name: .long, parsing: .unconditional, help: "On-policy (GKD's lmbda): probability that a step trains on continuations the student samples from its windows' first --prompt-tokens tokens (0: corpus only).")
+    var onPolicyFraction: Float?
+    @Option(name: .long, help: "Sequence-level KD: steps that are not on-policy train on continuations the teacher samples (true or false).")
+    var seqKd: Bool?
+    @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: prompt tokens taken from each window.") var promptTokens: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: tokens sampled after each prompt (prompt + these <= --seq-len).") var rolloutTokens: Int?
+    @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: sampling temperature (0: greedy).") var rolloutTemperature: Float?
+    @Option(name: .long, parsing: .unconditional, help: "DistiLLM replay buffer: student sequences kept for reuse (0: none).") var replayCapacity: Int?
+    @Option(name: .long, parsing: .unconditional, help: "DistiLLM replay buffer: probability that a student step replays buffered sequences.") var replayRatio: Float?
+    @Option(name: .long, help: "constant, or adaptive (DistiLLM: the on-policy fraction rises by 0.1 when validation NLL rises by --adaptive-loss-eps).")
+    var onPolicySchedule: String?
+    @Option(name: .long, parsing: .unconditional, help: "The validation NLL rise that raises the adaptive on-policy fraction.") var adaptiveLossEps: Float?
+    @Option(name: .long, parsing: .unconditional, help: "At each validation, the teacher's reverse KL on the student's continuations of this many validation prompts (0: off).")
+    var evalRollouts: Int?
 
     func run() throws {
         do {
@@ -163,5 +177,15 @@ struct TrainCommand: ParsableCommand {
         if let sparseTail { settings.sparseTail = sparseTail }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
         if let precision { settings.precision = precision }
+        if let onPolicyFraction { settings.onPolicyFraction = onPolicyFraction }
+        if let seqKd { settings.seqKd = seqKd }
+        if let promptTokens { settings.promptTokens = promptTokens }
+        if let rolloutTokens { settings.rolloutTokens = rolloutTokens }
+        if let rolloutTemperature { settings.rolloutTemperature = rolloutTemperature }
+        if let replayCapacity { settings.replayCapacity = replayCapacity }
+        if let replayRatio { settings.replayRatio = replayRatio }
+        if let onPolicySchedule { settings.onPolicySchedule = onPolicySchedule }
+        if let adaptiveLossEps { settings.adaptiveLossEps = adaptiveLossEps }
+        if let evalRollouts { settings.evalRollouts = evalRollouts }
     }
 }

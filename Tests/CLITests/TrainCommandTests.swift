@@ -109,11 +109,61 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertEqual(resumed.status, 0, resumed.error)
         XCTAssertTrue(resumed.error.contains("resumed from \(interrupted.path) at step 3"), resumed.error)
 
-        let keys = ["step", "loss", "kd_loss", "ce_loss", "lr", "temperature", "grad_norm", "val_nll"]
+        let keys = ["step", "loss", "kd_loss", "ce_loss", "lr", "temperature", "grad_norm", "val_nll", "batch_source", "val_on_policy_rkl"]
         func comparable(_ records: [[String: Any]]) -> [String] {
             records.map { record in keys.compactMap { key in record[key].map { "\(key)=\($0)" } }.joined(separator: " ") }
         }
         XCTAssertEqual(comparable(try metrics(interrupted)), comparable(try metrics(whole)))
+        let rollouts = whole.appendingPathComponent("rollouts.jsonl"), resumedRollouts = interrupted.appendingPathComponent("rollouts.jsonl")
+        if FileManager.default.fileExists(atPath: rollouts.path) {
+            XCTAssertEqual(try String(contentsOf: resumedRollouts, encoding: .utf8), try String(contentsOf: rollouts, encoding: .utf8),
+                           "the resumed run samples the same sequences, and drops the lines of the steps it redid")
+        }
+    }
+
+    /// On-policy steps, sequence-level KD, the replay buffer and the adaptive schedule together:
+    /// killed after step 4 and resumed from step 3, the run samples the same sequences (the source
+    /// of each step, the buffer's replays, the adaptive fraction) and logs the same losses.
+    func testOnPolicyRunWithReplayResumesExactly() throws {
+        let extra = ["--on-policy-fraction", "0.5", "--seq-kd", "true", "--prompt-tokens", "8", "--rollout-tokens", "16",
+                     "--replay-capacity", "6", "--replay-ratio", "1", "--on-policy-schedule", "adaptive", "--adaptive-loss-eps", "0.0001",
+                     "--eval-rollouts", "4"]
+        try assertKilledAndResumedRunContinuesExactly(data: try corpus(), extra: extra, logMentions: "student samples with probability 0.5 (adaptive)")
+        let sources = try metrics(FileManager.default.temporaryDirectory.appendingPathComponent("kdgpu-train-whole-\(getpid())"))
+        XCTAssertEqual(Set(sources.compactMap { $0["batch_source"] as? String }), ["student", "teacher", "replay"],
+                       "seed 0 draws all three sources in six steps (the test relies on it)")
+        for record in sources where record["batch_source"] != nil {
+            XCTAssertEqual(record["on_policy"] as? Bool, record["batch_source"] as? String == "student")
+        }
+        XCTAssertTrue(sources.contains { $0["val_on_policy_rkl"] is Double })
+    }
+
+    /// The loss of an on-policy step equals an independent computation over the sampled ids: the
+    /// numpy float64 llama forward and divergence of bench/reference/check_on_policy.py, whose
+    /// output (Fixtures/on-policy-reference.json) holds the ids this seed samples and the reference
+    /// loss. To remake it: keep this run (KDGPU_KEEP_ON_POLICY_RUN=DIR) and run
+    /// `python3 bench/reference/check_on_policy.py DIR --fixture Tests/CLITests/Fixtures/on-policy-reference.json`.
+    func testOnPolicyStepLossEqualsNumpyReference() throws {
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/on-policy-reference.json")
+        let reference = try JSONSerialization.jsonObject(with: Data(contentsOf: fixture)) as! [String: Any]
+        let out = try ProcessInfo.processInfo.environment["KDGPU_KEEP_ON_POLICY_RUN"].map { URL(fileURLWithPath: $0) } ?? folder("on-policy")
+        let run = try kdgpu(["train", "--teacher", Kdgpu.tinyModel.replacingOccurrences(of: "q8_0", with: "f32"), "--data", try corpus().path,
+                             "--student-layers", "1", "--steps", "1", "--batch-size", "3", "--gradient-accumulation", "2", "--seq-len", "32",
+                             "--device", "cpu", "--teacher-precision", "fp32", "--out", out.path, "--seed", "5", "--on-policy-fraction", "1",
+                             "--prompt-tokens", "7", "--rollout-tokens", "13", "--divergence", "jsd(0.5)", "--temperature", "1.5", "--hard-weight", "0.2"])
+        XCTAssertEqual(run.status, 0, run.error)
+        let rollouts = try String(contentsOf: out.appendingPathComponent("rollouts.jsonl"), encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        let expected = reference["sequences"] as! [[String: Any]]
+        XCTAssertEqual(rollouts.map { $0["prompt_ids"] as! [Int] }, expected.map { $0["prompt_ids"] as! [Int] }, "prompts: the first 7 tokens of the windows")
+        XCTAssertEqual(rollouts.map { $0["completion_ids"] as! [Int] }, expected.map { $0["completion_ids"] as! [Int] }, "the seed's samples")
+        XCTAssertEqual(rollouts.map { $0["source"] as! String }, Array(repeating: "student", count: 6))
+        let step = try metrics(out).first { $0["loss"] != nil }!
+        let loss = step["loss"] as! Double, expectedLoss = reference["reference_loss"] as! Double
+        XCTAssertEqual(loss, expectedLoss, accuracy: 1e-4 * abs(expectedLoss), "kdgpu \(loss), numpy float64 \(expectedLoss)")
+        XCTAssertEqual(step["batch_source"] as? String, "student")
+        XCTAssertEqual(step["on_policy"] as? Bool, true)
     }
 
     func testExportWritesGGUFAndSafetensorsThatLoad() throws {

@@ -52,7 +52,7 @@ final class DistillationStepTests: XCTestCase {
             var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
             var copy = sampler
             trainer.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
-            let parts = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
+            let parts = try trainer.accumulateGradients(batches: [StepBatch(sampler.next())], epoch: 0)
             let headGradient = try student.outputWeight.gradient.toArray()
 
             // The same step with whole logits.
@@ -94,11 +94,11 @@ final class DistillationStepTests: XCTestCase {
                                           objective: DistillationObjective(config: config))
                 trainer.headChunkBytes = 16 * 2 * Self.config.vocabulary * 4
                 var sampler = try BatchSampler(dataset: dataset, batchSize: batch)
-                _ = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
+                _ = try trainer.accumulateGradients(batches: [StepBatch(sampler.next())], epoch: 0)
                 try backend.synchronize()
                 let before = backend.ledger.inUseBytes
                 backend.ledger.resetPeak()
-                _ = try trainer.accumulateGradients(batches: [sampler.next()], epoch: 0)
+                _ = try trainer.accumulateGradients(batches: [StepBatch(sampler.next())], epoch: 0)
                 peaks[batch * length] = backend.ledger.peakInUseBytes - before
             }
             let logitsGrowth = 2 * (256 - 16) * Self.config.vocabulary * 4  // student and teacher [N, V]
@@ -141,7 +141,7 @@ final class DistillationStepTests: XCTestCase {
                 XCTAssertEqual(student.computeType, precision, backend.name)
                 XCTAssertEqual(student.parameter("blk.0.attn_q.weight").compute.dtype, precision)
                 XCTAssertEqual(student.parameter("blk.0.attn_norm.weight").compute.dtype, .f32, "norm weights are read in fp32")
-                let parts = try trainer.accumulateGradients(batches: [batch], epoch: 0)
+                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0)
                 steps.append((parts.loss, Dictionary(uniqueKeysWithValues: try student.parameters.map { ($0.name, try $0.gradient.toArray()) })))
             }
             let (fp32, bf16) = (steps[0], steps[1])
@@ -172,7 +172,7 @@ final class DistillationStepTests: XCTestCase {
             for teacher: any TeacherSource in [RefusingTeacher(), LiveTeacher(model: try self.teacher(teacherParameters, on: backend))] {
                 let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
                                           teacher: teacher, features: [], objective: DistillationObjective(config: config))
-                let parts = try trainer.accumulateGradients(batches: [batch], epoch: 0)
+                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0)
                 results.append((parts.loss, try trainer.arena.gradients.toArray()))
             }
             XCTAssertEqual(results[0].loss, results[1].loss, accuracy: abs(results[1].loss) * 1e-6, backend.name)

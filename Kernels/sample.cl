@@ -7,8 +7,8 @@
 // the inverse of the kept distribution's cumulative sum in vocabulary order at u[r] in [0, 1).
 // Each kept set is the tokens whose order-preserving key (a 32-bit integer that sorts as the
 // logits do) is at or above a threshold, found by 32 rounds of bisection over the key bits
-// (counting, or summing the weights of, the keys at or above a candidate); ties at a threshold are
-// all kept. A row whose largest logit is -inf, or that holds a NaN, gives -1.
+// (counting, or summing the weights of, the keys at or above a candidate; top-p carries the mass
+// above the bisection's window and weighs only the keys inside it); ties at a threshold are all kept. A row whose largest logit is -inf, or that holds a NaN, gives -1.
 //
 // Every work-item walks one contiguous chunk of the row, so the inverse CDF is a prefix over the
 // work-items' partial sums, which every work-item adds in the same order (the chunks' ranges tile
@@ -52,18 +52,23 @@ __kernel void sample_rows(__global const float* z, int zo, __global const float*
         for (int j = begin; j < end; j++) count += order_key(zr[j]) >= candidate ? 1.0f : 0.0f;
         if (group_sum(count, scratch) >= (float)top_k) tk = candidate;
     }
-    // top-p: the largest threshold whose kept mass reaches top_p of the top-k mass.
+    // top-p: the largest threshold whose kept mass reaches top_p of the top-k mass. After a round
+    // the threshold lies in a window [tp, tp + 2 bit) of keys; the mass of the kept keys above it
+    // is carried (`above`), so a round weighs only the keys in the upper half of the window.
     uint tp = 0;
     const int p_rounds = sampling && top_p < 1.0f ? 32 : 0;
     float kept = 0.0f;
     if (p_rounds > 0) for (int j = begin; j < end; j++) if (order_key(zr[j]) >= tk) kept += exp((zr[j] - top) * inv_t);
     const float goal = top_p * group_sum(kept, scratch);
+    float above = 0.0f;
     for (int round = 0; round < p_rounds; round++) {
-        const uint candidate = tp | (1u << (31 - round));
-        const uint at_least = max(candidate, tk);
-        float mass = 0.0f;
-        for (int j = begin; j < end; j++) if (order_key(zr[j]) >= at_least) mass += exp((zr[j] - top) * inv_t);
-        if (group_sum(mass, scratch) >= goal) tp = candidate;
+        const uint bit = 1u << (31 - round), candidate = tp | bit;
+        float window = 0.0f;
+        for (int j = begin; j < end; j++) {
+            const uint key = order_key(zr[j]);
+            if (key >= candidate && key - candidate < bit && key >= tk) window += exp((zr[j] - top) * inv_t);
+        }
+        if (group_sum(above + window, scratch) >= goal) tp = candidate; else above += window;
     }
     const uint threshold = max(tk, tp);
 

@@ -4,7 +4,7 @@ extension CPUKernels {
     /// As sample.cl: ids[r] = one token of logits row r [V]: the first index of the largest logit at
     /// temperature 0; else the inverse of the kept distribution's cumulative sum (vocabulary order)
     /// at u[r], the kept set being the top-k keys, then the smallest top-p set of those (thresholds
-    /// on ``orderKey(_:)`` found by bisection, ties kept); -1 for a row whose largest logit is -inf
+    /// on ``orderKey(_:)`` found by bisection, top-p's carrying the mass above its window, ties kept); -1 for a row whose largest logit is -inf
     /// or that holds a NaN. Sums run in fp32 in vocabulary order (the kernel's order differs by its
     /// chunks: a draw within rounding of a boundary may land on the neighbour).
     public static func sample_rows(_ z: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ ids: UnsafeMutablePointer<Int32>, cols n: Int,
@@ -29,12 +29,20 @@ extension CPUKernels {
                     if zr.reduce(0, { $0 + (orderKey($1) >= candidate ? 1 : 0) }) >= topK { tk = candidate }
                 }
             }
+            // top-p: the threshold lies in a window [tp, tp + 2 bit) after each round; the mass of the
+            // kept keys above the window is carried, so a round weighs only the window's upper half.
             var tp: UInt32 = 0
             if topP < 1 {
                 let goal = topP * mass(atLeast: tk)
-                for bit in (0..<32).reversed() {
-                    let candidate = tp | (1 << UInt32(bit))
-                    if mass(atLeast: max(candidate, tk)) >= goal { tp = candidate }
+                var above: Float = 0
+                for shift in (0..<32).reversed() {
+                    let bit: UInt32 = 1 << UInt32(shift), candidate = tp | bit
+                    var window: Float = 0
+                    for j in 0..<n {
+                        let key = orderKey(zr[j])
+                        if key >= candidate && key &- candidate < bit && key >= tk { window += weight(j) }
+                    }
+                    if above + window >= goal { tp = candidate } else { above += window }
                 }
             }
             let threshold = max(tk, tp)

@@ -117,6 +117,8 @@ public final class Rollouts {
     let student: StudentModel
     /// The live teacher (sequence-level KD samples from it).
     let teacher: LlamaModel?
+    /// The teacher with its matrices expanded once (``LlamaModel/expanded()``), made at its first sample.
+    private var generatingTeacher: LlamaModel?
     /// The sequences sampled since the last ``takeRecords()``.
     private var records: [Rollout] = []
     /// Tokens sampled and the seconds it took, since the last ``takeRecords()``.
@@ -157,7 +159,7 @@ public final class Rollouts {
         case .corpus:
             return StepBatch(corpus)
         case .student, .teacher:
-            let model = source == .student ? try student.inferenceModel() : teacher!
+            let model = source == .student ? try student.inferenceModel() : try expandedTeacher()
             let start = DispatchTime.now().uptimeNanoseconds
             var generation = try Generation(model: model, prompts: corpus.tokens.map { Array($0.prefix(p)) }, capacity: p + m,
                                             seed: Self.seed(settings.seed, UInt64(step), 2, UInt64(microBatch)))
@@ -172,6 +174,12 @@ public final class Rollouts {
             sequences = corpus.tokens.map { _ in state.buffer[random.uniform(below: state.buffer.count)] }
         }
         return StepBatch(TrainingBatch(tokens: sequences, windows: corpus.windows, position: corpus.position), firstPredicted: p - 1, source: source)
+    }
+
+    private func expandedTeacher() throws -> LlamaModel {
+        if let generatingTeacher { return generatingTeacher }
+        generatingTeacher = try teacher!.expanded()
+        return generatingTeacher!
     }
 
     /// Adds fresh student sequences to the buffer, overwriting the oldest once it is full.

@@ -6,9 +6,9 @@
 // the most likely whose mass reaches top_p of that kept mass (top_p < 1: Hugging Face's order), by
 // the inverse of the kept distribution's cumulative sum in vocabulary order at u[r] in [0, 1).
 // Each kept set is the tokens whose order-preserving key (a 32-bit integer that sorts as the
-// logits do) is at or above a threshold, found by 32 rounds of bisection over the key bits
-// (counting, or summing the weights of, the keys at or above a candidate; top-p carries the mass
-// above the bisection's window and weighs only the keys inside it); ties at a threshold are all kept. A row whose largest logit is -inf, or that holds a NaN, gives -1.
+// logits do) is at or above a threshold, found by a radix select over the key, four bits a pass
+// (counting, or summing the weights of, the keys under the prefix found so far in 16 bins); ties at
+// a threshold are all kept. A row whose largest logit is -inf, or that holds a NaN, gives -1.
 //
 // Every work-item walks one contiguous chunk of the row, so the inverse CDF is a prefix over the
 // work-items' partial sums, which every work-item adds in the same order (the chunks' ranges tile
@@ -20,9 +20,42 @@ inline uint order_key(float z) {
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
+GROUP_REDUCE(group_sum16, float16, GROUP_ADD)
+
+// The largest key t whose kept keys (at or above both t and floor_key) weigh at least goal, where a
+// key weighs 1 (use_mass 0: a count) or exp((z - top) / T) (its unnormalized probability), found
+// four bits at a time: each of 8 passes makes a 16-bin histogram of the kept keys that share the
+// bits found so far, and takes the largest digit whose bin and the bins above it (plus the weight
+// already above the prefix) reach goal. Every work-item returns the same t.
+inline uint radix_threshold(__global const float* zr, int begin, int end, float top, float inv_t, int use_mass,
+                            uint floor_key, float goal, __local float16* scratch16) {
+    uint prefix = 0;
+    float above = 0.0f;
+    for (int pass = 0; pass < 8; pass++) {
+        const int shift = 28 - 4 * pass;
+        float bins[16];
+        for (int d = 0; d < 16; d++) bins[d] = 0.0f;
+        for (int j = begin; j < end; j++) {
+            const uint key = order_key(zr[j]);
+            if (key < floor_key || (pass > 0 && (key >> (shift + 4)) != (prefix >> (shift + 4)))) continue;
+            bins[(key >> shift) & 15u] += use_mass ? exp((zr[j] - top) * inv_t) : 1.0f;
+        }
+        float totals[16];
+        vstore16(group_sum16(vload16(0, bins), scratch16), 0, totals);
+        int digit = 0;
+        for (int d = 15; d > 0; d--) {
+            if (above + totals[d] >= goal) { digit = d; break; }
+            above += totals[d];
+        }
+        prefix |= (uint)digit << shift;
+    }
+    return prefix;
+}
+
 __kernel void sample_rows(__global const float* z, int zo, __global const float* u, int uo, __global int* ids, int io,
                           int n, float temperature, int top_k, float top_p) {
     __local float scratch[WG];
+    __local float16 scratch16[WG];
     __local float parts[WG];
     const int row = get_group_id(0), lid = get_local_id(0);
     __global const float* zr = z + zo + (long)row * n;
@@ -43,32 +76,15 @@ __kernel void sample_rows(__global const float* z, int zo, __global const float*
     // alone, so the whole group takes it alike; a row without a finite top draws nothing.
     const int sampling = temperature > 0.0f;
     const float inv_t = sampling ? 1.0f / temperature : 0.0f;
-    // top-k: the largest threshold with at least top_k keys at or above it.
-    uint tk = 0;
-    const int k_rounds = sampling && top_k > 0 && top_k < n ? 32 : 0;
-    for (int round = 0; round < k_rounds; round++) {
-        const uint candidate = tk | (1u << (31 - round));
-        float count = 0.0f;
-        for (int j = begin; j < end; j++) count += order_key(zr[j]) >= candidate ? 1.0f : 0.0f;
-        if (group_sum(count, scratch) >= (float)top_k) tk = candidate;
-    }
-    // top-p: the largest threshold whose kept mass reaches top_p of the top-k mass. After a round
-    // the threshold lies in a window [tp, tp + 2 bit) of keys; the mass of the kept keys above it
-    // is carried (`above`), so a round weighs only the keys in the upper half of the window.
+    // top-k: the largest threshold with at least top_k keys at or above it; top-p: the largest whose
+    // kept mass reaches top_p of the top-k mass.
+    const uint tk = sampling && top_k > 0 && top_k < n
+        ? radix_threshold(zr, begin, end, top, inv_t, 0, 0u, (float)top_k, scratch16) : 0u;
     uint tp = 0;
-    const int p_rounds = sampling && top_p < 1.0f ? 32 : 0;
-    float kept = 0.0f;
-    if (p_rounds > 0) for (int j = begin; j < end; j++) if (order_key(zr[j]) >= tk) kept += exp((zr[j] - top) * inv_t);
-    const float goal = top_p * group_sum(kept, scratch);
-    float above = 0.0f;
-    for (int round = 0; round < p_rounds; round++) {
-        const uint bit = 1u << (31 - round), candidate = tp | bit;
-        float window = 0.0f;
-        for (int j = begin; j < end; j++) {
-            const uint key = order_key(zr[j]);
-            if (key >= candidate && key - candidate < bit && key >= tk) window += exp((zr[j] - top) * inv_t);
-        }
-        if (group_sum(above + window, scratch) >= goal) tp = candidate; else above += window;
+    if (sampling && top_p < 1.0f) {
+        float kept = 0.0f;
+        for (int j = begin; j < end; j++) if (order_key(zr[j]) >= tk) kept += exp((zr[j] - top) * inv_t);
+        tp = radix_threshold(zr, begin, end, top, inv_t, 1, tk, top_p * group_sum(kept, scratch), scratch16);
     }
     const uint threshold = max(tk, tp);
 

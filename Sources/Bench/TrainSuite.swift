@@ -12,7 +12,9 @@ import TrainingData
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
 /// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
 /// cached sampled:50 targets (no teacher forward), and its speed against the live step's; then, where the
-/// backend runs bf16 GEMMs, the teacher alone in bf16, and both in mixed precision (`--precision bf16`).
+/// backend runs bf16 GEMMs, the teacher alone in bf16, and both in mixed precision (`--precision bf16`);
+/// then on-policy and sequence-level steps, whose sequences' last three quarters the student or the
+/// teacher samples first (``Rollouts``), against the corpus step.
 public struct TrainSuite: BenchSuite {
     public let name = "train"
     public let summary = "distillation step (teacher fwd + student fwd/bwd + loss + AdamW), --batch-size x --seq-len: tokens/s, time shares, peak memory (needs `make teacher`)"
@@ -58,6 +60,7 @@ public struct TrainSuite: BenchSuite {
             if context.trainPrecisions.contains(.f32) {
                 rows += [("distillation_step", .f32, LiveTeacher(model: teacher)), ("distillation_step_cached", .f32, cached)]
                 if let bf16Teacher { rows.append(("distillation_step_teacher_bf16", .f32, LiveTeacher(model: bf16Teacher))) }
+                rows += [("distillation_step_on_policy", .f32, LiveTeacher(model: teacher)), ("distillation_step_seq_kd", .f32, LiveTeacher(model: teacher))]
             }
             if context.trainPrecisions.contains(.bf16), let bf16Teacher {
                 rows += [("distillation_step", .bf16, LiveTeacher(model: bf16Teacher)), ("distillation_step_cached", .bf16, cached)]
@@ -67,8 +70,15 @@ public struct TrainSuite: BenchSuite {
                 // The trainer's own step: micro-batches, clipping, AdamW over the parameter arena, schedules.
                 var rowConfig = config
                 rowConfig.precision = precision == .bf16 ? "bf16" : "fp32"
+                // Sampled sequences: a quarter of the window as the prompt, the rest sampled by the student (every step) or the teacher.
+                let sampling = kernel.hasSuffix("on_policy") || kernel.hasSuffix("seq_kd")
+                (rowConfig.promptTokens, rowConfig.rolloutTokens) = (config.seqLen / 4, config.seqLen - config.seqLen / 4)
+                (rowConfig.onPolicyFraction, rowConfig.seqKd) = (kernel.hasSuffix("on_policy") ? 1 : 0, kernel.hasSuffix("seq_kd"))
                 let trainer = try Trainer(config: rowConfig, student: try StudentModel(parameters: studentParameters, backend: backend),
                                           teacher: source, features: [], objective: DistillationObjective(config: rowConfig))
+                if sampling {
+                    trainer.rollouts = Rollouts(settings: RolloutSettings(config: rowConfig), student: trainer.student, teacher: teacher)
+                }
                 var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
                 var step = 0
                 var firstLoss: Float = 0
@@ -118,15 +128,20 @@ public struct TrainSuite: BenchSuite {
                     if precision == .bf16, let fp32 = liveTokensPerSecond[.f32] { extra["speedup_over_fp32"] = tokensPerSecond / fp32 }
                 } else if kernel.hasSuffix("cached"), let live = liveTokensPerSecond[precision] {
                     extra["speedup_vs_live"] = tokensPerSecond / live
+                } else if sampling, let live = liveTokensPerSecond[precision] {
+                    extra["speedup_vs_live"] = tokensPerSecond / live
                 }
                 records.append(BenchRecord(
                     suite: name, kernel: kernel, backend: backend.name,
                     shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)"
-                        + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : ""),
+                        + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : "")
+                        + (sampling ? ", \(rowConfig.promptTokens)-token prompts + \(rowConfig.rolloutTokens) sampled" : ""),
                     dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
                     note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
                         + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
+                        + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "
+                            + "expanded once) at T=1 before training on them, sampling included (speedup_vs_live: against the corpus step)" : "")
                         + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")
                         + (precision == .bf16 ? "; dtype bf16: --precision bf16 (fp32 master weights, bf16 GEMM operands, fp32 accumulation), the live teacher in bf16 too" : "")))
             }

@@ -197,6 +197,7 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
 // the group's scratch rows are reused by its next row.
 #define DISTILL_ROW_START                                                                              \
         const int valid = row_is_valid(row, flags, labels + lo, mask + mo, ignore_index);              \
+        const float row_weight = (flags & FLAG_MASK) ? mask[mo + row] : 1.0f;                          \
         int status = valid ? 0 : STATUS_IGNORED;                                                       \
         int label = -1;                                                                                \
         if (hard) {                                                                                    \
@@ -205,7 +206,7 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
         }
 #define DISTILL_ROW_END                                                                                \
         if (lid == 0) {                                                                                \
-            row_loss[rlo + row] = valid ? loss : 0.0f;                                                 \
+            row_loss[rlo + row] = valid ? row_weight * loss : 0.0f;                                    \
             row_status[rso + row] = (float)status;                                                     \
             row_ce[rco + row] = valid ? cross_entropy : 0.0f;                                          \
         }                                                                                              \
@@ -474,8 +475,8 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         // Pass 4: dz = grad_scale * (soft_weight / T * dD/da + hard_weight * (softmax(zs) - onehot(label))),
         // zero for ignored rows and for rows whose input is reported as bad.
         const int ok = valid && status == 0;
-        const float c = ok ? grad_scale * soft_weight * inv_t : 0.0f;
-        const float h = ok ? grad_scale * hard_weight : 0.0f;
+        const float c = ok ? grad_scale * row_weight * soft_weight * inv_t : 0.0f;
+        const float h = ok ? grad_scale * row_weight * hard_weight : 0.0f;
         if (gradient && fkl_fast) {
             // dz = c (q - p) + h softmax(zs) with q = e_a / S_a (in the dz row) and p = e_b / S_b.
             const float ca = c * inv_sa + (hard ? h * inv_sa : 0.0f), cb = c * inv_sb;
@@ -636,8 +637,8 @@ __kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         // Pass 3: q - p of the listed ids (read before dz, which may be zs, is written), then
         // dz = the student's regrouped mass + the conditional part, then the label's one-hot part.
         const int ok = valid && status == 0;
-        const float c = ok ? grad_scale * soft_weight : 0.0f;
-        const float h = ok ? grad_scale * hard_weight : 0.0f;
+        const float c = ok ? grad_scale * row_weight * soft_weight : 0.0f;
+        const float h = ok ? grad_scale * row_weight * hard_weight : 0.0f;
         if (gradient) {
             for (int i = lid; i < k; i += WG) {
                 const int id = (int)ids[i];

@@ -488,6 +488,7 @@ def flag_cases():
     case("flags-rollout-temperature-negative", f, train(on_policy_fraction="1", prompt_tokens="4", rollout_tokens="8", rollout_temperature="-1"), ["rollout_temperature", "-1"])
     case("flags-replay-ratio-above-one", f, train(replay_ratio="2"), ["replay_ratio", "2"])
     case("flags-on-policy-schedule-unknown", f, train(on_policy_schedule="linear"), ["on_policy_schedule", "linear"])
+    case("flags-on-policy-loss-unknown", f, train(on_policy_loss="reinforce"), ["on_policy_loss", "reinforce"])
     case("flags-seq-kd-not-a-bool", f, train(seq_kd="maybe"), ["--seq-kd", "maybe"])
     case("flags-scale-by-squared-temperature-maybe", f, train(scale_by_squared_temperature="maybe"),
          ["scale", "maybe"])

@@ -57,6 +57,11 @@ extension CPUKernels {
         return (valid, status, label)
     }
 
+    /// A row's weight: its mask value (which multiplies its loss and gradient), 1 without a mask.
+    static func rowWeightOf(_ a: DistillRowArguments, _ row: Int) -> Float {
+        a.flags & DistillFlags.mask != 0 ? a.mask.map { $0[row] } ?? 1 : 1
+    }
+
     /// The number of valid rows (mask != 0 and label != ignoreIndex).
     public static func distill_count_valid_rows(_ labels: UnsafePointer<Float>?, _ mask: UnsafePointer<Float>?,
                                                 flags: Int32, ignoreIndex: Int, rows: Int) -> Float {
@@ -85,6 +90,7 @@ extension CPUKernels {
             let zr = a.zs + row * n
             let dr = a.dz + row * n
             var (valid, status, label) = rowStart(a, row, hard: hard)
+            let rowWeight = rowWeightOf(a, row)
 
             // Pass 0: a dense teacher row from the top-k (see the kernel for the missing-mass rules).
             var tr: UnsafePointer<Float> = UnsafePointer(tmRow)
@@ -247,8 +253,8 @@ extension CPUKernels {
 
             // Pass 4: the gradient.
             let ok = valid && status == 0
-            let c: Float = ok ? gradScale * a.softWeight * invT : 0
-            let h: Float = ok ? gradScale * a.hardWeight : 0
+            let c: Float = ok ? gradScale * rowWeight * a.softWeight * invT : 0
+            let h: Float = ok ? gradScale * rowWeight * a.hardWeight : 0
             if gradient && fklFast {
                 // dz = c (q - p) + h softmax(zs), q = e_a / S_a from the dz row, p = e_b / S_b.
                 let ca = c * invSA + (hard ? h * invSA : 0), cb = c * invSB
@@ -279,7 +285,7 @@ extension CPUKernels {
                 }
                 if hard && ok { dr[label] -= h }
             }
-            a.rowLoss[row] = valid ? loss : 0
+            a.rowLoss[row] = valid ? rowWeight * loss : 0
             a.rowStatus[row] = Float(status)
             a.rowCrossEntropy[row] = valid ? crossEntropy : 0
         }
@@ -307,6 +313,7 @@ extension CPUKernels {
                 return id >= 0 && id < n ? id : nil
             }
             var (valid, status, label) = rowStart(a, row, hard: hard)
+            let rowWeight = rowWeightOf(a, row)
 
             // Pass 1: the student's maximum, marks and q - p cleared; the teacher's largest value, bad values and ids.
             var maxS = Float16Lanes(repeating: -.infinity)
@@ -379,8 +386,8 @@ extension CPUKernels {
                     guard let id = listedID(i) else { continue }
                     qpRow[id] = expf(zr[id] * invT - zlMax) / sq - expf(valueRow[i] * invT - vlMax) / sp
                 }
-                let c: Float = ok ? gradScale * a.softWeight : 0
-                let h: Float = ok ? gradScale * a.hardWeight : 0
+                let c: Float = ok ? gradScale * rowWeight * a.softWeight : 0
+                let h: Float = ok ? gradScale * rowWeight * a.hardWeight : 0
                 let cAll = (c * (pa + m) + h) / sAll
                 let cListed = cAll - c * pa / listed
                 let cRest = cAll - (m > 0 ? c * m / sRest : 0)
@@ -392,7 +399,7 @@ extension CPUKernels {
                 }
                 if hard && ok { dr[label] -= h }
             }
-            a.rowLoss[row] = valid ? loss : 0
+            a.rowLoss[row] = valid ? rowWeight * loss : 0
             a.rowStatus[row] = Float(status)
             a.rowCrossEntropy[row] = valid ? crossEntropy : 0
         }

@@ -9,7 +9,8 @@ extension DistillationLoss {
     ///
     /// - Parameters:
     ///   - labels: `[N]` token ids as floats; `ignoreIndex` marks rows to ignore; required when `hardWeight != 0`.
-    ///   - rowMask: `[N]`; a row whose entry is 0 is ignored.
+    ///   - rowMask: `[N]` row weights: a row's loss and gradient are multiplied by its entry, and a row
+    ///     whose entry is 0 is ignored (not counted by the mean).
     /// - Throws: `TensorError.shapeMismatch` naming both sizes; ``DistillationLossError`` with the first
     ///   row whose input is NaN or +inf, entirely -inf, has a label outside the vocabulary, or whose loss is not finite.
     public func callAsFunction(student: Tensor, teacher: TeacherLogits, labels: Tensor? = nil, rowMask: Tensor? = nil,

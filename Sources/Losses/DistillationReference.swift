@@ -193,7 +193,10 @@ public enum DistillationReference {
                     rowGradients[r * n + j] += hardWeight * (untempered[j] - (j == y ? 1 : 0))
                 }
             }
-            rowLosses[r] = rowLoss
+            // A row's weight (its mask entry) scales its loss and gradient.
+            let weight = rowMask?[r] ?? 1
+            for j in 0..<n { rowGradients[r * n + j] *= weight }
+            rowLosses[r] = weight * rowLoss
         }
         let validRows = valid.filter { $0 }.count
         let total = zip(rowLosses, valid).reduce(0.0) { $0 + ($1.1 ? $1.0 : 0) }

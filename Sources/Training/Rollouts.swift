@@ -64,6 +64,8 @@ public struct RolloutSettings: Equatable, Sendable {
     public var promptTokens: Int
     public var rolloutTokens: Int
     public var temperature: Float
+    /// The per-token reverse-KL estimator instead of the divergence on the student's fresh samples.
+    public var sampledReverseKL: Bool
     /// Sequences the replay buffer keeps (0: no buffer).
     public var replayCapacity: Int
     /// Probability that a student step replays buffered sequences instead of sampling fresh ones.
@@ -79,6 +81,7 @@ public struct RolloutSettings: Equatable, Sendable {
         promptTokens = config.promptTokens
         rolloutTokens = config.rolloutTokens
         temperature = config.rolloutTemperature
+        sampledReverseKL = config.onPolicyLoss == "sampled-rkl"
         replayCapacity = config.replayCapacity
         replayRatio = config.replayRatio
         adaptiveLossRise = config.onPolicySchedule == "adaptive" ? config.adaptiveLossEps : nil

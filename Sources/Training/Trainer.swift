@@ -182,9 +182,15 @@ public final class Trainer {
             let share = Float(stepBatch.rows) / Float(totalRows)
             // Both LM heads and the loss, chunk by chunk: dL/dh into hiddenGradient, dL/dW_out added.
             let hiddenGradient = try backend.tensor(shape: hidden.shape, label: "final hidden gradient")
-            let result = try fusedHead(hidden: hidden, weight: student.outputWeight.compute, teacher: targets.output, labels: labels,
+            let result: DistillationLossResult
+            if stepBatch.source == .student, rollouts?.settings.sampledReverseKL == true, case .hidden(let teacherHidden, let teacherHead) = targets.output {
+                result = try sampledReverseKL(hidden: hidden, teacherHidden: teacherHidden, teacherHead: teacherHead, labels: labels, loss: loss,
+                                              hiddenGradient: hiddenGradient, share: share)
+            } else {
+                result = try fusedHead(hidden: hidden, weight: student.outputWeight.compute, teacher: targets.output, labels: labels,
                                        gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share,
                                        teacherCrossEntropy: teacherNeeded && targets.crossEntropy == nil && objective.temperatureSchedule == .dts)
+            }
             parts.loss += result.loss * share
             parts.crossEntropy += (result.crossEntropy ?? 0) * share
             parts.teacherCrossEntropy += (targets.crossEntropy ?? result.teacherCrossEntropy ?? 0) * share
@@ -206,3 +212,32 @@ public final class Trainer {
     }
 }
 
+
+extension Trainer {
+    /// The per-token reverse-KL estimator on the student's own samples (Thinking Machines' on-policy
+    /// distillation): each sampled token x_t gets w_t = log q(x_t) - log p(x_t) as its negative reward,
+    /// and the student follows the policy gradient sum_t w_t grad log q(x_t) (w_t held fixed, no
+    /// discount), which in expectation over its samples is the gradient of the reverse KL. That is a
+    /// cross-entropy on the sampled tokens weighted by -w_t per row (the loss kernels' row weights),
+    /// plus `hard_weight` x the plain cross-entropy: one fused head pass of row weights
+    /// hard - soft T^2 w_t, after two forward-only passes for log p and log q. Reported: the loss
+    /// soft T^2 mean(w) + hard mean CE, so `kd_loss` is the sampled estimate of the reverse KL.
+    func sampledReverseKL(hidden: Tensor, teacherHidden: Tensor, teacherHead: Tensor, labels: Tensor, loss: DistillationLoss,
+                          hiddenGradient: Tensor, share: Float) throws -> DistillationLossResult {
+        let logProbability = FusedLinearDistillationLoss(loss: DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1, reduction: .sum,
+                                                                                forwardOnly: true), chunkBudgetBytes: headChunkBytes)
+        let teacherNLL = try logProbability(hidden: teacherHidden, weight: teacherHead, teacher: .none, labels: labels).rowLosses
+        let studentNLL = try logProbability(hidden: hidden, weight: student.outputWeight.compute, teacher: .none, labels: labels).rowLosses
+        // Rows that predict nothing (prompt positions, the last) have NLL 0 from both and are ignored by their label.
+        let rewards = zip(studentNLL, teacherNLL).map { student, teacher in teacher - student }  // log q - log p
+        let soft = loss.effectiveSoftWeight, hard = loss.hardWeight
+        let weights = try student.backend.tensor(rewards.map { hard - soft * $0 }, shape: [rewards.count], label: "sampled reverse-KL row weights")
+        let weighted = FusedLinearDistillationLoss(loss: DistillationLoss(temperature: 1, softWeight: 0, hardWeight: 1), chunkBudgetBytes: headChunkBytes)
+        let result = try weighted(hidden: hidden, weight: student.outputWeight.compute, teacher: .none, labels: labels, rowMask: weights,
+                                  gradHidden: hiddenGradient, gradWeight: student.outputWeight.gradient, gradOutput: share)
+        let rows = Float(max(1, result.validRows))
+        let reward = rewards.reduce(0, +) / rows, crossEntropy = studentNLL.reduce(0, +) / rows
+        return DistillationLossResult(loss: soft * reward + hard * crossEntropy, rowLosses: result.rowLosses, validRows: result.validRows,
+                                      crossEntropy: crossEntropy)
+    }
+}

@@ -121,6 +121,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var rolloutTokens = 64
     /// The sampling temperature of rollouts (0: greedy).
     public var rolloutTemperature: Float = 1
+    /// The objective on the student's own samples: `divergence` (the configured divergence over the
+    /// whole vocabulary at each sampled position, GKD) or `sampled-rkl` (the per-token reverse-KL
+    /// estimator: log q(x) - log p(x) of each sampled token as its negative reward, a policy gradient
+    /// that needs only the teacher's log-probability of the sampled tokens).
+    public var onPolicyLoss = "divergence"
     /// DistiLLM's replay buffer: student sequences kept for reuse (0: none).
     public var replayCapacity = 0
     /// Probability that a student step replays buffered sequences instead of sampling fresh ones.
@@ -148,7 +153,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
         case teacherPrecision = "teacher_precision", precision
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", rolloutTokens = "rollout_tokens"
-        case rolloutTemperature = "rollout_temperature", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
+        case rolloutTemperature = "rollout_temperature", onPolicyLoss = "on_policy_loss", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
         case onPolicySchedule = "on_policy_schedule", adaptiveLossEps = "adaptive_loss_eps", evalRollouts = "eval_rollouts"
     }
 
@@ -351,6 +356,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                                            + "exceed the window of \(seqLen) (--seq-len); a sampled sequence must fit one: lower them or raise --seq-len")
             }
         case .rolloutTemperature: try inRange(rolloutTemperature, "[0, 100] (0 samples greedily)") { $0 >= 0 && $0 <= 100 }
+        case .onPolicyLoss: try oneOf(onPolicyLoss, ["divergence", "sampled-rkl"])
         case .replayCapacity: try atLeast(replayCapacity, 0)
         case .replayRatio: try inRange(replayRatio, "[0, 1]") { (0...1).contains($0) }
         case .onPolicySchedule: try oneOf(onPolicySchedule, ["constant", "adaptive"])

@@ -79,6 +79,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: prompt tokens taken from each window.") var promptTokens: Int?
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: tokens sampled after each prompt (prompt + these <= --seq-len).") var rolloutTokens: Int?
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: sampling temperature (0: greedy).") var rolloutTemperature: Float?
+    @Option(name: .long, help: "The objective on the student's samples: divergence (the configured divergence over the vocabulary, GKD) or sampled-rkl (log q(x) - log p(x) of each sampled token as a negative reward: a per-token policy gradient).")
+    var onPolicyLoss: String?
     @Option(name: .long, parsing: .unconditional, help: "DistiLLM replay buffer: student sequences kept for reuse (0: none).") var replayCapacity: Int?
     @Option(name: .long, parsing: .unconditional, help: "DistiLLM replay buffer: probability that a student step replays buffered sequences.") var replayRatio: Float?
     @Option(name: .long, help: "constant, or adaptive (DistiLLM: the on-policy fraction rises by 0.1 when validation NLL rises by --adaptive-loss-eps).")
@@ -182,6 +184,7 @@ struct TrainCommand: ParsableCommand {
         if let promptTokens { settings.promptTokens = promptTokens }
         if let rolloutTokens { settings.rolloutTokens = rolloutTokens }
         if let rolloutTemperature { settings.rolloutTemperature = rolloutTemperature }
+        if let onPolicyLoss { settings.onPolicyLoss = onPolicyLoss }
         if let replayCapacity { settings.replayCapacity = replayCapacity }
         if let replayRatio { settings.replayRatio = replayRatio }
         if let onPolicySchedule { settings.onPolicySchedule = onPolicySchedule }

@@ -16,7 +16,7 @@ extension ParityTable {
     ].map(distillCase) + [MissingTeacherMass.uniform, .bucket, .decoupled].map(topKCase)
         + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
 
-    /// Student, teacher and row mask with a shared vocabulary mask; the last of several rows all -inf and masked out.
+    /// Student, teacher and row weights with a shared vocabulary mask; the last of several rows all -inf and masked out.
     static func lossInputs(_ rng: inout SeededRandom, rows: Int, cols: Int) -> (student: [Float], teacher: [Float], mask: [Float]) {
         let masked: Set<Int> = rows > 1 ? [rows - 1] : []
         var student = rng.logits(rows: rows, cols: cols, scale: 10, maskedRows: masked)
@@ -27,7 +27,8 @@ extension ParityTable {
                 teacher[i] = -.infinity
             }
         }
-        return (student, teacher, (0..<rows).map { masked.contains($0) ? 0 : 1 })
+        // Row weights (the mask's entries scale each row; 0 drops it): positive, one negative.
+        return (student, teacher, (0..<rows).map { masked.contains($0) ? 0 : $0 == 1 ? -0.5 : 0.25 + Float($0 % 3) * 0.75 })
     }
 
     /// Runs a loss in place on operand 0 and writes its row losses into operand 3.

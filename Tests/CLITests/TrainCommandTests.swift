@@ -140,30 +140,35 @@ final class TrainCommandTests: XCTestCase {
 
     /// The loss of an on-policy step equals an independent computation over the sampled ids: the
     /// numpy float64 llama forward and divergence of bench/reference/check_on_policy.py, whose
-    /// output (Fixtures/on-policy-reference.json) holds the ids this seed samples and the reference
-    /// loss. To remake it: keep this run (KDGPU_KEEP_ON_POLICY_RUN=DIR) and run
-    /// `python3 bench/reference/check_on_policy.py DIR --fixture Tests/CLITests/Fixtures/on-policy-reference.json`.
+    /// output (Fixtures/on-policy-*.json) holds the ids this seed samples and the reference loss, for
+    /// the divergence (jsd) and for the per-token reverse-KL estimator. To remake them: keep these
+    /// runs (KDGPU_KEEP_ON_POLICY_RUN=DIR keeps DIR/NAME) and run `python3 bench/reference/check_on_policy.py
+    /// DIR/NAME --fixture Tests/CLITests/Fixtures/on-policy-NAME.json`.
     func testOnPolicyStepLossEqualsNumpyReference() throws {
-        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/on-policy-reference.json")
-        let reference = try JSONSerialization.jsonObject(with: Data(contentsOf: fixture)) as! [String: Any]
-        let out = try ProcessInfo.processInfo.environment["KDGPU_KEEP_ON_POLICY_RUN"].map { URL(fileURLWithPath: $0) } ?? folder("on-policy")
-        let run = try kdgpu(["train", "--teacher", Kdgpu.tinyModel.replacingOccurrences(of: "q8_0", with: "f32"), "--data", try corpus().path,
-                             "--student-layers", "1", "--steps", "1", "--batch-size", "3", "--gradient-accumulation", "2", "--seq-len", "32",
-                             "--device", "cpu", "--teacher-precision", "fp32", "--out", out.path, "--seed", "5", "--on-policy-fraction", "1",
-                             "--prompt-tokens", "7", "--rollout-tokens", "13", "--divergence", "jsd(0.5)", "--temperature", "1.5", "--hard-weight", "0.2"])
-        XCTAssertEqual(run.status, 0, run.error)
-        let rollouts = try String(contentsOf: out.appendingPathComponent("rollouts.jsonl"), encoding: .utf8).split(separator: "\n").map {
-            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+        let data = try corpus()
+        for (name, objective) in [("jsd", ["--divergence", "jsd(0.5)"]), ("sampled-rkl", ["--on-policy-loss", "sampled-rkl"])] {
+            let reference = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("on-policy-\(name).json"))) as! [String: Any]
+            let out = try ProcessInfo.processInfo.environment["KDGPU_KEEP_ON_POLICY_RUN"].map { URL(fileURLWithPath: $0).appendingPathComponent(name) }
+                ?? folder("on-policy-\(name)")
+            let run = try kdgpu(["train", "--teacher", Kdgpu.tinyModel.replacingOccurrences(of: "q8_0", with: "f32"), "--data", data.path,
+                                 "--student-layers", "1", "--steps", "1", "--batch-size", "3", "--gradient-accumulation", "2", "--seq-len", "32",
+                                 "--device", "cpu", "--teacher-precision", "fp32", "--out", out.path, "--seed", "5", "--on-policy-fraction", "1",
+                                 "--prompt-tokens", "7", "--rollout-tokens", "13", "--temperature", "1.5", "--hard-weight", "0.2"] + objective)
+            XCTAssertEqual(run.status, 0, run.error)
+            let rollouts = try String(contentsOf: out.appendingPathComponent("rollouts.jsonl"), encoding: .utf8).split(separator: "\n").map {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+            }
+            let expected = reference["sequences"] as! [[String: Any]]
+            XCTAssertEqual(rollouts.map { $0["prompt_ids"] as! [Int] }, expected.map { $0["prompt_ids"] as! [Int] }, "prompts: the windows' first 7 tokens")
+            XCTAssertEqual(rollouts.map { $0["completion_ids"] as! [Int] }, expected.map { $0["completion_ids"] as! [Int] }, "the seed's samples")
+            XCTAssertEqual(rollouts.map { $0["source"] as! String }, Array(repeating: "student", count: 6))
+            let step = try metrics(out).first { $0["loss"] != nil }!
+            let loss = step["loss"] as! Double, expectedLoss = reference["reference_loss"] as! Double
+            XCTAssertEqual(loss, expectedLoss, accuracy: 1e-4 * abs(expectedLoss), "\(name): kdgpu \(loss), numpy float64 \(expectedLoss)")
+            XCTAssertEqual(step["batch_source"] as? String, "student")
+            XCTAssertEqual(step["on_policy"] as? Bool, true)
         }
-        let expected = reference["sequences"] as! [[String: Any]]
-        XCTAssertEqual(rollouts.map { $0["prompt_ids"] as! [Int] }, expected.map { $0["prompt_ids"] as! [Int] }, "prompts: the first 7 tokens of the windows")
-        XCTAssertEqual(rollouts.map { $0["completion_ids"] as! [Int] }, expected.map { $0["completion_ids"] as! [Int] }, "the seed's samples")
-        XCTAssertEqual(rollouts.map { $0["source"] as! String }, Array(repeating: "student", count: 6))
-        let step = try metrics(out).first { $0["loss"] != nil }!
-        let loss = step["loss"] as! Double, expectedLoss = reference["reference_loss"] as! Double
-        XCTAssertEqual(loss, expectedLoss, accuracy: 1e-4 * abs(expectedLoss), "kdgpu \(loss), numpy float64 \(expectedLoss)")
-        XCTAssertEqual(step["batch_source"] as? String, "student")
-        XCTAssertEqual(step["on_policy"] as? Bool, true)
     }
 
     func testExportWritesGGUFAndSafetensorsThatLoad() throws {

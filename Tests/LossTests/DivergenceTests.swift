@@ -40,13 +40,13 @@ final class DivergenceTests: XCTestCase {
     }
 
     /// 41 x 1271 (odd rows, prime-ish columns), every divergence at every temperature; the last row is
-    /// all -inf and ignored by its label, another row is masked out.
+    /// all -inf and ignored by its label, another row is masked out, the others weighted (one negatively).
     func testEveryDivergenceAndTemperatureAgainstFP64() throws {
         let backends = try lossBackends()
         var rng = SeededRandom(seed: 3)
         var problem = LossProblem.random(&rng, rows: 41, vocabulary: 1271, maskedRows: [40])
         problem.labels = (0..<41).map { $0 == 40 || $0 == 7 ? -100 : Float(Int.random(in: 0..<1271, using: &rng)) }
-        problem.rowMask = (0..<41).map { $0 == 12 ? 0 : 1 }
+        problem.rowMask = (0..<41).map { $0 == 12 ? 0 : $0 == 5 ? -0.6 : 0.5 + Float($0 % 4) * 0.5 }  // row weights; row 12 masked out
         for divergence in Self.divergences {
             for temperature in Self.temperatures {
                 let options = DistillationLoss(divergence: divergence, temperature: temperature)

@@ -10,7 +10,7 @@ import XCTest
 /// gradients in DivergenceTests), and the worded errors for bad input.
 final class GradientAndErrorTests: XCTestCase {
     /// Central differences in fp64 of the reduced loss, for every divergence, with hard labels, an
-    /// ignored row, a masked entry, T = 2 and grad_output = 1.5.
+    /// ignored row, a masked entry, row weights, T = 2 and grad_output = 1.5.
     func testReferenceGradientsByFiniteDifferences() throws {
         var rng = SeededRandom(seed: 23)
         let (rows, vocabulary) = (3, 7)
@@ -18,6 +18,7 @@ final class GradientAndErrorTests: XCTestCase {
         problem.student[5] = -.infinity
         problem.teacher[5] = -.infinity
         problem.labels = [2, -100, 6]
+        problem.rowMask = [0.7, 1, -1.3]  // row weights, one negative (the per-token estimator's kind)
         let divergences: [Divergence] = [.forwardKL, .reverseKL, .jensenShannon(beta: 0.3), .jensenShannon(beta: 0.99),
                                          .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1), .skewReverseKL(alpha: 0.7),
                                          .totalVariation]
@@ -33,7 +34,8 @@ final class GradientAndErrorTests: XCTestCase {
                     shifted[i] += delta
                     return 1.5 * DistillationReference.compute(options, student: shifted, rows: rows, vocabulary: vocabulary,
                                                                teacher: problem.referenceTeacher,
-                                                               labels: problem.labels!.map { Int($0) }).loss
+                                                               labels: problem.labels!.map { Int($0) },
+                                                               rowMask: problem.rowMask!.map(Double.init)).loss
                 }
                 let numeric = (loss(h) - loss(-h)) / (2 * h)
                 worst = max(worst, abs(numeric - analytic[i]))

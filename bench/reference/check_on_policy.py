@@ -7,7 +7,9 @@ student_layers (an inherited student), which this script rebuilds from the teach
 sequence the run sampled at step 1 (RUN/rollouts.jsonl), the divergence is taken from the two
 models' logits at the positions that predict the sampled tokens (prompt positions masked) and
 averaged over them, as the configuration says (fkl, rkl or jsd(beta), temperature T, times T^2 when
-scaled, plus hard_weight x the student's cross-entropy); the run's logged step-1 loss must equal it.
+scaled, plus hard_weight x the student's cross-entropy; with on_policy_loss sampled-rkl, the student's
+samples take log q(x) - log p(x) of each sampled token instead of the divergence); the run's logged
+step-1 loss must equal it.
 
   python3 bench/reference/check_on_policy.py RUN_DIR
       compares RUN_DIR/metrics.jsonl's step-1 loss with this reference; exits 1 when they differ
@@ -93,8 +95,12 @@ def main():
         first = len(r["prompt_ids"]) - 1  # the position predicting the first sampled token
         positions = np.arange(first, len(ids) - 1)
         labels = ids[positions + 1]
-        d = divergence(settings["divergence"], log_softmax(z_t[positions] / t), log_softmax(z_s[positions] / t))
         ce = -log_softmax(z_s[positions])[np.arange(len(positions)), labels]
+        if settings.get("on_policy_loss") == "sampled-rkl" and r["source"] == "student":
+            # The per-token estimate of the reverse KL: log q(x) - log p(x) of each sampled token.
+            d = log_softmax(z_t[positions])[np.arange(len(positions)), labels] * -1 - ce
+        else:
+            d = divergence(settings["divergence"], log_softmax(z_t[positions] / t), log_softmax(z_s[positions] / t))
         rows.extend(soft * scale * d + hard * ce)
     reference = float(np.mean(rows))
     relative = abs(logged["loss"] - reference) / abs(reference)
@@ -102,7 +108,7 @@ def main():
           f"reference (numpy float64) {reference:.7f}, relative difference {relative:.2e}")
     if args.fixture:
         keys = ["divergence", "temperature", "soft_weight", "hard_weight", "seed", "prompt_tokens", "rollout_tokens",
-                "rollout_temperature", "batch_size", "seq_len", "student_layers", "on_policy_fraction", "seq_kd"]
+                "rollout_temperature", "batch_size", "seq_len", "student_layers", "on_policy_fraction", "seq_kd", "on_policy_loss"]
         with open(args.fixture, "w") as out:
             json.dump({"settings": {k: settings.get(k) for k in keys}, "teacher": os.path.basename(settings["teacher"]),
                        "sequences": [{"source": r["source"], "prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"]} for r in rollouts],

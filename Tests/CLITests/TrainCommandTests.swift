@@ -357,6 +357,31 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(alone.error.contains("written by 2 processes (mpirun -np 2), this run has 1"), alone.error)
     }
 
+    /// On-policy and sequence-level steps under mpirun: every rank draws the same source for a step
+    /// and samples its micro-batches from the seed of (step, micro-batch), so two ranks take the steps
+    /// one process takes with twice the accumulation (the same sources and losses); the replay buffer,
+    /// which one rank would decide, is refused under mpirun.
+    func testTwoRanksSampleAsOneProcessWithTwiceTheAccumulation() throws {
+        let data = try corpus(), one = try folder("on-policy-one"), two = try folder("on-policy-two")
+        let sampling = ["--on-policy-fraction", "0.5", "--seq-kd", "true", "--prompt-tokens", "8", "--rollout-tokens", "16"]
+        let single = try kdgpu(trainArguments(data: data, out: one) + ["--gradient-accumulation", "2"] + sampling)
+        XCTAssertEqual(single.status, 0, single.error)
+        let pair = try kdgpuRanks(2, trainArguments(data: data, out: two) + sampling)
+        XCTAssertEqual(pair.status, 0, pair.error)
+        let (expected, measured) = (try metrics(one), try metrics(two))
+        XCTAssertEqual(expected.compactMap { $0["batch_source"] as? String }, measured.compactMap { $0["batch_source"] as? String })
+        XCTAssertEqual(Set(expected.compactMap { $0["batch_source"] as? String }), ["student", "teacher"])
+        for (a, b) in zip(expected, measured) {
+            for key in ["loss", "grad_norm", "val_nll"] {
+                guard let x = a[key] as? Double else { continue }
+                XCTAssertEqual(try XCTUnwrap(b[key] as? Double, key), x, accuracy: 1e-4 * max(abs(x), 1e-3), "\(key) at step \(a["step"] ?? "?")")
+            }
+        }
+        let replay = try kdgpuRanks(2, trainArguments(data: data, out: try folder("on-policy-replay")) + sampling + ["--replay-capacity", "8"])
+        XCTAssertEqual(replay.status, 1, replay.error)
+        XCTAssertTrue(replay.error.contains("replay_capacity") && replay.error.contains("mpirun"), replay.error)
+    }
+
     /// Two ranks build the teacher cache one process builds, shard for shard (13 shards: the last
     /// round has none for rank 1), rank 0 alone writing the manifest and printing; and two ranks
     /// continue a build one process stopped after 9 shards, to the same files.

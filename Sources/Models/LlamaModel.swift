@@ -147,6 +147,7 @@ public final class LlamaModel {
     /// quantized model is several times faster on the expanded copy, for its bytes (2 a weight in
     /// bf16 or f16, 4 in fp32). The token embedding stays as stored (its rows are gathered).
     public func expanded() throws -> LlamaModel {
+        guard expansionBytes > 0 else { return self }
         func expand(_ w: Tensor) throws -> Tensor {
             guard w.dtype != precision else { return w }
             let out = try backend.tensor(shape: w.shape, dtype: precision, label: "\(w.label) (\(precision.rawValue))")
@@ -161,6 +162,12 @@ public final class LlamaModel {
         let output = try expand(weights.output)
         return try LlamaModel(weights: LlamaWeights(config: config, tokenEmbedding: weights.tokenEmbedding, outputNorm: weights.outputNorm,
                                                     output: output, blocks: blocks), ropeLayout: ropeLayout, precision: precision)
+    }
+
+    /// Bytes ``expanded()`` adds: every matrix not already in the compute type, in it.
+    public var expansionBytes: Int {
+        (weights.blocks.flatMap(\.matrices) + [weights.output]).filter { $0.dtype != precision }
+            .reduce(0) { $0 + precision.byteCount(elements: $1.count) }
     }
 
     /// Bytes of device memory the model holds: weights plus the dequantization scratch.

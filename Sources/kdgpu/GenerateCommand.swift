@@ -45,7 +45,10 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let (tokenizer, model) = try modelOptions.load()
+            let (tokenizer, stored) = try modelOptions.load()
+            // Its matrices expanded once when that takes at most a quarter of the device's memory: a decode
+            // step's few rows cost less than expanding quantized blocks afresh (LlamaModel.expanded()).
+            let model = stored.expansionBytes <= stored.backend.ledger.budgetBytes / 4 ? try stored.expanded() : stored
             let promptIds = try tokenizer.encode(prompt, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special)
             guard !promptIds.isEmpty else { throw ModelError.badInput("--prompt is empty after tokenization; give some text") }
             let capacity = min(model.config.contextLength, promptIds.count + maxTokens)

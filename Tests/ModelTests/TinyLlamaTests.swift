@@ -40,6 +40,28 @@ final class TinyLlamaTests: XCTestCase {
         }
     }
 
+    /// The model with its matrices expanded once gives the same logits as expanding them at every
+    /// forward (the same dequantization), in fp32 and bf16; it holds the bytes it says it adds, and an
+    /// expanded model has nothing left to expand.
+    func testExpandedModelGivesTheSameLogits() throws {
+        let sequence = Self.reference.sequences[2]
+        for backend in try TestBackends.all() {
+            for (type, precision) in [("q4_1", DType.f32), ("q8_0", .bf16), ("f16", .f32)] {
+                let file = try GGUFFile(contentsOf: Self.fixtures.appendingPathComponent(Self.reference.models[type]!.file))
+                let model = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: precision)
+                let expanded = try model.expanded()
+                XCTAssertGreaterThan(model.expansionBytes, 0)
+                XCTAssertEqual(expanded.expansionBytes, 0)
+                XCTAssertEqual(expanded.weights.residentBytes - model.weights.residentBytes,
+                               model.expansionBytes - model.weights.blocks.flatMap(\.matrices).reduce(model.weights.output.byteCount) { $0 + $1.byteCount },
+                               "the matrices in the compute type replace the stored ones (the embedding stays)")
+                let stored = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+                let once = try XCTUnwrap(expanded.forward([sequence]).logits).toArray()
+                XCTAssertEqual(once, stored, "\(type) in \(precision.rawValue) on \(backend.name)")
+            }
+        }
+    }
+
     /// A batch of sequences gives each sequence's own logits.
     func testBatchedForwardEqualsOneSequenceAtATime() throws {
         let sequences = Array(Self.reference.sequences[1...1]) + [Self.reference.sequences[1].reversed()]

@@ -360,10 +360,9 @@ public final class DistillationRun {
                                                                          reduction: .sum, forwardOnly: true), chunkBudgetBytes: headChunkBytes)
         var (total, rows) = (0.0, 0)
         for (i, batch) in prompts.enumerated() {
-            var generation = try Generation(model: try student.inferenceModel(), prompts: batch, capacity: p + config.rolloutTokens,
-                                            seed: Rollouts.seed(config.seed, 0, 4, UInt64(i)))
-            for _ in 0..<config.rolloutTokens { _ = try generation.step(temperature: config.rolloutTemperature) }
-            let sampled = StepBatch(TrainingBatch(tokens: generation.sequences, windows: [], position: .start), firstPredicted: p - 1)
+            let sequences = try Rollouts.continuations(of: batch, by: try student.inferenceModel(), tokens: config.rolloutTokens,
+                                                       temperature: config.rolloutTemperature, seed: Rollouts.seed(config.seed, 0, 4, UInt64(i)))
+            let sampled = StepBatch(TrainingBatch(tokens: sequences, windows: [], position: .start), firstPredicted: p - 1)
             let targets = try teacher.targets(for: sampled.batch, needs: TeacherNeeds())
             let hidden = try student.forward(sampled.batch.tokens)
             student.discardSavedActivations()

@@ -142,6 +142,13 @@ public final class Rollouts {
         }
     }
 
+    /// `prompts` (equal lengths) each continued by `tokens` tokens that `model` samples at `temperature`, in one batch.
+    static func continuations(of prompts: [[Int32]], by model: LlamaModel, tokens: Int, temperature: Float, seed: UInt64) throws -> [[Int32]] {
+        var generation = try Generation(model: model, prompts: prompts, capacity: prompts[0].count + tokens, seed: seed)
+        for _ in 0..<tokens { _ = try generation.step(temperature: temperature) }
+        return generation.sequences
+    }
+
     /// The source of step `step`'s sequences.
     public func source(step: Int) -> SequenceSource {
         var random = SplitMix64(seed: Self.seed(settings.seed, UInt64(step), 1))
@@ -164,10 +171,8 @@ public final class Rollouts {
         case .student, .teacher:
             let model = source == .student ? try student.inferenceModel() : try expandedTeacher()
             let start = DispatchTime.now().uptimeNanoseconds
-            var generation = try Generation(model: model, prompts: corpus.tokens.map { Array($0.prefix(p)) }, capacity: p + m,
-                                            seed: Self.seed(settings.seed, UInt64(step), 2, UInt64(microBatch)))
-            for _ in 0..<m { _ = try generation.step(temperature: settings.temperature) }
-            sequences = generation.sequences
+            sequences = try Self.continuations(of: corpus.tokens.map { Array($0.prefix(p)) }, by: model, tokens: m, temperature: settings.temperature,
+                                               seed: Self.seed(settings.seed, UInt64(step), 2, UInt64(microBatch)))
             sampled.tokens += sequences.count * m
             sampled.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             records += sequences.map { Rollout(step: step, source: source, prompt: Array($0.prefix(p)), completion: Array($0.dropFirst(p))) }

@@ -1,21 +1,27 @@
 // attention.cl: the pieces of causal multi-head attention between the GEMMs.
 // CPU twins: CPUKernels.causal_softmax, causal_mask, transpose_12.
 
-// probs[row, :] = softmax(scale * scores[row, :]) over keys 0 ..= t + key_offset, zero after, where
-// t = row % queries is the row's query index (rows stack [batch][group][query]).
+// probs[row, :] = softmax(scale * scores[row, :]) over keys first ..= t + key_offset, zero elsewhere,
+// where t = row % queries is the row's query index (rows stack [batch][group][query]) and first is
+// key_starts[row / rows_per_start] (left-padded sequences: the keys before it are padding), or 0 when
+// rows_per_start is 0 (key_starts is then not read). A row that sees no key is all zeros.
 // One work-group per row. probs may be scores.
 __kernel void causal_softmax(__global const float* scores, int so, __global float* probs, int po,
-                             int keys, int queries, int key_offset, float scale) {
+                             int keys, int queries, int key_offset, float scale,
+                             __global const int* key_starts, int ko, int rows_per_start) {
     __local float scratch[WG];
     const int row = get_group_id(0), lid = get_local_id(0);
     __global const float* sr = scores + so + (long)row * keys;
     __global float* pr = probs + po + (long)row * keys;
-    const int visible = min(keys, row % queries + key_offset + 1);
-    const float m = group_max(partial_row_max(sr, visible, lid), scratch);
+    const int first = rows_per_start > 0 ? min(keys, max(0, key_starts[ko + row / rows_per_start])) : 0;
+    const int visible = max(0, min(keys, row % queries + key_offset + 1) - first);
+    const float m = group_max(partial_row_max(sr + first, visible, lid), scratch);
     const float shift = (m == -INFINITY) ? 0.0f : m;
-    const float sum = group_sum(partial_row_sum_exp(sr, visible, lid, shift, scale), scratch);
+    const float sum = group_sum(partial_row_sum_exp(sr + first, visible, lid, shift, scale), scratch);
     const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
-    for (int j = lid; j < keys; j += WG) pr[j] = (j < visible) ? exp((sr[j] - shift) * scale) * inv_sum : 0.0f;
+    for (int j = lid; j < keys; j += WG) {
+        pr[j] = (j >= first && j < first + visible) ? exp((sr[j] - shift) * scale) * inv_sum : 0.0f;
+    }
 }
 
 // x[row, j] = value for the keys j a causal query does not see (j > row % queries + key_offset), in

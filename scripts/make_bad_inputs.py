@@ -486,6 +486,29 @@ def flag_cases():
     case("flags-rollout-tokens-zero", f, train(on_policy_fraction="1", rollout_tokens="0"), ["rollout_tokens", "0"])
     case("flags-prompt-tokens-zero", f, train(on_policy_fraction="1", prompt_tokens="0"), ["prompt_tokens", "0"])
     case("flags-rollout-temperature-negative", f, train(on_policy_fraction="1", prompt_tokens="4", rollout_tokens="8", rollout_temperature="-1"), ["rollout_temperature", "-1"])
+    # --prompts FILE.jsonl (and --chat-template): every problem named with the file and line, before any work.
+    sampled = dict(on_policy_fraction="1", prompt_tokens="4", rollout_tokens="8", prompts="{work}/p.jsonl")
+
+    def prompt_file(text):
+        return [{"step": "write", "path": "p.jsonl", "text": text}]
+    case("flags-prompts-missing-file", f, train(**{**sampled, "prompts": "{work}/none.jsonl"}), ["prompts", "none.jsonl"])
+    case("flags-prompts-not-json", f, train(**sampled), ["p.jsonl:2", "JSON"], setup=prompt_file('{"prompt": "the"}\nnot json\n'))
+    case("flags-prompts-no-prompt-field", f, train(**sampled), ["p.jsonl:1", "prompt", "messages"], setup=prompt_file('{"text": "the"}\n'))
+    case("flags-prompts-empty-prompt", f, train(**sampled), ["p.jsonl:1", "non-empty"], setup=prompt_file('{"prompt": ""}\n'))
+    case("flags-prompts-empty-file", f, train(**sampled), ["p.jsonl", "no prompt"], setup=prompt_file("\n\n"))
+    case("flags-prompts-message-without-content", f, train(**sampled), ["p.jsonl:1", "content"],
+         setup=prompt_file('{"messages": [{"role": "user"}]}\n'))
+    case("flags-prompts-messages-without-template", f, train(**sampled), ["p.jsonl:2", "--chat-template"],
+         setup=prompt_file('{"prompt": "the"}\n{"messages": [{"role": "user", "content": "the"}]}\n'),
+         note="line 1 is fine; a conversation needs the template to become text")
+    case("flags-prompts-too-long", f, train(**sampled), ["p.jsonl:1", "tokens", "--seq-len 16", "--rollout-tokens 8"],
+         setup=prompt_file('{"prompt": "' + words(20, 3) + '"}\n'), note="a prompt plus its 8 sampled tokens must fit the window of 16")
+    case("flags-prompts-without-sampling", f, train(prompts="{work}/p.jsonl"), ["prompts", "--on-policy-fraction"], setup=prompt_file('{"prompt": "the"}\n'))
+    case("flags-chat-template-without-prompts", f, train(on_policy_fraction="1", prompt_tokens="4", rollout_tokens="8", chat_template="true"),
+         ["chat_template", "--prompts"])
+    case("flags-chat-template-not-in-model", f, train(**sampled, chat_template="true"), ["chat_template", "tokenizer.chat_template"],
+         setup=prompt_file('{"prompt": "the"}\n'), note="the tiny model's GGUF carries no chat template")
+    case("flags-chat-template-not-a-bool", f, train(**sampled, chat_template="maybe"), ["--chat-template", "maybe"], setup=prompt_file('{"prompt": "the"}\n'))
     case("flags-replay-ratio-above-one", f, train(replay_ratio="2"), ["replay_ratio", "2"])
     case("flags-on-policy-schedule-unknown", f, train(on_policy_schedule="linear"), ["on_policy_schedule", "linear"])
     case("flags-on-policy-loss-unknown", f, train(on_policy_loss="reinforce"), ["on_policy_loss", "reinforce"])
@@ -563,6 +586,8 @@ def flag_cases():
          ["generate", "--model", "{tiny}", "--prompt", "the", "--max-tokens", "-5", "--device", "cpu"], ["max-tokens", "-5"])
     case("flags-generate-batch-zero", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--batch", "0", "--device", "cpu"], ["batch", "0"])
+    case("flags-generate-chat-without-template", f,
+         ["generate", "--model", "{tiny}", "--prompt", "the", "--chat", "--device", "cpu"], ["--chat", "tiny-llama", "chat template"])
     case("flags-generate-top-k-negative", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--top-k", "-3", "--device", "cpu"], ["top-k", "-3"])
     case("flags-generate-top-p-above-one", f,

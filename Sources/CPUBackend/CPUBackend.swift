@@ -260,10 +260,12 @@ public final class CPUBackend: Backend {
         }
     }
 
-    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, keyStarts: Tensor?, scale: Float) throws {
         let (ps, pp, keys) = (try pointer(scores), try mutablePointer(probs), scores.columns)
+        let starts = try keyStarts.map { try int32Pointer($0) }, rowsPerStart = keyStarts.map { scores.rowCount / $0.count } ?? 0
         parallelChunks(scores.rowCount, grain: max(1, rowGrainElements / keys)) {
-            CPUKernels.causal_softmax(ps, pp, keys: keys, queries: queries, keyOffset: keyOffset, scale: scale, $0)
+            CPUKernels.causal_softmax(ps, pp, keys: keys, queries: queries, keyOffset: keyOffset, scale: scale, keyStarts: starts,
+                                      rowsPerStart: rowsPerStart, $0)
         }
     }
 

@@ -192,22 +192,26 @@ extension CPUKernels {
 
     // MARK: attention.cl
 
-    /// probs[row, :] = softmax(scale * scores[row, :]) over keys 0 ... (row % queries) + keyOffset, zero after.
+    /// probs[row, :] = softmax(scale * scores[row, :]) over keys first ... (row % queries) + keyOffset, zero
+    /// elsewhere, where first is keyStarts[row / rowsPerStart] (0 without key starts); a row that sees no key is zeros.
     public static func causal_softmax(_ scores: UnsafePointer<Float>, _ probs: UnsafeMutablePointer<Float>, keys: Int,
-                                      queries: Int, keyOffset: Int, scale: Float, _ rows: Range<Int>) {
+                                      queries: Int, keyOffset: Int, scale: Float, keyStarts: UnsafePointer<Int32>?, rowsPerStart: Int,
+                                      _ rows: Range<Int>) {
         for row in rows {
             let sr = scores + row * keys, pr = probs + row * keys
-            let visible = min(keys, row % queries + keyOffset + 1)
-            let m = rowMaximum(sr, visible)
+            let first = keyStarts.map { min(keys, max(0, Int($0[row / rowsPerStart]))) } ?? 0
+            let end = max(first, min(keys, row % queries + keyOffset + 1))
+            let m = rowMaximum(sr + first, end - first)
             let shift = m == -.infinity ? 0 : m
             var sum: Float = 0
-            for j in 0..<visible {
+            for j in first..<end {
                 pr[j] = expf((sr[j] - shift) * scale)
                 sum += pr[j]
             }
             let inverseSum = m == -.infinity ? 0 : 1 / sum
-            for j in 0..<visible { pr[j] *= inverseSum }
-            for j in visible..<keys { pr[j] = 0 }
+            for j in first..<end { pr[j] *= inverseSum }
+            for j in 0..<first { pr[j] = 0 }
+            for j in end..<keys { pr[j] = 0 }
         }
     }
 

@@ -1,8 +1,9 @@
 import Foundation
 import Tensor
 
-/// Sequences continued together on the model's backend: the prompts (equal lengths) in one forward,
-/// then one token per sequence per forward through a ``LlamaKVCache`` of the whole batch, each
+/// Sequences continued together on the model's backend: the prompts in one forward (shorter ones
+/// left-padded to the longest, the padding masked in the cache), then one token per sequence per
+/// forward through a ``LlamaKVCache`` of the whole batch, each
 /// token drawn on the device by ``Backend/sampleRows(_:uniforms:into:temperature:topK:topP:)`` so
 /// that only the batch's ids come back to the host. The draws' uniforms come from one seeded
 /// stream, so a seed gives the same sequences on every run.
@@ -20,19 +21,22 @@ public struct Generation {
     private var random: SplitMix64
     private var pending: [[Int32]]
 
-    /// - Parameter capacity: the most positions a sequence reaches (prompt and continuation).
+    /// - Parameter capacity: the most positions the longest sequence reaches (prompt and continuation).
     public init(model: LlamaModel, prompts: [[Int32]], capacity: Int, seed: UInt64) throws {
-        guard let length = prompts.first?.count, length >= 1, prompts.allSatisfy({ $0.count == length }) else {
-            throw ModelError.badInput("generation needs prompts of at least one token and of one length (got lengths \(prompts.map(\.count)))")
+        let length = prompts.map(\.count).max() ?? 0
+        guard prompts.allSatisfy({ !$0.isEmpty }) && length >= 1 else {
+            throw ModelError.badInput("generation needs at least one prompt, each of at least one token (got lengths \(prompts.map(\.count)))")
         }
         guard length < capacity, capacity <= model.config.contextLength else {
-            throw ModelError.badInput("prompts of \(length) tokens and a capacity of \(capacity) positions: the capacity must exceed the prompt "
+            throw ModelError.badInput("prompts of up to \(length) tokens and a capacity of \(capacity) positions: the capacity must exceed the longest prompt "
                                       + "and stay within the model's context of \(model.config.contextLength)")
         }
         self.model = model
-        cache = try LlamaKVCache(weights: model.weights, capacity: capacity, batch: prompts.count)
+        let padding = prompts.map { length - $0.count }
+        cache = try LlamaKVCache(weights: model.weights, capacity: capacity, batch: prompts.count, leadingPadding: padding)
         sequences = prompts
-        pending = prompts
+        // The filler repeats the prompt's first token (any id would do: no query attends to it).
+        pending = zip(prompts, padding).map { prompt, pad in Array(repeating: prompt[0], count: pad) + prompt }
         random = SplitMix64(seed: seed)
     }
 

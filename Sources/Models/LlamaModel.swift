@@ -27,22 +27,35 @@ public struct LlamaForwardResult {
 }
 
 /// Keys and values of earlier positions of `batch` sequences that advance together (generation:
-/// the prompts, then one token each per forward).
+/// the prompts, then one token each per forward). Prompts of different lengths are left-padded to
+/// one length: sequence s's first `leadingPadding[s]` positions are filler that no query attends
+/// to, and its real tokens take RoPE positions from 0.
 public final class LlamaKVCache {
     public let capacity: Int
     /// Sequences held; every forward with the cache takes exactly this many.
     public let batch: Int
-    /// Positions filled so far (the same for every sequence).
+    /// Positions filled so far (the same for every sequence, padding included).
     public internal(set) var length = 0
+    /// Per sequence: the filler positions before its first token.
+    public let leadingPadding: [Int]
+    /// i32 [batch]: ``leadingPadding``, the first key each sequence's queries see; nil when no sequence is padded.
+    let keyStarts: Tensor?
     /// Per block: [batch * Hkv * capacity, hs], sequence-major, then head-major.
     let keys: [Tensor]
     let values: [Tensor]
 
-    public init(weights: LlamaWeights, capacity: Int, batch: Int = 1) throws {
+    public init(weights: LlamaWeights, capacity: Int, batch: Int = 1, leadingPadding: [Int]? = nil) throws {
         let config = weights.config
         guard capacity >= 1, batch >= 1 else { throw ModelError.badInput("a KV cache needs a capacity and a batch of at least 1 (got \(capacity), \(batch))") }
+        let padding = leadingPadding ?? Array(repeating: 0, count: batch)
+        guard padding.count == batch, padding.allSatisfy({ 0 <= $0 && $0 < capacity }) else {
+            throw ModelError.badInput("a KV cache of \(batch) sequences and \(capacity) positions needs one leading padding in 0..<\(capacity) per sequence (got \(padding))")
+        }
         self.capacity = capacity
         self.batch = batch
+        self.leadingPadding = padding
+        keyStarts = padding.contains(where: { $0 > 0 })
+            ? try weights.backend.indexTensor(padding.map { Int32($0) }, shape: [batch], label: "kv cache key starts") : nil
         let rows = batch * config.kvHeads * capacity
         keys = try (0..<config.layers).map { try weights.backend.tensor(shape: [rows, config.headDimension], label: "kv cache keys \($0)") }
         values = try (0..<config.layers).map { try weights.backend.tensor(shape: [rows, config.headDimension], label: "kv cache values \($0)") }
@@ -207,7 +220,8 @@ public final class LlamaModel {
     }
 
     /// Runs `tokens` ([B][T], equal lengths) through the model. With a cache (of B sequences), each
-    /// sequence's tokens continue its cached positions and their keys and values are appended.
+    /// sequence's tokens continue its cached positions and their keys and values are appended; the
+    /// cache's leading padding of a sequence is neither attended to nor counted in its positions.
     public func forward(_ tokens: [[Int32]], cache: LlamaKVCache? = nil,
                         options: LlamaForwardOptions = LlamaForwardOptions()) throws -> LlamaForwardResult {
         let b = tokens.count, t = tokens.first?.count ?? 0
@@ -236,7 +250,9 @@ public final class LlamaModel {
 
         func scratch(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
         let ids = try backend.indexTensor(flat, shape: [n], label: "token ids")
-        let positionList = (0..<n).map { Int32(start + $0 % t) }
+        // Each token's RoPE position: its place in the sequence, after the sequence's padding (which takes position 0).
+        let padding = cache?.leadingPadding ?? Array(repeating: 0, count: b)
+        let positionList = (0..<n).map { Int32(max(0, start + $0 % t - padding[$0 / t])) }
         let x = try scratch([n, c], "residual")
         let xn = try scratch([n, c], "normed")
         let q = try scratch([n, h * hs], "q"), k = try scratch([n, hkv * hs], "k"), vv = try scratch([n, hkv * hs], "v")
@@ -279,7 +295,7 @@ public final class LlamaModel {
                 attendedValues = try cache.values[l].reshaped([b * hkv, cache.capacity, hs])
             }
             try backend.gemm(qT.reshaped([b * hkv, g * t, hs]), attendedKeys, into: scores, transposeB: true)
-            try backend.causalSoftmax(scores, into: scores, queries: t, keyOffset: start, scale: scale)
+            try backend.causalSoftmax(scores, into: scores, queries: t, keyOffset: start, keyStarts: cache?.keyStarts, scale: scale)
             try backend.gemm(scores, attendedValues, into: context.reshaped([b * hkv, g * t, hs]))
             if options.attentionLayers.contains(l) {
                 let kept = try scratch([b, h, t, keys], "attention probabilities \(l)")

@@ -410,10 +410,12 @@ public final class OpenCLBackend: Backend {
                           Int32(rope.layout == .halves ? 1 : 0), Float(rope.inverse ? -1 : 1)])
     }
 
-    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws {
+    public func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, keyStarts: Tensor?, scale: Float) throws {
+        // Without key starts the kernel reads no start (rows per start 0): scores stands in for the buffer.
+        let starts = try keyStarts.map { try arguments($0) + [try int32(scores.rowCount / $0.count, $0.label)] } ?? arguments(scores) + [Int32(0)]
         try launch("causal_softmax", in: "attention.cl", globalSize: scores.rowCount * rowWorkGroupSize, localSize: rowWorkGroupSize,
                    try arguments(scores) + arguments(probs)
-                       + [try int32(scores.columns, scores.label), try int32(queries, scores.label), try int32(keyOffset, scores.label), scale])
+                       + [try int32(scores.columns, scores.label), try int32(queries, scores.label), try int32(keyOffset, scores.label), scale] + starts)
     }
 
     public func enqueueCausalMask(_ x: Tensor, queries: Int, keyOffset: Int, value: Float) throws {

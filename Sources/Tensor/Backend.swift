@@ -65,7 +65,7 @@ public protocol Backend: AnyObject {
     /// Rotary embedding of x [tokens, heads, headDim] into y with the (cos, sin) table [tokens, rotated / 2, 2].
     func enqueueRoPE(_ x: Tensor, table: Tensor, into y: Tensor, _ rope: RoPE) throws
     /// probs = causal softmax of scores [rows, keys]; row r is query r % queries at position r % queries + keyOffset.
-    func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, scale: Float) throws
+    func enqueueCausalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int, keyStarts: Tensor?, scale: Float) throws
     /// x[row, j] = value where key j is after query row's position (row % queries + keyOffset), in place.
     func enqueueCausalMask(_ x: Tensor, queries: Int, keyOffset: Int, value: Float) throws
     /// y [A, C, B, D] = x [A, B, C, D] with axes 1 and 2 swapped.

@@ -320,15 +320,24 @@ extension Backend {
     }
 
     /// probs = softmax(scale * scores) over the keys each query may see: row r of scores [..., keys]
-    /// is query `r % queries`, at position `r % queries + keyOffset`, and sees keys 0 through that position.
-    public func causalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int = 0, scale: Float) throws {
+    /// is query `r % queries`, at position `r % queries + keyOffset`, and sees keys 0 through that
+    /// position; with `keyStarts` (i32 [S], S dividing the rows: one per consecutive block of rows,
+    /// e.g. per sequence of a left-padded batch) only from its block's start key on. A row that sees
+    /// no key gets probability 0 everywhere.
+    public func causalSoftmax(_ scores: Tensor, into probs: Tensor, queries: Int, keyOffset: Int = 0, keyStarts: Tensor? = nil, scale: Float) throws {
         try requireFloat32(scores, probs, op: "causal_softmax")
         try requireSameShape(scores, probs, op: "causal_softmax")
         guard queries > 0, keyOffset >= 0, scores.rowCount % queries == 0, scores.columns >= 1 else {
             throw TensorError.shapeMismatch("causal_softmax: \(scores.label) \(describeShape(scores.shape)) with \(queries) queries from key \(keyOffset)")
         }
+        if let keyStarts {
+            guard keyStarts.dtype == .i32, keyStarts.count >= 1, scores.rowCount % keyStarts.count == 0 else {
+                throw TensorError.shapeMismatch("causal_softmax: key starts \(keyStarts.label) \(describeShape(keyStarts.shape)) \(keyStarts.dtype.rawValue) "
+                                                + "for \(scores.rowCount) rows: give i32 starts, one per equal block of rows")
+            }
+        }
         guard scores.count > 0 else { return }
-        try enqueueCausalSoftmax(scores, into: probs, queries: queries, keyOffset: keyOffset, scale: scale)
+        try enqueueCausalSoftmax(scores, into: probs, queries: queries, keyOffset: keyOffset, keyStarts: keyStarts, scale: scale)
     }
 
     /// Sets the positions a causal query does not see to `value` (e.g. -inf, so a softmax over a

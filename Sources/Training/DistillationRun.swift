@@ -92,8 +92,7 @@ public final class DistillationRun {
             } catch let error as DistillationLossError {
                 throw reporter.stopped("non-finite values in the loss: \(error)", at: step)
             }
-            try reporter.stepTaken(step, parts, taidT: trainer.objective.taid?.t, worldSize: reducer.worldSize,
-                                   seconds: Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9)
+            try reporter.stepTaken(step, parts, taidT: trainer.objective.taid?.t, seconds: Double(DispatchTime.now().uptimeNanoseconds - stepStart) / 1e9)
             let environment = ProcessInfo.processInfo.environment
             if let kill = environment["KDGPU_KILL_AFTER_STEP"], Int(kill) == step,
                environment["KDGPU_KILL_RANK"].map({ Int($0) == reducer.rank }) ?? true {
@@ -141,6 +140,7 @@ public final class DistillationRun {
         let teacherConfig = try LlamaConfig(gguf: teacherFile)
         let tokenizer = try BPETokenizer(gguf: teacherFile)
         try config.check(teacher: teacherConfig)
+        let prompts = try readPrompts(teacherFile: teacherFile, tokenizer: tokenizer)
         let cache = config.teacherCache.isEmpty ? nil : try openCache(teacherConfig: teacherConfig)
         do {
             if writes { try FileChecks.createFolder(out.path) }
@@ -246,8 +246,10 @@ public final class DistillationRun {
         trainer.headChunkBytes = headChunkBytes
         if rolloutSettings.samples {
             let saved = try checkpoint?.state.rollouts.map { try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode($0)) }
-            trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, state: saved)
-            log("rollouts: \(config.promptTokens) prompt + \(config.rolloutTokens) sampled tokens at T=\(config.rolloutTemperature); "
+            trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, prompts: prompts, state: saved)
+            let promptSource = prompts.map { "prompts of \($0.map(\.count).min()!)-\($0.map(\.count).max()!) tokens from \(config.prompts) (\($0.count), "
+                + (config.chatTemplate ? "chat template" : "plain text") + ")" } ?? "\(config.promptTokens) prompt tokens"
+            log("rollouts: \(promptSource) + \(config.rolloutTokens) sampled tokens at T=\(config.rolloutTemperature); "
                 + "student samples with probability \(trainer.rollouts!.state.fraction)" + (config.onPolicySchedule == "adaptive" ? " (adaptive)" : "")
                 + (config.replayCapacity > 0 ? ", replayed from a buffer of \(config.replayCapacity) with probability \(config.replayRatio)" : "")
                 + ", else " + (config.seqKd ? "the teacher samples (sequence-level KD)" : "corpus windows"))
@@ -350,19 +352,37 @@ public final class DistillationRun {
         return cache
     }
 
+    /// The tokenized prompts of `--prompts` (nil without it), plain or through the teacher's chat
+    /// template, each checked to leave room for its continuation in a window.
+    func readPrompts(teacherFile: GGUFFile, tokenizer: BPETokenizer) throws -> [[Int32]]? {
+        guard !config.prompts.isEmpty else { return nil }
+        var template: ChatTemplate?
+        if config.chatTemplate {
+            do { template = try ChatTemplate(gguf: teacherFile) } catch {
+                throw TrainingError.config("chat_template (--chat-template): \(error); write the prompts as plain text and drop --chat-template")
+            }
+        }
+        do {
+            return try PromptFile(path: config.prompts).tokenized(with: tokenizer, chatTemplate: template, maxTokens: config.seqLen - config.rolloutTokens,
+                                                                 limitReason: "--seq-len \(config.seqLen) less --rollout-tokens \(config.rolloutTokens)")
+        } catch let error as TrainingDataError {
+            throw TrainingError.data("prompts (--prompts): \(error)")
+        }
+    }
+
     /// The on-policy measure: the teacher's reverse KL, KL(q || p) at T = 1, averaged over the
     /// positions predicting the continuations the student samples (the same seed at every
     /// validation) after `prompts`; nil without prompts.
     func onPolicyReverseKL(_ trainer: Trainer, prompts: [[[Int32]]]) throws -> Double? {
         guard !prompts.isEmpty, let teacher = trainer.teacher as? LiveTeacher else { return nil }
-        let student = trainer.student, p = config.promptTokens
+        let student = trainer.student
         let measure = FusedLinearDistillationLoss(loss: DistillationLoss(divergence: .reverseKL, temperature: 1, softWeight: 1, hardWeight: 0,
                                                                          reduction: .sum, forwardOnly: true), chunkBudgetBytes: headChunkBytes)
         var (total, rows) = (0.0, 0)
         for (i, batch) in prompts.enumerated() {
             let sequences = try Rollouts.continuations(of: batch, by: try student.inferenceModel(), tokens: config.rolloutTokens,
                                                        temperature: config.rolloutTemperature, seed: Rollouts.seed(config.seed, 0, 4, UInt64(i)))
-            let sampled = StepBatch(TrainingBatch(tokens: sequences, windows: [], position: .start), firstPredicted: p - 1)
+            let sampled = StepBatch(sampled: sequences, continuation: config.rolloutTokens, source: .student)
             let targets = try teacher.targets(for: sampled.batch, needs: TeacherNeeds())
             let hidden = try student.forward(sampled.batch.tokens)
             student.discardSavedActivations()

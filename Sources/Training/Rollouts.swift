@@ -20,28 +20,48 @@ public enum SequenceSource: String, Codable, Sendable {
 
 /// One micro-batch as the trainer takes it: its sequences and which positions the loss counts.
 public struct StepBatch {
-    /// [B][T] tokens (a rollout: prompt then continuation) and the corpus windows they came from.
+    /// [B][T] tokens (a rollout: prompt then continuation, shorter ones padded at the end) and the
+    /// corpus windows they came from.
     public var batch: TrainingBatch
-    /// Positions before this one predict prompt tokens and are left out of the loss (0: every
-    /// position that has a next token counts).
-    public var firstPredicted: Int
+    /// Per sequence: the positions whose prediction of the next token counts.
+    public var predicted: [Range<Int>]
     public var source: SequenceSource
 
-    public init(_ batch: TrainingBatch, firstPredicted: Int = 0, source: SequenceSource = .corpus) {
+    /// Corpus windows: every position that has a next token counts.
+    public init(_ batch: TrainingBatch) {
+        let t = batch.tokens.first?.count ?? 0
+        self.init(batch, predicted: Array(repeating: 0..<max(0, t - 1), count: batch.tokens.count), source: .corpus)
+    }
+
+    init(_ batch: TrainingBatch, predicted: [Range<Int>], source: SequenceSource) {
         self.batch = batch
-        self.firstPredicted = firstPredicted
+        self.predicted = predicted
         self.source = source
     }
 
-    /// Positions whose prediction counts: B x (T - 1 - firstPredicted).
-    public var rows: Int { batch.tokens.count * max(0, (batch.tokens.first?.count ?? 1) - 1 - firstPredicted) }
+    /// Sampled sequences, each a prompt (of any length) and `continuation` tokens: only the positions
+    /// predicting the continuation count. Shorter sequences are padded at the end to the longest
+    /// (repeating their last token): causal attention keeps the padding out of every counted position.
+    /// `corpus`: the windows the prompts came from, if any.
+    public init(sampled sequences: [[Int32]], continuation: Int, source: SequenceSource, corpus: TrainingBatch? = nil) {
+        let t = sequences.map(\.count).max() ?? 0
+        let padded = sequences.map { $0 + Array(repeating: $0.last ?? 0, count: t - $0.count) }
+        self.init(TrainingBatch(tokens: padded, windows: corpus?.windows ?? [], position: corpus?.position ?? .start),
+                  predicted: sequences.map { max(0, $0.count - continuation - 1)..<max(0, $0.count - 1) }, source: source)
+    }
 
-    /// [B * T] labels: position t of a sequence predicts token t + 1 when t >= firstPredicted; the
-    /// prompt positions before it and the last position of each sequence get the ignore index -100.
+    /// Positions whose prediction counts, over every sequence.
+    public var rows: Int { predicted.reduce(0) { $0 + $1.count } }
+
+    /// Tokens of the sequences, padding left out (each ends with the token its last counted position predicts).
+    public var tokens: Int { predicted.reduce(0) { $0 + $1.upperBound + 1 } }
+
+    /// [B * T] labels: position p of sequence s predicts token p + 1 when p is in `predicted[s]`;
+    /// every other position gets the ignore index -100.
     public func labels(backend: any Backend) throws -> Tensor {
         let t = batch.tokens.first?.count ?? 0
-        let labels = batch.tokens.flatMap { sequence in
-            (0..<t).map { p in p >= firstPredicted && p + 1 < t ? Float(sequence[p + 1]) : -100 }
+        let labels = zip(batch.tokens, predicted).flatMap { sequence, counted in
+            (0..<t).map { p in counted.contains(p) ? Float(sequence[p + 1]) : -100 }
         }
         return try backend.tensor(labels, shape: [batch.tokens.count * t], label: "next-token labels")
     }
@@ -98,7 +118,7 @@ public struct RolloutState: Codable, Equatable, Sendable {
     public var fraction: Float
     /// The validation NLL the adaptive schedule compares the next one with.
     public var lastValidationNLL: Double?
-    /// The buffered sequences (prompt then continuation), oldest first once full: a ring whose next
+    /// The buffered sequences (a prompt, then its last `rolloutTokens` tokens sampled), oldest first once full: a ring whose next
     /// slot to overwrite is `nextSlot`.
     public var buffer: [[Int32]] = []
     public var nextSlot = 0
@@ -108,9 +128,10 @@ public struct RolloutState: Codable, Equatable, Sendable {
     }
 }
 
-/// The sequences of each step: corpus windows, or continuations of their first `promptTokens`
-/// tokens sampled by the current student (GKD), by the teacher (sequence-level KD, Kim & Rush), or
-/// replayed from a buffer of earlier student samples (DistiLLM). Every draw (which source a step
+/// The sequences of each step: corpus windows, or continuations of prompts (their first
+/// `promptTokens` tokens, or prompts from a file) sampled by the current student (GKD), by the
+/// teacher (sequence-level KD, Kim & Rush), or replayed from a buffer of earlier student samples
+/// (DistiLLM). Every draw (which source a step
 /// takes, the sampled tokens, the replayed sequences) comes from a stream seeded by (seed, step,
 /// micro-batch), so a resumed run, or a rank of an mpirun job, draws exactly what one uninterrupted
 /// process would.
@@ -120,6 +141,8 @@ public final class Rollouts {
     let student: StudentModel
     /// The live teacher (sequence-level KD samples from it).
     let teacher: LlamaModel?
+    /// Tokenized prompts (`--prompts`) to continue instead of the corpus windows' first tokens.
+    let prompts: [[Int32]]?
     /// The teacher with its matrices expanded once (``LlamaModel/expanded()``), made at its first sample.
     private var generatingTeacher: LlamaModel?
     /// The sequences sampled since the last ``takeRecords()``.
@@ -127,10 +150,11 @@ public final class Rollouts {
     /// Tokens sampled and the seconds it took, since the last ``takeRecords()``.
     private var sampled = (tokens: 0, seconds: 0.0)
 
-    public init(settings: RolloutSettings, student: StudentModel, teacher: LlamaModel?, state: RolloutState? = nil) {
+    public init(settings: RolloutSettings, student: StudentModel, teacher: LlamaModel?, prompts: [[Int32]]? = nil, state: RolloutState? = nil) {
         self.settings = settings
         self.student = student
         self.teacher = teacher
+        self.prompts = prompts
         self.state = state ?? RolloutState(fraction: settings.fraction)
     }
 
@@ -142,9 +166,9 @@ public final class Rollouts {
         }
     }
 
-    /// `prompts` (equal lengths) each continued by `tokens` tokens that `model` samples at `temperature`, in one batch.
+    /// `prompts` (of any lengths) each continued by `tokens` tokens that `model` samples at `temperature`, in one batch.
     static func continuations(of prompts: [[Int32]], by model: LlamaModel, tokens: Int, temperature: Float, seed: UInt64) throws -> [[Int32]] {
-        var generation = try Generation(model: model, prompts: prompts, capacity: prompts[0].count + tokens, seed: seed)
+        var generation = try Generation(model: model, prompts: prompts, capacity: (prompts.map(\.count).max() ?? 0) + tokens, seed: seed)
         for _ in 0..<tokens { _ = try generation.step(temperature: temperature) }
         return generation.sequences
     }
@@ -159,29 +183,38 @@ public final class Rollouts {
         return settings.sequenceLevel ? .teacher : .corpus
     }
 
-    /// Micro-batch `microBatch` of step `step` from `source`: `corpus` itself, or sequences of
-    /// `promptTokens + rolloutTokens` tokens whose loss counts only the positions predicting the
-    /// continuation.
+    /// The prompts of micro-batch `microBatch` of step `step`: the first `promptTokens` tokens of
+    /// `corpus`'s windows, or with a prompt file, as many of its prompts drawn at random.
+    func prompts(for corpus: TrainingBatch, step: Int, microBatch: Int) -> [[Int32]] {
+        guard let prompts else { return corpus.tokens.map { Array($0.prefix(settings.promptTokens)) } }
+        var random = SplitMix64(seed: Self.seed(settings.seed, UInt64(step), 5, UInt64(microBatch)))
+        return corpus.tokens.map { _ in prompts[random.uniform(below: prompts.count)] }
+    }
+
+    /// Micro-batch `microBatch` of step `step` from `source`: `corpus` itself, or prompts each
+    /// followed by `rolloutTokens` sampled tokens, whose loss counts only the positions predicting
+    /// the continuation.
     public func batch(from corpus: TrainingBatch, source: SequenceSource, step: Int, microBatch: Int) throws -> StepBatch {
-        let p = settings.promptTokens, m = settings.rolloutTokens
+        let m = settings.rolloutTokens
         let sequences: [[Int32]]
         switch source {
         case .corpus:
             return StepBatch(corpus)
         case .student, .teacher:
             let model = source == .student ? try student.inferenceModel() : try expandedTeacher()
+            let prompts = prompts(for: corpus, step: step, microBatch: microBatch)
             let start = DispatchTime.now().uptimeNanoseconds
-            sequences = try Self.continuations(of: corpus.tokens.map { Array($0.prefix(p)) }, by: model, tokens: m, temperature: settings.temperature,
+            sequences = try Self.continuations(of: prompts, by: model, tokens: m, temperature: settings.temperature,
                                                seed: Self.seed(settings.seed, UInt64(step), 2, UInt64(microBatch)))
             sampled.tokens += sequences.count * m
             sampled.seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            records += sequences.map { Rollout(step: step, source: source, prompt: Array($0.prefix(p)), completion: Array($0.dropFirst(p))) }
+            records += zip(prompts, sequences).map { Rollout(step: step, source: source, prompt: $0, completion: Array($1.dropFirst($0.count))) }
             if source == .student && settings.replayCapacity > 0 { remember(sequences) }
         case .replay:
             var random = SplitMix64(seed: Self.seed(settings.seed, UInt64(step), 3, UInt64(microBatch)))
             sequences = corpus.tokens.map { _ in state.buffer[random.uniform(below: state.buffer.count)] }
         }
-        return StepBatch(TrainingBatch(tokens: sequences, windows: corpus.windows, position: corpus.position), firstPredicted: p - 1, source: source)
+        return StepBatch(sampled: sequences, continuation: m, source: source, corpus: corpus)
     }
 
     private func expandedTeacher() throws -> LlamaModel {

@@ -70,10 +70,9 @@ public final class RunReporter {
     }
 
     /// The step's metrics line and progress line (tokens/s of every process together).
-    func stepTaken(_ step: Int, _ parts: StepParts, taidT: Float?, worldSize: Int = 1, seconds: Double) throws {
+    func stepTaken(_ step: Int, _ parts: StepParts, taidT: Float?, seconds: Double) throws {
         guard let metrics else { return }
-        let length = parts.source == .corpus ? config.seqLen : config.promptTokens + config.rolloutTokens
-        let tokensPerSecond = Double(worldSize * config.batchSize * config.gradientAccumulation * length) / seconds
+        let tokensPerSecond = Double(parts.tokens) / seconds
         var record: [String: Any] = ["step": step, "loss": Double(parts.total), "kd_loss": Double(parts.divergence),
                                      "ce_loss": Double(parts.crossEntropy), "temperature": Double(parts.temperature),
                                      "lr": Double(parts.learningRate), "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm),

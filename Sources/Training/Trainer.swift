@@ -50,16 +50,18 @@ public struct StepParts {
     public var source = SequenceSource.corpus
     public var rollouts: [Rollout] = []
     public var rolloutTokensPerSecond: Double?
+    /// Tokens the step's sequences hold (padding left out), over every process.
+    public var tokens: Float = 0
 
     public init() {}
 
-    /// The values each process sums its share of (each already weighted by its rows' share of the
-    /// step): the loss, the cross-entropies and the feature losses.
+    /// The values each process sums its share of: the loss, the cross-entropies and the feature
+    /// losses (each already weighted by its rows' share of the step), and the tokens.
     public var summedValues: [Float] {
-        get { [loss, crossEntropy, teacherCrossEntropy] + features.map(\.value) }
+        get { [loss, crossEntropy, teacherCrossEntropy, tokens] + features.map(\.value) }
         set {
-            (loss, crossEntropy, teacherCrossEntropy) = (newValue[0], newValue[1], newValue[2])
-            for i in features.indices { features[i].value = newValue[3 + i] }
+            (loss, crossEntropy, teacherCrossEntropy, tokens) = (newValue[0], newValue[1], newValue[2], newValue[3])
+            for i in features.indices { features[i].value = newValue[4 + i] }
         }
     }
 
@@ -134,9 +136,11 @@ public final class Trainer {
         let mine = try stride(from: reducer.rank, to: all.count, by: reducer.worldSize).map { i in
             try rollouts?.batch(from: all[i], source: source, step: step, microBatch: i) ?? StepBatch(all[i])
         }
-        // Every process's micro-batches have the same shape (and source) as this one's.
+        // Every process's micro-batches have as many rows (and the same source) as this one's: all
+        // of a window's predictions, or rollout_tokens of each sampled sequence.
         var parts = try accumulateGradients(batches: mine, totalRows: mine.reduce(0) { $0 + $1.rows } * reducer.worldSize, epoch: epoch)
         parts.source = source
+        parts.tokens = Float(mine.reduce(0) { $0 + $1.tokens })
         (parts.rollouts, parts.rolloutTokensPerSecond) = rollouts?.takeRecords() ?? ([], nil)
         try reducer.reduce(gradients: arena.gradients, parts: &parts)
         parts.derive(softWeight: objective.loss.effectiveSoftWeight, hardWeight: objective.loss.hardWeight)

@@ -117,6 +117,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var seqKd = false
     /// The prompt of a sampled sequence: the first this many tokens of a corpus window.
     public var promptTokens = 32
+    /// Prompts to sample from instead (empty: corpus windows): a JSON Lines file, one
+    /// `{"prompt": "text"}` or `{"messages": [{"role": ..., "content": ...}, ...]}` a line, drawn at
+    /// random for each sampled sequence; each prompt + `rollout_tokens` must fit `seq_len`.
+    public var prompts = ""
+    /// Render the prompts with the teacher's chat template (`tokenizer.chat_template`): a `prompt`
+    /// as one user message, then the assistant's turn opened; needed for `messages`.
+    public var chatTemplate = false
     /// Tokens sampled after each prompt; the loss counts only the positions predicting them.
     public var rolloutTokens = 64
     /// The sampling temperature of rollouts (0: greedy).
@@ -152,7 +159,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
         case teacherPrecision = "teacher_precision", precision
-        case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", rolloutTokens = "rollout_tokens"
+        case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
+        case rolloutTokens = "rollout_tokens"
         case rolloutTemperature = "rollout_temperature", onPolicyLoss = "on_policy_loss", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
         case onPolicySchedule = "on_policy_schedule", adaptiveLossEps = "adaptive_loss_eps", evalRollouts = "eval_rollouts"
     }
@@ -349,9 +357,23 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .onPolicyFraction: try inRange(onPolicyFraction, "[0, 1]") { (0...1).contains($0) }
         case .seqKd: break
         case .promptTokens: try atLeast(promptTokens, 1)
+        case .prompts:
+            guard !prompts.isEmpty else { break }
+            guard RolloutSettings(config: self).samples else {
+                throw TrainingError.config("prompts (--prompts): prompts are continued by sampled steps only; set --on-policy-fraction, --seq-kd true "
+                                           + "or --on-policy-schedule adaptive, or drop --prompts")
+            }
+            do { try FileChecks.requireReadableFile(prompts, hint: "give a JSON Lines file of {\"prompt\": ...} or {\"messages\": [...]} lines") } catch let problem as FileProblem {
+                throw TrainingError.config("prompts (--prompts): \(problem)")
+            }
+        case .chatTemplate:
+            if chatTemplate && prompts.isEmpty {
+                throw TrainingError.config("chat_template (--chat-template): the chat template renders the prompts of --prompts FILE.jsonl; pass one, or drop --chat-template")
+            }
         case .rolloutTokens:
             try atLeast(rolloutTokens, 1)
-            if (RolloutSettings(config: self).samples || evalRollouts > 0) && promptTokens + rolloutTokens > seqLen {
+            // With a prompt file each prompt is checked against the window when it is read; eval rollouts still take corpus prompts.
+            if (RolloutSettings(config: self).samples && prompts.isEmpty || evalRollouts > 0) && promptTokens + rolloutTokens > seqLen {
                 throw TrainingError.config("rollout_tokens (--rollout-tokens): \(promptTokens) prompt tokens (--prompt-tokens) + \(rolloutTokens) sampled "
                                            + "exceed the window of \(seqLen) (--seq-len); a sampled sequence must fit one: lower them or raise --seq-len")
             }

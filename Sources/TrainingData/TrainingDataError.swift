@@ -25,6 +25,8 @@ public enum TrainingDataError: Error, Equatable, CustomStringConvertible {
     case corpusShorterThanOneWindow(tokens: Int, sequenceLength: Int)
     case invalidValidationFraction(Double)
     case invalidBatchSize(batchSize: Int, trainingWindows: Int)
+    /// A prompt file (`--prompts`) that cannot be used: `line` (1-based) names the line at fault, if one is.
+    case badPromptFile(path: String, line: Int?, reason: String)
     /// A saved data position that does not fit this dataset (the corpus or the window length changed).
     case positionOutOfRange(epoch: Int, index: Int, trainingWindows: Int)
 
@@ -36,6 +38,8 @@ public enum TrainingDataError: Error, Equatable, CustomStringConvertible {
             return "cannot read \(path): \(reason); check the path and its permissions"
         case let .notUTF8(path, offset):
             return "\(path) is not UTF-8 text (invalid byte at offset \(offset)); convert it to UTF-8 (e.g. iconv -t UTF-8) or remove it from the corpus"
+        case let .badPromptFile(path, line, reason):
+            return "\(path)\(line.map { ":\($0)" } ?? ""): \(reason)"
         case let .invalidJSONLine(path, line, reason):
             return "\(path):\(line): \(reason); each line of a JSONL corpus must be one JSON object"
         case let .missingTextField(path, line, field):

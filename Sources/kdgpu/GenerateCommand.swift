@@ -35,6 +35,9 @@ struct GenerateCommand: ParsableCommand {
     @Flag(name: .long, help: "Parse special tokens such as <|im_start|> written in the prompt.")
     var special = false
 
+    @Flag(name: .long, help: "Read --prompt as a user's message: render it with the model's chat template (tokenizer.chat_template) and open the assistant's turn.")
+    var chat = false
+
     func validate() throws {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be 0 or more, got \(temperature)") }
@@ -49,7 +52,16 @@ struct GenerateCommand: ParsableCommand {
             // Its matrices expanded once when that takes at most a quarter of the device's memory: a decode
             // step's few rows cost less than expanding quantized blocks afresh (LlamaModel.expanded()).
             let model = stored.expansionBytes <= stored.backend.ledger.budgetBytes / 4 ? try stored.expanded() : stored
-            let promptIds = try tokenizer.encode(prompt, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special)
+            let promptIds: [Int32]
+            if chat {
+                let template: ChatTemplate
+                do { template = try ChatTemplate(gguf: openModelFile(modelOptions.model)) } catch let error as ChatTemplateError {
+                    throw ValidationError("--chat: \(error); write the prompt as plain text and drop --chat")
+                }
+                promptIds = try template.promptIDs([ChatMessage(role: "user", content: prompt)], tokenizer: tokenizer)
+            } else {
+                promptIds = try tokenizer.encode(prompt, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special)
+            }
             guard !promptIds.isEmpty else { throw ModelError.badInput("--prompt is empty after tokenization; give some text") }
             let capacity = min(model.config.contextLength, promptIds.count + maxTokens)
             guard promptIds.count < capacity else {

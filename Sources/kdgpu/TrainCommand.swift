@@ -77,6 +77,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: "Sequence-level KD: steps that are not on-policy train on continuations the teacher samples (true or false).")
     var seqKd: Bool?
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: prompt tokens taken from each window.") var promptTokens: Int?
+    @Option(name: .long, help: "Sampled sequences: prompts from this JSON Lines file instead of corpus windows, one {\"prompt\": \"text\"} or {\"messages\": [{\"role\": ..., \"content\": ...}]} a line, drawn at random.")
+    var prompts: String?
+    @Option(name: .long, help: "Render --prompts with the teacher's chat template (tokenizer.chat_template), opening the assistant's turn (true or false).")
+    var chatTemplate: Bool?
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: tokens sampled after each prompt (prompt + these <= --seq-len).") var rolloutTokens: Int?
     @Option(name: .long, parsing: .unconditional, help: "Sampled sequences: sampling temperature (0: greedy).") var rolloutTemperature: Float?
     @Option(name: .long, help: "The objective on the student's samples: divergence (the configured divergence over the vocabulary, GKD) or sampled-rkl (log q(x) - log p(x) of each sampled token as a negative reward: a per-token policy gradient).")
@@ -182,6 +186,8 @@ struct TrainCommand: ParsableCommand {
         if let onPolicyFraction { settings.onPolicyFraction = onPolicyFraction }
         if let seqKd { settings.seqKd = seqKd }
         if let promptTokens { settings.promptTokens = promptTokens }
+        if let prompts { settings.prompts = prompts }
+        if let chatTemplate { settings.chatTemplate = chatTemplate }
         if let rolloutTokens { settings.rolloutTokens = rolloutTokens }
         if let rolloutTemperature { settings.rolloutTemperature = rolloutTemperature }
         if let onPolicyLoss { settings.onPolicyLoss = onPolicyLoss }

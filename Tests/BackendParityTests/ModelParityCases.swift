@@ -192,27 +192,39 @@ extension ParityTable {
         return y
     }
 
+    /// Causal softmax, plain and with key starts (left-padded sequences: one start per block of rows,
+    /// some past every key a row sees, so whole rows come out zero); some scores -inf.
     static let causalSoftmaxCase = ParityCase(op: "causal_softmax", tolerance: 1e-5) { rng in
-        let shapes: [(blocks: Int, queries: Int, keys: Int, keyOffset: Int)] = [
-            (1, 1, 1, 0), (1, 5, 5, 0), (3, 3, 9, 6), (6, 64, 64, 0), (2, 1, 300, 299), (3, 17, 40, 23),
+        let shapes: [(blocks: Int, queries: Int, keys: Int, keyOffset: Int, starts: Int)] = [
+            (1, 1, 1, 0, 0), (1, 5, 5, 0, 0), (3, 3, 9, 6, 0), (6, 64, 64, 0, 0), (2, 1, 300, 299, 0), (3, 17, 40, 23, 0),
+            (4, 7, 7, 0, 4), (6, 3, 20, 9, 2), (3, 1, 33, 32, 3), (2, 5, 96, 40, 1),
         ]
         return shapes.map { shape in
             let rows = shape.blocks * shape.queries
             let scale = 1 / Float(64).squareRoot()
+            var scores = rng.normals(rows * shape.keys, scale: 30)
+            for i in stride(from: 3, to: scores.count, by: 11) { scores[i] = -.infinity }
+            let starts = (0..<shape.starts).map { _ in Int32.random(in: 0...Int32(shape.keys + 1), using: &rng) }
+            let rowsPerStart = shape.starts > 0 ? rows / shape.starts : rows
             return ParityInstance(
-                description: "\(rows) rows (\(shape.queries) queries) x \(shape.keys) keys from \(shape.keyOffset)",
-                operands: [Operand(shape: [rows, shape.keys], values: rng.normals(rows * shape.keys, scale: 30)),
-                           Operand(shape: [rows, shape.keys], values: rng.normals(rows * shape.keys))],
+                description: "\(rows) rows (\(shape.queries) queries) x \(shape.keys) keys from \(shape.keyOffset)"
+                    + (starts.isEmpty ? "" : ", key starts \(starts)"),
+                operands: [Operand(shape: [rows, shape.keys], values: scores), Operand(shape: [rows, shape.keys], values: rng.normals(rows * shape.keys))],
+                rawOperands: starts.isEmpty ? [] : [RawOperand(shape: [starts.count], dtype: .i32, bytes: starts.withUnsafeBytes { Array($0) })],
                 outputs: [1],
-                run: { try $0.causalSoftmax($1[0], into: $1[1], queries: shape.queries, keyOffset: shape.keyOffset, scale: scale) },
+                run: { try $0.causalSoftmax($1[0], into: $1[1], queries: shape.queries, keyOffset: shape.keyOffset,
+                                            keyStarts: starts.isEmpty ? nil : $1[2], scale: scale) },
                 reference: { inputs in
                     var probs = [Double](repeating: 0, count: rows * shape.keys)
                     for r in 0..<rows {
-                        let visible = min(shape.keys, r % shape.queries + shape.keyOffset + 1)
-                        let row = inputs[0][(r * shape.keys)..<(r * shape.keys + visible)].map { $0 * Double(scale) }
+                        let first = starts.isEmpty ? 0 : min(shape.keys, Int(starts[r / rowsPerStart]))
+                        let end = min(shape.keys, r % shape.queries + shape.keyOffset + 1)
+                        guard first < end else { continue }
+                        let row = inputs[0][(r * shape.keys + first)..<(r * shape.keys + end)].map { $0 * Double(scale) }
                         let m = row.max()!
+                        guard m > -.infinity else { continue }
                         let total = row.reduce(0) { $0 + exp($1 - m) }
-                        for (j, value) in row.enumerated() { probs[r * shape.keys + j] = exp(value - m) / total }
+                        for (j, value) in row.enumerated() { probs[r * shape.keys + first + j] = exp(value - m) / total }
                     }
                     return [probs]
                 })

@@ -147,7 +147,10 @@ final class TrainCommandTests: XCTestCase {
     func testOnPolicyStepLossEqualsNumpyReference() throws {
         let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
         let data = try corpus()
-        for (name, objective) in [("jsd", ["--divergence", "jsd(0.5)"]), ("sampled-rkl", ["--on-policy-loss", "sampled-rkl"])] {
+        // Prompts from a file: of 1 to 12 tokens, left-padded in the sampling batch, right-padded in the step's.
+        let prompts = ["--prompts", fixtures.appendingPathComponent("prompts.jsonl").path]
+        for (name, objective) in [("jsd", ["--divergence", "jsd(0.5)"]), ("sampled-rkl", ["--on-policy-loss", "sampled-rkl"]),
+                                  ("prompts", ["--divergence", "fkl"] + prompts)] {
             let reference = try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("on-policy-\(name).json"))) as! [String: Any]
             let out = try ProcessInfo.processInfo.environment["KDGPU_KEEP_ON_POLICY_RUN"].map { URL(fileURLWithPath: $0).appendingPathComponent(name) }
                 ?? folder("on-policy-\(name)")
@@ -160,7 +163,7 @@ final class TrainCommandTests: XCTestCase {
                 try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
             }
             let expected = reference["sequences"] as! [[String: Any]]
-            XCTAssertEqual(rollouts.map { $0["prompt_ids"] as! [Int] }, expected.map { $0["prompt_ids"] as! [Int] }, "prompts: the windows' first 7 tokens")
+            XCTAssertEqual(rollouts.map { $0["prompt_ids"] as! [Int] }, expected.map { $0["prompt_ids"] as! [Int] }, "prompts: the windows' first 7 tokens, or the file's")
             XCTAssertEqual(rollouts.map { $0["completion_ids"] as! [Int] }, expected.map { $0["completion_ids"] as! [Int] }, "the seed's samples")
             XCTAssertEqual(rollouts.map { $0["source"] as! String }, Array(repeating: "student", count: 6))
             let step = try metrics(out).first { $0["loss"] != nil }!

@@ -119,6 +119,44 @@ final class TinyLlamaTests: XCTestCase {
         }
     }
 
+    /// Prompts of different lengths (left-padded in the cache, the padding masked and left out of
+    /// the positions): every sequence's logits at its real positions equal its own full forward's,
+    /// prompt and stepped tokens alike; greedy generation continues each as it would alone.
+    func testLeftPaddedKVCacheEqualsEachSequencesFullForward() throws {
+        let long = Self.reference.sequences[2]
+        let sequences = [Array(long[0..<9]), Array(long[10..<22]), Array(long[20..<25])]  // prompts of 2, 9 and 1 tokens, then 7 steps
+        let prompts = [2, 9, 1]
+        for backend in try TestBackends.all() {
+            let model = try model("q8_0", on: backend)
+            let pad = prompts.map { prompts.max()! - $0 }
+            let cache = try LlamaKVCache(weights: model.weights, capacity: 16, batch: 3, leadingPadding: pad)
+            let filler: Int32 = 255  // any id: nothing attends to it
+            var padded: [[Int32]] = []
+            for s in 0..<3 { padded.append(Array(repeating: filler, count: pad[s]) + Array(sequences[s].prefix(prompts[s]))) }
+            let first: [Float] = try XCTUnwrap(model.forward(padded, cache: cache).logits).toArray()
+            var stepped: [[Float]] = []
+            for s in 0..<3 { stepped.append(Array(first[((s * 9 + pad[s]) * 260)..<((s + 1) * 9 * 260)])) }
+            for step in 0..<7 {
+                var tokens: [[Int32]] = []
+                for s in 0..<3 { tokens.append([sequences[s].count > prompts[s] + step ? sequences[s][prompts[s] + step] : filler]) }
+                let logits: [Float] = try XCTUnwrap(model.forward(tokens, cache: cache).logits).toArray()
+                for s in 0..<3 where sequences[s].count > prompts[s] + step { stepped[s] += logits[(s * 260)..<((s + 1) * 260)] }
+            }
+            for (s, sequence) in sequences.enumerated() {
+                let full = try XCTUnwrap(model.forward([sequence]).logits).toArray()
+                let comparison = Comparison(stepped[s], reference: full.map(Double.init))
+                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "sequence \(s) (padding \(pad[s])) on \(backend.name): \(comparison)")
+            }
+            var generation = try Generation(model: model, prompts: prompts.indices.map { Array(sequences[$0].prefix(prompts[$0])) }, capacity: 15, seed: 1)
+            while generation.canContinue { _ = try generation.step(temperature: 0) }
+            for (s, generated) in generation.sequences.enumerated() {
+                var alone = try Generation(model: model, prompts: [Array(sequences[s].prefix(prompts[s]))], capacity: 15 - pad[s], seed: 1)
+                while alone.canContinue { _ = try alone.step(temperature: 0) }
+                XCTAssertEqual(generated, alone.sequences[0], "sequence \(s) on \(backend.name)")
+            }
+        }
+    }
+
     /// Generation draws the same sequences from the same seed, greedy generation follows the full
     /// forward's largest logit at every position, and only ids come back (each step's result is [B]).
     func testGenerationIsReproducibleAndGreedyFollowsTheFullForward() throws {

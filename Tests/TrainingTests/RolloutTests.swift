@@ -31,16 +31,48 @@ final class RolloutTests: XCTestCase {
                       position: .start)
     }
 
-    /// Labels count exactly the positions predicting the continuation: written out by hand.
+    /// Labels count exactly the positions predicting the continuation, prompts of any length, the
+    /// shorter sequence padded at its end: written out by hand.
     func testPromptPositionsAreMaskedFromTheLoss() throws {
         let backend = TestBackends.cpu
+        let sampled = StepBatch(sampled: [[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24]], continuation: 3, source: .student)
+        XCTAssertEqual(sampled.batch.tokens, [[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24, 24]])
+        XCTAssertEqual(try sampled.labels(backend: backend).toArray(), [-100, -100, 13, 14, 15, -100, -100, 22, 23, 24, -100, -100])
+        XCTAssertEqual(sampled.rows, 6)
+        XCTAssertEqual(sampled.tokens, 11, "padding is not counted")
         let batch = TrainingBatch(tokens: [[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24, 25]], windows: [0, 1], position: .start)
-        let prompt3 = StepBatch(batch, firstPredicted: 2, source: .student)
-        XCTAssertEqual(try prompt3.labels(backend: backend).toArray(), [-100, -100, 13, 14, 15, -100, -100, -100, 23, 24, 25, -100])
-        XCTAssertEqual(prompt3.rows, 6)
         let corpus = StepBatch(batch)
         XCTAssertEqual(try corpus.labels(backend: backend).toArray(), [11, 12, 13, 14, 15, -100, 21, 22, 23, 24, 25, -100])
         XCTAssertEqual(corpus.rows, 10)
+        XCTAssertEqual(corpus.tokens, 12)
+    }
+
+    /// With a prompt file, each sampled sequence continues a prompt drawn from it (any length), the
+    /// same ones for the same step on every run; the step batch counts only the continuations.
+    func testPromptsFromAFileAreDrawnPerStepAndContinued() throws {
+        for backend in try TestBackends.all() {
+            let student = try student(on: backend)
+            let prompts: [[Int32]] = [[1, 2], [3, 4, 5, 6, 7], [8], [9, 10, 11]]
+            func make() -> Rollouts { Rollouts(settings: settings(fraction: 1), student: student, teacher: nil, prompts: prompts) }
+            let rollouts = make()
+            var drawn: Set<[Int32]> = []
+            for step in 1...6 {
+                let batch = try rollouts.batch(from: corpusBatch(3), source: .student, step: step, microBatch: 0)
+                let records = rollouts.takeRecords().rollouts
+                XCTAssertEqual(records.count, 3)
+                for (record, sequence) in zip(records, batch.batch.tokens) {
+                    XCTAssertTrue(prompts.contains(record.prompt))
+                    XCTAssertEqual(record.completion.count, 4)
+                    XCTAssertEqual(Array(sequence.prefix(record.prompt.count + 4)), record.prompt + record.completion)
+                    drawn.insert(record.prompt)
+                }
+                XCTAssertEqual(batch.predicted, records.map { ($0.prompt.count - 1)..<($0.prompt.count + 3) })
+                XCTAssertEqual(batch.rows, 12)
+                let again = try make().batch(from: corpusBatch(3), source: .student, step: step, microBatch: 0)
+                XCTAssertEqual(again.batch.tokens, batch.batch.tokens, "step \(step) draws the same prompts and tokens on every run")
+            }
+            XCTAssertEqual(drawn.count, prompts.count, "6 steps of 3 draws reach every prompt")
+        }
     }
 
     /// A step is on-policy with the fraction's probability, the same steps on every run; the other
@@ -76,7 +108,7 @@ final class RolloutTests: XCTestCase {
             let second = try rollouts.batch(from: corpusBatch(2, offset: 1), source: .student, step: 2, microBatch: 0)
             for batch in [first, second] {
                 XCTAssertEqual(batch.batch.tokens.map(\.count), [7, 7], "3 prompt + 4 sampled tokens")
-                XCTAssertEqual(batch.firstPredicted, 2)
+                XCTAssertEqual(batch.predicted, [2..<6, 2..<6])
                 XCTAssertEqual(batch.rows, 8)
             }
             XCTAssertEqual(first.batch.tokens.map { Array($0.prefix(3)) }, corpusBatch(2).tokens.map { Array($0.prefix(3)) })
@@ -89,7 +121,7 @@ final class RolloutTests: XCTestCase {
 
             let replayed = try rollouts.batch(from: corpusBatch(4), source: .replay, step: 3, microBatch: 0)
             XCTAssertEqual(replayed.source, .replay)
-            XCTAssertEqual(replayed.firstPredicted, 2)
+            XCTAssertEqual(replayed.predicted, Array(repeating: 2..<6, count: 4))
             XCTAssertTrue(replayed.batch.tokens.allSatisfy(rollouts.state.buffer.contains), "replays come from the buffer")
             XCTAssertTrue(rollouts.takeRecords().rollouts.isEmpty, "replays are not new samples")
             let sources = (1...2000).map { rollouts.source(step: $0) }

@@ -108,7 +108,7 @@ def main():
           f"reference (numpy float64) {reference:.7f}, relative difference {relative:.2e}")
     if args.fixture:
         keys = ["divergence", "temperature", "soft_weight", "hard_weight", "seed", "prompt_tokens", "rollout_tokens",
-                "rollout_temperature", "batch_size", "seq_len", "student_layers", "on_policy_fraction", "seq_kd", "on_policy_loss"]
+                "rollout_temperature", "batch_size", "seq_len", "student_layers", "on_policy_fraction", "seq_kd", "on_policy_loss", "prompts"]
         with open(args.fixture, "w") as out:
             json.dump({"settings": {k: settings.get(k) for k in keys}, "teacher": os.path.basename(settings["teacher"]),
                        "sequences": [{"source": r["source"], "prompt_ids": r["prompt_ids"], "completion_ids": r["completion_ids"]} for r in rollouts],

@@ -137,7 +137,9 @@ public struct TrainSuite: BenchSuite {
                         + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : "")
                         + (sampling ? ", \(rowConfig.promptTokens)-token prompts + \(rowConfig.rolloutTokens) sampled" : ""),
                     dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
-                    note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
+                    note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32; sampled rows: a draw near a "
+                        + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
+                        + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
                         + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "

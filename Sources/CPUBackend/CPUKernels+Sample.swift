@@ -9,6 +9,8 @@ extension CPUKernels {
     /// chunks: a draw within rounding of a boundary may land on the neighbour).
     public static func sample_rows(_ z: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ ids: UnsafeMutablePointer<Int32>, cols n: Int,
                                    temperature: Float, topK: Int, topP: Float, _ rows: Range<Int>) {
+        // Each row's weights exp((z - max) / T), computed once for the passes that read them (the kernel recomputes them).
+        var weights = [Float](repeating: 0, count: temperature > 0 ? n : 0)
         for r in rows {
             let zr = UnsafeBufferPointer(start: z + r * n, count: n)
             var top = -Float.infinity, first = -1
@@ -16,7 +18,8 @@ extension CPUKernels {
             guard top > -.infinity else { ids[r] = -1; continue }
             guard temperature > 0 else { ids[r] = Int32(first); continue }
             let inverseT = 1 / temperature
-            func weight(_ j: Int) -> Float { expf((zr[j] - top) * inverseT) }
+            for j in 0..<n { weights[j] = expf((zr[j] - top) * inverseT) }
+            func weight(_ j: Int) -> Float { weights[j] }
             func mass(atLeast threshold: UInt32) -> Float {
                 var sum: Float = 0
                 for j in 0..<n where orderKey(zr[j]) >= threshold { sum += weight(j) }

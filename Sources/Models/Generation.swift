@@ -47,12 +47,18 @@ public struct Generation {
     public mutating func step(temperature: Float, topK: Int = 0, topP: Float = 1) throws -> [Int32] {
         let backend = model.backend
         let b = pending.count, t = pending[0].count
-        guard let logits = try model.forward(pending, cache: cache).logits else { preconditionFailure("forward computes logits by default") }
-        // Each sequence's last row: [B, V].
-        var last = logits
-        if t > 1 {
+        // Only each sequence's last position is drawn from: after a prompt, the LM head runs on those
+        // B rows alone (over a batch of prompts it would otherwise cost more than the forward).
+        let result = try model.forward(pending, cache: cache, options: LlamaForwardOptions(computeLogits: t == 1))
+        let last: Tensor  // [B, V]
+        if let logits = result.logits {
+            last = logits
+        } else {
+            let hidden = try backend.tensor(shape: [b, model.config.width], label: "last hidden states")
+            try backend.gatherRows(result.finalHidden, ids: backend.indexTensor((0..<b).map { Int32($0 * t + t - 1) }, shape: [b], label: "last rows"),
+                                   into: hidden)
             last = try backend.tensor(shape: [b, model.config.vocabulary], label: "last logits")
-            try backend.gatherRows(logits, ids: backend.indexTensor((0..<b).map { Int32($0 * t + t - 1) }, shape: [b], label: "last rows"), into: last)
+            try model.lmHead(hidden, into: last)
         }
         let uniforms = try backend.tensor((0..<b).map { _ in Float(random.unit()) }, shape: [b], label: "draw uniforms")
         let ids = try backend.tensor(shape: [b], dtype: .i32, label: "drawn ids")

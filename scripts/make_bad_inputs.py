@@ -586,6 +586,10 @@ def flag_cases():
          ["generate", "--model", "{tiny}", "--prompt", "the", "--max-tokens", "-5", "--device", "cpu"], ["max-tokens", "-5"])
     case("flags-generate-batch-zero", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--batch", "0", "--device", "cpu"], ["batch", "0"])
+    case("flags-generate-prompt-and-prompts", f, ["generate", "--model", "{tiny}", "--prompt", "the", "--prompts", "{work}/p.jsonl", "--device", "cpu"],
+         ["--prompt", "--prompts"], setup=[{"step": "write", "path": "p.jsonl", "text": '{"prompt": "the"}\n'}])
+    case("flags-generate-prompts-messages-without-chat", f, ["generate", "--model", "{tiny}", "--prompts", "{work}/p.jsonl", "--device", "cpu"],
+         ["p.jsonl:1", "--chat"], setup=[{"step": "write", "path": "p.jsonl", "text": '{"messages": [{"role": "user", "content": "the"}]}\n'}])
     case("flags-generate-chat-without-template", f,
          ["generate", "--model", "{tiny}", "--prompt", "the", "--chat", "--device", "cpu"], ["--chat", "tiny-llama", "chat template"])
     case("flags-generate-top-k-negative", f,
@@ -711,6 +715,12 @@ def checkpoint_cases():
     case("safetensors-nan-weight-export", s, export, [["model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"]],
          setup=broken({"step": "nan_tensor", "path": model, "tensor": "model.layers.0.mlp.up_proj.weight"}),
          no_output=["out.gguf"])
+    case("checkpoint-resume-prompts-changed", k, resume, ["run", "prompts", "changed"],
+         setup=[{"step": "write", "path": "p.jsonl", "text": '{"prompt": "the"}\n{"prompt": "of the"}\n'},
+                {"step": "train_checkpoint", "args": ["--on-policy-fraction", "1", "--prompt-tokens", "4", "--rollout-tokens", "8",
+                                                      "--prompts", "{work}/p.jsonl"]},
+                {"step": "write", "path": "p.jsonl", "text": '{"prompt": "the"}\n{"prompt": "and the"}\n'}],
+         note="the run drew its prompts from the file as it was: resuming from an edited one would not continue it exactly")
     case("checkpoint-config-not-json", k, export, ["config.json"],
          setup=broken({"step": "write", "path": CKPT + "/config.json", "from": "{files}/checkpoint/not-json.json"}),
          no_output=["out.gguf"], note="was a raw 'Error Domain=NSCocoaErrorDomain Code=3840'")

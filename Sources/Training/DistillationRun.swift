@@ -190,6 +190,11 @@ public final class DistillationRun {
                 throw TrainingError.resume("\(out.path): the checkpoint was written by \(them), this run has \(reducer.worldSize); each step's "
                                            + "micro-batches depend on it: resume with the same number of processes")
             }
+            if let rollouts = saved.state.rollouts,
+               try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode(rollouts)).promptsSHA256 != prompts.map(Rollouts.digest(of:)) {
+                throw TrainingError.resume("\(out.path): the checkpoint's run drew from other prompts than \(config.prompts.isEmpty ? "the corpus" : config.prompts) "
+                                           + "gives now (the file changed since); resume with the prompts as they were, or start a new --out")
+            }
             startStep = saved.state.step
             guard startStep < config.steps else {
                 throw TrainingError.resume("\(out.path): the checkpoint is at step \(startStep) already; pass a larger --steps to continue")
@@ -363,7 +368,7 @@ public final class DistillationRun {
             }
         }
         do {
-            return try PromptFile(path: config.prompts).tokenized(with: tokenizer, chatTemplate: template, maxTokens: config.seqLen - config.rolloutTokens,
+            return try PromptFile(path: config.prompts).tokenized(with: tokenizer, chatTemplate: template, templateOption: "--chat-template true", maxTokens: config.seqLen - config.rolloutTokens,
                                                                  limitReason: "--seq-len \(config.seqLen) less --rollout-tokens \(config.rolloutTokens)")
         } catch let error as TrainingDataError {
             throw TrainingError.data("prompts (--prompts): \(error)")

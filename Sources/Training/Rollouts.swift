@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Models
 import Tensor
@@ -122,9 +123,12 @@ public struct RolloutState: Codable, Equatable, Sendable {
     /// slot to overwrite is `nextSlot`.
     public var buffer: [[Int32]] = []
     public var nextSlot = 0
+    /// The SHA-256 of the prompt file's prompts as tokenized (``Rollouts/digest(of:)``; nil: corpus
+    /// prompts): a resumed run must draw from the same prompts.
+    public var promptsSHA256: String?
 
     enum CodingKeys: String, CodingKey {
-        case fraction, lastValidationNLL = "last_validation_nll", buffer, nextSlot = "next_slot"
+        case fraction, lastValidationNLL = "last_validation_nll", buffer, nextSlot = "next_slot", promptsSHA256 = "prompts_sha256"
     }
 }
 
@@ -155,7 +159,16 @@ public final class Rollouts {
         self.student = student
         self.teacher = teacher
         self.prompts = prompts
-        self.state = state ?? RolloutState(fraction: settings.fraction)
+        self.state = state ?? RolloutState(fraction: settings.fraction, promptsSHA256: prompts.map(Self.digest(of:)))
+    }
+
+    /// The SHA-256 of tokenized prompts (each one's length, then its ids, as little-endian 32-bit integers).
+    public static func digest(of prompts: [[Int32]]) -> String {
+        var bytes: [UInt8] = []
+        for prompt in prompts {
+            for value in [Int32(prompt.count)] + prompt { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+        }
+        return SHA256Digest.hex(of: bytes)
     }
 
     /// The seed of one purpose of one step (and micro-batch): its own stream, the same on every run.

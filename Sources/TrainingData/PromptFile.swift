@@ -56,8 +56,10 @@ public struct PromptFile {
 
     /// Every prompt's token ids: plain text (a `prompt`; with the tokenizer's own BOS rule), or with
     /// `chatTemplate` the rendered conversation, its special tokens read as such. A prompt longer
-    /// than `maxTokens` tokens, or a conversation without a template, is an error naming its line.
-    public func tokenized(with tokenizer: BPETokenizer, chatTemplate: ChatTemplate?, maxTokens: Int, limitReason: String) throws -> [[Int32]] {
+    /// than `maxTokens` tokens, or a conversation without a template, is an error naming its line
+    /// (and `templateOption`, the option that renders with the template).
+    public func tokenized(with tokenizer: BPETokenizer, chatTemplate: ChatTemplate?, templateOption: String, maxTokens: Int,
+                          limitReason: String) throws -> [[Int32]] {
         try prompts.map { line, prompt in
             func bad(_ reason: String) -> TrainingDataError { .badPromptFile(path: path, line: line, reason: reason) }
             func promptIDs(_ template: ChatTemplate, _ messages: [ChatMessage]) throws -> [Int32] {
@@ -68,7 +70,7 @@ public struct PromptFile {
             case (.text(let text), nil):
                 ids = try tokenizer.encode(text, addBOS: tokenizer.addsBOSByDefault)
             case (.conversation, nil):
-                throw bad("\"messages\" need the chat template to become text; pass --chat-template true (or write {\"prompt\": \"...\"})")
+                throw bad("\"messages\" need the chat template to become text; pass \(templateOption) (or write {\"prompt\": \"...\"})")
             case (.text(let text), let template?):
                 ids = try promptIDs(template, [ChatMessage(role: "user", content: text)])
             case (.conversation(let messages), let template?):

@@ -2,8 +2,10 @@ import ArgumentParser
 import Foundation
 import Models
 import Tokenizer
+import TrainingData
 
-/// `kdgpu generate`: streams a continuation of a prompt.
+/// `kdgpu generate`: streams a continuation of a prompt, or continues a batch of them (`--batch`
+/// draws of one prompt, or every prompt of a `--prompts` file at once).
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
@@ -12,7 +14,10 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     @Option(name: .long, help: "The text to continue.")
-    var prompt: String
+    var prompt: String?
+
+    @Option(name: .long, help: ArgumentHelp("Continue every prompt of this JSON Lines file in one batch instead, one {\"prompt\": \"text\"} or {\"messages\": [...]} a line (messages need --chat).", valueName: "file.jsonl"))
+    var prompts: String?
 
     @Option(name: .long, parsing: .unconditional, help: "Tokens to generate at most (generation also stops at the end-of-sequence token).")
     var maxTokens = 64
@@ -35,7 +40,7 @@ struct GenerateCommand: ParsableCommand {
     @Flag(name: .long, help: "Parse special tokens such as <|im_start|> written in the prompt.")
     var special = false
 
-    @Flag(name: .long, help: "Read --prompt as a user's message: render it with the model's chat template (tokenizer.chat_template) and open the assistant's turn.")
+    @Flag(name: .long, help: "Read --prompt (or each of --prompts) as a user's message: render it with the model's chat template (tokenizer.chat_template) and open the assistant's turn.")
     var chat = false
 
     func validate() throws {
@@ -44,6 +49,8 @@ struct GenerateCommand: ParsableCommand {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         guard topK >= 0 else { throw ValidationError("--top-k must be 0 (all) or more, got \(topK)") }
         guard (1...256).contains(batch) else { throw ValidationError("--batch must be 1 to 256, got \(batch)") }
+        guard (prompt == nil) != (prompts == nil) else { throw ValidationError("give the text to continue: --prompt TEXT or --prompts FILE.jsonl (one of them)") }
+        guard prompts == nil || batch == 1 else { throw ValidationError("--batch draws several continuations of one --prompt; --prompts continues each of its prompts once") }
     }
 
     func run() throws {
@@ -52,22 +59,35 @@ struct GenerateCommand: ParsableCommand {
             // Its matrices expanded once when that takes at most a quarter of the device's memory: a decode
             // step's few rows cost less than expanding quantized blocks afresh (LlamaModel.expanded()).
             let model = stored.expansionBytes <= stored.backend.ledger.budgetBytes / 4 ? try stored.expanded() : stored
-            let promptIds: [Int32]
-            if chat {
-                let template: ChatTemplate
-                do { template = try ChatTemplate(gguf: openModelFile(modelOptions.model)) } catch let error as ChatTemplateError {
-                    throw ValidationError("--chat: \(error); write the prompt as plain text and drop --chat")
+            let template: ChatTemplate?
+            do { template = chat ? try ChatTemplate(gguf: openModelFile(modelOptions.model)) : nil } catch let error as ChatTemplateError {
+                throw ValidationError("--chat: \(error); write the prompt as plain text and drop --chat")
+            }
+            let promptIds: [[Int32]]
+            if let prompts {
+                do {
+                    let file = try PromptFile(path: prompts)
+                    guard file.prompts.count <= 256 else {
+                        throw ValidationError("--prompts \(prompts): \(file.prompts.count) prompts; one batch takes at most 256, split the file")
+                    }
+                    promptIds = try file.tokenized(with: tokenizer, chatTemplate: template, templateOption: "--chat", maxTokens: model.config.contextLength - 1,
+                                                   limitReason: "the model's context of \(model.config.contextLength) less one token to draw")
+                } catch let error as TrainingDataError {
+                    throw ValidationError("--prompts: \(error)")
                 }
-                promptIds = try template.promptIDs([ChatMessage(role: "user", content: prompt)], tokenizer: tokenizer)
+            } else if let template {
+                promptIds = Array(repeating: try template.promptIDs([ChatMessage(role: "user", content: prompt!)], tokenizer: tokenizer), count: batch)
             } else {
-                promptIds = try tokenizer.encode(prompt, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special)
+                promptIds = Array(repeating: try tokenizer.encode(prompt!, addBOS: tokenizer.addsBOSByDefault, parseSpecial: special), count: batch)
             }
-            guard !promptIds.isEmpty else { throw ModelError.badInput("--prompt is empty after tokenization; give some text") }
-            let capacity = min(model.config.contextLength, promptIds.count + maxTokens)
-            guard promptIds.count < capacity else {
-                throw ModelError.badInput("the prompt's \(promptIds.count) tokens fill the model's context of \(model.config.contextLength)")
+            let longest = promptIds.map(\.count).max() ?? 0
+            guard longest > 0 else { throw ModelError.badInput("--prompt is empty after tokenization; give some text") }
+            let capacity = min(model.config.contextLength, longest + maxTokens)
+            guard longest < capacity else {
+                throw ModelError.badInput("the prompt's \(longest) tokens fill the model's context of \(model.config.contextLength)")
             }
-            var generation = try Generation(model: model, prompts: Array(repeating: promptIds, count: batch), capacity: capacity, seed: seed)
+            let batch = promptIds.count
+            var generation = try Generation(model: model, prompts: promptIds, capacity: capacity, seed: seed)
             var finished = [Bool](repeating: false, count: batch)
             var continuations = [[Int32]](repeating: [], count: batch)
             var pending: [UInt8] = []  // bytes of a UTF-8 character split across tokens (streaming, batch 1)
@@ -93,7 +113,8 @@ struct GenerateCommand: ParsableCommand {
                 print()
             } else {
                 for (s, tokens) in continuations.enumerated() {
-                    print("--- \(s + 1) of \(batch)")
+                    print("--- \(s + 1) of \(batch)" + (prompts != nil ? ": " + String(decoding: try tokenizer.decodeBytes(promptIds[s], includeSpecialTokens: special), as: UTF8.self)
+                                                                                .replacingOccurrences(of: "\n", with: " ") : ""))
                     print(String(decoding: try tokenizer.decodeBytes(tokens, includeSpecialTokens: special), as: UTF8.self))
                 }
             }

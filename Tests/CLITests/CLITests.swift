@@ -148,6 +148,27 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertEqual(blocks.first.map { $0.trimmingCharacters(in: .newlines) }, outputs[0].trimmingCharacters(in: .newlines))
     }
 
+    /// `--prompts`: prompts of different lengths continued in one batch (left-padded in the KV cache),
+    /// each greedy continuation the text the prompt gives alone, on both backends.
+    func testPromptFileContinuesEachPromptAsItWouldAlone() throws {
+        let texts = ["in", "the end of the word", "a b"]
+        let file = try textFile(Data(texts.map { "{\"prompt\": \"\($0)\"}\n" }.joined().utf8))
+        let alone = try texts.map { text in
+            try kdgpu(["generate", "--model", model, "--prompt", text, "--max-tokens", "6", "--temperature", "0", "--device", "cpu"]).output
+                .trimmingCharacters(in: .newlines)
+        }
+        for device in ["cpu", "opencl"] {
+            let run = try kdgpu(["generate", "--model", model, "--prompts", file, "--max-tokens", "6", "--temperature", "0", "--device", device])
+            XCTAssertEqual(run.status, 0, run.error)
+            XCTAssertTrue(run.error.contains("3 sequences"), run.error)
+            let blocks = run.output.components(separatedBy: "--- ").dropFirst().map { block in
+                (header: String(block.prefix { $0 != "\n" }), text: block.split(separator: "\n", maxSplits: 1).dropFirst().joined().trimmingCharacters(in: .newlines))
+            }
+            XCTAssertEqual(blocks.map(\.header), texts.enumerated().map { "\($0 + 1) of 3: \($1)" })
+            XCTAssertEqual(blocks.map(\.text), alone, device)
+        }
+    }
+
     func testEvalReportsTheSameNLLOnBothBackends() throws {
         let data = try textFile(Data(String(repeating: "in the beginning there was the word. ", count: 20).utf8))
         var means: [Double] = []

@@ -4,7 +4,8 @@ import Tensor
 
 /// bf16 x bf16 -> fp32 GEMMs on the host through oneDNN's matmul primitive, which picks its kernels
 /// by instruction set (AMX-BF16 or AVX512_BF16 where the CPU has them, a correct emulation
-/// elsewhere) and accumulates in fp32. Debian's oneDNN 2.6 has no bf16 BLAS-style call, so each
+/// elsewhere) and accumulates in fp32; and f32 products of a few rows (``largestFewRows``), which it
+/// runs faster than dnnl_sgemm. Debian's oneDNN 2.6 has no bf16 BLAS-style call, so each
 /// problem shape becomes a primitive, made once and cached (with its memory objects, whose data
 /// pointers are set per call).
 enum OneDNNMatmul {
@@ -85,7 +86,10 @@ enum OneDNNMatmul {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var cache: [GemmProblem: Prepared] = [:]
 
-    /// C (fp32) = alpha op(A) op(B) + beta C with A and B in bf16 (row-major, `p.batch` strided problems).
+    /// The most rows of A that f32 products take through the primitive rather than sgemm (``hostGemm(_:_:_:_:_:)``).
+    static let largestFewRows = 16
+
+    /// C (fp32) = alpha op(A) op(B) + beta C with A and B in bf16, or both in f32 (row-major, `p.batch` strided problems).
     static func run(_ p: GemmProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, c: UnsafeMutablePointer<Float>) throws {
         let api = try loaded.get()
         lock.lock()
@@ -97,7 +101,7 @@ enum OneDNNMatmul {
         }
         func check(_ status: Status, _ what: String) throws {
             guard status == dnnl_success else {
-                throw TensorError.device("oneDNN matmul (bf16, M=\(p.m) N=\(p.n) K=\(p.k)): \(what) failed (status \(status.rawValue))")
+                throw TensorError.device("oneDNN matmul (\(p.inputType.rawValue), M=\(p.m) N=\(p.n) K=\(p.k)): \(what) failed (status \(status.rawValue))")
             }
         }
         try check(api.memorySetDataHandle(prepared.a, UnsafeMutableRawPointer(mutating: a)), "binding A")
@@ -115,7 +119,7 @@ enum OneDNNMatmul {
     private static func prepare(_ p: GemmProblem, _ api: API) throws -> Prepared {
         func check(_ status: Status, _ what: String) throws {
             guard status == dnnl_success else {
-                throw TensorError.device("oneDNN matmul (bf16, M=\(p.m) N=\(p.n) K=\(p.k)): \(what) failed (status \(status.rawValue))")
+                throw TensorError.device("oneDNN matmul (\(p.inputType.rawValue), M=\(p.m) N=\(p.n) K=\(p.k)): \(what) failed (status \(status.rawValue))")
             }
         }
         let batched = p.batch > 1
@@ -128,8 +132,9 @@ enum OneDNNMatmul {
             try check(api.memoryDescInitByStrides(&md, Int32(dims.count), dims, type, strides), "a memory descriptor")
             return md
         }
-        var aDesc = try descriptor(rows: p.m, columns: p.k, leading: p.lda, transposed: p.transposeA, batchStride: p.strideA, type: dnnl_bf16)
-        var bDesc = try descriptor(rows: p.k, columns: p.n, leading: p.ldb, transposed: p.transposeB, batchStride: p.strideB, type: dnnl_bf16)
+        let inputType = p.inputType == .bf16 ? dnnl_bf16 : dnnl_f32
+        var aDesc = try descriptor(rows: p.m, columns: p.k, leading: p.lda, transposed: p.transposeA, batchStride: p.strideA, type: inputType)
+        var bDesc = try descriptor(rows: p.k, columns: p.n, leading: p.ldb, transposed: p.transposeB, batchStride: p.strideB, type: inputType)
         var cDesc = try descriptor(rows: p.m, columns: p.n, leading: p.ldc, transposed: false, batchStride: p.strideC, type: dnnl_f32)
         var matmul = dnnl_matmul_desc_t()
         try check(api.matmulDescInit(&matmul, &aDesc, &bDesc, nil, &cDesc), "the matmul descriptor")

@@ -175,6 +175,7 @@ public final class DistillationRun {
         var objective = DistillationObjective(config: config)
         let student: StudentModel
         var checkpoint: TrainingCheckpoint?
+        var savedRollouts: RolloutState?
         var studentDescription: String
         if resume {
             let saved = try TrainingCheckpoint.load(from: out)
@@ -190,8 +191,8 @@ public final class DistillationRun {
                 throw TrainingError.resume("\(out.path): the checkpoint was written by \(them), this run has \(reducer.worldSize); each step's "
                                            + "micro-batches depend on it: resume with the same number of processes")
             }
-            if let rollouts = saved.state.rollouts,
-               try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode(rollouts)).promptsSHA256 != prompts.map(Rollouts.digest(of:)) {
+            savedRollouts = try saved.state.rollouts.map { try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode($0)) }
+            if let savedRollouts, savedRollouts.promptsSHA256 != prompts.map(Rollouts.digest(of:)) {
                 throw TrainingError.resume("\(out.path): the checkpoint's run drew from other prompts than \(config.prompts.isEmpty ? "the corpus" : config.prompts) "
                                            + "gives now (the file changed since); resume with the prompts as they were, or start a new --out")
             }
@@ -250,8 +251,8 @@ public final class DistillationRun {
         let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective, reducer: reducer)
         trainer.headChunkBytes = headChunkBytes
         if rolloutSettings.samples {
-            let saved = try checkpoint?.state.rollouts.map { try JSONDecoder().decode(RolloutState.self, from: JSONEncoder().encode($0)) }
-            trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, prompts: prompts, state: saved)
+            trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, prompts: prompts,
+                                        state: savedRollouts)
             let promptSource = prompts.map { "prompts of \($0.map(\.count).min()!)-\($0.map(\.count).max()!) tokens from \(config.prompts) (\($0.count), "
                 + (config.chatTemplate ? "chat template" : "plain text") + ")" } ?? "\(config.promptTokens) prompt tokens"
             log("rollouts: \(promptSource) + \(config.rolloutTokens) sampled tokens at T=\(config.rolloutTemperature); "

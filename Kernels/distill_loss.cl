@@ -271,7 +271,10 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
             float part = 0.0f;
             for (int i = lid; i < k; i += WG) if (i != first) part += exp(vals[i]);
             const float others = group_sum4((float4)(part, 0.0f, 0.0f, 0.0f), reduce).x;
-            const float missing = -expm1(largest) - others;
+            // Listed probabilities that sum to 1 leave a residue of their exps' rounding (about k ulps), which
+            // tempering as rest^(1/T) would magnify into real mass: within k ulps of 0 the rest is 0.
+            const float residue = -expm1(largest) - others;
+            const float missing = residue > (float)k * FLT_EPSILON ? residue : 0.0f;
             if (flags & FLAG_TOPK_BUCKET) {
                 // The rest as one bucket set against the student's mass on the unlisted tokens: spread in
                 // proportion to the student, tm_j = log rest + z_j - zmax - T log(rest_s) with

@@ -5,7 +5,8 @@
 # window is seen twice), held-out perplexity on all 74 of its validation windows after the last step.
 #
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
-# each tail rule, 50 independent draws, 50 and 200 systematic draws; T = 2 is far worse for sparse
+# each tail rule, 50 independent draws, 50 and 200 systematic draws, the 50-draw caches with the
+# bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
 # targets, see the README); the feature losses on top of live KD at T = 2 (the default); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
 # row's spread).
@@ -58,7 +59,7 @@ cache() {  # FOLDER SPEC
 lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
-all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 kd+lens kd+align kd+hints kd-t1-bf16)
+all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 sampled-bucket systematic-bucket kd+lens kd+align kd+hints kd-t1-bf16)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -72,6 +73,8 @@ setting() {
         sampled) echo "cached sampled:50, T=1|--temperature 1 --teacher-cache $sampled" ;;
         systematic) echo "cached systematic:50, T=1|--temperature 1 --teacher-cache $systematic" ;;
         systematic200) echo "cached systematic:200, T=1|--temperature 1 --teacher-cache $systematic200" ;;
+        sampled-bucket) echo "cached sampled:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $sampled --sparse-tail bucket" ;;
+        systematic-bucket) echo "cached systematic:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail bucket" ;;
         kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
         kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
         kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
@@ -84,8 +87,8 @@ for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 
 if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
-[[ " ${rows[*]} " == *" sampled "* ]] && cache "$sampled" sampled:50
-[[ " ${rows[*]} " == *" systematic "* ]] && cache "$systematic" systematic:50
+[[ " ${rows[*]} " == *" sampled "* || " ${rows[*]} " == *" sampled-bucket "* ]] && cache "$sampled" sampled:50
+[[ " ${rows[*]} " == *" systematic "* || " ${rows[*]} " == *" systematic-bucket "* ]] && cache "$systematic" systematic:50
 [[ " ${rows[*]} " == *" systematic200 "* ]] && cache "$systematic200" systematic:200
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")

@@ -104,7 +104,9 @@ extension CPUKernels {
                 while first < k && valueRow[first] != largest { first += 1 }
                 var others: Float = 0
                 for i in 0..<k where i != first { others += expf(valueRow[i]) }
-                let missing = -expm1f(largest) - others
+                // Within k ulps of 0 (the exps' rounding when the listed mass is 1) the rest is 0.
+                let residue = -expm1f(largest) - others
+                let missing = residue > Float(k) * .ulpOfOne ? residue : 0
                 if flags & DistillFlags.topKBucket != 0 {
                     // The rest as one bucket against the student's unlisted mass: tm_j = log rest + z_j - zmax - T log(rest_s).
                     var zmaxLanes = negativeInfinity

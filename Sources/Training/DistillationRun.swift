@@ -234,7 +234,8 @@ public final class DistillationRun {
             ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision))
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
-                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)" : ""))
+                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
+                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : ""))
             if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
                 log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
                     + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
@@ -343,8 +344,8 @@ public final class DistillationRun {
         guard manifest.seqLen == config.seqLen else {
             throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
         }
-        if !cache.spec.storesProbabilities && config.sparseTail != MissingTeacherMass.renormalize.rawValue {
-            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize")
+        if !cache.spec.storesProbabilities && ![MissingTeacherMass.renormalize.rawValue, MissingTeacherMass.bucket.rawValue].contains(config.sparseTail) {
+            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize or bucket")
         }
         if config.divergence == "rkl" && (config.sparseTail == MissingTeacherMass.renormalize.rawValue || !cache.spec.storesProbabilities) {
             throw TrainingError.config("divergence (--divergence): rkl is infinite against \(manifest.targets) targets that give unlisted tokens nothing; "

@@ -12,7 +12,8 @@ import Tensor
 ///   not list get (``MissingTeacherMass``): nothing (`renormalize`, DistillKit's `zero`), or the
 ///   tail mass spread evenly (`uniform`). The temperature then applies as `p^(1/T)` renormalized.
 /// - Sampled targets (independent or systematic draws) enter as `log(count / N)` renormalized: at T = 1 exactly `count / N`, RS-KD's
-///   unbiased estimate of the teacher distribution.
+///   unbiased estimate of the teacher distribution. With the `bucket` tail the ids drawn once, over N (Good-Turing's estimate of
+///   the mass no draw reached), become the bucket set against the student's unlisted mass, and the counts share the rest.
 public struct SparseTeacher {
     public let spec: TeacherTargetSpec
     public let tail: MissingTeacherMass
@@ -55,7 +56,11 @@ public struct SparseTeacher {
             for target in window + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] {
                 crossEntropy -= Double(target.labelLogProbability)
                 ids += target.ids.map(Float.init)
-                values += target.values.map { value in logf(draws.map { value / $0 } ?? value) }  // log p, or log(count / N)
+                // Drawn targets under a bucket tail: Good-Turing's estimate of the mass no draw reached
+                // (the ids drawn once, over N) becomes the bucket, the counts share the rest; where every
+                // draw is distinct the estimate says 1, and the drawn ids keep 1 / N.
+                let listedShare = draws.map { n in tail == .bucket ? 1 - min(Float(target.values.filter { $0 == 1 }.count), n - 1) / n : 1 } ?? 1
+                values += target.values.map { value in logf(draws.map { value / $0 * listedShare } ?? value) }  // log p, or log(count / N)
                 guard tail == .uniform else {
                     ids += [Float](repeating: -1, count: k - target.ids.count)
                     values += [Float](repeating: -.infinity, count: k - target.ids.count)

@@ -98,7 +98,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// the teacher renormalized over its listed tokens), `uniform` (the tail mass spread evenly
     /// over the rest of the vocabulary) or `bucket` (DistillKit's symmetric_uniform: the tail mass
     /// as one more bucket against the student's, forward KL only) or `decoupled` (LFM2's decoupled
-    /// top-K objective, forward KL only). Sampled targets are always renormalized.
+    /// top-K objective, forward KL only). Sampled targets: `renormalize` (the counts as they are) or
+    /// `bucket` (the ids drawn once, over N, as Good-Turing's estimate of the mass no draw reached:
+    /// one bucket against the student's tail, the counts sharing the rest).
     public var sparseTail = "renormalize"
     /// The live teacher's weight GEMMs: `fp32`, `bf16` (weights expanded straight to bf16, fp32
     /// accumulation), or `auto`: bf16 where the device's GEMMs run on bf16 instructions (its NLL

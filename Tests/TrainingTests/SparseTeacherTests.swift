@@ -7,7 +7,8 @@ import XCTest
 
 /// Cached targets as the step uses them: the loss and its gradient through ``SparseTeacher`` (rows
 /// of different lengths padded, counts turned into probabilities, each window's last row) equal an
-/// fp64 reference written from the definitions, for sampled and top-k targets with each tail, on
+/// fp64 reference written from the definitions, for sampled and top-k targets with each tail (sampled with
+/// a bucket of Good-Turing's unseen mass), on
 /// both backends; the teacher's cross-entropy and NLL come from the stored label log-probabilities.
 final class SparseTeacherTests: XCTestCase {
     func testLossAndGradientEqualTheFP64Reference() throws {
@@ -18,18 +19,20 @@ final class SparseTeacherTests: XCTestCase {
             Dictionary(uniqueKeysWithValues: (10..<10 + windows).map { window in
                 (window, (0..<seqLen - 1).map { _ -> SparseTarget in
                     var ids: [Int32] = []
-                    while ids.count < 1 + random.uniform(below: 9) {
+                    while ids.count < min(draws ?? 9, 1 + random.uniform(below: 9)) {  // never more ids than draws
                         let id = Int32(random.uniform(below: vocabulary))
                         if !ids.contains(id) { ids.append(id) }
                     }
-                    let values = ids.map { _ in draws == nil ? Float(1 + random.uniform(below: 100)) / 1000 : Float(1 + random.uniform(below: 9)) }
+                    // Probabilities, or the counts of `draws` draws among the ids (some drawn once: the bucket tail's mass).
+                    var values = ids.map { _ in draws == nil ? Float(1 + random.uniform(below: 100)) / 1000 : 1 }
+                    if let draws { for _ in ids.count..<max(ids.count, draws) { values[random.uniform(below: ids.count)] += 1 } }
                     return SparseTarget(ids: ids, values: values, tailMass: 0, labelLogProbability: -Float(random.uniform(below: 500)) / 100)
                 })
             })
         }
         for backend in try TestBackends.all() {
             for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
-                                 (.systematic(draws: 40), .renormalize), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
+                                 (.systematic(draws: 40), .renormalize), (.sampled(draws: 12), .bucket), (.sampled(draws: 5), .bucket), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
                 let draws = spec.draws
                 let stored = targets(draws: draws)
                 let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
@@ -50,8 +53,11 @@ final class SparseTeacherTests: XCTestCase {
                         let row = window * seqLen + position
                         var p = [Double](repeating: 0, count: vocabulary)
                         var listedMass = 0.0
+                        // Drawn targets with a bucket: the ids drawn once are Good-Turing's estimate of the undrawn mass.
+                        let drawnOnce = Double(target.values.filter { $0 == 1 }.count)
+                        let listedShare = draws.map { tail == .bucket ? 1 - min(drawnOnce, Double($0 - 1)) / Double($0) : 1 } ?? 1
                         for (id, value) in zip(target.ids, target.values) {
-                            let probability = Double(value) / Double(draws ?? 1)
+                            let probability = Double(value) / Double(draws ?? 1) * listedShare
                             p[Int(id)] = probability
                             listedMass += probability
                         }

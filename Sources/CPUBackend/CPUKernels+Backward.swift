@@ -84,7 +84,22 @@ extension CPUKernels {
     public static func adamw(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,
                              _ v: UnsafeMutablePointer<Float>, lr: Float, b1: Float, b2: Float, eps: Float, wd: Float,
                              c1: Float, c2: Float, _ range: Range<Int>) {
-        for i in range {
+        // 16 lanes at a time (the scalar loop's divisions and square roots stay scalar: 3x slower), each lane
+        // the same operations in the same order, so the same bits; then the rest one by one.
+        typealias Lanes = SIMD16<Float>
+        var i = range.lowerBound
+        while i + Lanes.scalarCount <= range.upperBound {
+            let grad = UnsafeRawPointer(g + i).loadUnaligned(as: Lanes.self)
+            let mi = b1 * UnsafeRawPointer(m + i).loadUnaligned(as: Lanes.self) + (1 - b1) * grad
+            let vi = b2 * UnsafeRawPointer(v + i).loadUnaligned(as: Lanes.self) + (1 - b2) * grad * grad
+            UnsafeMutableRawPointer(m + i).storeBytes(of: mi, as: Lanes.self)
+            UnsafeMutableRawPointer(v + i).storeBytes(of: vi, as: Lanes.self)
+            let param = UnsafeRawPointer(p + i).loadUnaligned(as: Lanes.self)
+            let updated = param - lr * ((mi / c1) / ((vi / c2).squareRoot() + eps) + wd * param)
+            UnsafeMutableRawPointer(p + i).storeBytes(of: updated, as: Lanes.self)
+            i += Lanes.scalarCount
+        }
+        for i in i..<range.upperBound {
             let grad = g[i]
             let mi = b1 * m[i] + (1 - b1) * grad
             let vi = b2 * v[i] + (1 - b2) * grad * grad

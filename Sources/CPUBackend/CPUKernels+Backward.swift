@@ -84,8 +84,9 @@ extension CPUKernels {
     public static func adamw(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,
                              _ v: UnsafeMutablePointer<Float>, lr: Float, b1: Float, b2: Float, eps: Float, wd: Float,
                              c1: Float, c2: Float, _ range: Range<Int>) {
-        // 16 lanes at a time (the scalar loop's divisions and square roots stay scalar: 3x slower), each lane
-        // the same operations in the same order, so the same bits; then the rest one by one.
+        // 16 lanes at a time (the compiler leaves the plain loop scalar; this form vectorizes all but the square
+        // roots: 1.9x on 8.4M parameters here), each lane the same operations in the same order, so the same bits;
+        // then the rest one by one.
         typealias Lanes = SIMD16<Float>
         var i = range.lowerBound
         while i + Lanes.scalarCount <= range.upperBound {

@@ -344,7 +344,7 @@ public final class DistillationRun {
         guard manifest.seqLen == config.seqLen else {
             throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
         }
-        if !cache.spec.storesProbabilities && ![MissingTeacherMass.renormalize.rawValue, MissingTeacherMass.bucket.rawValue].contains(config.sparseTail) {
+        if !cache.spec.storesProbabilities && ![.renormalize, .bucket].contains(config.typedSparseTail) {
             throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize or bucket")
         }
         if config.divergence == "rkl" && (config.sparseTail == MissingTeacherMass.renormalize.rawValue || !cache.spec.storesProbabilities) {

@@ -48,7 +48,9 @@ let package = Package(
         // time, after its kernel set is chosen from the CPU's features).
         .target(name: "HostGemm", dependencies: ["Tensor", "COneDNN", "CCPUFeatures"], path: "Sources/HostGemm", swiftSettings: releaseFlags),
         .target(name: "CPUBackend", dependencies: ["Tensor", "HostGemm"],
-                path: "Sources/CPUBackend", swiftSettings: releaseFlags),
+                // No errno from the C library's math: Float.squareRoot() is then one instruction that
+                // vectorizes, not a call per lane (the same correctly rounded results).
+                path: "Sources/CPUBackend", swiftSettings: releaseFlags + [.unsafeFlags(["-Xcc", "-fno-math-errno"])]),
         .target(name: "OpenCLBackend", dependencies: ["Tensor", "COpenCL", "CCLBlast", "HostGemm", "KernelSources"],
                 path: "Sources/OpenCLBackend", swiftSettings: releaseFlags),
 

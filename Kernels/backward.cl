@@ -91,15 +91,16 @@ __kernel void embedding_backward(__global const float* dx, int dxo, __global con
     dtable[dto + (long)ids[io + u] * cols + c] += sum;
 }
 
-// AdamW with decoupled weight decay and bias correction, one work-item per parameter:
-//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+// AdamW with decoupled weight decay and bias correction, one work-item per parameter, the gradient
+// taken times gs (the global-norm clip's factor, 1 unclipped; no separate scaling pass):
+//   g = gs g_stored;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (m / c1 / (sqrt(v / c2) + eps) + wd * p),  c1 = 1 - b1^t, c2 = 1 - b2^t
 __kernel void adamw(__global float* p, int po, __global const float* g, int go, __global float* m, int mo,
                     __global float* v, int vo, int n, float lr, float b1, float b2, float eps, float wd,
-                    float c1, float c2) {
+                    float c1, float c2, float gs) {
     const int i = get_global_id(0);
     if (i >= n) return;
-    const float grad = g[go + i];
+    const float grad = g[go + i] * gs;
     const float mi = b1 * m[mo + i] + (1.0f - b1) * grad;
     const float vi = b2 * v[vo + i] + (1.0f - b2) * grad * grad;
     m[mo + i] = mi;

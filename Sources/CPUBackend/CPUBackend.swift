@@ -335,7 +335,7 @@ public final class CPUBackend: Backend {
         let (pp, pg, pm, pv) = (try mutablePointer(parameter), try pointer(gradient), try mutablePointer(firstMoment), try mutablePointer(secondMoment))
         parallelChunks(parameter.count, grain: elementGrain) {
             CPUKernels.adamw(pp, pg, pm, pv, lr: step.learningRate, b1: step.beta1, b2: step.beta2, eps: step.epsilon,
-                             wd: step.weightDecay, c1: step.firstCorrection, c2: step.secondCorrection, $0)
+                             wd: step.weightDecay, c1: step.firstCorrection, c2: step.secondCorrection, gs: step.gradientScale, $0)
         }
     }
 }

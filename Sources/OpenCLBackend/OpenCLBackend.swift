@@ -470,6 +470,6 @@ public final class OpenCLBackend: Backend {
         try launch("adamw", in: "backward.cl", globalSize: parameter.count, localSize: nil,
                    try arguments(parameter) + arguments(gradient) + arguments(firstMoment) + arguments(secondMoment)
                        + [try int32(parameter.count, parameter.label), step.learningRate, step.beta1, step.beta2, step.epsilon,
-                          step.weightDecay, step.firstCorrection, step.secondCorrection])
+                          step.weightDecay, step.firstCorrection, step.secondCorrection, step.gradientScale])
     }
 }

@@ -97,14 +97,19 @@ public struct AdamWStep: Equatable, Sendable {
     public var weightDecay: Float
     /// The 1-based step number t, for the bias corrections 1 - beta^t.
     public var step: Int
+    /// The stored gradient's factor (the global-norm clip's `clip / norm`; 1 unclipped), applied as
+    /// the update reads it rather than in a pass of its own.
+    public var gradientScale: Float
 
-    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1, step: Int) {
+    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1, step: Int,
+                gradientScale: Float = 1) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
         self.weightDecay = weightDecay
         self.step = step
+        self.gradientScale = gradientScale
     }
 
     public var firstCorrection: Float { 1 - Float(pow(Double(beta1), Double(step))) }

@@ -116,11 +116,13 @@ public final class ParameterArena {
         Float(try rowSumsOfSquares(gradients).reduce(0.0) { $0 + Double($1) }.squareRoot())
     }
 
-    /// Clips the gradients to `clip` (the global norm; 0 is no clipping), then one AdamW step of
-    /// the whole arena: the decayed span with the step's weight decay, the rest without.
+    /// One AdamW step of the whole arena with the gradients clipped to `clip` (the global norm; 0 is
+    /// no clipping: the update reads them times `clip / norm`, the stored gradients stay as they are):
+    /// the decayed span with the step's weight decay, the rest without.
     public func update(_ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
         let backend = values.backend
-        if clip > 0, gradientNorm > clip { try backend.scale(gradients, by: clip / gradientNorm, into: gradients) }
+        var step = step
+        if clip > 0, gradientNorm > clip { step.gradientScale *= clip / gradientNorm }
         for (range, decays) in [(0..<decayedEnd, true), (decayedEnd..<count, false)] where !range.isEmpty {
             var spanStep = step
             if !decays { spanStep.weightDecay = 0 }

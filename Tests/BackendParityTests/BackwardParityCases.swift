@@ -158,17 +158,21 @@ extension ParityTable {
 
     static let adamwCase = ParityCase(op: "adamw", tolerance: 1e-5) { rng in
         elementCounts.map { n in
-            let step = AdamWStep(learningRate: 0.01, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weightDecay: 0.1, step: Int.random(in: 1...50, using: &rng))
+            // Every other instance clipped (the gradient read times a factor below 1).
+            let scale: Float = Bool.random(using: &rng) ? 1 : Float.random(in: 0.01...0.9, using: &rng)
+            let step = AdamWStep(learningRate: 0.01, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weightDecay: 0.1, step: Int.random(in: 1...50, using: &rng),
+                                 gradientScale: scale)
             return ParityInstance(
-                description: "n=\(n), step \(step.step)",
+                description: "n=\(n), step \(step.step), gradient x \(scale)",
                 operands: [Operand(shape: [n], values: rng.normals(n)), Operand(shape: [n], values: rng.normals(n)),
                            Operand(shape: [n], values: rng.normals(n, scale: 0.1)), Operand(shape: [n], values: rng.normals(n).map { $0 * $0 * 0.01 })],
                 outputs: [0, 2, 3],
                 run: { try $0.adamw($1[0], gradient: $1[1], firstMoment: $1[2], secondMoment: $1[3], step) },
                 reference: { v in
                     let (b1, b2) = (Double(step.beta1), Double(step.beta2))
-                    let m = zip(v[2], v[1]).map { b1 * $0 + (1 - b1) * $1 }
-                    let s = zip(v[3], v[1]).map { b2 * $0 + (1 - b2) * $1 * $1 }
+                    let g = v[1].map { $0 * Double(scale) }
+                    let m = zip(v[2], g).map { b1 * $0 + (1 - b1) * $1 }
+                    let s = zip(v[3], g).map { b2 * $0 + (1 - b2) * $1 * $1 }
                     let c1 = 1 - pow(b1, Double(step.step)), c2 = 1 - pow(b2, Double(step.step))
                     let p = v[0].indices.map { i in
                         v[0][i] - Double(step.learningRate) * ((m[i] / c1) / ((s[i] / c2).squareRoot() + Double(step.epsilon)) + Double(step.weightDecay) * v[0][i])

@@ -31,6 +31,8 @@ final class ParameterArenaTests: XCTestCase {
                 let clip: Float = 2
                 let adamw = AdamWStep(learningRate: 0.01, beta1: 0.9, beta2: 0.95, weightDecay: 0.1, step: step)
                 try arena.update(adamw, gradientNorm: measured, clip: clip)
+                // The update read the gradients clipped; the stored ones are as they were.
+                for (p, g) in zip(parameters, gradients) { XCTAssertEqual(try p.gradient.toArray(), g, "\(p.name) gradient on \(backend.name)") }
                 // fp64 AdamW of each parameter, the gradient clipped to norm `clip`, norm weights not decayed.
                 let scale = Double(clip) / Double(measured)
                 for i in parameters.indices {

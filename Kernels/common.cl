@@ -44,6 +44,40 @@ BF16_BITS_OF(4)
 BF16_BITS_OF(8)
 BF16_BITS_OF(16)
 
+// fp32 to bf16 bits with stochastic rounding: up (away from zero) with probability equal to the
+// fraction of a bf16 ulp the value is past the bf16 value below it, given 16 uniform random bits per
+// element (the low half of `random`): adding them to the bits carries into the high half exactly
+// then. Unbiased (the expected result is x), so updates smaller than half an ulp survive on average.
+// inf stays inf; NaN as bf16_bits. For a float and every vector width (convert.cl).
+#define BF16_BITS_STOCHASTIC_OF(N)                                                            \
+__attribute__((overloadable)) inline ushort##N bf16_bits_stochastic(float##N x, uint##N random) { \
+    const uint##N u = as_uint##N(x);                                                          \
+    const uint##N rounded = (u + (random & (uint##N)(0xFFFF))) >> 16;                         \
+    return convert_ushort##N(select(rounded, (u >> 16) | (uint##N)(0x40), isnan(x)));         \
+}
+BF16_BITS_STOCHASTIC_OF()
+BF16_BITS_STOCHASTIC_OF(2)
+BF16_BITS_STOCHASTIC_OF(4)
+BF16_BITS_STOCHASTIC_OF(8)
+BF16_BITS_STOCHASTIC_OF(16)
+
+// A 32-bit integer hash with full avalanche (Wellons' "lowbias32"): counter-based random bits,
+// the same on every device and in the CPU twin (BlockFormat.counterHash), so a draw depends only
+// on (element, key) and never on the launch.
+#define COUNTER_HASH_OF(N)                                                                    \
+__attribute__((overloadable)) inline uint##N counter_hash(uint##N x) {                        \
+    x ^= x >> 16;                                                                             \
+    x *= (uint##N)(0x7FEB352Du);                                                              \
+    x ^= x >> 15;                                                                             \
+    x *= (uint##N)(0x846CA68Bu);                                                              \
+    return x ^ (x >> 16);                                                                     \
+}
+COUNTER_HASH_OF()
+COUNTER_HASH_OF(2)
+COUNTER_HASH_OF(4)
+COUNTER_HASH_OF(8)
+COUNTER_HASH_OF(16)
+
 // Elementwise kernels over n elements: work-item i < n/VW handles vector i; the n % VW work-items
 // after those handle one tail element each (the host launches n/VW + n%VW work-items).
 #define ELEMENTWISE_INDEX                        \

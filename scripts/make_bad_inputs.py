@@ -443,6 +443,7 @@ def yaml_cases():
     y("yaml-teacher-precision-fp8", "teacher_precision: fp8\n", ["teacher_precision", "fp8"])
     y("yaml-precision-fp16", "precision: fp16\n", ["precision", "fp16"],
       note="mixed precision trains in bf16; f16 is storage only")
+    y("yaml-compute-rounding-up", "precision: bf16\ncompute_rounding: up\n", ["compute_rounding", "up"])
     y("yaml-temperature-schedule-bogus", "temperature_schedule: bogus\n", ["temperature_schedule", "bogus"])
     y("yaml-hint-loss-l3", "hint_weight: 0.5\nhint_loss: l3\n", ["hint_loss", "l3"])
     y("yaml-gradient-accumulation-zero", "gradient_accumulation: 0\n", ["gradient_accumulation", "0"])

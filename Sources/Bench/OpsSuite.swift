@@ -63,8 +63,9 @@ public struct OpsSuite: BenchSuite {
 
     static let cases: [Case] = elementwise + conversions + rows + model + backward + hints
 
-    /// fp32 narrowed to 16-bit storage (round to nearest even) and bf16 widened back, over 2^23
-    /// elements (4 + 2 bytes each); a bf16 embedding lookup at the teacher's shape.
+    /// fp32 narrowed to 16-bit storage (round to nearest even; bf16 also stochastically, as the
+    /// trainer's compute copy) and bf16 widened back, over 2^23 elements (4 + 2 bytes each); a bf16
+    /// embedding lookup at the teacher's shape.
     static let conversions: [Case] = {
         let n = 1 << 23, c = 576, ids = 2048
         return [DType.bf16, .f16].map { dtype in
@@ -73,6 +74,10 @@ public struct OpsSuite: BenchSuite {
                 return ({ try b.convert(x, into: out) }, out)
             }
         } + [
+            Case(kernel: "convert_f32_to_bf16_stochastic", shape: "[\(n)]", dtype: .bf16, bytes: Double(6 * n)) { b in
+                let (x, out) = (try tensor(b, [n], seed: 1, scale: 100), try b.tensor(shape: [n], dtype: .bf16, label: "bench narrowed"))
+                return ({ try b.convert(x, into: out, rounding: .stochastic(key: 0x5EED)) }, out)
+            },
             Case(kernel: "dequantize_bf16", shape: "[\(n)]", dtype: .bf16, bytes: Double(6 * n)) { b in
                 let x = try b.tensor(benchValues(n, seed: 1, scale: 100), shape: [n], dtype: .bf16, label: "bench bf16")
                 let out = try tensor(b, [n], seed: 2)

@@ -220,9 +220,11 @@ public final class CPUBackend: Backend {
         }
     }
 
-    public func enqueueNarrow(_ source: Tensor, into out: Tensor) throws {
+    public func enqueueNarrow(_ source: Tensor, into out: Tensor, rounding: Rounding) throws {
         let (ps, po) = (try pointer(source), try rawPointer(out))
-        if out.dtype == .bf16 {
+        if case .stochastic(let key) = rounding {
+            parallelChunks(source.count, grain: elementGrain) { CPUKernels.convert_f32_to_bf16_stochastic(ps, po, $0, key: key) }
+        } else if out.dtype == .bf16 {
             parallelChunks(source.count, grain: elementGrain) { CPUKernels.convert_f32_to_bf16(ps, po, $0) }
         } else {
             parallelChunks(source.count, grain: elementGrain) { CPUKernels.convert_f32_to_f16(ps, po, $0) }

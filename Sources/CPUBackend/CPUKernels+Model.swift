@@ -91,6 +91,12 @@ extension CPUKernels {
         BlockFormat.storeBFloat16(x + elements.lowerBound, count: elements.count, to: out + 2 * elements.lowerBound)
     }
 
+    /// As convert.cl: fp32 narrowed to bf16 bits with stochastic rounding, element e's random bits counter_hash(e ^ key).
+    public static func convert_f32_to_bf16_stochastic(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>, key: UInt32) {
+        BlockFormat.storeBFloat16Stochastic(x + elements.lowerBound, count: elements.count, firstIndex: elements.lowerBound, key: key,
+                                            to: out + 2 * elements.lowerBound)
+    }
+
     /// As convert.cl: fp32 narrowed to f16 bits, IEEE round to nearest even.
     public static func convert_f32_to_f16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
         for i in elements { out.storeBytes(of: BlockFormat.halfBits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }

@@ -383,9 +383,14 @@ public final class OpenCLBackend: Backend {
                    try arguments(source) + arguments(out) + [try int32(n, source.label)])
     }
 
-    public func enqueueNarrow(_ source: Tensor, into out: Tensor) throws {
-        try launch("convert_f32_to_\(out.dtype.rawValue)", in: "convert.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil,
-                   try arguments(source) + arguments(out) + [try int32(source.count, source.label)])
+    public func enqueueNarrow(_ source: Tensor, into out: Tensor, rounding: Rounding) throws {
+        let common = try arguments(source) + arguments(out) + [try int32(source.count, source.label)]
+        if case .stochastic(let key) = rounding {
+            try launch("convert_f32_to_bf16_stochastic", in: "convert.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil,
+                       common + [key])
+        } else {
+            try launch("convert_f32_to_\(out.dtype.rawValue)", in: "convert.cl", globalSize: elementwiseWorkItems(source.count), localSize: nil, common)
+        }
     }
 
     public func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws {

@@ -44,6 +44,7 @@ extension KernelArgument where Self: BitwiseCopyable {
 
 extension Int32: KernelArgument {}
 extension Float: KernelArgument {}
+extension UInt32: KernelArgument {}
 
 /// `__local` scratch memory of the given size, for a kernel argument declared `__local T*`.
 public struct LocalMemory: KernelArgument {

@@ -56,8 +56,9 @@ public protocol Backend: AnyObject {
     // Model ops (the llama forward pass).
     /// out (f32, same element count) = the values of a quantized or f16 tensor.
     func enqueueDequantize(_ source: Tensor, into out: Tensor) throws
-    /// f32 `source` narrowed into bf16 or f16 `out` (same count), round to nearest even.
-    func enqueueNarrow(_ source: Tensor, into out: Tensor) throws
+    /// f32 `source` narrowed into bf16 or f16 `out` (same count), rounded as `rounding` says
+    /// (stochastic: bf16 only, checked by ``Backend/convert(_:into:rounding:)``).
+    func enqueueNarrow(_ source: Tensor, into out: Tensor, rounding: Rounding) throws
     /// out[i, :] = table[ids[i], :] for a table [rows, cols] of any dtype; out-of-range ids give zeros.
     func enqueueGatherRows(_ table: Tensor, ids: Tensor, into out: Tensor) throws
     /// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight
@@ -165,6 +166,16 @@ public struct RoPE: Equatable, Sendable {
 public enum BinaryOp: String, CaseIterable, Sendable {
     case add
     case mul
+}
+
+/// How f32 narrows to a 16-bit type.
+public enum Rounding: Equatable, Sendable {
+    /// To the nearest representable value, ties to even (IEEE's default).
+    case nearestEven
+    /// bf16 only: up or down at random, up with probability equal to the fraction of an ulp the value is
+    /// past the one below it, so the expected result is the value itself. Element e's draw is fixed by
+    /// (e, key): the same on every backend and launch (convert.cl).
+    case stochastic(key: UInt32)
 }
 
 /// Row-wise reductions over the last axis.

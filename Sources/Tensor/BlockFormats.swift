@@ -41,6 +41,35 @@ public enum BlockFormat {
         }
     }
 
+    /// A 32-bit integer hash with full avalanche (Wellons' "lowbias32"), as common.cl's
+    /// counter_hash: counter-based random bits that depend only on their input.
+    @inline(__always)
+    public static func counterHash(_ value: UInt32) -> UInt32 {
+        var x = value
+        x ^= x &>> 16
+        x = x &* 0x7FEB_352D
+        x ^= x &>> 15
+        x = x &* 0x846C_A68B
+        return x ^ (x &>> 16)
+    }
+
+    /// `count` fp32 values narrowed to bf16 bits at `out` with stochastic rounding, as convert.cl's
+    /// convert_f32_to_bf16_stochastic: value i (element `firstIndex + i` of its tensor) takes the
+    /// random bits counterHash(element ^ key), whose low 16 added to its bits carry into the high
+    /// half with probability equal to the fraction of an ulp it is past the bf16 value below it
+    /// (unbiased); NaN as ``bfloat16Bits(_:)``. A branch-free loop the compiler vectorizes.
+    public static func storeBFloat16Stochastic(_ values: UnsafePointer<Float>, count: Int, firstIndex: Int, key: UInt32,
+                                               to out: UnsafeMutableRawPointer) {
+        let words = out.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count {
+            let bits = values[i].bitPattern
+            let random = counterHash(UInt32(truncatingIfNeeded: firstIndex + i) ^ key)
+            let rounded = (bits &+ (random & 0xFFFF)) &>> 16
+            let quietNaN = (bits &>> 16) | 0x40
+            words[i] = UInt16(truncatingIfNeeded: (bits & 0x7FFF_FFFF) > 0x7F80_0000 ? quietNaN : rounded)
+        }
+    }
+
     /// Writes the 32 values of the Q8_0 block at `block` to `out`.
     @inline(__always)
     public static func decodeQ8_0(_ block: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>) {

@@ -254,8 +254,9 @@ extension Backend {
     }
 
     /// `out` = `source` in another element type: f32 narrowed to bf16 or f16 (round to nearest
-    /// even; bf16 keeps NaN a NaN, f16 overflows to inf past 65504), or bf16/f16 widened to f32 (exact).
-    public func convert(_ source: Tensor, into out: Tensor) throws {
+    /// even, or for bf16 stochastically; bf16 keeps NaN a NaN, f16 overflows to inf past 65504), or
+    /// bf16/f16 widened to f32 (exact).
+    public func convert(_ source: Tensor, into out: Tensor, rounding: Rounding = .nearestEven) throws {
         try requireOwned(source, out, op: "convert")
         let narrowing = source.dtype == .f32 && (out.dtype == .bf16 || out.dtype == .f16)
         let widening = out.dtype == .f32 && (source.dtype == .bf16 || source.dtype == .f16)
@@ -266,9 +267,12 @@ extension Backend {
         guard source.count == out.count else {
             throw TensorError.shapeMismatch("convert: \(source.label) \(describeShape(source.shape)) into \(out.label) \(describeShape(out.shape))")
         }
+        if case .stochastic = rounding, !(narrowing && out.dtype == .bf16) {
+            throw TensorError.unsupported("convert: stochastic rounding of \(source.label) into \(out.label) \(out.dtype.rawValue); it narrows f32 to bf16")
+        }
         guard source.count > 0 else { return }
         try Profiling.measure("convert", on: self) {
-            if widening { try enqueueDequantize(source, into: out) } else { try enqueueNarrow(source, into: out) }
+            if widening { try enqueueDequantize(source, into: out) } else { try enqueueNarrow(source, into: out, rounding: rounding) }
         }
     }
 

@@ -14,6 +14,15 @@ import Tensor
 /// updates, and one more bf16 buffer mirrors the decayed span (the matrices), which the GEMMs read
 /// (``Parameter/compute``): one conversion of the whole span after each update
 /// (``refreshCompute()``). Norm weights and the embedding's row lookup read the fp32 values.
+///
+/// The conversion rounds stochastically by default, with each weight's random threshold drawn once
+/// for the run (from its seed): an early AdamW update (about the learning rate per element) is
+/// smaller than half a bf16 ulp of most weights, so rounding to nearest drops it for every weight
+/// that sits on a bf16 value (a quarter of a Q4_1 teacher's) and the bf16 run falls behind the fp32
+/// one (README, mixed precision). With random thresholds a move of a fraction f of an ulp carries
+/// the expected share f of the weights across theirs, so the matrix moves as its master does on
+/// average; and a weight's copy changes only when its master crosses its threshold (thresholds
+/// drawn again at every step measured worse: every step's forward saw fresh noise in every weight).
 public final class ParameterArena {
     public let parameters: [Parameter]
     /// `[rows, width]` each.
@@ -23,6 +32,8 @@ public final class ParameterArena {
     public let secondMoments: Tensor
     /// The bf16 copy of the decayed span `[rows, width]` (mixed precision), or nil (fp32).
     public let computeValues: Tensor?
+    /// How the compute copy rounds: `.stochastic` with one key for the run, or `.nearestEven`.
+    let rounding: Rounding
     /// Elements `[0, decayedEnd)` hold the decayed parameters, `[decayedEnd, count)` the others.
     let decayedEnd: Int
     /// Each parameter's elements, in arena order.
@@ -36,8 +47,11 @@ public final class ParameterArena {
     /// Takes `parameters` in: their current values and moments are copied into the arena (one role at
     /// a time, so memory peaks at one role's size above the parameters' own), and each parameter's
     /// tensors become views into it. Their gradients start at zero.
-    /// - Parameter computeType: `.f32`, or `.bf16` for a bf16 compute copy of the matrices.
-    public init(_ parameters: [Parameter], backend: any Backend, computeType: DType = .f32) throws {
+    /// - Parameters:
+    ///   - computeType: `.f32`, or `.bf16` for a bf16 compute copy of the matrices.
+    ///   - stochasticRoundingSeed: round the compute copy stochastically, each weight's threshold drawn from
+    ///     this seed (nil: to nearest even).
+    public init(_ parameters: [Parameter], backend: any Backend, computeType: DType = .f32, stochasticRoundingSeed: UInt64? = nil) throws {
         guard computeType == .f32 || computeType == .bf16 else {
             throw TensorError.unsupported("parameter arena: compute type \(computeType.rawValue); use f32 or bf16")
         }
@@ -54,6 +68,10 @@ public final class ParameterArena {
         self.parameters = ordered
         self.layout = layout
         self.decayedEnd = decayedEnd
+        rounding = stochasticRoundingSeed.map { seed in
+            var random = SplitMix64(seed: seed ^ 0xB16_C0DE)
+            return .stochastic(key: UInt32(truncatingIfNeeded: random.next() >> 32))
+        } ?? .nearestEven
 
         func arena(_ role: String, _ tensor: (Parameter) -> Tensor, copy: Bool) throws -> Tensor {
             let flat = try backend.tensor(shape: [rows, Self.width], label: "parameter arena: \(role)")
@@ -86,12 +104,12 @@ public final class ParameterArena {
         try refreshCompute()
     }
 
-    /// Rounds the decayed span of the fp32 values into the bf16 compute copy (round to nearest
-    /// even); nothing in fp32. The trainer calls it after every update.
+    /// Rounds the decayed span of the fp32 values into the bf16 compute copy (as ``rounding`` says);
+    /// nothing in fp32. The trainer calls it after every update.
     public func refreshCompute() throws {
         guard let computeValues else { return }
         let rows = computeValues.shape[0]
-        try values.backend.convert(try values.rows(0..<rows), into: computeValues)
+        try values.backend.convert(try values.rows(0..<rows), into: computeValues, rounding: rounding)
     }
 
     /// `parameter`'s elements of a flat role tensor, in the parameter's shape.

@@ -118,7 +118,8 @@ public final class Trainer {
         // Mixed precision: the matrices get bf16 compute copies, which the student's GEMMs read (the
         // feature modules read their fp32 values).
         arena = try ParameterArena(student.parameters + features.flatMap(\.parameters), backend: student.backend,
-                                   computeType: config.typedPrecision)
+                                   computeType: config.typedPrecision,
+                                   stochasticRoundingSeed: config.computeRounding == "stochastic" ? config.seed : nil)
         schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
                                         minimumFraction: config.minLrFraction)
         optimizer = (config.beta1, config.beta2, config.weightDecay, config.gradClip)

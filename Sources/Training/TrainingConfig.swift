@@ -110,6 +110,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// gradients; bf16 compute copies of the matrices refreshed after each update; bf16 GEMM
     /// operands with fp32 accumulation; on CPUs and CPU OpenCL devices).
     public var precision = "fp32"
+    /// How the bf16 compute copies round the fp32 master weights after each update: `stochastic`
+    /// (each weight's random threshold drawn once from the seed, so updates below half a bf16 ulp
+    /// move the matrices as they move the masters, on average) or `nearest` (to nearest even, as
+    /// PyTorch's autocast casts weights).
+    public var computeRounding = "stochastic"
 
     // On-policy and sequence-level distillation.
     /// Probability that a step trains on continuations the current student samples from its
@@ -160,7 +165,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case teacherPrecision = "teacher_precision", precision
+        case teacherPrecision = "teacher_precision", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
         case rolloutTemperature = "rollout_temperature", onPolicyLoss = "on_policy_loss", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
@@ -356,6 +361,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
         case .precision:
             try oneOf(precision, ["fp32", "bf16"])
+        case .computeRounding:
+            try oneOf(computeRounding, ["stochastic", "nearest"])
         case .onPolicyFraction: try inRange(onPolicyFraction, "[0, 1]") { (0...1).contains($0) }
         case .seqKd: break
         case .promptTokens: try atLeast(promptTokens, 1)

@@ -72,6 +72,8 @@ struct TrainCommand: ParsableCommand {
     var teacherPrecision: String?
     @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
     var precision: String?
+    @Option(name: .long, help: "With --precision bf16: how the bf16 compute copies round the fp32 weights after each update: stochastic (each weight's random threshold drawn once from the seed; default) or nearest (to nearest even).")
+    var computeRounding: String?
     @Option(name: .long, parsing: .unconditional, help: "On-policy (GKD's lmbda): probability that a step trains on continuations the student samples from its windows' first --prompt-tokens tokens (0: corpus only).")
     var onPolicyFraction: Float?
     @Option(name: .long, help: "Sequence-level KD: steps that are not on-policy train on continuations the teacher samples (true or false).")
@@ -183,6 +185,7 @@ struct TrainCommand: ParsableCommand {
         if let sparseTail { settings.sparseTail = sparseTail }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
         if let precision { settings.precision = precision }
+        if let computeRounding { settings.computeRounding = computeRounding }
         if let onPolicyFraction { settings.onPolicyFraction = onPolicyFraction }
         if let seqKd { settings.seqKd = seqKd }
         if let promptTokens { settings.promptTokens = promptTokens }

@@ -67,4 +67,36 @@ extension ParityTable {
             }
         }
     }
+
+    /// convert_f32_to_bf16_stochastic read back through dequantize_bf16, against rounding defined in
+    /// fp64: with r the low 16 bits of the element's counter hash (the one piece of the kernel the
+    /// reference shares: it is the definition of the draw), the value rounds away from zero iff
+    /// r / 2^16 >= 1 - (the fraction of an ulp the value is past the bf16 value toward zero).
+    static let stochasticConvertCase = ParityCase(op: "convert_f32_to_bf16_stochastic + dequantize_bf16", tolerance: 0) { rng in
+        elementCounts.map { n in
+            let x = roundingProbes(n, p: 8, minExponent: -126, maxExponent: 127, &rng)
+            let key = UInt32.random(in: 0...UInt32.max, using: &rng)
+            return ParityInstance(
+                description: "n=\(n) key=\(key)", operands: [Operand(shape: [n], values: x), Operand(shape: [n], values: rng.normals(n))],
+                outputs: [1],
+                run: { backend, t in
+                    let narrow = try backend.tensor(shape: [n], dtype: .bf16, label: "narrowed")
+                    try backend.convert(t[0], into: narrow, rounding: .stochastic(key: key))
+                    try backend.convert(narrow, into: t[1])
+                },
+                reference: { inputs in
+                    [inputs[0].enumerated().map { i, value -> Double in
+                        guard value.isFinite, value != 0 else { return value }
+                        let magnitude = abs(value)
+                        let ulp = Foundation.pow(2.0, Double(max(Int(magnitude.exponent), -126) - 7))
+                        let toward = (magnitude / ulp).rounded(.towardZero)
+                        let fraction = magnitude / ulp - toward
+                        let r = Double(BlockFormat.counterHash(UInt32(i) ^ key) & 0xFFFF)
+                        let rounded = (r / 65536 >= 1 - fraction ? toward + 1 : toward) * ulp
+                        let largest = (2 - Foundation.pow(2.0, -7.0)) * Foundation.pow(2.0, 127.0)
+                        return (rounded > largest ? .infinity : rounded) * (value < 0 ? -1 : 1)
+                    }]
+                })
+        }
+    }
 }

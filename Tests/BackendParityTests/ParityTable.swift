@@ -39,7 +39,7 @@ let rowShapes = [[1, 1], [3, 17], [41, 1271], [5, 1031], [2, 32000], [3, 49152],
 
 enum ParityTable {
     /// Every op of the tensor API. Adding an op means adding a row here.
-    static let cases: [ParityCase] = elementwiseCases + convertCases + [gemmCase, gemmCase(inputType: .bf16), gemmCase(inputType: .f16)] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
+    static let cases: [ParityCase] = elementwiseCases + convertCases + [stochasticConvertCase, gemmCase, gemmCase(inputType: .bf16), gemmCase(inputType: .f16)] + rowCases + inPlaceSoftmaxCases + modelCases + backwardCases + lossCases
 
     static let elementwiseCases: [ParityCase] = [
         ParityCase(op: "fill_f32", tolerance: 0) { rng in

@@ -53,7 +53,7 @@ final class TrainCommandTests: XCTestCase {
     /// weights, from which the resumed run remakes the bf16 compute copies.
     func testMixedPrecisionRunResumesExactly() throws {
         try assertKilledAndResumedRunContinuesExactly(data: try corpus(), extra: ["--precision", "bf16", "--teacher-precision", "bf16"],
-                                                      logMentions: "student bf16 (fp32 master weights), teacher bf16")
+                                                      logMentions: "student bf16 (fp32 master weights, stochastic rounding), teacher bf16")
     }
 
     /// `--teacher-precision auto` (the default) runs the teacher in bf16 exactly where the processor

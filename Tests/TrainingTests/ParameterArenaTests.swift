@@ -104,4 +104,40 @@ final class ParameterArenaTests: XCTestCase {
             try check("after an update")
         }
     }
+
+    /// Stochastic rounding of the compute copy, each weight's threshold drawn once: every element is
+    /// one of the two bf16 values either side of its master (found in fp64 here), a refresh of
+    /// unchanged masters repeats the copy exactly, and over many weights with the same master the
+    /// copies' mean is the master (rounding to nearest is a whole ulp fraction off), so a move of
+    /// masters sitting on bf16 values by 0.3 of an ulp moves about 30% of their copies by one ulp
+    /// (rounding to nearest moves none).
+    func testStochasticComputeCopyIsUnbiasedOverWeights() throws {
+        let (rows, cols) = (64, 128)  // a matrix: decayed, so mirrored
+        let count = rows * cols
+        for backend in try TestBackends.all() {
+            // Masters 1.5 + k/8 of an ulp (2^-7 at 1.5), k = 0...7, each in count/8 elements.
+            let ulp = Double(1) / 128
+            let masters = (0..<count).map { Float(1.5 + Double($0 % 8) / 8 * ulp) }
+            let parameter = try Parameter(name: "m.weight", shape: [rows, cols], values: masters, backend: backend)
+            let arena = try ParameterArena([parameter], backend: backend, computeType: .bf16, stochasticRoundingSeed: 7)
+            let copy = try parameter.compute.toArray()
+            try arena.refreshCompute()
+            XCTAssertEqual(try parameter.compute.toArray(), copy, "a refresh of unchanged masters on \(backend.name)")
+            for k in 0..<8 {
+                let values = stride(from: k, to: count, by: 8).map { Double(copy[$0]) }
+                XCTAssert(values.allSatisfy { $0 == 1.5 || $0 == 1.5 + ulp }, "k=\(k): a copy outside the two neighbours on \(backend.name)")
+                // The mean of n draws up with probability k/8: within 4 standard deviations of the master.
+                let n = Double(values.count), p = Double(k) / 8
+                XCTAssertEqual(values.reduce(0, +) / n, 1.5 + p * ulp, accuracy: 4 * ulp * (p * (1 - p) / n).squareRoot() + 1e-12,
+                               "k=\(k) on \(backend.name)")
+            }
+            // The masters on bf16 values (k = 0) moved by 0.3 of an ulp: about 30% of their copies move up.
+            let moved = masters.enumerated().map { $0 % 8 == 0 ? Float(1.5 + 0.3 * ulp) : $1 }
+            try backend.upload(moved.withUnsafeBufferPointer { $0 }, to: parameter.value)
+            try arena.refreshCompute()
+            let after = try parameter.compute.toArray()
+            let up = Double(stride(from: 0, to: count, by: 8).filter { after[$0] > 1.5 }.count) / Double(count / 8)
+            XCTAssertEqual(up, 0.3, accuracy: 4 * (0.3 * 0.7 / Double(count / 8)).squareRoot(), "share moved on \(backend.name)")
+        }
+    }
 }

@@ -52,26 +52,25 @@ import json, sys
 out, seeds = sys.argv[1], sys.argv[2:]
 def losses(name, seed):
     return [r["loss"] for r in map(json.loads, open(f"{out}/{name}-s{seed}.jsonl")) if "loss" in r]
+compared = [("fp32-opencl", "fp32 on the OpenCL device (the noise floor)"), ("bf16-stochastic", "bf16, stochastic rounding (default)"),
+            ("bf16-nearest", "bf16, rounding to nearest even")]
+# diffs[name][seed][step]: the run's loss against the fp32 run of the same seed, in percent.
+diffs = {name: {seed: [abs(y - x) / x * 100 for x, y in zip(losses("fp32", seed), losses(name, seed))] for seed in seeds}
+         for name, _ in compared}
 print("| run against the fp32 run (CPU backend) | " + " | ".join(f"seed {s}: largest (step)" for s in seeds) + " | per step, seed " + seeds[0] + " |")
 print("|---|" + "---:|" * len(seeds) + "---|")
-for name, title in [("fp32-opencl", "fp32 on the OpenCL device (the noise floor)"), ("bf16-stochastic", "bf16, stochastic rounding (default)"),
-                    ("bf16-nearest", "bf16, rounding to nearest even")]:
-    cells, first = [], ""
+for name, title in compared:
+    cells = []
     for seed in seeds:
-        a, b = losses("fp32", seed), losses(name, seed)
-        diffs = [abs(y - x) / x * 100 for x, y in zip(a, b)]
-        worst = max(range(len(diffs)), key=diffs.__getitem__)
-        cells.append(f"{diffs[worst]:.2f}% ({worst + 1})")
-        if seed == seeds[0]:
-            first = " ".join(f"{d:.2f}" for d in diffs)
-    print(f"| {title} | " + " | ".join(cells) + f" | {first} |")
+        worst = max(range(len(diffs[name][seed])), key=diffs[name][seed].__getitem__)
+        cells.append(f"{diffs[name][seed][worst]:.2f}% ({worst + 1})")
+    print(f"| {title} | " + " | ".join(cells) + " | " + " ".join(f"{d:.2f}" for d in diffs[name][seeds[0]]) + " |")
 print()
-steps = len(losses("fp32", seeds[0]))
+steps = len(diffs[compared[0][0]][seeds[0]])
 print("| mean over the seeds, by step | " + " | ".join(str(i + 1) for i in range(steps)) + " |")
 print("|---|" + "---:|" * steps)
-for name in ["fp32-opencl", "bf16-stochastic", "bf16-nearest"]:
-    diffs = [[abs(y - x) / x * 100 for x, y in zip(losses("fp32", seed), losses(name, seed))] for seed in seeds]
-    print(f"| {name} | " + " | ".join(f"{sum(d[i] for d in diffs) / len(diffs):.2f}%" for i in range(steps)) + " |")
+for name, _ in compared:
+    print(f"| {name} | " + " | ".join(f"{sum(diffs[name][seed][i] for seed in seeds) / len(seeds):.2f}%" for i in range(steps)) + " |")
 print()
 print("Relative difference of each step's training loss from the fp32 run of the same seed, in percent.")
 PY

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch CPU timing of the work `kdgpu bench loss` does, on the same shapes, for the README ratio.
+"""PyTorch timing (CPU; a CUDA GPU with --device cuda) of the work `kdgpu bench loss` does, on the same shapes, for the README ratio.
 
 Forward KL at T = 2 with the T^2 factor, mean over rows, as a framework writes it:
     loss = kl_div(log_softmax(z_s / T), log_softmax(z_t / T), log_target=True, reduction="batchmean") * T^2
@@ -10,6 +10,7 @@ and z_t, and write dz with the gradient), so GB/s compares directly.
     pip install torch==2.13.0+cpu
     python3 bench/torch_loss.py                     # 2 threads, N = 2048, V = 32000 / 49152 / 128256
     python3 bench/torch_loss.py --vocab 49152 --json
+    python3 bench/torch_loss.py --device cuda       # on a CUDA GPU
 
 Prints one JSON record per shape with --json (suite "loss-torch"), else a table.
 """
@@ -32,12 +33,17 @@ def fused_like(zs, zt, temperature, backward):
     return loss.item(), None
 
 
-def median_time(fn, runs):
+def median_time(fn, runs, device):
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     fn()  # warm-up
     times = []
     for _ in range(runs):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
@@ -50,21 +56,24 @@ def main():
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    backend = f"torch {torch.__version__} cpu, {args.threads} threads" if args.device == "cpu" else f"torch {torch.__version__} cuda {torch.cuda.get_device_name()}"
     generator = torch.Generator().manual_seed(0)
     records = []
     for vocab in args.vocab:
-        zs = torch.randn(args.rows, vocab, generator=generator) * 10
-        zt = torch.randn(args.rows, vocab, generator=generator) * 10
+        zs = (torch.randn(args.rows, vocab, generator=generator) * 10).to(device)
+        zt = (torch.randn(args.rows, vocab, generator=generator) * 10).to(device)
         elements = args.rows * vocab
-        forward = median_time(lambda: fused_like(zs, zt, args.temperature, False), args.runs)
-        forward_backward = median_time(lambda: fused_like(zs, zt, args.temperature, True), args.runs)
+        forward = median_time(lambda: fused_like(zs, zt, args.temperature, False), args.runs, device)
+        forward_backward = median_time(lambda: fused_like(zs, zt, args.temperature, True), args.runs, device)
         for kernel, seconds, floats in (("torch log_softmax+kl_div forward", forward, 2),
                                         ("torch log_softmax+kl_div forward+backward", forward_backward, 3)):
             records.append({
-                "suite": "loss-torch", "kernel": kernel, "backend": f"torch {torch.__version__} cpu, {args.threads} threads",
+                "suite": "loss-torch", "kernel": kernel, "backend": backend,
                 "shape": f"N={args.rows} V={vocab} T={args.temperature}", "median_seconds": seconds,
                 "gb_per_s": floats * 4 * elements / seconds / 1e9,
             })

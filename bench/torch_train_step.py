@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch CPU timing of the distillation step `kdgpu bench train` times, on the same shapes, so the
+"""PyTorch timing (CPU, 2 threads; a CUDA GPU with --device cuda) of the distillation step `kdgpu bench train` times, on the same shapes, so the
 README can show the two side by side (measured one after the other on the same machine).
 
 The step: teacher (SmolLM2-135M from the GGUF, dequantized to fp32 by the `gguf` package) forward
@@ -9,7 +9,7 @@ backward of 0.1 * CE + T^2 * KL(teacher || student) at T = 2 over 4 x 128 tokens
 the student's forward and backward too (PyTorch's mixed precision: fp32 parameters, bf16 matmuls).
 
     pip install torch==2.13.0+cpu gguf numpy
-    python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3]
+    python3 bench/torch_train_step.py [--teacher cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf] [--runs 3] [--device cpu|cuda]
         [--batch-size 4] [--seq-len 128] [--autocast none|teacher|all] [--json] [--print-losses]
 """
 import argparse
@@ -42,8 +42,8 @@ def load_gguf(path):
 def rope_adjacent(x, base):
     """x [B, T, heads, d]: pairs (2i, 2i+1) turn by t * base^(-2i/d) (GGUF's layout)."""
     b, t, h, d = x.shape
-    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
-    theta = torch.arange(t, dtype=torch.float32)[:, None] * inv[None, :]
+    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d)
+    theta = torch.arange(t, dtype=torch.float32, device=x.device)[:, None] * inv[None, :]
     cos, sin = theta.cos()[None, :, None, :], theta.sin()[None, :, None, :]
     a, c = x[..., 0::2], x[..., 1::2]
     return torch.stack((a * cos - c * sin, a * sin + c * cos), dim=-1).flatten(-2)
@@ -70,6 +70,11 @@ def forward(config, w, blocks, ids):
     return (xn @ w.get("output.weight", w["token_embd.weight"]).T).reshape(b * t, -1)
 
 
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher", default="cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -77,11 +82,15 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--autocast", choices=["none", "teacher", "all"], default="none")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--print-losses", action="store_true", help="print each step's loss (the runs are successive steps)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 is fp32 on a GPU too
     config, teacher = load_gguf(args.teacher)
+    teacher = {name: value.to(device) for name, value in teacher.items()}
     student_blocks = [0, 1, 2, 27, 28, 29]
     student = {}
     for name, value in teacher.items():
@@ -96,13 +105,14 @@ def main():
     generator = torch.Generator().manual_seed(7)
     times = []
     for run in range(args.runs + 1):
-        ids = torch.randint(0, teacher["token_embd.weight"].shape[0], (batch, length), generator=generator)
+        ids = torch.randint(0, teacher["token_embd.weight"].shape[0], (batch, length), generator=generator).to(device)
+        synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast != "none"):
+        with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast != "none"):
             teacher_logits = forward(config, teacher, range(config["layers"]), ids).float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "all"):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast == "all"):
             logits = forward(config, student, range(len(student_blocks)), ids).float()
-        labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1).reshape(-1)
+        labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100, device=device)], dim=1).reshape(-1)
         valid = labels != -100
         kd = F.kl_div(F.log_softmax(logits[valid] / temperature, -1), F.log_softmax(teacher_logits[valid] / temperature, -1),
                       log_target=True, reduction="batchmean") * temperature ** 2
@@ -111,17 +121,19 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.values(), 1.0)
         optimizer.step()
+        synchronize(device)
         if args.print_losses:
             print(f"step {run + 1} loss {loss.item():.6f}")
         if run > 0:  # the first run is a warm-up
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    record = {"suite": "train-torch", "kernel": "distillation_step", "backend": "pytorch-cpu-2-threads",
+    backend = "pytorch-cpu-2-threads" if args.device == "cpu" else f"pytorch-cuda-{torch.cuda.get_device_name()}"
+    record = {"suite": "train-torch", "kernel": "distillation_step", "backend": backend,
               "shape": f"{batch}x{length} tokens, student {len(student_blocks)} of {config['layers']} blocks",
               "autocast": args.autocast, "dtype": "f32" if args.autocast == "none" else "bf16",
               "median_seconds": seconds, "tokens_per_s": batch * length / seconds, "torch": torch.__version__}
     print(json.dumps(record) if args.json else
-          f"PyTorch {torch.__version__} CPU, 2 threads, bf16 autocast {args.autocast}: distillation step {seconds * 1000:.0f} ms, {batch * length / seconds:.1f} tokens/s")
+          f"PyTorch {torch.__version__} {backend}, bf16 autocast {args.autocast}: distillation step {seconds * 1000:.0f} ms, {batch * length / seconds:.1f} tokens/s")
 
 
 if __name__ == "__main__":

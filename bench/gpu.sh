@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU figures in one run: the parity table and the tests that drive the OpenCL device, on the
+# machine's GPU; `kdgpu bench` on that GPU (every suite, and the 8 x 256 training step); and, when
+# PyTorch sees a CUDA device, PyTorch on it doing the same work right after (bench/torch_*.py).
+#
+#     bench/gpu.sh OUT [KDGPU [TESTS [TEACHER]]]
+#     QUICK=1 bench/gpu.sh OUT ...      the tests, then only `kdgpu bench gemm train` (a first look)
+#
+# OUT gets log.txt (every step's output, with its exit status and seconds) and the bench records
+# (bench.json, bench-teacher.json, bench-large.json); `python3 scripts/readme_tables.py gpu OUT` puts
+# them in the README. KDGPU and TESTS default to this checkout's release build (TESTS needs the
+# kdgpu_*.resources folders the build leaves beside it), TEACHER to the default teacher. Each step has its own time limit, so one that
+# hangs costs its limit and not the rest.
+set -uo pipefail
+out=$1
+kdgpu=${2:-.build/release/kdgpu}
+tests=${3:-.build/release/kdgpuPackageTests.xctest}
+teacher=${4:-cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf}
+mkdir -p "$out"
+log=$out/log.txt
+
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output appended to the log
+    local name=$1 limit=$2 start
+    shift 2
+    start=$(date +%s)
+    echo "=== $name: $*" >> "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
+    echo "=== $name: exit $? in $(( $(date +%s) - start )) s" | tee -a "$log"
+}
+
+# The classes that run kernels on the default OpenCL device (the first GPU) against the CPU backend.
+gpu_tests=BackendParityTests.BackendParityTests,BackendParityTests.ConversionTests,BackendParityTests.HostBytesTests
+gpu_tests+=,BackendParityTests.SampleRowsTests,OpenCLRuntimeTests.OpenCLRuntimeTests,LossTests.DivergenceTests
+gpu_tests+=,LossTests.FusedLinearTests,LossTests.GradientAndErrorTests,LossTests.HintLossTests
+gpu_tests+=,ModelTests.TinyLlamaTests,TrainingTests.DistillationStepTests,TrainingTests.StudentGradientTests
+
+step devices 60 "$kdgpu" devices
+step tests 150 "$tests" "$gpu_tests"
+if [[ ${QUICK:-0} == 1 ]]; then
+    step bench-quick 180 "$kdgpu" bench gemm train --device opencl --teacher "$teacher" --json-out "$out/bench-quick.json"
+    exit 0
+fi
+step bench 180 "$kdgpu" bench copy gemm ops loss linear-loss lens align --device opencl --json-out "$out/bench.json"
+step bench-teacher 180 "$kdgpu" bench teacher teacher-cache generate train --device opencl --teacher "$teacher" \
+    --json-out "$out/bench-teacher.json"
+step bench-large 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --batch-size 8 --seq-len 256 \
+    --json-out "$out/bench-large.json"
+if python3 -c "import torch, gguf; assert torch.cuda.is_available()" 2>/dev/null; then
+    step torch-gemm 120 python3 bench/torch_gemm.py --device cuda --runs 20 --json
+    step torch-loss 120 python3 bench/torch_loss.py --device cuda --vocab 49152 --runs 20 --json
+    for autocast in none all; do
+        step "torch-train-$autocast" 120 python3 bench/torch_train_step.py --device cuda --runs 10 --autocast $autocast \
+            --teacher "$teacher" --json
+        step "torch-train-large-$autocast" 120 python3 bench/torch_train_step.py --device cuda --runs 10 --autocast $autocast \
+            --batch-size 8 --seq-len 256 --teacher "$teacher" --json
+    done
+else
+    echo "=== PyTorch with CUDA (and gguf) not importable: no PyTorch side-by-side" | tee -a "$log"
+fi

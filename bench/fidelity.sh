@@ -9,6 +9,7 @@
 #   bench/fidelity.sh [OUT]                 runs into OUT (default runs/fidelity), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/fidelity.sh  the same with a given binary (no build)
 #   SEEDS="0 1 2 3 4" STEPS=8 bench/fidelity.sh   (the defaults)
+#   TRAIN_FLAGS="--warmup-steps 20" bench/fidelity.sh runs/fidelity-w20   more flags for every run
 #
 # About 25 s a run on a 2-core machine (4 runs a seed). Finished runs are not run again.
 set -euo pipefail
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 out=${1:-runs/fidelity}
 seeds=(${SEEDS:-0 1 2 3 4})
 steps=${STEPS:-8}
+train_flags=(${TRAIN_FLAGS:-})
 make -s setup teacher corpus >&2
 kdgpu=${KDGPU:-}
 if [[ -z $kdgpu ]]; then
@@ -41,7 +43,7 @@ for seed in "${seeds[@]}"; do
         echo "fidelity: $name seed $seed" >&2
         # shellcheck disable=SC2046  # the flags are words
         "$kdgpu" train --seed "$seed" --steps "$steps" --eval-every "$steps" --eval-windows 16 --checkpoint-every "$steps" \
-            --export-gguf none --out "$out/$name-s$seed" $(flags "$name") >"$out/$name-s$seed.log" 2>&1
+            --export-gguf none --out "$out/$name-s$seed" $(flags "$name") "${train_flags[@]}" >"$out/$name-s$seed.log" 2>&1
         mv "$out/$name-s$seed/metrics.jsonl" "$metrics"
         rm -rf "$out/$name-s$seed"
     done

@@ -35,7 +35,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var seqLen = 128
     /// Peak learning rate, after `warmup_steps` of linear warm-up; cosine decay to `min_lr_fraction` of it.
     public var lr: Float = 1e-3
-    public var warmupSteps = 5
+    /// 20, not fewer: at 5 the first steps at the peak rate set off gradient-norm spikes that fp32
+    /// rides out and a bf16 student's rounding noise does not (README, mixed precision).
+    public var warmupSteps = 20
     public var minLrFraction: Float = 0.1
     public var weightDecay: Float = 0.1
     public var beta1: Float = 0.9

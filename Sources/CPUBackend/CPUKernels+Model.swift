@@ -22,7 +22,7 @@ extension CPUKernels {
 
     /// f16 element i -> out[i].
     public static func dequantize_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
-        for i in elements { out[i] = BlockFormat.half(src, i) }
+        BlockFormat.loadHalves(src + 2 * elements.lowerBound, count: elements.count, to: out + elements.lowerBound)
     }
 
     public static func dequantize_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
@@ -66,7 +66,10 @@ extension CPUKernels {
     }
 
     public static func dequantize_f16_to_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
-        for i in elements { out.storeBytes(of: BlockFormat.bfloat16Bits(BlockFormat.half(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        throughFloats(elements) { chunk, floats in
+            BlockFormat.loadHalves(src + 2 * chunk.lowerBound, count: chunk.count, to: floats)
+            BlockFormat.storeBFloat16(floats, count: chunk.count, to: out + 2 * chunk.lowerBound)
+        }
     }
 
     public static func dequantize_q8_0_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ blocks: Range<Int>) {
@@ -83,7 +86,21 @@ extension CPUKernels {
 
     /// bf16 element i widened (exact), then rounded to f16 (inf past f16's range).
     public static func dequantize_bf16_to_f16(_ src: UnsafeRawPointer, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
-        for i in elements { out.storeBytes(of: BlockFormat.halfBits(BlockFormat.bfloat16(src, i)).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        throughFloats(elements) { chunk, floats in
+            for i in chunk { floats[i - chunk.lowerBound] = BlockFormat.bfloat16(src, i) }
+            BlockFormat.storeHalves(floats, count: chunk.count, to: out + 2 * chunk.lowerBound)
+        }
+    }
+
+    /// Calls `body` on consecutive chunks of `elements` with a scratch of fp32 values for the chunk
+    /// (one 16-bit format to another through fp32, a chunk at a time in the cache).
+    private static func throughFloats(_ elements: Range<Int>, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void) {
+        let chunkSize = 1024
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: chunkSize) { scratch in
+            for start in stride(from: elements.lowerBound, to: elements.upperBound, by: chunkSize) {
+                body(start..<min(start + chunkSize, elements.upperBound), scratch.baseAddress!)
+            }
+        }
     }
 
     /// As convert.cl: fp32 narrowed to bf16 bits, round to nearest even, NaN kept quiet.
@@ -99,7 +116,7 @@ extension CPUKernels {
 
     /// As convert.cl: fp32 narrowed to f16 bits, IEEE round to nearest even.
     public static func convert_f32_to_f16(_ x: UnsafePointer<Float>, _ out: UnsafeMutableRawPointer, _ elements: Range<Int>) {
-        for i in elements { out.storeBytes(of: BlockFormat.halfBits(x[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self) }
+        BlockFormat.storeHalves(x + elements.lowerBound, count: elements.count, to: out + 2 * elements.lowerBound)
     }
 
     /// out[i, :] = row ids[i] of table [rows, cols] in fp32; an id outside [0, rows) gives zeros.
@@ -116,7 +133,8 @@ extension CPUKernels {
                                     _ out: UnsafeMutablePointer<Float>, cols: Int, _ outputRows: Range<Int>) {
         for i in outputRows {
             let id = Int(ids[i])
-            for c in 0..<cols { out[i * cols + c] = (id < 0 || id >= rows) ? 0 : BlockFormat.half(table, id * cols + c) }
+            if id < 0 || id >= rows { (out + i * cols).update(repeating: 0, count: cols) }
+            else { BlockFormat.loadHalves(table + 2 * id * cols, count: cols, to: out + i * cols) }
         }
     }
 

@@ -9,7 +9,7 @@ import Tensor
 public func dequantize(_ raw: UnsafeRawPointer, type: GGMLType, count: Int, into output: UnsafeMutablePointer<Float>) {
     switch type {
     case .f32: UnsafeMutableRawPointer(output).copyMemory(from: raw, byteCount: 4 * count)
-    case .f16: for i in 0..<count { output[i] = BlockFormat.half(raw, i) }
+    case .f16: BlockFormat.loadHalves(raw, count: count, to: output)
     case .bf16:
         // BF16: the upper 16 bits of an fp32.
         for i in 0..<count {

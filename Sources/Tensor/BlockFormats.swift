@@ -41,6 +41,43 @@ public enum BlockFormat {
         }
     }
 
+    /// `count` f16 values at `base` (little-endian, no alignment needed) widened exactly to fp32 at
+    /// `out`, as ``half(_:_:)`` widens them, in a branch-free loop the compiler vectorizes (Swift's
+    /// `Float16` conversion is a library call per value on processors it cannot assume have F16C):
+    /// the exponent rebased from 15 to 127, inf kept, NaN kept with its payload and made quiet, subnormals
+    /// normalized by one fp32 subtraction of 2^-14.
+    public static func loadHalves(_ base: UnsafeRawPointer, count: Int, to out: UnsafeMutablePointer<Float>) {
+        for i in 0..<count {
+            let h = UInt32(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+            let magnitude = (h & 0x7FFF) &<< 13                       // exponent and mantissa, in fp32 places
+            let exponent = magnitude & 0x0F80_0000
+            let normal = magnitude &+ 0x3800_0000                    // (127 - 15) << 23
+            let quiet: UInt32 = magnitude & 0x007F_E000 != 0 ? 0x0040_0000 : 0  // a NaN comes out quiet
+            let infOrNaN = (normal &+ 0x3800_0000) | quiet           // exponent 31 -> 255
+            let subnormal = (Float(bitPattern: normal &+ 0x0080_0000) - Float(bitPattern: 0x3880_0000)).bitPattern
+            let widened = exponent == 0x0F80_0000 ? infOrNaN : exponent == 0 ? subnormal : normal
+            out[i] = Float(bitPattern: widened | (h & 0x8000) &<< 16)
+        }
+    }
+
+    /// `count` fp32 values narrowed to f16 bits at `out` (2-byte aligned, 2 bytes each), exactly as
+    /// ``halfBits(_:)`` rounds them (IEEE round to nearest even; inf from 65520 up; NaN a quiet NaN
+    /// of its sign), in a branch-free loop the compiler vectorizes. Normal results round by adding
+    /// 0xFFF plus the kept mantissa's last bit before the shift; subnormal ones by one fp32 addition
+    /// of 0.5, whose rounding is the rounding wanted.
+    public static func storeHalves(_ values: UnsafePointer<Float>, count: Int, to out: UnsafeMutableRawPointer) {
+        let words = out.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count {
+            let bits = values[i].bitPattern
+            let magnitude = bits & 0x7FFF_FFFF
+            let normal = (magnitude &+ 0xC800_0FFF &+ ((magnitude &>> 13) & 1)) &>> 13  // (15 - 127) << 23 + 0xFFF, rounded
+            let subnormal = (Float(bitPattern: magnitude) + 0.5).bitPattern &- 0x3F00_0000   // 0.5's bits: mantissa 0 + the value's 2^-24 units
+            let special: UInt32 = magnitude > 0x7F80_0000 ? 0x7E00 : 0x7C00                  // NaN, or inf for inf and overflow
+            let narrowed = magnitude >= 0x4780_0000 ? special : magnitude < 0x3880_0000 ? subnormal : normal
+            words[i] = UInt16(truncatingIfNeeded: narrowed | (bits &>> 16) & 0x8000)
+        }
+    }
+
     /// A 32-bit integer hash with full avalanche (Wellons' "lowbias32"), as common.cl's
     /// counter_hash: counter-based random bits that depend only on their input.
     @inline(__always)

@@ -43,4 +43,43 @@ final class ConversionTests: XCTestCase {
             }
         }
     }
+
+    /// The CPU backend's vectorized f16 conversions (`BlockFormat.loadHalves` / `storeHalves`, bit
+    /// arithmetic) against Swift's own `Float16` conversions (the C runtime's IEEE ones): every f16
+    /// widened, and narrowed every fp32 whose top 19 bits (sign, exponent, f16's mantissa) take each of
+    /// their values, with low bits at and around each rounding boundary (0, 1, the tie minus one, the
+    /// tie, the tie plus one, the most), plus a million random bit patterns. NaN compares as NaN of
+    /// the same sign, everything else bit for bit (subnormals, ties to even, overflow to inf).
+    func testVectorizedHalfConversionsMatchSwiftsFloat16() {
+        let halves = (0...UInt16.max).map { $0.littleEndian }
+        var widened = [Float](repeating: 0, count: halves.count)
+        halves.withUnsafeBytes { BlockFormat.loadHalves($0.baseAddress!, count: halves.count, to: &widened) }
+        for (h, value) in zip(halves, widened) {
+            let expected = Float(Float16(bitPattern: UInt16(littleEndian: h)))
+            if expected.isNaN {
+                XCTAssertTrue(value.isNaN && value.sign == expected.sign, "f16 bits \(String(h, radix: 16)) -> \(value)")
+            } else {
+                XCTAssertEqual(value.bitPattern, expected.bitPattern, "f16 bits \(String(h, radix: 16))")
+            }
+        }
+        var rng = SeededRandom(seed: 16)
+        var inputs: [Float] = []
+        for top in 0..<UInt32(1 << 19) {
+            for low: UInt32 in [0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF] { inputs.append(Float(bitPattern: top << 13 | low)) }
+        }
+        for _ in 0..<1_000_000 { inputs.append(Float(bitPattern: UInt32.random(in: 0...UInt32.max, using: &rng))) }
+        var narrowed = [UInt16](repeating: 0, count: inputs.count)
+        narrowed.withUnsafeMutableBytes { BlockFormat.storeHalves(inputs, count: inputs.count, to: $0.baseAddress!) }
+        var mismatches = 0
+        for (x, bits) in zip(inputs, narrowed) {
+            let expected = Float16(x)
+            let agrees = expected.isNaN ? Float16(bitPattern: bits).isNaN && Float16(bitPattern: bits).sign == expected.sign
+                : bits == expected.bitPattern
+            if !agrees, mismatches < 10 {
+                XCTFail("fp32 \(x) (bits \(String(x.bitPattern, radix: 16))): f16 bits \(String(bits, radix: 16)), Swift's \(String(expected.bitPattern, radix: 16))")
+            }
+            mismatches += agrees ? 0 : 1
+        }
+        XCTAssertEqual(mismatches, 0, "of \(inputs.count) values")
+    }
 }

@@ -35,6 +35,9 @@ gpu_tests+=,LossTests.FusedLinearTests,LossTests.GradientAndErrorTests,LossTests
 gpu_tests+=,ModelTests.TinyLlamaTests,TrainingTests.DistillationStepTests,TrainingTests.StudentGradientTests
 
 step devices 60 "$kdgpu" devices
+if ! compgen -G "$(dirname "$tests")/kdgpu_*.resources" >/dev/null; then
+    echo "=== tests: no kdgpu_*.resources folders beside $tests: the model tests would stop at the first that needs one" | tee -a "$log"
+fi
 step tests 150 "$tests" "$gpu_tests"
 if [[ ${QUICK:-0} == 1 ]]; then
     step bench-quick 180 "$kdgpu" bench gemm train --device opencl --teacher "$teacher" --json-out "$out/bench-quick.json"

@@ -9,8 +9,8 @@
 # OUT gets log.txt (every step's output, with its exit status and seconds) and the bench records
 # (bench.json, bench-teacher.json, bench-large.json); `python3 scripts/readme_tables.py gpu OUT` puts
 # them in the README. KDGPU and TESTS default to this checkout's release build (TESTS needs the
-# kdgpu_*.resources folders the build leaves beside it), TEACHER to the default teacher. Each step has its own time limit, so one that
-# hangs costs its limit and not the rest.
+# kdgpu_*.resources folders the build leaves beside it), TEACHER to the default teacher. Each step
+# has its own time limit, so one that hangs costs its limit and not the rest.
 set -uo pipefail
 out=$1
 kdgpu=${2:-.build/release/kdgpu}
@@ -36,7 +36,7 @@ gpu_tests+=,ModelTests.TinyLlamaTests,TrainingTests.DistillationStepTests,Traini
 
 step devices 60 "$kdgpu" devices
 if ! compgen -G "$(dirname "$tests")/kdgpu_*.resources" >/dev/null; then
-    echo "=== tests: no kdgpu_*.resources folders beside $tests: the model tests would stop at the first that needs one" | tee -a "$log"
+    echo "gpu.sh: no kdgpu_*.resources folders beside $tests: the model tests would stop at the first that needs one" | tee -a "$log"
 fi
 step tests 150 "$tests" "$gpu_tests"
 if [[ ${QUICK:-0} == 1 ]]; then

@@ -60,6 +60,17 @@ def side_by_side(records, torch_gemm, torch_loss, torch_train):
     return lines
 
 
+def torch_train_records(record):
+    """{(shape, autocast): PyTorch's training-step record} for each that `record(large, autocast)` finds
+    (large: the 8 x 256 step, else 4 x 128; None where that run is missing)."""
+    found = {}
+    for large, shape in ((False, "4x128"), (True, "8x256")):
+        for autocast in AUTOCAST_NAMES:
+            if found_record := record(large, autocast):
+                found[shape, autocast] = found_record
+    return found
+
+
 def write_between(begin, end, text):
     readme = open("README.md").read()
     if begin not in readme or end not in readme:
@@ -80,12 +91,7 @@ def cpu(work, suites):
     if os.path.exists(f"{work}/table_large.txt"):
         records += json.load(open(f"{work}/kdgpu_large.json"))
         text += f"\nand `kdgpu bench train --batch-size 8 --seq-len 256`:\n\n```\n{open(f'{work}/table_large.txt').read().rstrip()}\n```\n"
-    torch_train = {}
-    for prefix, shape in (("torch_train", "4x128"), ("torch_train_large", "8x256")):
-        for autocast in AUTOCAST_NAMES:
-            record = load(f"{work}/{prefix}_{autocast}.json")
-            if record:
-                torch_train[shape, autocast] = record
+    torch_train = torch_train_records(lambda large, autocast: load(f"{work}/torch_train{'_large' if large else ''}_{autocast}.json"))
     lines = side_by_side(records, load(f"{work}/torch_gemm.json", []), load(f"{work}/torch_loss.json", []), torch_train)
     if lines:
         text += "\nSide by side with PyTorch CPU (2 threads) doing the same work right after, in the same session "
@@ -133,12 +139,7 @@ def gpu(results):
             return None
         return json.loads("\n".join(steps[name][1]))
 
-    torch_train = {}
-    for prefix, shape in (("torch-train", "4x128"), ("torch-train-large", "8x256")):
-        for autocast in AUTOCAST_NAMES:
-            record = torch_records(f"{prefix}-{autocast}")
-            if record:
-                torch_train[shape, autocast] = record
+    torch_train = torch_train_records(lambda large, autocast: torch_records(f"torch-train{'-large' if large else ''}-{autocast}"))
     lines = side_by_side(records, torch_records("torch-gemm") or [], torch_records("torch-loss") or [], torch_train)
     if lines:
         backend = next(iter(torch_train.values()))["backend"] if torch_train else "cuda"

@@ -44,6 +44,30 @@ BF16_BITS_OF(4)
 BF16_BITS_OF(8)
 BF16_BITS_OF(16)
 
+// vstore_half_rte (IEEE round to nearest even; core OpenCL) with NaN stored as the host does: the
+// sign kept, quiet, no payload (sign | 0x7E00). Devices differ there (NVIDIA stores 0x7FFF whatever
+// the sign); this makes every device's f16 bits the CPU backend's. For a float and every vector width.
+inline void f16_store_nan(float x, size_t e, __global half* p) {
+    if (isnan(x)) ((__global ushort*)p)[e] = (ushort)(((as_uint(x) >> 16) & 0x8000) | 0x7E00);
+}
+__attribute__((overloadable)) inline void f16_store_rte(float x, size_t i, __global half* p) {
+    vstore_half_rte(x, i, p);
+    f16_store_nan(x, i, p);
+}
+#define F16_STORE_RTE_OF(N)                                                                   \
+__attribute__((overloadable)) inline void f16_store_rte(float##N x, size_t i, __global half* p) { \
+    vstore_half##N##_rte(x, i, p);                                                            \
+    if (any(isnan(x))) {                                                                      \
+        float lanes[N];                                                                       \
+        vstore##N(x, 0, lanes);                                                               \
+        for (int j = 0; j < N; j++) f16_store_nan(lanes[j], i * N + j, p);                    \
+    }                                                                                         \
+}
+F16_STORE_RTE_OF(2)
+F16_STORE_RTE_OF(4)
+F16_STORE_RTE_OF(8)
+F16_STORE_RTE_OF(16)
+
 // fp32 to bf16 bits with stochastic rounding: up (away from zero) with probability equal to the
 // fraction of a bf16 ulp the value is past the bf16 value below it, given 16 uniform random bits per
 // element (the low half of `random`): adding them to the bits carries into the high half exactly

@@ -3,13 +3,11 @@
 // Each tensor argument is (buffer, offset): an element offset for f32, a byte offset for 16-bit
 // tensors (as for every non-f32 tensor). Work-items as ELEMENTWISE_INDEX (common.cl) says.
 //   bf16: bf16_bits (common.cl): round to nearest even, NaN kept quiet.
-//   f16:  vstore_half_rte (core OpenCL, no cl_khr_fp16): IEEE round to nearest even, subnormals
-//         kept, inf past 65504 + half an ulp.
+//   f16:  f16_store_rte (common.cl: vstore_half_rte, core OpenCL, no cl_khr_fp16): IEEE round to
+//         nearest even, subnormals kept, inf past 65504 + half an ulp, NaN as the host stores it.
 //   bf16, stochastic: bf16_bits_stochastic (common.cl) with the random bits counter_hash(e ^ key)
 //         for element e of the tensor: a draw fixed by (e, key), whatever the launch.
 // CPU twins: CPUKernels.convert_f32_to_bf16, convert_f32_to_bf16_stochastic, convert_f32_to_f16.
-
-#define vstore_halfV_rte CAT(CAT(vstore_half, VW), _rte)
 
 __kernel void convert_f32_to_bf16(__global const float* x, int xo, __global uchar* y, int yo, int n) {
     ELEMENTWISE_INDEX
@@ -43,6 +41,6 @@ __kernel void convert_f32_to_bf16_stochastic(__global const float* x, int xo, __
 __kernel void convert_f32_to_f16(__global const float* x, int xo, __global uchar* y, int yo, int n) {
     ELEMENTWISE_INDEX
     __global half* out = (__global half*)(y + yo);
-    if (i < vectors) vstore_halfV_rte(vloadV(i, x + xo), i, out);
-    else if (tail < n) vstore_half_rte(x[xo + tail], tail, out);
+    if (i < vectors) f16_store_rte(vloadV(i, x + xo), i, out);
+    else if (tail < n) f16_store_rte(x[xo + tail], tail, out);
 }

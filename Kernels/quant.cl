@@ -68,8 +68,8 @@ __kernel void dequantize_##type##_to_f16(__global const uchar* src, int so, __gl
     if (b >= blocks) return;                                                                     \
     __global const uchar* block = src + so + (long)b * block_bytes;                              \
     __global half* o = (__global half*)(out + oo) + (long)b * 32;                                \
-    vstore_half16_rte(half_##type(block, 0), 0, o);                                              \
-    vstore_half16_rte(half_##type(block, 1), 1, o);                                              \
+    f16_store_rte(half_##type(block, 0), 0, o);                                                  \
+    f16_store_rte(half_##type(block, 1), 1, o);                                                  \
 }
 DEQUANTIZE_KERNEL(q8_0, 34)
 DEQUANTIZE_KERNEL(q4_0, 18)
@@ -94,7 +94,7 @@ __kernel void dequantize_bf16(__global const uchar* src, int so, __global float*
 // bf16 weights into f16: widened exactly, then rounded to nearest even (inf past 65504, f16's range).
 __kernel void dequantize_bf16_to_f16(__global const uchar* src, int so, __global uchar* out, int oo, int n) {
     const int i = get_global_id(0);
-    if (i < n) vstore_half_rte(as_float((uint)(((__global const ushort*)(src + so))[i]) << 16), i, (__global half*)(out + oo));
+    if (i < n) f16_store_rte(as_float((uint)(((__global const ushort*)(src + so))[i]) << 16), i, (__global half*)(out + oo));
 }
 
 // out[i, :] = row ids[i] of table [rows, cols]; an id outside [0, rows) gives a zero row (the host

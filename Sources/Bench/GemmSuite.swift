@@ -76,20 +76,28 @@ public struct GemmSuite: BenchSuite {
                 }
                 // 16-bit inputs, fp32 accumulation and output (the engine in use, not the last one timed): bf16
                 // through oneDNN's matmul primitive wherever the host engine runs, f16 widened to fp32 there
-                // (no CPU here multiplies f16); the project's gemm_bf16 / gemm_f16 kernels where CLBlast runs.
+                // (no CPU here multiplies f16); the project's kernels where CLBlast runs: the tiled ones, and
+                // the tensor-core ones where the device offers them (each timed).
                 select(inUse)
+                let openCL = inUse.runsOnHost ? nil : backend as? OpenCLBackend
+                let kernelChoices: [Bool?] = openCL.map { $0.offersTensorCoreGemm ? [false, true] : [false] } ?? [nil]
+                defer { openCL?.prefersTensorCoreGemm = true }
                 for inputType in [DType.bf16, .f16] {
-                    context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs")
-                    let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: inputType)
-                    let gflops = flops / result.seconds / 1e9
-                    let path = inUse.runsOnHost ? (inputType == .bf16 ? "onednn matmul" : "widened to f32, \(inUse.rawValue)") : "gemm_\(inputType.rawValue) kernel"
-                    let bits = inputType == .bf16 ? 8 : 11
-                    records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path))", backend: backend.name,
-                                               shape: shapeText, dtype: inputType.rawValue, medianSeconds: result.seconds, gflopPerSecond: gflops,
-                                               maxAbsError: maxAbsDifference(result.values, reference.values),
-                                               extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
-                                                       "speedup_over_f32_in_use": gflops / inUseGflops],
-                                               note: "dtype \(inputType.rawValue): A and B narrowed once before timing; max_abs_error vs the fp32 reference (\(inputType.rawValue) rounds inputs to \(bits) significant bits)"))
+                    for tensorCores in kernelChoices {
+                        if let tensorCores { openCL?.prefersTensorCoreGemm = tensorCores }
+                        let path = openCL.map { "\($0.gemm16KernelName(inputType)) kernel" }
+                            ?? (inputType == .bf16 ? "onednn matmul" : "widened to f32, \(inUse.rawValue)")
+                        context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs (\(path))")
+                        let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: inputType)
+                        let gflops = flops / result.seconds / 1e9
+                        let bits = inputType == .bf16 ? 8 : 11
+                        records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path))", backend: backend.name,
+                                                   shape: shapeText, dtype: inputType.rawValue, medianSeconds: result.seconds, gflopPerSecond: gflops,
+                                                   maxAbsError: maxAbsDifference(result.values, reference.values),
+                                                   extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
+                                                           "speedup_over_f32_in_use": gflops / inUseGflops],
+                                                   note: "dtype \(inputType.rawValue): A and B narrowed once before timing; max_abs_error vs the fp32 reference (\(inputType.rawValue) rounds inputs to \(bits) significant bits)"))
+                    }
                 }
             }
         }

@@ -30,10 +30,40 @@ public final class OpenCLBackend: Backend {
 
     public let ropeTables = RoPETables()
 
-    /// Host engines on a CPU device use the processor's bf16 instructions; a GPU's `gemm_bf16` kernel is not tuned yet.
-    public var hasNativeBF16GEMMs: Bool { gemmEngine.runsOnHost && (CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16) }
+    /// Host engines on a CPU device use the processor's bf16 instructions, and so do the tensor-core
+    /// kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32 arithmetic on widened inputs.
+    public var hasNativeBF16GEMMs: Bool {
+        gemmEngine.runsOnHost ? CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 : usesTensorCoreGemm
+    }
     public var gemmDescription: String {
-        gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers" : "CLBlast on \(device.name)"
+        gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers"
+            : "CLBlast on \(device.name); 16-bit inputs: "
+                + (usesTensorCoreGemm ? "gemm16_mma.cl on the tensor cores" : "gemm16.cl (tiled, fp32 arithmetic)")
+                + (tensorCoreGemmBuildError.map { " (gemm16_mma.cl did not build: \($0))" } ?? "")
+    }
+    /// Whether the device builds gemm16_mma.cl (NVIDIA's OpenCL on a chip with bf16 and f16
+    /// `mma.sync.m16n8k16`: compute capability 8.0 and later); tried once, on first use.
+    public private(set) lazy var offersTensorCoreGemm: Bool = {
+        guard device.vendor.contains("NVIDIA") else { return false }
+        do {
+            _ = try program("gemm16_mma.cl")
+            return true
+        } catch {
+            // The compiler log's first error line, for `kdgpu devices` (an older chip: "not supported on .target").
+            let lines = "\(error)".split(separator: "\n")
+            tensorCoreGemmBuildError = String(lines.first { $0.contains("error") } ?? lines.first ?? "")
+            return false
+        }
+    }()
+    /// Why an NVIDIA device does not offer the tensor-core kernels, when it does not.
+    public private(set) var tensorCoreGemmBuildError: String?
+    /// Whether 16-bit GEMMs take the tensor-core kernels where the device offers them (the parity
+    /// table turns it off to check the tiled kernels on the same device).
+    public var prefersTensorCoreGemm = true
+    var usesTensorCoreGemm: Bool { prefersTensorCoreGemm && offersTensorCoreGemm }
+    /// The kernel a GEMM with `inputType` (bf16 or f16) inputs runs where CLBlast is the engine.
+    public func gemm16KernelName(_ inputType: DType) -> String {
+        "gemm_\(inputType.rawValue)" + (usesTensorCoreGemm ? "_mma" : "")
     }
 
     let context: cl_context
@@ -341,13 +371,15 @@ public final class OpenCLBackend: Backend {
             return
         }
         if p.inputType == .bf16 || p.inputType == .f16 {
-            // CLBlast has no bf16 GEMM and its HGEMM accumulates in half: the project's tiled kernels
-            // (16 x 16 tiles, fp32 accumulation).
-            guard device.maxWorkGroupSize >= 256 else {
-                throw TensorError.unsupported("gemm: \(p.inputType.rawValue) inputs on \(device.name) need work-groups of 256 (it allows \(device.maxWorkGroupSize))")
+            // CLBlast has no bf16 GEMM and its HGEMM accumulates in half: the project's kernels, each
+            // group one 64 x 64 tile of C with fp32 accumulation: on the tensor cores (128 work-items)
+            // where the device offers them, else tiled (256 work-items, 4 x 4 entries each).
+            let (file, group) = usesTensorCoreGemm ? ("gemm16_mma.cl", 128) : ("gemm16.cl", 256)
+            guard device.maxWorkGroupSize >= group else {
+                throw TensorError.unsupported("gemm: \(p.inputType.rawValue) inputs on \(device.name) need work-groups of \(group) (it allows \(device.maxWorkGroupSize))")
             }
-            let tiles = (p.m + 15) / 16 * ((p.n + 15) / 16) * p.batch
-            try launch(p.inputType == .bf16 ? "gemm_bf16" : "gemm_f16", in: "gemm16.cl", globalSize: tiles * 256, localSize: 256,
+            let tiles = (p.m + 63) / 64 * ((p.n + 63) / 64) * p.batch
+            try launch(gemm16KernelName(p.inputType), in: file, globalSize: tiles * group, localSize: group,
                        try arguments(a) + arguments(b) + arguments(c)
                        + [try int32(p.m, "M"), try int32(p.n, "N"), try int32(p.k, "K"), try int32(p.lda, "lda"), try int32(p.ldb, "ldb"),
                           try int32(p.ldc, "ldc"), Int32(p.transposeA ? 1 : 0), Int32(p.transposeB ? 1 : 0),

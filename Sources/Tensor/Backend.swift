@@ -18,8 +18,9 @@ public protocol Backend: AnyObject {
     var gemmDescription: String { get }
     /// RoPE angle tables already on this backend, reused across calls.
     var ropeTables: RoPETables { get }
-    /// Whether bf16 GEMMs run on the processor's own bf16 instructions here (AVX512_BF16 or AMX under
-    /// a host engine), so bf16 is the faster choice where it is exact enough (`auto` precisions).
+    /// Whether bf16 GEMMs run on the hardware's own bf16 instructions here (AVX512_BF16 or AMX under
+    /// a host engine, tensor cores on NVIDIA GPUs), so bf16 is the faster choice where it is exact
+    /// enough (`auto` precisions).
     var hasNativeBF16GEMMs: Bool { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.

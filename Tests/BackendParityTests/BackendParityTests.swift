@@ -26,7 +26,8 @@ final class BackendParityTests: XCTestCase {
     }
 
     /// The GEMM rows through each engine the device offers: CLBlast always (bf16 and f16 through the
-    /// project's gemm_bf16 / gemm_f16 kernels), the host engines on CPU devices; and through each host engine of the CPU backend.
+    /// project's kernels: tiled, and on tensor cores where offered), the host engines on CPU devices;
+    /// and through each host engine of the CPU backend.
     func testGemmThroughEveryEngine() throws {
         for engine in GemmEngine.allCases where engine.runsOnHost {
             let cpu = try CPUBackend()
@@ -37,8 +38,13 @@ final class BackendParityTests: XCTestCase {
         for engine in GemmEngine.allCases where !engine.runsOnHost || device.isCPU {
             let backend = try OpenCLBackend(device: device)
             backend.gemmEngine = engine
-            // 16-bit inputs: the host paths (oneDNN's bf16 matmul, f16 widened), or with CLBlast the project's gemm_bf16 / gemm_f16 kernels.
-            try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase, ParityTable.gemmCase(inputType: .bf16), ParityTable.gemmCase(inputType: .f16)])
+            // 16-bit inputs: the host paths (oneDNN's bf16 matmul, f16 widened), or with CLBlast the project's
+            // tiled gemm_bf16 / gemm_f16 kernels and, where the device offers them (NVIDIA, compute capability
+            // 8.0 and later), the tensor-core gemm_bf16_mma / gemm_f16_mma.
+            for tensorCores in !engine.runsOnHost && backend.offersTensorCoreGemm ? [false, true] : [false] {
+                backend.prefersTensorCoreGemm = tensorCores
+                try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase, ParityTable.gemmCase(inputType: .bf16), ParityTable.gemmCase(inputType: .f16)])
+            }
         }
     }
 
@@ -70,7 +76,8 @@ final class BackendParityTests: XCTestCase {
                 checked += 1
             }
         }
-        print("parity table: \(rows.count) ops, \(checked) instances on \(backends.map(\.name).joined(separator: ", "))")
+        let gemms = (backends.last as? OpenCLBackend).map { " (GEMMs: \($0.gemmDescription))" } ?? ""
+        print("parity table: \(rows.count) ops, \(checked) instances on \(backends.map(\.name).joined(separator: ", "))\(gemms)")
     }
 
     private func run(_ instance: ParityInstance, on backend: any Backend) throws -> [[Float]] {

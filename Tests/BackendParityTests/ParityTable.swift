@@ -115,7 +115,7 @@ enum ParityTable {
         let sizes: [(m: Int, n: Int, k: Int, batch: Int, shareB: Bool)] = [
             (1, 1, 1, 1, false), (13, 17, 31, 1, false), (64, 48, 96, 1, false), (1, 129, 77, 1, false),
             (100, 3, 257, 1, false), (7, 5, 3, 3, false), (9, 33, 17, 4, true), (8, 97, 40, 1, false), (2, 300, 19, 1, false),
-            (130, 70, 45, 2, false),  // several tiles of the 16-bit kernels in both directions
+            (130, 70, 45, 2, false),  // several 64 x 64 tiles of the 16-bit kernels in both directions
         ]
         for size in sizes {
             for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {

@@ -452,6 +452,7 @@ def yaml_cases():
     y("yaml-batch-size-zero", "batch_size: 0\n", ["batch_size", "0"])
     y("yaml-teacher-nonexistent", "teacher: /nonexistent/teacher-from-yaml.gguf\n", ["teacher-from-yaml.gguf"])
     y("yaml-data-nonexistent", "data: /nonexistent/corpus-from-yaml.txt\n", ["corpus-from-yaml.txt"])
+    y("yaml-teacher-weights-dense", "teacher_weights: dense\n", ["teacher_weights", "dense"])
     case("yaml-invalid-utf8", "yaml", train("--config", "{files}/yaml/latin1.yaml", drop=["--steps", "--data"]),
          ["latin1.yaml"])
     case("yaml-config-is-fifo", "yaml", train("--config", "{fifo}"), ["input.fifo"],
@@ -475,6 +476,7 @@ def flag_cases():
          ["student-shape", "student-layers"], note="the key names (student_shape) would do as well; listed by flag")
     case("flags-seq-len-zero", f, train(seq_len="0"), ["seq", "0"])
     case("flags-precision-unknown", f, train(precision="int8"), ["precision", "int8"])
+    case("flags-teacher-weights-unknown", f, train(teacher_weights="packed"), ["teacher-weights", "packed"])
     case("flags-gradient-accumulation-zero", f, train(gradient_accumulation="0"), ["gradient", "0"])
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])

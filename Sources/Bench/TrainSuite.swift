@@ -50,9 +50,10 @@ public struct TrainSuite: BenchSuite {
         }
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
-            let teacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend))
+            // The teachers as `kdgpu train` holds them by default (teacher_weights auto: expanded once where that fits).
+            let teacher = try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend)))
             let bf16Teacher = (try? LlamaModel.probeBF16(on: backend)) == nil ? nil
-                : try LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16)
+                : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
             let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
                                        backend: backend) { cachedTargets[$0]! }
             // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher in bf16 too.
@@ -141,7 +142,9 @@ public struct TrainSuite: BenchSuite {
                         + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)" : "")
+                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)"
+                            : teacher.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
+                            : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "
                             + "expanded once) at T=1 before training on them, sampling included (speedup_vs_live: against the corpus step)" : "")
                         + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")

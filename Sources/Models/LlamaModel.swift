@@ -177,6 +177,11 @@ public final class LlamaModel {
                                                     output: output, blocks: blocks), ropeLayout: ropeLayout, precision: precision)
     }
 
+    /// Whether ``expanded()`` costs at most a quarter of the device's memory budget: where it does,
+    /// keeping the expanded matrices beats expanding them at every forward (generation, training's
+    /// teacher), and the rest of the budget is left for activations.
+    public var expansionFits: Bool { expansionBytes <= backend.ledger.budgetBytes / 4 }
+
     /// Bytes ``expanded()`` adds: every matrix not already in the compute type, in it.
     public var expansionBytes: Int {
         (weights.blocks.flatMap(\.matrices) + [weights.output]).filter { $0.dtype != precision }

@@ -152,7 +152,10 @@ public struct TeacherCacheBuild {
         log("teacher-cache: \(targets) targets of \(windows) windows of \(seqLen) tokens (\(tokens.count) tokens) from \(teacher) on \(backend.name)"
             + (teacherPrecision == .f32 ? "" : " (\(teacherPrecision.rawValue) GEMMs)") + (ranks > 1 ? ", \(ranks) processes (mpirun) building every \(ranks)th shard" : "")
             + ", into \(out)")
-        let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
+        // The teacher's matrices expanded once where that fits (as `kdgpu train`'s teacher_weights auto):
+        // the same values as expanding them at every forward, without the work.
+        let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
+        let model = stored.expansionFits ? try stored.expanded() : stored
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0

@@ -230,8 +230,18 @@ public final class DistillationRun {
             }
         }
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
-        let teacher: any TeacherSource = try cache.map { SparseTeacher(cache: $0, tail: config.typedSparseTail, backend: backend) }
-            ?? LiveTeacher(model: LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision))
+        let teacher: any TeacherSource
+        if let cache {
+            teacher = try SparseTeacher(cache: cache, tail: config.typedSparseTail, backend: backend)
+        } else {
+            let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
+            let model = try config.teacherModel(stored)
+            teacher = LiveTeacher(model: model)
+            let precisionName = teacherPrecision == .f32 ? "fp32" : teacherPrecision.rawValue
+            log("teacher weights: " + (stored.expansionBytes == 0 ? "stored in \(precisionName) already"
+                : model === stored ? "quantized, expanded at every forward"
+                : "expanded once to \(precisionName) (\(formatBytes(stored.expansionBytes)))") + (config.teacherWeights == "auto" ? " (auto)" : ""))
+        }
         if let cache {
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"

@@ -108,6 +108,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// accumulation), or `auto`: bf16 where the device's GEMMs run on bf16 instructions (its NLL
     /// moves by about 0.05%), fp32 elsewhere.
     public var teacherPrecision = "auto"
+    /// The live teacher's matrices: `quantized` (kept as the file stores them; each forward expands
+    /// every matrix afresh into `teacher_precision`: the least memory), `expanded` (expanded once, at
+    /// the start: no expansion in the steps, 2 or 4 bytes a weight), or `auto`: expanded where that
+    /// takes at most a quarter of the device's memory budget. The same values either way.
+    public var teacherWeights = "auto"
     /// The student's GEMMs: `fp32`, or `bf16` (mixed precision: fp32 master weights, AdamW moments and
     /// gradients; bf16 compute copies of the matrices refreshed after each update; bf16 GEMM
     /// operands with fp32 accumulation; on CPUs and CPU OpenCL devices).
@@ -167,7 +172,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case teacherPrecision = "teacher_precision", precision, computeRounding = "compute_rounding"
+        case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
         case rolloutTemperature = "rollout_temperature", onPolicyLoss = "on_policy_loss", replayCapacity = "replay_capacity", replayRatio = "replay_ratio"
@@ -361,6 +366,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             }
         case .teacherPrecision:
             try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
+        case .teacherWeights:
+            try oneOf(teacherWeights, ["auto", "quantized", "expanded"])
         case .precision:
             try oneOf(precision, ["fp32", "bf16"])
         case .computeRounding:
@@ -448,6 +455,14 @@ extension TrainingConfig {
         case "bf16": return .bf16
         case "f16": return .f16
         default: return .f32
+        }
+    }
+    /// The live teacher as `teacher_weights` says: `stored` itself, or its matrices expanded once.
+    public func teacherModel(_ stored: LlamaModel) throws -> LlamaModel {
+        switch teacherWeights {
+        case "quantized": return stored
+        case "expanded": return try stored.expanded()
+        default: return stored.expansionFits ? try stored.expanded() : stored
         }
     }
     public var typedPrecision: DType { precision == "bf16" ? .bf16 : .f32 }

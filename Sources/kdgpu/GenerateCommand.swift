@@ -56,9 +56,9 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         do {
             let (tokenizer, stored) = try modelOptions.load()
-            // Its matrices expanded once when that takes at most a quarter of the device's memory: a decode
-            // step's few rows cost less than expanding quantized blocks afresh (LlamaModel.expanded()).
-            let model = stored.expansionBytes <= stored.backend.ledger.budgetBytes / 4 ? try stored.expanded() : stored
+            // Its matrices expanded once where that fits: a decode step's few rows cost less than
+            // expanding quantized blocks afresh (LlamaModel.expanded()).
+            let model = stored.expansionFits ? try stored.expanded() : stored
             let template: ChatTemplate?
             do { template = chat ? try ChatTemplate(gguf: openModelFile(modelOptions.model)) : nil } catch let error as ChatTemplateError {
                 throw ValidationError("--chat: \(error); write the prompt as plain text and drop --chat")

@@ -70,6 +70,8 @@ struct TrainCommand: ParsableCommand {
     var sparseTail: String?
     @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, bf16 or f16 (weights expanded straight to the 16-bit type, fp32 accumulation; f16 keeps 3 more mantissa bits, but an activation past 65504 is an error naming it).")
     var teacherPrecision: String?
+    @Option(name: .long, help: "The live teacher's matrices: auto (expanded once where that takes at most a quarter of the device's memory, else quantized), quantized (kept as stored, expanded afresh at every forward: the least memory) or expanded (expanded once into --teacher-precision at the start). The same values either way.")
+    var teacherWeights: String?
     @Option(name: .long, help: "The student's GEMMs: fp32, or bf16 (mixed precision: fp32 master weights, moments and gradients, bf16 GEMM operands with fp32 accumulation).")
     var precision: String?
     @Option(name: .long, help: "With --precision bf16: how the bf16 compute copies round the fp32 weights after each update: stochastic (each weight's random threshold drawn once from the seed; default) or nearest (to nearest even).")
@@ -184,6 +186,7 @@ struct TrainCommand: ParsableCommand {
         if let teacherCache { settings.teacherCache = teacherCache }
         if let sparseTail { settings.sparseTail = sparseTail }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
+        if let teacherWeights { settings.teacherWeights = teacherWeights }
         if let precision { settings.precision = precision }
         if let computeRounding { settings.computeRounding = computeRounding }
         if let onPolicyFraction { settings.onPolicyFraction = onPolicyFraction }

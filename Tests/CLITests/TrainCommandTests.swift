@@ -67,6 +67,30 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(run.error.contains(expected), "expected '\(expected)' (cpu flags): \(run.error)")
     }
 
+    /// The teacher's matrices expanded once (`--teacher-weights expanded`, and `auto` where that fits,
+    /// as for the tiny teacher) train exactly as when every forward expands them afresh (`quantized`):
+    /// the same losses step by step, in fp32 and with the teacher in bf16; the log says which.
+    func testExpandedTeacherTrainsExactlyAsTheQuantizedOne() throws {
+        let data = try corpus()
+        for precision in ["fp32", "bf16"] {
+            var losses: [String: [String]] = [:]
+            for holding in ["quantized", "expanded", "auto"] {
+                let out = try folder("weights-\(holding)-\(precision)")
+                let run = try kdgpu(trainArguments(data: data, out: out) + ["--steps", "3", "--teacher-precision", precision, "--teacher-weights", holding])
+                XCTAssertEqual(run.status, 0, run.error)
+                let line = run.error.split(separator: "\n").first { $0.contains("teacher weights:") }.map(String.init) ?? run.error
+                XCTAssertTrue(line.contains(holding == "quantized" ? "quantized, expanded at every forward" : "expanded once to \(precision) ("), line)
+                XCTAssertEqual(line.hasSuffix("(auto)"), holding == "auto", line)
+                losses[holding] = try metrics(out).compactMap { record in
+                    record["loss"].map { "step \(record["step"] ?? "?") loss \($0) kd \(record["kd_loss"] ?? "-") grad \(record["grad_norm"] ?? "-")" }
+                }
+            }
+            XCTAssertEqual(losses["quantized"]?.count, 3)
+            XCTAssertEqual(losses["expanded"], losses["quantized"], "teacher in \(precision)")
+            XCTAssertEqual(losses["auto"], losses["quantized"], "teacher in \(precision)")
+        }
+    }
+
     /// The same from a teacher cache (sampled targets, the teacher's cross-entropy for DTS from the
     /// cache), which the teacher-cache CLI builds and shows.
     func testRunFromATeacherCacheTrainsAndResumesExactly() throws {

@@ -3,7 +3,8 @@
 // (compute capability 8.0 and later): C [M, N] (fp32) = alpha op(A) op(B) + beta C, A and B both
 // bf16 (gemm_bf16_mma) or both f16 (gemm_f16_mma), products accumulated in fp32 by the tensor cores.
 // The same arguments, operand layouts and batching as gemm16.cl. The backend builds this file only on
-// NVIDIA devices and falls back to gemm16.cl when the build fails (an older chip, another compiler).
+// NVIDIA devices and falls back to gemm16.cl when the build fails (an older chip, another compiler);
+// the tests also build it on other devices with the mma instruction emulated (GEMM16_MMA_EMULATE).
 //
 // A work-group of 128 work-items (4 warps, 2 x 2) computes one 64 x 64 tile of C, each warp 32 x 32
 // of it as 2 x 4 tiles of 16 x 8 (mma.sync.aligned.m16n8k16.row.col, fp32 accumulators). Per step
@@ -23,12 +24,51 @@
 #define MMA_LDS 40      // 16-bit values per local row (32 + 8 of padding)
 #define MMA_GROUP 128   // 4 warps
 
+#ifdef GEMM16_MMA_EMULATE
+// The mma instruction in OpenCL C, for devices without tensor cores (the backend builds this file with
+// -DGEMM16_MMA_EMULATE there for the tests only): every lane of a warp publishes its fragments (6 words:
+// a0-a3, b0, b1) in local memory, then forms its 4 entries of C from the warp's fragments read back
+// through the same layouts, so the tiling, the copies and the fragment reads are checked on any device.
+#define MMA_EMULATION_SCRATCH __local uint mma_lanes[MMA_GROUP * 6];
+
+// Value `high` (0: the low half) of a fragment word, widened to fp32.
+inline float mma_value(uint word, int high, int is_bf16) {
+    const ushort bits = (ushort)(high ? word >> 16 : word & 0xFFFF);
+    return is_bf16 ? as_float((uint)bits << 16) : vload_half(0, (const half*)&bits);
+}
+
+// d[0..3] += the warp's A (16 x 16) B (16 x 8) at this lane's entries of C, from `lanes` (the warp's 32 x 6 words).
+inline void mma_emulated(float* d, __local const uint* lanes, int g, int t, int is_bf16) {
+    for (int e = 0; e < 4; e++) {
+        const int row = g + (e / 2) * 8, col = 2 * t + e % 2;
+        float sum = d[e];
+        for (int kk = 0; kk < 16; kk++) {
+            const uint a = lanes[((row % 8) * 4 + (kk % 8) / 2) * 6 + (row >= 8) + 2 * (kk >= 8)];
+            const uint b = lanes[(col * 4 + (kk % 8) / 2) * 6 + 4 + (kk >= 8)];
+            sum = fma(mma_value(a, kk % 2, is_bf16), mma_value(b, kk % 2, is_bf16), sum);
+        }
+        d[e] = sum;
+    }
+}
+
+#define MMA_16816(TYPE, d, a0, a1, a2, a3, b0, b1)                                                          \
+    do {                                                                                                    \
+        __local uint* mine = mma_lanes + lid * 6;                                                           \
+        mine[0] = a0; mine[1] = a1; mine[2] = a2; mine[3] = a3; mine[4] = b0; mine[5] = b1;                 \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                                       \
+        mma_emulated(d, mma_lanes + warp * 32 * 6, g, t, (TYPE)[0] == 'b');                                 \
+        barrier(CLK_LOCAL_MEM_FENCE);                                                                       \
+    } while (0)
+#else
+#define MMA_EMULATION_SCRATCH
+
 // d[0..3] = A (4 registers of 2 values) x B (2 registers) + d, the 16 x 8 fragment of C.
 #define MMA_16816(TYPE, d, a0, a1, a2, a3, b0, b1)                                                          \
     __asm__ __volatile__("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 "                             \
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"                      \
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                           \
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(d[0]), "f"(d[1]), "f"(d[2]), "f"(d[3]))
+#endif
 
 // Tiles move in chunks of 8 values along the operand's contiguous index in global memory, 256
 // chunks per 64 x 32 tile, 2 per work-item. Chunk `ch` of a tile whose 64 rows start at row `base`
@@ -70,6 +110,7 @@ void NAME(__global const uchar* a, int ao, __global const uchar* b, int bo, __gl
     __local uint4 quads_b[MMA_TILE * MMA_LDS / 8];  /* op(B)[k0 + kk][col0 + cc] at value cc * MMA_LDS + kk */       \
     __local const uint* words_a = (__local const uint*)quads_a;                                                        \
     __local const uint* words_b = (__local const uint*)quads_b;                                                        \
+    MMA_EMULATION_SCRATCH                                                                                              \
     const int lid = get_local_id(0), lane = lid % 32, warp = lid / 32;                                                 \
     const int g = lane / 4, t = lane % 4, warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;                      \
     const int tiles_m = (m + MMA_TILE - 1) / MMA_TILE, tiles_n = (n + MMA_TILE - 1) / MMA_TILE;                        \

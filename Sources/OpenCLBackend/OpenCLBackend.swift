@@ -33,18 +33,19 @@ public final class OpenCLBackend: Backend {
     /// Host engines on a CPU device use the processor's bf16 instructions, and so do the tensor-core
     /// kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32 arithmetic on widened inputs.
     public var hasNativeBF16GEMMs: Bool {
-        gemmEngine.runsOnHost ? CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 : usesTensorCoreGemm
+        gemmEngine.runsOnHost ? CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 : usesTensorCoreGemm && !emulatesTensorCores
     }
     public var gemmDescription: String {
         gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers"
             : "CLBlast on \(device.name); 16-bit inputs: "
-                + (usesTensorCoreGemm ? "gemm16_mma.cl on the tensor cores" : "gemm16.cl (tiled, fp32 arithmetic)")
+                + (!usesTensorCoreGemm ? "gemm16.cl (tiled, fp32 arithmetic)"
+                   : emulatesTensorCores ? "gemm16_mma.cl with its mma instruction emulated (a test)" : "gemm16_mma.cl on the tensor cores")
                 + (tensorCoreGemmBuildError.map { " (gemm16_mma.cl did not build: \($0))" } ?? "")
     }
     /// Whether the device builds gemm16_mma.cl (NVIDIA's OpenCL on a chip with bf16 and f16
     /// `mma.sync.m16n8k16`: compute capability 8.0 and later); tried once, on first use.
     public private(set) lazy var offersTensorCoreGemm: Bool = {
-        guard device.vendor.contains("NVIDIA") else { return false }
+        guard device.vendor.contains("NVIDIA") || emulatesTensorCores else { return false }
         do {
             _ = try program("gemm16_mma.cl")
             return true
@@ -60,6 +61,15 @@ public final class OpenCLBackend: Backend {
     /// Whether 16-bit GEMMs take the tensor-core kernels where the device offers them (the parity
     /// table turns it off to check the tiled kernels on the same device).
     public var prefersTensorCoreGemm = true
+    /// For the tests, set before the first 16-bit GEMM: builds gemm16_mma.cl on any device with its
+    /// mma instruction emulated in OpenCL C (`-DGEMM16_MMA_EMULATE`), so that where no tensor cores are
+    /// (CI's PoCL) the kernel's tiling, copies and fragment layouts are still checked against the CPU
+    /// backend.
+    public var emulatesTensorCores = false {
+        didSet { fileBuildOptions["gemm16_mma.cl"] = emulatesTensorCores ? "-DGEMM16_MMA_EMULATE" : nil }
+    }
+    /// Build options added for one kernel file.
+    private var fileBuildOptions: [String: String] = [:]
     var usesTensorCoreGemm: Bool { prefersTensorCoreGemm && offersTensorCoreGemm }
     /// The kernel a GEMM with `inputType` (bf16 or f16) inputs runs where CLBlast is the engine.
     public func gemm16KernelName(_ inputType: DType) -> String {
@@ -249,7 +259,8 @@ public final class OpenCLBackend: Backend {
             throw OpenCLStatus.error(status, at: "clCreateProgramWithSource(\(file))", device: device.name)
         }
         var deviceID: cl_device_id? = device.id
-        let buildStatus = clBuildProgram(program, 1, &deviceID, buildOptions, nil, nil)
+        let options = buildOptions + (fileBuildOptions[file].map { " " + $0 } ?? "")
+        let buildStatus = clBuildProgram(program, 1, &deviceID, options, nil, nil)
         if buildStatus != CL_SUCCESS {
             let log = buildLog(program)
             clReleaseProgram(program)

@@ -45,6 +45,15 @@ final class BackendParityTests: XCTestCase {
                 backend.prefersTensorCoreGemm = tensorCores
                 try runTable(on: [TestBackends.cpu, backend], rows: [ParityTable.gemmCase, ParityTable.gemmCase(inputType: .bf16), ParityTable.gemmCase(inputType: .f16)])
             }
+            // Where the device has no tensor cores (CI's PoCL), gemm16_mma.cl with its mma instruction emulated
+            // in OpenCL C: its tiling, copies and fragment layouts checked on every run.
+            if !engine.runsOnHost && !backend.offersTensorCoreGemm {
+                let emulated = try OpenCLBackend(device: device)
+                emulated.gemmEngine = engine
+                emulated.emulatesTensorCores = true
+                XCTAssertEqual(emulated.gemm16KernelName(.bf16), "gemm_bf16_mma", emulated.gemmDescription)
+                try runTable(on: [TestBackends.cpu, emulated], rows: [ParityTable.gemmCase(inputType: .bf16), ParityTable.gemmCase(inputType: .f16)])
+            }
         }
     }
 

@@ -44,6 +44,18 @@ BF16_BITS_OF(4)
 BF16_BITS_OF(8)
 BF16_BITS_OF(16)
 
+// The 16-bit GEMMs' work-group to (batch, TILE x TILE tile of C) map (gemm16.cl, gemm16_mma.cl; the host
+// launches tiles(M) * tiles(N) * batch groups, OpenCLBackend.gemm): declares batch, row0 and col0 (the
+// tile's first row and column of C), and pa and pb (the batch's op(A) and op(B) as 16-bit values) from
+// the kernels' arguments m, n, a, ao, b, bo, stride_a and stride_b.
+#define GEMM16_TILE_OF_GROUP(TILE)                                                                          \
+    const int tiles_m = (m + TILE - 1) / TILE, tiles_n = (n + TILE - 1) / TILE;                             \
+    const int tile_group = get_group_id(0);                                                                 \
+    const int batch = tile_group / (tiles_m * tiles_n), tile = tile_group % (tiles_m * tiles_n);            \
+    const int row0 = (tile / tiles_n) * TILE, col0 = (tile % tiles_n) * TILE;                               \
+    __global const ushort* pa = (__global const ushort*)(a + ao) + (long)batch * stride_a;                  \
+    __global const ushort* pb = (__global const ushort*)(b + bo) + (long)batch * stride_b;
+
 // vstore_half_rte (IEEE round to nearest even; core OpenCL) with NaN stored as the host does: the
 // sign kept, quiet, no payload (sign | 0x7E00). Devices differ there (NVIDIA stores 0x7FFF whatever
 // the sign); this makes every device's f16 bits the CPU backend's. For a float and every vector width.

@@ -32,12 +32,7 @@ void NAME(__global const uchar* a, int ao, __global const uchar* b, int bo, __gl
     __local float tile_a[TK][TILE + 1];  /* op(A)[row0 + r][k0 + kk] at [kk][r] */                                    \
     __local float tile_b[TK][TILE + 1];  /* op(B)[k0 + kk][col0 + c] at [kk][c] */                                    \
     const int lid = get_local_id(0), ty = lid / (TILE / WPT), tx = lid % (TILE / WPT);                                 \
-    const int tiles_m = (m + TILE - 1) / TILE, tiles_n = (n + TILE - 1) / TILE;                                        \
-    const int g = get_group_id(0);                                                                                     \
-    const int batch = g / (tiles_m * tiles_n), tile = g % (tiles_m * tiles_n);                                         \
-    const int row0 = (tile / tiles_n) * TILE, col0 = (tile % tiles_n) * TILE;                                          \
-    __global const ushort* pa = (__global const ushort*)(a + ao) + (long)batch * stride_a;                             \
-    __global const ushort* pb = (__global const ushort*)(b + bo) + (long)batch * stride_b;                             \
+    GEMM16_TILE_OF_GROUP(TILE)                                                                                         \
     float acc[WPT][WPT];                                                                                               \
     for (int i = 0; i < WPT; i++)                                                                                      \
         for (int j = 0; j < WPT; j++) acc[i][j] = 0.0f;                                                                \

@@ -113,12 +113,7 @@ void NAME(__global const uchar* a, int ao, __global const uchar* b, int bo, __gl
     MMA_EMULATION_SCRATCH                                                                                              \
     const int lid = get_local_id(0), lane = lid % 32, warp = lid / 32;                                                 \
     const int g = lane / 4, t = lane % 4, warp_row = (warp / 2) * 32, warp_col = (warp % 2) * 32;                      \
-    const int tiles_m = (m + MMA_TILE - 1) / MMA_TILE, tiles_n = (n + MMA_TILE - 1) / MMA_TILE;                        \
-    const int group = get_group_id(0);                                                                                 \
-    const int batch = group / (tiles_m * tiles_n), tile = group % (tiles_m * tiles_n);                                 \
-    const int row0 = (tile / tiles_n) * MMA_TILE, col0 = (tile % tiles_n) * MMA_TILE;                                  \
-    __global const ushort* pa = (__global const ushort*)(a + ao) + (long)batch * stride_a;                             \
-    __global const ushort* pb = (__global const ushort*)(b + bo) + (long)batch * stride_b;                             \
+    GEMM16_TILE_OF_GROUP(MMA_TILE)                                                                                     \
     const int vec_a = ao % 16 == 0 && lda % 8 == 0 && stride_a % 8 == 0;                                               \
     const int vec_b = bo % 16 == 0 && ldb % 8 == 0 && stride_b % 8 == 0;                                               \
     const int a_along_k = !trans_a, b_along_k = trans_b;                                                               \

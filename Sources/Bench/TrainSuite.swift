@@ -143,7 +143,7 @@ public struct TrainSuite: BenchSuite {
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
                         + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)"
-                            : teacher.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
+                            : (source as? LiveTeacher)?.model.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
                             : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "
                             + "expanded once) at T=1 before training on them, sampling included (speedup_vs_live: against the corpus step)" : "")

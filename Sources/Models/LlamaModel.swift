@@ -177,10 +177,12 @@ public final class LlamaModel {
                                                     output: output, blocks: blocks), ropeLayout: ropeLayout, precision: precision)
     }
 
-    /// Whether ``expanded()`` costs at most a quarter of the device's memory budget: where it does,
-    /// keeping the expanded matrices beats expanding them at every forward (generation, training's
-    /// teacher), and the rest of the budget is left for activations.
-    public var expansionFits: Bool { expansionBytes <= backend.ledger.budgetBytes / 4 }
+    /// ``expanded()`` where that costs at most a quarter of the device's memory budget, else the model
+    /// itself: keeping the expanded matrices beats expanding them at every forward (generation, the
+    /// training and cache-building teacher), and the rest of the budget is left for activations.
+    public func expandedWhereItFits() throws -> LlamaModel {
+        expansionBytes <= backend.ledger.budgetBytes / 4 ? try expanded() : self
+    }
 
     /// Bytes ``expanded()`` adds: every matrix not already in the compute type, in it.
     public var expansionBytes: Int {

@@ -154,8 +154,7 @@ public struct TeacherCacheBuild {
             + ", into \(out)")
         // The teacher's matrices expanded once where that fits (as `kdgpu train`'s teacher_weights auto):
         // the same values as expanding them at every forward, without the work.
-        let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
-        let model = stored.expansionFits ? try stored.expanded() : stored
+        let model = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision).expandedWhereItFits()
         let maker = SparseTargetMaker(spec: targets, seqLen: seqLen, seed: seed)
         let start = DispatchTime.now().uptimeNanoseconds
         var windowsThisRun = 0

@@ -232,7 +232,14 @@ public final class DistillationRun {
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
         let teacher: any TeacherSource
         if let cache {
-            teacher = try SparseTeacher(cache: cache, tail: config.typedSparseTail, backend: backend)
+            teacher = SparseTeacher(cache: cache, tail: config.typedSparseTail, backend: backend)
+            log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
+                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
+                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : ""))
+            if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
+                log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
+                    + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
+            }
         } else {
             let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
             let model = try config.teacherModel(stored)
@@ -241,15 +248,6 @@ public final class DistillationRun {
             log("teacher weights: " + (stored.expansionBytes == 0 ? "stored in \(precisionName) already"
                 : model === stored ? "quantized, expanded at every forward"
                 : "expanded once to \(precisionName) (\(formatBytes(stored.expansionBytes)))") + (config.teacherWeights == "auto" ? " (auto)" : ""))
-        }
-        if let cache {
-            log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
-                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
-                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : ""))
-            if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
-                log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
-                    + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
-            }
         }
         log("data: \(tokenized.tokens.count) tokens (\(tokenized.loadedFromCache ? "cached" : "tokenized")), "
             + "\(dataset.trainingWindowCount) training and \(dataset.validationWindowCount) validation windows of \(config.seqLen)")

@@ -462,7 +462,7 @@ extension TrainingConfig {
         switch teacherWeights {
         case "quantized": return stored
         case "expanded": return try stored.expanded()
-        default: return stored.expansionFits ? try stored.expanded() : stored
+        default: return try stored.expandedWhereItFits()
         }
     }
     public var typedPrecision: DType { precision == "bf16" ? .bf16 : .f32 }

@@ -58,7 +58,7 @@ struct GenerateCommand: ParsableCommand {
             let (tokenizer, stored) = try modelOptions.load()
             // Its matrices expanded once where that fits: a decode step's few rows cost less than
             // expanding quantized blocks afresh (LlamaModel.expanded()).
-            let model = stored.expansionFits ? try stored.expanded() : stored
+            let model = try stored.expandedWhereItFits()
             let template: ChatTemplate?
             do { template = chat ? try ChatTemplate(gguf: openModelFile(modelOptions.model)) : nil } catch let error as ChatTemplateError {
                 throw ValidationError("--chat: \(error); write the prompt as plain text and drop --chat")

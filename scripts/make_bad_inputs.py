@@ -459,6 +459,7 @@ def yaml_cases():
          note="a named pipe nobody writes to: refuse it instead of blocking")
     case("yaml-config-is-folder", "yaml", train("--config", "{files}/yaml"), ["{files}/yaml"])
     case("yaml-config-nonexistent", "yaml", train("--config", "{files}/yaml/missing.yaml"), ["missing.yaml"])
+    y("yaml-embedding-lr-scale-negative", "embedding_lr_scale: -0.5\n", ["embedding_lr_scale", "-0.5"])
 
 
 def flag_cases():
@@ -477,6 +478,7 @@ def flag_cases():
     case("flags-seq-len-zero", f, train(seq_len="0"), ["seq", "0"])
     case("flags-precision-unknown", f, train(precision="int8"), ["precision", "int8"])
     case("flags-teacher-weights-unknown", f, train(teacher_weights="packed"), ["teacher-weights", "packed"])
+    case("flags-embedding-lr-scale-too-large", f, train(embedding_lr_scale="101"), ["embedding", "101"])
     case("flags-gradient-accumulation-zero", f, train(gradient_accumulation="0"), ["gradient", "0"])
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])

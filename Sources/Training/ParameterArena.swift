@@ -8,7 +8,9 @@ import Tensor
 ///
 /// Layout: the decayed parameters (matrices) first, then the rest (norm weights: not decayed), each
 /// starting on a multiple of ``alignment`` elements; the gaps and the tail stay zero in every role
-/// (zero gradient, zero moments: AdamW leaves a zero value at zero).
+/// (zero gradient, zero moments: AdamW leaves a zero value at zero). Within each, parameters with a
+/// learning-rate scale other than 1 (`learningRateScales`) come after the others, grouped by scale,
+/// so the update is one AdamW call per group.
 ///
 /// Mixed precision (`computeType` bf16): the values stay the fp32 master copy the optimizer
 /// updates, and one more bf16 buffer mirrors the decayed span (the matrices), which the GEMMs read
@@ -36,6 +38,8 @@ public final class ParameterArena {
     let rounding: Rounding
     /// Elements `[0, decayedEnd)` hold the decayed parameters, `[decayedEnd, count)` the others.
     let decayedEnd: Int
+    /// The update's groups: contiguous elements with one weight-decay rule and learning-rate scale.
+    let groups: [(elements: Range<Int>, decays: Bool, learningRateScale: Float)]
     /// Each parameter's elements, in arena order.
     let layout: [(parameter: Parameter, elements: Range<Int>)]
 
@@ -51,23 +55,40 @@ public final class ParameterArena {
     ///   - computeType: `.f32`, or `.bf16` for a bf16 compute copy of the matrices.
     ///   - stochasticRoundingSeed: round the compute copy stochastically, each weight's threshold drawn from
     ///     this seed (nil: to nearest even).
-    public init(_ parameters: [Parameter], backend: any Backend, computeType: DType = .f32, stochasticRoundingSeed: UInt64? = nil) throws {
+    ///   - learningRateScales: by parameter name, a factor on the learning rate of its updates (others: 1).
+    public init(_ parameters: [Parameter], backend: any Backend, computeType: DType = .f32, stochasticRoundingSeed: UInt64? = nil,
+                learningRateScales: [String: Float] = [:]) throws {
         guard computeType == .f32 || computeType == .bf16 else {
             throw TensorError.unsupported("parameter arena: compute type \(computeType.rawValue); use f32 or bf16")
         }
-        let ordered = parameters.filter(\.decays) + parameters.filter { !$0.decays }
-        var layout: [(parameter: Parameter, elements: Range<Int>)] = []
-        var next = 0, firstUndecayed: Int?
-        for parameter in ordered {
-            if !parameter.decays && firstUndecayed == nil { firstUndecayed = next }
-            layout.append((parameter, next..<(next + parameter.value.count)))
-            next = (next + parameter.value.count + Self.alignment - 1) / Self.alignment * Self.alignment
+        func scale(_ p: Parameter) -> Float { learningRateScales[p.name] ?? 1 }
+        // Decayed first; within each, scale 1 first, then each other scale in order of first appearance.
+        var groupKeys: [(decays: Bool, scale: Float)] = []
+        for decays in [true, false] {
+            groupKeys.append((decays, 1))
+            for p in parameters where p.decays == decays && scale(p) != 1 && !groupKeys.contains(where: { $0 == (decays, scale(p)) }) {
+                groupKeys.append((decays, scale(p)))
+            }
         }
+        var layout: [(parameter: Parameter, elements: Range<Int>)] = []
+        var groups: [(elements: Range<Int>, decays: Bool, learningRateScale: Float)] = []
+        var next = 0, firstUndecayed: Int?
+        for key in groupKeys {
+            let start = next
+            for parameter in parameters where parameter.decays == key.decays && scale(parameter) == key.scale {
+                if !parameter.decays && firstUndecayed == nil { firstUndecayed = next }
+                layout.append((parameter, next..<(next + parameter.value.count)))
+                next = (next + parameter.value.count + Self.alignment - 1) / Self.alignment * Self.alignment
+            }
+            if next > start { groups.append((start..<next, key.decays, key.scale)) }
+        }
+        let ordered = layout.map(\.parameter)
         let decayedEnd = firstUndecayed ?? next
         let rows = max(1, (next + Self.width - 1) / Self.width)
         self.parameters = ordered
         self.layout = layout
         self.decayedEnd = decayedEnd
+        self.groups = groups
         rounding = stochasticRoundingSeed.map { seed in
             var random = SplitMix64(seed: seed ^ 0xB16_C0DE)
             return .stochastic(key: UInt32(truncatingIfNeeded: random.next() >> 32))
@@ -136,13 +157,15 @@ public final class ParameterArena {
 
     /// One AdamW step of the whole arena with the gradients clipped to `clip` (the global norm; 0 is
     /// no clipping: the update reads them times `clip / norm`, the stored gradients stay as they are):
-    /// the decayed span with the step's weight decay, the rest without.
+    /// one AdamW call per group, the decayed ones with the step's weight decay, the rest without,
+    /// each at its learning-rate scale.
     public func update(_ step: AdamWStep, gradientNorm: Float, clip: Float) throws {
         let backend = values.backend
         var step = step
         if clip > 0, gradientNorm > clip { step.gradientScale *= clip / gradientNorm }
-        for (range, decays) in [(0..<decayedEnd, true), (decayedEnd..<count, false)] where !range.isEmpty {
+        for (range, decays, learningRateScale) in groups {
             var spanStep = step
+            spanStep.learningRate *= learningRateScale
             if !decays { spanStep.weightDecay = 0 }
             try backend.adamw(span(values, range), gradient: span(gradients, range), firstMoment: span(firstMoments, range),
                               secondMoment: span(secondMoments, range), spanStep)

@@ -44,6 +44,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var beta2: Float = 0.95
     /// Global gradient-norm clip (0 turns it off).
     public var gradClip: Float = 1
+    /// A factor on the learning rate of the token embedding and LM head (one tensor when tied, as in
+    /// every student kdgpu makes); 0 freezes them.
+    public var embeddingLrScale: Float = 1
     public var seed: UInt64 = 0
 
     // Loss.
@@ -165,6 +168,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case teacher, data, studentLayers = "student_layers", studentShape = "student_shape", out, device, steps, batchSize = "batch_size"
         case gradientAccumulation = "gradient_accumulation", seqLen = "seq_len", lr, warmupSteps = "warmup_steps"
         case minLrFraction = "min_lr_fraction", weightDecay = "weight_decay", beta1, beta2, gradClip = "grad_clip", seed
+        case embeddingLrScale = "embedding_lr_scale"
         case divergence, temperature, temperatureSchedule = "temperature_schedule"
         case scaleBySquaredTemperature = "scale_by_squared_temperature", softWeight = "soft_weight", hardWeight = "hard_weight"
         case lensWeight = "lens_weight", lensLayers = "lens_layers", lensFinalNorm = "lens_final_norm", lensDivergence = "lens_divergence"
@@ -327,6 +331,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .beta1: try inRange(beta1, "[0, 1)") { $0 >= 0 && $0 < 1 }
         case .beta2: try inRange(beta2, "[0, 1)") { $0 >= 0 && $0 < 1 }
         case .gradClip: try inRange(gradClip, "[0, inf) (0 turns clipping off)") { $0 >= 0 }
+        case .embeddingLrScale: try inRange(embeddingLrScale, "[0, 100] (0 freezes the embedding)") { $0 >= 0 && $0 <= 100 }
         case .seed: break  // any UInt64
         case .divergence: try divergenceName(divergence, allowingTAID: true)
         case .temperature: try inRange(temperature, "[0.01, 100] (lower ones overflow fp32 in logits / T)") { $0 >= 0.01 && $0 <= 100 }

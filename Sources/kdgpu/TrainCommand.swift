@@ -37,6 +37,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "AdamW beta1, in [0, 1).") var beta1: Float?
     @Option(name: .long, parsing: .unconditional, help: "AdamW beta2, in [0, 1).") var beta2: Float?
     @Option(name: .long, parsing: .unconditional, help: "Global gradient-norm clip (0: off).") var gradClip: Float?
+    @Option(name: .long, parsing: .unconditional, help: "Learning-rate factor of the token embedding and LM head, in [0, 100] (0: frozen).")
+    var embeddingLrScale: Float?
     @Option(name: .long, help: "fkl, rkl, jsd(beta), sfkl(alpha), srkl(alpha), tvd, or taid.") var divergence: String?
     @Option(name: .long, parsing: .unconditional, help: "Distillation temperature T.") var temperature: Float?
     @Option(name: .long, help: "Multiply the soft term by T^2 (true or false).") var scaleBySquaredTemperature: Bool?
@@ -159,6 +161,7 @@ struct TrainCommand: ParsableCommand {
         if let beta1 { settings.beta1 = beta1 }
         if let beta2 { settings.beta2 = beta2 }
         if let gradClip { settings.gradClip = gradClip }
+        if let embeddingLrScale { settings.embeddingLrScale = embeddingLrScale }
         if let divergence { settings.divergence = divergence }
         if let temperature { settings.temperature = temperature }
         if let scaleBySquaredTemperature { settings.scaleBySquaredTemperature = scaleBySquaredTemperature }

@@ -5,18 +5,29 @@ import Training
 import XCTest
 
 /// The parameter arena: its views keep each parameter's values, AdamW over the whole arena (the
-/// decayed span and the rest) equals AdamW per parameter written out in fp64, the gradient norm is
-/// the fp64 norm, clipping scales by clip / norm, the gaps stay zero, and a non-finite value is
-/// named by its parameter.
+/// decayed span and the rest, each parameter at its learning-rate scale) equals AdamW per parameter
+/// written out in fp64, the gradient norm is the fp64 norm, clipping scales by clip / norm, the gaps
+/// stay zero, and a non-finite value is named by its parameter.
 final class ParameterArenaTests: XCTestCase {
     func testArenaUpdateEqualsPerParameterAdamW() throws {
+        try checkArenaUpdate(scales: [:], order: ["a.weight", "b.weight", "c.weight", "a_norm.weight", "b_norm.weight"])
+    }
+
+    /// Learning-rate scales (`embedding_lr_scale`): scaled parameters are grouped after the others of
+    /// their decay rule, each group updated at its rate; 0 leaves a parameter as it is.
+    func testArenaUpdateWithLearningRateScales() throws {
+        try checkArenaUpdate(scales: ["b.weight": 0.5, "c.weight": 0, "a_norm.weight": 3],
+                             order: ["a.weight", "b.weight", "c.weight", "b_norm.weight", "a_norm.weight"])
+    }
+
+    private func checkArenaUpdate(scales: [String: Float], order: [String]) throws {
         let shapes: [(String, [Int])] = [("a.weight", [3, 5]), ("a_norm.weight", [7]), ("b.weight", [2, 70]), ("b_norm.weight", [1]), ("c.weight", [65, 1])]
         for backend in try TestBackends.all() {
             var random = SeededRandom(seed: 41)
             let initial = shapes.map { random.normals($0.1.reduce(1, *)) }
             let parameters = try zip(shapes, initial).map { try Parameter(name: $0.0, shape: $0.1, values: $1, backend: backend) }
-            let arena = try ParameterArena(parameters, backend: backend)
-            XCTAssertEqual(arena.parameters.map(\.name), ["a.weight", "b.weight", "c.weight", "a_norm.weight", "b_norm.weight"], "decayed first")
+            let arena = try ParameterArena(parameters, backend: backend, learningRateScales: scales)
+            XCTAssertEqual(arena.parameters.map(\.name), order, "decayed first, scaled ones after the others")
             for (p, values) in zip(parameters, initial) { XCTAssertEqual(try p.value.toArray(), values, "\(p.name) on \(backend.name)") }
 
             var host = initial.map { $0.map(Double.init) }
@@ -37,12 +48,13 @@ final class ParameterArenaTests: XCTestCase {
                 let scale = Double(clip) / Double(measured)
                 for i in parameters.indices {
                     let decay = shapes[i].1.count == 2 ? 0.1 : 0
+                    let lr = 0.01 * Double(scales[shapes[i].0] ?? 1)
                     let (c1, c2) = (1 - pow(0.9, Double(step)), 1 - pow(0.95, Double(step)))
                     for j in host[i].indices {
                         let g = Double(gradients[i][j]) * scale
                         m[i][j] = 0.9 * m[i][j] + 0.1 * g
                         v[i][j] = 0.95 * v[i][j] + 0.05 * g * g
-                        host[i][j] -= 0.01 * ((m[i][j] / c1) / ((v[i][j] / c2).squareRoot() + 1e-8) + decay * host[i][j])
+                        host[i][j] -= lr * ((m[i][j] / c1) / ((v[i][j] / c2).squareRoot() + 1e-8) + decay * host[i][j])
                     }
                     let comparison = Comparison(try parameters[i].value.toArray(), reference: host[i])
                     XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(shapes[i].0) step \(step) on \(backend.name): \(comparison)")

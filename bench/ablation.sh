@@ -9,7 +9,7 @@
 # bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
 # targets, see the README); the feature losses on top of live KD at T = 2 (the default); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
-# row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x and 2x
+# row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x and 4x
 # (`--embedding-lr-scale`: where the caches' gap lies, README).
 #
 #   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
@@ -61,7 +61,7 @@ lens=(--lens-weight 1 --lens-layers 3:27,4:28)
 align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
 all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 sampled-bucket systematic-bucket kd+lens kd+align kd+hints kd-t1-bf16
-          kd-t1-emb01 systematic-emb01 sampled-emb01 kd-t1-emb2 systematic-emb2 sampled-emb2)
+          kd-t1-emb01 systematic-emb01 sampled-emb01 kd-t1-emb2 systematic-emb2 sampled-emb2 kd-t1-emb4 systematic-emb4)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -87,6 +87,8 @@ setting() {
         kd-t1-emb2) echo "live KD, fkl T=1, embedding lr x2|--temperature 1 --embedding-lr-scale 2" ;;
         systematic-emb2) echo "cached systematic:50, T=1, embedding lr x2|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 2" ;;
         sampled-emb2) echo "cached sampled:50, T=1, embedding lr x2|--temperature 1 --teacher-cache $sampled --embedding-lr-scale 2" ;;
+        kd-t1-emb4) echo "live KD, fkl T=1, embedding lr x4|--temperature 1 --embedding-lr-scale 4" ;;
+        systematic-emb4) echo "cached systematic:50, T=1, embedding lr x4|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 4" ;;
         *) echo "ablation: unknown row '$1'; rows: ${all_rows[*]}" >&2; exit 2 ;;
     esac
 }

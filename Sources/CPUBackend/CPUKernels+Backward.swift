@@ -50,20 +50,22 @@ extension CPUKernels {
     /// dgate = dout * up * s * (1 + gate * (1 - s)), dup = dout * gate * s, s = sigmoid(gate) (written).
     public static func swiglu_backward(_ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ dout: UnsafePointer<Float>,
                                        _ dgate: UnsafeMutablePointer<Float>, _ dup: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
-        for i in range {
-            let g = gate[i], s = 1 / (1 + expf(-g)), d = dout[i]
-            dgate[i] = d * up[i] * s * (1 + g * (1 - s))
-            dup[i] = d * g * s
+        forEachLanes(range) { i, count in
+            let g = loadLanes(gate + i, count: count), s = laneSigmoid(g), d = loadLanes(dout + i, count: count)
+            storeLanes(d * loadLanes(up + i, count: count) * s * (1 + g * (1 - s)), dgate + i, count: count)
+            storeLanes(d * g * s, dup + i, count: count)
         }
     }
 
     /// As ``swiglu_backward(_:_:_:_:_:_:)`` with gate and up as bf16 bits, widened exactly.
     public static func swiglu_backward_bf16(_ gate: UnsafeRawPointer, _ up: UnsafeRawPointer, _ dout: UnsafePointer<Float>,
                                             _ dgate: UnsafeMutablePointer<Float>, _ dup: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
-        for i in range {
-            let g = BlockFormat.bfloat16(gate, i), u = BlockFormat.bfloat16(up, i), s = 1 / (1 + expf(-g)), d = dout[i]
-            dgate[i] = d * u * s * (1 + g * (1 - s))
-            dup[i] = d * g * s
+        forEachLanes(range) { i, count in
+            var g = Float16Lanes(repeating: 0), u = g
+            for k in 0..<count { g[k] = BlockFormat.bfloat16(gate, i + k); u[k] = BlockFormat.bfloat16(up, i + k) }
+            let s = laneSigmoid(g), d = loadLanes(dout + i, count: count)
+            storeLanes(d * u * s * (1 + g * (1 - s)), dgate + i, count: count)
+            storeLanes(d * g * s, dup + i, count: count)
         }
     }
 

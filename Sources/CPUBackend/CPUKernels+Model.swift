@@ -227,11 +227,15 @@ extension CPUKernels {
             let end = max(first, min(keys, row % queries + keyOffset + 1))
             let m = rowMaximum(sr + first, end - first)
             let shift = m == -.infinity ? 0 : m
-            var sum: Float = 0
-            for j in first..<end {
-                pr[j] = expf((sr[j] - shift) * scale)
-                sum += pr[j]
+            // exp in 16 lanes (the loss kernels' polynomial: its arguments are <= 0 here), summed per lane.
+            var sums = Float16Lanes(repeating: 0)
+            forEachLanes(first..<end) { j, count in
+                var e = kdExp((loadLanes(sr + j, count: count) - shift) * scale)
+                for k in count..<16 { e[k] = 0 }  // the padding of a short run
+                storeLanes(e, pr + j, count: count)
+                sums += e
             }
+            let sum = sums.sum()
             let inverseSum = m == -.infinity ? 0 : 1 / sum
             for j in first..<end { pr[j] *= inverseSum }
             for j in 0..<first { pr[j] = 0 }
@@ -261,12 +265,12 @@ extension CPUKernels {
 
     // MARK: activation.cl
 
-    /// out = gate / (1 + exp(-gate)) * up
+    /// out = gate / (1 + exp(-gate)) * up, 16 elements at a time (``laneSigmoid``).
     public static func swiglu(_ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
                               _ range: Range<Int>) {
-        for i in range {
-            let g = gate[i]
-            out[i] = g / (1 + expf(-g)) * up[i]
+        forEachLanes(range) { i, count in
+            let g = loadLanes(gate + i, count: count)
+            storeLanes(g * laneSigmoid(g) * loadLanes(up + i, count: count), out + i, count: count)
         }
     }
 }

@@ -111,3 +111,35 @@ func storeLanes(_ value: Float16Lanes, _ row: UnsafeMutablePointer<Float>, _ v: 
     UnsafeMutableRawPointer(row + v &* 16).storeBytes(of: value, as: Float16Lanes.self)
 }
 
+/// 1 / (1 + e^-x) per lane (``kdExpBounded``: 0 at -inf, 1 at +inf, NaN stays NaN).
+@inline(__always)
+func laneSigmoid(_ x: Float16Lanes) -> Float16Lanes { 1 / (1 + kdExpBounded(-x)) }
+
+/// `body(i, count)` over `range` in runs of 16 elements (count 16, the last run shorter), so an
+/// element-wise kernel written on lanes does the same math on every element however its range is split.
+@inline(__always)
+func forEachLanes(_ range: Range<Int>, _ body: (Int, Int) -> Void) {
+    var i = range.lowerBound
+    while i < range.upperBound {
+        let count = min(16, range.upperBound - i)
+        body(i, count)
+        i += count
+    }
+}
+
+/// `count` (at most 16) floats at `p` as lanes, the rest 0: a full load when `count` is 16.
+@inline(__always)
+func loadLanes(_ p: UnsafePointer<Float>, count: Int) -> Float16Lanes {
+    if count == 16 { return UnsafeRawPointer(p).loadUnaligned(as: Float16Lanes.self) }
+    var lanes = Float16Lanes(repeating: 0)
+    for k in 0..<count { lanes[k] = p[k] }
+    return lanes
+}
+
+/// The first `count` (at most 16) lanes to `p`.
+@inline(__always)
+func storeLanes(_ value: Float16Lanes, _ p: UnsafeMutablePointer<Float>, count: Int) {
+    if count == 16 { UnsafeMutableRawPointer(p).storeBytes(of: value, as: Float16Lanes.self); return }
+    for k in 0..<count { p[k] = value[k] }
+}
+

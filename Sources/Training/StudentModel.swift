@@ -64,7 +64,9 @@ public final class StudentModel {
 
     public func parameter(_ name: String) -> Parameter { byName[name]! }
     /// The LM head [V, C]: the token embedding when tied.
-    public var outputWeight: Parameter { config.tiedEmbeddings ? parameter("token_embd.weight") : parameter("output.weight") }
+    public var outputWeight: Parameter { config.tiedEmbeddings ? tokenEmbedding : parameter("output.weight") }
+    /// The token embedding [V, C].
+    public var tokenEmbedding: Parameter { parameter("token_embd.weight") }
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.value.count } }
 
     /// The parameters on the host, for checkpoints and export.
@@ -85,7 +87,7 @@ public final class StudentModel {
                               feedForwardNorm: weight(l, "ffn_norm.weight"), gate: matrix(l, "ffn_gate.weight"), up: matrix(l, "ffn_up.weight"),
                               down: matrix(l, "ffn_down.weight"))
         }
-        let weights = LlamaWeights(config: config, tokenEmbedding: parameter("token_embd.weight").value,
+        let weights = LlamaWeights(config: config, tokenEmbedding: tokenEmbedding.value,
                                    outputNorm: parameter("output_norm.weight").value, output: outputWeight.compute, blocks: blocks)
         return try LlamaModel(weights: weights, ropeLayout: .adjacent, precision: computeType)
     }
@@ -127,7 +129,7 @@ public final class StudentModel {
         func tensor(_ shape: [Int], _ label: String) throws -> Tensor { try backend.tensor(shape: shape, label: label) }
         let positionList = (0..<n).map { Int32($0 % t) }
         var x = try tensor([n, c], "residual 0")
-        try backend.gatherRows(parameter("token_embd.weight").value, ids: backend.indexTensor(flat, shape: [n], label: "token ids"), into: x)
+        try backend.gatherRows(tokenEmbedding.value, ids: backend.indexTensor(flat, shape: [n], label: "token ids"), into: x)
         let scale = 1 / Float(hs).squareRoot()
         var blocks: [BlockActivations] = []
         for l in 0..<config.layers {
@@ -276,6 +278,6 @@ public final class StudentModel {
                                         inputGradient: dx, weightGradient: gradient(l, "attn_norm.weight"), workspace: rstd)
             try backend.add(dx, dMiddle, into: dx)
         }
-        try backend.embeddingBackward(dx, tokenIds: saved.tokens, into: parameter("token_embd.weight").gradient)
+        try backend.embeddingBackward(dx, tokenIds: saved.tokens, into: tokenEmbedding.gradient)
     }
 }

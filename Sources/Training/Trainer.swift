@@ -120,8 +120,8 @@ public final class Trainer {
         arena = try ParameterArena(student.parameters + features.flatMap(\.parameters), backend: student.backend,
                                    computeType: config.typedPrecision,
                                    stochasticRoundingSeed: config.computeRounding == "stochastic" ? config.seed : nil,
-                                   learningRateScales: config.embeddingLrScale == 1 ? [:]
-                                       : Dictionary(uniqueKeysWithValues: Set(["token_embd.weight", student.outputWeight.name]).map { ($0, config.embeddingLrScale) }))
+                                   learningRateScales: Dictionary(uniqueKeysWithValues: Set([student.tokenEmbedding.name, student.outputWeight.name])
+                                       .map { ($0, config.embeddingLrScale) }))
         schedule = LearningRateSchedule(peak: config.lr, warmupSteps: config.warmupSteps, totalSteps: config.steps,
                                         minimumFraction: config.minLrFraction)
         optimizer = (config.beta1, config.beta2, config.weightDecay, config.gradClip)

@@ -55,7 +55,7 @@ EOF
 one=() two=()
 for round in $(seq 1 "$rounds"); do
     rm -rf "$out/one" "$out/two"
-    echo "scaling: round $round: 1 process, $one_threads threads, batch $batch x 2 micro-batches" >&2
+    echo "scaling: round $round: 1 process, $one_threads thread(s), batch $batch x 2 micro-batches" >&2
     KDGPU_THREADS=$one_threads OMP_NUM_THREADS=$one_threads POCL_MAX_PTHREAD_COUNT=$one_threads "$kdgpu" train --out "$out/one" --batch-size "$batch" --gradient-accumulation 2 "${common[@]}" >/dev/null 2>"$out/one.log"
     one+=("$(median_rate "$out/one/metrics.jsonl")")
     echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank" >&2
@@ -66,7 +66,7 @@ done
 echo "| set-up | aggregate tokens/s, median of steps 3-$steps (per round) | vs 1 process |"
 echo "|---|---|---:|"
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
-echo "| 1 process, $one_threads threads, --gradient-accumulation 2 | ${one[*]} | 1.00 |"
+echo "| 1 process, $one_threads thread(s), --gradient-accumulation 2 | ${one[*]} | 1.00 |"
 echo "| mpirun -np 2, $((cores / 2)) thread(s) each | ${two[*]} | $(awk -v a="$(best "${two[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
 echo
 echo "$(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $cores cores; device $device; micro-batch $batch x 128 tokens; the ratio takes each set-up's best round."

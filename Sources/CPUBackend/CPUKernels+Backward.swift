@@ -61,8 +61,7 @@ extension CPUKernels {
     public static func swiglu_backward_bf16(_ gate: UnsafeRawPointer, _ up: UnsafeRawPointer, _ dout: UnsafePointer<Float>,
                                             _ dgate: UnsafeMutablePointer<Float>, _ dup: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
         forEachLanes(range) { i, count in
-            var g = Float16Lanes(repeating: 0), u = g
-            for k in 0..<count { g[k] = BlockFormat.bfloat16(gate, i + k); u[k] = BlockFormat.bfloat16(up, i + k) }
+            let g = loadBFloat16Lanes(gate, i, count: count), u = loadBFloat16Lanes(up, i, count: count)
             let s = laneSigmoid(g), d = loadLanes(dout + i, count: count)
             storeLanes(d * u * s * (1 + g * (1 - s)), dgate + i, count: count)
             storeLanes(d * g * s, dup + i, count: count)

@@ -195,22 +195,25 @@ extension CPUKernels {
     public static func rope(_ x: UnsafePointer<Float>, _ table: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                             heads: Int, headDim: Int, ropeDim: Int, halves: Bool, direction: Float, _ pairs: Range<Int>) {
         let pairsPerHead = headDim / 2, rotated = ropeDim / 2
-        for g in pairs {
-            let p = g % pairsPerHead
-            let headIndex = g / pairsPerHead
+        guard !pairs.isEmpty else { return }
+        // Pair g is pair g % pairsPerHead of head row g / pairsPerHead: a head row at a time, so the
+        // divisions are per head and the inner loops run over contiguous pairs.
+        for headIndex in (pairs.lowerBound / pairsPerHead)...((pairs.upperBound - 1) / pairsPerHead) {
+            let first = max(0, pairs.lowerBound - headIndex * pairsPerHead), end = min(pairsPerHead, pairs.upperBound - headIndex * pairsPerHead)
             let token = headIndex / heads
-            let xh = x + headIndex * headDim, yh = y + headIndex * headDim
-            if p >= rotated {
+            let xh = x + headIndex * headDim, yh = y + headIndex * headDim, th = table + token * rotated * 2
+            for p in first..<max(first, min(end, rotated)) {
+                let (i0, i1) = halves ? (p, p + rotated) : (2 * p, 2 * p + 1)
+                let c = th[p * 2], s = direction * th[p * 2 + 1]
+                let (a, b) = (xh[i0], xh[i1])
+                yh[i0] = a * c - b * s
+                yh[i1] = a * s + b * c
+            }
+            for p in max(first, rotated)..<max(end, rotated) {
                 let j = ropeDim + 2 * (p - rotated)
                 yh[j] = xh[j]
                 yh[j + 1] = xh[j + 1]
-                continue
             }
-            let (i0, i1) = halves ? (p, p + rotated) : (2 * p, 2 * p + 1)
-            let c = table[(token * rotated + p) * 2], s = direction * table[(token * rotated + p) * 2 + 1]
-            let (a, b) = (xh[i0], xh[i1])
-            yh[i0] = a * c - b * s
-            yh[i1] = a * s + b * c
         }
     }
 

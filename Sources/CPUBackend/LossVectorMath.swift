@@ -1,3 +1,5 @@
+import Tensor
+
 /// exp and log polynomials over 16 lanes, the same as `kd_exp` / `kd_log1p_unit` / `kd_logaddexp`
 /// in `Kernels/distill_loss.cl` (Cephes expf / logf), so the CPU twins do the same math as the kernels.
 typealias Float16Lanes = SIMD16<Float>
@@ -133,6 +135,19 @@ func loadLanes(_ p: UnsafePointer<Float>, count: Int) -> Float16Lanes {
     if count == 16 { return UnsafeRawPointer(p).loadUnaligned(as: Float16Lanes.self) }
     var lanes = Float16Lanes(repeating: 0)
     for k in 0..<count { lanes[k] = p[k] }
+    return lanes
+}
+
+/// `count` (at most 16) bf16 values from element `i` of `base` widened exactly to lanes, the rest 0:
+/// one 16-bit vector load shifted into the high halves when `count` is 16.
+@inline(__always)
+func loadBFloat16Lanes(_ base: UnsafeRawPointer, _ i: Int, count: Int) -> Float16Lanes {
+    if count == 16 {
+        let bits = SIMD16<UInt32>(truncatingIfNeeded: (base + 2 * i).loadUnaligned(as: SIMD16<UInt16>.self)) &<< 16
+        return unsafeBitCast(bits, to: Float16Lanes.self)
+    }
+    var lanes = Float16Lanes(repeating: 0)
+    for k in 0..<count { lanes[k] = BlockFormat.bfloat16(base, i + k) }
     return lanes
 }
 

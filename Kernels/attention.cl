@@ -5,7 +5,9 @@
 // where t = row % queries is the row's query index (rows stack [batch][group][query]) and first is
 // key_starts[row / rows_per_start] (left-padded sequences: the keys before it are padding), or 0 when
 // rows_per_start is 0 (key_starts is then not read). A row that sees no key is all zeros.
-// One work-group per row. probs may be scores.
+// One work-group per row. probs may be scores. The exponentials are kd_exp (common.cl), as in the
+// CPU twin, taken once: written unnormalized and summed, then scaled by 1 / sum, each element by the
+// work-item that wrote it (no global-memory barrier needed between the passes).
 __kernel void causal_softmax(__global const float* scores, int so, __global float* probs, int po,
                              int keys, int queries, int key_offset, float scale,
                              __global const int* key_starts, int ko, int rows_per_start) {
@@ -16,12 +18,26 @@ __kernel void causal_softmax(__global const float* scores, int so, __global floa
     const int first = rows_per_start > 0 ? min(keys, max(0, key_starts[ko + row / rows_per_start])) : 0;
     const int visible = max(0, min(keys, row % queries + key_offset + 1) - first);
     const float m = group_max(partial_row_max(sr + first, visible, lid), scratch);
-    const float shift = (m == -INFINITY) ? 0.0f : m;
-    const float sum = group_sum(partial_row_sum_exp(sr + first, visible, lid, shift, scale), scratch);
-    const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
-    for (int j = lid; j < keys; j += WG) {
-        pr[j] = (j >= first && j < first + visible) ? exp((sr[j] - shift) * scale) * inv_sum : 0.0f;
+    const floatV shift = (floatV)((m == -INFINITY) ? 0.0f : m);
+    const int vectors = visible / VW;
+    floatV sums = (floatV)(0.0f);
+    for (int v = lid; v < vectors; v += WG) {
+        const floatV e = kd_exp((vloadV(v, sr + first) - shift) * scale);
+        vstoreV(e, v, pr + first);
+        sums += e;
     }
+    float partial = vsum(sums);
+    for (int j = vectors * VW + lid; j < visible; j += WG) {
+        const float e = kd_exp(((floatV)(sr[first + j]) - shift) * scale).s0;
+        pr[first + j] = e;
+        partial += e;
+    }
+    const float sum = group_sum(partial, scratch);
+    const float inv_sum = (m == -INFINITY) ? 0.0f : 1.0f / sum;
+    for (int v = lid; v < vectors; v += WG) vstoreV(vloadV(v, pr + first) * inv_sum, v, pr + first);
+    for (int j = vectors * VW + lid; j < visible; j += WG) pr[first + j] *= inv_sum;
+    for (int j = lid; j < first; j += WG) pr[j] = 0.0f;
+    for (int j = first + visible + lid; j < keys; j += WG) pr[j] = 0.0f;
 }
 
 // x[row, j] = value for the keys j a causal query does not see (j > row % queries + key_offset), in

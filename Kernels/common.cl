@@ -175,6 +175,37 @@ GROUP_REDUCE(group_sum, float, GROUP_ADD)
 GROUP_REDUCE(group_max4, float4, fmax)
 GROUP_REDUCE(group_sum4, float4, GROUP_ADD)
 
+#define as_intV CAT(as_int, VW)
+#define intV CAT(int, VW)
+#define as_floatV CAT(as_float, VW)
+
+// exp2 and exp as polynomials (the loss kernels' and the causal softmax's), identical in the CPU twin
+// (LossVectorMath.swift: kdExp2, kdExp).
+// kd_exp2: 2^x for x <= 127; results below 2^-126 flush to exactly 0 (so -inf gives 0), relative
+// error below 2e-7 elsewhere, and NaN stays NaN (the row sums then report a non-finite input).
+// n = round(x) by adding 1.5 * 2^23 + 127: the sum's low mantissa bits hold n + 127, the biased
+// exponent, so one shift by 23 makes 2^n (the high bits of 1.5 * 2^23 shift out). Then 2^r on
+// [-0.5, 0.5] as 1 + r q(r) with q a near-minimax quartic (2^0 is exactly 1); x is clamped at
+// -127, so the biased exponent is never negative and n = -127 gives exactly 0.
+inline floatV kd_exp2(floatV x0) {
+    const floatV x = select(x0, (floatV)(-127.0f), x0 < (floatV)(-127.0f));
+    const floatV t = x + 12583039.0f;
+    const floatV r = x - (t - 12583039.0f);
+    floatV y = 1.326138386502862e-3f;
+    y = y * r + 9.671514853835106e-3f;
+    y = y * r + 5.550745129585266e-2f;
+    y = y * r + 2.4022242426872253e-1f;
+    y = y * r + 6.931469440460205e-1f;
+    y = y * r + 1.0f;
+    return y * as_floatV(as_intV(t) << 23);
+}
+
+#define LOG2E 1.44269504088896341f
+#define LN2 0.693147180559945309f
+
+// e^x for x <= 88.
+inline floatV kd_exp(floatV x) { return kd_exp2(x * LOG2E); }
+
 // This work-item's share of the maximum of row[0..n): vectors lid, lid+WG, ..., then the tail.
 inline float partial_row_max(__global const float* row, int n, int lid) {
     floatV m = (floatV)(-INFINITY);

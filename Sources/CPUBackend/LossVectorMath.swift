@@ -1,7 +1,8 @@
 import Tensor
 
-/// exp and log polynomials over 16 lanes, the same as `kd_exp` / `kd_log1p_unit` / `kd_logaddexp`
-/// in `Kernels/distill_loss.cl` (Cephes expf / logf), so the CPU twins do the same math as the kernels.
+/// exp and log polynomials over 16 lanes, the same as `kd_exp2` / `kd_exp` in `Kernels/common.cl` and
+/// `kd_log1p_unit` / `kd_logaddexp` in `Kernels/distill_loss.cl` (Cephes expf / logf), so the CPU twins
+/// do the same math as the kernels.
 typealias Float16Lanes = SIMD16<Float>
 
 /// 2^x for x <= 127: below 2^-126 exactly 0 (so -inf gives 0), relative error below 2e-7, NaN

@@ -165,7 +165,8 @@ public final class DistillationRun {
         }
         log("kdgpu train: \(config.divergence) at T=\(config.temperature) (\(config.temperatureSchedule)), \(config.steps) steps of "
             + "\(config.batchSize * config.gradientAccumulation * reducer.worldSize) x \(config.seqLen) tokens on \(backend.name)"
-            + (reducer.worldSize > 1 ? " and \(reducer.worldSize - 1) more process\(reducer.worldSize > 2 ? "es" : "")" : "") + ", into \(config.out)")
+            + (reducer.worldSize > 1 ? " and \(reducer.worldSize - 1) more process\(reducer.worldSize > 2 ? "es" : "")" : "")
+            + (config.embeddingLrScale != 1 ? ", the token embedding at \(config.embeddingLrScale)x the learning rate" : "") + ", into \(config.out)")
         log("GEMMs: \(backend.gemmDescription); student \(config.precision == "bf16" ? "bf16 (fp32 master weights, \(config.computeRounding) rounding)" : "fp32"), "
             + "teacher \(cache == nil ? (config.teacherPrecision(on: backend) == .f32 ? "fp32" : config.teacherPrecision(on: backend).rawValue) + (config.teacherPrecision == "auto" ? " (auto)" : "") : "cached")")
 

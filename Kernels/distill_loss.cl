@@ -35,6 +35,7 @@
 #define FLAG_CONTIGUOUS 256
 #define FLAG_TOPK_BUCKET 512
 #define FLAG_TOPK_DECOUPLED 1024  // the host launches distill_decoupled_topk_rows
+#define FLAG_TOPK_PRIOR 2048
 
 // row_status bits (also in DistillationLoss.swift)
 #define STATUS_IGNORED 1
@@ -145,6 +146,7 @@ __kernel void distill_count_valid_rows(__global const float* labels, int lo, __g
     __global const float* zs, int zso,                                                                 \
     __global const float* zt, int zto, int zt_ld,                                                      \
     __global const float* topk_ids, int tio, __global const float* topk_vals, int tvo, int k,          \
+    __global const float* tail_prior, int tpo,                                                         \
     __global const float* labels, int lo, __global const float* mask, int mo,                          \
     __global float* dz, int dzo,                                                                       \
     __global float* row_loss, int rlo, __global float* row_status, int rso, __global float* row_ce, int rco, \
@@ -226,7 +228,9 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
 
         // Pass 0 (top-k teacher): a dense teacher row in scratch. Missing mass: renormalize (the
         // rest is -inf), uniform (vals are log-probabilities; the rest 1 - sum exp(vals) is spread
-        // evenly over the other n - k tokens), or bucket (the rest spread like the student's tail). Its reductions and barriers sit in a branch on a kernel
+        // evenly over the other n - k tokens), bucket (the rest spread like the student's tail) or
+        // prior (the rest spread over the unlisted tokens in proportion to exp(tail_prior), [n] log-weights
+        // shared by every row). Its reductions and barriers sit in a branch on a kernel
         // argument, which every work-item takes alike.
         __global const float* tr = topk ? tm_row : zt + zto + (long)row * zt_ld;
         int bad_id = 0;
@@ -247,13 +251,16 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
             // tempering as rest^(1/T) would magnify into real mass: within k ulps of 0 the rest is 0.
             const float residue = -expm1(largest) - others;
             const float missing = residue > (float)k * FLT_EPSILON ? residue : 0.0f;
-            if (flags & FLAG_TOPK_BUCKET) {
-                // The rest as one bucket set against the student's mass on the unlisted tokens: spread in
-                // proportion to the student, tm_j = log rest + z_j - zmax - T log(rest_s) with
-                // rest_s = sum over the unlisted tokens of exp((z - zmax) / T), summed over them alone
-                // (the listed ids marked 1 in tm_row first), not as all minus listed, which cancels.
+            if (flags & (FLAG_TOPK_BUCKET | FLAG_TOPK_PRIOR)) {
+                // The rest spread over the unlisted tokens in proportion to a row s: the student's (bucket,
+                // tempered: one bucket set against the student's mass on them) or the prior (at T = 1):
+                // tm_j = log rest + s_j - smax - log(rest_s) / u with rest_s = sum over the unlisted tokens of
+                // exp((s - smax) u), u = 1/T (bucket) or 1 (prior), summed over them alone (the listed ids
+                // marked 1 in tm_row first), not as all minus listed, which cancels.
+                __global const float* sr = (flags & FLAG_TOPK_PRIOR) ? tail_prior + tpo : zr;
+                const float su = (flags & FLAG_TOPK_PRIOR) ? 1.0f : inv_t;
                 floatH bmax = (floatH)(-INFINITY);
-#define BUCKET_MAX(LOAD, STORE) { bmax = max_or_second(fold_max(LOAD(zr, v)), bmax); vstoreV((floatV)(0.0f), v, tm_row); }
+#define BUCKET_MAX(LOAD, STORE) { bmax = max_or_second(fold_max(LOAD(sr, v)), bmax); vstoreV((floatV)(0.0f), v, tm_row); }
                 FOR_EACH_VECTOR(BUCKET_MAX)
 #undef BUCKET_MAX
                 const float zmax = group_max4((float4)(vmax(bmax), 0.0f, 0.0f, 0.0f), reduce).x;
@@ -266,13 +273,13 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
                 barrier(CLK_GLOBAL_MEM_FENCE);
                 floatH bsum = (floatH)(0.0f);
 #define BUCKET_SUM(LOAD, STORE) {                                                                   \
-                    const floatV e = kd_exp((LOAD(zr, v) - (floatV)(zshift)) * inv_t);                 \
+                    const floatV e = kd_exp((LOAD(sr, v) - (floatV)(zshift)) * su);                    \
                     bsum += fold_sum(select(e, (floatV)(0.0f), vloadV(v, tm_row) != (floatV)(0.0f))); }
                 FOR_EACH_VECTOR(BUCKET_SUM)
 #undef BUCKET_SUM
                 const float rest_s = group_sum4((float4)(vsum(bsum), 0.0f, 0.0f, 0.0f), reduce).x;
-                const float c = missing > 0.0f && rest_s > 0.0f ? log(missing) - zshift - log(rest_s) / inv_t : -INFINITY;
-#define BUCKET_FILL(LOAD, STORE) { STORE((floatV)(c) + LOAD(zr, v), tm_row, v); }
+                const float c = missing > 0.0f && rest_s > 0.0f ? log(missing) - zshift - log(rest_s) / su : -INFINITY;
+#define BUCKET_FILL(LOAD, STORE) { STORE((floatV)(c) + LOAD(sr, v), tm_row, v); }
                 FOR_EACH_VECTOR(BUCKET_FILL)
 #undef BUCKET_FILL
             } else {

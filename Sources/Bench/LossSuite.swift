@@ -16,7 +16,7 @@ import Tensor
 /// median over those pairs, so the ratio compares the kernel with a copy made under the same load.
 public struct LossSuite: BenchSuite {
     public let name = "loss"
-    public let summary = "fused softmax-temperature KL (forward, forward + gradient) vs unfused, N=2048, V=32000/49152/128256; top-32 bucket and decoupled"
+    public let summary = "fused softmax-temperature KL (forward, forward + gradient) vs unfused, N=2048, V=32000/49152/128256; top-32 bucket, prior and decoupled"
 
     /// `KDGPU_BENCH_LOSS_VOCABULARIES=49152` (comma-separated) times fewer vocabularies.
     static var vocabularies: [Int] {

@@ -4,14 +4,19 @@ import Losses
 import Tensor
 
 /// The loss suite's rows for a sparse teacher (what a teacher cache feeds the trainer): the top
-/// `k` log-probabilities of the bench teacher, forward KL at the suite's T with the bucket tail
-/// (`distill_loss_rows`) and LFM2's decoupled objective (`distill_decoupled_topk_rows`), forward +
+/// `k` log-probabilities of the bench teacher, forward KL at the suite's T with the bucket tail and
+/// the prior tail (`distill_loss_rows`; the prior's log-weights `-(j mod 97) / 10` for token j) and
+/// LFM2's decoupled objective (`distill_decoupled_topk_rows`), forward +
 /// gradient. Bytes counted: z_s read and dz written (2 N V floats) plus the [N, k] ids and values;
 /// `ratio_to_dense_fkl` divides the time by the dense forward + gradient's in the same run.
 extension LossSuite {
     static let sparseK = 32
     static let sparseRules: [(MissingTeacherMass, String)] = [(.bucket, "distill_loss_rows top-k bucket"),
+                                                              (.prior, "distill_loss_rows top-k prior"),
                                                               (.decoupled, "distill_decoupled_topk_rows")]
+
+    /// The prior tail's `[V]` log-weights in the bench (a fixed, uneven row).
+    static func benchPrior(vocabulary: Int) -> [Float] { (0..<vocabulary).map { -Float($0 % 97) / 10 } }
 
     /// `[rows, k]` ids and log-probabilities at T = 1 of each teacher row's `k` largest logits.
     static func topK(of teacher: [Float], rows: Int, vocabulary: Int, k: Int) -> (ids: [Float], values: [Float]) {
@@ -41,16 +46,17 @@ extension LossSuite {
     static func sparseFused(_ rule: MissingTeacherMass, on backend: any Backend, student: [Float], topK: (ids: [Float], values: [Float]),
                             rows: Int, vocabulary: Int) throws -> Outcome {
         let zs = try backend.tensor(student, shape: [rows, vocabulary], label: "bench student logits")
-        let teacher = try sparseTeacher(rule, on: backend, topK: topK, rows: rows)
+        let teacher = try sparseTeacher(rule, on: backend, topK: topK, rows: rows, vocabulary: vocabulary)
         let result = try options(student: zs, teacher: .topK(teacher))
         return Outcome(loss: result.loss, rowLosses: result.rowLosses, gradient: try zs.toArray())
     }
 
     static func sparseTeacher(_ rule: MissingTeacherMass, on backend: any Backend, topK: (ids: [Float], values: [Float]),
-                              rows: Int) throws -> TopKTeacher {
+                              rows: Int, vocabulary: Int) throws -> TopKTeacher {
         TopKTeacher(ids: try backend.tensor(topK.ids, shape: [rows, sparseK], label: "bench top-k ids"),
                     values: try backend.tensor(topK.values, shape: [rows, sparseK], label: "bench top-k log-probabilities"),
-                    missingMass: rule)
+                    missingMass: rule,
+                    tailPrior: rule != .prior ? nil : try backend.tensor(benchPrior(vocabulary: vocabulary), shape: [vocabulary], label: "bench tail prior"))
     }
 
     /// Largest errors of a CPU twin's sparse outcome against the fp64 reference on four sampled rows.
@@ -61,7 +67,8 @@ extension LossSuite {
             let slots = (r * sparseK)..<((r + 1) * sparseK)
             let reference = DistillationReference.compute(
                 options, student: student[(r * vocabulary)..<((r + 1) * vocabulary)].map(Double.init), rows: 1, vocabulary: vocabulary,
-                teacher: .topK(ids: topK.ids[slots].map { Int($0) }, values: topK.values[slots].map(Double.init), k: sparseK, missingMass: rule))
+                teacher: .topK(ids: topK.ids[slots].map { Int($0) }, values: topK.values[slots].map(Double.init), k: sparseK, missingMass: rule,
+                               tailPrior: rule == .prior ? benchPrior(vocabulary: vocabulary).map(Double.init) : nil))
             for j in 0..<vocabulary {
                 gradientError = max(gradientError, abs(Double(outcome.gradient[r * vocabulary + j]) - reference.gradient[j] / Double(rows)))
             }
@@ -83,7 +90,7 @@ extension LossSuite {
                 context.report("loss: \(shape) top-\(sparseK) \(rule) on \(backend.name)")
                 let check = try sparseFused(rule, on: backend, student: student, topK: topK, rows: rows, vocabulary: vocabulary)
                 let zs = try backend.tensor(student, shape: [rows, vocabulary], label: "bench student logits")
-                let sparse = try sparseTeacher(rule, on: backend, topK: topK, rows: rows)
+                let sparse = try sparseTeacher(rule, on: backend, topK: topK, rows: rows, vocabulary: vocabulary)
                 let copyDestination = try backend.tensor(shape: [rows, vocabulary], label: "bench copy destination")
                 // In place: after the first run the student holds gradients; the work per element is the same.
                 let paired = try context.pairedMedians({ _ = try options(student: zs, teacher: .topK(sparse)) }, against: {

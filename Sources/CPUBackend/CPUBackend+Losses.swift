@@ -20,6 +20,7 @@ extension CPUBackend: DistillationLossKernel {
         let arguments = DistillRowArguments(
             zs: try pointer(l.student), zt: try l.teacher.map { try pointer($0) }, teacherStride: l.teacherStride,
             topKIDs: try l.topKIDs.map { try pointer($0) }, topKValues: try l.topKValues.map { try pointer($0) }, k: l.k,
+            tailPrior: try l.tailPrior.map { try pointer($0) },
             labels: try l.labels.map { try pointer($0) }, mask: try l.mask.map { try pointer($0) },
             dz: try mutablePointer(l.gradient), rowLoss: try mutablePointer(l.rowLoss), rowStatus: try mutablePointer(l.rowStatus),
             rowCrossEntropy: try mutablePointer(l.rowCrossEntropy), validCount: try l.validCount.map { try pointer($0)[0] } ?? 1, scratch: try mutablePointer(l.scratch),

@@ -10,6 +10,8 @@ public struct DistillRowArguments {
     public var topKIDs: UnsafePointer<Float>?
     public var topKValues: UnsafePointer<Float>?
     public var k: Int
+    /// `[n]` log-weights of the prior tail (read with `topKPrior`).
+    public var tailPrior: UnsafePointer<Float>?
     public var labels: UnsafePointer<Float>?
     public var mask: UnsafePointer<Float>?
     public var dz: UnsafeMutablePointer<Float>
@@ -107,10 +109,13 @@ extension CPUKernels {
                 // Within k ulps of 0 (the exps' rounding when the listed mass is 1) the rest is 0.
                 let residue = -expm1f(largest) - others
                 let missing = residue > Float(k) * .ulpOfOne ? residue : 0
-                if flags & DistillFlags.topKBucket != 0 {
-                    // The rest as one bucket against the student's unlisted mass: tm_j = log rest + z_j - zmax - T log(rest_s).
+                if flags & (DistillFlags.topKBucket | DistillFlags.topKPrior) != 0 {
+                    // The rest spread in proportion to a row s: the student's tempered (bucket) or the prior's
+                    // (at T = 1): tm_j = log rest + s_j - smax - log(rest_s) / u, u = 1/T or 1.
+                    let prior = flags & DistillFlags.topKPrior != 0
+                    let sr = prior ? a.tailPrior! : zr, su = prior ? 1 : invT
                     var zmaxLanes = negativeInfinity
-                    for v in 0..<nvec { zmaxLanes = lanesMax(zmaxLanes, loadRow(zr, v, n)) }
+                    for v in 0..<nvec { zmaxLanes = lanesMax(zmaxLanes, loadRow(sr, v, n)) }
                     let zmax = zmaxLanes.max()
                     let zshift = zmax == -.infinity ? 0 : zmax
                     // Summed over the unlisted tokens alone (marked in tmRow), not as all minus listed.
@@ -121,11 +126,11 @@ extension CPUKernels {
                     }
                     var restLanes = zero
                     for v in 0..<nvec {
-                        restLanes += kdExp((loadRow(zr, v, n) - zshift) * invT).replacing(with: 0, where: loadLanes(tmRow, v) .!= 0)
+                        restLanes += kdExp((loadRow(sr, v, n) - zshift) * su).replacing(with: 0, where: loadLanes(tmRow, v) .!= 0)
                     }
                     let restS = restLanes.sum()
-                    let c = missing > 0 && restS > 0 ? logf(missing) - zshift - logf(restS) / invT : -Float.infinity
-                    for v in 0..<nvec { storeLanes(c + loadRow(zr, v, n), tmRow, v) }
+                    let c = missing > 0 && restS > 0 ? logf(missing) - zshift - logf(restS) / su : -Float.infinity
+                    for v in 0..<nvec { storeLanes(c + loadRow(sr, v, n), tmRow, v) }
                 } else {
                     var rest = -Float.infinity
                     if flags & DistillFlags.topKUniform != 0 && n > k && missing > 0 { rest = logf(missing / Float(n - k)) }

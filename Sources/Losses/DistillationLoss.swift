@@ -135,6 +135,11 @@ public enum MissingTeacherMass: String, Sendable {
     /// at temperature T (`p^(1/T)` renormalized; T^2 only with ``DistillationLoss/scaleBySquaredTemperature``).
     /// The student is never asked to put zero mass outside S; forward KL only, without TAID.
     case decoupled
+    /// The k values are log-probabilities at T = 1 and the remaining mass is spread over the
+    /// unlisted tokens in proportion to a prior over the vocabulary (``TopKTeacher/tailPrior``, the
+    /// same for every row), and temperature applies to that completed distribution; ``uniform`` is
+    /// the flat prior. The target does not depend on the student, so every divergence takes it.
+    case prior
 }
 
 /// A sparse teacher: its top-k token ids and their logits (or log-probabilities), per row.
@@ -145,11 +150,14 @@ public struct TopKTeacher {
     /// `[N, k]` logits, or log-probabilities with ``MissingTeacherMass/uniform``.
     public var values: Tensor
     public var missingMass: MissingTeacherMass
+    /// `[V]` log-weights (finite, up to a constant) of the tail with ``MissingTeacherMass/prior``; nil otherwise.
+    public var tailPrior: Tensor?
 
-    public init(ids: Tensor, values: Tensor, missingMass: MissingTeacherMass) {
+    public init(ids: Tensor, values: Tensor, missingMass: MissingTeacherMass, tailPrior: Tensor? = nil) {
         self.ids = ids
         self.values = values
         self.missingMass = missingMass
+        self.tailPrior = tailPrior
     }
 }
 

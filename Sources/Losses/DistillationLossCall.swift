@@ -97,6 +97,15 @@ struct DistillationPlan {
             case .uniform: flags |= DistillFlags.topKUniform
             case .bucket: flags |= DistillFlags.topKBucket
             case .decoupled: flags |= DistillFlags.topKDecoupled
+            case .prior:
+                guard let prior = topK.tailPrior else {
+                    throw TensorError.unsupported("distillation loss: a top-k teacher with the prior tail needs its tailPrior [\(vocabulary)]")
+                }
+                try backend.requireFloat32(prior, op: "distillation loss (tail prior)")
+                guard prior.count == vocabulary else {
+                    throw TensorError.shapeMismatch("distillation loss: tail prior \(prior.label) \(describeShape(prior.shape)) for student vocabulary \(vocabulary)")
+                }
+                flags |= DistillFlags.topKPrior
             }
         }
         for (name, tensor) in [("labels", labels), ("row mask", rowMask)] {
@@ -206,6 +215,7 @@ struct DistillationPlan {
             case .topK(let topK):
                 launch.topKIDs = try topK.ids.rows(range)
                 launch.topKValues = try topK.values.rows(range)
+                launch.tailPrior = topK.tailPrior
             }
         }
         try backend.enqueueDistillLossRows(launch)

@@ -18,8 +18,8 @@ public enum DistillationReference {
     public enum Teacher {
         /// `[N, stride]`; the first V columns of each row are used.
         case dense([Double], stride: Int)
-        /// `[N, k]` ids and values with a missing-mass rule.
-        case topK(ids: [Int], values: [Double], k: Int, missingMass: MissingTeacherMass)
+        /// `[N, k]` ids and values with a missing-mass rule (`tailPrior`: `[V]` log-weights of the prior rule).
+        case topK(ids: [Int], values: [Double], k: Int, missingMass: MissingTeacherMass, tailPrior: [Double]? = nil)
     }
 
     /// log(e^x + e^y) with -inf handled.
@@ -43,12 +43,16 @@ public enum DistillationReference {
         switch teacher {
         case .dense(let values, let stride):
             return Array(values[(r * stride)..<(r * stride + n)])
-        case .topK(let ids, let values, let k, let missingMass):
+        case .topK(let ids, let values, let k, let missingMass, let tailPrior):
             let mass = (0..<k).reduce(0.0) { $0 + Foundation.exp(values[r * k + $1]) }
             let listed = Set((0..<k).map { ids[r * k + $0] }.filter { $0 >= 0 })
             var row = [Double](repeating: -.infinity, count: n)
             if missingMass == .uniform, n > k, mass < 1 {
                 row = [Double](repeating: Foundation.log((1 - mass) / Double(n - k)), count: n)
+            } else if missingMass == .prior, mass < 1, let tailPrior {
+                // The rest spread over the unlisted tokens as the prior's weights: log p_rest + w_j - log sum_unlisted e^w.
+                let rest = (0..<n).filter { !listed.contains($0) }.reduce(0.0) { $0 + Foundation.exp(tailPrior[$1]) }
+                if rest > 0 { row = tailPrior.map { Foundation.log(1 - mass) + $0 - Foundation.log(rest) } }
             } else if missingMass == .bucket, mass < 1, let lq = logSoftmax(zs.map { $0 / temperature }) {
                 // The rest p_rest spread as p_rest^(1/T) q_j / q_rest in tempered units: log p_rest + T (log q_j - log q_rest).
                 let rest = (0..<n).filter { !listed.contains($0) }.reduce(0.0) { $0 + Foundation.exp(lq[$1]) }
@@ -167,7 +171,7 @@ public enum DistillationReference {
             guard valid[r] else { continue }
             let zs = Array(student[(r * n)..<((r + 1) * n)])
             let soft: (value: Double, gradient: [Double])
-            if case .topK(let ids, let values, let k, .decoupled) = teacher {
+            if case .topK(let ids, let values, let k, .decoupled, _) = teacher {
                 guard let row = decoupledRow(student: zs, ids: Array(ids[(r * k)..<((r + 1) * k)]),
                                              values: Array(values[(r * k)..<((r + 1) * k)]), temperature: temperature,
                                              conditionalScale: options.scaleBySquaredTemperature ? temperature * temperature : 1) else {

@@ -38,6 +38,7 @@ extension OpenCLBackend: DistillationLossKernel {
         var args: [any KernelArgument] = try arguments(l.student)
         args += try optionalArguments(l.teacher) + [try int32(l.teacherStride, "teacher row stride")]
         args += try optionalArguments(l.topKIDs) + optionalArguments(l.topKValues) + [try int32(l.k, "k")]
+        args += try optionalArguments(l.tailPrior)
         args += try optionalArguments(l.labels) + optionalArguments(l.mask)
         args += try arguments(l.gradient) + arguments(l.rowLoss) + arguments(l.rowStatus) + arguments(l.rowCrossEntropy)
             + optionalArguments(l.validCount)

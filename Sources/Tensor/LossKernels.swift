@@ -11,6 +11,8 @@ public struct DistillLossLaunch {
     public var topKIDs: Tensor?
     public var topKValues: Tensor?
     public var k: Int
+    /// `[V]` log-weights over which the prior tail spreads a top-k teacher's rest (flag `topKPrior`).
+    public var tailPrior: Tensor?
     public var labels: Tensor?
     public var mask: Tensor?
     /// `[rows, V]`; may be the student itself (in place).
@@ -34,13 +36,14 @@ public struct DistillLossLaunch {
     public var hardWeight: Float
     public var gradOutput: Float
 
-    public init(student: Tensor, teacher: Tensor?, teacherStride: Int, topKIDs: Tensor?, topKValues: Tensor?, k: Int, labels: Tensor?, mask: Tensor?, gradient: Tensor, rowLoss: Tensor, rowStatus: Tensor, rowCrossEntropy: Tensor, validCount: Tensor?, scratch: Tensor, rows: Int, vocabulary: Int, kind: Int32, flags: Int32, ignoreIndex: Int32, inverseTemperature: Float, parameter: Float, taid: Float, softWeight: Float, hardWeight: Float, gradOutput: Float) {
+    public init(student: Tensor, teacher: Tensor?, teacherStride: Int, topKIDs: Tensor?, topKValues: Tensor?, k: Int, tailPrior: Tensor? = nil, labels: Tensor?, mask: Tensor?, gradient: Tensor, rowLoss: Tensor, rowStatus: Tensor, rowCrossEntropy: Tensor, validCount: Tensor?, scratch: Tensor, rows: Int, vocabulary: Int, kind: Int32, flags: Int32, ignoreIndex: Int32, inverseTemperature: Float, parameter: Float, taid: Float, softWeight: Float, hardWeight: Float, gradOutput: Float) {
         self.student = student
         self.teacher = teacher
         self.teacherStride = teacherStride
         self.topKIDs = topKIDs
         self.topKValues = topKValues
         self.k = k
+        self.tailPrior = tailPrior
         self.labels = labels
         self.mask = mask
         self.gradient = gradient
@@ -99,6 +102,8 @@ public enum DistillFlags {
     public static let topKBucket: Int32 = 512
     /// Launch `distill_decoupled_topk_rows` instead of `distill_loss_rows`.
     public static let topKDecoupled: Int32 = 1024
+    /// The rest spread over the unlisted tokens in proportion to the launch's `tailPrior`.
+    public static let topKPrior: Int32 = 2048
     public static let labels: Int32 = 32
     public static let mask: Int32 = 64
     public static let mean: Int32 = 128

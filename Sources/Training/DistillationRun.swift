@@ -233,9 +233,16 @@ public final class DistillationRun {
         // The teacher: its targets from the cache (its weights never reach the device), or the model itself.
         let teacher: any TeacherSource
         if let cache {
-            teacher = SparseTeacher(cache: cache, tail: config.typedSparseTail, backend: backend)
+            var tailPrior: TailPrior?
+            if config.typedSparseTail == .prior {
+                tailPrior = try TailPrior.of(spec: cache.spec, vocabulary: cache.manifest.teacher.vocabulary, windows: 0..<dataset.trainingWindowCount,
+                                             weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
+            }
+            teacher = SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, backend: backend)
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
-                + (cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
+                + (config.typedSparseTail == .prior ? " (prior tail from the \(dataset.trainingWindowCount) training windows"
+                   + (cache.spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))
+                   : cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
                    : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : ""))
             if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
                 log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
@@ -353,12 +360,13 @@ public final class DistillationRun {
         guard manifest.seqLen == config.seqLen else {
             throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
         }
-        if !cache.spec.storesProbabilities && ![.renormalize, .bucket].contains(config.typedSparseTail) {
-            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize or bucket")
+        if !cache.spec.storesProbabilities && ![.renormalize, .bucket, .prior].contains(config.typedSparseTail) {
+            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize, bucket or prior")
         }
-        if config.divergence == "rkl" && (config.sparseTail == MissingTeacherMass.renormalize.rawValue || !cache.spec.storesProbabilities) {
+        if config.divergence == "rkl" && config.typedSparseTail != .prior
+            && (config.typedSparseTail == .renormalize || !cache.spec.storesProbabilities) {
             throw TrainingError.config("divergence (--divergence): rkl is infinite against \(manifest.targets) targets that give unlisted tokens nothing; "
-                                       + "use fkl, jsd, sfkl, srkl or tvd, or --sparse-tail uniform with top-k targets")
+                                       + "use fkl, jsd, sfkl, srkl or tvd, or --sparse-tail prior (or uniform with top-k targets)")
         }
         guard manifest.teacher.vocabulary == teacherConfig.vocabulary,
               try SHA256Digest.file(at: config.teacher) == manifest.teacher.sha256 else {

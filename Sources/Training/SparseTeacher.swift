@@ -14,9 +14,18 @@ import Tensor
 /// - Sampled targets (independent or systematic draws) enter as `log(count / N)` renormalized: at T = 1 exactly `count / N`, RS-KD's
 ///   unbiased estimate of the teacher distribution. With the `bucket` tail the ids drawn once, over N (Good-Turing's estimate of
 ///   the mass no draw reached), become the bucket set against the student's unlisted mass, and the counts share the rest.
+/// - The `prior` tail (``TailPrior``) spreads what a position leaves unlisted over the tokens in proportion to a prior
+///   made once from the cache's training windows. Top-k and top-p keep their listed probabilities and give the prior
+///   their tail mass. Drawn targets keep the ids drawn twice or more at `count / N`; the mass of the ids drawn once,
+///   `n1 / N`, is shared by every token drawn at most once (those n1 and the undrawn) as `(c + a pi) / (n1 + a)` with
+///   `c` the token's draws (0 or 1), `pi` the prior renormalized over those tokens and `a` its weight in draws
+///   (``TailPrior/weight``): the drawn-once mass stays what it was, now partly steady over the undrawn tokens, which
+///   drawn targets otherwise leave at 0 between the rare draws that land on them.
 public struct SparseTeacher {
     public let spec: TeacherTargetSpec
     public let tail: MissingTeacherMass
+    /// The prior of the `prior` tail (nil for the other tails).
+    public let tailPrior: TailPrior?
     public let seqLen: Int
     public let vocabulary: Int
     /// Where the targets' tensors are made.
@@ -24,19 +33,21 @@ public struct SparseTeacher {
     /// Window index -> the targets of its first `seqLen - 1` positions.
     let targetsOfWindow: (Int) throws -> [SparseTarget]
 
-    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, seqLen: Int, vocabulary: Int, backend: any Backend,
-                targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) {
+    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, seqLen: Int, vocabulary: Int,
+                backend: any Backend, targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) {
+        precondition((tail == .prior) == (tailPrior != nil), "the prior tail needs its prior, and only it")
         self.spec = spec
         self.tail = tail
+        self.tailPrior = tailPrior
         self.seqLen = seqLen
         self.vocabulary = vocabulary
         self.backend = backend
         self.targetsOfWindow = targetsOfWindow
     }
 
-    public init(cache: TeacherCache, tail: MissingTeacherMass, backend: any Backend) {
-        self.init(spec: cache.spec, tail: tail, seqLen: cache.manifest.seqLen, vocabulary: cache.manifest.teacher.vocabulary,
-                  backend: backend, targetsOfWindow: cache.targets(ofWindow:))
+    public init(cache: TeacherCache, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, backend: any Backend) {
+        self.init(spec: cache.spec, tail: tail, tailPrior: tailPrior, seqLen: cache.manifest.seqLen,
+                  vocabulary: cache.manifest.teacher.vocabulary, backend: backend, targetsOfWindow: cache.targets(ofWindow:))
     }
 
     /// The teacher of windows `windows` ([B] window numbers, rows `b * T + t`): `[B * T, k]` ids and
@@ -60,7 +71,11 @@ public struct SparseTeacher {
                 // (the ids drawn once, over N) becomes the bucket, the counts share the rest; where every
                 // draw is distinct the estimate says 1, and the drawn ids keep 1 / N.
                 let listedShare = draws.map { n in tail == .bucket ? 1 - min(Float(target.values.filter { $0 == 1 }.count), n - 1) / n : 1 } ?? 1
-                values += target.values.map { value in logf(draws.map { value / $0 * listedShare } ?? value) }  // log p, or log(count / N)
+                if let tailPrior, let draws {
+                    values += tailPrior.drawnTarget(target, draws: draws)
+                } else {
+                    values += target.values.map { value in logf(draws.map { value / $0 * listedShare } ?? value) }  // log p, or log(count / N)
+                }
                 guard tail == .uniform else {
                     ids += [Float](repeating: -1, count: k - target.ids.count)
                     values += [Float](repeating: -.infinity, count: k - target.ids.count)
@@ -79,9 +94,11 @@ public struct SparseTeacher {
             }
         }
         let n = windows.count * seqLen
+        // The prior's [V] log-weights go up with every batch (V floats, beside the [B * T, k] targets).
+        let priorTensor = try tailPrior.map { try backend.tensor($0.logWeights, shape: [vocabulary], label: "cached teacher tail prior") }
         let teacher = TopKTeacher(ids: try backend.tensor(ids, shape: [n, k], label: "cached teacher ids"),
                                   values: try backend.tensor(values, shape: [n, k], label: "cached teacher log-probabilities"),
-                                  missingMass: tail)
+                                  missingMass: tail, tailPrior: priorTensor)
         return (teacher, Float(crossEntropy / Double(windows.count * (seqLen - 1))))
     }
 
@@ -90,6 +107,62 @@ public struct SparseTeacher {
         try windows.reduce(LikelihoodResult()) { total, window in
             let targets = try targetsOfWindow(window)
             return total + LikelihoodResult(totalNLL: targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }, tokens: targets.count)
+        }
+    }
+}
+
+/// The prior of the `prior` tail (``SparseTeacher``): one weight per token, made once from a cache's
+/// training windows, and for drawn targets the weight `a` it takes against a position's own drawn-once ids.
+public struct TailPrior: Sendable {
+    /// `[V]` probabilities, summing to 1, every one positive.
+    public let probabilities: [Double]
+    /// `[V]` log of ``probabilities`` (the kernel's row).
+    public let logWeights: [Float]
+    /// `a`: the prior's weight in draws against a position's n1 drawn-once ids (drawn targets only).
+    public let weight: Double
+
+    /// A prior from per-token masses (any non-negative scale): each token's share, with every token
+    /// given at least half of the smallest positive mass, so none is impossible.
+    public init(masses: [Double], weight: Double) {
+        precondition(!masses.isEmpty && masses.allSatisfy { $0 >= 0 && $0.isFinite } && weight >= 0)
+        let floor = 0.5 * (masses.filter { $0 > 0 }.min() ?? 1)
+        let floored = masses.map { max($0, floor) }
+        let total = floored.reduce(0, +)
+        probabilities = floored.map { $0 / total }
+        logWeights = probabilities.map { Float(Foundation.log($0)) }
+        self.weight = weight
+    }
+
+    /// The prior of `windows`' targets: for drawn targets how often each token was drawn exactly once
+    /// at a position (the tokens that make up the mass no draw reaches, by Good-Turing's argument);
+    /// for top-k and top-p targets the mass each token is listed with.
+    public static func of(spec: TeacherTargetSpec, vocabulary: Int, windows: Range<Int>, weight: Double,
+                          targetsOfWindow: (Int) throws -> [SparseTarget]) throws -> TailPrior {
+        var masses = [Double](repeating: 0, count: vocabulary)
+        for window in windows {
+            for target in try targetsOfWindow(window) {
+                for (id, value) in zip(target.ids, target.values) where Int(id) < vocabulary {
+                    if spec.draws == nil { masses[Int(id)] += Double(value) } else if value == 1 { masses[Int(id)] += 1 }
+                }
+            }
+        }
+        return TailPrior(masses: masses, weight: weight)
+    }
+
+    /// A drawn target's log-probabilities at its ids under the prior tail: `log(c / N)` for the ids
+    /// drawn twice or more, `log(n1 / N (1 + a pi_j / Z) / (n1 + a))` for the n1 drawn once, with Z
+    /// the prior's mass over the tokens drawn at most once; the rest, `n1 / N a (1 - sum pi_j / Z) / (n1 + a)`
+    /// summed over the drawn-once j, is left to the kernel to spread over the undrawn tokens by the prior.
+    func drawnTarget(_ target: SparseTarget, draws: Float) -> [Float] {
+        let n = Double(draws)
+        let drawnOnce = Double(target.values.filter { $0 == 1 }.count)
+        let headPrior = zip(target.ids, target.values).reduce(0.0) { sum, pair in
+            pair.1 > 1 && Int(pair.0) < probabilities.count ? sum + probabilities[Int(pair.0)] : sum
+        }
+        let z = max(1 - headPrior, .leastNormalMagnitude)
+        return zip(target.ids, target.values).map { id, count in
+            guard count == 1, Int(id) < probabilities.count else { return logf(count / draws) }
+            return Float(Foundation.log(drawnOnce / n * (1 + weight * probabilities[Int(id)] / z) / (drawnOnce + weight)))
         }
     }
 }

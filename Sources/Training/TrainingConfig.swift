@@ -105,8 +105,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// as one more bucket against the student's, forward KL only) or `decoupled` (LFM2's decoupled
     /// top-K objective, forward KL only). Sampled targets: `renormalize` (the counts as they are) or
     /// `bucket` (the ids drawn once, over N, as Good-Turing's estimate of the mass no draw reached:
-    /// one bucket against the student's tail, the counts sharing the rest).
+    /// one bucket against the student's tail, the counts sharing the rest). Both: `prior` (what a
+    /// position leaves unlisted spread over the vocabulary by a prior made from the cache's
+    /// training windows; drawn targets share their drawn-once mass with it, `tail_prior_weight`).
     public var sparseTail = "renormalize"
+    /// Drawn targets under the `prior` tail: the prior's weight, in draws, against a position's
+    /// own ids drawn once (0 keeps the counts as they are; large spreads all their mass by the prior).
+    public var tailPriorWeight: Float = 20
     /// The live teacher's weight GEMMs: `fp32`, `bf16` (weights expanded straight to bf16, fp32
     /// accumulation), or `auto`: bf16 where the device's GEMMs run on bf16 instructions (its NLL
     /// moves by about 0.05%), fp32 elsewhere.
@@ -176,6 +181,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
+        case tailPriorWeight = "tail_prior_weight"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -407,8 +413,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .onPolicySchedule: try oneOf(onPolicySchedule, ["constant", "adaptive"])
         case .adaptiveLossEps: try inRange(adaptiveLossEps, "(0, inf)") { $0 > 0 }
         case .evalRollouts: try atLeast(evalRollouts, 0)
+        case .tailPriorWeight: try inRange(tailPriorWeight, "[0, 1e6]") { $0 >= 0 && $0 <= 1e6 }
         case .sparseTail:
-            try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled].map(\.rawValue))
+            try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {
                 throw TrainingError.config("sparse_tail (--sparse-tail): \(sparseTail) is defined for the forward KL; use --divergence fkl or another tail")
             }

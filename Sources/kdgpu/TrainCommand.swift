@@ -68,8 +68,10 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .long, help: "Export the final student as GGUF: f32, f16, q8_0 or none.") var exportGguf: String?
     @Option(name: .long, help: ArgumentHelp("Train from this teacher cache (`kdgpu teacher-cache build`) instead of running the teacher.", valueName: "DIR"))
     var teacherCache: String?
-    @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl). Sampled targets: renormalize, or bucket (the ids drawn once as the unseen mass, Good-Turing).")
+    @Option(name: .long, help: "Cached top-k/top-p targets: renormalize (unlisted tokens get nothing), uniform (the tail mass spread over them), bucket (the tail as one more bucket; fkl) or decoupled (LFM2: listed-vs-rest Bernoulli KL + the listed conditional at T; fkl). Sampled targets: renormalize, or bucket (the ids drawn once as the unseen mass, Good-Turing). Both: prior (the unlisted tokens get the tail in proportion to a prior made from the cache's training windows).")
     var sparseTail: String?
+    @Option(name: .long, parsing: .unconditional, help: "Drawn targets with --sparse-tail prior: the prior's weight in draws against a position's ids drawn once (0: the counts as they are).")
+    var tailPriorWeight: Float?
     @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, bf16 or f16 (weights expanded straight to the 16-bit type, fp32 accumulation; f16 keeps 3 more mantissa bits, but an activation past 65504 is an error naming it).")
     var teacherPrecision: String?
     @Option(name: .long, help: "The live teacher's matrices: auto (expanded once where that takes at most a quarter of the device's memory, else quantized), quantized (kept as stored, expanded afresh at every forward: the least memory) or expanded (expanded once into --teacher-precision at the start). The same values either way.")
@@ -188,6 +190,7 @@ struct TrainCommand: ParsableCommand {
         if let exportGguf { settings.exportGguf = exportGguf }
         if let teacherCache { settings.teacherCache = teacherCache }
         if let sparseTail { settings.sparseTail = sparseTail }
+        if let tailPriorWeight { settings.tailPriorWeight = tailPriorWeight }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
         if let teacherWeights { settings.teacherWeights = teacherWeights }
         if let precision { settings.precision = precision }

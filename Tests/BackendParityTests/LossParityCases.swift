@@ -13,7 +13,7 @@ extension ParityTable {
     static let lossCases: [ParityCase] = [
         Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1),
         .totalVariation,
-    ].map(distillCase) + [MissingTeacherMass.uniform, .bucket, .decoupled].map(topKCase)
+    ].map(distillCase) + [MissingTeacherMass.uniform, .bucket, .decoupled, .prior].map(topKCase)
         + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
 
     /// Student, teacher and row weights with a shared vocabulary mask; the last of several rows all -inf and masked out.
@@ -75,13 +75,15 @@ extension ParityTable {
         let kernel = missingMass == .decoupled ? "distill_decoupled_topk_rows" : "distill_loss_rows top-k \(missingMass)"
         // The uniform rest gives every one of the V - k unlisted tokens a share, so the forward KL
         // sums V comparable fp32 terms (about 3e-5 relative at V = 32003), where a dense teacher's mass sits on few.
-        return ParityCase(op: kernel, tolerance: missingMass == .uniform ? 5e-5 : 2e-5) { rng in
+        // The prior rest reaches every unlisted token too, with weights exp(3 randn) (a prior row shared by all rows).
+        let spread = [MissingTeacherMass.uniform, .prior].contains(missingMass)
+        return ParityCase(op: kernel, tolerance: spread ? 5e-5 : 2e-5) { rng in
             lossShapes.flatMap { shape in
                 [Float(0.5), 2].map { temperature in
                     let (rows, cols) = (shape[0], shape[1]), k = min(cols, 7)
                     var inputs = lossInputs(&rng, rows: rows, cols: cols)
-                    if missingMass == .uniform {
-                        // The uniform rest reaches every unlisted token: a student -inf there would make fkl infinite.
+                    if spread {
+                        // The rest reaches every unlisted token: a student -inf there would make fkl infinite.
                         for i in inputs.student.indices where inputs.student[i] == -.infinity && inputs.mask[i / cols] != 0 { inputs.student[i] = -20 }
                     }
                     // randn * 2.5 teacher logits: with randn * 10 the unlisted rest is so small that its fp32
@@ -102,21 +104,24 @@ extension ParityTable {
                         return label
                     }
                     let options = DistillationLoss(temperature: temperature, hardWeight: 0.5, reduction: .sum)
+                    let prior = rng.normals(cols).map { 3 * $0 }
                     return ParityInstance(
                         description: "\(rows)x\(cols) k=\(k) T=\(temperature)",
                         operands: [Operand(shape: shape, values: inputs.student), Operand(shape: [rows, k], values: ids),
                                    Operand(shape: [rows, k], values: values), Operand(shape: [rows], values: inputs.mask),
-                                   Operand(shape: [rows], values: rng.normals(rows)), Operand(shape: [rows], values: labels.map(Float.init))],
+                                   Operand(shape: [rows], values: rng.normals(rows)), Operand(shape: [rows], values: labels.map(Float.init)),
+                                   Operand(shape: [cols], values: prior)],
                         outputs: [0, 4],
                         run: { backend, t in
-                            let result = try options(student: t[0], teacher: .topK(TopKTeacher(ids: t[1], values: t[2], missingMass: missingMass)),
-                                                     labels: t[5], rowMask: t[3])
+                            let teacher = TopKTeacher(ids: t[1], values: t[2], missingMass: missingMass, tailPrior: missingMass == .prior ? t[6] : nil)
+                            let result = try options(student: t[0], teacher: .topK(teacher), labels: t[5], rowMask: t[3])
                             try result.rowLosses.withUnsafeBufferPointer { try backend.upload($0, to: t[4]) }
                         },
                         reference: { inputs in
                             let output = DistillationReference.compute(
                                 options, student: inputs[0], rows: rows, vocabulary: cols,
-                                teacher: .topK(ids: inputs[1].map { Int($0) }, values: inputs[2], k: k, missingMass: missingMass),
+                                teacher: .topK(ids: inputs[1].map { Int($0) }, values: inputs[2], k: k, missingMass: missingMass,
+                                               tailPrior: missingMass == .prior ? inputs[6] : nil),
                                 labels: labels, rowMask: inputs[3])
                             return [output.gradient, output.rowLosses]
                         })

@@ -206,12 +206,13 @@ final class DivergenceTests: XCTestCase {
             }
         }
         for (missingMass, values) in [(MissingTeacherMass.renormalize, logits), (.uniform, logProbabilities), (.bucket, logProbabilities),
-                                      (.decoupled, logProbabilities)] {
+                                      (.decoupled, logProbabilities), (.prior, logProbabilities)] {
             var problem = dense
             problem.topK = (ids, values, k, missingMass)
+            if missingMass == .prior { problem.tailPrior = rng.normals(vocabulary).map { 3 * $0 } }
             var divergences: [Divergence] = [.forwardKL]
             if missingMass != .bucket && missingMass != .decoupled { divergences += [.jensenShannon(beta: 0.5), .totalVariation, .skewForwardKL(alpha: 0.1)] }
-            if missingMass == .uniform { divergences += [.reverseKL, .skewReverseKL(alpha: 0.1)] }
+            if [.uniform, .prior].contains(missingMass) { divergences += [.reverseKL, .skewReverseKL(alpha: 0.1)] }
             for divergence in divergences {
                 for temperature: Float in [1, 2] {
                     try check(problem, DistillationLoss(divergence: divergence, temperature: temperature), on: backends,
@@ -281,6 +282,57 @@ final class DivergenceTests: XCTestCase {
             XCTAssertThrowsError(try problem.run(DistillationLoss(divergence: .jensenShannon(beta: 0.5)), on: backend)) {
                 XCTAssertTrue("\($0)".contains("bucket tail is defined for forward KL"), "\($0)")
             }
+        }
+    }
+
+    /// The prior tail: the fp64 reference's completed teacher is its definition (the listed
+    /// probabilities, the rest spread over the unlisted tokens as a prior's weights), so its row
+    /// losses equal the KL written out, at T = 1 and 2 (the completed row tempered as p^(1/T));
+    /// its finite differences equal its gradient, and the kernels agree with it (also in the GPU
+    /// work-group layout), with a row whose listed mass is 1 (no rest); and reverse KL, which the
+    /// spread rest keeps finite on the rows that have one.
+    func testTopKPriorTailMatchesItsDefinitionAndGradient() throws {
+        var rng = SeededRandom(seed: 37)
+        let (rows, vocabulary, k) = (4, 31, 5)
+        var problem = LossProblem.random(&rng, rows: rows, vocabulary: vocabulary, scale: 3, maskedFraction: 0)
+        var ids: [Float] = [], values: [Float] = []
+        for r in 0..<rows {
+            let row = Array(problem.teacher[(r * vocabulary)..<((r + 1) * vocabulary)]).map(Double.init)
+            let order = row.indices.sorted { row[$0] > row[$1] }.prefix(k)
+            // Row 2 lists k ids holding all the mass (a drawn target without drawn-once ids).
+            let lse = Foundation.log(order.reduce(0.0) { $0 + Foundation.exp(row[$1]) } + (r == 2 ? 0 : 0.3))
+            for j in order {
+                ids.append(Float(j))
+                values.append(Float(row[j] - lse))
+            }
+        }
+        problem.topK = (ids, values, k, .prior)
+        let prior = rng.normals(vocabulary).map { 2 * $0 }
+        problem.tailPrior = prior
+        for temperature: Float in [1, 2] {
+            let options = DistillationLoss(temperature: temperature)
+            let reference = problem.reference(options)
+            let t = Double(temperature)
+            for r in 0..<rows {
+                let listed = Dictionary(uniqueKeysWithValues: (0..<k).map { (Int(ids[r * k + $0]), Foundation.exp(Double(values[r * k + $0]))) })
+                let rest = 1 - listed.values.reduce(0, +)
+                let unlisted = (0..<vocabulary).filter { listed[$0] == nil }
+                let weights = unlisted.reduce(0.0) { $0 + Foundation.exp(Double(prior[$1])) }
+                let p = (0..<vocabulary).map { listed[$0] ?? rest * Foundation.exp(Double(prior[$0])) / weights }
+                let tempered = p.map { Foundation.pow(max($0, 0), 1 / t) }
+                let pt = tempered.map { $0 / tempered.reduce(0, +) }
+                let z = (0..<vocabulary).map { Double(problem.student[r * vocabulary + $0]) / t }
+                let lse = Foundation.log(z.reduce(0.0) { $0 + Foundation.exp($1) })
+                let value = (0..<vocabulary).reduce(0.0) { $0 + (pt[$1] > 0 ? pt[$1] * (Foundation.log(pt[$1]) - z[$1] + lse) : 0) }
+                XCTAssertEqual(reference.rowLosses[r], t * t * value, accuracy: 1e-6 * max(1, value), "T=\(temperature) row \(r)")
+            }
+            try assertFiniteDifferences(problem, options, reference: reference, every: 3, context: "T=\(temperature)")
+            try check(problem, options, on: try lossBackendsWithGPULayout(), context: "top-\(k) prior T=\(temperature)")
+            // Reverse KL without row 2, whose unlisted tokens get nothing.
+            var withRest = problem
+            withRest.rowMask = (0..<rows).map { $0 == 2 ? 0 : 1 }
+            try check(withRest, DistillationLoss(divergence: .reverseKL, temperature: temperature), on: try lossBackends(),
+                      context: "top-\(k) prior rkl T=\(temperature)")
         }
     }
 

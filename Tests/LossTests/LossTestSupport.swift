@@ -15,6 +15,8 @@ struct LossProblem {
     var teacher: [Float]
     var teacherStride: Int
     var topK: (ids: [Float], values: [Float], k: Int, missingMass: MissingTeacherMass)?
+    /// `[vocabulary]` log-weights of the top-k teacher's prior tail.
+    var tailPrior: [Float]?
     var labels: [Float]?
     var rowMask: [Float]?
 
@@ -37,7 +39,8 @@ struct LossProblem {
 
     var referenceTeacher: DistillationReference.Teacher {
         if let topK {
-            return .topK(ids: topK.ids.map { Int($0) }, values: topK.values.map(Double.init), k: topK.k, missingMass: topK.missingMass)
+            return .topK(ids: topK.ids.map { Int($0) }, values: topK.values.map(Double.init), k: topK.k, missingMass: topK.missingMass,
+                         tailPrior: tailPrior?.map(Double.init))
         }
         return .dense(teacher.map(Double.init), stride: teacherStride)
     }
@@ -56,7 +59,8 @@ struct LossProblem {
         if let topK {
             teacherLogits = .topK(TopKTeacher(ids: try backend.tensor(topK.ids, shape: [rows, topK.k], label: "top-k ids"),
                                               values: try backend.tensor(topK.values, shape: [rows, topK.k], label: "top-k values"),
-                                              missingMass: topK.missingMass))
+                                              missingMass: topK.missingMass,
+                                              tailPrior: try tailPrior.map { try backend.tensor($0, shape: [vocabulary], label: "tail prior") }))
         } else {
             teacherLogits = .dense(try backend.tensor(teacher, shape: [rows, teacherStride], label: "teacher logits"))
         }

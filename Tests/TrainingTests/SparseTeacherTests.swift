@@ -8,7 +8,7 @@ import XCTest
 /// Cached targets as the step uses them: the loss and its gradient through ``SparseTeacher`` (rows
 /// of different lengths padded, counts turned into probabilities, each window's last row) equal an
 /// fp64 reference written from the definitions, for sampled and top-k targets with each tail (sampled with
-/// a bucket of Good-Turing's unseen mass), on
+/// a bucket of Good-Turing's unseen mass, and with the prior tail made from the windows' targets), on
 /// both backends; the teacher's cross-entropy and NLL come from the stored label log-probabilities.
 final class SparseTeacherTests: XCTestCase {
     func testLossAndGradientEqualTheFP64Reference() throws {
@@ -32,10 +32,22 @@ final class SparseTeacherTests: XCTestCase {
         }
         for backend in try TestBackends.all() {
             for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
-                                 (.systematic(draws: 40), .renormalize), (.sampled(draws: 12), .bucket), (.sampled(draws: 5), .bucket), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket)] {
+                                 (.systematic(draws: 40), .renormalize), (.sampled(draws: 12), .bucket), (.sampled(draws: 5), .bucket), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket),
+                                 (.sampled(draws: 12), .prior), (.systematic(draws: 30), .prior), (.topK(k: 9), .prior)] {
                 let draws = spec.draws
                 let stored = targets(draws: draws)
-                let teacher = SparseTeacher(spec: spec, tail: tail, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
+                // The prior tail: per token, how often it was drawn once (drawn targets) or its listed mass (top-k), counted here.
+                var masses = [Double](repeating: 0, count: vocabulary)
+                for target in stored.values.joined() {
+                    for (id, value) in zip(target.ids, target.values) where draws == nil || value == 1 { masses[Int(id)] += draws == nil ? Double(value) : 1 }
+                }
+                let floor = 0.5 * (masses.filter { $0 > 0 }.min() ?? 1)
+                let prior = masses.map { max($0, floor) / masses.reduce(0) { $0 + max($1, floor) } }
+                let priorWeight = 7.0
+                let tailPrior = tail != .prior ? nil : try TailPrior.of(spec: spec, vocabulary: vocabulary, windows: 10..<10 + windows,
+                                                                         weight: priorWeight) { stored[$0]! }
+                if let tailPrior { XCTAssertLessThanOrEqual(zip(tailPrior.probabilities, prior).map { abs($0 - $1) }.max()!, 1e-15) }
+                let teacher = SparseTeacher(spec: spec, tail: tail, tailPrior: tailPrior, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
                 let logits = random.normals(windows * seqLen * vocabulary, scale: 3)
                 let student = try backend.tensor(logits, shape: [windows * seqLen, vocabulary], label: "student logits")
                 let labels = try backend.tensor((0..<windows * seqLen).map { Float($0 % seqLen == seqLen - 1 ? -100 : $0 % vocabulary) },
@@ -64,6 +76,17 @@ final class SparseTeacherTests: XCTestCase {
                         if tail == .uniform {
                             let rest = max(0, 1 - listedMass) / Double(vocabulary - target.ids.count)
                             for id in 0..<vocabulary where !target.ids.contains(Int32(id)) { p[id] = rest }
+                        }
+                        if tail == .prior, let draws {
+                            // The tokens drawn at most once share the drawn-once mass: (c + a prior / Z) / (n1 + a) of it.
+                            let count = (0..<vocabulary).map { id in Double(target.ids.firstIndex(of: Int32(id)).map { target.values[$0] } ?? 0) }
+                            let once = (0..<vocabulary).filter { count[$0] <= 1 }
+                            let z = once.reduce(0.0) { $0 + prior[$1] }
+                            for id in once { p[id] = drawnOnce / Double(draws) * (count[id] + priorWeight * prior[id] / z) / (drawnOnce + priorWeight) }
+                        } else if tail == .prior {
+                            let unlisted = (0..<vocabulary).filter { !target.ids.contains(Int32($0)) }
+                            let z = unlisted.reduce(0.0) { $0 + prior[$1] }
+                            for id in unlisted { p[id] = max(0, 1 - listedMass) * prior[id] / z }
                         }
                         let z = (0..<vocabulary).map { Double(logits[row * vocabulary + $0]) / temperature }
                         let top = z.max()!, logNorm = log(z.reduce(0) { $0 + exp($1 - top) }) + top

@@ -62,7 +62,7 @@ align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
 all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 sampled-bucket systematic-bucket kd+lens kd+align kd+hints kd-t1-bf16
           kd-t1-emb01 systematic-emb01 sampled-emb01 kd-t1-emb2 systematic-emb2 sampled-emb2 kd-t1-emb4 systematic-emb4
-          sampled-prior systematic-prior)
+          sampled-prior systematic-prior sampled-exact systematic-exact)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -92,6 +92,8 @@ setting() {
         systematic-emb4) echo "cached systematic:50, T=1, embedding lr x4|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 4" ;;
         sampled-prior) echo "cached sampled:50, prior tail (weight 20), T=1|--temperature 1 --teacher-cache $sampled --sparse-tail prior" ;;
         systematic-prior) echo "cached systematic:50, prior tail (weight 20), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail prior" ;;
+        sampled-exact) echo "cached sampled:50, exact labels, T=1|--temperature 1 --teacher-cache $sampled --exact-label true" ;;
+        systematic-exact) echo "cached systematic:50, exact labels, T=1|--temperature 1 --teacher-cache $systematic --exact-label true" ;;
         *) echo "ablation: unknown row '$1'; rows: ${all_rows[*]}" >&2; exit 2 ;;
     esac
 }
@@ -100,8 +102,8 @@ for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 
 if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
-[[ " ${rows[*]} " =~ \ sampled(-bucket|-prior)?\  ]] && cache "$sampled" sampled:50
-[[ " ${rows[*]} " =~ \ systematic(-bucket|-prior)?\  ]] && cache "$systematic" systematic:50
+[[ " ${rows[*]} " =~ \ sampled(-bucket|-prior|-exact)?\  ]] && cache "$sampled" sampled:50
+[[ " ${rows[*]} " =~ \ systematic(-bucket|-prior|-exact)?\  ]] && cache "$systematic" systematic:50
 [[ " ${rows[*]} " == *" systematic200 "* ]] && cache "$systematic200" systematic:200
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")

@@ -856,6 +856,8 @@ def cache_cases():
     tc = "{work}/tc"
     case("cache-train-sparse-tail-bogus", c, train(teacher_cache=tc, sparse_tail="bogus"), ["sparse_tail", "bogus"])
     case("cache-train-bucket-with-jsd", c, train(teacher_cache=tc, sparse_tail="bucket", divergence="jsd"), ["sparse_tail", "fkl"])
+    case("cache-train-tail-prior-weight-negative", c, train(teacher_cache=tc, sparse_tail="prior", tail_prior_weight="-1"),
+         ["tail_prior_weight", "[0, 1e6]"])
     case("cache-train-decoupled-with-rkl", c, train(teacher_cache=tc, sparse_tail="decoupled", divergence="rkl"), ["sparse_tail", "decoupled", "fkl"])
     case("cache-train-decoupled-with-sampled", c, train(teacher_cache=tc, sparse_tail="decoupled"), ["sparse_tail", "sampled:8"],
          setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])

@@ -238,12 +238,15 @@ public final class DistillationRun {
                 tailPrior = try TailPrior.of(spec: cache.spec, vocabulary: cache.manifest.teacher.vocabulary, windows: 0..<dataset.trainingWindowCount,
                                              weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
             }
-            teacher = SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, backend: backend)
+            var sparse = SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, backend: backend)
+            sparse.exactLabel = config.exactLabel
+            teacher = sparse
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (config.typedSparseTail == .prior ? " (prior tail from the \(dataset.trainingWindowCount) training windows"
                    + (cache.spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))
                    : cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
-                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : ""))
+                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
+                + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
             if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
                 log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
                     + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
@@ -362,6 +365,9 @@ public final class DistillationRun {
         }
         if !cache.spec.storesProbabilities && ![.renormalize, .bucket, .prior].contains(config.typedSparseTail) {
             throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize, bucket or prior")
+        }
+        if config.exactLabel && !cache.spec.storesProbabilities && config.typedSparseTail != .renormalize {
+            throw TrainingError.config("exact_label (--exact-label): with \(manifest.targets) targets it takes --sparse-tail renormalize, not \(config.sparseTail)")
         }
         if config.divergence == "rkl" && config.typedSparseTail != .prior
             && (config.typedSparseTail == .renormalize || !cache.spec.storesProbabilities) {

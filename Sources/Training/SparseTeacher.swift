@@ -26,6 +26,9 @@ public struct SparseTeacher {
     public let tail: MissingTeacherMass
     /// The prior of the `prior` tail (nil for the other tails).
     public let tailPrior: TailPrior?
+    /// Each position's label (the token that follows) at the teacher's exact probability, from the
+    /// stored label log-probability (``SparseTarget/withExactLabel(_:draws:)``); needs the batch's tokens.
+    public var exactLabel = false
     public let seqLen: Int
     public let vocabulary: Int
     /// Where the targets' tensors are made.
@@ -55,14 +58,24 @@ public struct SparseTeacher {
     /// nothing, holds one certain token), and the teacher's mean cross-entropy over the predicted
     /// positions. Shorter rows are padded with empty slots (id -1), or with the uniform tail at ids
     /// they do not list with the share those ids get anyway, `tail / (V - listed)`.
-    public func topK(windows: [Int]) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
-        let rows = try windows.map { try targetsOfWindow($0) }
+    /// With ``exactLabel`` `tokens` ([B][T], the windows' tokens) give each position's label.
+    public func topK(windows: [Int], tokens: [[Int32]]? = nil) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
+        var rows = try windows.map { try targetsOfWindow($0) }
+        if exactLabel {
+            guard let tokens, tokens.count == windows.count, tokens.allSatisfy({ $0.count == seqLen }) else {
+                throw TensorError.shapeMismatch("cached teacher: exact labels need the \(windows.count) windows' \(seqLen) tokens")
+            }
+            rows = zip(rows, tokens).map { targets, window in
+                targets.enumerated().map { position, target in target.withExactLabel(window[position + 1], draws: spec.draws) }
+            }
+        }
         let k = max(1, rows.joined().map(\.ids.count).max() ?? 1)
         var ids = [Float](), values = [Float]()
         ids.reserveCapacity(windows.count * seqLen * k)
         values.reserveCapacity(windows.count * seqLen * k)
         var crossEntropy = 0.0
-        let draws = spec.draws.map(Float.init)
+        // Exact labels leave probabilities, not counts.
+        let draws = exactLabel ? nil : spec.draws.map(Float.init)
         for window in rows {
             for target in window + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] {
                 crossEntropy -= Double(target.labelLogProbability)
@@ -164,5 +177,31 @@ public struct TailPrior: Sendable {
             guard count == 1, Int(id) < probabilities.count else { return logf(count / draws) }
             return Float(Foundation.log(drawnOnce / n * (1 + weight * probabilities[Int(id)] / z) / (drawnOnce + weight)))
         }
+    }
+}
+
+extension SparseTarget {
+    /// This target with its label (the token that follows) at the teacher's exact probability
+    /// `p = exp(labelLogProbability)` and the other ids sharing `1 - p`, as probabilities. Drawn
+    /// targets: `(1 - p) c / (N - c_label)` for each other id, since the draws that did not pick the
+    /// label follow the teacher's distribution without it (unbiased as the counts are; with every draw
+    /// on the label the rest is left unlisted). Top-k and top-p: the listed probabilities as stored,
+    /// the label's replaced by p or added, the tail mass less p when it was not listed.
+    public func withExactLabel(_ label: Int32, draws: Int?) -> SparseTarget {
+        let p = min(1, expf(labelLogProbability))
+        var pairs = Array(zip(ids, values))
+        let at = pairs.firstIndex { $0.0 == label }
+        var tail = tailMass
+        if let draws {
+            let others = Float(draws) - (at.map { pairs[$0].1 } ?? 0)
+            pairs = pairs.filter { $0.0 != label }.map { ($0.0, others > 0 ? (1 - p) * $0.1 / others : 0) }.filter { $0.1 > 0 }
+            pairs.append((label, p))
+        } else if let at {
+            pairs[at].1 = p
+        } else {
+            pairs.append((label, p))
+            tail = max(0, tail - p)
+        }
+        return SparseTarget(ids: pairs.map(\.0), values: pairs.map(\.1), tailMass: tail, labelLogProbability: labelLogProbability)
     }
 }

@@ -85,7 +85,7 @@ public final class LiveTeacher: TeacherSource {
 
 extension SparseTeacher: TeacherSource {
     public func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
-        let (teacher, crossEntropy) = try topK(windows: batch.windows)
+        let (teacher, crossEntropy) = try topK(windows: batch.windows, tokens: batch.tokens)
         return TeacherTargets(output: .topK(teacher), crossEntropy: crossEntropy, activations: nil)
     }
 

@@ -112,6 +112,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// Drawn targets under the `prior` tail: the prior's weight, in draws, against a position's
     /// own ids drawn once (0 keeps the counts as they are; large spreads all their mass by the prior).
     public var tailPriorWeight: Float = 20
+    /// Cached targets give each position's label (the token that follows) the teacher's exact
+    /// probability, from the stored label log-probability, the other ids sharing the rest (drawn
+    /// targets: with `sparse_tail` renormalize).
+    public var exactLabel = false
     /// The live teacher's weight GEMMs: `fp32`, `bf16` (weights expanded straight to bf16, fp32
     /// accumulation), or `auto`: bf16 where the device's GEMMs run on bf16 instructions (its NLL
     /// moves by about 0.05%), fp32 elsewhere.
@@ -181,7 +185,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case tailPriorWeight = "tail_prior_weight"
+        case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -413,6 +417,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .onPolicySchedule: try oneOf(onPolicySchedule, ["constant", "adaptive"])
         case .adaptiveLossEps: try inRange(adaptiveLossEps, "(0, inf)") { $0 > 0 }
         case .evalRollouts: try atLeast(evalRollouts, 0)
+        case .exactLabel:
+            if exactLabel && teacherCache.isEmpty {
+                throw TrainingError.config("exact_label (--exact-label): it changes cached targets; use it with --teacher-cache (the live teacher gives every probability exactly)")
+            }
         case .tailPriorWeight: try inRange(tailPriorWeight, "[0, 1e6]") { $0 >= 0 && $0 <= 1e6 }
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))

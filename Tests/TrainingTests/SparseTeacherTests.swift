@@ -30,12 +30,29 @@ final class SparseTeacherTests: XCTestCase {
                 })
             })
         }
+        let cases: [(TeacherTargetSpec, MissingTeacherMass, exact: Bool)] = [
+            (.sampled(draws: 50), .renormalize, false), (.systematic(draws: 40), .renormalize, false), (.sampled(draws: 12), .bucket, false),
+            (.sampled(draws: 5), .bucket, false), (.topK(k: 9), .renormalize, false), (.topK(k: 9), .uniform, false), (.topK(k: 9), .bucket, false),
+            (.sampled(draws: 12), .prior, false), (.systematic(draws: 30), .prior, false), (.topK(k: 9), .prior, false),
+            (.sampled(draws: 12), .renormalize, true), (.systematic(draws: 6), .renormalize, true), (.topK(k: 9), .uniform, true), (.topK(k: 9), .prior, true)]
         for backend in try TestBackends.all() {
-            for (spec, tail) in [(TeacherTargetSpec.sampled(draws: 50), MissingTeacherMass.renormalize),
-                                 (.systematic(draws: 40), .renormalize), (.sampled(draws: 12), .bucket), (.sampled(draws: 5), .bucket), (.topK(k: 9), .renormalize), (.topK(k: 9), .uniform), (.topK(k: 9), .bucket),
-                                 (.sampled(draws: 12), .prior), (.systematic(draws: 30), .prior), (.topK(k: 9), .prior)] {
+            for (spec, tail, exact) in cases {
+                var stored = targets(draws: spec.draws)
+                // Exact labels: the windows' tokens give each position's label; every other position lists it
+                // (first id), the rest mostly do not; one drawn position has every draw on its label.
+                let tokens = (0..<windows).map { _ in (0..<seqLen).map { _ in Int32(random.uniform(below: vocabulary)) } }
+                if exact {
+                    for window in 0..<windows {
+                        for position in 0..<seqLen - 1 where position % 2 == 0 {
+                            var target = stored[10 + window]![position]
+                            let label = tokens[window][position + 1]
+                            if !target.ids.contains(label) { target.ids[0] = label }
+                            if window == 1 && position == 0, let draws = spec.draws { (target.ids, target.values) = ([label], [Float(draws)]) }
+                            stored[10 + window]![position] = target
+                        }
+                    }
+                }
                 let draws = spec.draws
-                let stored = targets(draws: draws)
                 // The prior tail: per token, how often it was drawn once (drawn targets) or its listed mass (top-k), counted here.
                 var masses = [Double](repeating: 0, count: vocabulary)
                 for target in stored.values.joined() {
@@ -47,12 +64,13 @@ final class SparseTeacherTests: XCTestCase {
                 let tailPrior = tail != .prior ? nil : try TailPrior.of(spec: spec, vocabulary: vocabulary, windows: 10..<10 + windows,
                                                                          weight: priorWeight) { stored[$0]! }
                 if let tailPrior { XCTAssertLessThanOrEqual(zip(tailPrior.probabilities, prior).map { abs($0 - $1) }.max()!, 1e-15) }
-                let teacher = SparseTeacher(spec: spec, tail: tail, tailPrior: tailPrior, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
+                var teacher = SparseTeacher(spec: spec, tail: tail, tailPrior: tailPrior, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
+                teacher.exactLabel = exact
                 let logits = random.normals(windows * seqLen * vocabulary, scale: 3)
                 let student = try backend.tensor(logits, shape: [windows * seqLen, vocabulary], label: "student logits")
                 let labels = try backend.tensor((0..<windows * seqLen).map { Float($0 % seqLen == seqLen - 1 ? -100 : $0 % vocabulary) },
                                                 shape: [windows * seqLen], label: "labels")
-                let (topK, crossEntropy) = try teacher.topK(windows: Array(10..<10 + windows))
+                let (topK, crossEntropy) = try teacher.topK(windows: Array(10..<10 + windows), tokens: tokens)
                 let loss = DistillationLoss(temperature: Float(temperature))
                 let gradient = try backend.tensor(shape: student.shape, label: "gradient")
                 let result = try loss(student: student, teacher: .topK(topK), labels: labels, gradient: .into(gradient))
@@ -73,18 +91,30 @@ final class SparseTeacherTests: XCTestCase {
                             p[Int(id)] = probability
                             listedMass += probability
                         }
-                        if tail == .uniform {
-                            let rest = max(0, 1 - listedMass) / Double(vocabulary - target.ids.count)
-                            for id in 0..<vocabulary where !target.ids.contains(Int32(id)) { p[id] = rest }
+                        let label = Int(tokens[window][position + 1])
+                        if exact {
+                            // The label at exp(its log-probability); drawn: the other ids share the rest by the draws not on it.
+                            let exactProbability = exp(Double(target.labelLogProbability))
+                            if let draws {
+                                let others = Double(draws) - (target.ids.firstIndex(of: Int32(label)).map { Double(target.values[$0]) } ?? 0)
+                                for (id, value) in zip(target.ids, target.values) { p[Int(id)] = others > 0 ? (1 - exactProbability) * Double(value) / others : 0 }
+                            }
+                            p[label] = exactProbability
+                            listedMass = p.reduce(0, +)
                         }
-                        if tail == .prior, let draws {
+                        let listedIDs = Set(target.ids.map(Int.init) + (exact ? [label] : []))
+                        if tail == .uniform {
+                            let rest = max(0, 1 - listedMass) / Double(vocabulary - listedIDs.count)
+                            for id in 0..<vocabulary where !listedIDs.contains(id) { p[id] = rest }
+                        }
+                        if tail == .prior, let draws, !exact {
                             // The tokens drawn at most once share the drawn-once mass: (c + a prior / Z) / (n1 + a) of it.
                             let count = (0..<vocabulary).map { id in Double(target.ids.firstIndex(of: Int32(id)).map { target.values[$0] } ?? 0) }
                             let once = (0..<vocabulary).filter { count[$0] <= 1 }
                             let z = once.reduce(0.0) { $0 + prior[$1] }
                             for id in once { p[id] = drawnOnce / Double(draws) * (count[id] + priorWeight * prior[id] / z) / (drawnOnce + priorWeight) }
                         } else if tail == .prior {
-                            let unlisted = (0..<vocabulary).filter { !target.ids.contains(Int32($0)) }
+                            let unlisted = (0..<vocabulary).filter { !listedIDs.contains($0) }
                             let z = unlisted.reduce(0.0) { $0 + prior[$1] }
                             for id in unlisted { p[id] = max(0, 1 - listedMass) * prior[id] / z }
                         }
@@ -108,9 +138,9 @@ final class SparseTeacherTests: XCTestCase {
                     }
                 }
                 let expectedLoss = temperature * temperature * total / rows
-                XCTAssertEqual(Double(result.loss), expectedLoss, accuracy: 1e-4 * max(1, expectedLoss), "\(backend.name) \(spec) \(tail)")
+                XCTAssertEqual(Double(result.loss), expectedLoss, accuracy: 1e-4 * max(1, expectedLoss), "\(backend.name) \(spec) \(tail) exact \(exact)")
                 let comparison = Comparison(try gradient.toArray(), reference: expectedGradient)
-                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name) \(spec) \(tail): \(comparison)")
+                XCTAssertTrue(comparison.passes(tolerance: 1e-5), "\(backend.name) \(spec) \(tail) exact \(exact): \(comparison)")
                 let labelSum = stored.values.joined().reduce(0.0) { $0 - Double($1.labelLogProbability) }
                 XCTAssertEqual(Double(crossEntropy), labelSum / rows, accuracy: 1e-5)
                 XCTAssertEqual(try teacher.likelihood(windows: [10, 11, 12]).meanNLL, labelSum / rows, accuracy: 1e-9)

@@ -479,6 +479,7 @@ def flag_cases():
     case("flags-precision-unknown", f, train(precision="int8"), ["precision", "int8"])
     case("flags-teacher-weights-unknown", f, train(teacher_weights="packed"), ["teacher-weights", "packed"])
     case("flags-embedding-lr-scale-too-large", f, train(embedding_lr_scale="101"), ["embedding", "101"])
+    case("flags-exact-label-without-cache", f, train(exact_label="true"), ["exact_label", "--teacher-cache"])
     case("flags-gradient-accumulation-zero", f, train(gradient_accumulation="0"), ["gradient", "0"])
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])
@@ -858,6 +859,8 @@ def cache_cases():
     case("cache-train-bucket-with-jsd", c, train(teacher_cache=tc, sparse_tail="bucket", divergence="jsd"), ["sparse_tail", "fkl"])
     case("cache-train-tail-prior-weight-negative", c, train(teacher_cache=tc, sparse_tail="prior", tail_prior_weight="-1"),
          ["tail_prior_weight", "[0, 1e6]"])
+    case("cache-train-exact-label-drawn-bucket", c, train(teacher_cache=tc, sparse_tail="bucket", exact_label="true"),
+         ["exact_label", "renormalize", "bucket"], setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])
     case("cache-train-decoupled-with-rkl", c, train(teacher_cache=tc, sparse_tail="decoupled", divergence="rkl"), ["sparse_tail", "decoupled", "fkl"])
     case("cache-train-decoupled-with-sampled", c, train(teacher_cache=tc, sparse_tail="decoupled"), ["sparse_tail", "sampled:8"],
          setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])

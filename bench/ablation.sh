@@ -9,8 +9,9 @@
 # bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
 # targets, see the README); the feature losses on top of live KD at T = 2 (the default); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
-# row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x and 4x
-# (`--embedding-lr-scale`: where the caches' gap lies, README).
+# row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x, 4x
+# and 8x (`--embedding-lr-scale`: where the caches' gap lies, README); the 50-draw caches with the
+# prior tail (`--sparse-tail prior`) and with exact labels (`--exact-label true`).
 #
 #   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
@@ -62,7 +63,7 @@ align=(--attn-align-weight 1)
 hints=(--hint-weight 1)
 all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 sampled-bucket systematic-bucket kd+lens kd+align kd+hints kd-t1-bf16
           kd-t1-emb01 systematic-emb01 sampled-emb01 kd-t1-emb2 systematic-emb2 sampled-emb2 kd-t1-emb4 systematic-emb4
-          sampled-prior systematic-prior sampled-exact systematic-exact)
+          sampled-emb4 kd-t1-emb8 systematic-emb8 sampled-emb8 sampled-prior systematic-prior sampled-exact systematic-exact)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -90,6 +91,10 @@ setting() {
         sampled-emb2) echo "cached sampled:50, T=1, embedding lr x2|--temperature 1 --teacher-cache $sampled --embedding-lr-scale 2" ;;
         kd-t1-emb4) echo "live KD, fkl T=1, embedding lr x4|--temperature 1 --embedding-lr-scale 4" ;;
         systematic-emb4) echo "cached systematic:50, T=1, embedding lr x4|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 4" ;;
+        sampled-emb4) echo "cached sampled:50, T=1, embedding lr x4|--temperature 1 --teacher-cache $sampled --embedding-lr-scale 4" ;;
+        kd-t1-emb8) echo "live KD, fkl T=1, embedding lr x8|--temperature 1 --embedding-lr-scale 8" ;;
+        systematic-emb8) echo "cached systematic:50, T=1, embedding lr x8|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 8" ;;
+        sampled-emb8) echo "cached sampled:50, T=1, embedding lr x8|--temperature 1 --teacher-cache $sampled --embedding-lr-scale 8" ;;
         sampled-prior) echo "cached sampled:50, prior tail (weight 20), T=1|--temperature 1 --teacher-cache $sampled --sparse-tail prior" ;;
         systematic-prior) echo "cached systematic:50, prior tail (weight 20), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail prior" ;;
         sampled-exact) echo "cached sampled:50, exact labels, T=1|--temperature 1 --teacher-cache $sampled --exact-label true" ;;
@@ -102,8 +107,8 @@ for name in "${rows[@]}"; do setting "$name" >/dev/null; done
 
 if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
-[[ " ${rows[*]} " =~ \ sampled(-bucket|-prior|-exact)?\  ]] && cache "$sampled" sampled:50
-[[ " ${rows[*]} " =~ \ systematic(-bucket|-prior|-exact)?\  ]] && cache "$systematic" systematic:50
+[[ " ${rows[*]} " =~ \ sampled(-[a-z0-9]+)?\  ]] && cache "$sampled" sampled:50
+[[ " ${rows[*]} " =~ \ systematic(-[a-z0-9]+)?\  ]] && cache "$systematic" systematic:50
 [[ " ${rows[*]} " == *" systematic200 "* ]] && cache "$systematic200" systematic:200
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")

@@ -54,8 +54,8 @@ public struct TrainSuite: BenchSuite {
             let teacher = try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend)))
             let bf16Teacher = (try? LlamaModel.probeBF16(on: backend)) == nil ? nil
                 : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
-            let cached = SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
-                                       backend: backend) { cachedTargets[$0]! }
+            let cached = try SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
+                                           backend: backend) { cachedTargets[$0]! }
             // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher in bf16 too.
             var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []
             if context.trainPrecisions.contains(.f32) {

@@ -238,9 +238,7 @@ public final class DistillationRun {
                 tailPrior = try TailPrior.of(spec: cache.spec, vocabulary: cache.manifest.teacher.vocabulary, windows: 0..<dataset.trainingWindowCount,
                                              weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
             }
-            var sparse = SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, backend: backend)
-            sparse.exactLabel = config.exactLabel
-            teacher = sparse
+            teacher = try SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, exactLabel: config.exactLabel, backend: backend)
             log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
                 + (config.typedSparseTail == .prior ? " (prior tail from the \(dataset.trainingWindowCount) training windows"
                    + (cache.spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))

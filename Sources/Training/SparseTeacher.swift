@@ -28,29 +28,35 @@ public struct SparseTeacher {
     public let tailPrior: TailPrior?
     /// Each position's label (the token that follows) at the teacher's exact probability, from the
     /// stored label log-probability (``SparseTarget/withExactLabel(_:draws:)``); needs the batch's tokens.
-    public var exactLabel = false
+    public let exactLabel: Bool
     public let seqLen: Int
     public let vocabulary: Int
     /// Where the targets' tensors are made.
     public let backend: any Backend
     /// Window index -> the targets of its first `seqLen - 1` positions.
     let targetsOfWindow: (Int) throws -> [SparseTarget]
+    /// The prior's `[V]` log-probabilities on the device, made once (the kernel's tail row for every batch).
+    let priorTensor: Tensor?
 
-    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, seqLen: Int, vocabulary: Int,
-                backend: any Backend, targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) {
+    public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, exactLabel: Bool = false, seqLen: Int,
+                vocabulary: Int, backend: any Backend, targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) throws {
         precondition((tail == .prior) == (tailPrior != nil), "the prior tail needs its prior, and only it")
         self.spec = spec
         self.tail = tail
         self.tailPrior = tailPrior
+        self.exactLabel = exactLabel
         self.seqLen = seqLen
         self.vocabulary = vocabulary
         self.backend = backend
         self.targetsOfWindow = targetsOfWindow
+        priorTensor = try tailPrior.map {
+            try backend.tensor($0.probabilities.map { Float(Foundation.log($0)) }, shape: [vocabulary], label: "cached teacher tail prior")
+        }
     }
 
-    public init(cache: TeacherCache, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, backend: any Backend) {
-        self.init(spec: cache.spec, tail: tail, tailPrior: tailPrior, seqLen: cache.manifest.seqLen,
-                  vocabulary: cache.manifest.teacher.vocabulary, backend: backend, targetsOfWindow: cache.targets(ofWindow:))
+    public init(cache: TeacherCache, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, exactLabel: Bool = false, backend: any Backend) throws {
+        try self.init(spec: cache.spec, tail: tail, tailPrior: tailPrior, exactLabel: exactLabel, seqLen: cache.manifest.seqLen,
+                      vocabulary: cache.manifest.teacher.vocabulary, backend: backend, targetsOfWindow: cache.targets(ofWindow:))
     }
 
     /// The teacher of windows `windows` ([B] window numbers, rows `b * T + t`): `[B * T, k]` ids and
@@ -107,8 +113,6 @@ public struct SparseTeacher {
             }
         }
         let n = windows.count * seqLen
-        // The prior's [V] log-weights go up with every batch (V floats, beside the [B * T, k] targets).
-        let priorTensor = try tailPrior.map { try backend.tensor($0.logWeights, shape: [vocabulary], label: "cached teacher tail prior") }
         let teacher = TopKTeacher(ids: try backend.tensor(ids, shape: [n, k], label: "cached teacher ids"),
                                   values: try backend.tensor(values, shape: [n, k], label: "cached teacher log-probabilities"),
                                   missingMass: tail, tailPrior: priorTensor)
@@ -129,8 +133,6 @@ public struct SparseTeacher {
 public struct TailPrior: Sendable {
     /// `[V]` probabilities, summing to 1, every one positive.
     public let probabilities: [Double]
-    /// `[V]` log of ``probabilities`` (the kernel's row).
-    public let logWeights: [Float]
     /// `a`: the prior's weight in draws against a position's n1 drawn-once ids (drawn targets only).
     public let weight: Double
 
@@ -142,7 +144,6 @@ public struct TailPrior: Sendable {
         let floored = masses.map { max($0, floor) }
         let total = floored.reduce(0, +)
         probabilities = floored.map { $0 / total }
-        logWeights = probabilities.map { Float(Foundation.log($0)) }
         self.weight = weight
     }
 

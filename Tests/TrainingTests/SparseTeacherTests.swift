@@ -64,8 +64,8 @@ final class SparseTeacherTests: XCTestCase {
                 let tailPrior = tail != .prior ? nil : try TailPrior.of(spec: spec, vocabulary: vocabulary, windows: 10..<10 + windows,
                                                                          weight: priorWeight) { stored[$0]! }
                 if let tailPrior { XCTAssertLessThanOrEqual(zip(tailPrior.probabilities, prior).map { abs($0 - $1) }.max()!, 1e-15) }
-                var teacher = SparseTeacher(spec: spec, tail: tail, tailPrior: tailPrior, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0]! }
-                teacher.exactLabel = exact
+                let teacher = try SparseTeacher(spec: spec, tail: tail, tailPrior: tailPrior, exactLabel: exact, seqLen: seqLen, vocabulary: vocabulary,
+                                                backend: backend) { stored[$0]! }
                 let logits = random.normals(windows * seqLen * vocabulary, scale: 3)
                 let student = try backend.tensor(logits, shape: [windows * seqLen, vocabulary], label: "student logits")
                 let labels = try backend.tensor((0..<windows * seqLen).map { Float($0 % seqLen == seqLen - 1 ? -100 : $0 % vocabulary) },

@@ -480,6 +480,12 @@ def flag_cases():
     case("flags-teacher-weights-unknown", f, train(teacher_weights="packed"), ["teacher-weights", "packed"])
     case("flags-embedding-lr-scale-too-large", f, train(embedding_lr_scale="101"), ["embedding", "101"])
     case("flags-exact-label-without-cache", f, train(exact_label="true"), ["exact_label", "--teacher-cache"])
+    case("flags-sparsify-teacher-zero-draws", f, train(sparsify_teacher="systematic:0"), ["sparsify_teacher", "systematic:0"])
+    case("flags-sparsify-teacher-unknown-form", f, train(sparsify_teacher="dense"), ["sparsify_teacher", "dense", "topk:K"])
+    case("flags-sparsify-teacher-topk-too-large", f, train(sparsify_teacher="topk:100000"), ["sparsify_teacher", "topk:100000", "4096"])
+    case("flags-sparsify-teacher-prior-tail", f, train(sparsify_teacher="sampled:8", sparse_tail="prior"), ["sparse_tail", "prior", "--teacher-cache"])
+    case("flags-sparsify-teacher-drawn-uniform-tail", f, train(sparsify_teacher="sampled:8", sparse_tail="uniform"), ["sparse_tail", "uniform", "sampled:8"])
+    case("flags-sparsify-teacher-with-lens", f, train(sparsify_teacher="topk:8", lens_weight="1"), ["sparsify_teacher", "--lens-weight"])
     case("flags-gradient-accumulation-zero", f, train(gradient_accumulation="0"), ["gradient", "0"])
     case("flags-eval-every-negative", f, train(eval_every="-1"), ["eval", "-1"])
     case("flags-checkpoint-every-negative", f, train(checkpoint_every="-1"), ["checkpoint", "-1"])
@@ -861,6 +867,7 @@ def cache_cases():
          ["tail_prior_weight", "[0, 1e6]"])
     case("cache-train-exact-label-drawn-bucket", c, train(teacher_cache=tc, sparse_tail="bucket", exact_label="true"),
          ["exact_label", "renormalize", "bucket"], setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])
+    case("cache-train-sparsify-teacher-too", c, train(teacher_cache=tc, sparsify_teacher="sampled:8"), ["sparsify_teacher", "teacher_cache"])
     case("cache-train-decoupled-with-rkl", c, train(teacher_cache=tc, sparse_tail="decoupled", divergence="rkl"), ["sparse_tail", "decoupled", "fkl"])
     case("cache-train-decoupled-with-sampled", c, train(teacher_cache=tc, sparse_tail="decoupled"), ["sparse_tail", "sampled:8"],
          setup=[{"step": "teacher_cache", "args": ["--targets", "sampled:8"]}])

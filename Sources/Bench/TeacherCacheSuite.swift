@@ -38,7 +38,7 @@ public struct TeacherCacheSuite: BenchSuite {
             for spec in [TeacherTargetSpec.sampled(draws: 50), .topK(k: 32)] {
                 let maker = SparseTargetMaker(spec: spec, seqLen: Self.sequenceLength)
                 var targets: [[SparseTarget]] = []
-                let seconds = try context.median { targets = try maker.targets(of: batch, firstWindow: 0, model: model) }
+                let seconds = try context.median { targets = try maker.targets(of: batch, windows: Array(batch.indices), model: model) }
                 // Against the CPU backend's targets: the share of positions whose stored ids agree (the
                 // teachers' logits differ by rounding, which can move a draw or a near-tie).
                 let expected = reference[spec.description] ?? targets

@@ -44,7 +44,7 @@ public struct TrainSuite: BenchSuite {
         let referenceTeacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: context.referenceFirst[0]))
         for first in stride(from: 0, to: dataset.windowCount, by: config.batchSize) {
             let windows = Array(first..<min(dataset.windowCount, first + config.batchSize))
-            for (window, targets) in zip(windows, try maker.targets(of: windows.map(dataset.window), firstWindow: first, model: referenceTeacher)) {
+            for (window, targets) in zip(windows, try maker.targets(of: windows.map(dataset.window), windows: windows, model: referenceTeacher)) {
                 cachedTargets[window] = targets
             }
         }

@@ -7,7 +7,7 @@ import Tensor
 ///
 /// ```swift
 /// let maker = SparseTargetMaker(spec: .sampled(draws: 50), seqLen: 128, seed: 0)
-/// let targets = try maker.targets(of: windows, firstWindow: 40, model: teacher)   // [B][127]
+/// let targets = try maker.targets(of: tokens, windows: [40, 41], model: teacher)   // [2][127]
 /// ```
 public struct SparseTargetMaker: Sendable {
     public var spec: TeacherTargetSpec
@@ -21,9 +21,11 @@ public struct SparseTargetMaker: Sendable {
         self.seed = seed
     }
 
-    /// The targets of `batch` (windows `firstWindow...`): one teacher forward, softmax on the
-    /// device, then each position's selection or draws on the host, rows in parallel.
-    public func targets(of batch: [[Int32]], firstWindow: Int, model: LlamaModel) throws -> [[SparseTarget]] {
+    /// The targets of `batch` (`[B][T]` tokens of the window numbers `windows`, which seed the
+    /// draws): one teacher forward, softmax on the device, then each position's selection or
+    /// draws on the host, rows in parallel.
+    public func targets(of batch: [[Int32]], windows: [Int], model: LlamaModel) throws -> [[SparseTarget]] {
+        precondition(windows.count == batch.count, "one window number per row")
         guard let logits = try model.forward(batch).logits else { preconditionFailure("forward computes logits by default") }
         guard logits.dtype == .f32 else { throw TensorError.unsupported("teacher logits in \(logits.dtype.rawValue): the cache reads fp32 probabilities") }
         try model.backend.softmax(logits, into: logits)
@@ -36,7 +38,7 @@ public struct SparseTargetMaker: Sendable {
                 DispatchQueue.concurrentPerform(iterations: rows) { row in
                     let (window, position) = row.quotientAndRemainder(dividingBy: rowsPerWindow)
                     let offset = (window * seqLen + position) * v
-                    var random = Self.random(seed: seed, window: firstWindow + window, position: position)
+                    var random = Self.random(seed: seed, window: windows[window], position: position)
                     out[row] = SparseTarget.extract(probabilities: UnsafeBufferPointer(rebasing: all[offset..<offset + v]),
                                                     label: Int(batch[window][position + 1]), spec: spec, random: &random)
                 }

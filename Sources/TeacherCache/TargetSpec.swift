@@ -19,8 +19,12 @@ public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
 
     /// Pairs per position are counted in one byte.
     public static let maximumPairs = 255
-    /// The forms ``init(parsing:)`` reads, for messages.
-    public static let forms = "topk:K, topp:P,K, sampled:N or systematic:N (K and N from 1 to \(maximumPairs), 0 < P <= 1)"
+    /// The most draws or ids of targets made on the fly (`--sparsify-teacher`), which store no count.
+    public static let maximumUnstored = 1 << 20
+    /// The forms ``init(parsing:maximum:)`` reads, for messages.
+    public static func forms(maximum: Int = maximumPairs) -> String {
+        "topk:K, topp:P,K, sampled:N or systematic:N (K and N from 1 to \(maximum), 0 < P <= 1)"
+    }
 
     public var description: String {
         switch self {
@@ -50,17 +54,18 @@ public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Parses `topk:32`, `topp:0.95,50`, `sampled:50` or `systematic:50`.
+    /// Parses `topk:32`, `topp:0.95,50`, `sampled:50` or `systematic:50`; K and N at most
+    /// `maximum` (a cache counts them in one byte: ``maximumPairs``).
     /// - Throws: a ``TeacherCacheError/badSpec(_:)`` saying what is wrong.
-    public init(parsing text: String) throws {
+    public init(parsing text: String, maximum: Int = maximumPairs) throws {
         let parts = text.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
         func count(_ number: String) throws -> Int {
-            guard let value = Int(number), (1...Self.maximumPairs).contains(value) else {
-                throw TeacherCacheError.badSpec("'\(number)' in '\(text)' is not a count from 1 to \(Self.maximumPairs)")
+            guard let value = Int(number), (1...maximum).contains(value) else {
+                throw TeacherCacheError.badSpec("'\(number)' in '\(text)' is not a count from 1 to \(maximum)")
             }
             return value
         }
-        guard parts.count == 2 else { throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms)") }
+        guard parts.count == 2 else { throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms(maximum: maximum))") }
         switch parts[0].lowercased() {
         case "topk": self = .topK(k: try count(parts[1]))
         case "sampled": self = .sampled(draws: try count(parts[1]))
@@ -71,7 +76,7 @@ public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
                 throw TeacherCacheError.badSpec("'\(text)': write topp:P,K with 0 < P <= 1")
             }
             self = .topP(p: p, k: try count(values[1]))
-        default: throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms)")
+        default: throw TeacherCacheError.badSpec("'\(text)' is none of \(Self.forms(maximum: maximum))")
         }
     }
 }

@@ -168,7 +168,7 @@ public struct TeacherCacheBuild {
                 var shard = CacheShard(firstWindow: first, seqLen: seqLen, targets: [])
                 for batchStart in stride(from: first, to: first + count, by: batchSize) {
                     let batch = (batchStart..<min(first + count, batchStart + batchSize)).map { Array(tokens[$0 * seqLen..<($0 + 1) * seqLen]) }
-                    shard.targets += try maker.targets(of: batch, firstWindow: batchStart, model: model)
+                    shard.targets += try maker.targets(of: batch, windows: Array(batchStart..<batchStart + batch.count), model: model)
                     windowsThisRun += batch.count
                     // Progress as rank 0 sees it: every rank goes at about its pace.
                     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

@@ -139,7 +139,7 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
             throw invalid("seq_len, windows, windows_per_shard, vocabulary or id_bits is out of range")
         }
         guard (try? TeacherTargetSpec(parsing: manifest.targets)) != nil else {
-            throw invalid("targets '\(manifest.targets)' is none of \(TeacherTargetSpec.forms)")
+            throw invalid("targets '\(manifest.targets)' is none of \(TeacherTargetSpec.forms())")
         }
         for (index, shard) in manifest.shards.enumerated() {
             let first = index * manifest.windowsPerShard

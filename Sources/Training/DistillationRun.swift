@@ -252,7 +252,15 @@ public final class DistillationRun {
         } else {
             let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
             let model = try config.teacherModel(stored)
-            teacher = LiveTeacher(model: model)
+            if let spec = try config.sparsifiedSpec {
+                teacher = try SparsifiedTeacher(live: LiveTeacher(model: model), spec: spec, tail: config.typedSparseTail, exactLabel: config.exactLabel,
+                                                seqLen: config.seqLen)
+                log("teacher: live, its targets made sparse at every step as a \(spec) cache keeps them"
+                    + (spec.storesProbabilities ? " (\(config.sparseTail) tail)" : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
+                    + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
+            } else {
+                teacher = LiveTeacher(model: model)
+            }
             let precisionName = teacherPrecision == .f32 ? "fp32" : teacherPrecision.rawValue
             log("teacher weights: " + (stored.expansionBytes == 0 ? "stored in \(precisionName) already"
                 : model === stored ? "quantized, expanded at every forward"
@@ -361,17 +369,7 @@ public final class DistillationRun {
         guard manifest.seqLen == config.seqLen else {
             throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
         }
-        if !cache.spec.storesProbabilities && ![.renormalize, .bucket, .prior].contains(config.typedSparseTail) {
-            throw TrainingError.config("sparse_tail (--sparse-tail): \(config.sparseTail) needs a tail mass, which \(manifest.targets) targets do not have; use renormalize, bucket or prior")
-        }
-        if config.exactLabel && !cache.spec.storesProbabilities && config.typedSparseTail != .renormalize {
-            throw TrainingError.config("exact_label (--exact-label): with \(manifest.targets) targets it takes --sparse-tail renormalize, not \(config.sparseTail)")
-        }
-        if config.divergence == "rkl" && config.typedSparseTail != .prior
-            && (config.typedSparseTail == .renormalize || !cache.spec.storesProbabilities) {
-            throw TrainingError.config("divergence (--divergence): rkl is infinite against \(manifest.targets) targets that give unlisted tokens nothing; "
-                                       + "use fkl, jsd, sfkl, srkl or tvd, or --sparse-tail prior (or uniform with top-k targets)")
-        }
+        try config.checkSparseTargets(cache.spec)
         guard manifest.teacher.vocabulary == teacherConfig.vocabulary,
               try SHA256Digest.file(at: config.teacher) == manifest.teacher.sha256 else {
             throw TrainingError.config("\(key): \(config.teacherCache) was made by the teacher \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(12))), "

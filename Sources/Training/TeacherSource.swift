@@ -2,6 +2,7 @@ import Losses
 import Models
 import Tensor
 import TrainingData
+import TeacherCache
 
 /// What one micro-batch's objective gets from the teacher.
 public struct TeacherTargets {
@@ -91,5 +92,36 @@ extension SparseTeacher: TeacherSource {
 
     public func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult {
         try likelihood(windows: windows)
+    }
+}
+
+/// The live teacher's targets made sparse at every micro-batch exactly as a teacher cache of the
+/// same form stores them (``SparseTargetMaker``: the same draws for the same window numbers, with
+/// the cache's default seed), then trained on as cached targets are (``SparseTeacher``): a
+/// training run from a cache and one with `--sparsify-teacher` of its form take the same steps.
+final class SparsifiedTeacher: TeacherSource {
+    let live: LiveTeacher
+    let maker: SparseTargetMaker
+    let tail: MissingTeacherMass
+    let exactLabel: Bool
+
+    init(live: LiveTeacher, spec: TeacherTargetSpec, tail: MissingTeacherMass, exactLabel: Bool, seqLen: Int) throws {
+        self.live = live
+        self.tail = tail
+        self.exactLabel = exactLabel
+        maker = SparseTargetMaker(spec: spec, seqLen: seqLen)
+    }
+
+    func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
+        let targets = try maker.targets(of: batch.tokens, windows: batch.windows, model: live.model)
+        let ofWindow = Dictionary(zip(batch.windows, targets)) { first, _ in first }
+        let sparse = try SparseTeacher(spec: maker.spec, tail: tail, exactLabel: exactLabel, seqLen: maker.seqLen,
+                                       vocabulary: live.model.config.vocabulary, backend: live.model.backend) { window in ofWindow[window]! }
+        let (teacher, crossEntropy) = try sparse.topK(windows: batch.windows, tokens: batch.tokens)
+        return TeacherTargets(output: .topK(teacher), crossEntropy: crossEntropy, activations: nil)
+    }
+
+    func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult {
+        try live.likelihood(of: tokens, windows: windows)
     }
 }

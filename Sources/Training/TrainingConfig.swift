@@ -3,6 +3,7 @@ import GGUF
 import Foundation
 import Losses
 import Models
+import TeacherCache
 import Tensor
 import Yams
 
@@ -116,6 +117,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// probability, from the stored label log-probability, the other ids sharing the rest (drawn
     /// targets: with `sparse_tail` renormalize).
     public var exactLabel = false
+    /// Targets of a cache's form (`topk:K`, `topp:P,K`, `sampled:N`, `systematic:N`) made from the
+    /// live teacher at every step, as `kdgpu teacher-cache build` would store them (the same
+    /// draws for the same windows), and trained on as cached targets are; empty: the dense teacher.
+    /// What a cache of that form would cost in quality, measured before building one, and beyond
+    /// a cache's limits (N up to 2^20, no bytes stored).
+    public var sparsifyTeacher = ""
     /// The live teacher's weight GEMMs: `fp32`, `bf16` (weights expanded straight to bf16, fp32
     /// accumulation), or `auto`: bf16 where the device's GEMMs run on bf16 instructions (its NLL
     /// moves by about 0.05%), fp32 elsewhere.
@@ -185,7 +192,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label"
+        case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label", sparsifyTeacher = "sparsify_teacher"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -368,17 +375,28 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .exportGguf: try oneOf(exportGguf, ["f32", "f16", "q8_0", "none"])
         case .teacherCache:
             guard !teacherCache.isEmpty else { break }
-            for (key, weight) in [("lens_weight", lensWeight), ("attn_align_weight", attnAlignWeight), ("hint_weight", hintWeight)] where weight > 0 {
-                throw TrainingError.config("teacher_cache (--teacher-cache): \(key) (\(Self.flag(of: key))) needs the teacher's activations, "
-                                           + "which a cache does not keep; train it with the live teacher (no --teacher-cache)")
-            }
-            if divergence == "taid" {
-                throw TrainingError.config("teacher_cache (--teacher-cache): taid mixes the teacher's logits, which a cache does not keep; use another --divergence")
-            }
+            try checkSparseTargets(key: name, keeps: "a cache does not keep")
             if RolloutSettings(config: self).samples || evalRollouts > 0 {
                 throw TrainingError.config("teacher_cache (--teacher-cache): sampled sequences (--on-policy-fraction, --seq-kd, --on-policy-schedule adaptive, "
                                            + "--eval-rollouts) need the live teacher to score them, and a cache holds only corpus windows; drop --teacher-cache")
             }
+        case .sparsifyTeacher:
+            guard let spec = try sparsifiedSpec else { break }
+            if !teacherCache.isEmpty {
+                throw TrainingError.config("sparsify_teacher (--sparsify-teacher) and teacher_cache (--teacher-cache) exclude each other: "
+                                           + "a cache's targets are sparse already; give one of them")
+            }
+            if case .topK(let k) = spec, k > Self.maximumSparsifiedK { throw fail(sparsifyTeacher, "give topk:K with K up to \(Self.maximumSparsifiedK)") }
+            if case .topP(_, let k) = spec, k > Self.maximumSparsifiedK { throw fail(sparsifyTeacher, "give topp:P,K with K up to \(Self.maximumSparsifiedK)") }
+            try checkSparseTargets(key: name, keeps: "sparse targets do not carry")
+            if RolloutSettings(config: self).samples || evalRollouts > 0 {
+                throw TrainingError.config("sparsify_teacher (--sparsify-teacher): sampled sequences (--on-policy-fraction, --seq-kd, --on-policy-schedule adaptive, "
+                                           + "--eval-rollouts) are scored by the dense teacher; drop --sparsify-teacher")
+            }
+            if typedSparseTail == .prior {
+                throw TrainingError.config("sparse_tail (--sparse-tail): prior is made from a cache's training windows; use it with --teacher-cache, or another tail")
+            }
+            try checkSparseTargets(spec)
         case .teacherPrecision:
             try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
         case .teacherWeights:
@@ -418,8 +436,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .adaptiveLossEps: try inRange(adaptiveLossEps, "(0, inf)") { $0 > 0 }
         case .evalRollouts: try atLeast(evalRollouts, 0)
         case .exactLabel:
-            if exactLabel && teacherCache.isEmpty {
-                throw TrainingError.config("exact_label (--exact-label): it changes cached targets; use it with --teacher-cache (the live teacher gives every probability exactly)")
+            if exactLabel && teacherCache.isEmpty && sparsifyTeacher.isEmpty {
+                throw TrainingError.config("exact_label (--exact-label): it changes sparse targets; use it with --teacher-cache or --sparsify-teacher "
+                                           + "(the dense teacher gives every probability exactly)")
             }
         case .tailPriorWeight: try inRange(tailPriorWeight, "[0, 1e6]") { $0 >= 0 && $0 <= 1e6 }
         case .sparseTail:
@@ -468,6 +487,46 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
 /// name these cannot read, so they are read only after it).
 extension TrainingConfig {
     public var typedSparseTail: MissingTeacherMass { MissingTeacherMass(rawValue: sparseTail)! }
+
+    /// The form of `sparsify_teacher`, nil for the dense teacher.
+    public var sparsifiedSpec: TeacherTargetSpec? {
+        get throws {
+            guard !sparsifyTeacher.isEmpty else { return nil }
+            do { return try TeacherTargetSpec(parsing: sparsifyTeacher, maximum: TeacherTargetSpec.maximumUnstored) } catch {
+                throw TrainingError.config("sparsify_teacher (--sparsify-teacher): \(error)")
+            }
+        }
+    }
+
+    /// The most ids of `sparsify_teacher`'s top-k and top-p forms (their selection takes time in K per entry).
+    static let maximumSparsifiedK = 4096
+
+    /// The settings that sparse targets of `spec` must suit: a tail they have, exact labels with
+    /// counts only as they are, a divergence they keep finite.
+    func checkSparseTargets(_ spec: TeacherTargetSpec) throws {
+        if !spec.storesProbabilities && ![.renormalize, .bucket, .prior].contains(typedSparseTail) {
+            throw TrainingError.config("sparse_tail (--sparse-tail): \(sparseTail) needs a tail mass, which \(spec) targets do not have; use renormalize, bucket or prior")
+        }
+        if exactLabel && !spec.storesProbabilities && typedSparseTail != .renormalize {
+            throw TrainingError.config("exact_label (--exact-label): with \(spec) targets it takes --sparse-tail renormalize, not \(sparseTail)")
+        }
+        if divergence == "rkl" && typedSparseTail != .prior && (typedSparseTail == .renormalize || !spec.storesProbabilities) {
+            throw TrainingError.config("divergence (--divergence): rkl is infinite against \(spec) targets that give unlisted tokens nothing; "
+                                       + "use fkl, jsd, sfkl, srkl or tvd, or --sparse-tail prior (or uniform with top-k targets)")
+        }
+    }
+
+    /// What sparse targets (a cache's, or the live teacher's made sparse) cannot feed: the feature
+    /// losses' activations and TAID's logits. `key` names the setting, `keeps` says why.
+    func checkSparseTargets(key: String, keeps: String) throws {
+        for (feature, weight) in [("lens_weight", lensWeight), ("attn_align_weight", attnAlignWeight), ("hint_weight", hintWeight)] where weight > 0 {
+            throw TrainingError.config("\(key) (\(Self.flag(of: key))): \(feature) (\(Self.flag(of: feature))) needs the teacher's activations, "
+                                       + "which \(keeps); train it with the dense live teacher (no \(Self.flag(of: key)))")
+        }
+        if divergence == "taid" {
+            throw TrainingError.config("\(key) (\(Self.flag(of: key))): taid mixes the teacher's logits, which \(keeps); use another --divergence")
+        }
+    }
     /// The live teacher's GEMM type on `backend` (`auto` resolved).
     public func teacherPrecision(on backend: any Backend) -> DType {
         switch teacherPrecision {

@@ -116,6 +116,46 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(refused.error.contains("teacher_cache (--teacher-cache)") && refused.error.contains("--seq-len 32"), refused.error)
     }
 
+    /// `--sparsify-teacher SPEC` makes the live teacher's targets as a cache of that form stores
+    /// them, so it takes the steps of a run from such a cache; a form past a cache's byte counts
+    /// (N > 255) runs too, and the dense-only settings are refused naming the flag.
+    func testSparsifiedTeacherTakesTheStepsOfItsCache() throws {
+        let data = try corpus(), cache = try folder("sparsify-cache").appendingPathComponent("targets")
+        let build = try kdgpu(["teacher-cache", "build", "--teacher", teacher, "--data", data.path, "--seq-len", "32", "--targets", "systematic:12",
+                               "--device", "cpu", "--out", cache.path])
+        XCTAssertEqual(build.status, 0, build.error)
+        let cached = try folder("from-cache"), sparsified = try folder("sparsified"), large = try folder("sparsified-large")
+        let fromCache = try kdgpu(trainArguments(data: data, out: cached) + ["--teacher-cache", cache.path])
+        XCTAssertEqual(fromCache.status, 0, fromCache.error)
+        let onTheFly = try kdgpu(trainArguments(data: data, out: sparsified) + ["--sparsify-teacher", "systematic:12", "--teacher-precision", "fp32"])
+        XCTAssertEqual(onTheFly.status, 0, onTheFly.error)
+        XCTAssertTrue(onTheFly.error.contains("made sparse at every step as a systematic:12 cache"), onTheFly.error)
+        let keys = ["loss", "kd_loss", "ce_loss", "grad_norm"]
+        func steps(_ out: URL) throws -> [[Double]] {
+            try metrics(out).filter { $0["loss"] != nil }.map { record in keys.map { (record[$0] as? Double) ?? .nan } }
+        }
+        let expected = try steps(cached), got = try steps(sparsified)
+        XCTAssertEqual(got.count, 6)
+        XCTAssertEqual(got.count, expected.count)
+        for (step, (a, b)) in zip(got, expected).enumerated() {
+            for (key, (x, y)) in zip(keys, zip(a, b)) {
+                XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(y)), "step \(step + 1) \(key)")
+            }
+        }
+        let beyondACache = try kdgpu(trainArguments(data: data, out: large) + ["--sparsify-teacher", "systematic:4000", "--teacher-precision", "fp32"])
+        XCTAssertEqual(beyondACache.status, 0, beyondACache.error)
+        // 4000 evenly spaced draws land within 1/4000 of every probability: the first step's loss is the dense one's but for the entropy.
+        let denseOut = try folder("dense")
+        let dense = try kdgpu(trainArguments(data: data, out: denseOut) + ["--teacher-precision", "fp32"])
+        XCTAssertEqual(dense.status, 0, dense.error)
+        let firstLarge = try XCTUnwrap(try metrics(large).first { $0["loss"] != nil }), firstDense = try XCTUnwrap(try metrics(denseOut).first { $0["loss"] != nil })
+        XCTAssertEqual(firstLarge["ce_loss"] as! Double, firstDense["ce_loss"] as! Double, "the same student at step 1")
+        XCTAssertEqual(firstLarge["grad_norm"] as! Double, firstDense["grad_norm"] as! Double, accuracy: 0.01 * (firstDense["grad_norm"] as! Double))
+        let refused = try kdgpu(trainArguments(data: data, out: try folder("sparsify-refused")) + ["--sparsify-teacher", "sampled:8", "--hint-weight", "1"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.error.contains("sparsify_teacher (--sparsify-teacher)") && refused.error.contains("--hint-weight"), refused.error)
+    }
+
     private func assertKilledAndResumedRunContinuesExactly(data: URL, extra: [String], logMentions: String? = nil) throws {
         let whole = try folder("whole"), interrupted = try folder("interrupted")
         let uninterrupted = try kdgpu(trainArguments(data: data, out: whole) + extra)

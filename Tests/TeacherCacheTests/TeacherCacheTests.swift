@@ -138,7 +138,7 @@ final class TeacherCacheTests: XCTestCase {
         for backend in try TestBackends.all() {
             let model = try LlamaModel(weights: LlamaWeights(gguf: GGUFFile(path: Self.tinyModel), backend: backend))
             for spec in [TeacherTargetSpec.topK(k: 8), .topP(p: 0.3, k: 16)] {
-                let targets = try SparseTargetMaker(spec: spec, seqLen: sequence.count).targets(of: [sequence], firstWindow: 0, model: model)[0]
+                let targets = try SparseTargetMaker(spec: spec, seqLen: sequence.count).targets(of: [sequence], windows: [0], model: model)[0]
                 XCTAssertEqual(targets.count, sequence.count - 1)
                 for (position, target) in targets.enumerated() {
                     let p = Self.logSoftmax(logits[position]).map { exp($0) }

@@ -13,7 +13,7 @@
 # and 8x (`--embedding-lr-scale`: where the caches' gap lies, README); the 50-draw caches with the
 # prior tail (`--sparse-tail prior`) and with exact labels (`--exact-label true`); the live teacher's
 # targets made sparse at every step as a systematic:N cache would keep them (`--sparsify-teacher`),
-# N = 50 (the cache's steps), 500 and 5000 (past what a cache counts).
+# sparsifiedN for any N (listed: 50, the cache's steps; 200; 500 and 5000, past what a cache counts).
 #
 #   bench/ablation.sh [OUT]                  runs into OUT (default runs/ablation), prints a markdown table
 #   KDGPU=/path/to/kdgpu bench/ablation.sh   the same with a given binary (no build)
@@ -66,7 +66,7 @@ hints=(--hint-weight 1)
 all_rows=(ce kd-t1 kd-t2 topk-renormalize topk-bucket topk-decoupled sampled systematic systematic200 sampled-bucket systematic-bucket kd+lens kd+align kd+hints kd-t1-bf16
           kd-t1-emb01 systematic-emb01 sampled-emb01 kd-t1-emb2 systematic-emb2 sampled-emb2 kd-t1-emb4 systematic-emb4
           sampled-emb4 kd-t1-emb8 systematic-emb8 sampled-emb8 sampled-prior systematic-prior sampled-exact systematic-exact
-          sparsified50 sparsified500 sparsified5000)
+          sparsified50 sparsified200 sparsified500 sparsified5000)
 rows=(${ROWS:-${all_rows[*]}})
 # NAME -> "title|flags"
 setting() {
@@ -102,9 +102,9 @@ setting() {
         systematic-prior) echo "cached systematic:50, prior tail (weight 20), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail prior" ;;
         sampled-exact) echo "cached sampled:50, exact labels, T=1|--temperature 1 --teacher-cache $sampled --exact-label true" ;;
         systematic-exact) echo "cached systematic:50, exact labels, T=1|--temperature 1 --teacher-cache $systematic --exact-label true" ;;
-        sparsified50) echo "live teacher made sparse, systematic:50, T=1|--temperature 1 --sparsify-teacher systematic:50" ;;
-        sparsified500) echo "live teacher made sparse, systematic:500, T=1|--temperature 1 --sparsify-teacher systematic:500" ;;
-        sparsified5000) echo "live teacher made sparse, systematic:5000, T=1|--temperature 1 --sparsify-teacher systematic:5000" ;;
+        sparsified[1-9]*)  # sparsifiedN: any N, not only the listed ones
+            [[ ${1#sparsified} =~ ^[0-9]+$ ]] || { echo "ablation: unknown row '$1'; sparsifiedN takes a number of draws" >&2; exit 2; }
+            echo "live teacher made sparse, systematic:${1#sparsified}, T=1|--temperature 1 --sparsify-teacher systematic:${1#sparsified}" ;;
         *) echo "ablation: unknown row '$1'; rows: ${all_rows[*]}" >&2; exit 2 ;;
     esac
 }

@@ -239,25 +239,16 @@ public final class DistillationRun {
                                              weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
             }
             teacher = try SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, exactLabel: config.exactLabel, backend: backend)
-            log("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)"
-                + (config.typedSparseTail == .prior ? " (prior tail from the \(dataset.trainingWindowCount) training windows"
-                   + (cache.spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))
-                   : cache.spec.storesProbabilities ? " (\(config.sparseTail) tail)"
-                   : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
-                + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
-            if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
-                log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
-                    + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
-            }
+            logSparseTargets("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)", spec: cache.spec,
+                             trainingWindows: dataset.trainingWindowCount)
         } else {
             let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
             let model = try config.teacherModel(stored)
             if let spec = try config.sparsifiedSpec {
-                teacher = try SparsifiedTeacher(live: LiveTeacher(model: model), spec: spec, tail: config.typedSparseTail, exactLabel: config.exactLabel,
+                teacher = SparsifiedTeacher(live: LiveTeacher(model: model), spec: spec, tail: config.typedSparseTail, exactLabel: config.exactLabel,
                                                 seqLen: config.seqLen)
-                log("teacher: live, its targets made sparse at every step as a \(spec) cache keeps them"
-                    + (spec.storesProbabilities ? " (\(config.sparseTail) tail)" : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
-                    + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
+                logSparseTargets("teacher: live, its targets made sparse at every step as a \(spec) cache keeps them", spec: spec,
+                                 trainingWindows: dataset.trainingWindowCount)
             } else {
                 teacher = LiveTeacher(model: model)
             }
@@ -358,6 +349,21 @@ public final class DistillationRun {
         return features
     }
 
+    /// Logs where sparse targets (`spec`) come from, `source`, with the tail and label choices, and
+    /// the note on tempering them; `trainingWindows` made the prior tail.
+    func logSparseTargets(_ source: String, spec: TeacherTargetSpec, trainingWindows: Int) {
+        log(source
+            + (config.typedSparseTail == .prior ? " (prior tail from the \(trainingWindows) training windows"
+               + (spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))
+               : spec.storesProbabilities ? " (\(config.sparseTail) tail)"
+               : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
+            + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
+        if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
+            log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
+                + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")
+        }
+    }
+
     /// The teacher cache of `teacher_cache`, checked against the settings and the teacher file:
     /// the same windowing, a tail the targets have, a divergence they keep finite, the teacher's
     /// SHA-256 (the corpus is checked once tokenized).
@@ -369,7 +375,7 @@ public final class DistillationRun {
         guard manifest.seqLen == config.seqLen else {
             throw TrainingError.config("\(key): \(config.teacherCache) holds windows of \(manifest.seqLen) tokens; train with --seq-len \(manifest.seqLen) or build a cache of \(config.seqLen)")
         }
-        try config.checkSparseTargets(cache.spec)
+        try config.checkSettings(forSparseTargets: cache.spec)
         guard manifest.teacher.vocabulary == teacherConfig.vocabulary,
               try SHA256Digest.file(at: config.teacher) == manifest.teacher.sha256 else {
             throw TrainingError.config("\(key): \(config.teacherCache) was made by the teacher \(manifest.teacher.path) (sha256 \(manifest.teacher.sha256.prefix(12))), "

@@ -1,8 +1,8 @@
 import Losses
 import Models
+import TeacherCache
 import Tensor
 import TrainingData
-import TeacherCache
 
 /// What one micro-batch's objective gets from the teacher.
 public struct TeacherTargets {
@@ -105,7 +105,7 @@ final class SparsifiedTeacher: TeacherSource {
     let tail: MissingTeacherMass
     let exactLabel: Bool
 
-    init(live: LiveTeacher, spec: TeacherTargetSpec, tail: MissingTeacherMass, exactLabel: Bool, seqLen: Int) throws {
+    init(live: LiveTeacher, spec: TeacherTargetSpec, tail: MissingTeacherMass, exactLabel: Bool, seqLen: Int) {
         self.live = live
         self.tail = tail
         self.exactLabel = exactLabel

@@ -375,7 +375,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .exportGguf: try oneOf(exportGguf, ["f32", "f16", "q8_0", "none"])
         case .teacherCache:
             guard !teacherCache.isEmpty else { break }
-            try checkSparseTargets(key: name, keeps: "a cache does not keep")
+            try refuseDenseOnlySettings(key: name, keeps: "a cache does not keep")
             if RolloutSettings(config: self).samples || evalRollouts > 0 {
                 throw TrainingError.config("teacher_cache (--teacher-cache): sampled sequences (--on-policy-fraction, --seq-kd, --on-policy-schedule adaptive, "
                                            + "--eval-rollouts) need the live teacher to score them, and a cache holds only corpus windows; drop --teacher-cache")
@@ -386,9 +386,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                 throw TrainingError.config("sparsify_teacher (--sparsify-teacher) and teacher_cache (--teacher-cache) exclude each other: "
                                            + "a cache's targets are sparse already; give one of them")
             }
-            if case .topK(let k) = spec, k > Self.maximumSparsifiedK { throw fail(sparsifyTeacher, "give topk:K with K up to \(Self.maximumSparsifiedK)") }
-            if case .topP(_, let k) = spec, k > Self.maximumSparsifiedK { throw fail(sparsifyTeacher, "give topp:P,K with K up to \(Self.maximumSparsifiedK)") }
-            try checkSparseTargets(key: name, keeps: "sparse targets do not carry")
+            if spec.storesProbabilities && spec.maximumPairsPerPosition > Self.maximumSparsifiedK {
+                throw fail(sparsifyTeacher, "give topk:K or topp:P,K with K up to \(Self.maximumSparsifiedK)")
+            }
+            try refuseDenseOnlySettings(key: name, keeps: "sparse targets do not carry")
             if RolloutSettings(config: self).samples || evalRollouts > 0 {
                 throw TrainingError.config("sparsify_teacher (--sparsify-teacher): sampled sequences (--on-policy-fraction, --seq-kd, --on-policy-schedule adaptive, "
                                            + "--eval-rollouts) are scored by the dense teacher; drop --sparsify-teacher")
@@ -396,7 +397,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             if typedSparseTail == .prior {
                 throw TrainingError.config("sparse_tail (--sparse-tail): prior is made from a cache's training windows; use it with --teacher-cache, or another tail")
             }
-            try checkSparseTargets(spec)
+            try checkSettings(forSparseTargets: spec)
         case .teacherPrecision:
             try oneOf(teacherPrecision, ["auto", "fp32", "bf16", "f16"])
         case .teacherWeights:
@@ -503,7 +504,7 @@ extension TrainingConfig {
 
     /// The settings that sparse targets of `spec` must suit: a tail they have, exact labels with
     /// counts only as they are, a divergence they keep finite.
-    func checkSparseTargets(_ spec: TeacherTargetSpec) throws {
+    func checkSettings(forSparseTargets spec: TeacherTargetSpec) throws {
         if !spec.storesProbabilities && ![.renormalize, .bucket, .prior].contains(typedSparseTail) {
             throw TrainingError.config("sparse_tail (--sparse-tail): \(sparseTail) needs a tail mass, which \(spec) targets do not have; use renormalize, bucket or prior")
         }
@@ -518,7 +519,7 @@ extension TrainingConfig {
 
     /// What sparse targets (a cache's, or the live teacher's made sparse) cannot feed: the feature
     /// losses' activations and TAID's logits. `key` names the setting, `keeps` says why.
-    func checkSparseTargets(key: String, keeps: String) throws {
+    func refuseDenseOnlySettings(key: String, keeps: String) throws {
         for (feature, weight) in [("lens_weight", lensWeight), ("attn_align_weight", attnAlignWeight), ("hint_weight", hintWeight)] where weight > 0 {
             throw TrainingError.config("\(key) (\(Self.flag(of: key))): \(feature) (\(Self.flag(of: feature))) needs the teacher's activations, "
                                        + "which \(keeps); train it with the dense live teacher (no \(Self.flag(of: key)))")

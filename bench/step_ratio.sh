@@ -55,13 +55,13 @@ print("|---|---:|" + "---:|" * len(backends))
 print("\n".join(rows))
 print("| median ratio | | " + " | ".join(f"{statistics.median(ratios[b]):.2f}x" for b in backends) + " |")
 if gemm:
-    # Per shape and round: PyTorch's bf16 matmul GFLOP/s and each backend's bf16 GEMM (oneDNN's matmul), as ratios.
+    # Per shape and round: PyTorch's bf16 matmul GFLOP/s and each backend's bf16 GEMM (the route in use), as ratios.
     shapes = ["M=2048 K=2048 N=2048", "M=2048 K=576 N=49152 (B transposed)"]
     table, gemm_ratios = [], {}
     for r in range(1, rounds + 1):
         torch = {rec["shape"]: rec["gflop_per_s"] for rec in json.load(open(f"{work}/torch-gemm-{r}.json")) if rec["dtype"] == "bf16"}
         ours = {(rec["backend"], rec["shape"]): rec["gflop_per_s"] for rec in json.load(open(f"{work}/kdgpu-gemm-{r}.json"))
-                if rec["dtype"] == "bf16" and rec["shape"] in shapes}
+                if rec["dtype"] == "bf16" and rec["shape"] in shapes and "not in use" not in rec.get("note", "")}
         for shape in shapes:
             cells = []
             for backend in backends:

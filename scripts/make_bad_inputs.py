@@ -625,6 +625,8 @@ def env_cases():
     case("env-gemm-bogus", e, train(), ["KDGPU_GEMM", "bogus"], env={"KDGPU_GEMM": "bogus"})
     case("env-gemm-clblast-on-cpu", e, train(), ["KDGPU_GEMM", "clblast"], env={"KDGPU_GEMM": "clblast"},
          note="clblast exists only for OpenCL devices; the CPU backend must refuse it by name")
+    case("env-bf16-gemm-bogus", e, train(), ["KDGPU_BF16_GEMM", "amx", "native", "widened"], env={"KDGPU_BF16_GEMM": "amx"})
+    case("env-bf16-gemm-bogus-opencl", e, train(device="opencl"), ["KDGPU_BF16_GEMM", "amx"], env={"KDGPU_BF16_GEMM": "amx"})
     case("env-kernel-dir-nonexistent", e, train(device="opencl"), ["KDGPU_KERNEL_DIR", "/nonexistent/kernels"],
          env={"KDGPU_KERNEL_DIR": "/nonexistent/kernels"})
     case("env-kernel-dir-without-kernels", e, train(device="opencl"), ["KDGPU_KERNEL_DIR", "kernels-empty"],

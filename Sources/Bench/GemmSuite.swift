@@ -75,33 +75,54 @@ public struct GemmSuite: BenchSuite {
                                                note: note))
                 }
                 // 16-bit inputs, fp32 accumulation and output (the engine in use, not the last one timed): bf16
-                // through oneDNN's matmul primitive wherever the host engine runs, f16 widened to fp32 there
-                // (no CPU here multiplies f16); the project's kernels where CLBlast runs: the tiled ones, and
-                // the tensor-core ones where the device offers them (each timed).
+                // on both routes wherever the host engine runs (oneDNN's matmul primitive, the operands widened
+                // to fp32: which one a run takes is measured, BF16GemmRoute), f16 widened to fp32 there (no CPU
+                // here multiplies f16); the project's kernels where CLBlast runs: the tiled ones, and the
+                // tensor-core ones where the device offers them (each timed).
                 select(inUse)
                 let openCL = inUse.runsOnHost ? nil : backend as? OpenCLBackend
-                let kernelChoices: [Bool?] = openCL.map { $0.offersTensorCoreGemm ? [false, true] : [false] } ?? [nil]
-                defer { openCL?.prefersTensorCoreGemm = true }
+                let routeInUse = inUse.runsOnHost ? try BF16GemmRoute.choice(for: inUse).route : nil
+                defer { openCL?.prefersTensorCoreGemm = true; setRoute(nil, on: backend) }
                 for inputType in [DType.bf16, .f16] {
-                    for tensorCores in kernelChoices {
-                        if let tensorCores { openCL?.prefersTensorCoreGemm = tensorCores }
-                        let path = openCL.map { "\($0.gemm16KernelName(inputType)) kernel" }
-                            ?? (inputType == .bf16 ? "onednn matmul" : "widened to f32, \(inUse.rawValue)")
-                        context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs (\(path))")
+                    // (the kernel's label, its set-up, whether a run takes it)
+                    var paths: [(label: String, setUp: () -> Void, inUse: Bool)] = []
+                    if let openCL {
+                        for tensorCores in openCL.offersTensorCoreGemm ? [false, true] : [false] {
+                            openCL.prefersTensorCoreGemm = tensorCores
+                            paths.append(("\(openCL.gemm16KernelName(inputType)) kernel", { openCL.prefersTensorCoreGemm = tensorCores },
+                                          tensorCores == openCL.offersTensorCoreGemm))
+                        }
+                    } else if inputType == .bf16 {
+                        paths = BF16GemmRoute.allCases.map { route in
+                            (route == .native ? "onednn matmul" : "widened to f32, \(inUse.rawValue)", { setRoute(route, on: backend) }, route == routeInUse)
+                        }
+                    } else {
+                        paths = [("widened to f32, \(inUse.rawValue)", {}, true)]
+                    }
+                    for path in paths {
+                        path.setUp()
+                        context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs (\(path.label))")
                         let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: inputType)
                         let gflops = flops / result.seconds / 1e9
                         let bits = inputType == .bf16 ? 8 : 11
-                        records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path))", backend: backend.name,
+                        records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path.label))", backend: backend.name,
                                                    shape: shapeText, dtype: inputType.rawValue, medianSeconds: result.seconds, gflopPerSecond: gflops,
                                                    maxAbsError: maxAbsDifference(result.values, reference.values),
                                                    extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,
                                                            "speedup_over_f32_in_use": gflops / inUseGflops],
-                                                   note: "dtype \(inputType.rawValue): A and B narrowed once before timing; max_abs_error vs the fp32 reference (\(inputType.rawValue) rounds inputs to \(bits) significant bits)"))
+                                                   note: "dtype \(inputType.rawValue): A and B narrowed once before timing; max_abs_error vs the fp32 reference (\(inputType.rawValue) rounds inputs to \(bits) significant bits)"
+                                                       + (path.inUse ? "; in use" : "; not in use here")))
                     }
                 }
             }
         }
         return records
+    }
+
+    /// Sets the bf16 route of a host engine's backend (nil: the measured one).
+    private func setRoute(_ route: BF16GemmRoute?, on backend: any Backend) {
+        if let cpu = backend as? CPUBackend { cpu.bf16GemmRoute = route }
+        if let openCL = backend as? OpenCLBackend { openCL.bf16GemmRoute = route }
     }
 
     private func gemm(on backend: any Backend, a: [Float], b: [Float], m: Int, k: Int, n: Int, transposeB: Bool,

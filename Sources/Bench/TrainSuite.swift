@@ -12,7 +12,8 @@ import TrainingData
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
 /// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
 /// cached sampled:50 targets (no teacher forward), and its speed against the live step's; then, where the
-/// backend runs bf16 GEMMs, the teacher alone in bf16, and both in mixed precision (`--precision bf16`);
+/// backend runs bf16 GEMMs, the teacher alone in bf16, and the student in mixed precision (`--precision bf16`,
+/// the teacher as `--teacher-precision auto` holds it);
 /// then on-policy and sequence-level steps, whose sequences' last three quarters the student or the
 /// teacher samples first (``Rollouts``), against the corpus step.
 public struct TrainSuite: BenchSuite {
@@ -56,7 +57,8 @@ public struct TrainSuite: BenchSuite {
                 : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
             let cached = try SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
                                            backend: backend) { cachedTargets[$0]! }
-            // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher in bf16 too.
+            // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher as
+            // `--teacher-precision auto` holds it (bf16 where this device's bf16 GEMMs pay, BF16GemmRoute; fp32 elsewhere).
             var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []
             if context.trainPrecisions.contains(.f32) {
                 rows += [("distillation_step", .f32, LiveTeacher(model: teacher)), ("distillation_step_cached", .f32, cached)]
@@ -64,9 +66,12 @@ public struct TrainSuite: BenchSuite {
                 rows += [("distillation_step_on_policy", .f32, LiveTeacher(model: teacher)), ("distillation_step_seq_kd", .f32, LiveTeacher(model: teacher))]
             }
             if context.trainPrecisions.contains(.bf16), let bf16Teacher {
-                rows += [("distillation_step", .bf16, LiveTeacher(model: bf16Teacher)), ("distillation_step_cached", .bf16, cached)]
+                let autoTeacher = config.teacherPrecision(on: backend) == .bf16 ? bf16Teacher : teacher
+                rows += [("distillation_step", .bf16, LiveTeacher(model: autoTeacher)), ("distillation_step_cached", .bf16, cached)]
             }
             var liveTokensPerSecond: [DType: Double] = [:]
+            // The live step of each precision, kept to time the cached step against in alternation.
+            var liveSteps: [DType: () throws -> Void] = [:]
             for (kernel, precision, source) in rows {
                 // The trainer's own step: micro-batches, clipping, AdamW over the parameter arena, schedules.
                 var rowConfig = config
@@ -96,7 +101,18 @@ public struct TrainSuite: BenchSuite {
                     referenceLoss[key] = firstLoss
                     continue
                 }
-                let seconds = try context.median(fullStep)
+                // The cached step in alternation with the live one (the median of the pairs' ratios is its
+                // speedup: a shared machine's drift moves it far less than two medians taken apart).
+                var pairedSpeedup: Double?
+                let seconds: Double
+                if kernel.hasSuffix("cached"), let live = liveSteps[precision] {
+                    let paired = try context.pairedMedians(fullStep, against: live)
+                    (seconds, pairedSpeedup) = (paired.seconds, paired.referenceOverBody)
+                    liveSteps[precision] = nil
+                } else {
+                    seconds = try context.median(fullStep)
+                }
+                if kernel == "distillation_step" { liveSteps[precision] = fullStep }
                 // The shares, from one more step with every GEMM and loss call synchronized and timed.
                 let profile = Profiling.start(on: backend)
                 defer { Profiling.stop(on: backend) }
@@ -127,8 +143,8 @@ public struct TrainSuite: BenchSuite {
                 if kernel == "distillation_step" {
                     liveTokensPerSecond[precision] = tokensPerSecond
                     if precision == .bf16, let fp32 = liveTokensPerSecond[.f32] { extra["speedup_over_fp32"] = tokensPerSecond / fp32 }
-                } else if kernel.hasSuffix("cached"), let live = liveTokensPerSecond[precision] {
-                    extra["speedup_vs_live"] = tokensPerSecond / live
+                } else if let pairedSpeedup {
+                    extra["speedup_vs_live"] = pairedSpeedup
                 } else if sampling, let live = liveTokensPerSecond[precision] {
                     extra["speedup_vs_live"] = tokensPerSecond / live
                 }
@@ -142,13 +158,15 @@ public struct TrainSuite: BenchSuite {
                         + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: against the live step of the same precision)"
+                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own)"
                             : (source as? LiveTeacher)?.model.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
                             : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "
                             + "expanded once) at T=1 before training on them, sampling included (speedup_vs_live: against the corpus step)" : "")
                         + (kernel.hasSuffix("bf16") ? "; the teacher's weight GEMMs in bf16 (--teacher-precision bf16), the student fp32" : "")
-                        + (precision == .bf16 ? "; dtype bf16: --precision bf16 (fp32 master weights, bf16 GEMM operands, fp32 accumulation), the live teacher in bf16 too" : "")))
+                        + (precision == .bf16 ? "; dtype bf16: --precision bf16 (fp32 master weights, bf16 GEMM operands, fp32 accumulation)"
+                            + ((source as? LiveTeacher).map { "; the live teacher in \($0.model.precision == .f32 ? "fp32" : $0.model.precision.rawValue) (--teacher-precision auto)" } ?? "")
+                            : "")))
             }
         }
         return records

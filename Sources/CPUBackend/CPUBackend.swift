@@ -39,10 +39,14 @@ public final class CPUBackend: Backend {
         didSet { precondition(gemmEngine.runsOnHost, "the CPU backend runs host GEMM engines only") }
     }
 
+    /// The route of bf16 GEMMs: nil for the one measured for the engine (``BF16GemmRoute``); the
+    /// bench sets each to time both.
+    public var bf16GemmRoute: BF16GemmRoute?
+
     public let ropeTables = RoPETables()
 
-    public var gemmDescription: String { gemmEngine.description }
-    public var hasNativeBF16GEMMs: Bool { CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 }
+    public var gemmDescription: String { "\(gemmEngine.description); \(gemmEngine.bf16Description)" }
+    public var hasFastBF16GEMMs: Bool { (try? BF16GemmRoute.choice(for: gemmEngine).route) == .native }
 
     /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>
@@ -51,6 +55,7 @@ public final class CPUBackend: Backend {
         ledger = MemoryLedger(deviceName: "cpu", budgetBytes: try MemoryLedger.budget(default: physicalMemoryBytes * 3 / 4))
         pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 8) { $0.deallocate() }
         let requested = try GemmEngine.requested()
+        _ = try BF16GemmRoute.requested()  // a bad KDGPU_BF16_GEMM fails here, before any work
         gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
     }
 
@@ -144,7 +149,7 @@ public final class CPUBackend: Backend {
     }
 
     public func enqueueGemm(_ a: Tensor, _ b: Tensor, _ c: Tensor, _ p: GemmProblem) throws {
-        try hostGemm(gemmEngine, p, try rawPointer(a), try rawPointer(b), try mutablePointer(c))
+        try hostGemm(gemmEngine, p, try rawPointer(a), try rawPointer(b), try mutablePointer(c), bf16Route: bf16GemmRoute)
     }
 
     public func enqueueRowReduction(_ op: RowReduction, _ x: Tensor, into out: Tensor) throws {

@@ -70,8 +70,14 @@ public enum CPUKernels {
                 yr.update(repeating: 0, count: cols)
                 continue
             }
-            for j in 0..<cols { yr[j] = expf((xr[j] - m) * inverseTemperature) }
-            let inverseSum = 1 / rowTotal(yr, cols)
+            // The exps in 16 lanes (the kernels' polynomial, not a libm call per element), summed as written.
+            var sum = SIMD16<Float>(repeating: 0)
+            forEachLanes(0..<cols) { j, count in
+                let e = kdExp((loadLanes(xr + j, count: count) - m) * inverseTemperature)
+                storeLanes(e, yr + j, count: count)
+                sum += count == 16 ? e : e.replacing(with: 0, where: laneIndices .>= Int32(count))
+            }
+            let inverseSum = 1 / sum.sum()
             for j in 0..<cols { yr[j] *= inverseSum }
         }
     }
@@ -134,20 +140,15 @@ public enum CPUKernels {
     @inline(__always)
     static func rowSumExp(_ x: UnsafePointer<Float>, _ n: Int, shift: Float, scale: Float) -> Float {
         var lanes = SIMD16<Float>(repeating: 0)
-        var j = 0
-        while j + 16 <= n {
-            var e = SIMD16<Float>()
-            for k in 0..<16 { e[k] = expf((x[j + k] - shift) * scale) }
-            lanes += e
-            j += 16
+        forEachLanes(0..<n) { j, count in
+            let e = kdExp((loadLanes(x + j, count: count) - shift) * scale)
+            lanes += count == 16 ? e : e.replacing(with: 0, where: laneIndices .>= Int32(count))
         }
-        var s = lanes.sum()
-        while j < n {
-            s += expf((x[j] - shift) * scale)
-            j += 1
-        }
-        return s
+        return lanes.sum()
     }
+
+    /// 0, 1, ..., 15: masks the lanes past a row's end.
+    static let laneIndices = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 
     @inline(__always)
     static func rowTotal(_ x: UnsafePointer<Float>, _ n: Int) -> Float {

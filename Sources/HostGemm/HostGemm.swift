@@ -39,30 +39,37 @@ public enum GemmEngine: String, CaseIterable, Sendable {
         case .clblast: return "CLBlast"
         }
     }
+
+    /// How a host engine multiplies bf16 inputs and why, e.g. `bf16 inputs: widened to fp32 (oneDNN's bf16 matmul measured at 0.48x the widened fp32 route here)`.
+    public var bf16Description: String {
+        guard runsOnHost else { return "" }
+        guard let (route, reason) = try? BF16GemmRoute.choice(for: self) else { return "bf16 inputs: (route not measurable)" }
+        return "bf16 inputs: " + (route == .native ? "oneDNN's bf16 matmul" : "widened to fp32") + " (\(reason))"
+    }
 }
 
 /// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host. A and B
-/// are f32, bf16 or f16 as `p.inputType` says, products accumulated in fp32: bf16 always runs on
-/// oneDNN's matmul primitive (Debian's OpenBLAS has no bf16 GEMM), and so do f32 products of 2 to
-/// 16 rows on the oneDNN engine; f16 is widened to fp32 (exactly)
-/// and runs as an fp32 GEMM, since oneDNN 2.6 multiplies f16 only on CPUs with AVX512-FP16 and no
-/// CPU here has them (f16 is the GPUs' 16-bit type; on a CPU prefer bf16).
+/// are f32, bf16 or f16 as `p.inputType` says, products accumulated in fp32. bf16 takes the route
+/// measured for the engine (``BF16GemmRoute``; `bf16Route` sets it): oneDNN's matmul primitive
+/// (Debian's OpenBLAS has no bf16 GEMM) or the operands widened to fp32 for the engine's GEMM. f16
+/// is always widened, since oneDNN 2.6 multiplies f16 only on CPUs with AVX512-FP16 and no CPU here
+/// has them (f16 is the GPUs' 16-bit type; on a CPU prefer bf16). f32 products of 2 to 16 rows run
+/// on oneDNN's matmul primitive on the oneDNN engine.
 public func hostGemm(_ engine: GemmEngine, _ p: GemmProblem, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer,
-                     _ c: UnsafeMutablePointer<Float>) throws {
-    switch p.inputType {
-    case .bf16:
+                     _ c: UnsafeMutablePointer<Float>, bf16Route: BF16GemmRoute? = nil) throws {
+    if p.inputType == .bf16, try (bf16Route ?? BF16GemmRoute.choice(for: engine).route) == .native {
         try OneDNNMatmul.run(p, a: a, b: b, c: c)
         return
-    case .f16:
-        let wideA = widenedHalves(a, count: (p.batch - 1) * p.strideA + storedExtent(rows: p.m, columns: p.k, leading: p.lda, transposed: p.transposeA))
-        let wideB = widenedHalves(b, count: (p.batch - 1) * p.strideB + storedExtent(rows: p.k, columns: p.n, leading: p.ldb, transposed: p.transposeB))
+    }
+    if p.inputType == .bf16 || p.inputType == .f16 {
+        let countA = (p.batch - 1) * p.strideA + storedExtent(rows: p.m, columns: p.k, leading: p.lda, transposed: p.transposeA)
+        let countB = (p.batch - 1) * p.strideB + storedExtent(rows: p.k, columns: p.n, leading: p.ldb, transposed: p.transposeB)
         var wide = p
         wide.inputType = .f32
-        try wideA.withUnsafeBufferPointer { a in
-            try wideB.withUnsafeBufferPointer { b in try hostGemm(engine, wide, UnsafeRawPointer(a.baseAddress!), UnsafeRawPointer(b.baseAddress!), c) }
+        try WidenedOperands.shared.widened(a, count: countA, type: p.inputType) { a in
+            try WidenedOperands.shared.widened(b, count: countB, type: p.inputType) { b in try hostGemm(engine, wide, a, b, c) }
         }
         return
-    default: break
     }
     let (a, b) = (a.assumingMemoryBound(to: Float.self), b.assumingMemoryBound(to: Float.self))
     switch engine {
@@ -221,16 +228,4 @@ public final class OpenBLASLibrary: @unchecked Sendable {
 func storedExtent(rows: Int, columns: Int, leading: Int, transposed: Bool) -> Int {
     let (storedRows, storedColumns) = transposed ? (columns, rows) : (rows, columns)
     return (storedRows - 1) * leading + storedColumns
-}
-
-/// `count` f16 values widened to fp32 (exact), in parallel chunks.
-func widenedHalves(_ source: UnsafeRawPointer, count: Int) -> [Float] {
-    [Float](unsafeUninitializedCapacity: count) { out, initialized in
-        let halves = source.assumingMemoryBound(to: Float16.self)
-        let chunk = 1 << 16, chunks = (count + chunk - 1) / chunk, base = out.baseAddress!
-        DispatchQueue.concurrentPerform(iterations: chunks) { index in
-            for i in index * chunk..<min(count, (index + 1) * chunk) { base[i] = Float(halves[i]) }
-        }
-        initialized = count
-    }
 }

@@ -41,6 +41,6 @@ extension OpenCLBackend {
             let i = buffers.firstIndex { $0.buffer === buffer }!
             return pointers[i] + (tensor.byteOffset - buffers[i].range.lowerBound)
         }
-        try hostGemm(gemmEngine, p, try address(a), try address(b), try address(c).assumingMemoryBound(to: Float.self))
+        try hostGemm(gemmEngine, p, try address(a), try address(b), try address(c).assumingMemoryBound(to: Float.self), bf16Route: bf16GemmRoute)
     }
 }

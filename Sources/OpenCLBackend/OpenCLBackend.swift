@@ -28,15 +28,20 @@ public final class OpenCLBackend: Backend {
         didSet { precondition(!gemmEngine.runsOnHost || device.isCPU, "host GEMMs need a CPU device's host-visible buffers") }
     }
 
+    /// The route of bf16 GEMMs under a host engine: nil for the one measured for the engine
+    /// (``BF16GemmRoute``); the bench sets each to time both.
+    public var bf16GemmRoute: BF16GemmRoute?
+
     public let ropeTables = RoPETables()
 
-    /// Host engines on a CPU device use the processor's bf16 instructions, and so do the tensor-core
-    /// kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32 arithmetic on widened inputs.
-    public var hasNativeBF16GEMMs: Bool {
-        gemmEngine.runsOnHost ? CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16 : usesTensorCoreGemm && !emulatesTensorCores
+    /// Host engines on a CPU device use the processor's bf16 instructions where their route measured
+    /// native, and so do the tensor-core kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32
+    /// arithmetic on widened inputs.
+    public var hasFastBF16GEMMs: Bool {
+        gemmEngine.runsOnHost ? (try? BF16GemmRoute.choice(for: gemmEngine).route) == .native : usesTensorCoreGemm && !emulatesTensorCores
     }
     public var gemmDescription: String {
-        gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers"
+        gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers; \(gemmEngine.bf16Description)"
             : "CLBlast on \(device.name); 16-bit inputs: "
                 + (!usesTensorCoreGemm ? "gemm16.cl (tiled, fp32 arithmetic)"
                    : emulatesTensorCores ? "gemm16_mma.cl with its mma instruction emulated (a test)" : "gemm16_mma.cl on the tensor cores")
@@ -137,6 +142,7 @@ public final class OpenCLBackend: Backend {
         vectorWidth = chosen.vectorWidth
         rowWorkGroupSize = chosen.workGroupSize
         contiguousRows = chosen.contiguous
+        _ = try BF16GemmRoute.requested(environment)  // a bad KDGPU_BF16_GEMM fails here, before any work
         if let engine = try GemmEngine.requested(environment) {
             guard !engine.runsOnHost || device.isCPU else {
                 throw TensorError.device("\(GemmEngine.environmentVariable)=\(engine.rawValue) runs on CPU OpenCL devices only; "

@@ -18,10 +18,10 @@ public protocol Backend: AnyObject {
     var gemmDescription: String { get }
     /// RoPE angle tables already on this backend, reused across calls.
     var ropeTables: RoPETables { get }
-    /// Whether bf16 GEMMs run on the hardware's own bf16 instructions here (AVX512_BF16 or AMX under
-    /// a host engine, tensor cores on NVIDIA GPUs), so bf16 is the faster choice where it is exact
-    /// enough (`auto` precisions).
-    var hasNativeBF16GEMMs: Bool { get }
+    /// Whether bf16 GEMMs run on the hardware's own bf16 instructions here and pay for it (a host
+    /// engine whose bf16 route measured native, ``HostGemm/BF16GemmRoute``; tensor cores on NVIDIA
+    /// GPUs), so bf16 is the faster choice where it is exact enough (`auto` precisions).
+    var hasFastBF16GEMMs: Bool { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor

@@ -531,7 +531,7 @@ extension TrainingConfig {
     /// The live teacher's GEMM type on `backend` (`auto` resolved).
     public func teacherPrecision(on backend: any Backend) -> DType {
         switch teacherPrecision {
-        case "auto": return backend.hasNativeBF16GEMMs ? .bf16 : .f32
+        case "auto": return backend.hasFastBF16GEMMs ? .bf16 : .f32
         case "bf16": return .bf16
         case "f16": return .f16
         default: return .f32

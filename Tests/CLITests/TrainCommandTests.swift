@@ -56,15 +56,31 @@ final class TrainCommandTests: XCTestCase {
                                                       logMentions: "student bf16 (fp32 master weights, stochastic rounding), teacher bf16")
     }
 
-    /// `--teacher-precision auto` (the default) runs the teacher in bf16 exactly where the processor
-    /// has bf16 instructions, as /proc/cpuinfo lists them (avx512_bf16, amx_bf16).
-    func testAutoTeacherPrecisionFollowsTheProcessorsBF16Instructions() throws {
+    /// `--teacher-precision auto` (the default) runs the teacher in bf16 exactly where bf16 GEMMs take
+    /// the processor's own bf16 instructions: the route measured (or set by KDGPU_BF16_GEMM) and named
+    /// in the log; never on a processor without them, as /proc/cpuinfo lists them (avx512_bf16, amx_bf16).
+    func testAutoTeacherPrecisionFollowsTheBF16GemmRoute() throws {
         let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
         let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
-        let expected = flags.contains("avx512_bf16") || flags.contains("amx_bf16") ? "teacher bf16 (auto)" : "teacher fp32 (auto)"
-        let run = try kdgpu(trainArguments(data: try corpus(), out: try folder("auto")) + ["--steps", "1"])
-        XCTAssertEqual(run.status, 0, run.error)
-        XCTAssertTrue(run.error.contains(expected), "expected '\(expected)' (cpu flags): \(run.error)")
+        let hasBF16Instructions = flags.contains("avx512_bf16") || flags.contains("amx_bf16")
+        // (KDGPU_BF16_GEMM, the route the log must name, the teacher's precision); nil: measured.
+        var cases: [(String?, String?, String)] = [(nil, nil, ""), ("widened", "widened to fp32 (set by KDGPU_BF16_GEMM=widened)", "fp32")]
+        if hasBF16Instructions { cases.append(("native", "oneDNN's bf16 matmul (set by KDGPU_BF16_GEMM=native)", "bf16")) }
+        for (route, logged, teacher) in cases {
+            let run = try kdgpu(trainArguments(data: try corpus(), out: try folder("auto-\(route ?? "measured")")) + ["--steps", "1"],
+                                environment: route.map { ["KDGPU_BF16_GEMM": $0] } ?? [:])
+            XCTAssertEqual(run.status, 0, run.error)
+            let gemms = run.error.split(separator: "\n").first { $0.contains("GEMMs: ") }.map(String.init) ?? run.error
+            if let logged {
+                XCTAssertTrue(gemms.contains("bf16 inputs: \(logged)"), gemms)
+                XCTAssertTrue(run.error.contains("teacher \(teacher) (auto)"), run.error)
+            } else {
+                let native = gemms.contains("bf16 inputs: oneDNN's bf16 matmul")
+                XCTAssertTrue(native || gemms.contains("bf16 inputs: widened to fp32"), gemms)
+                XCTAssertFalse(native && !hasBF16Instructions, gemms)
+                XCTAssertTrue(run.error.contains(native ? "teacher bf16 (auto)" : "teacher fp32 (auto)"), run.error)
+            }
+        }
     }
 
     /// The teacher's matrices expanded once (`--teacher-weights expanded`, and `auto` where that fits,

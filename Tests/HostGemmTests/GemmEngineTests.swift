@@ -64,43 +64,79 @@ final class GemmEngineTests: XCTestCase {
         }
     }
 
-    /// Both host engines against an fp64 product: odd shapes, every transpose, alpha and beta, batches.
+    /// Both host engines against an fp64 product: odd shapes, every transpose, alpha and beta, batches;
+    /// in fp32, and in bf16 and f16 on every route (the products of the rounded inputs, in fp64).
     func testEveryHostEngineMatchesFP64() throws {
         var random = SplitMix64(seed: 11)
+        let inputs: [(DType, BF16GemmRoute?)] = [(.f32, nil), (.bf16, .native), (.bf16, .widened), (.f16, nil)]
         for engine in GemmEngine.allCases where engine.runsOnHost {
-            for (m, n, k, batch) in [(1, 1, 1, 1), (7, 13, 5, 1), (33, 17, 65, 3), (130, 129, 31, 2)] {
-                for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {
-                    let p = GemmProblem(m: m, n: n, k: k, batch: batch, transposeA: transposeA, transposeB: transposeB,
-                                        alpha: 0.75, beta: -0.5, strideA: m * k + 3, strideB: k * n + 1, strideC: m * n + 2)
-                    let a = (0..<(p.strideA * batch)).map { _ in Float(random.unit() * 2 - 1) }
-                    let b = (0..<(p.strideB * batch)).map { _ in Float(random.unit() * 2 - 1) }
-                    var c = (0..<(p.strideC * batch)).map { _ in Float(random.unit() * 2 - 1) }
-                    var expected = c.map(Double.init)
-                    for i in 0..<batch {
-                        for row in 0..<m {
-                            for column in 0..<n {
-                                var sum = 0.0
-                                for l in 0..<k {
-                                    let x = a[i * p.strideA + (transposeA ? l * p.lda + row : row * p.lda + l)]
-                                    let y = b[i * p.strideB + (transposeB ? column * p.ldb + l : l * p.ldb + column)]
-                                    sum += Double(x) * Double(y)
+            for (inputType, route) in inputs {
+                for (m, n, k, batch) in [(1, 1, 1, 1), (7, 13, 5, 1), (33, 17, 65, 3), (130, 129, 31, 2)] {
+                    for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let p = GemmProblem(m: m, n: n, k: k, batch: batch, transposeA: transposeA, transposeB: transposeB,
+                                            alpha: 0.75, beta: -0.5, strideA: m * k + 3, strideB: k * n + 1, strideC: m * n + 2,
+                                            inputType: inputType)
+                        // Values the input type holds exactly, and their stored form.
+                        func operand(_ count: Int) -> (values: [Float], bytes: [UInt8]) {
+                            let values = (0..<count).map { _ in Float(random.unit() * 2 - 1) }
+                            switch inputType {
+                            case .bf16:
+                                let bits = values.map { UInt16($0.bitPattern >> 16) }
+                                return (bits.map { Float(bitPattern: UInt32($0) << 16) }, bits.withUnsafeBytes { Array($0) })
+                            case .f16:
+                                let halves = values.map { Float16($0) }
+                                return (halves.map { Float($0) }, halves.withUnsafeBytes { Array($0) })
+                            default:
+                                return (values, values.withUnsafeBytes { Array($0) })
+                            }
+                        }
+                        let a = operand(p.strideA * batch), b = operand(p.strideB * batch)
+                        var c = (0..<(p.strideC * batch)).map { _ in Float(random.unit() * 2 - 1) }
+                        var expected = c.map(Double.init)
+                        for i in 0..<batch {
+                            for row in 0..<m {
+                                for column in 0..<n {
+                                    var sum = 0.0
+                                    for l in 0..<k {
+                                        let x = a.values[i * p.strideA + (transposeA ? l * p.lda + row : row * p.lda + l)]
+                                        let y = b.values[i * p.strideB + (transposeB ? column * p.ldb + l : l * p.ldb + column)]
+                                        sum += Double(x) * Double(y)
+                                    }
+                                    let index = i * p.strideC + row * p.ldc + column
+                                    expected[index] = 0.75 * sum - 0.5 * expected[index]
                                 }
-                                let index = i * p.strideC + row * p.ldc + column
-                                expected[index] = 0.75 * sum - 0.5 * expected[index]
                             }
                         }
-                    }
-                    try a.withUnsafeBufferPointer { pa in
-                        try b.withUnsafeBufferPointer { pb in
-                            try c.withUnsafeMutableBufferPointer { pc in
-                                try hostGemm(engine, p, pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
+                        try a.bytes.withUnsafeBytes { pa in
+                            try b.bytes.withUnsafeBytes { pb in
+                                try c.withUnsafeMutableBufferPointer { pc in
+                                    try hostGemm(engine, p, pa.baseAddress!, pb.baseAddress!, pc.baseAddress!, bf16Route: route)
+                                }
                             }
                         }
+                        let worst = zip(c, expected).map { abs(Double($0) - $1) }.max() ?? 0
+                        XCTAssertLessThan(worst, 1e-5 * Double(k), "\(engine) \(inputType) \(route.map(\.rawValue) ?? "") \(p)")
                     }
-                    let worst = zip(c, expected).map { abs(Double($0) - $1) }.max() ?? 0
-                    XCTAssertLessThan(worst, 1e-5 * Double(k), "\(engine) \(p)")
                 }
             }
+        }
+    }
+
+    /// The bf16 route: set by KDGPU_BF16_GEMM (an unknown one is a one-line error naming both), else
+    /// chosen once per engine, and named with its reason in the engine's description.
+    func testTheBF16RouteIsSetOrMeasuredAndNamed() throws {
+        XCTAssertNil(try BF16GemmRoute.requested([:]))
+        XCTAssertEqual(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "Widened"]), .widened)
+        XCTAssertThrowsError(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "amx"])) { error in
+            let text = "\(error)"
+            XCTAssertFalse(text.contains("\n"))
+            for name in ["KDGPU_BF16_GEMM=amx", "native", "widened"] { XCTAssertTrue(text.contains(name), text) }
+        }
+        let (route, reason) = try BF16GemmRoute.choice(for: .onednn)
+        XCTAssertEqual(try BF16GemmRoute.choice(for: .onednn).route, route, "chosen once")
+        XCTAssertTrue(GemmEngine.onednn.bf16Description.contains(reason))
+        if !(CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16) && ProcessInfo.processInfo.environment[BF16GemmRoute.environmentVariable] == nil {
+            XCTAssertEqual(route, .widened, "no bf16 instructions: \(reason)")
         }
     }
 }

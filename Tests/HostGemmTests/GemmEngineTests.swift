@@ -122,6 +122,30 @@ final class GemmEngineTests: XCTestCase {
         }
     }
 
+    /// Every f16 and every bf16 value reaches an fp32 GEMM exactly on the widened routes (each value
+    /// times 1): zeros, subnormals, the largest finite values, infinities, NaNs.
+    func testWideningIsExactForEveryHalfValue() throws {
+        let patterns = (0...UInt16.max).map { $0 }
+        for (inputType, route) in [(DType.f16, BF16GemmRoute?.none), (.bf16, .widened)] {
+            let p = GemmProblem(m: patterns.count, n: 1, k: 1, inputType: inputType)
+            let one: UInt16 = inputType == .f16 ? Float16(1).bitPattern : UInt16(Float(1).bitPattern >> 16)
+            var c = [Float](repeating: 7, count: patterns.count)
+            try patterns.withUnsafeBytes { a in
+                try withUnsafeBytes(of: one) { b in
+                    try c.withUnsafeMutableBufferPointer { try hostGemm(.onednn, p, a.baseAddress!, b.baseAddress!, $0.baseAddress!, bf16Route: route) }
+                }
+            }
+            for (bits, value) in zip(patterns, c) {
+                let expected = inputType == .f16 ? Float(Float16(bitPattern: bits)) : Float(bitPattern: UInt32(bits) << 16)
+                if expected.isNaN { XCTAssertTrue(value.isNaN, "\(inputType) 0x\(String(bits, radix: 16))") } else if expected == 0 {
+                    XCTAssertEqual(value, 0, "\(inputType) 0x\(String(bits, radix: 16))")  // the GEMM's sum may start at +0
+                } else {
+                    XCTAssertEqual(value.bitPattern, expected.bitPattern, "\(inputType) 0x\(String(bits, radix: 16)): \(value) vs \(expected)")
+                }
+            }
+        }
+    }
+
     /// The bf16 route: set by KDGPU_BF16_GEMM (an unknown one is a one-line error naming both), else
     /// chosen once per engine, and named with its reason in the engine's description.
     func testTheBF16RouteIsSetOrMeasuredAndNamed() throws {

@@ -53,6 +53,15 @@ public enum BF16GemmRoute: String, CaseIterable, Sendable {
         return made
     }
 
+    /// Takes `route` for `engine` in place of a measurement (an `mpirun` rank takes rank 0's, so
+    /// every rank's products round alike); `KDGPU_BF16_GEMM` still wins.
+    public static func adopt(_ route: BF16GemmRoute, for engine: GemmEngine, reason: String) throws {
+        if try requested() != nil { return }
+        lock.lock()
+        defer { lock.unlock() }
+        choices[engine] = (route, reason)
+    }
+
     private static let lock = NSLock()
     nonisolated(unsafe) private static var choices: [GemmEngine: (route: BF16GemmRoute, reason: String)] = [:]
 

@@ -1,5 +1,6 @@
 import CPUBackend
 import Foundation
+import HostGemm
 import ProcessGroup
 
 /// This process's place in an `mpirun` job (nil world alone): the world, its entry of a
@@ -19,6 +20,21 @@ struct RankPlace {
             for variable in [Parallelism.variable, "OMP_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT"] where ProcessInfo.processInfo.environment[variable] == nil {
                 setenv(variable, share, 1)
             }
+            try shareBF16Route(world)
+        }
+    }
+
+    /// Rank 0's bf16 GEMM route for every rank (each rank measuring its own could part them where
+    /// the two routes run close, and the ranks' products and `auto` teachers with them). Every rank
+    /// reaches the collective whatever its environment says: a bad value fails later, as that rank's
+    /// one-line error; a rank's own KDGPU_BF16_GEMM still wins.
+    private func shareBF16Route(_ world: MPIWorld) throws {
+        let engine = ((try? GemmEngine.requested()) ?? nil).flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
+        let route = world.rank == 0 ? (try? BF16GemmRoute.choice(for: engine))?.route : nil
+        var native: [Float] = [route == .native ? 1 : 0]
+        try world.allReduceSum(&native)
+        if world.rank != 0 {
+            try? BF16GemmRoute.adopt(native[0] > 0 ? .native : .widened, for: engine, reason: "rank 0's measured route, shared by every rank")
         }
     }
 

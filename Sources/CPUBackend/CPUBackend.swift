@@ -46,7 +46,7 @@ public final class CPUBackend: Backend {
     public let ropeTables = RoPETables()
 
     public var gemmDescription: String { "\(gemmEngine.description); \(gemmEngine.bf16Description)" }
-    public var hasFastBF16GEMMs: Bool { (try? BF16GemmRoute.choice(for: gemmEngine).route) == .native }
+    public var hasFastBF16GEMMs: Bool { gemmEngine.multipliesBF16Natively }
 
     /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>

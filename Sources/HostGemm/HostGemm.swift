@@ -40,6 +40,10 @@ public enum GemmEngine: String, CaseIterable, Sendable {
         }
     }
 
+    /// Whether this host engine's bf16 products take the processor's bf16 instructions (the route
+    /// measured native, ``BF16GemmRoute``), so bf16 is its faster type.
+    public var multipliesBF16Natively: Bool { runsOnHost && (try? BF16GemmRoute.choice(for: self).route) == .native }
+
     /// How a host engine multiplies bf16 inputs and why, e.g. `bf16 inputs: widened to fp32 (oneDNN's bf16 matmul measured at 0.48x the widened fp32 route here)`.
     public var bf16Description: String {
         guard runsOnHost else { return "" }

@@ -38,7 +38,7 @@ public final class OpenCLBackend: Backend {
     /// native, and so do the tensor-core kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32
     /// arithmetic on widened inputs.
     public var hasFastBF16GEMMs: Bool {
-        gemmEngine.runsOnHost ? (try? BF16GemmRoute.choice(for: gemmEngine).route) == .native : usesTensorCoreGemm && !emulatesTensorCores
+        gemmEngine.runsOnHost ? gemmEngine.multipliesBF16Natively : usesTensorCoreGemm && !emulatesTensorCores
     }
     public var gemmDescription: String {
         gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers; \(gemmEngine.bf16Description)"

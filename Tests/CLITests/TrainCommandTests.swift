@@ -440,6 +440,44 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(alone.error.contains("written by 2 processes (mpirun -np 2), this run has 1"), alone.error)
     }
 
+    /// Every rank takes rank 0's bf16 GEMM route: with KDGPU_BF16_GEMM set on rank 0 alone (an MPMD
+    /// launch), two ranks take the steps of one process with it set. The route decides `--teacher-precision
+    /// auto` (bf16 or fp32), which parts the losses past the 1e-4 the ranks are held to, and one of the
+    /// two routes is the one rank 1 would not have measured on its own, on any processor.
+    func testEveryRankTakesRankZerosBF16Route() throws {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        guard cpuinfo.contains("avx512_bf16") || cpuinfo.contains("amx_bf16") else {
+            throw XCTSkip("no bf16 instructions on this processor: oneDNN's native bf16 route, one of the two shared, does not run here")
+        }
+        let data = try corpus()
+        func close(_ a: [[String: Any]], _ b: [[String: Any]]) -> Bool {
+            a.count == b.count && zip(a, b).allSatisfy { x, y in
+                ["loss", "kd_loss"].allSatisfy { key in
+                    guard let u = x[key] as? Double else { return true }
+                    guard let v = y[key] as? Double else { return false }
+                    return abs(u - v) <= 1e-4 * max(abs(u), 1e-3)
+                }
+            }
+        }
+        var single: [String: [[String: Any]]] = [:]
+        for route in ["native", "widened"] {
+            let out = try folder("one-process-\(route)")
+            let run = try kdgpu(trainArguments(data: data, out: out) + ["--gradient-accumulation", "2"], environment: ["KDGPU_BF16_GEMM": route])
+            XCTAssertEqual(run.status, 0, run.error)
+            single[route] = try metrics(out)
+        }
+        XCTAssertFalse(close(single["native"]!, single["widened"]!), "the routes' auto teachers (bf16, fp32) part the losses, so the test can tell")
+        for route in ["native", "widened"] {
+            let out = try folder("two-ranks-\(route)")
+            let kdgpu = [Kdgpu.builtExecutable.path] + trainArguments(data: data, out: out)
+            let launch = ["--oversubscribe", "--timeout", "180"] + (getuid() == 0 ? ["--allow-run-as-root"] : [])
+                + ["-np", "1", "/usr/bin/env", "KDGPU_BF16_GEMM=\(route)"] + kdgpu + [":", "-np", "1"] + kdgpu
+            let pair = try Kdgpu.run(launch, environment: [:], executable: try mpirun(), timeout: 200)
+            XCTAssertEqual(pair.status, 0, pair.error)
+            XCTAssertTrue(close(try metrics(out), single[route]!), "rank 1 takes rank 0's route (\(route))")
+        }
+    }
+
     /// On-policy and sequence-level steps under mpirun: every rank draws the same source for a step
     /// and samples its micro-batches from the seed of (step, micro-batch), so two ranks take the steps
     /// one process takes with twice the accumulation (the same sources and losses); the replay buffer,

@@ -44,10 +44,8 @@ public enum BF16GemmRoute: String, CaseIterable, Sendable {
             made = (.widened, "no bf16 instructions on this processor")
         } else {
             let (native, widened) = try measure(engine)
-            let ratio = widened / native
-            made = native <= widened * widenedMargin
-                ? (.native, String(format: "oneDNN's bf16 matmul measured at %.2fx the widened fp32 route here", ratio))
-                : (.widened, String(format: "oneDNN's bf16 matmul measured at %.2fx the widened fp32 route here", ratio))
+            made = (native <= widened * widenedMargin ? .native : .widened,
+                    String(format: "oneDNN's bf16 matmul measured at %.2fx the widened fp32 route here", widened / native))
         }
         choices[engine] = made
         return made

@@ -84,28 +84,28 @@ public struct GemmSuite: BenchSuite {
                 let routeInUse = inUse.runsOnHost ? try BF16GemmRoute.choice(for: inUse).route : nil
                 defer { openCL?.prefersTensorCoreGemm = true; setRoute(nil, on: backend) }
                 for inputType in [DType.bf16, .f16] {
-                    // (the kernel's label, its set-up, whether a run takes it)
-                    var paths: [(label: String, setUp: () -> Void, inUse: Bool)] = []
+                    // (its set-up, then its label; whether a run takes it)
+                    let widened = "widened to f32, \(inUse.rawValue)"
+                    let paths: [(setUp: () -> String, inUse: Bool)]
                     if let openCL {
-                        for tensorCores in openCL.offersTensorCoreGemm ? [false, true] : [false] {
-                            openCL.prefersTensorCoreGemm = tensorCores
-                            paths.append(("\(openCL.gemm16KernelName(inputType)) kernel", { openCL.prefersTensorCoreGemm = tensorCores },
-                                          tensorCores == openCL.offersTensorCoreGemm))
+                        paths = (openCL.offersTensorCoreGemm ? [false, true] : [false]).map { tensorCores in
+                            ({ openCL.prefersTensorCoreGemm = tensorCores; return "\(openCL.gemm16KernelName(inputType)) kernel" },
+                             tensorCores == openCL.offersTensorCoreGemm)
                         }
                     } else if inputType == .bf16 {
                         paths = BF16GemmRoute.allCases.map { route in
-                            (route == .native ? "onednn matmul" : "widened to f32, \(inUse.rawValue)", { setRoute(route, on: backend) }, route == routeInUse)
+                            ({ setRoute(route, on: backend); return route == .native ? "onednn matmul" : widened }, route == routeInUse)
                         }
                     } else {
-                        paths = [("widened to f32, \(inUse.rawValue)", {}, true)]
+                        paths = [({ widened }, true)]
                     }
                     for path in paths {
-                        path.setUp()
-                        context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs (\(path.label))")
+                        let label = path.setUp()
+                        context.report("gemm: \(shapeText) on \(backend.name), \(inputType.rawValue) inputs (\(label))")
                         let result = try gemm(on: backend, a: a, b: b, m: m, k: k, n: n, transposeB: transposeB, context: context, inputType: inputType)
                         let gflops = flops / result.seconds / 1e9
                         let bits = inputType == .bf16 ? 8 : 11
-                        records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(path.label))", backend: backend.name,
+                        records.append(BenchRecord(suite: "gemm", kernel: "\(kernel) \(inputType.rawValue) x \(inputType.rawValue) -> f32 (\(label))", backend: backend.name,
                                                    shape: shapeText, dtype: inputType.rawValue, medianSeconds: result.seconds, gflopPerSecond: gflops,
                                                    maxAbsError: maxAbsDifference(result.values, reference.values),
                                                    extra: ["fraction_of_\(referenceEngine.rawValue)": gflops / referenceGflops,

@@ -56,7 +56,7 @@ public final class CPUBackend: Backend {
         pool = BlockPool(ledger: ledger, capacityBytes: ledger.budgetBytes / 8) { $0.deallocate() }
         let requested = try GemmEngine.requested()
         _ = try BF16GemmRoute.requested()  // a bad KDGPU_BF16_GEMM fails here, before any work
-        gemmEngine = requested.flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
+        gemmEngine = GemmEngine.host(requested: requested)
     }
 
     deinit { pool.drain() }

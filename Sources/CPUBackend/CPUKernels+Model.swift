@@ -26,7 +26,7 @@ extension CPUKernels {
     }
 
     public static func dequantize_bf16(_ src: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ elements: Range<Int>) {
-        for i in elements { out[i] = BlockFormat.bfloat16(src, i) }
+        BlockFormat.loadBFloat16s(src + 2 * elements.lowerBound, count: elements.count, to: out + elements.lowerBound)
     }
 
     /// Blocks `blocks` of a block type expanded straight to 16-bit bits (`out` raw, 2 bytes a weight):

@@ -75,7 +75,7 @@ public enum CPUKernels {
             forEachLanes(0..<cols) { j, count in
                 let e = kdExp((loadLanes(xr + j, count: count) - m) * inverseTemperature)
                 storeLanes(e, yr + j, count: count)
-                sum += count == 16 ? e : e.replacing(with: 0, where: laneIndices .>= Int32(count))
+                sum += firstLanes(e, count)
             }
             let inverseSum = 1 / sum.sum()
             for j in 0..<cols { yr[j] *= inverseSum }
@@ -142,12 +142,19 @@ public enum CPUKernels {
         var lanes = SIMD16<Float>(repeating: 0)
         forEachLanes(0..<n) { j, count in
             let e = kdExp((loadLanes(x + j, count: count) - shift) * scale)
-            lanes += count == 16 ? e : e.replacing(with: 0, where: laneIndices .>= Int32(count))
+            lanes += firstLanes(e, count)
         }
         return lanes.sum()
     }
 
-    /// 0, 1, ..., 15: masks the lanes past a row's end.
+    /// `lanes` with the lanes from `count` on zeroed (a row's last, short run of lanes, whose loads
+    /// filled them with 0, which an exp would not leave 0).
+    @inline(__always)
+    static func firstLanes(_ lanes: SIMD16<Float>, _ count: Int) -> SIMD16<Float> {
+        count == 16 ? lanes : lanes.replacing(with: 0, where: laneIndices .>= Int32(count))
+    }
+
+    /// 0, 1, ..., 15.
     static let laneIndices = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 
     @inline(__always)

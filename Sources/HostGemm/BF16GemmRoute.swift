@@ -105,8 +105,9 @@ final class WidenedOperands: @unchecked Sendable {
         defer { give(buffer) }
         let out = buffer.baseAddress!, chunk = 1 << 16, chunks = (count + chunk - 1) / chunk
         DispatchQueue.concurrentPerform(iterations: chunks) { index in
-            let range = index * chunk..<min(count, (index + 1) * chunk)
-            if type == .bf16 { widenBF16(source, out, range) } else { widenF16(source, out, range) }
+            let (start, end) = (index * chunk, min(count, (index + 1) * chunk))
+            let load = type == .bf16 ? BlockFormat.loadBFloat16s : BlockFormat.loadHalves
+            load(source + 2 * start, end - start, out + start)
         }
         return try body(UnsafePointer(out))
     }
@@ -132,26 +133,4 @@ final class WidenedOperands: @unchecked Sendable {
             free.remove(at: smallest).deallocate()
         }
     }
-}
-
-/// bf16 -> fp32: the 16 bits become the upper half, eight values a vector.
-private func widenBF16(_ source: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
-    let halves = source.assumingMemoryBound(to: UInt16.self)
-    var i = range.lowerBound
-    let raw = UnsafeMutableRawPointer(out)
-    while i + 8 <= range.upperBound {
-        let bits = UnsafeRawPointer(halves + i).loadUnaligned(as: SIMD8<UInt16>.self)
-        raw.storeBytes(of: SIMD8<UInt32>(truncatingIfNeeded: bits) &<< 16, toByteOffset: i * 4, as: SIMD8<UInt32>.self)
-        i += 8
-    }
-    while i < range.upperBound {
-        out[i] = Float(bitPattern: UInt32(halves[i]) << 16)
-        i += 1
-    }
-}
-
-/// f16 -> fp32 (exact).
-private func widenF16(_ source: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
-    let halves = source.assumingMemoryBound(to: Float16.self)
-    for i in range { out[i] = Float(halves[i]) }
 }

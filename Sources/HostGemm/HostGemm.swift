@@ -21,6 +21,10 @@ public enum GemmEngine: String, CaseIterable, Sendable {
 
     public var runsOnHost: Bool { self != .clblast }
 
+    /// The host engine a CPU runs when `requested` (`KDGPU_GEMM`) names this engine or another: it, if it
+    /// runs on the host, else ``defaultHost``.
+    public static func host(requested: GemmEngine?) -> GemmEngine { requested.flatMap { $0.runsOnHost ? $0 : nil } ?? defaultHost }
+
     /// The engine `KDGPU_GEMM` names, nil when it is unset; an unknown name is a one-line error listing the engines.
     public static func requested(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> GemmEngine? {
         guard let value = environment[environmentVariable], !value.isEmpty else { return nil }

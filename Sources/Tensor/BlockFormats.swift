@@ -41,6 +41,15 @@ public enum BlockFormat {
         }
     }
 
+    /// `count` bf16 values at `base` (little-endian, no alignment needed) widened exactly to fp32 at
+    /// `out`, as ``bfloat16(_:_:)`` widens them (the 16 bits become the upper half), in a loop the
+    /// compiler vectorizes.
+    public static func loadBFloat16s(_ base: UnsafeRawPointer, count: Int, to out: UnsafeMutablePointer<Float>) {
+        for i in 0..<count {
+            out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16)
+        }
+    }
+
     /// `count` f16 values at `base` (little-endian, no alignment needed) widened exactly to fp32 at
     /// `out`, as ``half(_:_:)`` widens them, in a branch-free loop the compiler vectorizes (Swift's
     /// `Float16` conversion is a library call per value on processors it cannot assume have F16C):

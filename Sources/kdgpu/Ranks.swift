@@ -29,7 +29,7 @@ struct RankPlace {
     /// reaches the collective whatever its environment says: a bad value fails later, as that rank's
     /// one-line error; a rank's own KDGPU_BF16_GEMM still wins.
     private func shareBF16Route(_ world: MPIWorld) throws {
-        let engine = ((try? GemmEngine.requested()) ?? nil).flatMap { $0.runsOnHost ? $0 : nil } ?? GemmEngine.defaultHost
+        let engine = GemmEngine.host(requested: (try? GemmEngine.requested()) ?? nil)
         let route = world.rank == 0 ? (try? BF16GemmRoute.choice(for: engine))?.route : nil
         var native: [Float] = [route == .native ? 1 : 0]
         try world.allReduceSum(&native)

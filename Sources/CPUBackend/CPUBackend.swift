@@ -39,7 +39,7 @@ public final class CPUBackend: Backend {
         didSet { precondition(gemmEngine.runsOnHost, "the CPU backend runs host GEMM engines only") }
     }
 
-    /// The route of bf16 GEMMs: nil for the one measured for the engine (``BF16GemmRoute``); the
+    /// The route of bf16 GEMMs: nil for the one chosen for the engine (``BF16GemmRoute``); the
     /// bench sets each to time both.
     public var bf16GemmRoute: BF16GemmRoute?
 

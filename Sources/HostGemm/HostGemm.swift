@@ -44,11 +44,11 @@ public enum GemmEngine: String, CaseIterable, Sendable {
         }
     }
 
-    /// Whether this host engine's bf16 products take the processor's bf16 instructions (the route
-    /// measured native, ``BF16GemmRoute``), so bf16 is its faster type.
+    /// Whether this host engine's bf16 products take the processor's bf16 instructions (the native
+    /// route, ``BF16GemmRoute``), so bf16 is its faster type.
     public var multipliesBF16Natively: Bool { runsOnHost && (try? BF16GemmRoute.choice(for: self).route) == .native }
 
-    /// How a host engine multiplies bf16 inputs and why, e.g. `bf16 inputs: widened to fp32 (oneDNN's bf16 matmul measured at 0.48x the widened fp32 route here)`.
+    /// How a host engine multiplies bf16 inputs and why, e.g. `bf16 inputs: widened to fp32 (no bf16 instructions on this processor)`.
     public var bf16Description: String {
         guard runsOnHost else { return "" }
         guard let (route, reason) = try? BF16GemmRoute.choice(for: self) else { return "bf16 inputs: (route not measurable)" }
@@ -58,7 +58,7 @@ public enum GemmEngine: String, CaseIterable, Sendable {
 
 /// C = alpha op(A) op(B) + beta C (row-major, `p.batch` strided problems) on the host. A and B
 /// are f32, bf16 or f16 as `p.inputType` says, products accumulated in fp32. bf16 takes the route
-/// measured for the engine (``BF16GemmRoute``; `bf16Route` sets it): oneDNN's matmul primitive
+/// chosen for the engine (``BF16GemmRoute``; `bf16Route` sets it): oneDNN's matmul primitive
 /// (Debian's OpenBLAS has no bf16 GEMM) or the operands widened to fp32 for the engine's GEMM. f16
 /// is always widened, since oneDNN 2.6 multiplies f16 only on CPUs with AVX512-FP16 and no CPU here
 /// has them (f16 is the GPUs' 16-bit type; on a CPU prefer bf16). f32 products of 2 to 16 rows run

@@ -28,13 +28,13 @@ public final class OpenCLBackend: Backend {
         didSet { precondition(!gemmEngine.runsOnHost || device.isCPU, "host GEMMs need a CPU device's host-visible buffers") }
     }
 
-    /// The route of bf16 GEMMs under a host engine: nil for the one measured for the engine
+    /// The route of bf16 GEMMs under a host engine: nil for the one chosen for the engine
     /// (``BF16GemmRoute``); the bench sets each to time both.
     public var bf16GemmRoute: BF16GemmRoute?
 
     public let ropeTables = RoPETables()
 
-    /// Host engines on a CPU device use the processor's bf16 instructions where their route measured
+    /// Host engines on a CPU device use the processor's bf16 instructions where their route is
     /// native, and so do the tensor-core kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32
     /// arithmetic on widened inputs.
     public var hasFastBF16GEMMs: Bool {

@@ -57,29 +57,31 @@ final class TrainCommandTests: XCTestCase {
     }
 
     /// `--teacher-precision auto` (the default) runs the teacher in bf16 exactly where bf16 GEMMs take
-    /// the processor's own bf16 instructions: the route measured (or set by KDGPU_BF16_GEMM) and named
-    /// in the log; never on a processor without them, as /proc/cpuinfo lists them (avx512_bf16, amx_bf16).
+    /// the processor's own bf16 instructions: the processor's route (native with amx_bf16, or
+    /// avx512_bf16 on AMD, as /proc/cpuinfo lists them; widened elsewhere), or the one KDGPU_BF16_GEMM
+    /// sets or measures, named in the log.
     func testAutoTeacherPrecisionFollowsTheBF16GemmRoute() throws {
         let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
-        let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        let lines = cpuinfo.split(separator: "\n")
+        let flags = Set(lines.first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        let amd = lines.first { $0.hasPrefix("vendor_id") }?.contains("AuthenticAMD") ?? false
         let hasBF16Instructions = flags.contains("avx512_bf16") || flags.contains("amx_bf16")
-        // (KDGPU_BF16_GEMM, the route the log must name, the teacher's precision); nil: measured.
-        var cases: [(String?, String?, String)] = [(nil, nil, ""), ("widened", "widened to fp32 (set by KDGPU_BF16_GEMM=widened)", "fp32")]
+        let processorsRoute = flags.contains("amx_bf16") || (amd && flags.contains("avx512_bf16")) ? "oneDNN's bf16 matmul" : "widened to fp32"
+        // (KDGPU_BF16_GEMM, the route and reason the log must name, the teacher's precision); "measure": either route.
+        var cases: [(String?, String, String?)] = [(nil, processorsRoute + " (", processorsRoute == "widened to fp32" ? "fp32" : "bf16"),
+                                                   ("widened", "widened to fp32 (set by KDGPU_BF16_GEMM=widened)", "fp32"),
+                                                   ("measure", "(KDGPU_BF16_GEMM=measure: oneDNN's bf16 matmul measured at ", nil)]
         if hasBF16Instructions { cases.append(("native", "oneDNN's bf16 matmul (set by KDGPU_BF16_GEMM=native)", "bf16")) }
         for (route, logged, teacher) in cases {
-            let run = try kdgpu(trainArguments(data: try corpus(), out: try folder("auto-\(route ?? "measured")")) + ["--steps", "1"],
+            let run = try kdgpu(trainArguments(data: try corpus(), out: try folder("auto-\(route ?? "processor")")) + ["--steps", "1"],
                                 environment: route.map { ["KDGPU_BF16_GEMM": $0] } ?? [:])
             XCTAssertEqual(run.status, 0, run.error)
             let gemms = run.error.split(separator: "\n").first { $0.contains("GEMMs: ") }.map(String.init) ?? run.error
-            if let logged {
-                XCTAssertTrue(gemms.contains("bf16 inputs: \(logged)"), gemms)
-                XCTAssertTrue(run.error.contains("teacher \(teacher) (auto)"), run.error)
-            } else {
-                let native = gemms.contains("bf16 inputs: oneDNN's bf16 matmul")
-                XCTAssertTrue(native || gemms.contains("bf16 inputs: widened to fp32"), gemms)
-                XCTAssertFalse(native && !hasBF16Instructions, gemms)
-                XCTAssertTrue(run.error.contains(native ? "teacher bf16 (auto)" : "teacher fp32 (auto)"), run.error)
-            }
+            XCTAssertTrue(gemms.contains(logged), gemms)
+            let native = gemms.contains("bf16 inputs: oneDNN's bf16 matmul")
+            XCTAssertTrue(native || gemms.contains("bf16 inputs: widened to fp32"), gemms)
+            XCTAssertFalse(native && !hasBF16Instructions && route != "native", gemms)
+            XCTAssertTrue(run.error.contains("teacher \(teacher ?? (native ? "bf16" : "fp32")) (auto)"), run.error)
         }
     }
 
@@ -443,7 +445,7 @@ final class TrainCommandTests: XCTestCase {
     /// Every rank takes rank 0's bf16 GEMM route: with KDGPU_BF16_GEMM set on rank 0 alone (an MPMD
     /// launch), two ranks take the steps of one process with it set. The route decides `--teacher-precision
     /// auto` (bf16 or fp32), which parts the losses past the 1e-4 the ranks are held to, and one of the
-    /// two routes is the one rank 1 would not have measured on its own, on any processor.
+    /// two routes is the one rank 1 would not have taken on its own, on any processor.
     func testEveryRankTakesRankZerosBF16Route() throws {
         let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
         guard cpuinfo.contains("avx512_bf16") || cpuinfo.contains("amx_bf16") else {

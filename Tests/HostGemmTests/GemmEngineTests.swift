@@ -146,21 +146,35 @@ final class GemmEngineTests: XCTestCase {
         }
     }
 
-    /// The bf16 route: set by KDGPU_BF16_GEMM (an unknown one is a one-line error naming both), else
-    /// chosen once per engine, and named with its reason in the engine's description.
-    func testTheBF16RouteIsSetOrMeasuredAndNamed() throws {
+    /// The bf16 route: set by KDGPU_BF16_GEMM (a route, or `measure`; anything else is a one-line
+    /// error naming the choices), else the processor's (by its bf16 instructions and vendor, the same
+    /// in every process), chosen once per engine and named with its reason in the engine's description.
+    func testTheBF16RouteIsSetOrTheProcessorsAndNamed() throws {
         XCTAssertNil(try BF16GemmRoute.requested([:]))
-        XCTAssertEqual(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "Widened"]), .widened)
+        XCTAssertEqual(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "Widened"]), .route(.widened))
+        XCTAssertEqual(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "measure"]), .measure)
         XCTAssertThrowsError(try BF16GemmRoute.requested([BF16GemmRoute.environmentVariable: "amx"])) { error in
             let text = "\(error)"
             XCTAssertFalse(text.contains("\n"))
-            for name in ["KDGPU_BF16_GEMM=amx", "native", "widened"] { XCTAssertTrue(text.contains(name), text) }
+            for name in ["KDGPU_BF16_GEMM=amx", "native", "widened", "measure"] { XCTAssertTrue(text.contains(name), text) }
         }
+        var features = CPUFeatures.current
+        (features.avx512bf16, features.amxBF16, features.vendor) = (false, false, "GenuineIntel")
+        XCTAssertEqual(BF16GemmRoute.byProcessor(features).route, .widened)
+        features.avx512bf16 = true
+        XCTAssertEqual(BF16GemmRoute.byProcessor(features).route, .widened, "AVX512_BF16 alone on Intel")
+        features.amxBF16 = true
+        XCTAssertEqual(BF16GemmRoute.byProcessor(features).route, .native, "AMX-BF16")
+        (features.amxBF16, features.vendor) = (false, "AuthenticAMD")
+        XCTAssertEqual(BF16GemmRoute.byProcessor(features).route, .native, "AVX512_BF16 on AMD")
+        features.avx512bf16 = false
+        XCTAssertEqual(BF16GemmRoute.byProcessor(features).route, .widened, "no bf16 instructions on AMD")
+
         let (route, reason) = try BF16GemmRoute.choice(for: .onednn)
         XCTAssertEqual(try BF16GemmRoute.choice(for: .onednn).route, route, "chosen once")
         XCTAssertTrue(GemmEngine.onednn.bf16Description.contains(reason))
-        if !(CPUFeatures.current.avx512bf16 || CPUFeatures.current.amxBF16) && ProcessInfo.processInfo.environment[BF16GemmRoute.environmentVariable] == nil {
-            XCTAssertEqual(route, .widened, "no bf16 instructions: \(reason)")
+        if ProcessInfo.processInfo.environment[BF16GemmRoute.environmentVariable] == nil {
+            XCTAssertTrue(route == BF16GemmRoute.byProcessor(.current).route && reason == BF16GemmRoute.byProcessor(.current).reason, reason)
         }
     }
 }

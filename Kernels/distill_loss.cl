@@ -1,8 +1,9 @@
 // distill_loss.cl: the fused distillation-loss family over rows of student logits zs [rows, V]
 // and teacher logits zt [rows, V] (or a top-k teacher), one work-group per row at a time.
 // The math, the gradients and the conventions are in Sources/Losses/DistillationLoss.swift and
-// /work/shared/spec/losses.md. CPU twins: CPUKernels.distill_count_valid_rows, distill_loss_rows
-// (Sources/Losses/CPUDistillKernels.swift), with the same passes and the same exp/log polynomials.
+// /work/shared/spec/losses.md. CPU twins: CPUKernels.distill_count_valid_rows, distill_loss_rows,
+// distill_decoupled_topk_rows, distill_sparse_teacher_rows (Sources/CPUBackend/CPUKernels+Distill.swift),
+// with the same passes and the same exp/log polynomials.
 //
 // Per row (a = zs / T, b = teacher / T, q = softmax(a), p = softmax(b)):
 //   pass 1  max of both rows, non-finite detection (+inf, NaN), TAID mix written to scratch   (1 read of zs, zt)
@@ -36,6 +37,7 @@
 #define FLAG_TOPK_BUCKET 512
 #define FLAG_TOPK_DECOUPLED 1024  // the host launches distill_decoupled_topk_rows
 #define FLAG_TOPK_PRIOR 2048
+#define FLAG_TOPK_SPARSE 4096  // the host launches distill_sparse_teacher_rows
 
 // row_status bits (also in DistillationLoss.swift)
 #define STATUS_IGNORED 1
@@ -640,6 +642,126 @@ __kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
                 STORE(ok ? grad : (floatV)(0.0f), dr, v); }
             FOR_EACH_VECTOR(REGROUPED)
 #undef REGROUPED
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        if (gradient && hard && ok && lid == 0) dr[label] -= h;
+        DISTILL_ROW_END
+    }
+}
+
+// The fused loss for a teacher whose whole mass lies on its listed ids (FLAG_TOPK_SPARSE, set by the
+// host for a renormalized top-k or sampled teacher under forward KL without TAID): the student's
+// passes as distill_loss_rows' fkl ones (one exp per element), the teacher's maximum, exp sum and KL
+// terms over the listed ids alone, and its part of the gradient, -c p, subtracted at those ids after
+// the student's part is written. An id listed twice counts once, at its last slot (as the dense row
+// distill_loss_rows builds from the slots in order). Same arguments as distill_loss_rows. Scratch:
+// ROW_TEACHER holds, as ints, the slot row * k + i that last listed each id (atomic_max; slots grow
+// with the row, so an earlier row's marks never match; the host keeps rows * k below 2^31),
+// ROW_EB the listed ids' e_b by slot (0 for a slot that does not count), ROW_EH e_h for an
+// untempered cross-entropy at T != 1. The listed ids read zs before the student's pass may
+// overwrite it with e_a (dz == zs).
+__kernel void distill_sparse_teacher_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
+    DISTILL_ROW_LAYOUT
+    __global float* eb_list = group_scratch + ROW_EB * vp;
+    __global int* last_slot = (__global int*)(group_scratch + ROW_TEACHER * vp);
+    __global float* eh_row = group_scratch + ROW_EH * vp;
+    const int gradient = flags & FLAG_GRADIENT;
+    const int hard = flags & FLAG_HARD;
+    const int hard_separate = hard && inv_t != 1.0f;
+    const float grad_scale = (flags & FLAG_MEAN) && gradient ? grad_output / fmax(1.0f, valid_count[vco]) : grad_output;
+    for (int j = lid; j < vp; j += WG) last_slot[j] = -1;
+    barrier(CLK_GLOBAL_MEM_FENCE);
+
+    for (int row = group; row < rows; row += groups) {
+        __global const float* zr = zs + zso + (long)row * n;
+        __global float* dr = dz + dzo + (long)row * n;
+        __global const float* ids = topk_ids + tio + (long)row * k;
+        __global const float* vals = topk_vals + tvo + (long)row * k;
+        DISTILL_ROW_START
+
+        // Pass 1: the listed ids marked with their last slot, the student's maximum; then the
+        // teacher's maximum over the slots that count.
+        float part_bad_id = 0.0f;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            if (id >= 0 && id < n) atomic_max(last_slot + id, row * k + i);
+            else if (id != -1) part_bad_id = 1.0f;  // -1: an empty slot of a row shorter than k
+        }
+        floatH max_s = (floatH)(-INFINITY);
+#define STUDENT_MAX(LOAD, STORE) { max_s = max_or_second(fold_max(LOAD(zr, v)), max_s); }
+        FOR_EACH_VECTOR(STUDENT_MAX)
+#undef STUDENT_MAX
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        float part_max_t = -INFINITY;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            if (id >= 0 && id < n && last_slot[id] == row * k + i) part_max_t = fmax(part_max_t, vals[i]);
+        }
+        const float label_logit = (hard && label >= 0 && label < n) ? zr[label] : 0.0f;
+        const float4 maxima = group_max4((float4)(vmax(max_s), part_max_t, part_bad_id, 0.0f), reduce);
+        const float shift_s = maxima.x == -INFINITY ? 0.0f : maxima.x * inv_t;
+        const float shift_t = maxima.y == -INFINITY ? 0.0f : maxima.y * inv_t;
+        const float shift_h = maxima.x == -INFINITY ? 0.0f : maxima.x;
+        const float inv_t2 = inv_t * LOG2E, shift_s2 = shift_s * LOG2E, shift_t2 = shift_t * LOG2E;
+
+        // Pass 2a (log2 units): over the listed ids, e_b, its sum and the forward-KL terms e_b (lb - la).
+        float part_sb = 0.0f, part_sx = 0.0f;
+        for (int i = lid; i < k; i += WG) {
+            const int id = (int)ids[i];
+            float eb = 0.0f;
+            if (id >= 0 && id < n && last_slot[id] == row * k + i) {
+                const float lb = vals[i] * inv_t2 - shift_t2, la = zr[id] * inv_t2 - shift_s2;
+                eb = kd_exp2((floatV)(lb)).s0;
+                const float difference = lb - la;
+                part_sb += eb;
+                part_sx += eb * (difference > -FLT_MAX ? difference : -FLT_MAX);
+            }
+            eb_list[i] = eb;
+        }
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        // Pass 2b: the student's e_a and its sum (e_a stashed in the dz row); e_h at T != 1.
+        floatH sum_a = (floatH)(0.0f), sum_h = (floatH)(0.0f);
+#define STUDENT_EXPS(LOAD, STORE) {                                 \
+            const floatV zsv = LOAD(zr, v);                         \
+            const floatV ea = kd_exp2(zsv * inv_t2 - shift_s2);     \
+            sum_a += fold_sum(ea);                                  \
+            if (gradient) STORE(ea, dr, v);                         \
+            if (hard_separate) {                                    \
+                const floatV eh = kd_exp2((zsv - shift_h) * LOG2E); \
+                sum_h += fold_sum(eh);                              \
+                vstoreV(eh, v, eh_row);                             \
+            } }
+        FOR_EACH_VECTOR(STUDENT_EXPS)
+#undef STUDENT_EXPS
+        const float4 sums = group_sum4((float4)(vsum(sum_a), part_sb, part_sx, vsum(sum_h)), reduce);
+        if (valid) {
+            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
+            if (isnan(sums.y)) status |= STATUS_TEACHER_NONFINITE;
+            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
+            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
+            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
+        }
+        const float inv_sa = 1.0f / sums.x, inv_sb = 1.0f / sums.y;
+        const float sum_eh = hard_separate ? sums.w : sums.x;
+        const float divergence = sums.z * LN2 * inv_sb - log(sums.y) + log(sums.x);
+        const float cross_entropy = hard ? log(sum_eh) + shift_h - label_logit : 0.0f;
+        const float loss = soft_weight * divergence + hard_weight * cross_entropy;
+
+        // Pass 3: dz = c (q - p) + h (softmax(zs) - onehot(label)): the student's part over the row,
+        // then -c p at the listed ids, then the label's one-hot part, each after every work-item's writes.
+        const int ok = valid && status == 0;
+        const float c = ok ? grad_scale * row_weight * soft_weight * inv_t : 0.0f;
+        const float h = ok ? grad_scale * row_weight * hard_weight : 0.0f;
+        if (gradient) {
+            const float ca = c * inv_sa + (hard && !hard_separate ? h * inv_sa : 0.0f), ch = hard_separate ? h / sum_eh : 0.0f;
+#define STUDENT_GRADIENT(LOAD, STORE) {                                                    \
+                const floatV q = LOAD(dr, v) * ca;                                         \
+                STORE(ok ? (hard_separate ? q + vloadV(v, eh_row) * ch : q) : (floatV)(0.0f), dr, v); }
+            FOR_EACH_VECTOR(STUDENT_GRADIENT)
+#undef STUDENT_GRADIENT
+            barrier(CLK_GLOBAL_MEM_FENCE);
+            const float cb = c * inv_sb;
+            if (ok) for (int i = lid; i < k; i += WG) if (eb_list[i] != 0.0f) dr[(int)ids[i]] -= eb_list[i] * cb;
         }
         barrier(CLK_GLOBAL_MEM_FENCE);
         if (gradient && hard && ok && lid == 0) dr[label] -= h;

@@ -4,14 +4,16 @@ import Losses
 import Tensor
 
 /// The loss suite's rows for a sparse teacher (what a teacher cache feeds the trainer): the top
-/// `k` log-probabilities of the bench teacher, forward KL at the suite's T with the bucket tail and
+/// `k` log-probabilities of the bench teacher, forward KL at the suite's T renormalized over them
+/// (`distill_sparse_teacher_rows`, the kernel of sampled targets too), with the bucket tail and
 /// the prior tail (`distill_loss_rows`; the prior's log-weights `-(j mod 97) / 10` for token j) and
 /// LFM2's decoupled objective (`distill_decoupled_topk_rows`), forward +
 /// gradient. Bytes counted: z_s read and dz written (2 N V floats) plus the [N, k] ids and values;
 /// `ratio_to_dense_fkl` divides the time by the dense forward + gradient's in the same run.
 extension LossSuite {
     static let sparseK = 32
-    static let sparseRules: [(MissingTeacherMass, String)] = [(.bucket, "distill_loss_rows top-k bucket"),
+    static let sparseRules: [(MissingTeacherMass, String)] = [(.renormalize, "distill_sparse_teacher_rows top-k renormalized"),
+                                                              (.bucket, "distill_loss_rows top-k bucket"),
                                                               (.prior, "distill_loss_rows top-k prior"),
                                                               (.decoupled, "distill_decoupled_topk_rows")]
 

@@ -28,7 +28,8 @@ extension CPUBackend: DistillationLossKernel {
             inverseTemperature: l.inverseTemperature, parameter: l.parameter, taid: l.taid, softWeight: l.softWeight,
             hardWeight: l.hardWeight, gradOutput: l.gradOutput)
         let groups = max(1, min(l.rows, distillWorkers))
-        let rowsOfGroup = l.flags & DistillFlags.topKDecoupled != 0 ? CPUKernels.distill_decoupled_topk_rows : CPUKernels.distill_loss_rows
+        let rowsOfGroup = l.flags & DistillFlags.topKDecoupled != 0 ? CPUKernels.distill_decoupled_topk_rows
+            : l.flags & DistillFlags.topKSparse != 0 ? CPUKernels.distill_sparse_teacher_rows : CPUKernels.distill_loss_rows
         if groups == 1 {
             rowsOfGroup(arguments, 0, 1)
         } else {

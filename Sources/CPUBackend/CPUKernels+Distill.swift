@@ -64,6 +64,114 @@ extension CPUKernels {
         a.flags & DistillFlags.mask != 0 ? a.mask.map { $0[row] } ?? 1 : 1
     }
 
+    /// The fused loss for a teacher whose whole mass lies on its listed ids (``DistillFlags/topKSparse``:
+    /// a renormalized top-k or sampled teacher, forward KL, no TAID): the student's passes are dense, the
+    /// teacher's max, exp sum and KL terms run over the listed ids alone, and its part of the gradient,
+    /// -c p, is subtracted at those ids after the student's. An id listed twice counts once, at its
+    /// last slot (as the dense row's last write); scratch: row 1 the listed ids' e_b by slot, row 2
+    /// (as Int32) the slot `row * k + i` that last listed each id, row 3 e_h.
+    public static func distill_sparse_teacher_rows(_ a: DistillRowArguments, group: Int, groups: Int) {
+        let n = a.n, k = a.k, nvec = (n + 15) / 16, vp = nvec * 16
+        let flags = a.flags, invT = a.inverseTemperature
+        let gradient = flags & DistillFlags.gradient != 0
+        let hard = flags & DistillFlags.hard != 0
+        let hardSeparate = hard && invT != 1
+        let gradScale = flags & DistillFlags.mean != 0 ? a.gradOutput / max(1, a.validCount) : a.gradOutput
+        let ebList = a.scratch + group * 4 * vp + vp, ehRow = ebList + 2 * vp
+        let zero = Float16Lanes(repeating: 0), negativeInfinity = Float16Lanes(repeating: -.infinity)
+        let lastSlot = UnsafeMutableRawPointer(ebList + vp).bindMemory(to: Int32.self, capacity: vp)
+        lastSlot.update(repeating: -1, count: vp)
+        defer { UnsafeMutableRawPointer(lastSlot).bindMemory(to: Float.self, capacity: vp) }
+
+        var row = group
+        while row < a.rows {
+            defer { row += groups }
+            let zr = a.zs + row * n, dr = a.dz + row * n
+            let idRow = a.topKIDs! + row * k, valueRow = a.topKValues! + row * k
+            var (valid, status, label) = rowStart(a, row, hard: hard)
+            let rowWeight = rowWeightOf(a, row)
+
+            // The listed ids: each marked with its last slot; the teacher's maximum over those slots.
+            var badID = false
+            for i in 0..<k {
+                let id = Int(idRow[i])
+                if id >= 0 && id < n { lastSlot[id] = Int32(row * k + i) } else if id != -1 { badID = true }  // -1: an empty slot
+            }
+            func listed(_ i: Int) -> Int? {
+                let id = Int(idRow[i])
+                return id >= 0 && id < n && lastSlot[id] == Int32(row * k + i) ? id : nil
+            }
+            var maximumT = -Float.infinity
+            for i in 0..<k where listed(i) != nil && valueRow[i] > maximumT { maximumT = valueRow[i] }
+            var maxS = negativeInfinity
+            for v in 0..<nvec { maxS = lanesMax(maxS, loadRow(zr, v, n)) }
+            let maximumS = maxS.max()
+            let labelLogit: Float = hard && label >= 0 && label < n ? zr[label] : 0
+            let shiftS: Float = maximumS == -.infinity ? 0 : maximumS * invT
+            let shiftT: Float = maximumT == -.infinity ? 0 : maximumT * invT
+            let shiftH: Float = maximumS == -.infinity ? 0 : maximumS
+            let invT2 = invT * log2e, shiftS2 = shiftS * log2e, shiftT2 = shiftT * log2e
+
+            // The teacher over its listed ids (log2 units; before the student's pass, which may overwrite
+            // zs with e_a): e_b, its sum and the forward-KL terms e_b (lb - la).
+            var sb: Float = 0, sx: Float = 0
+            for i in 0..<k {
+                guard let id = listed(i) else { ebList[i] = 0; continue }
+                let lb = valueRow[i] * invT2 - shiftT2, la = zr[id] * invT2 - shiftS2
+                let eb = kdExp2(Float16Lanes(repeating: lb))[0]
+                let difference = lb - la
+                sb += eb
+                sx += eb * (difference > -.greatestFiniteMagnitude ? difference : -.greatestFiniteMagnitude)
+                ebList[i] = eb
+            }
+            // The student: e_a and its sum, stashed in the dz row; e_h for an untempered cross-entropy.
+            var sumA = zero, sumH = zero
+            for v in 0..<nvec {
+                let zsv = loadRow(zr, v, n)
+                let ea = kdExp2(zsv * invT2 - shiftS2)
+                sumA += ea
+                if gradient { storeRow(ea, dr, v, n) }
+                if hardSeparate {
+                    let eh = kdExp2((zsv - shiftH) * log2e)
+                    sumH += eh
+                    storeLanes(eh, ehRow, v)
+                }
+            }
+            let sa = sumA.sum()
+            if valid {
+                if sa.isNaN { status |= DistillRowStatus.studentNonFinite }
+                if sb.isNaN { status |= DistillRowStatus.teacherNonFinite }
+                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
+                if maximumT == -.infinity { status |= DistillRowStatus.teacherAllMasked }
+                if badID { status |= DistillRowStatus.badTopKID }
+            }
+            let invSA = 1 / sa, invSB = 1 / sb
+            let sumEH = hardSeparate ? sumH.sum() : sa
+            let divergence = sx * ln2 * invSB - logf(sb) + logf(sa)
+            let crossEntropy: Float = hard ? logf(sumEH) + shiftH - labelLogit : 0
+            let loss = a.softWeight * divergence + a.hardWeight * crossEntropy
+
+            // dz = c (q - p) + h (softmax(zs) - onehot(label)): the dense part, then -c p at the listed ids.
+            let ok = valid && status == 0
+            if gradient && ok {
+                let c = gradScale * rowWeight * a.softWeight * invT, h = gradScale * rowWeight * a.hardWeight
+                let ca = c * invSA + (hard && !hardSeparate ? h * invSA : 0), ch = hardSeparate ? h / sumEH : 0
+                for v in 0..<nvec {
+                    let q = loadRow(dr, v, n) * ca
+                    storeRow(hardSeparate ? q + loadLanes(ehRow, v) * ch : q, dr, v, n)
+                }
+                let cb = c * invSB
+                for i in 0..<k where ebList[i] != 0 { dr[Int(idRow[i])] -= ebList[i] * cb }
+                if hard { dr[label] -= h }
+            } else if gradient {
+                for v in 0..<nvec { storeRow(zero, dr, v, n) }
+            }
+            a.rowLoss[row] = valid ? rowWeight * loss : 0
+            a.rowStatus[row] = Float(status)
+            a.rowCrossEntropy[row] = valid ? crossEntropy : 0
+        }
+    }
+
     /// The number of valid rows (mask != 0 and label != ignoreIndex).
     public static func distill_count_valid_rows(_ labels: UnsafePointer<Float>?, _ mask: UnsafePointer<Float>?,
                                                 flags: Int32, ignoreIndex: Int, rows: Int) -> Float {

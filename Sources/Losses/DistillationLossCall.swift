@@ -107,6 +107,10 @@ struct DistillationPlan {
                 }
                 flags |= DistillFlags.topKPrior
             }
+            // The kernels mark each listed id with the slot (row * k + i) that lists it last, in 32 bits.
+            if topK.missingMass == .renormalize && loss.divergence == .forwardKL && loss.taidInterpolation == nil && rows * k < Int(Int32.max) {
+                flags |= DistillFlags.topKSparse
+            }
         }
         for (name, tensor) in [("labels", labels), ("row mask", rowMask)] {
             guard let tensor else { continue }

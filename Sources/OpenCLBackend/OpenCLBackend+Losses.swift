@@ -46,7 +46,8 @@ extension OpenCLBackend: DistillationLossKernel {
         args += [try int32(l.rows, "rows"), try int32(l.vocabulary, "vocabulary"), l.kind, flags, l.ignoreIndex,
                  l.inverseTemperature, l.parameter, l.taid, l.softWeight, l.hardWeight, l.gradOutput]
         _ = try int32(l.rows * l.vocabulary, "\(l.student.label) elements")
-        let kernel = l.flags & DistillFlags.topKDecoupled != 0 ? "distill_decoupled_topk_rows" : "distill_loss_rows"
+        let kernel = l.flags & DistillFlags.topKDecoupled != 0 ? "distill_decoupled_topk_rows"
+            : l.flags & DistillFlags.topKSparse != 0 ? "distill_sparse_teacher_rows" : "distill_loss_rows"
         try launch(kernel, in: "distill_loss.cl", globalSize: groups * rowWorkGroupSize,
                    localSize: rowWorkGroupSize, args)
     }

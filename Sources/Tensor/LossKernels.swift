@@ -104,6 +104,9 @@ public enum DistillFlags {
     public static let topKDecoupled: Int32 = 1024
     /// The rest spread over the unlisted tokens in proportion to the launch's `tailPrior`.
     public static let topKPrior: Int32 = 2048
+    /// Launch `distill_sparse_teacher_rows`: set by the host for a renormalized top-k teacher under forward
+    /// KL without TAID, whose mass lies on its listed ids alone (its terms summed over those ids).
+    public static let topKSparse: Int32 = 4096
     public static let labels: Int32 = 32
     public static let mask: Int32 = 64
     public static let mean: Int32 = 128

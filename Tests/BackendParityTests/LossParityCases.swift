@@ -13,7 +13,7 @@ extension ParityTable {
     static let lossCases: [ParityCase] = [
         Divergence.forwardKL, .reverseKL, .jensenShannon(beta: 0.5), .skewForwardKL(alpha: 0.1), .skewReverseKL(alpha: 0.1),
         .totalVariation,
-    ].map(distillCase) + [MissingTeacherMass.uniform, .bucket, .decoupled, .prior].map(topKCase)
+    ].map(distillCase) + [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(topKCase)
         + [countedMeanCase, klDivCase, klDivBackwardCase] + HiddenStateHintLoss.Kind.allCases.map(hintCase)
 
     /// Student, teacher and row weights with a shared vocabulary mask; the last of several rows all -inf and masked out.
@@ -69,17 +69,20 @@ extension ParityTable {
     /// A top-k teacher of log-probabilities (the top min(V, 7) of the shared-mask teacher / 4, so -inf
     /// values are listed where a row has fewer finite entries; row 1's last slot empty, id -1;
     /// the student unmasked for the uniform rule, whose rest reaches every unlisted token)
-    /// with each missing-mass rule that reads them, forward KL, T in {0.5, 2}, hard labels at weight
-    /// 0.5; `distill_decoupled_topk_rows` for the decoupled rule.
+    /// with each missing-mass rule, forward KL, T in {0.5, 2}, hard labels at weight 0.5;
+    /// `distill_decoupled_topk_rows` for the decoupled rule; `distill_sparse_teacher_rows` for the
+    /// renormalized one (also at T = 1, where the cross-entropy shares the soft part's exps, and with
+    /// row 0's last slot listing its first id again, which counts once, at the later slot).
     static func topKCase(_ missingMass: MissingTeacherMass) -> ParityCase {
-        let kernel = missingMass == .decoupled ? "distill_decoupled_topk_rows" : "distill_loss_rows top-k \(missingMass)"
+        let kernel = missingMass == .decoupled ? "distill_decoupled_topk_rows"
+            : missingMass == .renormalize ? "distill_sparse_teacher_rows" : "distill_loss_rows top-k \(missingMass)"
         // The uniform rest gives every one of the V - k unlisted tokens a share, so the forward KL
         // sums V comparable fp32 terms (about 3e-5 relative at V = 32003), where a dense teacher's mass sits on few.
         // The prior rest reaches every unlisted token too, with weights exp(3 randn) (a prior row shared by all rows).
         let spread = [MissingTeacherMass.uniform, .prior].contains(missingMass)
         return ParityCase(op: kernel, tolerance: spread ? 5e-5 : 2e-5) { rng in
             lossShapes.flatMap { shape in
-                [Float(0.5), 2].map { temperature in
+                (missingMass == .renormalize ? [Float(0.5), 1, 2] : [0.5, 2]).map { temperature in
                     let (rows, cols) = (shape[0], shape[1]), k = min(cols, 7)
                     var inputs = lossInputs(&rng, rows: rows, cols: cols)
                     if spread {
@@ -98,6 +101,7 @@ extension ParityTable {
                             values.append(empty ? -.infinity : Float(row[j]))
                         }
                     }
+                    if missingMass == .renormalize && k > 2 { ids[k - 1] = ids[0] }
                     let labels = (0..<rows).map { r -> Int in
                         let label = Int.random(in: 0..<cols, using: &rng)
                         inputs.student[r * cols + label] = inputs.mask[r] == 0 ? -.infinity : 1

@@ -7,7 +7,8 @@
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
 # each tail rule, 50 independent draws, 50 and 200 systematic draws, the 50-draw caches with the
 # bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
-# targets, see the README); the feature losses on top of live KD at T = 2 (the default); live KD at
+# targets, see the README); the feature losses on top of `make train`'s recipe (live KD at T = 1, the
+# embedding's learning rate at 4x: row kd-t1-emb4); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
 # row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x, 4x
 # and 8x (`--embedding-lr-scale`: where the caches' gap lies, README); the 50-draw caches with the
@@ -82,9 +83,9 @@ setting() {
         systematic200) echo "cached systematic:200, T=1|--temperature 1 --teacher-cache $systematic200" ;;
         sampled-bucket) echo "cached sampled:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $sampled --sparse-tail bucket" ;;
         systematic-bucket) echo "cached systematic:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail bucket" ;;
-        kd+lens) echo "live KD T=2 + logit lens|${lens[*]}" ;;
-        kd+align) echo "live KD T=2 + attention alignment|${align[*]}" ;;
-        kd+hints) echo "live KD T=2 + hidden-state hints|${hints[*]}" ;;
+        kd+lens) echo "live KD, fkl T=1, embedding lr x4 + logit lens|--temperature 1 --embedding-lr-scale 4 ${lens[*]}" ;;
+        kd+align) echo "live KD, fkl T=1, embedding lr x4 + attention alignment|--temperature 1 --embedding-lr-scale 4 ${align[*]}" ;;
+        kd+hints) echo "live KD, fkl T=1, embedding lr x4 + hidden-state hints|--temperature 1 --embedding-lr-scale 4 ${hints[*]}" ;;
         kd-t1-bf16) echo "live KD, fkl T=1, student in mixed precision (bf16)|--temperature 1 --precision bf16" ;;
         kd-t1-emb01) echo "live KD, fkl T=1, embedding lr x0.1|--temperature 1 --embedding-lr-scale 0.1" ;;
         systematic-emb01) echo "cached systematic:50, T=1, embedding lr x0.1|--temperature 1 --teacher-cache $systematic --embedding-lr-scale 0.1" ;;

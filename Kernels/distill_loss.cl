@@ -129,6 +129,18 @@ inline int row_is_valid(int row, int flags, __global const float* labels, __glob
     return valid;
 }
 
+// A valid row's bad-input bits: non-finite student or teacher input (NaN or +inf anywhere in a row
+// makes its exp sum NaN), a row with every entry -inf, a top-k id outside the vocabulary.
+inline int input_status(int student_nonfinite, int teacher_nonfinite, float max_s, float max_t, int bad_id) {
+    int status = 0;
+    if (student_nonfinite) status |= STATUS_STUDENT_NONFINITE;
+    if (teacher_nonfinite) status |= STATUS_TEACHER_NONFINITE;
+    if (max_s == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
+    if (max_t == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
+    if (bad_id) status |= STATUS_BAD_TOPK_ID;
+    return status;
+}
+
 // count[0] = number of valid rows (mask != 0 and label != ignore_index). One work-group.
 __kernel void distill_count_valid_rows(__global const float* labels, int lo, __global const float* mask, int mo,
                                        int flags, int ignore_index, int rows, __global float* count, int co) {
@@ -388,14 +400,7 @@ __kernel void distill_loss_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         next_max_s = nmax_s;
         next_max_t = nmax_t;
         const float4 sums = group_sum4((float4)(vsum(sum_a), vsum(sum_b), vsum(sum_x), vsum(sum_h)), reduce);
-        if (valid) {
-            // NaN or +inf anywhere in a row makes its exp sum NaN.
-            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
-            if (isnan(sums.y)) status |= STATUS_TEACHER_NONFINITE;
-            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
-            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
-            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
-        }
+        if (valid) status |= input_status(isnan(sums.x), isnan(sums.y), maxima.x, maxima.y, maxima.z > 0.0f);
         const float log_sa = log(sums.x), log_sb = log(sums.y);
         const float inv_sa = 1.0f / sums.x, inv_sb = 1.0f / sums.y;
         const float sum_eh = hard_separate ? sums.w : sums.x;
@@ -597,13 +602,7 @@ __kernel void distill_decoupled_topk_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         }
         const float4 sums = group_sum4((float4)(vsum(sum_all), vsum(sum_rest), part_listed, part_others), reduce);
         const float4 conditional = group_sum4((float4)(part_sp, part_sq, part_x, part_mass), reduce);
-        if (valid) {
-            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
-            if (maxima.w > 0.0f) status |= STATUS_TEACHER_NONFINITE;
-            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
-            if (largest == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
-            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
-        }
+        if (valid) status |= input_status(isnan(sums.x), maxima.w > 0.0f, maxima.x, largest, maxima.z > 0.0f);
         // 16-bit stored probabilities may sum past 1 by rounding: a at most 1, m at least 0.
         const float a = fmin(conditional.w, 1.0f);
         const float m = first < 0 ? 0.0f : fmax(0.0f, -expm1(largest) - sums.w);
@@ -734,13 +733,7 @@ __kernel void distill_sparse_teacher_rows(DISTILL_ROW_KERNEL_ARGUMENTS) {
         FOR_EACH_VECTOR(STUDENT_EXPS)
 #undef STUDENT_EXPS
         const float4 sums = group_sum4((float4)(vsum(sum_a), part_sb, part_sx, vsum(sum_h)), reduce);
-        if (valid) {
-            if (isnan(sums.x)) status |= STATUS_STUDENT_NONFINITE;
-            if (isnan(sums.y)) status |= STATUS_TEACHER_NONFINITE;
-            if (maxima.x == -INFINITY) status |= STATUS_STUDENT_ALL_MASKED;
-            if (maxima.y == -INFINITY) status |= STATUS_TEACHER_ALL_MASKED;
-            if (maxima.z > 0.0f) status |= STATUS_BAD_TOPK_ID;
-        }
+        if (valid) status |= input_status(isnan(sums.x), isnan(sums.y), maxima.x, maxima.y, maxima.z > 0.0f);
         const float inv_sa = 1.0f / sums.x, inv_sb = 1.0f / sums.y;
         const float sum_eh = hard_separate ? sums.w : sums.x;
         const float divergence = sums.z * LN2 * inv_sb - log(sums.y) + log(sums.x);

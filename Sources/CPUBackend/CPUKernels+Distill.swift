@@ -139,11 +139,7 @@ extension CPUKernels {
             }
             let sa = sumA.sum()
             if valid {
-                if sa.isNaN { status |= DistillRowStatus.studentNonFinite }
-                if sb.isNaN { status |= DistillRowStatus.teacherNonFinite }
-                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
-                if maximumT == -.infinity { status |= DistillRowStatus.teacherAllMasked }
-                if badID { status |= DistillRowStatus.badTopKID }
+                status |= inputStatus(studentNonFinite: sa.isNaN, teacherNonFinite: sb.isNaN, maximumS: maximumS, maximumT: maximumT, badID: badID)
             }
             let invSA = 1 / sa, invSB = 1 / sb
             let sumEH = hardSeparate ? sumH.sum() : sa
@@ -170,6 +166,18 @@ extension CPUKernels {
             a.rowStatus[row] = Float(status)
             a.rowCrossEntropy[row] = valid ? crossEntropy : 0
         }
+    }
+
+    /// A valid row's bad-input bits (`input_status` in the kernels): non-finite student or teacher input
+    /// (NaN or +inf anywhere in a row makes its exp sum NaN), a row all -inf, a top-k id outside the vocabulary.
+    static func inputStatus(studentNonFinite: Bool, teacherNonFinite: Bool, maximumS: Float, maximumT: Float, badID: Bool) -> Int {
+        var status = 0
+        if studentNonFinite { status |= DistillRowStatus.studentNonFinite }
+        if teacherNonFinite { status |= DistillRowStatus.teacherNonFinite }
+        if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
+        if maximumT == -.infinity { status |= DistillRowStatus.teacherAllMasked }
+        if badID { status |= DistillRowStatus.badTopKID }
+        return status
     }
 
     /// The number of valid rows (mask != 0 and label != ignoreIndex).
@@ -308,11 +316,7 @@ extension CPUKernels {
             }
             let sa = sumA.sum(), sb = sumB.sum(), sx = sumX.sum()
             if valid {
-                if sa.isNaN { status |= DistillRowStatus.studentNonFinite }
-                if sb.isNaN { status |= DistillRowStatus.teacherNonFinite }
-                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
-                if maximumT == -.infinity { status |= DistillRowStatus.teacherAllMasked }
-                if badID { status |= DistillRowStatus.badTopKID }
+                status |= inputStatus(studentNonFinite: sa.isNaN, teacherNonFinite: sb.isNaN, maximumS: maximumS, maximumT: maximumT, badID: badID)
             }
             let logSA = logf(sa), logSB = logf(sb), invSA = 1 / sa, invSB = 1 / sb
             let sumEH = hardSeparate ? sumH.sum() : sa
@@ -478,11 +482,7 @@ extension CPUKernels {
             }
             let sAll = sumAll.sum(), sRest = sumRest.sum()
             if valid {
-                if sAll.isNaN { status |= DistillRowStatus.studentNonFinite }
-                if badValue { status |= DistillRowStatus.teacherNonFinite }
-                if maximumS == -.infinity { status |= DistillRowStatus.studentAllMasked }
-                if largest == -.infinity { status |= DistillRowStatus.teacherAllMasked }
-                if badID { status |= DistillRowStatus.badTopKID }
+                status |= inputStatus(studentNonFinite: sAll.isNaN, teacherNonFinite: badValue, maximumS: maximumS, maximumT: largest, badID: badID)
             }
             let pa = min(mass, 1)
             let m: Float = first < 0 ? 0 : max(0, -expm1f(largest) - others)

@@ -5,7 +5,8 @@
 # window is seen twice), held-out perplexity on all 74 of its validation windows after the last step.
 #
 # Rows: CE only; live KD (fkl + 0.1 CE) at T = 1 and T = 2; cached targets at T = 1 (top-32 with
-# each tail rule, 50 independent draws, 50 and 200 systematic draws, the 50-draw caches with the
+# each tail rule, 50 independent draws, 50 systematic draws and systematicN for any N (listed: 200;
+# its cache built into OUT/cache-systematicN), the 50-draw caches with the
 # bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
 # targets, see the README); the feature losses on top of `make train`'s recipe (live KD at T = 1, the
 # embedding's learning rate at 4x: row kd-t1-emb4); live KD at
@@ -54,7 +55,6 @@ mkdir -p "$out"
 topk=$out/cache-topk32
 sampled=$out/cache-sampled50
 systematic=$out/cache-systematic50
-systematic200=$out/cache-systematic200
 cache() {  # FOLDER SPEC
     if [[ -f $1/manifest.json ]] && grep -q '"complete" : true' "$1/manifest.json"; then return; fi
     echo "ablation: building the $2 cache of $data into $1" >&2
@@ -80,7 +80,9 @@ setting() {
         topk-decoupled) echo "cached top-32, decoupled (LFM2), T=1|--temperature 1 --teacher-cache $topk --sparse-tail decoupled" ;;
         sampled) echo "cached sampled:50, T=1|--temperature 1 --teacher-cache $sampled" ;;
         systematic) echo "cached systematic:50, T=1|--temperature 1 --teacher-cache $systematic" ;;
-        systematic200) echo "cached systematic:200, T=1|--temperature 1 --teacher-cache $systematic200" ;;
+        systematic[1-9]*)  # systematicN: a cache of N systematic draws, any N
+            [[ ${1#systematic} =~ ^[0-9]+$ ]] || { echo "ablation: unknown row '$1'; systematicN takes a number of draws" >&2; exit 2; }
+            echo "cached systematic:${1#systematic}, T=1|--temperature 1 --teacher-cache $out/cache-$1" ;;
         sampled-bucket) echo "cached sampled:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $sampled --sparse-tail bucket" ;;
         systematic-bucket) echo "cached systematic:50, bucket tail (Good-Turing), T=1|--temperature 1 --teacher-cache $systematic --sparse-tail bucket" ;;
         kd+lens) echo "live KD, fkl T=1, embedding lr x4 + logit lens|--temperature 1 --embedding-lr-scale 4 ${lens[*]}" ;;
@@ -116,7 +118,9 @@ if [[ -z $table_only ]]; then
 [[ " ${rows[*]} " == *" topk-"* ]] && cache "$topk" topk:32
 [[ " ${rows[*]} " =~ \ sampled(-[a-z0-9]+)?\  ]] && cache "$sampled" sampled:50
 [[ " ${rows[*]} " =~ \ systematic(-[a-z0-9]+)?\  ]] && cache "$systematic" systematic:50
-[[ " ${rows[*]} " == *" systematic200 "* ]] && cache "$systematic200" systematic:200
+for name in "${rows[@]}"; do
+    [[ $name =~ ^systematic[0-9]+$ ]] && cache "$out/cache-$name" "systematic:${name#systematic}"
+done
 
 common=(--data "$data" --steps "$steps" --eval-every "$steps" --eval-windows "$eval_windows" --checkpoint-every "$steps" --export-gguf none "${train_flags[@]}")
 for seed in "${seeds[@]}"; do

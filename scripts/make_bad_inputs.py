@@ -862,6 +862,18 @@ def cache_cases():
          setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.path", "value": "/nonexistent/cache-corpus-moved.txt"}])
     case("cache-show-corpus-changed", c, SHOW_WINDOW, ["corpus", "words.txt"],
          setup=[TEACHER_CACHE, {"step": "json_set", "path": "tc/manifest.json", "key": "corpus.tokens_sha256", "value": "00" * 32}])
+    drawn = {"step": "teacher_cache", "args": ["--targets", "systematic:8"]}
+    case("cache-show-id-order-replaced", c, SHOW_WINDOW, ["id-order.bin", "not the id order"],
+         setup=[drawn, {"step": "write", "path": "tc/id-order.bin", "text": "garbage"}],
+         note="a drawn cache's ids are coded by their rank in this file: another file must not decode to other ids")
+    case("cache-show-id-order-missing", c, SHOW_WINDOW, ["id-order.bin", "missing"],
+         setup=[drawn, {"step": "remove", "path": "tc/id-order.bin"}])
+    case("cache-show-id-order-key-removed", c, SHOW_WINDOW, ["manifest.json", "id_order_sha256"],
+         setup=[drawn, {"step": "json_set", "path": "tc/manifest.json", "key": "id_order_sha256", "value": None}])
+    case("cache-show-coded-shard-truncated", c, SHOW_WINDOW, ["shard-00000.bin", "truncated"],
+         setup=[drawn, {"step": "truncate", "path": "tc/shard-00000.bin", "size": 400}])
+    case("cache-show-format-version-from-the-future", c, SHOW_WINDOW, ["manifest.json", "format version 3"],
+         setup=[drawn, {"step": "json_set", "path": "tc/manifest.json", "key": "format_version", "value": 3}])
     tc = "{work}/tc"
     case("cache-train-sparse-tail-bogus", c, train(teacher_cache=tc, sparse_tail="bogus"), ["sparse_tail", "bogus"])
     case("cache-train-bucket-with-jsd", c, train(teacher_cache=tc, sparse_tail="bucket", divergence="jsd"), ["sparse_tail", "fkl"])

@@ -6,8 +6,8 @@ import Tensor
 
 /// What a teacher-cache build spends beside the teacher: per batch of 4 x 128 windows, the
 /// teacher's forward with logits alone, then the cache's own targets (the same forward, a softmax,
-/// the rows to the host, selection or draws), as tokens/s and the fraction of the forward's speed
-/// kept. (Bytes a token takes on disk depend on the text: `kdgpu teacher-cache build` reports them
+/// the rows to the host, selection or draws, and the shard's bytes, drawn pairs coded), as tokens/s
+/// and the fraction of the forward's speed kept. (Bytes a token takes on disk depend on the text: `kdgpu teacher-cache build` reports them
 /// for a real corpus; random tokens here would overstate the draws' unique ids.)
 public struct TeacherCacheSuite: BenchSuite {
     public let name = "teacher-cache"
@@ -37,10 +37,14 @@ public struct TeacherCacheSuite: BenchSuite {
             }
             for spec in [TeacherTargetSpec.sampled(draws: 50), .topK(k: 32)] {
                 let maker = SparseTargetMaker(spec: spec, seqLen: Self.sequenceLength)
+                let idOrder = spec.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: vocabulary)
                 var targets: [[SparseTarget]] = []
                 // In alternation with the forward alone: the median of the pairs' ratios is the fraction kept.
-                let paired = try context.pairedMedians({ targets = try maker.targets(of: batch, windows: Array(batch.indices), model: model) },
-                                                       against: forward)
+                let paired = try context.pairedMedians({
+                    targets = try maker.targets(of: batch, windows: Array(batch.indices), model: model)
+                    _ = CacheShard(firstWindow: 0, seqLen: Self.sequenceLength, targets: targets)
+                        .encoded(idBits: CacheShard.idBits(vocabulary: vocabulary), storesProbabilities: spec.storesProbabilities, idOrder: idOrder)
+                }, against: forward)
                 let seconds = paired.seconds
                 // Against the CPU backend's targets: the share of positions whose stored ids agree (the
                 // teachers' logits differ by rounding, which can move a draw or a near-tie).

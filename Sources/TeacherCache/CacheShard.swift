@@ -1,6 +1,7 @@
 import Foundation
 
-/// A run of consecutive windows of a teacher cache, in one file (`shard-NNNNN.bin`):
+/// A run of consecutive windows of a teacher cache, in one file (`shard-NNNNN.bin`), in one of two
+/// layouts. Fixed-width pairs (top-k and top-p targets, and drawn ones in caches of format version 1):
 ///
 ///     "KDTCSHD1"                          magic, 8 bytes
 ///     u32 first_window, u32 windows, u32 seq_len, u32 id_bits, u32 stores_probabilities (0 or 1)
@@ -11,12 +12,23 @@ import Foundation
 ///     f16 probability[pairs] | u8 draws[pairs]
 ///     bits: the pairs' ids, id_bits each, least significant bit first
 ///
-/// All little-endian: 3 bytes a position (5 with top-k's tail mass) and 3 bytes a sampled pair (4 a
-/// top-k pair) for vocabularies up to 65536. The windows' tokens are not stored: they are the
-/// corpus's, which the manifest's digest pins. The bytes' SHA-256 is kept in the manifest and
-/// checked when the shard is read.
+/// 3 bytes a position (5 with top-k's tail mass) and 3 bytes a sampled pair (4 a top-k pair) for
+/// vocabularies up to 65536. Coded draws (`sampled:N` and `systematic:N` in caches of format version
+/// 2, with the cache's ``TokenIDOrder``):
+///
+///     "KDTCSHD2"                          magic, 8 bytes
+///     u32 first_window, u32 windows, u32 seq_len, u32 id_bits, u32 stores_probabilities (0)
+///     u64 pairs
+///     u8  count[rows]
+///     f16 label_log_probability[rows]
+///     u64 code_end[windows]               the bit where each window's codes end, counted from the codes' first
+///     bits: each position's pairs in ``DrawCoding``, one position after another
+///
+/// All little-endian. The windows' tokens are not stored: they are the corpus's, which the
+/// manifest's digest pins. The bytes' SHA-256 is kept in the manifest and checked when the shard is read.
 public struct CacheShard: Equatable, Sendable {
     static let magic = Array("KDTCSHD1".utf8)
+    static let codedMagic = Array("KDTCSHD2".utf8)
     static let headerBytes = 8 + 5 * 4 + 8
 
     public var firstWindow: Int
@@ -35,10 +47,13 @@ public struct CacheShard: Equatable, Sendable {
     /// The bits an id takes for a vocabulary of `vocabulary` tokens.
     public static func idBits(vocabulary: Int) -> Int { max(1, Int.bitWidth - (vocabulary - 1).leadingZeroBitCount) }
 
-    public func encoded(idBits: Int, storesProbabilities: Bool) -> [UInt8] {
+    /// The shard's bytes: drawn targets' pairs coded with `idOrder` when it is given (format
+    /// version 2), fixed-width otherwise.
+    public func encoded(idBits: Int, storesProbabilities: Bool, idOrder: TokenIDOrder? = nil) -> [UInt8] {
         let rows = targets.flatMap { $0 }
         let pairs = rows.reduce(0) { $0 + $1.ids.count }
-        var bytes = Self.magic
+        precondition(idOrder == nil || !storesProbabilities, "only draw counts are coded")
+        var bytes = idOrder == nil ? Self.magic : Self.codedMagic
         bytes.reserveCapacity(Self.headerBytes + rows.count * 5 + pairs * 5)
         func u32(_ value: Int) { withUnsafeBytes(of: UInt32(value).littleEndian) { bytes += $0 } }
         func f16(_ value: Float) { withUnsafeBytes(of: Float16(value).bitPattern.littleEndian) { bytes += $0 } }
@@ -46,6 +61,15 @@ public struct CacheShard: Equatable, Sendable {
         withUnsafeBytes(of: UInt64(pairs).littleEndian) { bytes += $0 }
         bytes += rows.map { UInt8($0.ids.count) }
         for row in rows { f16(row.labelLogProbability) }
+        if let idOrder {
+            var codes = BitWriter(), ends: [Int] = []
+            for window in targets {
+                for row in window where !row.ids.isEmpty { DrawCoding.write(ids: row.ids, counts: row.values, order: idOrder, to: &codes) }
+                ends.append(codes.bitCount)
+            }
+            for end in ends { withUnsafeBytes(of: UInt64(end).littleEndian) { bytes += $0 } }
+            return bytes + codes.finished()
+        }
         if storesProbabilities { for row in rows { f16(row.tailMass) } }
         for row in rows {
             for value in row.values { storesProbabilities ? f16(value) : bytes.append(UInt8(value)) }
@@ -56,29 +80,39 @@ public struct CacheShard: Equatable, Sendable {
     }
 
     /// Decodes a whole shard (see ``CacheShardView`` for the checks).
-    public static func decode(_ bytes: [UInt8], file: String, expected: CacheShardView.Expected, vocabulary: Int) throws -> CacheShard {
-        let view = try CacheShardView(bytes, file: file, expected: expected, vocabulary: vocabulary)
+    public static func decode(_ bytes: [UInt8], file: String, expected: CacheShardView.Expected, vocabulary: Int,
+                              idOrder: TokenIDOrder? = nil) throws -> CacheShard {
+        let view = try CacheShardView(bytes, file: file, expected: expected, vocabulary: vocabulary, idOrder: idOrder)
         return CacheShard(firstWindow: expected.firstWindow, seqLen: expected.seqLen, targets: (0..<expected.windows).map(view.targets(ofWindow:)))
     }
 }
 
 /// A shard's bytes with their layout read and checked once (every size against the header and
-/// what the manifest says, the counts, every id against the vocabulary), from which one window's
-/// targets decode on demand: training reads windows in shuffled order, a few from each shard.
+/// what the manifest says, the counts, every id against the vocabulary; coded draws decoded once
+/// through), from which one window's targets decode on demand: training reads windows in shuffled
+/// order, a few from each shard.
 public struct CacheShardView: Sendable {
     /// What the manifest says of a shard.
     public typealias Expected = (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool)
 
     let bytes: [UInt8]
     let expected: Expected
+    /// The order coded draws' ids are ranked in; nil for fixed-width pairs.
+    let idOrder: TokenIDOrder?
     /// Where each row's pairs start, in pairs (rows + 1 entries).
     let pairStart: [Int]
+    /// Coded draws: the bit where each window's codes start, counted from `bitsOffset`'s first (windows + 1 entries).
+    let windowCodeStart: [Int]
     let labelsOffset, tailsOffset, valuesOffset, bitsOffset: Int
 
-    public init(_ bytes: [UInt8], file: String, expected: Expected, vocabulary: Int) throws {
+    /// - Parameter idOrder: the cache's order when its drawn targets are coded (format version 2).
+    public init(_ bytes: [UInt8], file: String, expected: Expected, vocabulary: Int, idOrder: TokenIDOrder? = nil) throws {
         func invalid(_ reason: String) -> TeacherCacheError { .invalid(file: file, reason: reason) }
         let headerBytes = CacheShard.headerBytes
-        guard bytes.count >= headerBytes, Array(bytes[0..<8]) == CacheShard.magic else { throw invalid("not a kdgpu teacher-cache shard") }
+        guard bytes.count >= headerBytes, Array(bytes[0..<8]) == (idOrder == nil ? CacheShard.magic : CacheShard.codedMagic) else {
+            throw invalid(Array(bytes.prefix(8)) == CacheShard.magic || Array(bytes.prefix(8)) == CacheShard.codedMagic
+                          ? "a shard of the other layout than its manifest's format version says" : "not a kdgpu teacher-cache shard")
+        }
         var reader = ByteCursor(bytes: bytes, offset: 8)
         let header = (0..<5).map { _ in Int(reader.u32()) }
         let pairs = Int(reader.u64())
@@ -87,23 +121,41 @@ public struct CacheShardView: Sendable {
             throw invalid("its header (windows \(header[0])..<\(header[0] + header[1]), seq_len \(header[2])) is not what the manifest says")
         }
         let rows = expected.windows * (expected.seqLen - 1)
-        let bitBytes = (pairs * expected.idBits + 7) / 8
-        let size = headerBytes + rows * (expected.storesProbabilities ? 5 : 3) + pairs * (expected.storesProbabilities ? 2 : 1) + bitBytes
-        guard pairs <= rows * TeacherTargetSpec.maximumPairs, bytes.count == size else {
-            throw invalid("\(bytes.count) bytes where its header needs \(size) (truncated or damaged)")
+        guard pairs <= rows * TeacherTargetSpec.maximumPairs, bytes.count >= headerBytes + rows * 3 + (idOrder == nil ? 0 : 8 * expected.windows) else {
+            throw invalid("\(bytes.count) bytes, too few for its header's \(rows) positions (truncated or damaged)")
         }
         var starts = [0]
         starts.reserveCapacity(rows + 1)
         for row in 0..<rows { starts.append(starts[row] + Int(bytes[headerBytes + row])) }
         guard starts[rows] == pairs else { throw invalid("its per-position counts add up to \(starts[rows]), not \(pairs)") }
-        self.bytes = bytes
-        self.expected = expected
-        pairStart = starts
         labelsOffset = headerBytes + rows
         tailsOffset = labelsOffset + 2 * rows
         valuesOffset = tailsOffset + (expected.storesProbabilities ? 2 * rows : 0)
-        bitsOffset = valuesOffset + pairs * (expected.storesProbabilities ? 2 : 1)
-        if let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
+        var codeStarts = [0]
+        if idOrder != nil {
+            for window in 0..<expected.windows { reader.offset = valuesOffset + 8 * window; codeStarts.append(Int(truncatingIfNeeded: reader.u64())) }
+            bitsOffset = valuesOffset + 8 * expected.windows
+        } else {
+            bitsOffset = valuesOffset + pairs * (expected.storesProbabilities ? 2 : 1)
+        }
+        guard zip(codeStarts, codeStarts.dropFirst()).allSatisfy({ $0 <= $1 }), codeStarts.last! <= 8 * bytes.count else {
+            throw invalid("its table of where each window's codes end is out of order or past the file's end (damaged)")
+        }
+        let size = bitsOffset + (idOrder == nil ? (pairs * expected.idBits + 7) / 8 : (codeStarts.last! + 7) / 8)
+        guard bytes.count == size else {
+            throw invalid("\(bytes.count) bytes where its header needs \(size) (truncated or damaged)")
+        }
+        self.bytes = bytes
+        self.expected = expected
+        self.idOrder = idOrder
+        pairStart = starts
+        windowCodeStart = codeStarts
+        if idOrder != nil {
+            // Every window's codes decode to ranks inside the vocabulary and end where the table says.
+            for window in 0..<expected.windows where (try? decodedDraws(ofWindow: window)) == nil {
+                throw invalid("the coded pairs of window \(expected.firstWindow + window) do not decode (damaged)")
+            }
+        } else if let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
             throw invalid("token id \(bad) is outside the teacher's vocabulary of \(vocabulary)")
         }
     }
@@ -111,30 +163,42 @@ public struct CacheShardView: Sendable {
     /// The targets of the shard's window `window` (counted from its first).
     public func targets(ofWindow window: Int) -> [SparseTarget] {
         let rowsPerWindow = expected.seqLen - 1
-        return (window * rowsPerWindow..<(window + 1) * rowsPerWindow).map { row in
+        let rows = window * rowsPerWindow..<(window + 1) * rowsPerWindow
+        // Checked at init, so they decode.
+        let draws = idOrder == nil ? nil : try! decodedDraws(ofWindow: window)
+        return rows.map { row in
             let pairs = pairStart[row]..<pairStart[row + 1]
-            return SparseTarget(ids: pairs.map { Int32(id($0)) },
-                                values: pairs.map { expected.storesProbabilities ? f16(at: valuesOffset + 2 * $0) : Float(bytes[valuesOffset + $0]) },
-                                tailMass: expected.storesProbabilities ? f16(at: tailsOffset + 2 * row) : 0,
+            let (ids, values) = draws?[row - rows.lowerBound]
+                ?? (pairs.map { Int32(id($0)) }, pairs.map { expected.storesProbabilities ? f16(at: valuesOffset + 2 * $0) : Float(bytes[valuesOffset + $0]) })
+            return SparseTarget(ids: ids, values: values, tailMass: expected.storesProbabilities ? f16(at: tailsOffset + 2 * row) : 0,
                                 labelLogProbability: f16(at: labelsOffset + 2 * row))
         }
+    }
+
+    struct Undecodable: Error {}
+
+    /// A coded window's positions as ascending ids with their counts.
+    private func decodedDraws(ofWindow window: Int) throws -> [(ids: [Int32], counts: [Float])] {
+        var codes = BitReader(bytes: bytes, start: bitsOffset, end: bytes.count, position: windowCodeStart[window])
+        let rowsPerWindow = expected.seqLen - 1
+        let decoded = try (window * rowsPerWindow..<(window + 1) * rowsPerWindow).map { row -> (ids: [Int32], counts: [Float]) in
+            let pairs = pairStart[row + 1] - pairStart[row]
+            guard pairs > 0 else { return ([], []) }
+            guard let draws = DrawCoding.read(pairs: pairs, order: idOrder!, from: &codes) else { throw Undecodable() }
+            return draws
+        }
+        guard codes.position == windowCodeStart[window + 1] else { throw Undecodable() }
+        return decoded
     }
 
     private func f16(at offset: Int) -> Float {
         Float(Float16(bitPattern: UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8))
     }
 
-    /// Pair `pair`'s id, `idBits` bits from bit `pair * idBits` of the id stream, least significant first.
+    /// Fixed-width pair `pair`'s id, `idBits` bits from bit `pair * idBits` of the id stream.
     private func id(_ pair: Int) -> Int {
-        let bits = expected.idBits, first = pair * bits
-        var value = 0, taken = 0, offset = bitsOffset + first / 8, shift = first % 8
-        while taken < bits {
-            value |= (Int(bytes[offset]) >> shift) << taken
-            taken += 8 - shift
-            offset += 1
-            shift = 0
-        }
-        return value & ((1 << bits) - 1)
+        var ids = BitReader(bytes: bytes, start: bitsOffset, end: bytes.count, position: pair * expected.idBits)
+        return ids.read(expected.idBits)!
     }
 }
 
@@ -151,23 +215,4 @@ private struct ByteCursor {
     mutating func u16() -> UInt16 { UInt16(u8()) | UInt16(u8()) << 8 }
     mutating func u32() -> UInt32 { UInt32(u16()) | UInt32(u16()) << 16 }
     mutating func u64() -> UInt64 { UInt64(u32()) | UInt64(u32()) << 32 }
-}
-
-/// Values of a fixed width packed least significant bit first.
-struct BitWriter {
-    private(set) var bytes: [UInt8] = []
-    private var buffer: UInt64 = 0
-    private var count = 0
-
-    mutating func append(_ value: UInt64, bits: Int) {
-        buffer |= (value & ((1 << bits) - 1)) << count
-        count += bits
-        while count >= 8 {
-            bytes.append(UInt8(truncatingIfNeeded: buffer))
-            buffer >>= 8
-            count -= 8
-        }
-    }
-
-    func finished() -> [UInt8] { count > 0 ? bytes + [UInt8(truncatingIfNeeded: buffer)] : bytes }
 }

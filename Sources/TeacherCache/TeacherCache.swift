@@ -17,6 +17,8 @@ public final class TeacherCache {
     public let spec: TeacherTargetSpec
     /// The teacher's tokenizer as GGUF metadata (from the cache's tokenizer.json).
     public let tokenizer: GGUFMetadata
+    /// The order drawn targets' ids are coded in (format version 2); nil where pairs are fixed-width.
+    let idOrder: TokenIDOrder?
     /// The shards read so far, each read and checked once (training reads windows in shuffled
     /// order, a few from each shard at a time); their bytes stay in memory, the size of the cache.
     private var shards: [Int: CacheShardView] = [:]
@@ -35,6 +37,14 @@ public final class TeacherCache {
             throw TeacherCacheError.invalid(file: tokenizerFile.path, reason: "missing, or not the tokenizer the manifest names")
         }
         tokenizer = try HuggingFaceTokenizer.read(from: folder)
+        let folder = folder, vocabulary = manifest.teacher.vocabulary
+        idOrder = try manifest.idOrderSHA256.map { digest in
+            let url = folder.appendingPathComponent(TokenIDOrder.fileName)
+            guard let data = FileManager.default.contents(atPath: url.path), SHA256Digest.hex(of: [UInt8](data)) == digest else {
+                throw TeacherCacheError.invalid(file: url.path, reason: "missing, or not the id order the manifest names")
+            }
+            return try TokenIDOrder.decode([UInt8](data), file: url.path, vocabulary: vocabulary)
+        }
         for shard in manifest.shards {
             let url = folder.appendingPathComponent(shard.file)
             let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? nil
@@ -78,6 +88,6 @@ public final class TeacherCache {
         }
         return try CacheShardView(bytes, file: url.path,
                                   expected: (entry.firstWindow, entry.windows, manifest.seqLen, manifest.idBits, spec.storesProbabilities),
-                                  vocabulary: manifest.teacher.vocabulary)
+                                  vocabulary: manifest.teacher.vocabulary, idOrder: idOrder)
     }
 }

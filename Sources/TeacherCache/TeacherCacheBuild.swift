@@ -91,6 +91,10 @@ public struct TeacherCacheBuild {
             tokenizerSHA256: SHA256Digest.hex(of: tokenizerJSON), seqLen: seqLen, windows: windows, windowsPerShard: windowsPerShard,
             targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false,
             teacherPrecision: teacherPrecision == .f32 ? nil : teacherPrecision.rawValue)
+        // Drawn targets' ids are coded by their rank in the corpus's token frequencies (DrawCoding).
+        var idOrder = targets.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: config.vocabulary)
+        let idOrderBytes = idOrder?.encoded()
+        manifest.idOrderSHA256 = idOrderBytes.map { SHA256Digest.hex(of: $0) }
 
         // The folder: new, or a cache of the same key to continue. Rank 0 alone reads and prepares
         // it; the others learn where the build stands from it.
@@ -107,8 +111,12 @@ public struct TeacherCacheBuild {
                 guard differences.isEmpty else {
                     throw TeacherCacheError.mismatch(folder: out, reason: "holds a cache made differently (\(differences.joined(separator: "; "))); choose another --out or delete it")
                 }
-                // A stopped build keeps its own shard size, whatever --windows-per-shard says now.
+                // A stopped build keeps its own shard size and format, whatever --windows-per-shard says now
+                // (a version 1 cache goes on with fixed-width pairs; a version 2 one's order is the same
+                // corpus's, so the same order).
                 manifest.windowsPerShard = existing.windowsPerShard
+                manifest.formatVersion = existing.formatVersion
+                if existing.formatVersion < 2 { idOrder = nil; manifest.idOrderSHA256 = nil }
                 manifest.shards = try verifiedShards(existing, in: folder)
                 if existing.complete && manifest.shards.count == manifest.shardCount {
                     log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
@@ -124,27 +132,32 @@ public struct TeacherCacheBuild {
                 for file in tokenizerFiles {
                     try writer.writeFileAtomically(at: folder.appendingPathComponent(file.name)) { try $0.write(file.contents) }
                 }
+                if let idOrderBytes, idOrder != nil {
+                    try writer.writeFileAtomically(at: folder.appendingPathComponent(TokenIDOrder.fileName)) { try $0.write(idOrderBytes) }
+                }
                 try writeManifest(manifest, to: manifestURL, writer: writer)
             }
         }
         var firstShard = manifest.shards.count
         if let world {
-            var state = rank == 0 ? [Double(manifest.shards.count), Double(manifest.windowsPerShard), complete ? 1 : 0] : [0, 0, 0]
+            var state = rank == 0 ? [Double(manifest.shards.count), Double(manifest.windowsPerShard), complete ? 1 : 0, Double(manifest.formatVersion)] : [0, 0, 0, 0]
             try world.allReduceSum(&state)
             if rank != 0 {
                 manifest.windowsPerShard = Int(state[1])
                 complete = state[2] != 0
+                manifest.formatVersion = Int(state[3])
+                if manifest.formatVersion < 2 { idOrder = nil; manifest.idOrderSHA256 = nil }
             }
             firstShard = Int(state[0])
         }
         if complete { return manifest }
-        return try buildShards(from: firstShard, manifest: manifest, world: world, teacherFile: teacherFile, backend: backend, tokens: tokens,
-                               folder: folder, writer: writer, log: log, progress: progress)
+        return try buildShards(from: firstShard, manifest: manifest, idOrder: idOrder, world: world, teacherFile: teacherFile, backend: backend,
+                               tokens: tokens, folder: folder, writer: writer, log: log, progress: progress)
     }
 
     /// Shards `first...` built (under mpirun: this rank's share, each round's entries gathered to
     /// rank 0), listed in the manifest as they land, and the manifest completed.
-    func buildShards(from firstShard: Int, manifest: TeacherCacheManifest, world: MPIWorld?, teacherFile: GGUFFile, backend: any Backend, tokens: [Int32],
+    func buildShards(from firstShard: Int, manifest: TeacherCacheManifest, idOrder: TokenIDOrder?, world: MPIWorld?, teacherFile: GGUFFile, backend: any Backend, tokens: [Int32],
                      folder: URL, writer: DurableFileWriter, log: (String) -> Void, progress: (Progress) -> Void) throws -> TeacherCacheManifest {
         var manifest = manifest
         let rank = world?.rank ?? 0, ranks = world?.size ?? 1, windows = manifest.windows
@@ -176,7 +189,7 @@ public struct TeacherCacheBuild {
                     progress(Progress(windowsDone: done, windows: windows, tokensPerSecond: Double(windowsThisRun * ranks * seqLen) / seconds,
                                       secondsLeft: seconds / Double(windowsThisRun * ranks) * Double(windows - done), bytesPerToken: manifest.bytesPerToken))
                 }
-                let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities)
+                let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities, idOrder: idOrder)
                 let name = TeacherCacheManifest.shardFileName(shardIndex)
                 try writer.writeFileAtomically(at: folder.appendingPathComponent(name)) { try $0.write(bytes) }
                 entry = .init(file: name, firstWindow: first, windows: count, bytes: bytes.count,

@@ -6,7 +6,10 @@ import Foundation
 public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     public static let fileName = "manifest.json"
     public static let formatName = "kdgpu-teacher-cache"
-    public static let currentVersion = 1
+    /// Version 2 codes drawn targets' pairs (``DrawCoding``) with the id order kept beside the
+    /// manifest; version 1 (still read, and continued as such) stored them fixed-width.
+    public static let currentVersion = 2
+    public static let readableVersions = 1...currentVersion
 
     public struct Teacher: Codable, Equatable, Sendable {
         /// The path it was built from (for people; the digest is what is checked).
@@ -58,6 +61,9 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     public var complete: Bool
     /// `bf16` when the teacher's weight GEMMs ran in bf16; absent for fp32 (caches made before it existed are fp32).
     public var teacherPrecision: String?
+    /// SHA-256 of `id-order.bin` (``TokenIDOrder``), present where the shards code drawn targets
+    /// (format version 2 with `sampled:N` or `systematic:N`).
+    public var idOrderSHA256: String?
 
     /// The teacher's GEMM precision, `fp32` or `bf16`.
     public var precisionName: String { teacherPrecision ?? "fp32" }
@@ -76,7 +82,7 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", teacher, corpus, tokenizerSHA256 = "tokenizer_sha256", seqLen = "seq_len", windows
         case windowsPerShard = "windows_per_shard", targets, seed, idBits = "id_bits", shards, complete
-        case teacherPrecision = "teacher_precision"
+        case teacherPrecision = "teacher_precision", idOrderSHA256 = "id_order_sha256"
     }
 
     /// What makes two caches interchangeable: the same teacher file, token stream, windowing,
@@ -89,6 +95,9 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
         if targets != other.targets { differences.append("targets \(targets) vs \(other.targets)") }
         if seed != other.seed && targets.hasPrefix("sampled") { differences.append("seed \(seed) vs \(other.seed)") }
         if precisionName != other.precisionName { differences.append("teacher precision \(precisionName) vs \(other.precisionName)") }
+        if formatVersion == other.formatVersion && idOrderSHA256 != other.idOrderSHA256 {
+            differences.append("id order (\(TokenIDOrder.fileName), sha256 \((idOrderSHA256 ?? "none").prefix(12)) vs \((other.idOrderSHA256 ?? "none").prefix(12)))")
+        }
         return differences
     }
 
@@ -131,15 +140,19 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
             throw invalid("not valid JSON")
         }
         guard manifest.format == formatName else { throw invalid("format is '\(manifest.format)', not \(formatName)") }
-        guard manifest.formatVersion == currentVersion else {
-            throw invalid("format version \(manifest.formatVersion); this kdgpu reads version \(currentVersion)")
+        guard readableVersions.contains(manifest.formatVersion) else {
+            throw invalid("format version \(manifest.formatVersion); this kdgpu reads versions \(readableVersions.lowerBound) to \(readableVersions.upperBound)")
         }
         guard manifest.seqLen >= 2, manifest.windows >= 1, manifest.windowsPerShard >= 1, manifest.teacher.vocabulary >= 1,
               manifest.idBits == CacheShard.idBits(vocabulary: manifest.teacher.vocabulary) else {
             throw invalid("seq_len, windows, windows_per_shard, vocabulary or id_bits is out of range")
         }
-        guard (try? TeacherTargetSpec(parsing: manifest.targets)) != nil else {
+        guard let spec = try? TeacherTargetSpec(parsing: manifest.targets) else {
             throw invalid("targets '\(manifest.targets)' is none of \(TeacherTargetSpec.forms())")
+        }
+        let codesDraws = manifest.formatVersion >= 2 && spec.draws != nil
+        guard (manifest.idOrderSHA256 != nil) == codesDraws else {
+            throw invalid(codesDraws ? "required key \"id_order_sha256\" is missing" : "key \"id_order_sha256\" does not belong to a cache of version \(manifest.formatVersion) with \(manifest.targets) targets")
         }
         for (index, shard) in manifest.shards.enumerated() {
             let first = index * manifest.windowsPerShard

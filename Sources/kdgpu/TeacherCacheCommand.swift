@@ -140,7 +140,7 @@ func summary(of manifest: TeacherCacheManifest, folder: String) -> String {
       corpus:   \(manifest.corpus.path), \(manifest.corpus.tokens) tokens (sha256 \(manifest.corpus.tokensSHA256.prefix(16)))
       windows:  \(manifest.windows) of \(manifest.seqLen) tokens, \(manifest.windowsPerShard) a shard
       targets:  \(manifest.targets)\(((try? TeacherTargetSpec(parsing: manifest.targets))?.draws != nil) ? " (seed \(manifest.seed))" : ""), \
-    \(String(format: "%.1f", done > 0 ? Double(manifest.pairs) / Double(done) : 0)) pairs a position
+    \(String(format: "%.1f", done > 0 ? Double(manifest.pairs) / Double(done) : 0)) pairs a position\(manifest.idOrderSHA256 == nil ? "" : ", coded by the ids' corpus ranks")
       size:     \(formatBytes(manifest.bytes)), \(String(format: "%.1f", manifest.bytesPerToken)) bytes/token over \(done) positions
     """
 }

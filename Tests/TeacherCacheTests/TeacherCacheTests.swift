@@ -164,26 +164,65 @@ final class TeacherCacheTests: XCTestCase {
 
     func testShardsRoundTripForEveryValueKindAndIDWidth() throws {
         var random = SeededRandom(seed: 11)
-        for (vocabulary, storesProbabilities) in [(260, true), (49152, false), (128256, true), (128256, false)] {
+        for (vocabulary, storesProbabilities, coded) in [(260, true, false), (49152, false, false), (128256, true, false), (128256, false, false),
+                                                         (260, false, true), (49152, false, true), (128256, false, true)] {
             let bits = CacheShard.idBits(vocabulary: vocabulary)
             XCTAssertEqual(bits, vocabulary == 260 ? 9 : vocabulary == 49152 ? 16 : 17)
+            // Coded draws: unique ascending ids (as drawn targets have them), ranked by a skewed corpus.
+            let order = coded ? TokenIDOrder(frequenciesOf: (0..<3000).map { _ in Int32(random.uniform(below: 1 + random.uniform(below: vocabulary))) },
+                                             vocabulary: vocabulary) : nil
             let targets = (0..<3).map { _ in
                 (0..<9).map { _ -> SparseTarget in
                     let count = random.uniform(below: 12)
-                    let ids = (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
-                    let values = (0..<count).map { _ in storesProbabilities ? Float(Float16(Float(random.uniform(below: 1000)) / 1000)) : Float(1 + random.uniform(below: 50)) }
+                    var ids = (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
+                    if coded { ids = Array(Set(ids)).sorted() }
+                    let values = ids.map { _ in storesProbabilities ? Float(Float16(Float(random.uniform(below: 1000)) / 1000))
+                                                                    : Float(1 + random.uniform(below: coded ? 255 : 50)) }
                     return SparseTarget(ids: ids, values: values, tailMass: storesProbabilities ? Float(Float16(0.25)) : 0,
                                         labelLogProbability: Float(Float16(-Float(random.uniform(below: 2000)) / 100)))
                 }
             }
             let shard = CacheShard(firstWindow: 6, seqLen: 10, targets: targets)
-            let bytes = shard.encoded(idBits: bits, storesProbabilities: storesProbabilities)
+            let bytes = shard.encoded(idBits: bits, storesProbabilities: storesProbabilities, idOrder: order)
             let expected = (firstWindow: 6, windows: 3, seqLen: 10, idBits: bits, storesProbabilities: storesProbabilities)
-            XCTAssertEqual(try CacheShard.decode(bytes, file: "s", expected: expected, vocabulary: vocabulary), shard)
-            XCTAssertThrowsError(try CacheShard.decode(Array(bytes.dropLast()), file: "s.bin", expected: expected, vocabulary: vocabulary)) {
+            XCTAssertEqual(try CacheShard.decode(bytes, file: "s", expected: expected, vocabulary: vocabulary, idOrder: order), shard)
+            XCTAssertThrowsError(try CacheShard.decode(Array(bytes.dropLast()), file: "s.bin", expected: expected, vocabulary: vocabulary, idOrder: order)) {
                 XCTAssertTrue("\($0)".contains("s.bin") && "\($0)".contains("truncated"), "\($0)")
             }
-            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (7, 3, 10, bits, storesProbabilities), vocabulary: vocabulary))
+            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (7, 3, 10, bits, storesProbabilities), vocabulary: vocabulary, idOrder: order))
+            if let order {
+                // Read as the other layout, or with its codes damaged: refused, naming the file.
+                XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: expected, vocabulary: vocabulary)) {
+                    XCTAssertTrue("\($0)".contains("s.bin") && "\($0)".contains("other layout"), "\($0)")
+                }
+                var damaged = bytes
+                damaged[damaged.count - 2] ^= 0x5a
+                XCTAssertThrowsError(try CacheShard.decode(damaged, file: "s.bin", expected: expected, vocabulary: vocabulary, idOrder: order)) {
+                    XCTAssertTrue("\($0)".contains("s.bin") && "\($0)".contains("do not decode"), "\($0)")
+                }
+            }
+        }
+    }
+
+    /// The draw code on a case worked by hand: corpus tokens 5 5 5 2 2 7 over 8 ids rank them
+    /// 5 2 7 0 1 3 4 6; ids 2, 5, 6 drawn 1, 3 and 1 times are ranks 1, 0, 7: gaps 0, 0, 5 in the
+    /// order-0 code (order bits 0000; "1", "1", "00" "1" "01"), then counts - 1 = 2, 0, 0 ("0" "1" "1",
+    /// "1", "1"): bits 0000 1 1 00101 011 1 1, least significant first 0x30 0xf5, after a one-position
+    /// shard's header, count, label and code end (16 bits).
+    func testDrawCodeOfACaseWorkedByHand() throws {
+        let order = TokenIDOrder(frequenciesOf: [5, 5, 5, 2, 2, 7], vocabulary: 8)
+        XCTAssertEqual(order.ids, [5, 2, 7, 0, 1, 3, 4, 6])
+        let target = SparseTarget(ids: [2, 5, 6], values: [1, 3, 1], tailMass: 0, labelLogProbability: -2)
+        let shard = CacheShard(firstWindow: 0, seqLen: 2, targets: [[target]])
+        let bytes = shard.encoded(idBits: 3, storesProbabilities: false, idOrder: order)
+        XCTAssertEqual(Array(bytes.prefix(8)), Array("KDTCSHD2".utf8))
+        XCTAssertEqual(Array(bytes.suffix(13)), [3, 0x00, 0xc0, 16, 0, 0, 0, 0, 0, 0, 0] + [0x30, 0xf5])
+        XCTAssertEqual(try CacheShard.decode(bytes, file: "s.bin", expected: (0, 1, 2, 3, false), vocabulary: 8, idOrder: order), shard)
+        // The order file lists the ids that occur (the others follow, ascending): round trip, and a repeated id refused.
+        XCTAssertEqual(order.encoded(), [5, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0])
+        XCTAssertEqual(try TokenIDOrder.decode(order.encoded(), file: "o.bin", vocabulary: 8), order)
+        XCTAssertThrowsError(try TokenIDOrder.decode([UInt8](repeating: 0, count: 32), file: "o.bin", vocabulary: 8)) {
+            XCTAssertTrue("\($0)".contains("o.bin") && "\($0)".contains("repeated"), "\($0)")
         }
     }
 
@@ -258,5 +297,57 @@ final class TeacherCacheTests: XCTestCase {
         XCTAssertThrowsError(try TeacherCache(folder: whole.path)) { XCTAssertTrue("\($0)".contains(shard.lastPathComponent) && "\($0)".contains("truncated"), "\($0)") }
         try "{\"format\": \"kdgpu-teacher-cache\"}".write(to: whole.appendingPathComponent(TeacherCacheManifest.fileName), atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try TeacherCache(folder: whole.path)) { XCTAssertTrue("\($0)".contains("manifest.json") && "\($0)".contains("missing"), "\($0)") }
+    }
+
+    /// Drawn targets are coded in caches of format version 2 (top-k ones are not); a cache of version
+    /// 1 (fixed-width pairs) still reads back the same targets and a stopped one continues as version 1;
+    /// a damaged id order is refused, naming its file.
+    func testVersion2CodesDrawsAndVersion1CachesStillReadAndContinue() throws {
+        let data = try corpus(), v2 = try scratch("v2"), v1 = try scratch("v1")
+        func build(_ out: URL, spec: TeacherTargetSpec = .systematic(draws: 30)) throws -> TeacherCacheManifest {
+            try TeacherCacheBuild(teacher: Self.tinyModel, data: data.path, seqLen: 24, targets: spec, seed: 3, out: out.path, batchSize: 4, windowsPerShard: 10)
+                .run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
+        }
+        let manifest = try build(v2)
+        XCTAssertEqual(manifest.formatVersion, 2)
+        XCTAssertNotNil(manifest.idOrderSHA256)
+        XCTAssertNil(try build(try scratch("topk"), spec: .topK(k: 4)).idOrderSHA256, "top-k pairs stay fixed-width")
+        let cache = try TeacherCache(folder: v2.path)
+        let targets = try (0..<manifest.windows).map { try cache.targets(ofWindow: $0) }
+
+        // The same cache written as version 1: fixed-width shards, no id order.
+        try FileManager.default.copyItem(at: v2, to: v1)
+        try FileManager.default.removeItem(at: v1.appendingPathComponent(TokenIDOrder.fileName))
+        var old = manifest
+        old.formatVersion = 1
+        old.idOrderSHA256 = nil
+        for (index, entry) in manifest.shards.enumerated() {
+            let shard = CacheShard(firstWindow: entry.firstWindow, seqLen: 24, targets: Array(targets[entry.firstWindow..<entry.firstWindow + entry.windows]))
+            let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: false)
+            try Data(bytes).write(to: v1.appendingPathComponent(entry.file))
+            old.shards[index].bytes = bytes.count
+            old.shards[index].sha256 = SHA256Digest.hex(of: bytes)
+        }
+        XCTAssertGreaterThan(old.bytes, manifest.bytes, "coded draws take fewer bytes")
+        try Data(old.encoded()).write(to: v1.appendingPathComponent(TeacherCacheManifest.fileName))
+        let oldCache = try TeacherCache(folder: v1.path)
+        XCTAssertEqual(try (0..<manifest.windows).map { try oldCache.targets(ofWindow: $0) }, targets)
+        // Stopped after two shards, it continues as version 1, to the same bytes.
+        var partial = old
+        partial.shards = Array(old.shards.prefix(2))
+        partial.complete = false
+        try Data(partial.encoded()).write(to: v1.appendingPathComponent(TeacherCacheManifest.fileName))
+        XCTAssertEqual(try build(v1), old)
+        let last = v1.appendingPathComponent(old.shards.last!.file)
+        XCTAssertEqual(Array(try Data(contentsOf: last).prefix(8)), Array("KDTCSHD1".utf8))
+
+        // A damaged or missing id order.
+        let orderFile = v2.appendingPathComponent(TokenIDOrder.fileName)
+        var orderBytes = try [UInt8](Data(contentsOf: orderFile))
+        orderBytes.swapAt(0, 4)
+        try Data(orderBytes).write(to: orderFile)
+        XCTAssertThrowsError(try TeacherCache(folder: v2.path)) { XCTAssertTrue("\($0)".contains(TokenIDOrder.fileName) && "\($0)".contains("not the id order"), "\($0)") }
+        try FileManager.default.removeItem(at: orderFile)
+        XCTAssertThrowsError(try TeacherCache(folder: v2.path)) { XCTAssertTrue("\($0)".contains(TokenIDOrder.fileName) && "\($0)".contains("missing"), "\($0)") }
     }
 }

@@ -8,8 +8,8 @@
 # each tail rule, 50 independent draws, 50 systematic draws and systematicN for any N (listed: 200;
 # its cache built into OUT/cache-systematicN), the 50-draw caches with the
 # bucket tail of Good-Turing's unseen mass; T = 2 is far worse for sparse
-# targets, see the README); the feature losses on top of `make train`'s recipe (live KD at T = 1, the
-# embedding's learning rate at 4x: row kd-t1-emb4); live KD at
+# targets, see the README); the feature losses on top of live KD at T = 1 with the
+# embedding's learning rate at 4x (row kd-t1-emb4; make train adds hints to it); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
 # row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x, 4x
 # and 8x (`--embedding-lr-scale`: where the caches' gap lies, README); the 50-draw caches with the

@@ -71,7 +71,7 @@ public struct TokenIDOrder: Equatable, Sendable {
 /// the one before less one) in an exponential-Golomb code of the order that makes the position's
 /// gaps shortest (4 bits), then the counts in the same order, each `count - 1` in the order-0 code
 /// (Elias gamma: a count of 1 takes one bit). A position of 48 ids (120 systematic draws of the
-/// default teacher on Shakespeare) takes about 66 bytes where fixed 16-bit ids and 8-bit counts take 144.
+/// default teacher on Shakespeare) takes about 67 bytes where fixed 16-bit ids and 8-bit counts take 142.
 ///
 /// The order-k code of n writes `m = n + 2^k` as z zero bits, a one bit and then m's low `z + k`
 /// bits, least significant first, where `z + k + 1` is m's bit length: `2z + k + 1` bits.

@@ -7,8 +7,9 @@ import Tensor
 /// What a teacher-cache build spends beside the teacher: per batch of 4 x 128 windows, the
 /// teacher's forward with logits alone, then the cache's own targets (the same forward, a softmax,
 /// the rows to the host, selection or draws, and the shard's bytes, drawn pairs coded), as tokens/s
-/// and the fraction of the forward's speed kept. (Bytes a token takes on disk depend on the text: `kdgpu teacher-cache build` reports them
-/// for a real corpus; random tokens here would overstate the draws' unique ids.)
+/// and the fraction of the forward's speed kept. (Bytes a token takes on disk depend on the text:
+/// `kdgpu teacher-cache build` reports them for a real corpus; random tokens here would overstate
+/// the draws' unique ids.)
 public struct TeacherCacheSuite: BenchSuite {
     public let name = "teacher-cache"
     public let summary = "cache targets vs teacher forward, 4 x 128 tokens: tokens/s and the fraction of the forward's kept (needs `make teacher`)"

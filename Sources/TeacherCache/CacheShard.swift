@@ -152,7 +152,7 @@ public struct CacheShardView: Sendable {
         windowCodeStart = codeStarts
         if idOrder != nil {
             // Every window's codes decode to ranks inside the vocabulary and end where the table says.
-            for window in 0..<expected.windows where (try? decodedDraws(ofWindow: window)) == nil {
+            for window in 0..<expected.windows where decodedDraws(ofWindow: window) == nil {
                 throw invalid("the coded pairs of window \(expected.firstWindow + window) do not decode (damaged)")
             }
         } else if let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
@@ -165,7 +165,7 @@ public struct CacheShardView: Sendable {
         let rowsPerWindow = expected.seqLen - 1
         let rows = window * rowsPerWindow..<(window + 1) * rowsPerWindow
         // Checked at init, so they decode.
-        let draws = idOrder == nil ? nil : try! decodedDraws(ofWindow: window)
+        let draws = idOrder == nil ? nil : decodedDraws(ofWindow: window)!
         return rows.map { row in
             let pairs = pairStart[row]..<pairStart[row + 1]
             let (ids, values) = draws?[row - rows.lowerBound]
@@ -175,20 +175,19 @@ public struct CacheShardView: Sendable {
         }
     }
 
-    struct Undecodable: Error {}
-
-    /// A coded window's positions as ascending ids with their counts.
-    private func decodedDraws(ofWindow window: Int) throws -> [(ids: [Int32], counts: [Float])] {
+    /// A coded window's positions as ascending ids with their counts; nil where its codes do not
+    /// decode or do not end where the table says.
+    private func decodedDraws(ofWindow window: Int) -> [(ids: [Int32], counts: [Float])]? {
         var codes = BitReader(bytes: bytes, start: bitsOffset, end: bytes.count, position: windowCodeStart[window])
         let rowsPerWindow = expected.seqLen - 1
-        let decoded = try (window * rowsPerWindow..<(window + 1) * rowsPerWindow).map { row -> (ids: [Int32], counts: [Float]) in
+        var decoded: [(ids: [Int32], counts: [Float])] = []
+        for row in window * rowsPerWindow..<(window + 1) * rowsPerWindow {
             let pairs = pairStart[row + 1] - pairStart[row]
-            guard pairs > 0 else { return ([], []) }
-            guard let draws = DrawCoding.read(pairs: pairs, order: idOrder!, from: &codes) else { throw Undecodable() }
-            return draws
+            guard pairs > 0 else { decoded.append(([], [])); continue }
+            guard let draws = DrawCoding.read(pairs: pairs, order: idOrder!, from: &codes) else { return nil }
+            decoded.append(draws)
         }
-        guard codes.position == windowCodeStart[window + 1] else { throw Undecodable() }
-        return decoded
+        return codes.position == windowCodeStart[window + 1] ? decoded : nil
     }
 
     private func f16(at offset: Int) -> Float {

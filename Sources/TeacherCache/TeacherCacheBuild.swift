@@ -91,9 +91,10 @@ public struct TeacherCacheBuild {
             tokenizerSHA256: SHA256Digest.hex(of: tokenizerJSON), seqLen: seqLen, windows: windows, windowsPerShard: windowsPerShard,
             targets: targets.description, seed: seed, idBits: CacheShard.idBits(vocabulary: config.vocabulary), shards: [], complete: false,
             teacherPrecision: teacherPrecision == .f32 ? nil : teacherPrecision.rawValue)
-        // Drawn targets' ids are coded by their rank in the corpus's token frequencies (DrawCoding).
-        var idOrder = targets.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: config.vocabulary)
-        let idOrderBytes = idOrder?.encoded()
+        // Drawn targets' ids are coded by their rank in the corpus's token frequencies (DrawCoding);
+        // the manifest's id_order_sha256 says whether the shards use it.
+        let corpusOrder = targets.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: config.vocabulary)
+        let idOrderBytes = corpusOrder?.encoded()
         manifest.idOrderSHA256 = idOrderBytes.map { SHA256Digest.hex(of: $0) }
 
         // The folder: new, or a cache of the same key to continue. Rank 0 alone reads and prepares
@@ -115,8 +116,7 @@ public struct TeacherCacheBuild {
                 // (a version 1 cache goes on with fixed-width pairs; a version 2 one's order is the same
                 // corpus's, so the same order).
                 manifest.windowsPerShard = existing.windowsPerShard
-                manifest.formatVersion = existing.formatVersion
-                if existing.formatVersion < 2 { idOrder = nil; manifest.idOrderSHA256 = nil }
+                manifest.continueInFormatVersion(existing.formatVersion)
                 manifest.shards = try verifiedShards(existing, in: folder)
                 if existing.complete && manifest.shards.count == manifest.shardCount {
                     log("teacher-cache: \(out) is complete already (\(manifest.windows) windows, \(String(format: "%.1f", existing.bytesPerToken)) bytes/token)")
@@ -132,7 +132,7 @@ public struct TeacherCacheBuild {
                 for file in tokenizerFiles {
                     try writer.writeFileAtomically(at: folder.appendingPathComponent(file.name)) { try $0.write(file.contents) }
                 }
-                if let idOrderBytes, idOrder != nil {
+                if let idOrderBytes, manifest.idOrderSHA256 != nil {
                     try writer.writeFileAtomically(at: folder.appendingPathComponent(TokenIDOrder.fileName)) { try $0.write(idOrderBytes) }
                 }
                 try writeManifest(manifest, to: manifestURL, writer: writer)
@@ -145,13 +145,12 @@ public struct TeacherCacheBuild {
             if rank != 0 {
                 manifest.windowsPerShard = Int(state[1])
                 complete = state[2] != 0
-                manifest.formatVersion = Int(state[3])
-                if manifest.formatVersion < 2 { idOrder = nil; manifest.idOrderSHA256 = nil }
+                manifest.continueInFormatVersion(Int(state[3]))
             }
             firstShard = Int(state[0])
         }
         if complete { return manifest }
-        return try buildShards(from: firstShard, manifest: manifest, idOrder: idOrder, world: world, teacherFile: teacherFile, backend: backend,
+        return try buildShards(from: firstShard, manifest: manifest, idOrder: manifest.idOrderSHA256 == nil ? nil : corpusOrder, world: world, teacherFile: teacherFile, backend: backend,
                                tokens: tokens, folder: folder, writer: writer, log: log, progress: progress)
     }
 

@@ -85,6 +85,13 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
         case teacherPrecision = "teacher_precision", idOrderSHA256 = "id_order_sha256"
     }
 
+    /// Takes a stopped build's format version: a version 1 cache goes on with fixed-width pairs, so
+    /// without an id order.
+    mutating func continueInFormatVersion(_ version: Int) {
+        formatVersion = version
+        if version < 2 { idOrderSHA256 = nil }
+    }
+
     /// What makes two caches interchangeable: the same teacher file, token stream, windowing,
     /// targets and draws. The differences from `other`, in words (empty when none).
     public func keyDifferences(from other: TeacherCacheManifest) -> [String] {

@@ -70,6 +70,8 @@ public struct TrainSuite: BenchSuite {
                 rows += [("distillation_step", .bf16, LiveTeacher(model: autoTeacher)), ("distillation_step_cached", .bf16, cached)]
             }
             var liveTokensPerSecond: [DType: Double] = [:]
+            // The live step's GEMM operations, the cached step's bound is measured against.
+            var liveGemmFlops: [DType: Double] = [:]
             // The live step of each precision, kept to time the cached step against in alternation.
             var liveSteps: [DType: () throws -> Void] = [:]
             for (kernel, precision, source) in rows {
@@ -124,7 +126,7 @@ public struct TrainSuite: BenchSuite {
                 let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
                 let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0, convert = profile.seconds["convert"] ?? 0
-                let optimizerSeconds = profile.seconds["optimizer"] ?? 0
+                let optimizerSeconds = profile.seconds["optimizer"] ?? 0, gemmFlops = profile.gemmFlops
                 // What the student's forward keeps for its backward (bf16 GEMM inputs in mixed precision).
                 let beforeForward = ledger.inUseBytes
                 _ = try trainer.student.forward([[Int32]](repeating: dataset.window(0), count: config.batchSize))
@@ -139,12 +141,14 @@ public struct TrainSuite: BenchSuite {
                 var extra = ["tokens_per_s": tokensPerSecond, "gemm_share": gemm / profiled, "loss_share": loss / profiled,
                              "convert_share": convert / profiled, "optimizer_share": optimizerSeconds / profiled,
                              "rest_share": max(0, 1 - (gemm + loss + convert + optimizerSeconds) / profiled), "step_peak_mib": stepPeak,
-                             "activation_mib": activationMiB]
+                             "activation_mib": activationMiB, "gemm_gflop": gemmFlops / 1e9]
                 if kernel == "distillation_step" {
                     liveTokensPerSecond[precision] = tokensPerSecond
+                    liveGemmFlops[precision] = gemmFlops
                     if precision == .bf16, let fp32 = liveTokensPerSecond[.f32] { extra["speedup_over_fp32"] = tokensPerSecond / fp32 }
                 } else if let pairedSpeedup {
                     extra["speedup_vs_live"] = pairedSpeedup
+                    if let live = liveGemmFlops[precision], gemmFlops > 0 { extra["flop_bound"] = live / gemmFlops }
                 } else if sampling, let live = liveTokensPerSecond[precision] {
                     extra["speedup_vs_live"] = tokensPerSecond / live
                 }
@@ -157,8 +161,8 @@ public struct TrainSuite: BenchSuite {
                     note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32; sampled rows: a draw near a "
                         + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
-                        + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own)"
+                        + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward; gemm_gflop: the step's GEMM operations)"
+                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own; flop_bound: the live step's GEMM operations over its own, the speedup were every GEMM as fast in both steps)"
                             : (source as? LiveTeacher)?.model.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
                             : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "

@@ -227,6 +227,8 @@ public struct GemmProblem: Hashable, Sendable {
 /// Profiled ops synchronize before and after, so the figures are exact but the run is slower.
 public final class OpProfile {
     public private(set) var seconds: [String: Double] = [:]
+    /// Floating-point operations of the GEMMs run while profiling (2 m n k each).
+    public internal(set) var gemmFlops: Double = 0
 
     public init() {}
 

@@ -178,6 +178,7 @@ extension Backend {
             return
         }
         try Profiling.measure("gemm", on: self) { try enqueueGemm(a, b, c, problem) }
+        Profiling.profile(of: self)?.gemmFlops += problem.flops
     }
 
     /// out[r] = max or sum of row r of x; `out` has one element per row of x.

@@ -180,4 +180,41 @@ final class DistillationStepTests: XCTestCase {
             XCTAssertTrue(comparison.passes(tolerance: 1e-6), "\(backend.name): \(comparison)")
         }
     }
+
+    /// What `kdgpu bench train`'s `flop_bound` divides: the GEMM operations a profiled step counts, against a
+    /// count on paper. A forward is 2 N C (H hs + 2 Hkv hs) + 2 N H hs C + 3 (2 N C F) a block for the
+    /// weights, 2 x 2 B H T^2 hs for the attention scores and their product with the values, and 2 N C V
+    /// for the head; the student's backward takes two products for each of the forward's, so the
+    /// live step is the teacher's forward plus three of the student's, and a step without the teacher three.
+    func testProfiledStepCountsItsGemmOperations() throws {
+        let teacherConfig = Self.config
+        let studentConfig = LlamaConfig(layers: 1, width: 32, feedForward: 40, heads: 4, kvHeads: 1, vocabulary: 3001, contextLength: 64,
+                                        ropeBase: 10000, normEpsilon: 1e-5, tiedEmbeddings: true)
+        func forwardOperations(_ c: LlamaConfig, batch b: Int, length t: Int) -> Double {
+            let (n, w, hs) = (Double(b * t), Double(c.width), Double(c.headDimension))
+            let block = 2 * n * w * (Double(c.heads) * hs + 2 * Double(c.kvHeads) * hs) + 2 * n * Double(c.heads) * hs * w
+                + 3 * 2 * n * w * Double(c.feedForward) + 2 * 2 * Double(b * c.heads * t * t) * hs
+            return Double(c.layers) * block + 2 * n * w * Double(c.vocabulary)
+        }
+        let teacherParameters = try StudentGradientTests.randomParameters(teacherConfig, seed: 61)
+        let studentParameters = try StudentGradientTests.randomParameters(studentConfig, seed: 62)
+        var rng = SeededRandom(seed: 63)
+        let tokens = (0..<400).map { _ in Int32(Int.random(in: 0..<teacherConfig.vocabulary, using: &rng)) }
+        let backend = TestBackends.cpu
+        for teacherRuns in [true, false] {
+            var config = settings(batch: 3, length: 11)
+            if !teacherRuns { (config.softWeight, config.hardWeight) = (0, 1) }
+            let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.1, seed: 1)
+            let teacher: any TeacherSource = teacherRuns ? LiveTeacher(model: try self.teacher(teacherParameters, on: backend)) : RefusingTeacher()
+            let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
+                                      teacher: teacher, features: [], objective: DistillationObjective(config: config))
+            var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+            let profile = Profiling.start(on: backend)
+            _ = try trainer.step(1, batches: &sampler)
+            Profiling.stop(on: backend)
+            let student = 3 * forwardOperations(studentConfig, batch: 3, length: 11)
+            let expected = student + (teacherRuns ? forwardOperations(teacherConfig, batch: 3, length: 11) : 0)
+            XCTAssertEqual(profile.gemmFlops, expected, "teacher \(teacherRuns ? "live" : "not run")")
+        }
+    }
 }

@@ -126,7 +126,7 @@ public struct TrainSuite: BenchSuite {
                 let profiled = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 let stepPeak = Double(ledger.peakInUseBytes - inUseBefore) / Double(1 << 20)
                 let gemm = profile.seconds["gemm"] ?? 0, loss = profile.seconds["loss"] ?? 0, convert = profile.seconds["convert"] ?? 0
-                let optimizerSeconds = profile.seconds["optimizer"] ?? 0, gemmFlops = profile.gemmFlops
+                let optimizerSeconds = profile.seconds["optimizer"] ?? 0, gemmFlops = profile.flops["gemm"] ?? 0
                 // What the student's forward keeps for its backward (bf16 GEMM inputs in mixed precision).
                 let beforeForward = ledger.inUseBytes
                 _ = try trainer.student.forward([[Int32]](repeating: dataset.window(0), count: config.batchSize))

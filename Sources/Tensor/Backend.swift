@@ -223,22 +223,23 @@ public struct GemmProblem: Hashable, Sendable {
     public var flops: Double { 2.0 * Double(m) * Double(n) * Double(k) * Double(batch) }
 }
 
-/// Wall-clock seconds a backend spent per op category while profiling (`kdgpu bench train`).
+/// Wall-clock seconds a backend spent per op category while profiling (`kdgpu bench train`), and
+/// the floating-point operations of the ops that count them (GEMMs: 2 m n k each).
 /// Profiled ops synchronize before and after, so the figures are exact but the run is slower.
 public final class OpProfile {
     public private(set) var seconds: [String: Double] = [:]
-    /// Floating-point operations of the GEMMs run while profiling (2 m n k each).
-    public internal(set) var gemmFlops: Double = 0
+    public private(set) var flops: [String: Double] = [:]
 
     public init() {}
 
-    /// Runs `body` between two synchronizations of `backend` and adds its time to `category`.
-    public func measure<R>(_ category: String, on backend: any Backend, _ body: () throws -> R) throws -> R {
+    /// Runs `body` between two synchronizations of `backend` and adds its time, and `flops`, to `category`.
+    public func measure<R>(_ category: String, on backend: any Backend, flops: Double = 0, _ body: () throws -> R) throws -> R {
         try backend.synchronize()
         let start = DispatchTime.now().uptimeNanoseconds
         let result = try body()
         try backend.synchronize()
         seconds[category, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        self.flops[category, default: 0] += flops
         return result
     }
 }
@@ -255,9 +256,9 @@ public enum Profiling {
     }
     public static func stop(on backend: any Backend) { profiles[ObjectIdentifier(backend)] = nil }
 
-    /// `body`, timed into `category` when `backend` is being profiled.
-    public static func measure<R>(_ category: String, on backend: any Backend, _ body: () throws -> R) throws -> R {
+    /// `body`, timed (with its `flops`) into `category` when `backend` is being profiled.
+    public static func measure<R>(_ category: String, on backend: any Backend, flops: Double = 0, _ body: () throws -> R) throws -> R {
         guard let profile = profile(of: backend) else { return try body() }
-        return try profile.measure(category, on: backend, body)
+        return try profile.measure(category, on: backend, flops: flops, body)
     }
 }

@@ -177,8 +177,7 @@ extension Backend {
             try enqueueScale(c, by: beta, into: c)
             return
         }
-        try Profiling.measure("gemm", on: self) { try enqueueGemm(a, b, c, problem) }
-        Profiling.profile(of: self)?.gemmFlops += problem.flops
+        try Profiling.measure("gemm", on: self, flops: problem.flops) { try enqueueGemm(a, b, c, problem) }
     }
 
     /// out[r] = max or sum of row r of x; `out` has one element per row of x.

@@ -44,7 +44,8 @@ public struct TeacherCacheSuite: BenchSuite {
                 let paired = try context.pairedMedians({
                     targets = try maker.targets(of: batch, windows: Array(batch.indices), model: model)
                     _ = CacheShard(firstWindow: 0, seqLen: Self.sequenceLength, targets: targets)
-                        .encoded(idBits: CacheShard.idBits(vocabulary: vocabulary), storesProbabilities: spec.storesProbabilities, idOrder: idOrder)
+                        .encoded(idBits: CacheShard.idBits(vocabulary: vocabulary), storesProbabilities: spec.storesProbabilities,
+                                  pairCountBytes: spec.pairCountBytes, idOrder: idOrder)
                 }, against: forward)
                 let seconds = paired.seconds
                 // Against the CPU backend's targets: the share of positions whose stored ids agree (the

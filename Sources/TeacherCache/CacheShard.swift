@@ -6,20 +6,21 @@ import Foundation
 ///     "KDTCSHD1"                          magic, 8 bytes
 ///     u32 first_window, u32 windows, u32 seq_len, u32 id_bits, u32 stores_probabilities (0 or 1)
 ///     u64 pairs                           total (id, value) pairs
-///     u8  count[rows]                     pairs per position (rows = windows * (seq_len - 1))
+///     u8  count[rows]                     pairs per position (rows = windows * (seq_len - 1)); u16 where
+///                                         the targets' spec allows more than 255 (format version 3)
 ///     f16 label_log_probability[rows]
 ///     f16 tail_mass[rows]                 only when the values are probabilities
 ///     f16 probability[pairs] | u8 draws[pairs]
 ///     bits: the pairs' ids, id_bits each, least significant bit first
 ///
 /// 3 bytes a position (5 with top-k's tail mass) and 3 bytes a sampled pair (4 a top-k pair) for
-/// vocabularies up to 65536. Coded draws (`sampled:N` and `systematic:N` in caches of format version
-/// 2, with the cache's ``TokenIDOrder``):
+/// vocabularies up to 65536. Coded draws (`sampled:N` and `systematic:N` in caches of format versions
+/// 2 and 3, with the cache's ``TokenIDOrder``):
 ///
 ///     "KDTCSHD2"                          magic, 8 bytes
 ///     u32 first_window, u32 windows, u32 seq_len, u32 id_bits, u32 stores_probabilities (0)
 ///     u64 pairs
-///     u8  count[rows]
+///     u8  count[rows]                     u16 where the spec allows more than 255 (format version 3)
 ///     f16 label_log_probability[rows]
 ///     u64 code_end[windows]               the bit where each window's codes end, counted from the codes' first
 ///     bits: each position's pairs in ``DrawCoding``, one position after another
@@ -44,22 +45,29 @@ public struct CacheShard: Equatable, Sendable {
         self.targets = targets
     }
 
+    /// The most pairs a count of `countBytes` bytes (1 or 2) says.
+    static func maximumPairs(countBytes: Int) -> Int { (1 << (8 * countBytes)) - 1 }
+
     /// The bits an id takes for a vocabulary of `vocabulary` tokens.
     public static func idBits(vocabulary: Int) -> Int { max(1, Int.bitWidth - (vocabulary - 1).leadingZeroBitCount) }
 
     /// The shard's bytes: drawn targets' pairs coded with `idOrder` when it is given (format
-    /// version 2), fixed-width otherwise.
-    public func encoded(idBits: Int, storesProbabilities: Bool, idOrder: TokenIDOrder? = nil) -> [UInt8] {
+    /// versions 2 and 3), fixed-width otherwise; each position's pair count in `pairCountBytes`
+    /// (``TeacherTargetSpec/pairCountBytes``).
+    public func encoded(idBits: Int, storesProbabilities: Bool, pairCountBytes: Int, idOrder: TokenIDOrder? = nil) -> [UInt8] {
         let rows = targets.flatMap { $0 }
         let pairs = rows.reduce(0) { $0 + $1.ids.count }
         precondition(idOrder == nil || !storesProbabilities, "only draw counts are coded")
+        precondition(rows.allSatisfy { $0.ids.count <= Self.maximumPairs(countBytes: pairCountBytes) }, "a position's pairs fit its count")
         var bytes = idOrder == nil ? Self.magic : Self.codedMagic
         bytes.reserveCapacity(Self.headerBytes + rows.count * 5 + pairs * 5)
         func u32(_ value: Int) { withUnsafeBytes(of: UInt32(value).littleEndian) { bytes += $0 } }
         func f16(_ value: Float) { withUnsafeBytes(of: Float16(value).bitPattern.littleEndian) { bytes += $0 } }
         for value in [firstWindow, windowCount, seqLen, idBits, storesProbabilities ? 1 : 0] { u32(value) }
         withUnsafeBytes(of: UInt64(pairs).littleEndian) { bytes += $0 }
-        bytes += rows.map { UInt8($0.ids.count) }
+        for row in rows {
+            withUnsafeBytes(of: UInt16(row.ids.count).littleEndian) { bytes += $0.prefix(pairCountBytes) }
+        }
         for row in rows { f16(row.labelLogProbability) }
         if let idOrder {
             var codes = BitWriter(), ends: [Int] = []
@@ -93,7 +101,7 @@ public struct CacheShard: Equatable, Sendable {
 /// order, a few from each shard.
 public struct CacheShardView: Sendable {
     /// What the manifest says of a shard.
-    public typealias Expected = (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool)
+    public typealias Expected = (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool, pairCountBytes: Int)
 
     let bytes: [UInt8]
     let expected: Expected
@@ -105,7 +113,7 @@ public struct CacheShardView: Sendable {
     let windowCodeStart: [Int]
     let labelsOffset, tailsOffset, valuesOffset, bitsOffset: Int
 
-    /// - Parameter idOrder: the cache's order when its drawn targets are coded (format version 2).
+    /// - Parameter idOrder: the cache's order when its drawn targets are coded (format versions 2 and 3).
     public init(_ bytes: [UInt8], file: String, expected: Expected, vocabulary: Int, idOrder: TokenIDOrder? = nil) throws {
         func invalid(_ reason: String) -> TeacherCacheError { .invalid(file: file, reason: reason) }
         let headerBytes = CacheShard.headerBytes
@@ -120,15 +128,17 @@ public struct CacheShardView: Sendable {
               header[4] == (expected.storesProbabilities ? 1 : 0) else {
             throw invalid("its header (windows \(header[0])..<\(header[0] + header[1]), seq_len \(header[2])) is not what the manifest says")
         }
-        let rows = expected.windows * (expected.seqLen - 1)
-        guard pairs <= rows * TeacherTargetSpec.maximumPairs, bytes.count >= headerBytes + rows * 3 + (idOrder == nil ? 0 : 8 * expected.windows) else {
+        let rows = expected.windows * (expected.seqLen - 1), countBytes = expected.pairCountBytes
+        guard pairs <= rows * CacheShard.maximumPairs(countBytes: countBytes),
+              bytes.count >= headerBytes + rows * (countBytes + 2) + (idOrder == nil ? 0 : 8 * expected.windows) else {
             throw invalid("\(bytes.count) bytes, too few for its header's \(rows) positions (truncated or damaged)")
         }
         var starts = [0]
         starts.reserveCapacity(rows + 1)
-        for row in 0..<rows { starts.append(starts[row] + Int(bytes[headerBytes + row])) }
+        reader.offset = headerBytes
+        for row in 0..<rows { starts.append(starts[row] + Int(countBytes == 1 ? UInt16(reader.u8()) : reader.u16())) }
         guard starts[rows] == pairs else { throw invalid("its per-position counts add up to \(starts[rows]), not \(pairs)") }
-        labelsOffset = headerBytes + rows
+        labelsOffset = headerBytes + rows * countBytes
         tailsOffset = labelsOffset + 2 * rows
         valuesOffset = tailsOffset + (expected.storesProbabilities ? 2 * rows : 0)
         var codeStarts = [0]

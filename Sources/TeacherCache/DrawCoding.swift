@@ -66,7 +66,7 @@ public struct TokenIDOrder: Equatable, Sendable {
     }
 }
 
-/// How a drawn target's (id, count) pairs are written in a shard of format version 2: its ids as
+/// How a drawn target's (id, count) pairs are written in a shard of format versions 2 and 3: its ids as
 /// their ranks in a ``TokenIDOrder``, ascending, coded as gaps (the first rank, then each rank less
 /// the one before less one) in an exponential-Golomb code of the order that makes the position's
 /// gaps shortest (4 bits), then the counts in the same order, each `count - 1` in the order-0 code

@@ -17,8 +17,11 @@ public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
     case sampled(draws: Int)
     case systematic(draws: Int)
 
-    /// Pairs per position are counted in one byte.
-    public static let maximumPairs = 255
+    /// The most pairs a position's count can say: two bytes (caches of format version 3 count in two
+    /// bytes where a position can hold more than ``maximumNarrowPairs``).
+    public static let maximumPairs = 65535
+    /// The most pairs one byte counts: the width of every count in caches of format versions 1 and 2.
+    public static let maximumNarrowPairs = 255
     /// The most draws or ids of targets made on the fly (`--sparsify-teacher`), which store no count.
     public static let maximumUnstored = 1 << 20
     /// The forms ``init(parsing:maximum:)`` reads, for messages.
@@ -54,8 +57,12 @@ public enum TeacherTargetSpec: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Bytes of each position's pair count in a cache shard: one, or two where a position can hold
+    /// more pairs than one byte counts (format version 3).
+    public var pairCountBytes: Int { maximumPairsPerPosition > Self.maximumNarrowPairs ? 2 : 1 }
+
     /// Parses `topk:32`, `topp:0.95,50`, `sampled:50` or `systematic:50`; K and N at most
-    /// `maximum` (a cache counts them in one byte: ``maximumPairs``).
+    /// `maximum` (a cache counts them in two bytes: ``maximumPairs``).
     /// - Throws: a ``TeacherCacheError/badSpec(_:)`` saying what is wrong.
     public init(parsing text: String, maximum: Int = maximumPairs) throws {
         let parts = text.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }

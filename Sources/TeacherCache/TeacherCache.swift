@@ -17,7 +17,7 @@ public final class TeacherCache {
     public let spec: TeacherTargetSpec
     /// The teacher's tokenizer as GGUF metadata (from the cache's tokenizer.json).
     public let tokenizer: GGUFMetadata
-    /// The order drawn targets' ids are coded in (format version 2); nil where pairs are fixed-width.
+    /// The order drawn targets' ids are coded in (format versions 2 and 3); nil where pairs are fixed-width.
     let idOrder: TokenIDOrder?
     /// The shards read so far, each read and checked once (training reads windows in shuffled
     /// order, a few from each shard at a time); their bytes stay in memory, the size of the cache.
@@ -87,7 +87,7 @@ public final class TeacherCache {
             throw TeacherCacheError.invalid(file: url.path, reason: "its SHA-256 is not the one in the manifest (damaged or edited)")
         }
         return try CacheShardView(bytes, file: url.path,
-                                  expected: (entry.firstWindow, entry.windows, manifest.seqLen, manifest.idBits, spec.storesProbabilities),
+                                  expected: (entry.firstWindow, entry.windows, manifest.seqLen, manifest.idBits, spec.storesProbabilities, spec.pairCountBytes),
                                   vocabulary: manifest.teacher.vocabulary, idOrder: idOrder)
     }
 }

@@ -188,7 +188,8 @@ public struct TeacherCacheBuild {
                     progress(Progress(windowsDone: done, windows: windows, tokensPerSecond: Double(windowsThisRun * ranks * seqLen) / seconds,
                                       secondsLeft: seconds / Double(windowsThisRun * ranks) * Double(windows - done), bytesPerToken: manifest.bytesPerToken))
                 }
-                let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities, idOrder: idOrder)
+                let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: targets.storesProbabilities,
+                                          pairCountBytes: targets.pairCountBytes, idOrder: idOrder)
                 let name = TeacherCacheManifest.shardFileName(shardIndex)
                 try writer.writeFileAtomically(at: folder.appendingPathComponent(name)) { try $0.write(bytes) }
                 entry = .init(file: name, firstWindow: first, windows: count, bytes: bytes.count,

@@ -6,9 +6,11 @@ import Foundation
 public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     public static let fileName = "manifest.json"
     public static let formatName = "kdgpu-teacher-cache"
-    /// Version 2 codes drawn targets' pairs (``DrawCoding``) with the id order kept beside the
-    /// manifest; version 1 (still read, and continued as such) stored them fixed-width.
-    public static let currentVersion = 2
+    /// Version 3 counts each position's pairs in two bytes where its targets allow more than 255
+    /// (`systematic:1000`), in one otherwise, as before; version 2 codes drawn targets' pairs
+    /// (``DrawCoding``) with the id order kept beside the manifest; version 1 stored them
+    /// fixed-width. Versions 1 and 2 are still read, and a stopped build of either continues as such.
+    public static let currentVersion = 3
     public static let readableVersions = 1...currentVersion
 
     public struct Teacher: Codable, Equatable, Sendable {
@@ -62,7 +64,7 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
     /// `bf16` when the teacher's weight GEMMs ran in bf16; absent for fp32 (caches made before it existed are fp32).
     public var teacherPrecision: String?
     /// SHA-256 of `id-order.bin` (``TokenIDOrder``), present where the shards code drawn targets
-    /// (format version 2 with `sampled:N` or `systematic:N`).
+    /// (format version 2 or 3 with `sampled:N` or `systematic:N`).
     public var idOrderSHA256: String?
 
     /// The teacher's GEMM precision, `fp32` or `bf16`.
@@ -156,6 +158,9 @@ public struct TeacherCacheManifest: Codable, Equatable, Sendable {
         }
         guard let spec = try? TeacherTargetSpec(parsing: manifest.targets) else {
             throw invalid("targets '\(manifest.targets)' is none of \(TeacherTargetSpec.forms())")
+        }
+        guard spec.pairCountBytes == 1 || manifest.formatVersion >= 3 else {
+            throw invalid("targets '\(manifest.targets)' allow more than \(TeacherTargetSpec.maximumNarrowPairs) pairs a position, which a cache of version \(manifest.formatVersion) cannot count")
         }
         let codesDraws = manifest.formatVersion >= 2 && spec.draws != nil
         guard (manifest.idOrderSHA256 != nil) == codesDraws else {

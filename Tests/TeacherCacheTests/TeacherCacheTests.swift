@@ -162,34 +162,42 @@ final class TeacherCacheTests: XCTestCase {
 
     // MARK: Shards
 
-    func testShardsRoundTripForEveryValueKindAndIDWidth() throws {
+    /// Every layout round-trips, with one-byte pair counts and two-byte ones (format version 3:
+    /// positions of more than 255 pairs, draws counted past 255).
+    func testShardsRoundTripForEveryValueKindIDWidthAndCountWidth() throws {
         var random = SeededRandom(seed: 11)
-        for (vocabulary, storesProbabilities, coded) in [(260, true, false), (49152, false, false), (128256, true, false), (128256, false, false),
-                                                         (260, false, true), (49152, false, true), (128256, false, true)] {
+        for (vocabulary, storesProbabilities, coded, countBytes) in [(260, true, false, 1), (49152, false, false, 1), (128256, true, false, 1), (128256, false, false, 1),
+                                                                     (260, false, true, 1), (49152, false, true, 1), (128256, false, true, 1),
+                                                                     (260, true, false, 2), (49152, false, true, 2)] {
             let bits = CacheShard.idBits(vocabulary: vocabulary)
             XCTAssertEqual(bits, vocabulary == 260 ? 9 : vocabulary == 49152 ? 16 : 17)
             // Coded draws: unique ascending ids (as drawn targets have them), ranked by a skewed corpus.
             let order = coded ? TokenIDOrder(frequenciesOf: (0..<3000).map { _ in Int32(random.uniform(below: 1 + random.uniform(below: vocabulary))) },
                                              vocabulary: vocabulary) : nil
             let targets = (0..<3).map { _ in
-                (0..<9).map { _ -> SparseTarget in
-                    let count = random.uniform(below: 12)
+                (0..<9).map { position -> SparseTarget in
+                    // Two-byte counts: a position past what one byte counts, and one that fills two bytes' worth of the vocabulary.
+                    let count = countBytes == 1 ? random.uniform(below: 12) : [256, 300, 1000][position % 3] + random.uniform(below: 5)
                     var ids = (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
                     if coded { ids = Array(Set(ids)).sorted() }
                     let values = ids.map { _ in storesProbabilities ? Float(Float16(Float(random.uniform(below: 1000)) / 1000))
-                                                                    : Float(1 + random.uniform(below: coded ? 255 : 50)) }
+                                                                    : Float(1 + random.uniform(below: coded ? 255 * countBytes * countBytes : 50)) }
                     return SparseTarget(ids: ids, values: values, tailMass: storesProbabilities ? Float(Float16(0.25)) : 0,
                                         labelLogProbability: Float(Float16(-Float(random.uniform(below: 2000)) / 100)))
                 }
             }
             let shard = CacheShard(firstWindow: 6, seqLen: 10, targets: targets)
-            let bytes = shard.encoded(idBits: bits, storesProbabilities: storesProbabilities, idOrder: order)
-            let expected = (firstWindow: 6, windows: 3, seqLen: 10, idBits: bits, storesProbabilities: storesProbabilities)
+            let bytes = shard.encoded(idBits: bits, storesProbabilities: storesProbabilities, pairCountBytes: countBytes, idOrder: order)
+            let expected = (firstWindow: 6, windows: 3, seqLen: 10, idBits: bits, storesProbabilities: storesProbabilities, pairCountBytes: countBytes)
             XCTAssertEqual(try CacheShard.decode(bytes, file: "s", expected: expected, vocabulary: vocabulary, idOrder: order), shard)
             XCTAssertThrowsError(try CacheShard.decode(Array(bytes.dropLast()), file: "s.bin", expected: expected, vocabulary: vocabulary, idOrder: order)) {
                 XCTAssertTrue("\($0)".contains("s.bin") && "\($0)".contains("truncated"), "\($0)")
             }
-            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (7, 3, 10, bits, storesProbabilities), vocabulary: vocabulary, idOrder: order))
+            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (7, 3, 10, bits, storesProbabilities, countBytes), vocabulary: vocabulary, idOrder: order))
+            // Its counts read at the other width do not add up to its pairs.
+            XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: (6, 3, 10, bits, storesProbabilities, 3 - countBytes), vocabulary: vocabulary, idOrder: order)) {
+                XCTAssertTrue("\($0)".contains("s.bin"), "\($0)")
+            }
             if let order {
                 // Read as the other layout, or with its codes damaged: refused, naming the file.
                 XCTAssertThrowsError(try CacheShard.decode(bytes, file: "s.bin", expected: expected, vocabulary: vocabulary)) {
@@ -214,10 +222,10 @@ final class TeacherCacheTests: XCTestCase {
         XCTAssertEqual(order.ids, [5, 2, 7, 0, 1, 3, 4, 6])
         let target = SparseTarget(ids: [2, 5, 6], values: [1, 3, 1], tailMass: 0, labelLogProbability: -2)
         let shard = CacheShard(firstWindow: 0, seqLen: 2, targets: [[target]])
-        let bytes = shard.encoded(idBits: 3, storesProbabilities: false, idOrder: order)
+        let bytes = shard.encoded(idBits: 3, storesProbabilities: false, pairCountBytes: 1, idOrder: order)
         XCTAssertEqual(Array(bytes.prefix(8)), Array("KDTCSHD2".utf8))
         XCTAssertEqual(Array(bytes.suffix(13)), [3, 0x00, 0xc0, 16, 0, 0, 0, 0, 0, 0, 0] + [0x30, 0xf5])
-        XCTAssertEqual(try CacheShard.decode(bytes, file: "s.bin", expected: (0, 1, 2, 3, false), vocabulary: 8, idOrder: order), shard)
+        XCTAssertEqual(try CacheShard.decode(bytes, file: "s.bin", expected: (0, 1, 2, 3, false, 1), vocabulary: 8, idOrder: order), shard)
         // The order file lists the ids that occur (the others follow, ascending): round trip, and a repeated id refused.
         XCTAssertEqual(order.encoded(), [5, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0])
         XCTAssertEqual(try TokenIDOrder.decode(order.encoded(), file: "o.bin", vocabulary: 8), order)
@@ -299,21 +307,42 @@ final class TeacherCacheTests: XCTestCase {
         XCTAssertThrowsError(try TeacherCache(folder: whole.path)) { XCTAssertTrue("\($0)".contains("manifest.json") && "\($0)".contains("missing"), "\($0)") }
     }
 
-    /// Drawn targets are coded in caches of format version 2 (top-k ones are not); a cache of version
-    /// 1 (fixed-width pairs) still reads back the same targets and a stopped one continues as version 1;
-    /// a damaged id order is refused, naming its file.
-    func testVersion2CodesDrawsAndVersion1CachesStillReadAndContinue() throws {
+    /// Drawn targets are coded (format version 2 on; top-k ones are not); more than 255 draws count
+    /// their pairs in two bytes (version 3), which a version 2 manifest cannot say; caches of versions
+    /// 2 and 1 (fixed-width pairs) still read back the same targets and a stopped version 1 build
+    /// continues as such; a damaged id order is refused, naming its file.
+    func testVersion3CountsWideAndVersions2And1CachesStillReadAndContinue() throws {
         let data = try corpus(), v2 = try scratch("v2"), v1 = try scratch("v1")
         func build(_ out: URL, spec: TeacherTargetSpec = .systematic(draws: 30)) throws -> TeacherCacheManifest {
             try TeacherCacheBuild(teacher: Self.tinyModel, data: data.path, seqLen: 24, targets: spec, seed: 3, out: out.path, batchSize: 4, windowsPerShard: 10)
                 .run(backend: TestBackends.cpu, log: { _ in }, progress: { _ in })
         }
         let manifest = try build(v2)
-        XCTAssertEqual(manifest.formatVersion, 2)
+        XCTAssertEqual(manifest.formatVersion, 3)
         XCTAssertNotNil(manifest.idOrderSHA256)
         XCTAssertNil(try build(try scratch("topk"), spec: .topK(k: 4)).idOrderSHA256, "top-k pairs stay fixed-width")
         let cache = try TeacherCache(folder: v2.path)
         let targets = try (0..<manifest.windows).map { try cache.targets(ofWindow: $0) }
+
+        // 300 draws: counts in two bytes; each position's counts add up to its draws.
+        let wide = try scratch("wide"), wideManifest = try build(wide, spec: .systematic(draws: 300))
+        let wideCache = try TeacherCache(folder: wide.path)
+        for window in 0..<wideManifest.windows {
+            for target in try wideCache.targets(ofWindow: window) { XCTAssertEqual(target.values.reduce(0, +), 300) }
+        }
+        XCTAssertGreaterThan(wideManifest.bytes, manifest.bytes)
+        // The same manifest as version 2 (one-byte counts) cannot hold it; the narrow cache as version 2 reads the same.
+        var wideAsV2 = wideManifest
+        wideAsV2.formatVersion = 2
+        try Data(wideAsV2.encoded()).write(to: wide.appendingPathComponent(TeacherCacheManifest.fileName))
+        XCTAssertThrowsError(try TeacherCache(folder: wide.path)) {
+            XCTAssertTrue("\($0)".contains("manifest.json") && "\($0)".contains("cannot count"), "\($0)")
+        }
+        var narrowAsV2 = manifest
+        narrowAsV2.formatVersion = 2
+        try Data(narrowAsV2.encoded()).write(to: v2.appendingPathComponent(TeacherCacheManifest.fileName))
+        let cacheAsV2 = try TeacherCache(folder: v2.path)
+        XCTAssertEqual(try (0..<manifest.windows).map { try cacheAsV2.targets(ofWindow: $0) }, targets)
 
         // The same cache written as version 1: fixed-width shards, no id order.
         try FileManager.default.copyItem(at: v2, to: v1)
@@ -323,7 +352,7 @@ final class TeacherCacheTests: XCTestCase {
         old.idOrderSHA256 = nil
         for (index, entry) in manifest.shards.enumerated() {
             let shard = CacheShard(firstWindow: entry.firstWindow, seqLen: 24, targets: Array(targets[entry.firstWindow..<entry.firstWindow + entry.windows]))
-            let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: false)
+            let bytes = shard.encoded(idBits: manifest.idBits, storesProbabilities: false, pairCountBytes: 1)
             try Data(bytes).write(to: v1.appendingPathComponent(entry.file))
             old.shards[index].bytes = bytes.count
             old.shards[index].sha256 = SHA256Digest.hex(of: bytes)

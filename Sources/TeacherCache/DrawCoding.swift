@@ -97,9 +97,8 @@ enum DrawCoding {
         precondition(zip(pairs, pairs.dropFirst()).allSatisfy { $0.rank < $1.rank } && pairs.allSatisfy { $0.count >= 1 },
                      "a drawn target's ids are unique and its counts positive")
         let gaps = pairs.indices.map { $0 == 0 ? pairs[0].rank : pairs[$0].rank - pairs[$0 - 1].rank - 1 }
-        let best = (0..<(1 << orderBits)).min { a, b in
-            gaps.reduce(0) { $0 + codeLength($1, order: a) } < gaps.reduce(0) { $0 + codeLength($1, order: b) }
-        }!
+        let lengths = (0..<(1 << orderBits)).map { k in gaps.reduce(0) { $0 + codeLength($1, order: k) } }
+        let best = lengths.indices.min { lengths[$0] < lengths[$1] }!  // the first shortest
         bits.append(UInt64(best), bits: orderBits)
         for gap in gaps { write(gap, order: best, to: &bits) }
         for pair in pairs { write(pair.count - 1, order: 0, to: &bits) }

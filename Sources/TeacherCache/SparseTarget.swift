@@ -83,8 +83,8 @@ public struct SparseTarget: Equatable, Sendable {
         let n = row.count, blocks = (n + drawBlock - 1) / drawBlock
         let sums = (0..<blocks).map { blockSum(row, from: $0 * drawBlock, to: min(n, ($0 + 1) * drawBlock)) }
         let total = sums.reduce(0, +)
-        // The points scaled to [0, total).
-        let points = unitPoints.map { $0 * total }, draws = points.count
+        // The points scaled to [0, total), then infinity: past the last point no entry's sum reaches the next.
+        let draws = unitPoints.count, points = unitPoints.map { $0 * total } + [.infinity]
         var ids: [Int32] = [], counts: [Float] = []
         func take(_ id: Int, _ count: Int) {
             guard count > 0, id >= 0 else { return }
@@ -98,14 +98,15 @@ public struct SparseTarget: Equatable, Sendable {
                 for id in block * drawBlock..<min(n, (block + 1) * drawBlock) where row[id] > 0 {
                     cumulative += Double(row[id])
                     lastPositive = id
-                    var count = 0
-                    while next < draws && points[next] < cumulative { count += 1; next += 1 }
-                    take(id, count)
+                    guard points[next] < cumulative else { continue }
+                    let first = next
+                    while points[next] < cumulative { next += 1 }
+                    take(id, next - first)
                 }
                 // Points the entry-by-entry sum leaves short of the block sum (rounding) go to its last positive entry.
-                var count = 0
-                while next < draws && points[next] < end && lastPositive >= 0 { count += 1; next += 1 }
-                take(lastPositive, count)
+                let first = next
+                while points[next] < end && lastPositive >= 0 { next += 1 }
+                take(lastPositive, next - first)
             }
             start = end
         }

@@ -46,7 +46,9 @@ public struct CacheShard: Equatable, Sendable {
     }
 
     /// The most pairs a count of `countBytes` bytes (1 or 2) says.
-    static func maximumPairs(countBytes: Int) -> Int { (1 << (8 * countBytes)) - 1 }
+    static func maximumPairs(countBytes: Int) -> Int {
+        countBytes == 1 ? TeacherTargetSpec.maximumNarrowPairs : TeacherTargetSpec.maximumPairs
+    }
 
     /// The bits an id takes for a vocabulary of `vocabulary` tokens.
     public static func idBits(vocabulary: Int) -> Int { max(1, Int.bitWidth - (vocabulary - 1).leadingZeroBitCount) }

@@ -84,7 +84,9 @@ public struct SparseTarget: Equatable, Sendable {
         let sums = (0..<blocks).map { blockSum(row, from: $0 * drawBlock, to: min(n, ($0 + 1) * drawBlock)) }
         let total = sums.reduce(0, +)
         // The points scaled to [0, total), then infinity: past the last point no entry's sum reaches the next.
-        let draws = unitPoints.count, points = unitPoints.map { $0 * total } + [.infinity]
+        let draws = unitPoints.count
+        var points = unitPoints.map { $0 * total }
+        points.append(.infinity)
         var ids: [Int32] = [], counts: [Float] = []
         func take(_ id: Int, _ count: Int) {
             guard count > 0, id >= 0 else { return }

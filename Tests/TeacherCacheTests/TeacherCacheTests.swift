@@ -181,7 +181,7 @@ final class TeacherCacheTests: XCTestCase {
                     var ids = (0..<count).map { _ in Int32(random.uniform(below: vocabulary)) }
                     if coded { ids = Array(Set(ids)).sorted() }
                     let values = ids.map { _ in storesProbabilities ? Float(Float16(Float(random.uniform(below: 1000)) / 1000))
-                                                                    : Float(1 + random.uniform(below: coded ? 255 * countBytes * countBytes : 50)) }
+                                                                    : Float(1 + random.uniform(below: coded ? (countBytes == 1 ? 255 : 1000) : 50)) }
                     return SparseTarget(ids: ids, values: values, tailMass: storesProbabilities ? Float(Float16(0.25)) : 0,
                                         labelLogProbability: Float(Float16(-Float(random.uniform(below: 2000)) / 100)))
                 }

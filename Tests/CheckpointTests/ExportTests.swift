@@ -62,6 +62,25 @@ final class HuggingFaceExportTests: CheckpointTestCase {
     }
 
     /// Export -> import gives back the GGUF-layout tensors exactly in F32, within rounding in F16/BF16.
+    /// Folders written one after another with different tokenizers each hold their own tokenizer's
+    /// files (a run's checkpoints reuse the serialized files of the last tokenizer written).
+    func testEachFolderHoldsItsOwnTokenizersFiles() throws {
+        let model = try randomTiedModel()
+        let scratch = try scratchFolder()
+        let plain = GGUFMetadata.tokenizer(of: try GGUFFile(contentsOf: Self.tinyF32))
+        let templated = GGUFMetadata(path: plain.path, entries: plain.metadataKeys.map { ($0, plain.metadata[$0]!) }
+                                        + [("tokenizer.chat_template", .string("{{ messages[0]['content'] }}"))])
+        for (index, tokenizer) in [plain, templated, plain, templated].enumerated() {
+            let folder = scratch.appendingPathComponent("hf-\(index)")
+            try HuggingFaceCheckpoint.write(model, to: folder, tokenizer: tokenizer)
+            for file in try HuggingFaceTokenizer.files(for: tokenizer, modelMaxLength: model.config.contextLength) {
+                XCTAssertEqual(Array(try Data(contentsOf: folder.appendingPathComponent(file.name))), file.contents, "folder \(index): \(file.name)")
+            }
+        }
+        let config = { (index: Int) in try Data(contentsOf: scratch.appendingPathComponent("hf-\(index)/tokenizer_config.json")) }
+        XCTAssertNotEqual(try config(0), try config(1), "the chat template is in the second tokenizer's config alone")
+    }
+
     func testImportInvertsExport() throws {
         for model in [Self.tiny, try randomTiedModel()] {
             let folder = try scratchFolder()

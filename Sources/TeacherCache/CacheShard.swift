@@ -93,19 +93,21 @@ public struct CacheShard: Equatable, Sendable {
     public static func decode(_ bytes: [UInt8], file: String, expected: CacheShardView.Expected, vocabulary: Int,
                               idOrder: TokenIDOrder? = nil) throws -> CacheShard {
         let view = try CacheShardView(bytes, file: file, expected: expected, vocabulary: vocabulary, idOrder: idOrder)
-        return CacheShard(firstWindow: expected.firstWindow, seqLen: expected.seqLen, targets: (0..<expected.windows).map(view.targets(ofWindow:)))
+        return CacheShard(firstWindow: expected.firstWindow, seqLen: expected.seqLen, targets: try (0..<expected.windows).map(view.targets(ofWindow:)))
     }
 }
 
 /// A shard's bytes with their layout read and checked once (every size against the header and
-/// what the manifest says, the counts, every id against the vocabulary; coded draws decoded once
-/// through), from which one window's targets decode on demand: training reads windows in shuffled
-/// order, a few from each shard.
+/// what the manifest says, the counts, every fixed-width id against the vocabulary), from which one
+/// window's targets decode on demand (coded draws checked as they decode): training reads windows
+/// in shuffled order, a few from each shard.
 public struct CacheShardView: Sendable {
     /// What the manifest says of a shard.
     public typealias Expected = (firstWindow: Int, windows: Int, seqLen: Int, idBits: Int, storesProbabilities: Bool, pairCountBytes: Int)
 
     let bytes: [UInt8]
+    /// The shard's path, for errors.
+    let file: String
     let expected: Expected
     /// The order coded draws' ids are ranked in; nil for fixed-width pairs.
     let idOrder: TokenIDOrder?
@@ -162,22 +164,27 @@ public struct CacheShardView: Sendable {
         self.idOrder = idOrder
         pairStart = starts
         windowCodeStart = codeStarts
-        if idOrder != nil {
-            // Every window's codes decode to ranks inside the vocabulary and end where the table says.
-            for window in 0..<expected.windows where decodedDraws(ofWindow: window) == nil {
-                throw invalid("the coded pairs of window \(expected.firstWindow + window) do not decode (damaged)")
-            }
-        } else if let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
+        self.file = file
+        // Fixed-width ids are checked here; coded ones as each window decodes (a window's codes must
+        // decode to ranks inside the vocabulary and end where the table says): training reads a
+        // window once an epoch, and decoding every window of the shard here too took as long again.
+        if idOrder == nil, let bad = (0..<pairs).lazy.map(id).first(where: { $0 >= vocabulary }) {
             throw invalid("token id \(bad) is outside the teacher's vocabulary of \(vocabulary)")
         }
     }
 
-    /// The targets of the shard's window `window` (counted from its first).
-    public func targets(ofWindow window: Int) -> [SparseTarget] {
+    /// The targets of the shard's window `window` (counted from its first); an error naming the
+    /// file where its coded pairs do not decode.
+    public func targets(ofWindow window: Int) throws -> [SparseTarget] {
         let rowsPerWindow = expected.seqLen - 1
         let rows = window * rowsPerWindow..<(window + 1) * rowsPerWindow
-        // Checked at init, so they decode.
-        let draws = idOrder == nil ? nil : decodedDraws(ofWindow: window)!
+        var draws: [(ids: [Int32], counts: [Float])]?
+        if idOrder != nil {
+            draws = decodedDraws(ofWindow: window)
+            guard draws != nil else {
+                throw TeacherCacheError.invalid(file: file, reason: "the coded pairs of window \(expected.firstWindow + window) do not decode (damaged)")
+            }
+        }
         return rows.map { row in
             let pairs = pairStart[row]..<pairStart[row + 1]
             let (ids, values) = draws?[row - rows.lowerBound]

@@ -108,32 +108,27 @@ enum DrawCoding {
     /// do not decode to ranks inside the vocabulary (a damaged shard).
     static func read(pairs: Int, order: TokenIDOrder, from bits: inout BitReader) -> (ids: [Int32], counts: [Float])? {
         guard let k = bits.read(orderBits) else { return nil }
-        var decoded: [(id: Int32, count: Float)] = []
-        decoded.reserveCapacity(pairs)
+        // Each pair as its id above its count in one word, so one plain sort orders them by id (unique).
+        var decoded = [UInt64](repeating: 0, count: pairs)
         var rank = -1
-        for _ in 0..<pairs {
+        for index in 0..<pairs {
             guard let gap = read(order: k, from: &bits) else { return nil }
             rank += gap + 1
             guard rank < order.vocabulary else { return nil }
-            decoded.append((order.ids[rank], 0))
+            decoded[index] = UInt64(UInt32(bitPattern: order.ids[rank])) << 32
         }
-        for index in decoded.indices {
+        for index in 0..<pairs {
             guard let count = read(order: 0, from: &bits), count < 1 << 24 else { return nil }
-            decoded[index].count = Float(count + 1)
+            decoded[index] |= UInt64(count + 1)
         }
-        decoded.sort { $0.id < $1.id }
-        return (decoded.map(\.id), decoded.map(\.count))
+        decoded.sort()
+        return (decoded.map { Int32(truncatingIfNeeded: $0 >> 32) }, decoded.map { Float(UInt32(truncatingIfNeeded: $0)) })
     }
 
     static func read(order k: Int, from bits: inout BitReader) -> Int? {
-        var zeros = 0
-        while true {
-            guard let bit = bits.read(1) else { return nil }
-            if bit == 1 { break }
-            zeros += 1
-            guard zeros <= 40 else { return nil }
-        }
-        guard let low = bits.read(zeros + k) else { return nil }
+        // z zeros (at most 40), the one bit, then z + k bits.
+        let zeros = bits.peek().trailingZeroBitCount
+        guard zeros <= 40, bits.skip(zeros + 1), let low = bits.read(zeros + k) else { return nil }
         return (1 << (zeros + k) | low) - (1 << k)
     }
 }
@@ -168,18 +163,29 @@ struct BitReader {
     /// The next bit, counted from `start`'s first.
     var position: Int
 
+    /// The bits from `position` on, least significant first: at least 57 of them, zeros past the end.
+    func peek() -> UInt64 {
+        let offset = start + position / 8
+        var word: UInt64 = 0
+        if offset + 8 <= end {
+            word = UInt64(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) })
+        } else {
+            for byte in 0..<max(0, end - offset) { word |= UInt64(bytes[offset + byte]) << (8 * byte) }
+        }
+        return word >> (position % 8)
+    }
+
+    /// Moves past `bits` bits; false (not moving) when fewer are left.
+    mutating func skip(_ bits: Int) -> Bool {
+        guard position + bits <= 8 * (end - start) else { return false }
+        position += bits
+        return true
+    }
+
     /// The next `bits` bits as a number (at most 56), or nil when fewer are left.
     mutating func read(_ bits: Int) -> Int? {
-        guard bits <= 56, position + bits <= 8 * (end - start) else { return nil }
-        var value = 0, taken = 0
-        var offset = start + position / 8, shift = position % 8
-        while taken < bits {
-            value |= (Int(bytes[offset]) >> shift) << taken
-            taken += 8 - shift
-            offset += 1
-            shift = 0
-        }
-        position += bits
-        return value & ((1 << bits) - 1)
+        guard bits <= 56 else { return nil }
+        let value = Int(truncatingIfNeeded: peek() & ((1 << UInt64(bits)) - 1))
+        return skip(bits) ? value : nil
     }
 }

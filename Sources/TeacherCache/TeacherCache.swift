@@ -73,7 +73,7 @@ public final class TeacherCache {
         let shardIndex = index / manifest.windowsPerShard
         let shard = try shards[shardIndex] ?? readShard(shardIndex)
         shards[shardIndex] = shard
-        return shard.targets(ofWindow: index - shardIndex * manifest.windowsPerShard)
+        return try shard.targets(ofWindow: index - shardIndex * manifest.windowsPerShard)
     }
 
     func readShard(_ index: Int) throws -> CacheShardView {

@@ -11,7 +11,8 @@ import TrainingData
 /// `--batch-size` x `--seq-len` tokens (default 4 x 128), with the share of time in GEMMs, in the
 /// loss kernels and in the rest, and the step's peak memory in use (activations, gradients,
 /// workspaces: no [N, V] logits, so it grows with N x C, not N x V); then the same step from
-/// cached sampled:50 targets (no teacher forward), and its speed against the live step's; then, where the
+/// cached targets of the default form (no teacher forward; decoded from a shard's bytes at every
+/// step), and its speed against the live step's; then, where the
 /// backend runs bf16 GEMMs, the teacher alone in bf16, and the student in mixed precision (`--precision bf16`,
 /// the teacher as `--teacher-precision auto` holds it);
 /// then on-policy and sequence-level steps, whose sequences' last three quarters the student or the
@@ -38,25 +39,34 @@ public struct TrainSuite: BenchSuite {
         let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.2, seed: 1)
         var records: [BenchRecord] = []
         var referenceLoss: [String: Float] = [:]
-        // The windows' targets as a teacher cache keeps them (sampled:50), made once by the cache's own code
-        // on the reference backend, so every backend's cached step reads the same targets.
-        let maker = SparseTargetMaker(spec: .sampled(draws: 50), seqLen: config.seqLen)
-        var cachedTargets: [Int: [SparseTarget]] = [:]
+        // The windows' targets as the default teacher cache keeps them (`TeacherTargetSpec.recommended`), made once
+        // by the cache's own code on the reference backend and coded into a shard as the cache stores them: every
+        // backend's cached step decodes the same bytes, window by window, as training from a cache does.
+        let spec = TeacherTargetSpec.recommended
+        let maker = SparseTargetMaker(spec: spec, seqLen: config.seqLen)
+        var windowTargets: [[SparseTarget]] = []
         let referenceTeacher = try LlamaModel(weights: LlamaWeights(gguf: file, backend: context.referenceFirst[0]))
         for first in stride(from: 0, to: dataset.windowCount, by: config.batchSize) {
             let windows = Array(first..<min(dataset.windowCount, first + config.batchSize))
-            for (window, targets) in zip(windows, try maker.targets(of: windows.map(dataset.window), windows: windows, model: referenceTeacher)) {
-                cachedTargets[window] = targets
-            }
+            windowTargets += try maker.targets(of: windows.map(dataset.window), windows: windows, model: referenceTeacher)
         }
+        let vocabulary = teacherParameters.config.vocabulary
+        let idOrder = spec.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: vocabulary)
+        let shard = try CacheShardView(
+            CacheShard(firstWindow: 0, seqLen: config.seqLen, targets: windowTargets)
+                .encoded(idBits: CacheShard.idBits(vocabulary: vocabulary), storesProbabilities: spec.storesProbabilities,
+                         pairCountBytes: spec.pairCountBytes, idOrder: idOrder),
+            file: "bench train's shard",
+            expected: (0, windowTargets.count, config.seqLen, CacheShard.idBits(vocabulary: vocabulary), spec.storesProbabilities, spec.pairCountBytes),
+            vocabulary: vocabulary, idOrder: idOrder)
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")
             // The teachers as `kdgpu train` holds them by default (teacher_weights auto: expanded once where that fits).
             let teacher = try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend)))
             let bf16Teacher = (try? LlamaModel.probeBF16(on: backend)) == nil ? nil
                 : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
-            let cached = try SparseTeacher(spec: maker.spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: teacherParameters.config.vocabulary,
-                                           backend: backend) { cachedTargets[$0]! }
+            let cached = try SparseTeacher(spec: spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: vocabulary,
+                                           backend: backend, targetsOfWindow: shard.targets(ofWindow:))
             // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher as
             // `--teacher-precision auto` holds it (bf16 where this device's bf16 GEMMs pay, BF16GemmRoute; fp32 elsewhere).
             var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []
@@ -155,14 +165,14 @@ public struct TrainSuite: BenchSuite {
                 records.append(BenchRecord(
                     suite: name, kernel: kernel, backend: backend.name,
                     shape: "\(config.batchSize)x\(config.seqLen) tokens, student \(blocks.count) of \(teacherParameters.config.layers) blocks, V=\(teacherParameters.config.vocabulary)"
-                        + (kernel.hasSuffix("cached") ? ", sampled:50 targets" : "")
+                        + (kernel.hasSuffix("cached") ? ", \(spec) targets" : "")
                         + (sampling ? ", \(rowConfig.promptTokens)-token prompts + \(rowConfig.rolloutTokens) sampled" : ""),
                     dtype: precision.rawValue, medianSeconds: seconds, maxAbsError: error, extra: extra,
                     note: "max abs err: first step's loss vs the CPU backend's (rows with bf16: vs the same step's in fp32; sampled rows: a draw near a "
                         + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward; gemm_gflop: the step's GEMM operations)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step reads sparse targets instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own; flop_bound: the live step's GEMM operations over its own, the speedup if every GEMM ran as fast in both steps)"
+                        + (kernel.hasSuffix("cached") ? "; the cached step decodes sparse targets from a cache shard's bytes instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own; flop_bound: the live step's GEMM operations over its own, the speedup if every GEMM ran as fast in both steps)"
                             : (source as? LiveTeacher)?.model.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
                             : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "

@@ -24,7 +24,7 @@ struct TeacherCacheCommand: ParsableCommand {
             evenly spaced points of the cumulative distribution behind one random offset: still unbiased, with each \
             count within one of N p, so far less noise at the same size. Drawn ids are coded by their rank in the \
             corpus's token frequencies (about 1.2-1.4 bytes a pair on Shakespeare); K and N go up to 65535. The \
-            default, systematic:1000, took 273 bytes a token on the whole corpus of plays and trained a student to \
+            default, \(TeacherTargetSpec.recommended), took 273 bytes a token on the whole corpus of plays and trained a student to \
             0.13% of live distillation's perplexity there (systematic:120: 69 bytes, 1.4%; systematic:250: 113 bytes, \
             1.2%; on one folder of plays systematic:120 came to 0.4%, systematic:50 to 2.2%; README, Ablation). \
             Every position also keeps the \
@@ -41,7 +41,7 @@ struct TeacherCacheCommand: ParsableCommand {
         @Option(name: .long, parsing: .unconditional, help: "Tokens per window (the training run's --seq-len).")
         var seqLen = TrainingConfig().seqLen
         @Option(name: .long, help: ArgumentHelp("topk:K, topp:P,K, sampled:N or systematic:N.", valueName: "spec"))
-        var targets = "systematic:1000"
+        var targets = TeacherTargetSpec.recommended.description
         @Option(name: .long, parsing: .unconditional, help: "Seed of the draws (sampled:N, systematic:N).")
         var seed: UInt64 = 0
         @Option(name: .long, parsing: .unconditional, help: "Windows per teacher forward.")

@@ -51,13 +51,13 @@ public struct TrainSuite: BenchSuite {
             windowTargets += try maker.targets(of: windows.map(dataset.window), windows: windows, model: referenceTeacher)
         }
         let vocabulary = teacherParameters.config.vocabulary
+        let idBits = CacheShard.idBits(vocabulary: vocabulary)
         let idOrder = spec.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: vocabulary)
         let shard = try CacheShardView(
             CacheShard(firstWindow: 0, seqLen: config.seqLen, targets: windowTargets)
-                .encoded(idBits: CacheShard.idBits(vocabulary: vocabulary), storesProbabilities: spec.storesProbabilities,
-                         pairCountBytes: spec.pairCountBytes, idOrder: idOrder),
+                .encoded(idBits: idBits, storesProbabilities: spec.storesProbabilities, pairCountBytes: spec.pairCountBytes, idOrder: idOrder),
             file: "bench train's shard",
-            expected: (0, windowTargets.count, config.seqLen, CacheShard.idBits(vocabulary: vocabulary), spec.storesProbabilities, spec.pairCountBytes),
+            expected: (0, windowTargets.count, config.seqLen, idBits, spec.storesProbabilities, spec.pairCountBytes),
             vocabulary: vocabulary, idOrder: idOrder)
         for backend in context.referenceFirst {
             context.report("train: \(config.batchSize) x \(config.seqLen) tokens, \(blocks.count)-block student, on \(backend.name)")

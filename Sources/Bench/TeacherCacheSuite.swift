@@ -36,7 +36,7 @@ public struct TeacherCacheSuite: BenchSuite {
                 _ = try model.forward(batch)
                 try backend.synchronize()
             }
-            for spec in [TeacherTargetSpec.sampled(draws: 50), .systematic(draws: 1000), .topK(k: 32)] {
+            for spec in [TeacherTargetSpec.sampled(draws: 50), .recommended, .topK(k: 32)] {
                 let maker = SparseTargetMaker(spec: spec, seqLen: Self.sequenceLength)
                 let idOrder = spec.draws == nil ? nil : TokenIDOrder(frequenciesOf: tokens, vocabulary: vocabulary)
                 var targets: [[SparseTarget]] = []

@@ -22,6 +22,8 @@ public final class TeacherCache {
     /// The shards read so far, each read and checked once (training reads windows in shuffled
     /// order, a few from each shard at a time); their bytes stay in memory, the size of the cache.
     private var shards: [Int: CacheShardView] = [:]
+    /// Guards `shards`: a batch's windows are read on several threads at once.
+    private let shardsLock = NSLock()
 
     /// Opens a complete cache; an incomplete, damaged or edited one is a one-line error naming the file.
     public init(folder path: String) throws {
@@ -65,14 +67,17 @@ public final class TeacherCache {
         }
     }
 
-    /// The targets of window `index`'s first `seq_len - 1` positions.
+    /// The targets of window `index`'s first `seq_len - 1` positions (safe to call from several threads at once).
     public func targets(ofWindow index: Int) throws -> [SparseTarget] {
         guard (0..<manifest.windows).contains(index) else {
             throw TeacherCacheError.mismatch(folder: folder.path, reason: "window \(index) is outside the cache's \(manifest.windows) windows (0 to \(manifest.windows - 1))")
         }
         let shardIndex = index / manifest.windowsPerShard
-        let shard = try shards[shardIndex] ?? readShard(shardIndex)
-        shards[shardIndex] = shard
+        let shard = try shardsLock.withLock {
+            let shard = try shards[shardIndex] ?? readShard(shardIndex)
+            shards[shardIndex] = shard
+            return shard
+        }
         return try shard.targets(ofWindow: index - shardIndex * manifest.windowsPerShard)
     }
 

@@ -33,10 +33,16 @@ public struct SparseTeacher {
     public let vocabulary: Int
     /// Where the targets' tensors are made.
     public let backend: any Backend
-    /// Window index -> the targets of its first `seqLen - 1` positions.
+    /// Window index -> the targets of its first `seqLen - 1` positions; called from several threads at once.
     let targetsOfWindow: (Int) throws -> [SparseTarget]
     /// The prior's `[V]` log-probabilities on the device, made once (the kernel's tail row for every batch).
     let priorTensor: Tensor?
+    /// Where each batch's targets are assembled on the host, kept from one batch to the next.
+    private let staging = HostStaging()
+
+    /// Rows hold a multiple of this many slots: batches whose widest rows differ a little then make
+    /// tensors of one size, which the backends' memory pools hand back without fresh pages.
+    public static let slotGranule = 64
 
     public init(spec: TeacherTargetSpec, tail: MissingTeacherMass, tailPrior: TailPrior? = nil, exactLabel: Bool = false, seqLen: Int,
                 vocabulary: Int, backend: any Backend, targetsOfWindow: @escaping (Int) throws -> [SparseTarget]) throws {
@@ -66,57 +72,87 @@ public struct SparseTeacher {
     /// they do not list with the share those ids get anyway, `tail / (V - listed)`.
     /// With ``exactLabel`` `tokens` ([B][T], the windows' tokens) give each position's label.
     public func topK(windows: [Int], tokens: [[Int32]]? = nil) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
-        var rows = try windows.map { try targetsOfWindow($0) }
         if exactLabel {
             guard let tokens, tokens.count == windows.count, tokens.allSatisfy({ $0.count == seqLen }) else {
                 throw TensorError.shapeMismatch("cached teacher: exact labels need the \(windows.count) windows' \(seqLen) tokens")
             }
-            rows = zip(rows, tokens).map { targets, window in
-                targets.enumerated().map { position, target in target.withExactLabel(window[position + 1], draws: spec.draws) }
-            }
         }
-        let k = max(1, rows.joined().map(\.ids.count).max() ?? 1)
-        var ids = [Float](), values = [Float]()
-        ids.reserveCapacity(windows.count * seqLen * k)
-        values.reserveCapacity(windows.count * seqLen * k)
-        var crossEntropy = 0.0
+        // The windows decode on several threads (a step's take milliseconds each).
+        let rows = try parallelMap(windows.count) { window in
+            let targets = try targetsOfWindow(windows[window])
+            guard exactLabel, let tokens else { return targets }
+            return targets.enumerated().map { position, target in target.withExactLabel(tokens[window][position + 1], draws: spec.draws) }
+        }
+        let widest = max(1, rows.joined().map(\.ids.count).max() ?? 1)
+        // Empty slots change no loss, so k rounds up to a multiple of `slotGranule` (the uniform tail
+        // fills its slots with tail ids, and keeps k exact).
+        let k = tail == .uniform ? widest : max(widest, min(vocabulary, (widest + Self.slotGranule - 1) / Self.slotGranule * Self.slotGranule))
         // Exact labels leave probabilities, not counts.
         let draws = exactLabel ? nil : spec.draws.map(Float.init)
-        for window in rows {
-            for target in window + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] {
-                crossEntropy -= Double(target.labelLogProbability)
-                ids += target.ids.map(Float.init)
-                // Drawn targets under a bucket tail: Good-Turing's estimate of the mass no draw reached
-                // (the ids drawn once, over N) becomes the bucket, the counts share the rest; where every
-                // draw is distinct the estimate says 1, and the drawn ids keep 1 / N.
-                let listedShare = draws.map { n in tail == .bucket ? 1 - min(Float(target.values.filter { $0 == 1 }.count), n - 1) / n : 1 } ?? 1
-                if let tailPrior, let draws {
-                    values += tailPrior.drawnTarget(target, draws: draws)
-                } else {
-                    values += target.values.map { value in logf(draws.map { value / $0 * listedShare } ?? value) }  // log p, or log(count / N)
-                }
-                guard tail == .uniform else {
-                    ids += [Float](repeating: -1, count: k - target.ids.count)
-                    values += [Float](repeating: -.infinity, count: k - target.ids.count)
-                    continue
-                }
-                var candidate: Int32 = 0
-                let listed = Set(target.ids)
-                let missing = 1 - target.values.reduce(0.0) { sum, value in sum + Double(draws.map { value / $0 } ?? value) }
-                let share = missing > 0 ? logf(Float(missing / Double(vocabulary - target.ids.count))) : -.infinity
-                for _ in target.ids.count..<k {
-                    while listed.contains(candidate) { candidate += 1 }
-                    ids.append(Float(candidate))
-                    values.append(share)
-                    candidate += 1
+        // Each window's positions, then its last row, which predicts nothing: one certain token.
+        let targets = rows.flatMap { $0 + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] }
+        let crossEntropy = targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }
+        // log(count / N) for every count a draw can have (the value `logf` gives each one by itself).
+        let logShare = draws.map { n in (0...Int(n)).map { logf(Float($0) / n) } }
+        let n = targets.count
+        let teacher = TopKTeacher(ids: try backend.tensor(shape: [n, k], label: "cached teacher ids"),
+                                  values: try backend.tensor(shape: [n, k], label: "cached teacher log-probabilities"),
+                                  missingMass: tail, tailPrior: priorTensor)
+        try staging.lock.withLock {
+            if staging.ids.count < n * k { (staging.ids, staging.values) = ([Float](repeating: 0, count: n * k), [Float](repeating: 0, count: n * k)) }
+            try staging.ids.withUnsafeMutableBufferPointer { ids in
+                try staging.values.withUnsafeMutableBufferPointer { values in
+                    let (ids, values) = (ids, values)
+                    // Rows are independent: each fills its own k slots.
+                    parallelChunks(n, grain: 16) { chunk in
+                        for row in chunk {
+                            fill(row: targets[row], k: k, draws: draws, logShare: logShare,
+                                 ids: UnsafeMutableBufferPointer(rebasing: ids[row * k..<(row + 1) * k]),
+                                 values: UnsafeMutableBufferPointer(rebasing: values[row * k..<(row + 1) * k]))
+                        }
+                    }
+                    try backend.upload(UnsafeBufferPointer(rebasing: ids[..<(n * k)]), to: teacher.ids)
+                    try backend.upload(UnsafeBufferPointer(rebasing: values[..<(n * k)]), to: teacher.values)
                 }
             }
         }
-        let n = windows.count * seqLen
-        let teacher = TopKTeacher(ids: try backend.tensor(ids, shape: [n, k], label: "cached teacher ids"),
-                                  values: try backend.tensor(values, shape: [n, k], label: "cached teacher log-probabilities"),
-                                  missingMass: tail, tailPrior: priorTensor)
         return (teacher, Float(crossEntropy / Double(windows.count * (seqLen - 1))))
+    }
+
+    /// One row of ``topK(windows:tokens:)``: `target`'s ids and log-probabilities in the first slots of
+    /// `ids` and `values` (k each), the rest padded as the tail says. `logShare[c]` is `log(c / N)`.
+    private func fill(row target: SparseTarget, k: Int, draws: Float?, logShare: [Float]?,
+                      ids: UnsafeMutableBufferPointer<Float>, values: UnsafeMutableBufferPointer<Float>) {
+        let listed = target.ids.count
+        for (slot, id) in target.ids.enumerated() { ids[slot] = Float(id) }
+        if let tailPrior, let draws {
+            for (slot, value) in tailPrior.drawnTarget(target, draws: draws).enumerated() { values[slot] = value }
+        } else if let draws, let logShare {
+            // Drawn targets under a bucket tail: Good-Turing's estimate of the mass no draw reached
+            // (the ids drawn once, over N) becomes the bucket, the counts share the rest; where every
+            // draw is distinct the estimate says 1, and the drawn ids keep 1 / N.
+            let listedShare = tail == .bucket ? 1 - min(Float(target.values.filter { $0 == 1 }.count), draws - 1) / draws : 1
+            for (slot, count) in target.values.enumerated() {
+                let whole = Int(exactly: count)
+                values[slot] = listedShare == 1 && whole.map(logShare.indices.contains) == true ? logShare[whole!] : logf(count / draws * listedShare)
+            }
+        } else {
+            for (slot, probability) in target.values.enumerated() { values[slot] = logf(probability) }
+        }
+        guard tail == .uniform else {
+            for slot in listed..<k { (ids[slot], values[slot]) = (-1, -.infinity) }
+            return
+        }
+        // The uniform tail at ids the row does not list, with the share those ids get anyway.
+        let missing = 1 - target.values.reduce(0.0) { sum, value in sum + Double(draws.map { value / $0 } ?? value) }
+        let share = missing > 0 ? logf(Float(missing / Double(vocabulary - listed))) : -.infinity
+        let listedIds = Set(target.ids)
+        var candidate: Int32 = 0
+        for slot in listed..<k {
+            while listedIds.contains(candidate) { candidate += 1 }
+            (ids[slot], values[slot]) = (Float(candidate), share)
+            candidate += 1
+        }
     }
 
     /// The teacher's NLL of the tokens of `windows`, from the stored label log-probabilities.
@@ -126,6 +162,15 @@ public struct SparseTeacher {
             return total + LikelihoodResult(totalNLL: targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }, tokens: targets.count)
         }
     }
+}
+
+/// The host arrays ``SparseTeacher`` assembles a batch's `[B T, k]` ids and log-probabilities in
+/// (megabytes at a few windows of sampled targets), kept between batches: fresh memory costs a
+/// page fault per 4 KiB on first touch, which took longer than filling it.
+private final class HostStaging: @unchecked Sendable {
+    let lock = NSLock()
+    var ids: [Float] = []
+    var values: [Float] = []
 }
 
 /// The prior of the `prior` tail (``SparseTeacher``): one weight per token, made once from a cache's

@@ -1,7 +1,7 @@
-import CPUBackend
 import Foundation
 import HostGemm
 import ProcessGroup
+import Tensor
 
 /// This process's place in an `mpirun` job (nil world alone): the world, its entry of a
 /// comma-separated `--device` list (rank r takes entry r mod count), and, on a machine shared with

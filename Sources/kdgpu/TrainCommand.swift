@@ -2,6 +2,7 @@ import ArgumentParser
 import CPUBackend
 import Foundation
 import ProcessGroup
+import Tensor
 import Training
 
 /// `kdgpu train`: distill the teacher into a student.

@@ -284,6 +284,13 @@ final class TeacherCacheTests: XCTestCase {
         XCTAssertEqual(try cache.targets(ofWindow: manifest.windows - 1).count, 23)
         XCTAssertThrowsError(try cache.targets(ofWindow: manifest.windows)) { XCTAssertTrue("\($0)".contains("outside the cache's"), "\($0)") }
         XCTAssertThrowsError(try cache.checkCorpus(tokens: [1, 2, 3], path: "other.txt")) { XCTAssertTrue("\($0)".contains("other.txt"), "\($0)") }
+        // Read from many threads at once (as a batch's windows are), a fresh cache gives every window's targets as one read in turn.
+        let threads = try TeacherCache(folder: whole.path)
+        let concurrent = try parallelMap(manifest.windows) { try threads.targets(ofWindow: $0) }
+        XCTAssertEqual(concurrent, try (0..<manifest.windows).map(cache.targets(ofWindow:)))
+        XCTAssertThrowsError(try parallelMap(3) { try threads.targets(ofWindow: manifest.windows + 2 - $0) }) {
+            XCTAssertTrue("\($0)".contains("window \(manifest.windows + 2) is outside"), "the first error by index: \($0)")
+        }
 
         // Another key in a folder that holds a cache.
         XCTAssertThrowsError(try build(whole, seqLen: 16)) { XCTAssertTrue("\($0)".contains("seq_len 24 vs 16"), "\($0)") }

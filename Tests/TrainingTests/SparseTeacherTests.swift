@@ -147,4 +147,49 @@ final class SparseTeacherTests: XCTestCase {
             }
         }
     }
+
+    /// A batch's rows hold a multiple of ``SparseTeacher/slotGranule`` slots (tensors of one size from
+    /// step to step), the slots past a row's ids empty (-1, -inf) and the loss and gradient with them
+    /// bit for bit those of the rows cut to the widest; the uniform tail, whose slots carry tail ids, keeps k exact.
+    func testRowsArePaddedToTheSlotGranuleWithoutChangingTheLoss() throws {
+        let (seqLen, vocabulary) = (4, 300)
+        var random = SeededRandom(seed: 5)
+        let stored = (0..<2).map { _ in
+            (0..<seqLen - 1).map { _ -> SparseTarget in
+                let ids = Array(Set((0..<1 + random.uniform(below: 70)).map { _ in Int32(random.uniform(below: vocabulary)) })).sorted()
+                return SparseTarget(ids: ids, values: ids.map { _ in Float(1 + random.uniform(below: 9)) }, tailMass: 0, labelLogProbability: -1)
+            }
+        }
+        let widest = stored.joined().map(\.ids.count).max()!
+        for backend in try TestBackends.all() {
+            for tail in [MissingTeacherMass.renormalize, .bucket, .uniform] {
+                let teacher = try SparseTeacher(spec: .sampled(draws: 600), tail: tail, seqLen: seqLen, vocabulary: vocabulary, backend: backend) { stored[$0] }
+                let (padded, _) = try teacher.topK(windows: [0, 1])
+                let k = padded.ids.shape[1]
+                XCTAssertEqual(k, tail == .uniform ? widest : (widest + SparseTeacher.slotGranule - 1) / SparseTeacher.slotGranule * SparseTeacher.slotGranule)
+                let (ids, values) = (try padded.ids.toArray(), try padded.values.toArray())
+                for (row, target) in (stored[0] + [nil] + stored[1] + [nil]).enumerated() {
+                    let listed = target?.ids.count ?? 1
+                    XCTAssertEqual(ids[row * k..<row * k + listed].map { Int32($0) }, target?.ids ?? [0])
+                    if tail != .uniform {
+                        XCTAssertTrue(ids[row * k + listed..<(row + 1) * k].allSatisfy { $0 == -1 } && values[row * k + listed..<(row + 1) * k].allSatisfy { $0 == -.infinity })
+                    }
+                }
+                guard tail != .uniform else { continue }
+                let cut = TopKTeacher(ids: try backend.tensor((0..<2 * seqLen).flatMap { ids[$0 * k..<$0 * k + widest] }, shape: [2 * seqLen, widest], label: "ids"),
+                                      values: try backend.tensor((0..<2 * seqLen).flatMap { values[$0 * k..<$0 * k + widest] }, shape: [2 * seqLen, widest], label: "values"),
+                                      missingMass: tail)
+                let logits = random.normals(2 * seqLen * vocabulary, scale: 4)
+                var results: [(loss: Float, gradient: [Float])] = []
+                for topK in [padded, cut] {
+                    let student = try backend.tensor(logits, shape: [2 * seqLen, vocabulary], label: "student logits")
+                    let gradient = try backend.tensor(shape: student.shape, label: "gradient")
+                    let result = try DistillationLoss(temperature: 2)(student: student, teacher: .topK(topK), gradient: .into(gradient))
+                    results.append((result.loss, try gradient.toArray()))
+                }
+                XCTAssertEqual(results[0].loss, results[1].loss, "\(backend.name) \(tail)")
+                XCTAssertEqual(results[0].gradient, results[1].gradient, "\(backend.name) \(tail)")
+            }
+        }
+    }
 }

@@ -39,6 +39,9 @@ public struct SparseTeacher {
     let priorTensor: Tensor?
     /// Where each batch's targets are assembled on the host, kept from one batch to the next.
     private let staging = HostStaging()
+    /// Drawn targets: `log(c / N)` for every count c a draw can have (as `logf` gives each by itself),
+    /// made once; empty for top-k and top-p targets and past the counts a cache can store.
+    private let logCountShare: [Float]
 
     /// Rows hold a multiple of this many slots: batches whose widest rows differ a little then make
     /// tensors of one size, which the backends' memory pools hand back without fresh pages.
@@ -55,6 +58,7 @@ public struct SparseTeacher {
         self.vocabulary = vocabulary
         self.backend = backend
         self.targetsOfWindow = targetsOfWindow
+        logCountShare = spec.draws.map { n in n <= Int(UInt16.max) ? (0...n).map { logf(Float($0) / Float(n)) } : [] } ?? []
         priorTensor = try tailPrior.map {
             try backend.tensor($0.probabilities.map { Float(Foundation.log($0)) }, shape: [vocabulary], label: "cached teacher tail prior")
         }
@@ -92,8 +96,6 @@ public struct SparseTeacher {
         // Each window's positions, then its last row, which predicts nothing: one certain token.
         let targets = rows.flatMap { $0 + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] }
         let crossEntropy = targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }
-        // log(count / N) for every count a draw can have (the value `logf` gives each one by itself).
-        let logShare = draws.map { n in (0...Int(n)).map { logf(Float($0) / n) } }
         let n = targets.count
         let teacher = TopKTeacher(ids: try backend.tensor(shape: [n, k], label: "cached teacher ids"),
                                   values: try backend.tensor(shape: [n, k], label: "cached teacher log-probabilities"),
@@ -106,7 +108,7 @@ public struct SparseTeacher {
                     // Rows are independent: each fills its own k slots.
                     parallelChunks(n, grain: 16) { chunk in
                         for row in chunk {
-                            fill(row: targets[row], k: k, draws: draws, logShare: logShare,
+                            fill(row: targets[row], k: k, draws: draws,
                                  ids: UnsafeMutableBufferPointer(rebasing: ids[row * k..<(row + 1) * k]),
                                  values: UnsafeMutableBufferPointer(rebasing: values[row * k..<(row + 1) * k]))
                         }
@@ -120,21 +122,23 @@ public struct SparseTeacher {
     }
 
     /// One row of ``topK(windows:tokens:)``: `target`'s ids and log-probabilities in the first slots of
-    /// `ids` and `values` (k each), the rest padded as the tail says. `logShare[c]` is `log(c / N)`.
-    private func fill(row target: SparseTarget, k: Int, draws: Float?, logShare: [Float]?,
-                      ids: UnsafeMutableBufferPointer<Float>, values: UnsafeMutableBufferPointer<Float>) {
+    /// `ids` and `values` (k each), the rest padded as the tail says.
+    private func fill(row target: SparseTarget, k: Int, draws: Float?, ids: UnsafeMutableBufferPointer<Float>, values: UnsafeMutableBufferPointer<Float>) {
         let listed = target.ids.count
         for (slot, id) in target.ids.enumerated() { ids[slot] = Float(id) }
         if let tailPrior, let draws {
             for (slot, value) in tailPrior.drawnTarget(target, draws: draws).enumerated() { values[slot] = value }
-        } else if let draws, let logShare {
+        } else if let draws {
             // Drawn targets under a bucket tail: Good-Turing's estimate of the mass no draw reached
             // (the ids drawn once, over N) becomes the bucket, the counts share the rest; where every
             // draw is distinct the estimate says 1, and the drawn ids keep 1 / N.
             let listedShare = tail == .bucket ? 1 - min(Float(target.values.filter { $0 == 1 }.count), draws - 1) / draws : 1
             for (slot, count) in target.values.enumerated() {
-                let whole = Int(exactly: count)
-                values[slot] = listedShare == 1 && whole.map(logShare.indices.contains) == true ? logShare[whole!] : logf(count / draws * listedShare)
+                if listedShare == 1, let whole = Int(exactly: count), logCountShare.indices.contains(whole) {
+                    values[slot] = logCountShare[whole]
+                } else {
+                    values[slot] = logf(count / draws * listedShare)  // log(count / N), times the bucket's share
+                }
             }
         } else {
             for (slot, probability) in target.values.enumerated() { values[slot] = logf(probability) }

@@ -58,7 +58,7 @@ public struct SparseTeacher {
         self.vocabulary = vocabulary
         self.backend = backend
         self.targetsOfWindow = targetsOfWindow
-        logCountShare = spec.draws.map { n in n <= Int(UInt16.max) ? (0...n).map { logf(Float($0) / Float(n)) } : [] } ?? []
+        logCountShare = spec.draws.map { n in n <= TeacherTargetSpec.maximumPairs ? (0...n).map { logf(Float($0) / Float(n)) } : [] } ?? []
         priorTensor = try tailPrior.map {
             try backend.tensor($0.probabilities.map { Float(Foundation.log($0)) }, shape: [vocabulary], label: "cached teacher tail prior")
         }

@@ -61,7 +61,6 @@ final class HuggingFaceExportTests: CheckpointTestCase {
         XCTAssertTrue(text.contains("1e-05"), "epsilon written in its short form: \(text)")
     }
 
-    /// Export -> import gives back the GGUF-layout tensors exactly in F32, within rounding in F16/BF16.
     /// Folders written one after another with different tokenizers each hold their own tokenizer's
     /// files (a run's checkpoints reuse the serialized files of the last tokenizer written).
     func testEachFolderHoldsItsOwnTokenizersFiles() throws {
@@ -81,6 +80,7 @@ final class HuggingFaceExportTests: CheckpointTestCase {
         XCTAssertNotEqual(try config(0), try config(1), "the chat template is in the second tokenizer's config alone")
     }
 
+    /// Export -> import gives back the GGUF-layout tensors exactly in F32, within rounding in F16/BF16.
     func testImportInvertsExport() throws {
         for model in [Self.tiny, try randomTiedModel()] {
             let folder = try scratchFolder()

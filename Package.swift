@@ -8,9 +8,25 @@
 //   TrainingData -> Tokenizer, GGUF;  Checkpoint -> Models, GGUF, Tensor
 //   OpenCLBackend -> KernelSources (the Kernels/*.cl files, embedded at build time), COpenCL, CCLBlast
 //   CPUBackend, OpenCLBackend -> HostGemm (oneDNN, OpenBLAS; chosen by the CPU's features) -> COneDNN, CCPUFeatures
+
+import Foundation
 import PackageDescription
 
-let releaseFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+/// Release builds compile for the processor of the machine that builds them (`-target-cpu native` on
+/// x86-64): the CPU backend's 16-lane kernels, AdamW and the loss rows then run on its widest vector
+/// registers (AVX-512 or AVX2 with FMA) instead of baseline x86-64's 128-bit SSE. `KDGPU_TARGET_CPU`
+/// names another processor (`x86-64` for a binary any x86-64 runs, `haswell`, `znver4`, ...).
+let targetCPU: String? = {
+    if let chosen = ProcessInfo.processInfo.environment["KDGPU_TARGET_CPU"], !chosen.isEmpty { return chosen }
+    #if arch(x86_64)
+    return "native"
+    #else
+    return nil
+    #endif
+}()
+
+let releaseFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"] + (targetCPU.map { ["-target-cpu", $0] } ?? []),
+                                                 .when(configuration: .release))]
 
 let package = Package(
     name: "kdgpu",

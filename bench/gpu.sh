@@ -11,6 +11,11 @@
 # them in the README. KDGPU and TESTS default to this checkout's release build (TESTS needs the
 # kdgpu_*.resources folders the build leaves beside it), TEACHER to the default teacher. Each step
 # has its own time limit, so one that hangs costs its limit and not the rest.
+#
+# A build carried from another machine must run on this one's processor: release builds compile for
+# the building processor (`-target-cpu native`), so build the binary that travels for a baseline
+# every x86-64 server of the last decade has: `KDGPU_TARGET_CPU=haswell swift build -c release
+# --build-tests` (AVX2 and FMA). The first step stops the run if the binary cannot start here.
 set -uo pipefail
 out=$1
 kdgpu=${2:-.build/release/kdgpu}
@@ -35,6 +40,10 @@ gpu_tests+=,LossTests.FusedLinearTests,LossTests.GradientAndErrorTests,LossTests
 gpu_tests+=,ModelTests.TinyLlamaTests,TrainingTests.DistillationStepTests,TrainingTests.StudentGradientTests
 
 step devices 60 "$kdgpu" devices
+if ! "$kdgpu" --help >/dev/null 2>&1; then
+    echo "gpu.sh: $kdgpu does not start on this processor (built for another with -target-cpu native?): rebuild it with KDGPU_TARGET_CPU=haswell" | tee -a "$log"
+    exit 1
+fi
 if ! compgen -G "$(dirname "$tests")/kdgpu_*.resources" >/dev/null; then
     echo "gpu.sh: no kdgpu_*.resources folders beside $tests: the model tests would stop at the first that needs one" | tee -a "$log"
 fi

@@ -39,11 +39,11 @@ gpu_tests+=,BackendParityTests.SampleRowsTests,OpenCLRuntimeTests.OpenCLRuntimeT
 gpu_tests+=,LossTests.FusedLinearTests,LossTests.GradientAndErrorTests,LossTests.HintLossTests
 gpu_tests+=,ModelTests.TinyLlamaTests,TrainingTests.DistillationStepTests,TrainingTests.StudentGradientTests
 
-step devices 60 "$kdgpu" devices
 if ! "$kdgpu" --help >/dev/null 2>&1; then
     echo "gpu.sh: $kdgpu does not start on this processor (built for another with -target-cpu native?): rebuild it with KDGPU_TARGET_CPU=haswell" | tee -a "$log"
     exit 1
 fi
+step devices 60 "$kdgpu" devices
 if ! compgen -G "$(dirname "$tests")/kdgpu_*.resources" >/dev/null; then
     echo "gpu.sh: no kdgpu_*.resources folders beside $tests: the model tests would stop at the first that needs one" | tee -a "$log"
 fi

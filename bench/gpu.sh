@@ -57,6 +57,9 @@ step bench-teacher 180 "$kdgpu" bench teacher teacher-cache generate train --dev
     --json-out "$out/bench-teacher.json"
 step bench-large 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --batch-size 8 --seq-len 256 \
     --json-out "$out/bench-large.json"
+# The cached step without reading its targets ahead (the runs above read them ahead on a GPU: auto).
+step bench-no-read-ahead 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --batch-size 8 --seq-len 256 \
+    --precision fp32 --cache-read-ahead off --json-out "$out/bench-large-no-read-ahead.json"
 if python3 -c "import torch, gguf; assert torch.cuda.is_available()" 2>/dev/null; then
     step torch-gemm 120 python3 bench/torch_gemm.py --device cuda --runs 20 --json
     step torch-loss 120 python3 bench/torch_loss.py --device cuda --vocab 49152 --runs 20 --json

@@ -65,8 +65,9 @@ public struct TrainSuite: BenchSuite {
             let teacher = try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend)))
             let bf16Teacher = (try? LlamaModel.probeBF16(on: backend)) == nil ? nil
                 : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
-            let cached = try SparseTeacher(spec: spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: vocabulary,
+            var cached = try SparseTeacher(spec: spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: vocabulary,
                                            backend: backend, targetsOfWindow: shard.targets(ofWindow:))
+            cached.readsAhead = context.trainCacheReadAhead ?? backend.computesOffHost
             // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher as
             // `--teacher-precision auto` holds it (bf16 where this device's bf16 GEMMs pay, BF16GemmRoute; fp32 elsewhere).
             var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []
@@ -172,7 +173,8 @@ public struct TrainSuite: BenchSuite {
                         + "boundary of the cumulative distribution lands differently where the logits round differently, and the sequences, "
                         + "then the losses, part from there); shares and memory from one profiled step (convert: dequantizing and 16-bit conversions; optimizer: gradient norm, AdamW over the arena, finiteness check, bf16 compute copy) "
                         + "(step_peak_mib: the step's peak memory in use above the weights and optimizer state; activation_mib: what the student's forward keeps for its backward; gemm_gflop: the step's GEMM operations)"
-                        + (kernel.hasSuffix("cached") ? "; the cached step decodes sparse targets from a cache shard's bytes instead of running the teacher (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own; flop_bound: the live step's GEMM operations over its own, the speedup if every GEMM ran as fast in both steps)"
+                        + (kernel.hasSuffix("cached") ? "; the cached step decodes sparse targets from a cache shard's bytes instead of running the teacher"
+                            + (cached.readsAhead ? ", each step's while the step before runs (--cache-read-ahead)" : "") + " (speedup_vs_live: the median over alternating pairs of the live step of the same precision's time over its own; flop_bound: the live step's GEMM operations over its own, the speedup if every GEMM ran as fast in both steps)"
                             : (source as? LiveTeacher)?.model.expansionBytes == 0 ? "; the live teacher's matrices expanded once (teacher_weights auto)"
                             : "; the live teacher's matrices quantized, expanded at every forward (teacher_weights auto: expanding them once does not fit)")
                         + (sampling ? "; every step samples its sequences' continuations (--on-policy-fraction 1: the student; --seq-kd: the teacher, "

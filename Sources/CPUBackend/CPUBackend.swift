@@ -47,6 +47,7 @@ public final class CPUBackend: Backend {
 
     public var gemmDescription: String { "\(gemmEngine.description); \(gemmEngine.bf16Description)" }
     public var hasFastBF16GEMMs: Bool { gemmEngine.multipliesBF16Natively }
+    public var computesOffHost: Bool { false }
 
     /// Freed blocks kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<UnsafeMutableRawPointer>

@@ -40,6 +40,7 @@ public final class OpenCLBackend: Backend {
     public var hasFastBF16GEMMs: Bool {
         gemmEngine.runsOnHost ? gemmEngine.multipliesBF16Natively : usesTensorCoreGemm && !emulatesTensorCores
     }
+    public var computesOffHost: Bool { !device.isCPU }
     public var gemmDescription: String {
         gemmEngine.runsOnHost ? "\(gemmEngine.description), on the device's mapped buffers; \(gemmEngine.bf16Description)"
             : "CLBlast on \(device.name); 16-bit inputs: "

@@ -22,6 +22,10 @@ public protocol Backend: AnyObject {
     /// engine whose bf16 route measured native, ``HostGemm/BF16GemmRoute``; tensor cores on NVIDIA
     /// GPUs), so bf16 is the faster choice where it is exact enough (`auto` precisions).
     var hasFastBF16GEMMs: Bool { get }
+    /// Whether this backend's ops run on a device of their own (a GPU or another accelerator), so
+    /// host work done while they run is free; false for the CPU backend and CPU OpenCL devices,
+    /// whose ops take the host's cores.
+    var computesOffHost: Bool { get }
 
     /// Allocates an uninitialized tensor, counted against the backend's memory budget.
     func allocate(shape: [Int], dtype: DType, label: String) throws -> Tensor

@@ -238,9 +238,12 @@ public final class DistillationRun {
                 tailPrior = try TailPrior.of(spec: cache.spec, vocabulary: cache.manifest.teacher.vocabulary, windows: 0..<dataset.trainingWindowCount,
                                              weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
             }
-            teacher = try SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, exactLabel: config.exactLabel, backend: backend)
+            var sparse = try SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, exactLabel: config.exactLabel, backend: backend)
+            sparse.readsAhead = config.cacheReadAhead == "on" || (config.cacheReadAhead == "auto" && backend.computesOffHost)
+            teacher = sparse
             logSparseTargets("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)", spec: cache.spec,
-                             trainingWindows: dataset.trainingWindowCount)
+                             trainingWindows: dataset.trainingWindowCount,
+                             then: sparse.readsAhead ? "; each step's read ahead, while the step before runs" : "")
         } else {
             let stored = try LlamaModel(weights: LlamaWeights(gguf: teacherFile, backend: backend), precision: teacherPrecision)
             let model = try config.teacherModel(stored)
@@ -349,15 +352,15 @@ public final class DistillationRun {
         return features
     }
 
-    /// Logs where sparse targets (`spec`) come from, `source`, with the tail and label choices, and
-    /// the note on tempering them; `trainingWindows` made the prior tail.
-    func logSparseTargets(_ source: String, spec: TeacherTargetSpec, trainingWindows: Int) {
+    /// Logs where sparse targets (`spec`) come from, `source`, with the tail and label choices and
+    /// `suffix`, and the note on tempering them; `trainingWindows` made the prior tail.
+    func logSparseTargets(_ source: String, spec: TeacherTargetSpec, trainingWindows: Int, then suffix: String = "") {
         log(source
             + (config.typedSparseTail == .prior ? " (prior tail from the \(trainingWindows) training windows"
                + (spec.storesProbabilities ? ")" : String(format: ", %g draws against the ids drawn once)", config.tailPriorWeight))
                : spec.storesProbabilities ? " (\(config.sparseTail) tail)"
                : config.typedSparseTail == .bucket ? " (bucket tail: the mass of the ids drawn once)" : "")
-            + (config.exactLabel ? ", each label at the teacher's exact probability" : ""))
+            + (config.exactLabel ? ", each label at the teacher's exact probability" : "") + suffix)
         if config.temperature != 1 || config.typedTemperatureSchedule != .constant {
             log("note: sparse targets tempered as p^(1/T) with T != 1 give the unlisted tokens too little; "
                 + "measured here they trained worse than at T = 1 (README, offline teacher); RS-KD uses T = 1")

@@ -38,7 +38,12 @@ public struct SparseTeacher {
     /// The prior's `[V]` log-probabilities on the device, made once (the kernel's tail row for every batch).
     let priorTensor: Tensor?
     /// Where each batch's targets are assembled on the host, kept from one batch to the next.
-    private let staging = HostStaging()
+    private let staging: HostStaging
+    /// Batches' targets assembled ahead of their step (``readAhead(_:)``).
+    private let aheadOfTime: TargetsReadAhead
+    /// Whether the trainer reads the next step's targets ahead (``readAhead(_:)``): on devices that
+    /// compute off the host, where the host is idle while the step runs (`cache_read_ahead`).
+    public var readsAhead = false
     /// Drawn targets: `log(c / N)` for every count c a draw can have (as `logf` gives each by itself),
     /// made once; empty for top-k and top-p targets and past the counts a cache can store.
     private let logCountShare: [Float]
@@ -58,6 +63,8 @@ public struct SparseTeacher {
         self.vocabulary = vocabulary
         self.backend = backend
         self.targetsOfWindow = targetsOfWindow
+        staging = HostStaging()
+        aheadOfTime = TargetsReadAhead(staging: staging)
         logCountShare = spec.draws.map { n in n <= TeacherTargetSpec.maximumPairs ? (0...n).map { logf(Float($0) / Float(n)) } : [] } ?? []
         priorTensor = try tailPrior.map {
             try backend.tensor($0.probabilities.map { Float(Foundation.log($0)) }, shape: [vocabulary], label: "cached teacher tail prior")
@@ -75,7 +82,28 @@ public struct SparseTeacher {
     /// positions. Shorter rows are padded with empty slots (id -1), or with the uniform tail at ids
     /// they do not list with the share those ids get anyway, `tail / (V - listed)`.
     /// With ``exactLabel`` `tokens` ([B][T], the windows' tokens) give each position's label.
+    /// Assembled on the host now, or taken from what ``readAhead(_:)`` assembled for these windows.
     public func topK(windows: [Int], tokens: [[Int32]]? = nil) throws -> (teacher: TopKTeacher, crossEntropy: Float) {
+        let assembled = try aheadOfTime.take(windows: windows)?.get() ?? assemble(windows: windows, tokens: tokens)
+        defer { staging.giveBack(assembled.buffers) }
+        let (n, k) = (assembled.rows, assembled.k)
+        let teacher = TopKTeacher(ids: try backend.tensor(shape: [n, k], label: "cached teacher ids"),
+                                  values: try backend.tensor(shape: [n, k], label: "cached teacher log-probabilities"),
+                                  missingMass: tail, tailPrior: priorTensor)
+        try assembled.buffers.ids.withUnsafeBufferPointer { try backend.upload(UnsafeBufferPointer(rebasing: $0[..<(n * k)]), to: teacher.ids) }
+        try assembled.buffers.values.withUnsafeBufferPointer { try backend.upload(UnsafeBufferPointer(rebasing: $0[..<(n * k)]), to: teacher.values) }
+        return (teacher, assembled.crossEntropy)
+    }
+
+    /// Starts assembling the targets of `batches` (window numbers, and their tokens for exact labels)
+    /// on a thread of its own, one batch after another, for ``topK(windows:tokens:)`` to take: the next
+    /// step's, while the device runs this one. Batches never asked for are dropped at a later call.
+    public func readAhead(windowsOf batches: [(windows: [Int], tokens: [[Int32]]?)]) {
+        aheadOfTime.start(batches, assemble: assemble)
+    }
+
+    /// ``topK(windows:tokens:)``'s rows in host arrays (from ``staging``), before the upload.
+    private func assemble(windows: [Int], tokens: [[Int32]]?) throws -> AssembledTargets {
         if exactLabel {
             guard let tokens, tokens.count == windows.count, tokens.allSatisfy({ $0.count == seqLen }) else {
                 throw TensorError.shapeMismatch("cached teacher: exact labels need the \(windows.count) windows' \(seqLen) tokens")
@@ -97,28 +125,21 @@ public struct SparseTeacher {
         let targets = rows.flatMap { $0 + [SparseTarget(ids: [0], values: [draws ?? 1], tailMass: 0, labelLogProbability: 0)] }
         let crossEntropy = targets.reduce(0.0) { $0 - Double($1.labelLogProbability) }
         let n = targets.count
-        let teacher = TopKTeacher(ids: try backend.tensor(shape: [n, k], label: "cached teacher ids"),
-                                  values: try backend.tensor(shape: [n, k], label: "cached teacher log-probabilities"),
-                                  missingMass: tail, tailPrior: priorTensor)
-        try staging.lock.withLock {
-            if staging.ids.count < n * k { (staging.ids, staging.values) = ([Float](repeating: 0, count: n * k), [Float](repeating: 0, count: n * k)) }
-            try staging.ids.withUnsafeMutableBufferPointer { ids in
-                try staging.values.withUnsafeMutableBufferPointer { values in
-                    let (ids, values) = (ids, values)
-                    // Rows are independent: each fills its own k slots.
-                    parallelChunks(n, grain: 16) { chunk in
-                        for row in chunk {
-                            fill(row: targets[row], k: k, draws: draws,
-                                 ids: UnsafeMutableBufferPointer(rebasing: ids[row * k..<(row + 1) * k]),
-                                 values: UnsafeMutableBufferPointer(rebasing: values[row * k..<(row + 1) * k]))
-                        }
+        var buffers = staging.take(count: n * k)
+        buffers.ids.withUnsafeMutableBufferPointer { ids in
+            buffers.values.withUnsafeMutableBufferPointer { values in
+                let (ids, values) = (ids, values)
+                // Rows are independent: each fills its own k slots.
+                parallelChunks(n, grain: 16) { chunk in
+                    for row in chunk {
+                        fill(row: targets[row], k: k, draws: draws,
+                             ids: UnsafeMutableBufferPointer(rebasing: ids[row * k..<(row + 1) * k]),
+                             values: UnsafeMutableBufferPointer(rebasing: values[row * k..<(row + 1) * k]))
                     }
-                    try backend.upload(UnsafeBufferPointer(rebasing: ids[..<(n * k)]), to: teacher.ids)
-                    try backend.upload(UnsafeBufferPointer(rebasing: values[..<(n * k)]), to: teacher.values)
                 }
             }
         }
-        return (teacher, Float(crossEntropy / Double(windows.count * (seqLen - 1))))
+        return AssembledTargets(rows: n, k: k, buffers: buffers, crossEntropy: Float(crossEntropy / Double(windows.count * (seqLen - 1))))
     }
 
     /// One row of ``topK(windows:tokens:)``: `target`'s ids and log-probabilities in the first slots of
@@ -168,13 +189,98 @@ public struct SparseTeacher {
     }
 }
 
-/// The host arrays ``SparseTeacher`` assembles a batch's `[B T, k]` ids and log-probabilities in
-/// (megabytes at a few windows of sampled targets), kept between batches: fresh memory costs a
-/// page fault per 4 KiB on first touch, which took longer than filling it.
+/// A batch's targets as ``SparseTeacher`` assembles them on the host: `[rows, k]` ids and
+/// log-probabilities in the first `rows * k` entries of `buffers`, and the teacher's mean cross-entropy.
+private struct AssembledTargets: @unchecked Sendable {
+    let rows: Int
+    let k: Int
+    let buffers: (ids: [Float], values: [Float])
+    let crossEntropy: Float
+}
+
+/// The host arrays ``SparseTeacher`` assembles batches' `[B T, k]` ids and log-probabilities in
+/// (megabytes at a few windows of sampled targets), kept for the next batches: fresh memory costs a
+/// page fault per 4 KiB on first touch, which took longer than filling it. One pair per batch
+/// being assembled or uploaded (two when the next step's are read ahead).
 private final class HostStaging: @unchecked Sendable {
-    let lock = NSLock()
-    var ids: [Float] = []
-    var values: [Float] = []
+    private let lock = NSLock()
+    private var free: [(ids: [Float], values: [Float])] = []
+
+    /// A pair of arrays of at least `count` entries each.
+    func take(count: Int) -> (ids: [Float], values: [Float]) {
+        let kept = lock.withLock { free.popLast() }
+        guard let kept, kept.ids.count >= count else { return ([Float](repeating: 0, count: count), [Float](repeating: 0, count: count)) }
+        return kept
+    }
+
+    func giveBack(_ buffers: (ids: [Float], values: [Float])) {
+        lock.withLock { free.append(buffers) }
+    }
+}
+
+/// Batches' targets assembled ahead of their step on a serial queue of their own (``SparseTeacher/readAhead(windowsOf:)``),
+/// each taken once by the batch that asks for its windows; an error met while assembling is thrown there.
+/// Each call to ``start(_:assemble:)`` is a generation (a step's batches): the previous one's may
+/// still be waiting for their step, any older are dropped, so at most two steps' arrays are held.
+private final class TargetsReadAhead: @unchecked Sendable {
+    private final class Pending: @unchecked Sendable {
+        let windows: [Int]
+        let generation: Int
+        let done = DispatchGroup()
+        var result: Result<AssembledTargets, Error>?
+        init(windows: [Int], generation: Int) { (self.windows, self.generation) = (windows, generation) }
+        /// The result, once assembled.
+        func wait() -> Result<AssembledTargets, Error> {
+            done.wait()
+            return result!
+        }
+    }
+    /// Batches started and not yet taken, oldest first.
+    private var pending: [Pending] = []
+    private let lock = NSLock()
+    private let queue = DispatchQueue(label: "kdgpu.cached-targets.read-ahead", qos: .userInitiated)
+    private var generation = 0
+    /// Where the arrays of dropped batches go back to.
+    private let staging: HostStaging
+
+    init(staging: HostStaging) {
+        self.staging = staging
+    }
+
+    func start(_ batches: [(windows: [Int], tokens: [[Int32]]?)], assemble: @escaping ([Int], [[Int32]]?) throws -> AssembledTargets) {
+        let (started, dropped): ([Pending], [Pending]) = lock.withLock {
+            generation += 1
+            let started = batches.map { Pending(windows: $0.windows, generation: generation) }
+            let dropped = pending.filter { $0.generation < generation - 1 }
+            pending = pending.filter { $0.generation >= generation - 1 } + started
+            return (started, dropped)
+        }
+        for (entry, batch) in zip(started, batches) {
+            entry.done.enter()
+            queue.async {
+                entry.result = Result { try assemble(batch.windows, batch.tokens) }
+                entry.done.leave()
+            }
+        }
+        drop(dropped)
+    }
+
+    /// The targets assembled for `windows`, waiting for them if need be; nil when none were started.
+    /// Batches started before them and not taken are dropped.
+    func take(windows: [Int]) -> Result<AssembledTargets, Error>? {
+        let (entry, skipped): (Pending?, [Pending]) = lock.withLock {
+            guard let index = pending.firstIndex(where: { $0.windows == windows }) else { return (nil, []) }
+            defer { pending.removeFirst(index + 1) }
+            return (pending[index], Array(pending[..<index]))
+        }
+        drop(skipped)
+        return entry?.wait()
+    }
+
+    /// Waits for `entries` and gives their arrays back.
+    private func drop(_ entries: [Pending]) {
+        for entry in entries { if case .success(let targets) = entry.wait() { staging.giveBack(targets.buffers) } }
+    }
 }
 
 /// The prior of the `prior` tail (``SparseTeacher``): one weight per token, made once from a cache's

@@ -42,6 +42,16 @@ public protocol TeacherSource {
     func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets
     /// The teacher's NLL of validation windows: their tokens `[B][T]` and window numbers.
     func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult
+    /// Whether ``readAhead(_:)`` does anything: the source assembles its targets on the host and
+    /// can do it for the next step while the device runs this one.
+    var readsAhead: Bool { get }
+    /// The next step's batches (this process's), whose targets ``targets(for:needs:)`` will be asked for.
+    func readAhead(_ batches: [TrainingBatch])
+}
+
+extension TeacherSource {
+    public var readsAhead: Bool { false }
+    public func readAhead(_ batches: [TrainingBatch]) {}
 }
 
 /// The teacher model itself, run on every micro-batch.
@@ -88,6 +98,10 @@ extension SparseTeacher: TeacherSource {
     public func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets {
         let (teacher, crossEntropy) = try topK(windows: batch.windows, tokens: batch.tokens)
         return TeacherTargets(output: .topK(teacher), crossEntropy: crossEntropy, activations: nil)
+    }
+
+    public func readAhead(_ batches: [TrainingBatch]) {
+        readAhead(windowsOf: batches.map { (windows: $0.windows, tokens: $0.tokens) })
     }
 
     public func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult {

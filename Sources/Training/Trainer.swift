@@ -8,6 +8,8 @@ import TrainingData
 public protocol BatchSource {
     mutating func next() -> TrainingBatch
     var position: DataPosition { get }
+    /// The next `count` batches ``next()`` would give, without moving.
+    func upcoming(_ count: Int) -> [TrainingBatch]
 }
 
 extension BatchSampler: BatchSource {}
@@ -138,6 +140,12 @@ public final class Trainer {
         let source = rollouts?.source(step: step) ?? .corpus
         let mine = try stride(from: reducer.rank, to: all.count, by: reducer.worldSize).map { i in
             try rollouts?.batch(from: all[i], source: source, step: step, microBatch: i) ?? StepBatch(all[i])
+        }
+        // The next step's targets assembled on the host while the device runs this one (a teacher
+        // cache on a GPU). Rollouts choose their sequences as they go, so they read nothing ahead.
+        if teacher.readsAhead, rollouts == nil, objective.loss.effectiveSoftWeight != 0 {
+            let upcoming = batches.upcoming(all.count)
+            teacher.readAhead(stride(from: reducer.rank, to: upcoming.count, by: reducer.worldSize).map { upcoming[$0] })
         }
         // Every process's micro-batches have as many rows (and the same source) as this one's: all
         // of a window's predictions, or rollout_tokens of each sampled sequence.

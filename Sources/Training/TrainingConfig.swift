@@ -117,6 +117,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// probability, from the stored label log-probability, the other ids sharing the rest (drawn
     /// targets: with `sparse_tail` renormalize).
     public var exactLabel = false
+    /// Cached targets: whether each step's are assembled on the host (decoded, laid out in rows)
+    /// while the device runs the step before: `auto` (where the device computes off the host's cores:
+    /// GPUs; a CPU device's cores would be taken from the step), `on` or `off`. The same targets either way.
+    public var cacheReadAhead = "auto"
     /// Targets of a cache's form (`topk:K`, `topp:P,K`, `sampled:N`, `systematic:N`) made from the
     /// live teacher at every step, as `kdgpu teacher-cache build` would store them (the same
     /// draws for the same windows), and trained on as cached targets are; empty: the dense teacher.
@@ -192,7 +196,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case hintWeight = "hint_weight", hintLayers = "hint_layers", hintLoss = "hint_loss"
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
-        case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label", sparsifyTeacher = "sparsify_teacher"
+        case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label", cacheReadAhead = "cache_read_ahead", sparsifyTeacher = "sparsify_teacher"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -442,6 +446,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                                            + "(the dense teacher gives every probability exactly)")
             }
         case .tailPriorWeight: try inRange(tailPriorWeight, "[0, 1e6]") { $0 >= 0 && $0 <= 1e6 }
+        case .cacheReadAhead:
+            try oneOf(cacheReadAhead, ["auto", "on", "off"])
+            if cacheReadAhead == "on" && teacherCache.isEmpty {
+                throw TrainingError.config("cache_read_ahead (--cache-read-ahead): it reads a teacher cache's targets ahead; use it with --teacher-cache")
+            }
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

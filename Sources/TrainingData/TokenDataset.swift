@@ -166,4 +166,10 @@ public struct BatchSampler: Sendable {
         normalizePosition()
         return batch
     }
+
+    /// The next `count` batches ``next()`` would give (into the next epochs if need be), without moving.
+    public func upcoming(_ count: Int) -> [TrainingBatch] {
+        var ahead = self
+        return (0..<count).map { _ in ahead.next() }
+    }
 }

@@ -36,6 +36,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Student precision of the train suite's step: fp32 or bf16; repeat for both (default: both, bf16 where the backend runs bf16 GEMMs).", valueName: "precision"))
     var precision: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("The train suite's cached step: assemble each step's targets while the step before runs: auto (on devices that compute off the host's cores), on or off.", valueName: "when"))
+    var cacheReadAhead = "auto"
+
     @Flag(name: .long, help: "Print one JSON array of records instead of a table.")
     var json = false
 
@@ -48,6 +51,9 @@ struct BenchCommand: ParsableCommand {
         guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2 (one predicted token), got \(seqLen)") }
         for value in precision where !["fp32", "bf16"].contains(value) {
             throw ValidationError("--precision: '\(value)' is not a precision; use fp32 or bf16")
+        }
+        guard ["auto", "on", "off"].contains(cacheReadAhead) else {
+            throw ValidationError("--cache-read-ahead: '\(cacheReadAhead)' is not one of auto, on, off")
         }
         let known = allBenchSuites.map(\.name)
         for suite in suites where !known.contains(suite) {
@@ -79,7 +85,7 @@ struct BenchCommand: ParsableCommand {
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher,
                                        trainBatchSize: batchSize, trainSeqLen: seqLen,
                                        trainPrecisions: precision.isEmpty ? [.f32, .bf16] : precision.map { $0 == "bf16" ? .bf16 : .f32 },
-                                       world: world) { message in
+                                       trainCacheReadAhead: cacheReadAhead == "auto" ? nil : cacheReadAhead == "on", world: world) { message in
                 if writes { note("bench \(message)") }
             }
             // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.

@@ -75,6 +75,8 @@ struct TrainCommand: ParsableCommand {
     var tailPriorWeight: Float?
     @Option(name: .long, help: "Cached targets: each position's label at the teacher's exact probability (the cache stores its log-probability), the other ids sharing the rest: true or false.")
     var exactLabel: Bool?
+    @Option(name: .long, help: "Cached targets: assemble each step's on the host while the device runs the step before: auto (on GPUs and other devices that compute off the host's cores), on or off. The same targets either way.")
+    var cacheReadAhead: String?
     @Option(name: .long, help: ArgumentHelp("Make the live teacher's targets sparse at every step as a cache of this form would store them (topk:K, topp:P,K, sampled:N, systematic:N; N up to 2^20) and train on them as on cached targets: a form's cost in quality before building its cache.", valueName: "SPEC"))
     var sparsifyTeacher: String?
     @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, bf16 or f16 (weights expanded straight to the 16-bit type, fp32 accumulation; f16 keeps 3 more mantissa bits, but an activation past 65504 is an error naming it).")
@@ -197,6 +199,7 @@ struct TrainCommand: ParsableCommand {
         if let sparseTail { settings.sparseTail = sparseTail }
         if let tailPriorWeight { settings.tailPriorWeight = tailPriorWeight }
         if let exactLabel { settings.exactLabel = exactLabel }
+        if let cacheReadAhead { settings.cacheReadAhead = cacheReadAhead }
         if let sparsifyTeacher { settings.sparsifyTeacher = sparsifyTeacher }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
         if let teacherWeights { settings.teacherWeights = teacherWeights }

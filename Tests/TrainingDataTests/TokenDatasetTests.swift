@@ -76,6 +76,18 @@ final class TokenDatasetTests: TrainingDataTestCase {
         }
     }
 
+    /// `upcoming(n)` gives the next n batches, into the next epoch, and leaves the sampler where it was.
+    func testUpcomingBatchesAreTheNextOnesWithoutMoving() throws {
+        let dataset = try TokenDataset(tokens: counting(23 * 4), sequenceLength: 4, validationFraction: 0, seed: 9)
+        var sampler = try BatchSampler(dataset: dataset, batchSize: 5)
+        for _ in 0..<3 {
+            let position = sampler.position
+            let ahead = sampler.upcoming(6)  // 4 batches an epoch: across its end
+            XCTAssertEqual(sampler.position, position)
+            XCTAssertEqual(ahead, (0..<6).map { _ in sampler.next() })
+        }
+    }
+
     func testResumingFromASavedPositionDrawsTheSameBatches() throws {
         let dataset = try TokenDataset(tokens: counting(50 * 6), sequenceLength: 6, seed: 2026)
         var uninterrupted = try BatchSampler(dataset: dataset, batchSize: 4)

@@ -1,8 +1,11 @@
+import Foundation
 import Losses
+import Models
 import TeacherCache
 import Tensor
 import TestSupport
 import Training
+import TrainingData
 import XCTest
 
 /// Cached targets as the step uses them: the loss and its gradient through ``SparseTeacher`` (rows
@@ -192,4 +195,132 @@ final class SparseTeacherTests: XCTestCase {
             }
         }
     }
+
+    /// Targets read ahead (``SparseTeacher/readAhead(windowsOf:)``, on a thread of their own) are
+    /// taken by the batch that asks for their windows without decoding them again, and equal the
+    /// targets decoded when asked; a batch not read ahead is decoded when asked; batches skipped, or
+    /// two read-ahead calls old, are dropped; an error met while reading ahead reaches the batch that asks.
+    func testReadAheadTargetsAreTakenOnceAndTheirErrorsReachTheAsker() throws {
+        let (seqLen, vocabulary) = (4, 60)
+        struct Refused: Error, CustomStringConvertible { let description = "window 9 is truncated" }
+        let decoded = WindowCount()
+        func stored(_ window: Int) throws -> [SparseTarget] {
+            decoded.add(window)
+            if window == 9 { throw Refused() }
+            var random = SeededRandom(seed: UInt64(window))
+            return (0..<seqLen - 1).map { _ in
+                let ids = Array(Set((0..<1 + random.uniform(below: 20)).map { _ in Int32(random.uniform(below: vocabulary)) })).sorted()
+                return SparseTarget(ids: ids, values: ids.map { _ in Float(1 + random.uniform(below: 4)) }, tailMass: 0, labelLogProbability: -1)
+            }
+        }
+        for backend in try TestBackends.all() {
+            decoded.reset()
+            let teacher = try SparseTeacher(spec: .sampled(draws: 100), tail: .renormalize, seqLen: seqLen, vocabulary: vocabulary,
+                                            backend: backend, targetsOfWindow: stored)
+            let direct = try SparseTeacher(spec: .sampled(draws: 100), tail: .renormalize, seqLen: seqLen, vocabulary: vocabulary,
+                                           backend: backend) { window in try stored(window) }
+            func assertTaken(_ windows: [Int], decodings: Int, _ line: UInt = #line) throws {
+                let (taken, crossEntropy) = try teacher.topK(windows: windows)
+                let (expected, expectedCrossEntropy) = try direct.topK(windows: windows)
+                XCTAssertEqual(try taken.ids.toArray(), try expected.ids.toArray(), "\(backend.name) \(windows)", line: line)
+                XCTAssertEqual(try taken.values.toArray(), try expected.values.toArray(), "\(backend.name) \(windows)", line: line)
+                XCTAssertEqual(crossEntropy, expectedCrossEntropy, line: line)
+                // `direct` decoded each window once more.
+                XCTAssertEqual(windows.map { decoded.count($0) }, windows.map { _ in decodings + 1 }, "\(backend.name) \(windows)", line: line)
+            }
+            teacher.readAhead(windowsOf: [([0, 1], nil), ([2, 3], nil)])
+            teacher.readAhead(windowsOf: [([4, 5], nil)])
+            try assertTaken([0, 1], decodings: 1)
+            try assertTaken([6, 7], decodings: 1)  // not read ahead
+            try assertTaken([4, 5], decodings: 1)  // [2, 3], skipped, is dropped
+            try assertTaken([2, 3], decodings: 2)
+            teacher.readAhead(windowsOf: [([10, 11], nil)])
+            teacher.readAhead(windowsOf: [([12, 13], nil)])
+            teacher.readAhead(windowsOf: [([14, 15], nil)])  // [10, 11], two calls old, is dropped
+            try assertTaken([10, 11], decodings: 2)
+            try assertTaken([12, 13], decodings: 1)
+            try assertTaken([14, 15], decodings: 1)
+            teacher.readAhead(windowsOf: [([8, 9], nil)])
+            XCTAssertThrowsError(try teacher.topK(windows: [8, 9])) { XCTAssertEqual("\($0)", "window 9 is truncated") }
+            XCTAssertEqual(decoded.count(9), 1, "the failed batch was read ahead, not decoded again")
+        }
+    }
+
+    /// Whole training steps from cached targets (gradient accumulation 2) take the same losses,
+    /// gradient norms and weights when the trainer reads each step's targets ahead as when it reads
+    /// them when asked, on both backends. The trainer reads ahead exactly the next step's batches,
+    /// and each window is decoded once (a step's batches past the last at most once more).
+    func testStepsReadingTheirTargetsAheadEqualStepsReadingThemWhenAsked() throws {
+        let model = DistillationStepTests.config
+        let studentParameters = try StudentGradientTests.randomParameters(model, seed: 71)
+        var random = SeededRandom(seed: 72)
+        let tokens = (0..<600).map { _ in Int32(random.uniform(below: model.vocabulary)) }
+        var config = TrainingConfig()
+        (config.batchSize, config.seqLen, config.gradientAccumulation, config.steps, config.temperature) = (2, 9, 2, 4, 1)
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.1, seed: 3)
+        let decoded = WindowCount()
+        let seqLen = config.seqLen
+        func stored(_ window: Int) -> [SparseTarget] {
+            decoded.add(window)
+            var random = SeededRandom(seed: UInt64(1000 + window))
+            return (0..<seqLen - 1).map { _ in
+                let ids = Array(Set((0..<1 + random.uniform(below: 40)).map { _ in Int32(random.uniform(below: model.vocabulary)) })).sorted()
+                return SparseTarget(ids: ids, values: ids.map { _ in Float(1 + random.uniform(below: 5)) }, tailMass: 0, labelLogProbability: -2)
+            }
+        }
+        // Each step's micro-batches' windows, one step past the last.
+        var drawn = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+        let stepWindows = (0...config.steps).map { _ in (0..<config.gradientAccumulation).map { _ in drawn.next().windows } }
+        let windowsPerStep = config.gradientAccumulation * config.batchSize
+        for backend in try TestBackends.all() {
+            var runs: [[Float]] = []
+            for readsAhead in [false, true] {
+                decoded.reset()
+                var sparse = try SparseTeacher(spec: .sampled(draws: 300), tail: .renormalize, seqLen: seqLen, vocabulary: model.vocabulary,
+                                               backend: backend, targetsOfWindow: stored)
+                sparse.readsAhead = readsAhead
+                let teacher = ReadAheadRecorder(sparse)
+                let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
+                                          teacher: teacher, features: [], objective: DistillationObjective(config: config))
+                var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+                var record: [Float] = []
+                for step in 1...config.steps {
+                    let parts = try trainer.step(step, batches: &sampler)
+                    record += [parts.loss, parts.gradientNorm]
+                }
+                record += try trainer.student.outputWeight.value.toArray()
+                runs.append(record)
+                XCTAssertEqual(teacher.readAhead, readsAhead ? Array(stepWindows.dropFirst()) : [], backend.name)
+                // Read ahead, the last step's next batches may still be decoding.
+                let decodings = config.steps * windowsPerStep
+                XCTAssertTrue((decodings...decodings + (readsAhead ? windowsPerStep : 0)).contains(decoded.total),
+                              "\(backend.name), read ahead: \(readsAhead): \(decoded.total) decodings")
+            }
+            XCTAssertEqual(runs[0], runs[1], backend.name)
+        }
+    }
+}
+
+/// How often each window's targets were decoded (from several threads).
+private final class WindowCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var counts: [Int: Int] = [:]
+    func add(_ window: Int) { lock.withLock { counts[window, default: 0] += 1 } }
+    func count(_ window: Int) -> Int { lock.withLock { counts[window] ?? 0 } }
+    var total: Int { lock.withLock { counts.values.reduce(0, +) } }
+    func reset() { lock.withLock { counts = [:] } }
+}
+
+/// A cached teacher whose read-ahead calls are recorded (each call's batches' windows).
+private final class ReadAheadRecorder: TeacherSource {
+    let sparse: SparseTeacher
+    private(set) var readAhead: [[[Int]]] = []
+    init(_ sparse: SparseTeacher) { self.sparse = sparse }
+    var readsAhead: Bool { sparse.readsAhead }
+    func readAhead(_ batches: [TrainingBatch]) {
+        readAhead.append(batches.map(\.windows))
+        sparse.readAhead(batches)
+    }
+    func targets(for batch: TrainingBatch, needs: TeacherNeeds) throws -> TeacherTargets { try sparse.targets(for: batch, needs: needs) }
+    func likelihood(of tokens: [[Int32]], windows: [Int]) throws -> LikelihoodResult { try sparse.likelihood(of: tokens, windows: windows) }
 }

@@ -1,7 +1,8 @@
 # kdgpu: the README's two commands are `make train` and `make test`.
 # Every target runs the idempotent set-up first, so each works on a fresh machine.
 
-SWIFT_BUILD := swift build -c release
+# Release builds compile for the building processor: a .build made on another is rebuilt first.
+SWIFT_BUILD := scripts/check-build-processor.sh && swift build -c release
 KDGPU := .build/release/kdgpu
 
 .PHONY: setup build test bench train teacher corpus clean

@@ -53,15 +53,20 @@ __kernel void causal_softmax_backward(__global const float* p, int po, __global 
 }
 
 // For out = silu(gate) * up:  dgate = dout * up * s * (1 + gate * (1 - s)),  dup = dout * gate * s,
-// s = sigmoid(gate). Written (not added); one work-item per element.
+// s = sigmoid(gate). Written (not added); VW elements a work-item (then the tail one each: ELEMENTWISE_INDEX).
 __kernel void swiglu_backward(__global const float* gate, int go, __global const float* up, int uo,
                               __global const float* dout, int doo, __global float* dgate, int dgo,
                               __global float* dup, int duo, int n) {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    const float g = gate[go + i], s = 1.0f / (1.0f + exp(-g)), d = dout[doo + i];
-    dgate[dgo + i] = d * up[uo + i] * s * (1.0f + g * (1.0f - s));
-    dup[duo + i] = d * g * s;
+    ELEMENTWISE_INDEX
+    if (i < vectors) {
+        const floatV g = vloadV(i, gate + go), s = 1.0f / (1.0f + exp(-g)), d = vloadV(i, dout + doo);
+        vstoreV(d * vloadV(i, up + uo) * s * (1.0f + g * (1.0f - s)), i, dgate + dgo);
+        vstoreV(d * g * s, i, dup + duo);
+    } else if (tail < n) {
+        const float g = gate[go + tail], s = 1.0f / (1.0f + exp(-g)), d = dout[doo + tail];
+        dgate[dgo + tail] = d * up[uo + tail] * s * (1.0f + g * (1.0f - s));
+        dup[duo + tail] = d * g * s;
+    }
 }
 
 // The same with gate and up stored in bf16 (a mixed-precision student keeps them so): each widened
@@ -69,12 +74,18 @@ __kernel void swiglu_backward(__global const float* gate, int go, __global const
 __kernel void swiglu_backward_bf16(__global const ushort* gate, int go, __global const ushort* up, int uo,
                                    __global const float* dout, int doo, __global float* dgate, int dgo,
                                    __global float* dup, int duo, int n) {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    const float g = as_float((uint)gate[go + i] << 16), u = as_float((uint)up[uo + i] << 16);
-    const float s = 1.0f / (1.0f + exp(-g)), d = dout[doo + i];
-    dgate[dgo + i] = d * u * s * (1.0f + g * (1.0f - s));
-    dup[duo + i] = d * g * s;
+    ELEMENTWISE_INDEX
+    if (i < vectors) {
+        const floatV g = as_floatV(convert_uintV(vloadV(i, gate + go)) << 16), u = as_floatV(convert_uintV(vloadV(i, up + uo)) << 16);
+        const floatV s = 1.0f / (1.0f + exp(-g)), d = vloadV(i, dout + doo);
+        vstoreV(d * u * s * (1.0f + g * (1.0f - s)), i, dgate + dgo);
+        vstoreV(d * g * s, i, dup + duo);
+    } else if (tail < n) {
+        const float g = as_float((uint)gate[go + tail] << 16), u = as_float((uint)up[uo + tail] << 16);
+        const float s = 1.0f / (1.0f + exp(-g)), d = dout[doo + tail];
+        dgate[dgo + tail] = d * u * s * (1.0f + g * (1.0f - s));
+        dup[duo + tail] = d * g * s;
+    }
 }
 
 // dtable[ids[u], c] += sum over positions[offsets[u] ..< offsets[u+1]] of dx[position, c].
@@ -91,20 +102,31 @@ __kernel void embedding_backward(__global const float* dx, int dxo, __global con
     dtable[dto + (long)ids[io + u] * cols + c] += sum;
 }
 
-// AdamW with decoupled weight decay and bias correction, one work-item per parameter, the gradient
-// taken times gs (the global-norm clip's factor, 1 unclipped; no separate scaling pass):
+// AdamW with decoupled weight decay and bias correction, VW parameters a work-item (then the tail
+// one each, as ELEMENTWISE_INDEX says), the gradient taken times gs (the global-norm clip's factor,
+// 1 unclipped; no separate scaling pass):
 //   g = gs g_stored;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (m / c1 / (sqrt(v / c2) + eps) + wd * p),  c1 = 1 - b1^t, c2 = 1 - b2^t
 __kernel void adamw(__global float* p, int po, __global const float* g, int go, __global float* m, int mo,
                     __global float* v, int vo, int n, float lr, float b1, float b2, float eps, float wd,
                     float c1, float c2, float gs) {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    const float grad = g[go + i] * gs;
-    const float mi = b1 * m[mo + i] + (1.0f - b1) * grad;
-    const float vi = b2 * v[vo + i] + (1.0f - b2) * grad * grad;
-    m[mo + i] = mi;
-    v[vo + i] = vi;
-    const float param = p[po + i];
-    p[po + i] = param - lr * ((mi / c1) / (sqrt(vi / c2) + eps) + wd * param);
+    ELEMENTWISE_INDEX
+    p += po; g += go; m += mo; v += vo;
+    if (i < vectors) {
+        const floatV grad = vloadV(i, g) * gs;
+        const floatV mi = b1 * vloadV(i, m) + (1.0f - b1) * grad;
+        const floatV vi = b2 * vloadV(i, v) + (1.0f - b2) * grad * grad;
+        vstoreV(mi, i, m);
+        vstoreV(vi, i, v);
+        const floatV param = vloadV(i, p);
+        vstoreV(param - lr * ((mi / c1) / (sqrt(vi / c2) + eps) + wd * param), i, p);
+    } else if (tail < n) {
+        const float grad = g[tail] * gs;
+        const float mi = b1 * m[tail] + (1.0f - b1) * grad;
+        const float vi = b2 * v[tail] + (1.0f - b2) * grad * grad;
+        m[tail] = mi;
+        v[tail] = vi;
+        const float param = p[tail];
+        p[tail] = param - lr * ((mi / c1) / (sqrt(vi / c2) + eps) + wd * param);
+    }
 }

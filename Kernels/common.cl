@@ -11,6 +11,7 @@
 #define floatV CAT(float, VW)
 #define vloadV CAT(vload, VW)
 #define vstoreV CAT(vstore, VW)
+#define convert_uintV CAT(convert_uint, VW)
 
 // Sum / maximum of a vector's lanes, halving the width each step; overloaded for every width, so
 // floatV and the half-width floatH below share them.

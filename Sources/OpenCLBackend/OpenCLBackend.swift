@@ -508,7 +508,7 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueSwiGLUBackward(gate: Tensor, up: Tensor, outputGradient: Tensor, gateGradient: Tensor, upGradient: Tensor) throws {
-        try launch(gate.dtype == .bf16 ? "swiglu_backward_bf16" : "swiglu_backward", in: "backward.cl", globalSize: gate.count, localSize: nil,
+        try launch(gate.dtype == .bf16 ? "swiglu_backward_bf16" : "swiglu_backward", in: "backward.cl", globalSize: elementwiseWorkItems(gate.count), localSize: nil,
                    try arguments(gate) + arguments(up) + arguments(outputGradient) + arguments(gateGradient) + arguments(upGradient)
                        + [try int32(gate.count, gate.label)])
     }
@@ -522,7 +522,7 @@ public final class OpenCLBackend: Backend {
     }
 
     public func enqueueAdamW(_ parameter: Tensor, gradient: Tensor, firstMoment: Tensor, secondMoment: Tensor, _ step: AdamWStep) throws {
-        try launch("adamw", in: "backward.cl", globalSize: parameter.count, localSize: nil,
+        try launch("adamw", in: "backward.cl", globalSize: elementwiseWorkItems(parameter.count), localSize: nil,
                    try arguments(parameter) + arguments(gradient) + arguments(firstMoment) + arguments(secondMoment)
                        + [try int32(parameter.count, parameter.label), step.learningRate, step.beta1, step.beta2, step.epsilon,
                           step.weightDecay, step.firstCorrection, step.secondCorrection, step.gradientScale])

@@ -32,15 +32,15 @@ public final class BenchContext {
     public let trainSeqLen: Int
     /// The student precisions the train suite times (bf16 where the backend runs bf16 GEMMs).
     public let trainPrecisions: [DType]
-    /// Whether the train suite's cached step reads its targets ahead (nil: where the device computes off the host).
-    public let trainCacheReadAhead: Bool?
+    /// The train suite's cached step reads its targets ahead: `auto`, `on` or `off` (``TrainingConfig/cacheReadAhead``).
+    public let trainCacheReadAhead: String
     /// The mpirun job this bench runs in (the allreduce suite), or nil.
     public let world: MPIWorld?
     private let progress: (String) -> Void
     private var copyBandwidths: [ObjectIdentifier: Double] = [:]
 
     public init(backends: [any Backend], cpu: CPUBackend, runs: Int, teacherPath: String? = nil, trainBatchSize: Int = 4,
-                trainSeqLen: Int = 128, trainPrecisions: [DType] = [.f32, .bf16], trainCacheReadAhead: Bool? = nil, world: MPIWorld? = nil,
+                trainSeqLen: Int = 128, trainPrecisions: [DType] = [.f32, .bf16], trainCacheReadAhead: String = "auto", world: MPIWorld? = nil,
                 progress: @escaping (String) -> Void) {
         self.backends = backends
         self.cpu = cpu

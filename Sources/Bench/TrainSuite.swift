@@ -31,6 +31,7 @@ public struct TrainSuite: BenchSuite {
         config.teacher = path
         config.batchSize = context.trainBatchSize
         config.seqLen = context.trainSeqLen
+        config.cacheReadAhead = context.trainCacheReadAhead
         let file = try GGUFFile(path: path)
         let teacherParameters = try LlamaParameters(gguf: file)
         let blocks = try StudentLayers.parse(config.studentLayers, teacherLayers: teacherParameters.config.layers)
@@ -67,7 +68,7 @@ public struct TrainSuite: BenchSuite {
                 : try config.teacherModel(LlamaModel(weights: LlamaWeights(gguf: file, backend: backend), precision: .bf16))
             var cached = try SparseTeacher(spec: spec, tail: .renormalize, seqLen: config.seqLen, vocabulary: vocabulary,
                                            backend: backend, targetsOfWindow: shard.targets(ofWindow:))
-            cached.readsAhead = context.trainCacheReadAhead ?? backend.computesOffHost
+            cached.readsAhead = config.readsCacheAhead(on: backend)
             // (kernel, the student's precision, the teacher): fp32 throughout, then mixed precision with the teacher as
             // `--teacher-precision auto` holds it (bf16 where this device's bf16 GEMMs pay, BF16GemmRoute; fp32 elsewhere).
             var rows: [(kernel: String, precision: DType, source: any TeacherSource)] = []

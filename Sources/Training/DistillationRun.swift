@@ -239,7 +239,7 @@ public final class DistillationRun {
                                              weight: Double(config.tailPriorWeight), targetsOfWindow: cache.targets(ofWindow:))
             }
             var sparse = try SparseTeacher(cache: cache, tail: config.typedSparseTail, tailPrior: tailPrior, exactLabel: config.exactLabel, backend: backend)
-            sparse.readsAhead = config.cacheReadAhead == "on" || (config.cacheReadAhead == "auto" && backend.computesOffHost)
+            sparse.readsAhead = config.readsCacheAhead(on: backend)
             teacher = sparse
             logSparseTargets("teacher: cached \(cache.manifest.targets) targets from \(config.teacherCache)", spec: cache.spec,
                              trainingWindows: dataset.trainingWindowCount,

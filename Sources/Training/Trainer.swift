@@ -130,6 +130,10 @@ public final class Trainer {
         microBatches = config.gradientAccumulation
     }
 
+    /// Whether a step asks the teacher for targets: cross-entropy alone (soft weight 0, no feature
+    /// loss) asks nothing of it.
+    var asksTeacher: Bool { objective.loss.effectiveSoftWeight != 0 || !features.isEmpty }
+
     /// Optimizer step `step` (1-based) on the next `gradient_accumulation` x world size micro-batches
     /// of `batches`: every process draws them all and takes micro-batch i when i mod world size is
     /// its rank, so N processes step exactly as one with N times the gradient accumulation. With
@@ -143,7 +147,7 @@ public final class Trainer {
         }
         // The next step's targets assembled on the host while the device runs this one (a teacher
         // cache on a GPU). Rollouts choose their sequences as they go, so they read nothing ahead.
-        if teacher.readsAhead, rollouts == nil, objective.loss.effectiveSoftWeight != 0 {
+        if teacher.readsAhead, rollouts == nil, asksTeacher {
             let upcoming = batches.upcoming(all.count)
             teacher.readAhead(stride(from: reducer.rank, to: upcoming.count, by: reducer.worldSize).map { upcoming[$0] })
         }
@@ -187,8 +191,7 @@ public final class Trainer {
         let fusedHead = FusedLinearDistillationLoss(loss: loss, chunkBudgetBytes: headChunkBytes)
         let totalRows = totalRows ?? batches.reduce(0) { $0 + $1.rows }
         let needs = TeacherNeeds(features: features)
-        // Cross-entropy alone (soft weight 0, no feature loss) asks nothing of the teacher.
-        let teacherNeeded = loss.effectiveSoftWeight != 0 || !features.isEmpty
+        let teacherNeeded = asksTeacher
         for stepBatch in batches {
             let batch = stepBatch.batch
             let labels = try stepBatch.labels(backend: backend)

@@ -121,6 +121,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// while the device runs the step before: `auto` (where the device computes off the host's cores:
     /// GPUs; a CPU device's cores would be taken from the step), `on` or `off`. The same targets either way.
     public var cacheReadAhead = "auto"
+
+    /// Whether cached targets are read ahead on `backend`, as `cache_read_ahead` says (auto: where it computes off the host).
+    public func readsCacheAhead(on backend: any Backend) -> Bool {
+        cacheReadAhead == "on" || (cacheReadAhead == "auto" && backend.computesOffHost)
+    }
     /// Targets of a cache's form (`topk:K`, `topp:P,K`, `sampled:N`, `systematic:N`) made from the
     /// live teacher at every step, as `kdgpu teacher-cache build` would store them (the same
     /// draws for the same windows), and trained on as cached targets are; empty: the dense teacher.

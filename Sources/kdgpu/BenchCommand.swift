@@ -85,7 +85,7 @@ struct BenchCommand: ParsableCommand {
             let context = BenchContext(backends: backends, cpu: cpu, runs: runs, teacherPath: teacher,
                                        trainBatchSize: batchSize, trainSeqLen: seqLen,
                                        trainPrecisions: precision.isEmpty ? [.f32, .bf16] : precision.map { $0 == "bf16" ? .bf16 : .f32 },
-                                       trainCacheReadAhead: cacheReadAhead == "auto" ? nil : cacheReadAhead == "on", world: world) { message in
+                                       trainCacheReadAhead: cacheReadAhead, world: world) { message in
                 if writes { note("bench \(message)") }
             }
             // Which engine runs each backend's GEMMs, and why: it decides most of the figures below.

@@ -14,6 +14,8 @@
 #   CACHE=runs/ablation/cache-sampled50 DATA=cache/corpus/plays/roman bench/scaling.sh   from a teacher cache instead
 #   KDGPU=/path/to/kdgpu DEVICE=cpu bench/scaling.sh
 #   ONE=half bench/scaling.sh             the one process on half the cores (two devices against one)
+#   OVERLAP=both bench/scaling.sh         a third row: the 2 ranks with the all-reduce overlapped with the backward
+#                                         (--overlap-allreduce on; the other rows take it off)
 #   TEACHER=FILE.gguf                     another teacher file (default: make teacher's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,8 @@ device=${DEVICE:-cpu}
 data=${DATA:-cache/corpus/plays}
 out=${OUT:-runs/scaling}
 one_cores=${ONE:-all}
+overlap=${OVERLAP:-off}
+[[ $overlap == off || $overlap == both ]] || { echo "scaling: OVERLAP=$overlap: use off or both" >&2; exit 2; }
 kdgpu=${KDGPU:-}
 if [[ -z $kdgpu ]]; then
     make -s setup teacher corpus >&2
@@ -52,15 +56,21 @@ print(f"{statistics.median(rates):.1f}")
 EOF
 }
 
-one=() two=()
+one=() two=() three=()
 for round in $(seq 1 "$rounds"); do
     rm -rf "$out/one" "$out/two"
     echo "scaling: round $round: 1 process, $one_threads thread(s), batch $batch x 2 micro-batches" >&2
     KDGPU_THREADS=$one_threads OMP_NUM_THREADS=$one_threads POCL_MAX_PTHREAD_COUNT=$one_threads "$kdgpu" train --out "$out/one" --batch-size "$batch" --gradient-accumulation 2 "${common[@]}" >/dev/null 2>"$out/one.log"
     one+=("$(median_rate "$out/one/metrics.jsonl")")
     echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank" >&2
-    mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/two" --batch-size "$batch" "${common[@]}" >/dev/null 2>"$out/two.log"
+    mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/two" --batch-size "$batch" "${common[@]}" --overlap-allreduce off >/dev/null 2>"$out/two.log"
     two+=("$(median_rate "$out/two/metrics.jsonl")")
+    if [[ $overlap == both ]]; then
+        rm -rf "$out/three"
+        echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank, all-reduce overlapped" >&2
+        mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/three" --batch-size "$batch" "${common[@]}" --overlap-allreduce on >/dev/null 2>"$out/three.log"
+        three+=("$(median_rate "$out/three/metrics.jsonl")")
+    fi
 done
 
 echo "| set-up | aggregate tokens/s, median of steps 3-$steps (per round) | vs 1 process |"
@@ -68,5 +78,8 @@ echo "|---|---|---:|"
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
 echo "| 1 process, $one_threads thread(s), --gradient-accumulation 2 | ${one[*]} | 1.00 |"
 echo "| mpirun -np 2, $((cores / 2)) thread(s) each | ${two[*]} | $(awk -v a="$(best "${two[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
+if [[ $overlap == both ]]; then
+    echo "| mpirun -np 2, $((cores / 2)) thread(s) each, --overlap-allreduce on | ${three[*]} | $(awk -v a="$(best "${three[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
+fi
 echo
 echo "$(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $cores cores; device $device; micro-batch $batch x 128 tokens; the ratio takes each set-up's best round."

@@ -90,6 +90,11 @@ public final class CPUBackend: Backend {
         try body(UnsafeMutableRawBufferPointer(start: try rawPointer(tensor), count: tensor.byteCount))
     }
 
+    /// The storage itself: the CPU backend's ops have run by the time they return.
+    public func lendToHost(_ tensor: Tensor) throws -> any HostLoan {
+        CPUHostLoan(bytes: UnsafeMutableRawBufferPointer(start: try rawPointer(tensor), count: tensor.byteCount))
+    }
+
     public func synchronize() throws {}
 
     /// The host address of a tensor's first byte, of any dtype.
@@ -346,4 +351,12 @@ public final class CPUBackend: Backend {
                              wd: step.weightDecay, c1: step.firstCorrection, c2: step.secondCorrection, gs: step.gradientScale, $0)
         }
     }
+}
+
+/// A CPU tensor's own bytes, lent as they are.
+final class CPUHostLoan: HostLoan {
+    private let lent: UnsafeMutableRawBufferPointer
+    init(bytes: UnsafeMutableRawBufferPointer) { lent = bytes }
+    func bytes() throws -> UnsafeMutableRawBufferPointer { lent }
+    func giveBack() throws {}
 }

@@ -9,7 +9,8 @@ import Tensor
 /// hand-written kernel from `Kernels/`; GEMMs run through CLBlast, or on CPU devices through a host
 /// engine (oneDNN, OpenBLAS) over the mapped buffers (``GemmEngine``).
 ///
-/// Not thread-safe: all ops of one backend are enqueued from one thread.
+/// Not thread-safe: all ops of one backend are enqueued from one thread (a loan to the host,
+/// ``lendToHost(_:)``, may be waited for and given back from another).
 public final class OpenCLBackend: Backend {
     public let device: OpenCLDeviceInfo
     public let ledger: MemoryLedger
@@ -33,6 +34,8 @@ public final class OpenCLBackend: Backend {
     public var bf16GemmRoute: BF16GemmRoute?
 
     public let ropeTables = RoPETables()
+    /// Host memory of the loans to the host, reused by size.
+    let hostStaging = HostStagingPool()
 
     /// Host engines on a CPU device use the processor's bf16 instructions where their route is
     /// native, and so do the tensor-core kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32
@@ -232,6 +235,11 @@ public final class OpenCLBackend: Backend {
         }
         defer { clEnqueueUnmapMemObject(queue, mem, pointer, 0, nil, nil) }
         return try body(UnsafeMutableRawBufferPointer(start: pointer, count: tensor.byteCount))
+    }
+
+    public func lendToHost(_ tensor: Tensor) throws -> any HostLoan {
+        try OpenCLHostLoan(queue: queue, mem: try buffer(tensor).mem, byteOffset: tensor.byteOffset, byteCount: tensor.byteCount,
+                           pool: hostStaging, label: tensor.label, device: device.name)
     }
 
     public func synchronize() throws {

@@ -19,11 +19,15 @@ public final class MPIWorld {
     /// Ranks of this job on this machine, and this one's place among them (cores are shared among them).
     public let localRank: Int
     public let localSize: Int
+    /// Whether MPI takes calls from any thread, one at a time (`MPI_THREAD_SERIALIZED`): an
+    /// all-reduce may then run on a thread of its own while the main thread computes.
+    public let callsFromAnyThread: Bool
     private let api: API
 
     typealias Handle = UnsafeMutableRawPointer
     struct API {
-        let initialize: @convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?) -> Int32
+        let initialize: @convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?,
+                                        Int32, UnsafeMutablePointer<Int32>) -> Int32
         let finalize: @convention(c) () -> Int32
         let commRank: @convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32
         let commSize: @convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32
@@ -33,25 +37,31 @@ public final class MPIWorld {
     }
 
     /// Elements per all-reduce call (MPI counts are 32-bit; buckets also bound the library's buffers).
-    public static let bucketElements = 1 << 24
+    /// 8 MB: two local ranks reduced the 198 MB arena in 32-36 ms in buckets of 2^21 floats, 34-44 in
+    /// 2^20 and 2^22, 67-71 in 2^23 and 83 in 2^24 (`kdgpu bench allreduce`, AMD EPYC, Open MPI 4.1).
+    public static let bucketElements = 1 << 21
     /// Open MPI's `MPI_IN_PLACE`.
     private static let inPlace = UnsafeRawPointer(bitPattern: 1)
+    /// `MPI_THREAD_SERIALIZED` in Open MPI's numbering (single, funneled, serialized, multiple).
+    private static let threadSerialized: Int32 = 2
 
     /// The world this process belongs to, initialized; nil when it runs alone.
     public static func join(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> MPIWorld? {
         guard let text = environment["OMPI_COMM_WORLD_SIZE"], let size = Int(text), size > 1 else { return nil }
         let api = try load()
-        guard api.initialize(nil, nil) == 0 else { throw MPIError("MPI_Init failed") }
+        var provided: Int32 = 0
+        guard api.initialize(nil, nil, threadSerialized, &provided) == 0 else { throw MPIError("MPI_Init_thread failed") }
         var rank: Int32 = 0, count: Int32 = 0
         guard api.commRank(api.world, &rank) == 0, api.commSize(api.world, &count) == 0, Int(count) == size else {
             throw MPIError("MPI_COMM_WORLD has \(count) ranks where OMPI_COMM_WORLD_SIZE says \(size)")
         }
         return MPIWorld(rank: Int(rank), size: size, localRank: Int(environment["OMPI_COMM_WORLD_LOCAL_RANK"] ?? "") ?? 0,
-                        localSize: max(1, Int(environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1), api: api)
+                        localSize: max(1, Int(environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1),
+                        callsFromAnyThread: provided >= threadSerialized, api: api)
     }
 
-    private init(rank: Int, size: Int, localRank: Int, localSize: Int, api: API) {
-        (self.rank, self.size, self.localRank, self.localSize, self.api) = (rank, size, localRank, localSize, api)
+    private init(rank: Int, size: Int, localRank: Int, localSize: Int, callsFromAnyThread: Bool, api: API) {
+        (self.rank, self.size, self.localRank, self.localSize, self.callsFromAnyThread, self.api) = (rank, size, localRank, localSize, callsFromAnyThread, api)
     }
 
     private static func load() throws -> API {
@@ -62,7 +72,9 @@ public final class MPIWorld {
             guard let address = dlsym(library, name) else { throw MPIError("libmpi.so.40 lacks \(name): kdgpu needs Open MPI 4 or later") }
             return address
         }
-        return API(initialize: unsafeBitCast(try symbol("MPI_Init"), to: (@convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?) -> Int32).self),
+        return API(initialize: unsafeBitCast(try symbol("MPI_Init_thread"),
+                                             to: (@convention(c) (UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>?,
+                                                                  Int32, UnsafeMutablePointer<Int32>) -> Int32).self),
                    finalize: unsafeBitCast(try symbol("MPI_Finalize"), to: (@convention(c) () -> Int32).self),
                    commRank: unsafeBitCast(try symbol("MPI_Comm_rank"), to: (@convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32).self),
                    commSize: unsafeBitCast(try symbol("MPI_Comm_size"), to: (@convention(c) (Handle, UnsafeMutablePointer<Int32>) -> Int32).self),

@@ -39,6 +39,11 @@ public protocol Backend: AnyObject {
     /// its own storage; OpenCL maps the buffer's range (no copy where the device shares host memory,
     /// as PoCL and integrated GPUs do; a transfer each way, or one without `writing`, on a discrete GPU).
     func withHostBytes<R>(_ tensor: Tensor, writing: Bool, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R
+    /// Lends the tensor's bytes to host code, which may run on another thread while the ops
+    /// enqueued after this call run; those must leave the tensor alone until the loan is given back
+    /// and the caller has waited for whoever holds it. The CPU backend lends its own storage; OpenCL
+    /// reads the range into host memory of its own without waiting (a transfer each way).
+    func lendToHost(_ tensor: Tensor) throws -> any HostLoan
     /// Waits for every enqueued op.
     func synchronize() throws
 
@@ -265,4 +270,14 @@ public enum Profiling {
         guard let profile = profile(of: backend) else { return try body() }
         return try profile.measure(category, on: backend, flops: flops, body)
     }
+}
+
+/// A tensor's bytes lent to the host (``Backend/lendToHost(_:)``); both calls may come from a thread
+/// other than the one that enqueues the backend's ops.
+public protocol HostLoan: AnyObject {
+    /// The bytes, once the ops enqueued before the loan have written them (waits for those alone).
+    func bytes() throws -> UnsafeMutableRawBufferPointer
+    /// What the host wrote into ``bytes()`` becomes the tensor's value for the ops enqueued after
+    /// this call returns. Called once, after ``bytes()``.
+    func giveBack() throws
 }

@@ -269,6 +269,13 @@ public final class DistillationRun {
             try Optimizer.load(auxiliary, values: saved.values, moments: saved.moments, source: out.path)
         }
         let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective, reducer: reducer)
+        if let processes = reducer as? MPIGradientReducer {
+            let overlaps = try processes.overlap(config.overlapsAllReduce(on: backend))
+            log("gradient all-reduce: " + (overlaps ? "overlapped with the backward (the head and embedding first, then each block as it finishes)"
+                : config.overlapAllreduce == "off" ? "after the backward (overlap_allreduce off)"
+                : !processes.world.callsFromAnyThread ? "after the backward (this MPI takes calls from one thread only)"
+                : "after the backward (overlap_allreduce auto: rank 0's device computes on the host's cores)"))
+        }
         trainer.headChunkBytes = headChunkBytes
         if rolloutSettings.samples {
             trainer.rollouts = Rollouts(settings: rolloutSettings, student: student, teacher: (teacher as? LiveTeacher)?.model, prompts: prompts,

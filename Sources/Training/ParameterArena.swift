@@ -146,6 +146,22 @@ public final class ParameterArena {
 
     public var count: Int { values.count }
 
+    /// Where `parameters` lie in the arena, in as few spans as they allow (a parameter's alignment
+    /// padding, zeros, joins it to the next).
+    public func spans(of parameters: [Parameter]) -> [Range<Int>] {
+        let ranges = layout.filter { entry in parameters.contains { $0 === entry.parameter } }.map(\.elements)
+            .sorted { $0.lowerBound < $1.lowerBound }
+        var spans: [Range<Int>] = []
+        for range in ranges {
+            if let last = spans.last, (last.upperBound + Self.alignment - 1) / Self.alignment * Self.alignment >= range.lowerBound {
+                spans[spans.count - 1] = last.lowerBound..<range.upperBound
+            } else {
+                spans.append(range)
+            }
+        }
+        return spans
+    }
+
     public func zeroGradients() throws {
         try gradients.backend.fill(gradients, value: 0)
     }

@@ -63,6 +63,8 @@ public final class StudentModel {
     }
 
     public func parameter(_ name: String) -> Parameter { byName[name]! }
+    /// Block `l`'s parameters (norms and matrices).
+    public func blockParameters(_ l: Int) -> [Parameter] { parameters.filter { $0.name.hasPrefix("blk.\(l).") } }
     /// The LM head [V, C]: the token embedding when tied.
     public var outputWeight: Parameter { config.tiedEmbeddings ? tokenEmbedding : parameter("output.weight") }
     /// The token embedding [V, C].
@@ -203,7 +205,9 @@ public final class StudentModel {
     /// optionally, for feature losses, dL/d(residual stream after block l) for some blocks (the logit
     /// lens, hints) and dL/d(attention probabilities of block l) [B, H, T, T] (attention alignment).
     /// The LM head's own gradient is the loss path's to add.
-    public func backward(finalHiddenGradient: Tensor, hiddenGradients: [Int: Tensor] = [:], attentionGradients: [Int: Tensor] = [:]) throws {
+    @discardableResult
+    public func backward(finalHiddenGradient: Tensor, hiddenGradients: [Int: Tensor] = [:], attentionGradients: [Int: Tensor] = [:],
+                         blockFinished: (Int) throws -> Void = { _ in }, deferringEmbedding: Bool = false) throws -> EmbeddingRows? {
         guard let saved else { throw ModelError.badInput("student backward without a forward") }
         self.saved = nil
         let (b, t) = (saved.batch, saved.length)
@@ -277,7 +281,23 @@ public final class StudentModel {
             try backend.rmsNormBackward(a.input, weight: weight(l, "attn_norm.weight"), outputGradient: dNormed, epsilon: config.normEpsilon,
                                         inputGradient: dx, weightGradient: gradient(l, "attn_norm.weight"), workspace: rstd)
             try backend.add(dx, dMiddle, into: dx)
+            try blockFinished(l)
         }
-        try backend.embeddingBackward(dx, tokenIds: saved.tokens, into: tokenEmbedding.gradient)
+        let rows = EmbeddingRows(gradient: dx, tokens: saved.tokens, table: tokenEmbedding.gradient)
+        if deferringEmbedding { return rows }
+        try rows.add()
+        return nil
     }
+}
+
+/// The token embedding's backward, as rows: the gradient at the embedding's output [N, C] adds to
+/// rows `tokens` of the table's gradient [V, C]. ``StudentModel/backward(finalHiddenGradient:hiddenGradients:attentionGradients:blockFinished:deferringEmbedding:)``
+/// leaves them to its caller when asked, so the table's gradient can be sent for the all-reduce first.
+public struct EmbeddingRows {
+    public let gradient: Tensor
+    public let tokens: [Int32]
+    public let table: Tensor
+
+    /// The rows added where they belong.
+    public func add() throws { try gradient.backend.embeddingBackward(gradient, tokenIds: tokens, into: table) }
 }

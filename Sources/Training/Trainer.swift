@@ -21,8 +21,16 @@ public protocol GradientReducer {
     /// Processes taking part (1 for a single process), and this one's number among them.
     var worldSize: Int { get }
     var rank: Int { get }
-    /// Sums `gradients` and `parts`' summed values (``StepParts/summedValues``) over the processes.
-    func reduce(gradients: Tensor, parts: inout StepParts) throws
+    /// Whether the step tells the reducer of each span of the arena the backward has finished
+    /// (``gradientsFinished(_:elements:)``), so it can sum them while the backward goes on.
+    var overlapsBackward: Bool { get }
+    /// The backward of the step's last micro-batch has enqueued the last op writing `elements` of
+    /// the arena `gradients`.
+    func gradientsFinished(_ gradients: Tensor, elements: Range<Int>) throws
+    /// Sums `gradients` and `parts`' summed values (``StepParts/summedValues``) over the processes,
+    /// with the embedding rows the last backward left out (`late`, when it told of finished spans)
+    /// added to the sum.
+    func reduce(gradients: Tensor, parts: inout StepParts, late: EmbeddingRows?) throws
 }
 
 /// The one-process reducer.
@@ -30,7 +38,9 @@ public struct SingleProcess: GradientReducer {
     public init() {}
     public var worldSize: Int { 1 }
     public var rank: Int { 0 }
-    public func reduce(gradients: Tensor, parts: inout StepParts) throws {}
+    public var overlapsBackward: Bool { false }
+    public func gradientsFinished(_ gradients: Tensor, elements: Range<Int>) throws {}
+    public func reduce(gradients: Tensor, parts: inout StepParts, late: EmbeddingRows?) throws { try late?.add() }
 }
 
 /// The values of one step, as metrics and the progress line report them.
@@ -153,11 +163,13 @@ public final class Trainer {
         }
         // Every process's micro-batches have as many rows (and the same source) as this one's: all
         // of a window's predictions, or rollout_tokens of each sampled sequence.
-        var parts = try accumulateGradients(batches: mine, totalRows: mine.reduce(0) { $0 + $1.rows } * reducer.worldSize, epoch: epoch)
+        let accumulated = try accumulateGradients(batches: mine, totalRows: mine.reduce(0) { $0 + $1.rows } * reducer.worldSize, epoch: epoch,
+                                                  reportingFinishedSpans: reducer.overlapsBackward)
+        var parts = accumulated.parts
         parts.source = source
         parts.tokens = Float(mine.reduce(0) { $0 + $1.tokens })
         (parts.rollouts, parts.rolloutTokensPerSecond) = rollouts?.takeRecords() ?? ([], nil)
-        try reducer.reduce(gradients: arena.gradients, parts: &parts)
+        try reducer.reduce(gradients: arena.gradients, parts: &parts, late: accumulated.late)
         parts.derive(softWeight: objective.loss.effectiveSoftWeight, hardWeight: objective.loss.hardWeight)
         let backend = student.backend
         parts.gradientNorm = try Profiling.measure("optimizer", on: backend) { try arena.gradientNorm() }
@@ -180,11 +192,16 @@ public final class Trainer {
 
     /// Forward and backward of `batches`, each weighted by its share of the step's `totalRows` (by
     /// default theirs alone; the step's rows over every process); the gradients are left in the
-    /// arena (zeroed first).
-    public func accumulateGradients(batches: [StepBatch], totalRows: Int? = nil, epoch: Int) throws -> StepParts {
+    /// arena (zeroed first). With `reportingFinishedSpans` the last batch's backward tells the
+    /// reducer of each span of the arena as it finishes (the LM head and the token embedding first,
+    /// the embedding's rows of this batch left out and returned as `late`; then the blocks from the
+    /// last), for the step's ``GradientReducer/reduce(gradients:parts:late:)`` to complete.
+    public func accumulateGradients(batches: [StepBatch], totalRows: Int? = nil, epoch: Int,
+                                    reportingFinishedSpans: Bool = false) throws -> (parts: StepParts, late: EmbeddingRows?) {
         let backend = student.backend
         try arena.zeroGradients()
         var parts = StepParts()
+        var late: EmbeddingRows?
         parts.features = features.map { ($0.name, 0, $0.weight(atEpoch: epoch), $0.weightVaries) }
         var loss = objective.loss
         loss.reportCrossEntropy = true
@@ -192,7 +209,11 @@ public final class Trainer {
         let totalRows = totalRows ?? batches.reduce(0) { $0 + $1.rows }
         let needs = TeacherNeeds(features: features)
         let teacherNeeded = asksTeacher
-        for stepBatch in batches {
+        func finished(_ parameters: [Parameter]) throws {
+            for elements in arena.spans(of: parameters) { try reducer.gradientsFinished(arena.gradients, elements: elements) }
+        }
+        for (index, stepBatch) in batches.enumerated() {
+            let last = reportingFinishedSpans && index == batches.count - 1
             let batch = stepBatch.batch
             let labels = try stepBatch.labels(backend: backend)
             let targets = teacherNeeded ? try teacher.targets(for: batch, needs: needs) : TeacherTargets(output: .none)
@@ -223,10 +244,14 @@ public final class Trainer {
                     for (block, gradient) in output.attentionGradients { try attentionGradients.accumulate(gradient, at: block) }
                 }
             }
-            try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients, attentionGradients: attentionGradients)
+            // The LM head has its last gradient from the head and the feature losses above, and so
+            // has the token embedding (tied or not) but for this batch's rows, which wait for the reduce.
+            if last { try finished([student.outputWeight, student.tokenEmbedding]) }
+            late = try student.backward(finalHiddenGradient: hiddenGradient, hiddenGradients: hiddenGradients, attentionGradients: attentionGradients,
+                                        blockFinished: { l in if last { try finished(student.blockParameters(l)) } }, deferringEmbedding: last)
         }
         parts.derive(softWeight: loss.effectiveSoftWeight, hardWeight: loss.hardWeight)
-        return parts
+        return (parts, late)
     }
 }
 

@@ -126,6 +126,16 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public func readsCacheAhead(on backend: any Backend) -> Bool {
         cacheReadAhead == "on" || (cacheReadAhead == "auto" && backend.computesOffHost)
     }
+    /// Under mpirun: whether the gradients' all-reduce overlaps the backward, each span of the arena
+    /// sent as the backward finishes it: `auto` (where the device computes off the host's cores, so
+    /// the host is free to communicate; rank 0's device decides for every rank), `on` or `off`. The
+    /// same sums either way. Alone: no effect.
+    public var overlapAllreduce = "auto"
+
+    /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says (auto: where it computes off the host).
+    public func overlapsAllReduce(on backend: any Backend) -> Bool {
+        overlapAllreduce == "on" || (overlapAllreduce == "auto" && backend.computesOffHost)
+    }
     /// Targets of a cache's form (`topk:K`, `topp:P,K`, `sampled:N`, `systematic:N`) made from the
     /// live teacher at every step, as `kdgpu teacher-cache build` would store them (the same
     /// draws for the same windows), and trained on as cached targets are; empty: the dense teacher.
@@ -202,6 +212,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
         case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label", cacheReadAhead = "cache_read_ahead", sparsifyTeacher = "sparsify_teacher"
+        case overlapAllreduce = "overlap_allreduce"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -456,6 +467,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             if cacheReadAhead == "on" && teacherCache.isEmpty {
                 throw TrainingError.config("cache_read_ahead (--cache-read-ahead): it reads a teacher cache's targets ahead; use it with --teacher-cache")
             }
+        case .overlapAllreduce: try oneOf(overlapAllreduce, ["auto", "on", "off"])
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

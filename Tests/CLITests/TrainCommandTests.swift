@@ -442,6 +442,45 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertTrue(alone.error.contains("written by 2 processes (mpirun -np 2), this run has 1"), alone.error)
     }
 
+    /// The all-reduce overlapped with the backward (the head's and the embedding's spans sent before
+    /// the blocks' backward, each block's as it finishes, the rest after) sums what the all-reduce
+    /// after the backward sums. With the untied heads of the inherited student, on the CPU backend
+    /// (its own storage lent) and on an OpenCL device (each span read into host memory and written
+    /// back), two ranks take the same steps either way bit for bit; with a fresh student's tied
+    /// head, whose last micro-batch's embedding rows are summed over the ranks on their own, within
+    /// 1e-4 (the rows are added in another order).
+    func testOverlappedAllReduceTakesTheStepsOfTheAllReduceAfterTheBackward() throws {
+        let data = try corpus()
+        let tied = ["--student-shape", "blocks=2,width=32,heads=4,kv_heads=2,feed_forward=48"]
+        for (device, student) in [("cpu", "untied"), ("opencl", "untied"), ("cpu", "tied")] {
+            var runs: [String: URL] = [:]
+            for overlap in ["off", "on"] {
+                let out = try folder("overlap-\(device)-\(student)-\(overlap)")
+                let arguments = trainArguments(data: data, out: out, studentLayers: student == "tied" ? nil : "0").map { $0 == "cpu" ? device : $0 }
+                    + (student == "tied" ? tied : []) + ["--overlap-allreduce", overlap]
+                let pair = try kdgpuRanks(2, arguments)
+                XCTAssertEqual(pair.status, 0, pair.error)
+                XCTAssertTrue(pair.error.contains(overlap == "on" ? "gradient all-reduce: overlapped with the backward" : "(overlap_allreduce off)"), pair.error)
+                runs[overlap] = out
+            }
+            let (after, overlapped) = (try metrics(runs["off"]!), try metrics(runs["on"]!))
+            XCTAssertEqual(after.count, overlapped.count)
+            for (a, b) in zip(after, overlapped) {
+                for key in ["loss", "ce_loss", "kd_loss", "grad_norm", "val_nll"] {
+                    guard let x = a[key] as? Double else { continue }
+                    let y = try XCTUnwrap(b[key] as? Double, key)
+                    XCTAssertEqual(y, x, accuracy: student == "tied" ? 1e-4 * max(abs(x), 1e-3) : 0, "\(device), \(student): \(key) at step \(a["step"] ?? "?")")
+                }
+            }
+            guard student == "untied" else { continue }
+            for file in ["model.safetensors", "optimizer.safetensors"] {
+                let path = "step-00000006/\(file)"
+                XCTAssertEqual(try Data(contentsOf: runs["on"]!.appendingPathComponent(path)), try Data(contentsOf: runs["off"]!.appendingPathComponent(path)),
+                               "\(device): \(path)")
+            }
+        }
+    }
+
     /// Every rank takes rank 0's bf16 GEMM route: with KDGPU_BF16_GEMM set on rank 0 alone (an MPMD
     /// launch), two ranks take the steps of one process with it set. The route decides `--teacher-precision
     /// auto` (bf16 or fp32), which parts the losses past the 1e-4 the ranks are held to, and one of the

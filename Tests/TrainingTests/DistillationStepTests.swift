@@ -52,7 +52,7 @@ final class DistillationStepTests: XCTestCase {
             var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
             var copy = sampler
             trainer.headChunkBytes = 5 * 2 * Self.config.vocabulary * 4  // several chunks, the last one partial
-            let parts = try trainer.accumulateGradients(batches: [StepBatch(sampler.next())], epoch: 0)
+            let parts = try trainer.accumulateGradients(batches: [StepBatch(sampler.next())], epoch: 0).parts
             let headGradient = try student.outputWeight.gradient.toArray()
 
             // The same step with whole logits.
@@ -141,7 +141,7 @@ final class DistillationStepTests: XCTestCase {
                 XCTAssertEqual(student.computeType, precision, backend.name)
                 XCTAssertEqual(student.parameter("blk.0.attn_q.weight").compute.dtype, precision)
                 XCTAssertEqual(student.parameter("blk.0.attn_norm.weight").compute.dtype, .f32, "norm weights are read in fp32")
-                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0)
+                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0).parts
                 steps.append((parts.loss, Dictionary(uniqueKeysWithValues: try student.parameters.map { ($0.name, try $0.gradient.toArray()) })))
             }
             let (fp32, bf16) = (steps[0], steps[1])
@@ -172,7 +172,7 @@ final class DistillationStepTests: XCTestCase {
             for teacher: any TeacherSource in [RefusingTeacher(), LiveTeacher(model: try self.teacher(teacherParameters, on: backend))] {
                 let trainer = try Trainer(config: config, student: try StudentModel(parameters: studentParameters, backend: backend),
                                           teacher: teacher, features: [], objective: DistillationObjective(config: config))
-                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0)
+                let parts = try trainer.accumulateGradients(batches: [StepBatch(batch)], epoch: 0).parts
                 results.append((parts.loss, try trainer.arena.gradients.toArray()))
             }
             XCTAssertEqual(results[0].loss, results[1].loss, accuracy: abs(results[1].loss) * 1e-6, backend.name)
@@ -215,6 +215,69 @@ final class DistillationStepTests: XCTestCase {
             let student = 3 * forwardOperations(studentConfig, batch: config.batchSize, length: config.seqLen)
             let expected = student + (teacherRuns ? forwardOperations(teacherConfig, batch: config.batchSize, length: config.seqLen) : 0)
             XCTAssertEqual(profile.flops["gemm"], expected, "teacher \(teacherRuns ? "live" : "not run")")
+        }
+    }
+
+    /// What an overlapping reducer is told: in the step's last micro-batch only, the LM head's and
+    /// the token embedding's spans (one when tied), then each block's spans from the last block
+    /// down, each holding its final gradients when told (a snapshot then equals the arena as the
+    /// reduce finds it), the embedding's rows of that micro-batch left out and handed to the reduce,
+    /// which comes once, after them all. Adding those rows there gives the gradients of the step
+    /// that tells nothing, bit for bit.
+    func testSpansReportedFinishedHoldTheirFinalGradients() throws {
+        final class RecordingReducer: GradientReducer {
+            var worldSize: Int { 1 }
+            var rank: Int { 0 }
+            var overlapsBackward: Bool { true }
+            var told: [(elements: Range<Int>, values: [Float])] = []
+            var atReduce: [Float] = []
+            var lateRows = 0
+            func gradientsFinished(_ gradients: Tensor, elements: Range<Int>) throws {
+                XCTAssertTrue(atReduce.isEmpty, "told before the reduce")
+                let span = Tensor(shape: [elements.count], storage: gradients.storage, offset: gradients.offset + elements.lowerBound,
+                                  backend: gradients.backend, label: "told span")
+                told.append((elements, try span.toArray()))
+            }
+            func reduce(gradients: Tensor, parts: inout StepParts, late: EmbeddingRows?) throws {
+                XCTAssertTrue(atReduce.isEmpty, "one reduce a step")
+                atReduce = try gradients.toArray()
+                lateRows = late?.tokens.count ?? 0
+                try late?.add()
+            }
+        }
+        var rng = SeededRandom(seed: 73)
+        let tokens = (0..<400).map { _ in Int32(Int.random(in: 0..<Self.config.vocabulary, using: &rng)) }
+        var config = settings(batch: 2, length: 11)
+        config.gradientAccumulation = 2
+        let dataset = try TokenDataset(tokens: tokens, sequenceLength: config.seqLen, validationFraction: 0.1, seed: 1)
+        let teacherParameters = try StudentGradientTests.randomParameters(Self.config, seed: 71)
+        for tied in [false, true] {
+            var studentConfig = Self.config
+            studentConfig.tiedEmbeddings = tied
+            let studentParameters = try StudentGradientTests.randomParameters(studentConfig, seed: 72)
+            for backend in try TestBackends.all() {
+                var gradients: [[Float]] = []
+                for reducer: any GradientReducer in [SingleProcess(), RecordingReducer()] {
+                    let student = try StudentModel(parameters: studentParameters, backend: backend)
+                    let trainer = try Trainer(config: config, student: student, teacher: LiveTeacher(model: try teacher(teacherParameters, on: backend)),
+                                              features: [], objective: DistillationObjective(config: config), reducer: reducer)
+                    var sampler = try BatchSampler(dataset: dataset, batchSize: config.batchSize)
+                    _ = try trainer.step(1, batches: &sampler)
+                    gradients.append(try trainer.arena.gradients.toArray())
+                    guard let recording = reducer as? RecordingReducer else { continue }
+                    let arena = trainer.arena
+                    let expected = arena.spans(of: [student.outputWeight, student.tokenEmbedding])
+                        + (0..<studentConfig.layers).reversed().flatMap { arena.spans(of: student.blockParameters($0)) }
+                    let what = "\(tied ? "tied" : "untied") head on \(backend.name)"
+                    XCTAssertEqual(recording.told.map(\.elements), expected, what)
+                    XCTAssertEqual(recording.lateRows, config.batchSize * config.seqLen, "the last micro-batch's embedding rows, \(what)")
+                    for (elements, values) in recording.told {
+                        XCTAssertTrue(values == Array(recording.atReduce[elements]), "span \(elements) told before its last gradient, \(what)")
+                        XCTAssertTrue(values.contains { $0 != 0 }, "span \(elements) has gradients, \(what)")
+                    }
+                }
+                XCTAssertTrue(gradients[0] == gradients[1], "\(tied ? "tied" : "untied") head on \(backend.name): the same gradients")
+            }
         }
     }
 }

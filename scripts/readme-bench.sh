@@ -2,7 +2,8 @@
 # Runs `kdgpu bench` and the PyTorch scripts doing the same work right after it, and writes the
 # tables and the side-by-side ratios into README.md between the bench markers
 # (scripts/readme_tables.py), so the README's figures are what the code prints.
-# Usage: scripts/readme-bench.sh [SUITE...]
+# Usage: scripts/readme-bench.sh [SUITE...]   (with suites: the tables are printed and the README,
+# whose block holds every suite of one run, is left as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Without PyTorch the tables would lose their side-by-side lines: refuse before the long run.

@@ -100,6 +100,11 @@ def cpu(work, suites):
     if lines:
         text += "\nSide by side with PyTorch CPU (2 threads) doing the same work right after, in the same session "
         text += "(`bench/torch_gemm.py`, `bench/torch_loss.py`, `bench/torch_train_step.py`):\n\n" + "\n".join(lines) + "\n"
+    if suites:
+        # The README's block holds every suite of one run: a run of some suites would drop the others' tables.
+        print(text)
+        sys.exit(f"readme_tables: a run of some suites ({suites}) printed above, README.md left as it is: "
+                 "scripts/readme-bench.sh without arguments rewrites its tables")
     write_between("<!-- bench:begin -->", "<!-- bench:end -->", text)
 
 

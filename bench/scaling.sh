@@ -56,7 +56,15 @@ print(f"{statistics.median(rates):.1f}")
 EOF
 }
 
-one=() two=() three=()
+median_share() {  # metrics.jsonl -> the median share of a step spent waiting for the all-reduce, steps after the first two
+    python3 - "$1" <<'EOF'
+import json, statistics, sys
+shares = [r["allreduce_share"] for r in map(json.loads, open(sys.argv[1])) if "allreduce_share" in r and r["step"] > 2]
+print(f"{statistics.median(shares):.3f}" if shares else "-")
+EOF
+}
+
+one=() two=() three=() two_share=() three_share=()
 for round in $(seq 1 "$rounds"); do
     rm -rf "$out/one" "$out/two"
     echo "scaling: round $round: 1 process, $one_threads thread(s), batch $batch x 2 micro-batches" >&2
@@ -65,21 +73,23 @@ for round in $(seq 1 "$rounds"); do
     echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank" >&2
     mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/two" --batch-size "$batch" "${common[@]}" --overlap-allreduce off >/dev/null 2>"$out/two.log"
     two+=("$(median_rate "$out/two/metrics.jsonl")")
+    two_share+=("$(median_share "$out/two/metrics.jsonl")")
     if [[ $overlap == both ]]; then
         rm -rf "$out/three"
         echo "scaling: round $round: mpirun -np 2, $((cores / 2)) thread(s) each, batch $batch per rank, all-reduce overlapped" >&2
         mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --out "$out/three" --batch-size "$batch" "${common[@]}" --overlap-allreduce on >/dev/null 2>"$out/three.log"
         three+=("$(median_rate "$out/three/metrics.jsonl")")
+        three_share+=("$(median_share "$out/three/metrics.jsonl")")
     fi
 done
 
-echo "| set-up | aggregate tokens/s, median of steps 3-$steps (per round) | vs 1 process |"
-echo "|---|---|---:|"
+echo "| set-up | aggregate tokens/s, median of steps 3-$steps (per round) | vs 1 process | all-reduce wait, median share of a step (per round) |"
+echo "|---|---|---:|---|"
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
-echo "| 1 process, $one_threads thread(s), --gradient-accumulation 2 | ${one[*]} | 1.00 |"
-echo "| mpirun -np 2, $((cores / 2)) thread(s) each | ${two[*]} | $(awk -v a="$(best "${two[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
+echo "| 1 process, $one_threads thread(s), --gradient-accumulation 2 | ${one[*]} | 1.00 | - |"
+echo "| mpirun -np 2, $((cores / 2)) thread(s) each | ${two[*]} | $(awk -v a="$(best "${two[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') | ${two_share[*]} |"
 if [[ $overlap == both ]]; then
-    echo "| mpirun -np 2, $((cores / 2)) thread(s) each, --overlap-allreduce on | ${three[*]} | $(awk -v a="$(best "${three[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') |"
+    echo "| mpirun -np 2, $((cores / 2)) thread(s) each, --overlap-allreduce on | ${three[*]} | $(awk -v a="$(best "${three[@]}")" -v b="$(best "${one[@]}")" 'BEGIN { printf "%.2f", a / b }') | ${three_share[*]} |"
 fi
 echo
 echo "$(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $cores cores; device $device; micro-batch $batch x 128 tokens; the ratio takes each set-up's best round."

@@ -52,6 +52,10 @@ public final class MPIGradientReducer: GradientReducer {
 
     public func reduce(gradients: Tensor, parts: inout StepParts, late: EmbeddingRows?) throws {
         precondition(gradients.dtype == .f32, "the gradient arena is fp32")
+        // The wait is timed from the end of this rank's own device work (the backward, and the spans' transfers so far).
+        try gradients.backend.synchronize()
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer { parts.allReduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         if overlapsBackward {
             for elements in unsent(of: gradients.count) { try send(gradients, elements) }
             communication.sync {}

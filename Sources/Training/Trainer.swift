@@ -64,6 +64,8 @@ public struct StepParts {
     public var rolloutTokensPerSecond: Double?
     /// Tokens the step's sequences hold (padding left out), over every process.
     public var tokens: Float = 0
+    /// Under mpirun: seconds the step waited for the all-reduce once its own device work was done.
+    public var allReduceSeconds: Double?
 
     public init() {}
 

@@ -420,6 +420,11 @@ final class TrainCommandTests: XCTestCase {
         XCTAssertEqual(expected.count, measured.count)
         for (a, b) in zip(expected, measured) {
             XCTAssertEqual(a["step"] as? Int, b["step"] as? Int)
+            XCTAssertNil(a["allreduce_s"], "one process reduces nothing")
+            if b["loss"] != nil {
+                let share = try XCTUnwrap(b["allreduce_share"] as? Double, "each step's all-reduce wait under mpirun")
+                XCTAssertTrue((0...1).contains(share) && (b["allreduce_s"] as? Double ?? -1) >= 0, "\(b)")
+            }
             for key in ["loss", "ce_loss", "kd_loss", "grad_norm", "val_nll"] {
                 guard let x = a[key] as? Double else { continue }
                 let y = try XCTUnwrap(b[key] as? Double, key)

@@ -449,7 +449,7 @@ final class TrainCommandTests: XCTestCase {
 
     /// The all-reduce overlapped with the backward (the head's and the embedding's spans sent before
     /// the blocks' backward, each block's as it finishes, the rest after) sums what the all-reduce
-    /// after the backward sums. With the untied heads of the inherited student, on the CPU backend
+    /// after the backward sums. With the untied heads of the inherited student and one micro-batch a rank, on the CPU backend
     /// (its own storage lent) and on an OpenCL device (each span read into host memory and written
     /// back), two ranks take the same steps either way bit for bit; with a fresh student's tied
     /// head, whose last micro-batch's embedding rows are summed over the ranks on their own, within

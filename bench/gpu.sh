@@ -60,8 +60,8 @@ step bench-large 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --
 # The cached step without reading its targets ahead (the runs above read them ahead on a GPU: auto).
 step bench-no-read-ahead 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --batch-size 8 --seq-len 256 \
     --precision fp32 --cache-read-ahead off --json-out "$out/bench-large-no-read-ahead.json"
-# The all-reduce after the backward and by the overlapped path's loans (a read into host memory and a
-# write back per span) on a discrete GPU: two ranks on this one GPU, so the transfers and MPI, not two GPUs' scaling.
+# The all-reduce after the backward and by the overlapped path's loans (a map and an unmap per span,
+# each a transfer) on a discrete GPU: two ranks on this one GPU, so the transfers and MPI, not two GPUs' scaling.
 if command -v mpirun >/dev/null; then
     root=(); [[ $(id -u) == 0 ]] && root=(--allow-run-as-root)
     step allreduce 90 mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" bench allreduce --device opencl --json-out "$out/bench-allreduce.json"

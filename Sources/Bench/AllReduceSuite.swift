@@ -60,7 +60,7 @@ public struct AllReduceSuite: BenchSuite {
                         extra: ["bus_gb_per_s": busFactor * bytes / seconds / 1e9,
                                 "fraction_of_copy_bandwidth": bytes / seconds / 1e9 / (try context.copyBandwidth(of: backend))],
                         note: (overlapped
-                               ? "fill, 8 spans lent to the host (the CPU backend's own storage; OpenCL: read into host memory, written back) and all-reduced on a thread of their own, then waited for; "
+                               ? "fill, 8 spans lent to the host (the CPU backend's own storage; OpenCL: mapped) and all-reduced on a thread of their own, then waited for; "
                                : "fill, the buffer mapped to the host (in place on the CPU backend), MPI_Allreduce in place; ")
                             + "buckets of \(MPIWorld.bucketElements) floats; GB/s: the buffer's bytes / time; bus GB/s: x 2(N-1)/N, what a ring moves per rank"))
                 }

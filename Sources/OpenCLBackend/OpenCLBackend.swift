@@ -34,8 +34,6 @@ public final class OpenCLBackend: Backend {
     public var bf16GemmRoute: BF16GemmRoute?
 
     public let ropeTables = RoPETables()
-    /// Host memory of the loans to the host, reused by size.
-    let hostStaging = HostStagingPool()
 
     /// Host engines on a CPU device use the processor's bf16 instructions where their route is
     /// native, and so do the tensor-core kernels on NVIDIA GPUs; the tiled `gemm_bf16` kernel is fp32
@@ -239,7 +237,7 @@ public final class OpenCLBackend: Backend {
 
     public func lendToHost(_ tensor: Tensor) throws -> any HostLoan {
         try OpenCLHostLoan(queue: queue, mem: try buffer(tensor).mem, byteOffset: tensor.byteOffset, byteCount: tensor.byteCount,
-                           pool: hostStaging, label: tensor.label, device: device.name)
+                           label: tensor.label, device: device.name)
     }
 
     public func synchronize() throws {

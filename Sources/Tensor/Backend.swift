@@ -42,7 +42,8 @@ public protocol Backend: AnyObject {
     /// Lends the tensor's bytes to host code, which may run on another thread while the ops
     /// enqueued after this call run; those must leave the tensor alone until the loan is given back
     /// and the caller has waited for whoever holds it. The CPU backend lends its own storage; OpenCL
-    /// reads the range into host memory of its own without waiting (a transfer each way).
+    /// maps the range without waiting (no copy where the device shares host memory, a transfer each
+    /// way on a discrete GPU).
     func lendToHost(_ tensor: Tensor) throws -> any HostLoan
     /// Waits for every enqueued op.
     func synchronize() throws

@@ -450,8 +450,8 @@ final class TrainCommandTests: XCTestCase {
     /// The all-reduce overlapped with the backward (the head's and the embedding's spans sent before
     /// the blocks' backward, each block's as it finishes, the rest after) sums what the all-reduce
     /// after the backward sums. With the untied heads of the inherited student and one micro-batch a rank, on the CPU backend
-    /// (its own storage lent) and on an OpenCL device (each span read into host memory and written
-    /// back), two ranks take the same steps either way bit for bit; with a fresh student's tied
+    /// (its own storage lent) and on an OpenCL device (each span's range mapped while the kernels go on
+    /// with the others), two ranks take the same steps either way bit for bit; with a fresh student's tied
     /// head, whose last micro-batch's embedding rows are summed over the ranks on their own, within
     /// 1e-4 (the rows are added in another order).
     func testOverlappedAllReduceTakesTheStepsOfTheAllReduceAfterTheBackward() throws {

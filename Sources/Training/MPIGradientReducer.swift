@@ -9,9 +9,9 @@ import Tensor
 ///
 /// Overlapped (``overlapsBackward``), the spans of the arena the backward has finished are
 /// all-reduced on a thread of its own while the backward goes on with the blocks below: each span
-/// is lent to the host (``Backend/lendToHost(_:)``: the CPU backend's own storage, a read into host
-/// memory on OpenCL) as soon as its last gradient op is enqueued, all-reduced when it has landed,
-/// and given back. The LM head and the token embedding go first, before the blocks' backward: the
+/// is lent to the host (``Backend/lendToHost(_:)``: the CPU backend's own storage, its range mapped
+/// on OpenCL) as soon as its last gradient op is enqueued, all-reduced when it has landed, and
+/// given back. The LM head and the token embedding go first, before the blocks' backward: the
 /// last micro-batch's embedding rows are left out of them (``EmbeddingRows``) and summed over the
 /// ranks on their own at the end. ``reduce(gradients:parts:late:)`` sends the rest of the arena
 /// (the norms), waits for the thread, adds the ranks' embedding rows, and leaves the step to go on
@@ -59,7 +59,7 @@ public final class MPIGradientReducer: GradientReducer {
         if overlapsBackward {
             for elements in unsent(of: gradients.count) { try send(gradients, elements) }
             communication.sync {}
-            sent = []  // each loan waits for its write-back as it goes
+            sent = []  // each loan waits for its unmap as it goes
             if let failure {
                 self.failure = nil
                 throw failure

@@ -60,7 +60,7 @@ step bench-large 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --
 # The cached step without reading its targets ahead (the runs above read them ahead on a GPU: auto).
 step bench-no-read-ahead 90 "$kdgpu" bench train --device opencl --teacher "$teacher" --batch-size 8 --seq-len 256 \
     --precision fp32 --cache-read-ahead off --json-out "$out/bench-large-no-read-ahead.json"
-# The all-reduce after the backward and by the overlapped path's loans (a map and an unmap per span,
+# The all-reduce after the backward and by the overlapped path's loans (a map and an unmap per span on a second queue,
 # each a transfer) on a discrete GPU: two ranks on this one GPU, so the transfers and MPI, not two GPUs' scaling.
 if command -v mpirun >/dev/null; then
     root=(); [[ $(id -u) == 0 ]] && root=(--allow-run-as-root)

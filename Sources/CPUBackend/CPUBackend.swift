@@ -359,4 +359,5 @@ final class CPUHostLoan: HostLoan {
     init(bytes: UnsafeMutableRawBufferPointer) { lent = bytes }
     func bytes() throws -> UnsafeMutableRawBufferPointer { lent }
     func giveBack() throws {}
+    func settle() throws {}
 }

@@ -87,6 +87,9 @@ public final class OpenCLBackend: Backend {
     /// Freed buffers kept for reuse (up to an eighth of the budget).
     let pool: BlockPool<cl_mem>
     var queue: cl_command_queue?
+    /// A second in-order queue for the loans' maps and unmaps (``lendToHost(_:)``), so that a
+    /// discrete GPU's copy engine moves a span while its kernels go on; made on the first loan.
+    private var transferQueue: cl_command_queue?
     private var programs: [String: cl_program] = [:]
     private var kernels: [String: cl_kernel] = [:]
     private let bufferFlags: cl_mem_flags
@@ -177,6 +180,10 @@ public final class OpenCLBackend: Backend {
 
     deinit {
         clFinish(queue)
+        if let transferQueue {
+            clFinish(transferQueue)
+            clReleaseCommandQueue(transferQueue)
+        }
         pool.drain()
         for kernel in kernels.values { clReleaseKernel(kernel) }
         for program in programs.values { clReleaseProgram(program) }
@@ -235,9 +242,19 @@ public final class OpenCLBackend: Backend {
         return try body(UnsafeMutableRawBufferPointer(start: pointer, count: tensor.byteCount))
     }
 
+    /// The map and unmap run on the transfer queue: the map after a marker of the ops enqueued so
+    /// far on the main queue, and the main queue's later ops wait for the unmap once the loan is
+    /// dropped (a barrier), so only the ops enqueued while the loan is out run beside it.
     public func lendToHost(_ tensor: Tensor) throws -> any HostLoan {
-        try OpenCLHostLoan(queue: queue, mem: try buffer(tensor).mem, byteOffset: tensor.byteOffset, byteCount: tensor.byteCount,
-                           label: tensor.label, device: device.name)
+        if transferQueue == nil {
+            var status: cl_int = 0
+            guard let made = clCreateCommandQueue(context, device.id, 0, &status), status == CL_SUCCESS else {
+                throw OpenCLStatus.error(status, at: "clCreateCommandQueue (transfers)", device: device.name)
+            }
+            transferQueue = made
+        }
+        return try OpenCLHostLoan(queue: queue, transfers: transferQueue, mem: try buffer(tensor).mem, byteOffset: tensor.byteOffset,
+                                  byteCount: tensor.byteCount, label: tensor.label, device: device.name)
     }
 
     public func synchronize() throws {

@@ -40,10 +40,10 @@ public protocol Backend: AnyObject {
     /// as PoCL and integrated GPUs do; a transfer each way, or one without `writing`, on a discrete GPU).
     func withHostBytes<R>(_ tensor: Tensor, writing: Bool, _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R
     /// Lends the tensor's bytes to host code, which may run on another thread while the ops
-    /// enqueued after this call run; those must leave the tensor alone until the loan is given back
-    /// and the caller has waited for whoever holds it. The CPU backend lends its own storage; OpenCL
-    /// maps the range without waiting (no copy where the device shares host memory, a transfer each
-    /// way on a discrete GPU).
+    /// enqueued after this call run; those must leave the tensor alone until the loan is settled
+    /// (``HostLoan/settle()``). The CPU backend lends its own storage; OpenCL maps the range
+    /// without waiting, on a queue of its own (no copy where the device shares host memory, a
+    /// transfer each way beside the kernels on a discrete GPU).
     func lendToHost(_ tensor: Tensor) throws -> any HostLoan
     /// Waits for every enqueued op.
     func synchronize() throws
@@ -273,12 +273,15 @@ public enum Profiling {
     }
 }
 
-/// A tensor's bytes lent to the host (``Backend/lendToHost(_:)``); both calls may come from a thread
-/// other than the one that enqueues the backend's ops.
+/// A tensor's bytes lent to the host (``Backend/lendToHost(_:)``). The holder, which may be a
+/// thread other than the one that enqueues the backend's ops, takes ``bytes()`` and gives them
+/// back; the enqueuing thread then settles the loan.
 public protocol HostLoan: AnyObject {
     /// The bytes, once the ops enqueued before the loan have written them (waits for those alone).
     func bytes() throws -> UnsafeMutableRawBufferPointer
-    /// What the host wrote into ``bytes()`` becomes the tensor's value for the ops enqueued after
-    /// this call returns. Called once, after ``bytes()``.
+    /// The holder is done with the bytes. Called once, after ``bytes()``.
     func giveBack() throws
+    /// On the enqueuing thread, once the holder has given the bytes back: what it wrote is the
+    /// tensor's value for the ops enqueued from here on.
+    func settle() throws
 }

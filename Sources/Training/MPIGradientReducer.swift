@@ -59,11 +59,12 @@ public final class MPIGradientReducer: GradientReducer {
         if overlapsBackward {
             for elements in unsent(of: gradients.count) { try send(gradients, elements) }
             communication.sync {}
-            sent = []  // each loan waits for its unmap as it goes
+            defer { sent = [] }
             if let failure {
                 self.failure = nil
                 throw failure
             }
+            for (_, loan) in sent { try loan.settle() }
             if let late { try addAcrossRanks(late) }
         } else {
             try late?.add()

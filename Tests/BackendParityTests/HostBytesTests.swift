@@ -28,7 +28,7 @@ final class HostBytesTests: XCTestCase {
 
     /// `lendToHost` on each backend: the loan's bytes, read on another thread, are what the ops
     /// enqueued before it left; ops enqueued while it is out run on the rest of the buffer; what the
-    /// other thread wrote is the view's value for the ops enqueued after it was given back.
+    /// other thread wrote is the view's value for the ops enqueued after the loan is settled.
     func testALoanSeesEarlierOpsWhileLaterOnesRunOnTheRestAndFeedsTheOpsAfter() throws {
         /// What the other thread holds and leaves.
         final class Holder: @unchecked Sendable {
@@ -57,6 +57,7 @@ final class HostBytesTests: XCTestCase {
             }
             done.wait()
             if let error = holder.error { throw error }
+            try holder.loan.settle()
             XCTAssertEqual(holder.seen, (10..<25).map { 2 * Float($0) }, "on \(backend.name)")
             try backend.scale(lent, by: 10, into: lent)
             let expected = (0..<35).map { i -> Float in

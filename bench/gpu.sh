@@ -65,6 +65,18 @@ step bench-no-read-ahead 90 "$kdgpu" bench train --device opencl --teacher "$tea
 if command -v mpirun >/dev/null; then
     root=(); [[ $(id -u) == 0 ]] && root=(--allow-run-as-root)
     step allreduce 90 mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" bench allreduce --device opencl --json-out "$out/bench-allreduce.json"
+    # The overlapped path's two queues on this GPU: two ranks (the tiny model, an untied head, one micro-batch a
+    # rank) take the same steps with and without it, bit for bit, as they do on PoCL in `make test`.
+    python3 -c "import random; random.seed(1); w='the of and to in that is was he for it with as his on be at by had are'.split(); open('$out/words.txt', 'w').write(' '.join(random.choice(w) for _ in range(5000)))"
+    for overlap in off on; do
+        step "overlap-$overlap" 120 mpirun "${root[@]}" --oversubscribe -np 2 "$kdgpu" train --teacher Tests/ModelTests/Fixtures/tiny-llama-q8_0.gguf \
+            --data "$out/words.txt" --student-layers 0 --steps 6 --batch-size 2 --seq-len 32 --eval-every 3 --checkpoint-every 3 \
+            --export-gguf none --device opencl --out "$out/overlap-$overlap" --overlap-allreduce $overlap
+    done
+    step overlap-same-steps 30 python3 -c "
+import json, sys
+runs = [[{k: v for k, v in json.loads(l).items() if k in ('step', 'loss', 'grad_norm', 'val_nll')} for l in open(f'$out/overlap-{o}/metrics.jsonl')] for o in ('off', 'on')]
+print(runs[1]); sys.exit(0 if runs[0] == runs[1] and len(runs[0]) > 6 else 1)"
 else
     echo "=== no mpirun here: no all-reduce figures" | tee -a "$log"
 fi

@@ -244,7 +244,7 @@ public final class OpenCLBackend: Backend {
 
     /// The map and unmap run on the transfer queue: the map after a marker of the ops enqueued so
     /// far on the main queue, and the main queue's later ops wait for the unmap once the loan is
-    /// dropped (a barrier), so only the ops enqueued while the loan is out run beside it.
+    /// settled (a barrier), so only the ops enqueued while the loan is out run beside it.
     public func lendToHost(_ tensor: Tensor) throws -> any HostLoan {
         if transferQueue == nil {
             var status: cl_int = 0

@@ -78,7 +78,8 @@ public final class RunReporter {
                                      "lr": Double(parts.learningRate), "tokens_per_s": tokensPerSecond, "grad_norm": Double(parts.gradientNorm),
                                      "on_policy": parts.source.isOnPolicy, "batch_source": parts.source.rawValue]
         if let rate = parts.rolloutTokensPerSecond { record["rollout_tokens_per_s"] = rate }
-        if let wait = parts.allReduceSeconds { (record["allreduce_s"], record["allreduce_share"]) = (wait, wait / seconds) }
+        let allReduceShare = parts.allReduceSeconds.map { $0 / seconds }
+        if let wait = parts.allReduceSeconds, let share = allReduceShare { (record["allreduce_s"], record["allreduce_share"]) = (wait, share) }
         if let taidT { record["taid_t"] = Double(taidT) }
         try logRollouts(parts.rollouts)
         for feature in parts.features {
@@ -89,7 +90,7 @@ public final class RunReporter {
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - runStart) / 1e9
         let remaining = elapsed / Double(step - firstStep + 1) * Double(config.steps - step)
         let features = parts.features.map { String(format: ", %@ %.4g", $0.name, $0.value) }.joined()
-        let allReduce = parts.allReduceSeconds.map { String(format: " (all-reduce %.0f%%)", 100 * $0 / seconds) } ?? ""
+        let allReduce = allReduceShare.map { String(format: " (all-reduce %.0f%%)", 100 * $0) } ?? ""
         progress(String(format: "[%@] step %d/%d  loss %.4f (kd %.4f, ce %.4f%@)  %.0f tok/s%@  ETA %@", progressBar(step, of: config.steps),
                         step, config.steps, parts.total, parts.divergence, parts.crossEntropy, features, tokensPerSecond, allReduce,
                         formatDuration(remaining)))

@@ -122,19 +122,23 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// GPUs; a CPU device's cores would be taken from the step), `on` or `off`. The same targets either way.
     public var cacheReadAhead = "auto"
 
-    /// Whether cached targets are read ahead on `backend`, as `cache_read_ahead` says (auto: where it computes off the host).
-    public func readsCacheAhead(on backend: any Backend) -> Bool {
-        cacheReadAhead == "on" || (cacheReadAhead == "auto" && backend.computesOffHost)
-    }
+    /// Whether cached targets are read ahead on `backend`, as `cache_read_ahead` says.
+    public func readsCacheAhead(on backend: any Backend) -> Bool { Self.isOn(cacheReadAhead, on: backend) }
     /// Under mpirun: whether the gradients' all-reduce overlaps the backward, each span of the arena
     /// sent as the backward finishes it: `auto` (where the device computes off the host's cores, so
     /// the host is free to communicate; rank 0's device decides for every rank), `on` or `off`. The
     /// same sums either way. Alone: no effect.
     public var overlapAllreduce = "auto"
 
-    /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says (auto: where it computes off the host).
-    public func overlapsAllReduce(on backend: any Backend) -> Bool {
-        overlapAllreduce == "on" || (overlapAllreduce == "auto" && backend.computesOffHost)
+    /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says.
+    public func overlapsAllReduce(on backend: any Backend) -> Bool { Self.isOn(overlapAllreduce, on: backend) }
+
+    /// The values of a setting that host work may take while the device computes (`cache_read_ahead`,
+    /// `overlap_allreduce`), and whether `setting` turns it on for `backend`: `auto` where the
+    /// backend computes off the host's cores (``Backend/computesOffHost``), so that work is free.
+    public static let autoOnOff = ["auto", "on", "off"]
+    static func isOn(_ setting: String, on backend: any Backend) -> Bool {
+        setting == "on" || (setting == "auto" && backend.computesOffHost)
     }
     /// Targets of a cache's form (`topk:K`, `topp:P,K`, `sampled:N`, `systematic:N`) made from the
     /// live teacher at every step, as `kdgpu teacher-cache build` would store them (the same
@@ -463,11 +467,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             }
         case .tailPriorWeight: try inRange(tailPriorWeight, "[0, 1e6]") { $0 >= 0 && $0 <= 1e6 }
         case .cacheReadAhead:
-            try oneOf(cacheReadAhead, ["auto", "on", "off"])
+            try oneOf(cacheReadAhead, Self.autoOnOff)
             if cacheReadAhead == "on" && teacherCache.isEmpty {
                 throw TrainingError.config("cache_read_ahead (--cache-read-ahead): it reads a teacher cache's targets ahead; use it with --teacher-cache")
             }
-        case .overlapAllreduce: try oneOf(overlapAllreduce, ["auto", "on", "off"])
+        case .overlapAllreduce: try oneOf(overlapAllreduce, Self.autoOnOff)
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

@@ -5,6 +5,7 @@ import Foundation
 import OpenCLBackend
 import ProcessGroup
 import Tensor
+import Training
 
 /// `kdgpu bench`: kernel microbenchmarks, each validated against the CPU backend first.
 struct BenchCommand: ParsableCommand {
@@ -52,7 +53,7 @@ struct BenchCommand: ParsableCommand {
         for value in precision where !["fp32", "bf16"].contains(value) {
             throw ValidationError("--precision: '\(value)' is not a precision; use fp32 or bf16")
         }
-        guard ["auto", "on", "off"].contains(cacheReadAhead) else {
+        guard TrainingConfig.autoOnOff.contains(cacheReadAhead) else {
             throw ValidationError("--cache-read-ahead: '\(cacheReadAhead)' is not one of auto, on, off")
         }
         let known = allBenchSuites.map(\.name)

@@ -12,7 +12,7 @@
 # embedding's learning rate at 4x (row kd-t1-emb4; make train adds hints to it); live KD at
 # T = 1 with the student in mixed precision (`--precision bf16`: its perplexity against the fp32
 # row's spread); live KD and the 50-draw caches with the embedding's learning rate at 0.1x, 2x, 4x
-# and 8x (`--embedding-lr-scale`: where the caches' gap lies, README); the 50-draw caches with the
+# and 8x (`--embedding-lr-scale`: where the caches' gap lies, docs/ablation.md); the 50-draw caches with the
 # prior tail (`--sparse-tail prior`) and with exact labels (`--exact-label true`); the live teacher's
 # targets made sparse at every step as a systematic:N cache would keep them (`--sparsify-teacher`),
 # sparsifiedN for any N (listed: 50, the cache's steps; 200; 500 and 5000, past what a cache counts).
@@ -26,7 +26,7 @@
 #   CACHE_FLAGS="--teacher-precision bf16 --device cpu"   more flags for the cache builds
 #   EVAL_WINDOWS=300                         validation windows (default 1000: all of them on one folder)
 #
-# The whole corpus (the README's second table): DATA=cache/corpus/plays EVAL_WINDOWS=300
+# The whole corpus (docs/ablation.md, "On the whole corpus"): DATA=cache/corpus/plays EVAL_WINDOWS=300
 #   TRAIN_FLAGS="--teacher-precision bf16" CACHE_FLAGS="--teacher-precision bf16 --device cpu --batch-size 8"
 #   ROWS="ce kd-t1 sampled kd-t2" bench/ablation.sh runs/ablation-full
 #

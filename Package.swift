@@ -88,7 +88,7 @@ let package = Package(
 
         // Training: the trainable student (forward/backward), optimizer, train loop.
         // Data parallelism: Open MPI, loaded at run time when kdgpu runs under mpirun.
-        .target(name: "ProcessGroup", path: "Sources/ProcessGroup", swiftSettings: releaseFlags),
+        .target(name: "ProcessGroup", dependencies: ["Tensor"], path: "Sources/ProcessGroup", swiftSettings: releaseFlags),
         .target(name: "Training", dependencies: ["Tensor", "GGUF", "Models", "Losses", "Tokenizer", "TrainingData", "Checkpoint", "Files", "TeacherCache", "ProcessGroup",
                                                  .product(name: "Yams", package: "Yams")],
                 path: "Sources/Training", swiftSettings: releaseFlags),
@@ -120,7 +120,8 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "TeacherCacheTests", dependencies: ["TeacherCache", "Models", "GGUF", "Tensor", "Files", "TestSupport"],
                     path: "Tests/TeacherCacheTests"),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TeacherCache", "TestSupport"], path: "Tests/TrainingTests"),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Losses", "Models", "Checkpoint", "Tensor", "TrainingData", "TeacherCache", "ProcessGroup", "TestSupport"],
+                    path: "Tests/TrainingTests"),
         .testTarget(name: "HostGemmTests", dependencies: ["HostGemm", "COneDNN", "Tensor"], path: "Tests/HostGemmTests"),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "Training"], path: "Tests/CLITests", exclude: ["Fixtures"]),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "Tensor"], path: "Tests/GGUFTests",

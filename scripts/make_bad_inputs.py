@@ -483,6 +483,7 @@ def flag_cases():
     case("flags-cache-read-ahead-unknown", f, train(cache_read_ahead="sometimes"), ["cache_read_ahead", "sometimes", "auto"])
     case("flags-cache-read-ahead-without-cache", f, train(cache_read_ahead="on"), ["cache_read_ahead", "--teacher-cache"])
     case("flags-overlap-allreduce-unknown", f, train(overlap_allreduce="always"), ["overlap_allreduce", "always", "auto"])
+    case("flags-allreduce-dtype-unknown", f, train(allreduce_dtype="fp8"), ["allreduce_dtype", "fp8", "bf16"])
     case("flags-sparsify-teacher-zero-draws", f, train(sparsify_teacher="systematic:0"), ["sparsify_teacher", "systematic:0"])
     case("flags-sparsify-teacher-unknown-form", f, train(sparsify_teacher="dense"), ["sparsify_teacher", "dense", "topk:K"])
     case("flags-sparsify-teacher-topk-too-large", f, train(sparsify_teacher="topk:100000"), ["sparsify_teacher", "topk:100000", "4096"])

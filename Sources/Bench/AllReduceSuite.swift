@@ -34,10 +34,12 @@ public struct AllReduceSuite: BenchSuite {
             for count in sizes {
                 // After the backward (the buffer at once), and overlapped (in 8 spans lent to the
                 // communication thread one after another, as a backward finishes them; nothing to
-                // overlap with here, so it times the lending's own cost).
-                for overlapped in [false, true] {
+                // overlap with here, so it times the lending's own cost); then after the backward with
+                // bf16 on the wire (the sums of small integers are exact in bf16 too).
+                for (overlapped, bf16) in [(false, false), (true, false), (false, true)] {
                     guard try reducer.overlap(overlapped) == overlapped else { continue }
-                    context.report("allreduce: \(count) floats on \(backend.name), \(world.size) ranks\(overlapped ? ", overlapped path" : "")")
+                    reducer.bf16OnTheWire = bf16
+                    context.report("allreduce: \(count) floats on \(backend.name), \(world.size) ranks\(overlapped ? ", overlapped path" : "")\(bf16 ? ", bf16 on the wire" : "")")
                     let gradients = try backend.tensor(shape: [count], label: "bench gradient arena")
                     let own = Float(world.rank + 1)
                     var parts = StepParts()
@@ -53,16 +55,19 @@ public struct AllReduceSuite: BenchSuite {
                     let bytes = Double(count * 4)
                     let busFactor = 2 * Double(world.size - 1) / Double(world.size)
                     records.append(BenchRecord(
-                        suite: name, kernel: overlapped ? "allreduce_sum_overlapped (MPIGradientReducer)" : "allreduce_sum (MPIGradientReducer)",
+                        suite: name, kernel: overlapped ? "allreduce_sum_overlapped (MPIGradientReducer)"
+                            : bf16 ? "allreduce_sum_bf16 (MPIGradientReducer)" : "allreduce_sum (MPIGradientReducer)",
                         backend: backend.name,
                         shape: "\(count) floats (\(String(format: "%.0f", bytes / 1e6)) MB), \(world.size) ranks, \(world.localSize) on this machine",
+                        dtype: bf16 ? "bf16" : "f32",
                         medianSeconds: seconds, gbPerSecond: bytes / seconds / 1e9, maxAbsError: error,
                         extra: ["bus_gb_per_s": busFactor * bytes / seconds / 1e9,
                                 "fraction_of_copy_bandwidth": bytes / seconds / 1e9 / (try context.copyBandwidth(of: backend))],
                         note: (overlapped
                                ? "fill, 8 spans lent to the host (the CPU backend's own storage; OpenCL: mapped) and all-reduced on a thread of their own, then waited for; "
                                : "fill, the buffer mapped to the host (in place on the CPU backend), MPI_Allreduce in place; ")
-                            + "buckets of \(MPIWorld.bucketElements) floats; GB/s: the buffer's bytes / time; bus GB/s: x 2(N-1)/N, what a ring moves per rank"))
+                            + (bf16 ? "each bucket rounded to bf16, all-reduced as bf16 (an fp32 addition rounded back), widened back; " : "")
+                            + "buckets of \(MPIWorld.bucketElements) floats; GB/s: the fp32 buffer's bytes / time; bus GB/s: x 2(N-1)/N, what a ring moves per rank (in fp32)"))
                 }
             }
         }

@@ -271,10 +271,12 @@ public final class DistillationRun {
         let trainer = try Trainer(config: config, student: student, teacher: teacher, features: features, objective: objective, reducer: reducer)
         if let processes = reducer as? MPIGradientReducer {
             let overlaps = try processes.overlap(config.overlapsAllReduce(on: backend))
+            processes.bf16OnTheWire = config.allreduceDtype == "bf16"
             log("gradient all-reduce: " + (overlaps ? "overlapped with the backward (the head and embedding first, then each block as it finishes)"
                 : config.overlapAllreduce == "off" ? "after the backward (overlap_allreduce off)"
                 : !processes.world.callsFromAnyThread ? "after the backward (this MPI takes calls from one thread only)"
-                : "after the backward (overlap_allreduce auto: rank 0's device computes on the host's cores)"))
+                : "after the backward (overlap_allreduce auto: rank 0's device computes on the host's cores)")
+                + (processes.bf16OnTheWire ? ", in bf16 (allreduce_dtype bf16)" : ""))
         }
         trainer.headChunkBytes = headChunkBytes
         if rolloutSettings.samples {

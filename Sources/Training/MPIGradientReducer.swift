@@ -18,9 +18,19 @@ import Tensor
 /// with the reduced arena. Every rank sends the same spans in the same order, so each element is
 /// the same sum on every rank; the embedding's rows are added in another order than without the
 /// overlap (rounding apart, the same sum).
+///
+/// With ``bf16OnTheWire`` the gradients travel as bf16 (half the bytes): each bucket of a rank's
+/// fp32 gradients is rounded to bf16 in host memory, the ranks' bf16 values are summed (each
+/// addition in fp32, rounded back), and the sums are widened into the arena. Every rank gets the
+/// same bits; the step's summed values (losses, counts) stay fp32.
 public final class MPIGradientReducer: GradientReducer {
     public let world: MPIWorld
     public private(set) var overlapsBackward = false
+    /// Whether the gradients cross between ranks as bf16 (`allreduce_dtype bf16`).
+    public var bf16OnTheWire = false
+    /// One bucket of bf16 words, made on first use, for the all-reduces that run one at a time (on the
+    /// communication thread while it runs, on the caller's after).
+    private var wireBucket: UnsafeMutablePointer<UInt16>?
     /// Spans sent during this step's backward, in order, with their loans (kept until the step's reduce).
     private var sent: [(elements: Range<Int>, loan: any HostLoan)] = []
     private let communication = DispatchQueue(label: "kdgpu.gradient-all-reduce")
@@ -29,6 +39,10 @@ public final class MPIGradientReducer: GradientReducer {
 
     public init(world: MPIWorld) {
         self.world = world
+    }
+
+    deinit {
+        wireBucket?.deallocate()
     }
 
     public var worldSize: Int { world.size }
@@ -69,7 +83,7 @@ public final class MPIGradientReducer: GradientReducer {
         } else {
             try late?.add()
             try gradients.backend.withHostBytes(gradients, writing: true) { bytes in
-                try world.allReduceSum(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: gradients.count)
+                try allReduceGradients(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: gradients.count)
             }
         }
         var values = parts.summedValues
@@ -83,11 +97,11 @@ public final class MPIGradientReducer: GradientReducer {
                           backend: gradients.backend, label: "\(gradients.label) [\(elements.lowerBound)..<\(elements.upperBound)]")
         let loan = try gradients.backend.lendToHost(span)
         sent.append((elements, loan))
-        communication.async { [world] in
+        communication.async {
             guard self.failure == nil else { return }
             do {
                 let bytes = try loan.bytes()
-                try world.allReduceSum(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: elements.count)
+                try self.allReduceGradients(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: elements.count)
                 try loan.giveBack()
             } catch {
                 self.failure = error
@@ -112,9 +126,25 @@ public final class MPIGradientReducer: GradientReducer {
         try backend.fill(block, value: 0)
         try backend.embeddingBackward(late.gradient, tokenIds: late.tokens.map { slot[Int($0)] }, into: block)
         try backend.withHostBytes(block, writing: true) { bytes in
-            try world.allReduceSum(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: block.count)
+            try allReduceGradients(bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: block.count)
         }
         try backend.embeddingBackward(block, tokenIds: tokens.map(Int32.init), into: late.table)
+    }
+
+    /// `count` gradients at `floats` summed over the ranks in place: in fp32, or through bf16 a
+    /// bucket at a time (rounded, all-reduced as bf16, widened back).
+    private func allReduceGradients(_ floats: UnsafeMutablePointer<Float>, count: Int) throws {
+        guard bf16OnTheWire else { return try world.allReduceSum(floats, count: count) }
+        let wireBucket = self.wireBucket ?? .allocate(capacity: MPIWorld.bucketElements)
+        self.wireBucket = wireBucket
+        var start = 0
+        while start < count {
+            let n = min(MPIWorld.bucketElements, count - start)
+            BlockFormat.storeBFloat16(floats + start, count: n, to: wireBucket)
+            try world.allReduceSum(bf16: wireBucket, count: n)
+            BlockFormat.loadBFloat16s(wireBucket, count: n, to: floats + start)
+            start += n
+        }
     }
 
     /// The arena's elements no span sent this step covers, in order.

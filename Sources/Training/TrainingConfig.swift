@@ -130,6 +130,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// same sums either way. Alone: no effect.
     public var overlapAllreduce = "auto"
 
+    /// Under mpirun: the gradients' type between ranks, `fp32` or `bf16` (half the bytes, each rank's
+    /// gradients and every partial sum rounded to bf16; for links slower than the step). Alone: no effect.
+    public var allreduceDtype = "fp32"
+
     /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says.
     public func overlapsAllReduce(on backend: any Backend) -> Bool { Self.isOn(overlapAllreduce, on: backend) }
 
@@ -216,7 +220,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case validationFraction = "validation_fraction", evalEvery = "eval_every", evalWindows = "eval_windows"
         case checkpointEvery = "checkpoint_every", exportGguf = "export_gguf", teacherCache = "teacher_cache", sparseTail = "sparse_tail"
         case tailPriorWeight = "tail_prior_weight", exactLabel = "exact_label", cacheReadAhead = "cache_read_ahead", sparsifyTeacher = "sparsify_teacher"
-        case overlapAllreduce = "overlap_allreduce"
+        case overlapAllreduce = "overlap_allreduce", allreduceDtype = "allreduce_dtype"
         case teacherPrecision = "teacher_precision", teacherWeights = "teacher_weights", precision, computeRounding = "compute_rounding"
         case onPolicyFraction = "on_policy_fraction", seqKd = "seq_kd", promptTokens = "prompt_tokens", prompts, chatTemplate = "chat_template"
         case rolloutTokens = "rollout_tokens"
@@ -472,6 +476,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                 throw TrainingError.config("cache_read_ahead (--cache-read-ahead): it reads a teacher cache's targets ahead; use it with --teacher-cache")
             }
         case .overlapAllreduce: try oneOf(overlapAllreduce, Self.autoOnOff)
+        case .allreduceDtype: try oneOf(allreduceDtype, ["fp32", "bf16"])
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

@@ -79,6 +79,8 @@ struct TrainCommand: ParsableCommand {
     var cacheReadAhead: String?
     @Option(name: .long, help: "Under mpirun: all-reduce each span of the gradients while the backward computes the rest: auto (where the devices compute off the host's cores: GPUs; rank 0's decides), on or off. The same sums either way.")
     var overlapAllreduce: String?
+    @Option(name: .long, help: "Under mpirun: the gradients' type between ranks: fp32, or bf16 (half the bytes; each rank's gradients and each partial sum rounded to bf16: for links slower than the step).")
+    var allreduceDtype: String?
     @Option(name: .long, help: ArgumentHelp("Make the live teacher's targets sparse at every step as a cache of this form would store them (topk:K, topp:P,K, sampled:N, systematic:N; N up to 2^20) and train on them as on cached targets: a form's cost in quality before building its cache.", valueName: "SPEC"))
     var sparsifyTeacher: String?
     @Option(name: .long, help: "The live teacher's weight GEMMs: auto (bf16 where the device's GEMMs have bf16 instructions, else fp32), fp32, bf16 or f16 (weights expanded straight to the 16-bit type, fp32 accumulation; f16 keeps 3 more mantissa bits, but an activation past 65504 is an error naming it).")
@@ -203,6 +205,7 @@ struct TrainCommand: ParsableCommand {
         if let exactLabel { settings.exactLabel = exactLabel }
         if let cacheReadAhead { settings.cacheReadAhead = cacheReadAhead }
         if let overlapAllreduce { settings.overlapAllreduce = overlapAllreduce }
+        if let allreduceDtype { settings.allreduceDtype = allreduceDtype }
         if let sparsifyTeacher { settings.sparsifyTeacher = sparsifyTeacher }
         if let teacherPrecision { settings.teacherPrecision = teacherPrecision }
         if let teacherWeights { settings.teacherWeights = teacherWeights }

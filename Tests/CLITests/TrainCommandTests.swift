@@ -486,6 +486,47 @@ final class TrainCommandTests: XCTestCase {
         }
     }
 
+    /// Gradients as bf16 between the ranks (`--allreduce-dtype bf16`): the same run as in fp32 up to
+    /// bf16's rounding of the gradients (the first step's loss, computed before any all-reduce, equal;
+    /// the gradient norms and later losses within 1e-2, and not all equal: the rounding happens), and
+    /// the overlapped path (spans lent to the communication thread) takes the steps of the path after
+    /// the backward bit for bit, since each element is rounded and summed alike in either.
+    func testGradientsInBF16BetweenRanksFollowTheFP32Run() throws {
+        let data = try corpus()
+        var runs: [String: URL] = [:]
+        for (name, flags) in [("fp32", ["--allreduce-dtype", "fp32"]), ("bf16", ["--allreduce-dtype", "bf16", "--overlap-allreduce", "off"]),
+                              ("bf16-overlapped", ["--allreduce-dtype", "bf16", "--overlap-allreduce", "on"])] {
+            let out = try folder("wire-\(name)")
+            let pair = try kdgpuRanks(2, trainArguments(data: data, out: out, studentLayers: "0") + flags)
+            XCTAssertEqual(pair.status, 0, pair.error)
+            XCTAssertEqual(pair.error.contains("in bf16 (allreduce_dtype bf16)"), name != "fp32", pair.error)
+            runs[name] = out
+        }
+        let (fp32, bf16, overlapped) = (try metrics(runs["fp32"]!), try metrics(runs["bf16"]!), try metrics(runs["bf16-overlapped"]!))
+        XCTAssertEqual(fp32.count, bf16.count)
+        var differs = false
+        for (a, b) in zip(fp32, bf16) {
+            for key in ["loss", "ce_loss", "kd_loss", "grad_norm", "val_nll"] {
+                guard let x = a[key] as? Double else { continue }
+                let y = try XCTUnwrap(b[key] as? Double, key)
+                if a["step"] as? Int == 1 && key != "grad_norm" {
+                    XCTAssertEqual(y, x, "\(key) at step 1, before any all-reduce")
+                } else {
+                    XCTAssertEqual(y, x, accuracy: 1e-2 * max(abs(x), 1e-3), "\(key) at step \(a["step"] ?? "?")")
+                }
+                differs = differs || x != y
+            }
+        }
+        XCTAssertTrue(differs, "bf16 on the wire rounds the gradients, so some value differs from the fp32 run")
+        XCTAssertEqual(bf16.count, overlapped.count)
+        for (a, b) in zip(bf16, overlapped) {
+            for key in ["loss", "grad_norm", "val_nll"] {
+                guard let x = a[key] as? Double else { continue }
+                XCTAssertEqual(b[key] as? Double, x, "overlapped bf16: \(key) at step \(a["step"] ?? "?")")
+            }
+        }
+    }
+
     /// Every rank takes rank 0's bf16 GEMM route: with KDGPU_BF16_GEMM set on rank 0 alone (an MPMD
     /// launch), two ranks take the steps of one process with it set. The route decides `--teacher-precision
     /// auto` (bf16 or fp32), which parts the losses past the 1e-4 the ranks are held to, and one of the

@@ -16,6 +16,7 @@
 #   ONE=half bench/scaling.sh             the one process on half the cores (two devices against one)
 #   OVERLAP=both bench/scaling.sh         a third row: the 2 ranks with the all-reduce overlapped with the backward
 #                                         (--overlap-allreduce on; the other rows take it off)
+#   WIRE=bf16 bench/scaling.sh            the ranks' gradients as bf16 between them (--allreduce-dtype bf16)
 #   TEACHER=FILE.gguf                     another teacher file (default: make teacher's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,8 @@ command -v mpirun >/dev/null || { echo "scaling: no mpirun; install Open MPI (ma
 root=(); [[ $(id -u) == 0 ]] && root=(--allow-run-as-root)
 extra=(); [[ -n ${CACHE:-} ]] && extra=(--teacher-cache "$CACHE" --temperature 1)
 [[ -n ${TEACHER:-} ]] && extra+=(--teacher "$TEACHER")
+# (one process reduces nothing: the setting changes only the ranks' rows)
+[[ -n ${WIRE:-} ]] && extra+=(--allreduce-dtype "$WIRE")
 common=(--data "$data" --steps "$steps" --seq-len 128 --eval-every 100000 --eval-windows 1 --checkpoint-every 100000
         --export-gguf none --device "$device" "${extra[@]}")
 cores=$(nproc)

@@ -130,12 +130,14 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// same sums either way. Alone: no effect.
     public var overlapAllreduce = "auto"
 
+    /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says.
+    public func overlapsAllReduce(on backend: any Backend) -> Bool { Self.isOn(overlapAllreduce, on: backend) }
+
     /// Under mpirun: the gradients' type between ranks, `fp32` or `bf16` (half the bytes, each rank's
     /// gradients and every partial sum rounded to bf16; for links slower than the step). Alone: no effect.
     public var allreduceDtype = "fp32"
-
-    /// Whether the all-reduce overlaps the backward on `backend`, as `overlap_allreduce` says.
-    public func overlapsAllReduce(on backend: any Backend) -> Bool { Self.isOn(overlapAllreduce, on: backend) }
+    /// The float types a setting may name (`precision`, `allreduce_dtype`, the bench's `--precision`).
+    public static let fp32OrBF16 = ["fp32", "bf16"]
 
     /// The values of a setting that host work may take while the device computes (`cache_read_ahead`,
     /// `overlap_allreduce`), and whether `setting` turns it on for `backend`: `auto` where the
@@ -431,7 +433,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case .teacherWeights:
             try oneOf(teacherWeights, ["auto", "quantized", "expanded"])
         case .precision:
-            try oneOf(precision, ["fp32", "bf16"])
+            try oneOf(precision, Self.fp32OrBF16)
         case .computeRounding:
             try oneOf(computeRounding, ["stochastic", "nearest"])
         case .onPolicyFraction: try inRange(onPolicyFraction, "[0, 1]") { (0...1).contains($0) }
@@ -476,7 +478,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
                 throw TrainingError.config("cache_read_ahead (--cache-read-ahead): it reads a teacher cache's targets ahead; use it with --teacher-cache")
             }
         case .overlapAllreduce: try oneOf(overlapAllreduce, Self.autoOnOff)
-        case .allreduceDtype: try oneOf(allreduceDtype, ["fp32", "bf16"])
+        case .allreduceDtype: try oneOf(allreduceDtype, Self.fp32OrBF16)
         case .sparseTail:
             try oneOf(sparseTail, [MissingTeacherMass.renormalize, .uniform, .bucket, .decoupled, .prior].map(\.rawValue))
             if [MissingTeacherMass.bucket.rawValue, MissingTeacherMass.decoupled.rawValue].contains(sparseTail) && divergence != "fkl" {

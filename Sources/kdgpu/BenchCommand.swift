@@ -50,7 +50,7 @@ struct BenchCommand: ParsableCommand {
         guard runs >= 1 else { throw ValidationError("--runs must be at least 1, got \(runs)") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
         guard seqLen >= 2 else { throw ValidationError("--seq-len must be at least 2 (one predicted token), got \(seqLen)") }
-        for value in precision where !["fp32", "bf16"].contains(value) {
+        for value in precision where !TrainingConfig.fp32OrBF16.contains(value) {
             throw ValidationError("--precision: '\(value)' is not a precision; use fp32 or bf16")
         }
         guard TrainingConfig.autoOnOff.contains(cacheReadAhead) else {
